@@ -1,0 +1,31 @@
+# Two jobs, each from nothing: `make tutorial` runs the notebook series, `make test` the tests.
+# Both build the same local environment in .venv from pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= outputs
+
+.PHONY: env tutorial test lint clean
+
+$(VENV)/.kpnb-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+env: $(VENV)/.kpnb-installed
+
+# Runs every notebook in order on the embedded synthetic dataset; executed copies,
+# figures, checkpoint and metrics land under $(OUT)/.
+tutorial: env
+	$(PY) -m kpnb.tutorial --out $(OUT)
+
+# Unit tests plus every notebook under nbval, in the smoke mode the notebooks are committed in.
+test: env
+	KPNB_SMOKE=1 $(PY) -m pytest
+
+lint: env
+	$(PY) -m ruff check kpnb tests benchmarks
+
+clean:
+	rm -rf $(OUT) .pytest_cache

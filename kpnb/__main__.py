@@ -1,0 +1,5 @@
+import sys
+
+from kpnb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+import subprocess
+import sys
+
+from kpnb.cli import main
+
+
+def test_help_lists_subcommands(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    out = capsys.readouterr().out
+    assert "synth" in out
+
+
+def test_each_subcommand_help_has_an_example(capsys):
+    from kpnb.cli import _COMMANDS
+
+    for name in _COMMANDS:
+        try:
+            main([name, "--help"])
+        except SystemExit as e:
+            assert e.code == 0
+        out = capsys.readouterr().out
+        assert "example:" in out and f"kpnb {name}" in out, name
+
+
+def test_synth_via_python_m(tmp_path):
+    out = tmp_path / "d"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kpnb", "synth", "--out", str(out), "--images", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "wrote 3 images" in proc.stdout
+    assert (out / "annotations.xml").is_file()
+
+
+def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
+    code = main(["synth", "--out", str(tmp_path / "x"), "--images", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "--images must be >= 0" in err
