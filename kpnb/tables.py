@@ -116,8 +116,8 @@ _KEYPOINT_DTYPES = {
     "z_order": "int32", "track_id": "int32", "keyframe": "bool",
 }  # fmt: skip
 _IMAGE_DTYPES = {
-    "image_index": "int32", "image_id": "int64", "name": "object", "width": "int32",
-    "height": "int32", "subset": "category", "task_id": "Int64",
+    "image_index": "int32", "image_id": "int64", "name": "object", "width": "Int32",
+    "height": "Int32", "subset": "category", "task_id": "Int64",
 }  # fmt: skip
 _BOX_DTYPES = {
     "image_index": "int32", "box_id": "int64", "label": "category", "xtl": "float32",

@@ -1,0 +1,132 @@
+"""How fast and lean is `read_cvat`? Side by side, one run, on 20,000-image exports.
+
+Two layouts, written with `kpnb.cvat.write_cvat` from random tables:
+  points:   17 one-point <points> shapes per image (the seed tutorial's layout)
+  skeleton: 1-3 instances of a 17-keypoint skeleton per image
+
+For each it prints kpnb's time to finished tables, the time of a bare pyexpat scan of the
+same file that does nothing per element (the floor), datumaro's CVAT import where it is
+installed, and kpnb's peak traced memory against the file size.
+Goal: kpnb within 2.5x of the floor on both layouts, peak memory under 4x the file size.
+
+    python benchmarks/bench_parse.py [--images 20000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import pyexpat
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kpnb.cvat import read_cvat, write_cvat
+from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
+
+NAMES = [f"kp_{i:02d}" for i in range(17)]
+
+
+def make_tables(n_images: int, layout: str, seed: int = 0) -> Annotations:
+    rng = np.random.default_rng(seed)
+    if layout == "points":
+        per_image = np.ones(n_images, int) * 17
+    else:
+        per_image = rng.integers(1, 4, n_images)
+    n_inst = int(per_image.sum()) if layout == "skeleton" else n_images * 17
+    image_of_inst = np.repeat(np.arange(n_images), per_image)
+    k = 17 if layout == "skeleton" else 1
+    n = n_inst * k
+    inst = np.repeat(np.arange(n_inst), k)
+    point = np.tile(np.arange(k), n_inst)
+    names = np.array(NAMES, dtype=object)
+    kp = pd.DataFrame({
+        "image_index": image_of_inst[inst],
+        "instance_id": inst,
+        "label": "body" if layout == "skeleton" else names[inst % 17],
+        "keypoint": names[point] if layout == "skeleton" else names[inst % 17],
+        "point_index": point,
+        "x": rng.uniform(0, 1920, n).round(2),
+        "y": rng.uniform(0, 1080, n).round(2),
+        "occluded": rng.random(n) < 0.1,
+        "outside": rng.random(n) < 0.05,
+    })  # fmt: skip
+    images = pd.DataFrame({"image_index": np.arange(n_images), "image_id": np.arange(n_images),
+                           "name": [f"frame/{i:06d}.jpg" for i in range(n_images)],
+                           "width": 1920, "height": 1080})  # fmt: skip
+    skeletons = {}
+    labels = pd.DataFrame({"name": NAMES, "type": "points"})
+    if layout == "skeleton":
+        skeletons = {"body": Skeleton(tuple(NAMES), tuple((i, i + 1) for i in range(16)))}
+        labels = pd.DataFrame([{"name": "body", "type": "skeleton"}] +
+                              [{"name": n, "type": "points", "parent": "body"} for n in NAMES])
+    return Annotations(tidy_images(images), tidy_keypoints(kp), skeletons, labels)
+
+
+def bare_scan(path: Path) -> None:
+    """The floor: expat reads every byte and builds nothing."""
+    p = pyexpat.ParserCreate()
+    with open(path, "rb") as f:
+        p.ParseFile(f)
+
+
+def datumaro_import(path: Path):
+    try:
+        import datumaro as dm  # noqa: F401
+    except ImportError:
+        return None
+    return dm.Dataset.import_from(str(path.parent), "cvat")
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def peak_memory(path: Path) -> int:
+    gc.collect()
+    tracemalloc.start()
+    ann = read_cvat(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del ann
+    return peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    print(f"{'layout':9s} {'points':>9s} {'file MB':>8s} {'floor s':>8s} {'kpnb s':>7s} "
+          f"{'ratio':>6s} {'datumaro s':>10s} {'peak MB':>8s} {'peak/file':>9s}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout in ("points", "skeleton"):
+            path = write_cvat(make_tables(args.images, layout), Path(tmp) / layout / "annotations.xml")
+            size = path.stat().st_size
+            floor = best_of(lambda p=path: bare_scan(p), args.repeat)
+            ours = best_of(lambda p=path: read_cvat(p), args.repeat)
+            n_points = len(read_cvat(path).keypoints)
+            try:
+                dm_time = f"{best_of(lambda p=path: datumaro_import(p), 1):10.2f}"
+                if datumaro_import(path) is None:
+                    dm_time = f"{'n/a':>10s}"
+            except Exception as exc:  # datumaro 1.x has no skeleton support
+                dm_time = f"{'failed':>10s}"
+                print(f"  datumaro failed on {layout}: {type(exc).__name__}: {exc}"[:200])
+            peak = peak_memory(path)
+            print(f"{layout:9s} {n_points:9d} {size / 1e6:8.1f} {floor:8.2f} {ours:7.2f} "
+                  f"{ours / floor:5.2f}x {dm_time} {peak / 1e6:8.1f} {peak / size:8.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
