@@ -62,8 +62,10 @@ def make_tables(n_images: int, layout: str, seed: int = 0) -> Annotations:
     labels = pd.DataFrame({"name": NAMES, "type": "points"})
     if layout == "skeleton":
         skeletons = {"body": Skeleton(tuple(NAMES), tuple((i, i + 1) for i in range(16)))}
-        labels = pd.DataFrame([{"name": "body", "type": "skeleton"}] +
-                              [{"name": n, "type": "points", "parent": "body"} for n in NAMES])
+        labels = pd.DataFrame(
+            [{"name": "body", "type": "skeleton"}]
+            + [{"name": n, "type": "points", "parent": "body"} for n in NAMES]
+        )
     return Annotations(tidy_images(images), tidy_keypoints(kp), skeletons, labels)
 
 
@@ -111,7 +113,9 @@ def main() -> None:
           f"{'ratio':>6s} {'datumaro s':>10s} {'peak MB':>8s} {'peak/file':>9s}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for layout in ("points", "skeleton"):
-            path = write_cvat(make_tables(args.images, layout), Path(tmp) / layout / "annotations.xml")
+            path = write_cvat(
+                make_tables(args.images, layout), Path(tmp) / layout / "annotations.xml"
+            )
             size = path.stat().st_size
             floor = best_of(lambda p=path: bare_scan(p), args.repeat)
             ours = best_of(lambda p=path: read_cvat(p), args.repeat)
@@ -125,7 +129,7 @@ def main() -> None:
                 print(f"  datumaro failed on {layout}: {type(exc).__name__}: {exc}"[:200])
             peak = peak_memory(path)
             print(f"{layout:9s} {n_points:9d} {size / 1e6:8.1f} {floor:8.2f} {ours:7.2f} "
-                  f"{ours / floor:5.2f}x {dm_time} {peak / 1e6:8.1f} {peak / size:8.2f}x")  # fmt: skip
+                  f"{ours / floor:5.2f}x {dm_time} {peak / 1e6:8.1f} {peak / size:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,93 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- info ---------------------------------------------------------------------------------
+@_command(
+    "info",
+    "summarise an export: counts, labels, skeletons, visibility",
+    "kpnb info data/synthetic\n  kpnb info my_task_export.zip",
+)
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
+
+
+@add_info_arguments.runner
+def run_info(args: argparse.Namespace) -> int:
+    from kpnb.data import read_annotations
+
+    ann = read_annotations(args.source)
+    print(summary_text(ann))
+    return 0
+
+
+def summary_text(ann) -> str:
+    """The text `kpnb info` prints: one block per table the tutorial looks at."""
+    lines = [f"source: {ann.meta.get('source', '?')}"]
+    n_inst = ann.keypoints["instance_id"].nunique()
+    lines.append(f"images: {len(ann.images)}   instances: {n_inst}   points: {len(ann.keypoints)}")
+    subsets = ann.images["subset"].value_counts()
+    if len(subsets):
+        lines.append("subsets: " + ", ".join(f"{k} {v}" for k, v in subsets.items()))
+    for name, sk in ann.skeletons.items():
+        edges = ", ".join(f"{sk.keypoints[a]}-{sk.keypoints[b]}" for a, b in sk.edges)
+        lines.append(f"skeleton {name!r}: {len(sk.keypoints)} keypoints; edges: {edges or 'none'}")
+        if sk.flip_pairs:
+            pairs = ", ".join(f"{sk.keypoints[a]}<->{sk.keypoints[b]}" for a, b in sk.flip_pairs)
+            lines.append(f"  flip pairs: {pairs}")
+    lines.append("")
+    lines.append("instances per label:")
+    lines.append(ann.label_counts().to_string())
+    lines.append("")
+    lines.append("points per keypoint and visibility:")
+    lines.append(ann.keypoint_counts().to_string())
+    skipped = ann.meta.get("skipped")
+    if skipped:
+        lines.append("")
+        lines.append("other shapes (not keypoints): " +
+                     ", ".join(f"{k} {v}" for k, v in skipped.items()))  # fmt: skip
+    return "\n".join(lines)
+
+
+# -- convert ------------------------------------------------------------------------------
+@_command(
+    "convert",
+    "convert an export to COCO keypoints, CVAT XML, or CSV/parquet tables",
+    "kpnb convert data/synthetic --to coco out/person_keypoints_default.json\n"
+    "  kpnb convert toy.zip --to coco out/kp.json --points-as-skeleton face\n"
+    "  kpnb convert data/synthetic --to parquet out/tables",
+)
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
+    p.add_argument("out", type=Path, help="output file (coco, cvat) or folder (csv, parquet)")
+    p.add_argument("--to", required=True, choices=("coco", "cvat", "csv", "parquet"))
+    p.add_argument(
+        "--points-as-skeleton",
+        metavar="NAME",
+        help="COCO only: treat each image's plain <points> as one instance of skeleton NAME",
+    )
+
+
+@add_convert_arguments.runner
+def run_convert(args: argparse.Namespace) -> int:
+    from kpnb.data import read_annotations
+
+    ann = read_annotations(args.source)
+    if args.to == "coco":
+        from kpnb.coco import write_coco
+
+        write_coco(ann, args.out, points_as_skeleton=args.points_as_skeleton)
+    elif args.to == "cvat":
+        from kpnb.cvat import write_cvat
+
+        write_cvat(ann, args.out)
+    else:
+        from kpnb.tables import save_tables
+
+        save_tables(ann, args.out, args.to)
+    print(f"wrote {args.to} to {args.out}")
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``kpnb`` parser with every registered subcommand."""

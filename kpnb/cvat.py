@@ -656,7 +656,9 @@ class _Parser:
             frame = self._frame(attrs, "skeleton")
             keyframe = attrs.get("keyframe") in _TRUE
             image = self._frame_image(frame)
-            inst = self._new_instance(attrs, track["label"], "skeleton", image, track["id"], keyframe)
+            inst = self._new_instance(
+                attrs, track["label"], "skeleton", image, track["id"], keyframe
+            )
             self.legacy_frames[frame] = inst
         else:
             inst = self._new_instance(attrs, attrs.get("label", ""), "skeleton", self.image)

@@ -227,7 +227,9 @@ class Annotations:
         """Points per (label, keypoint) split by visibility: columns 0, 1, 2 and total."""
         kp = self.keypoints
         table = (
-            kp.groupby([kp["label"].astype(str), kp["keypoint"].astype(str), "visibility"])
+            kp.groupby(
+                [kp["label"].astype(str), kp["keypoint"].astype(str), "visibility"], sort=False
+            )
             .size()
             .unstack("visibility", fill_value=0)
             .reindex(columns=[0, 1, 2], fill_value=0)
@@ -282,3 +284,123 @@ class Annotations:
             return Skeleton((label,))
         known = sorted(set(self.skeletons) | set(self.keypoints["label"].astype(str)))
         raise KeyError(f"no label {label!r} in these annotations; labels are {known}")
+
+
+def points_to_skeleton(
+    ann: Annotations, name: str = "object", labels: Sequence[str] | None = None
+) -> Annotations:
+    """Treat each image's plain one-point ``<points>`` shapes as one skeleton instance.
+
+    The seed tutorial's layout has one ``<points>`` shape per keypoint label and one object
+    per image; COCO and Keypoint R-CNN need instances. This makes the choice explicit: the
+    skeleton `name` has the point labels as keypoints (`labels`, default: every plain label
+    in first-seen order), each image with any of them becomes one instance, and a label
+    missing from an image is an absent point (v=0). Existing skeletons are kept.
+
+    Raises:
+        ValueError: an image holds two shapes of one label, or a shape holds several
+            points, so "one object per image" does not hold.
+    """
+    kp = ann.keypoints
+    plain = kp[~kp["label"].astype(str).isin(list(ann.skeletons))]
+    if labels is None:
+        labels = list(dict.fromkeys(plain["label"].astype(str)))
+    labels = list(labels)
+    if not labels:
+        raise ValueError(
+            f"no plain <points> labels to combine (skeletons: {list(ann.skeletons)}); "
+            "points_to_skeleton is for exports with one <points> shape per keypoint label"
+        )
+    plain = plain[plain["label"].astype(str).isin(labels)]
+    multi = plain[plain["point_index"] > 0]
+    if len(multi):
+        raise ValueError(
+            f"label {multi['label'].iloc[0]!r} in image {int(multi['image_index'].iloc[0])} has a "
+            "<points> shape with several points; points_to_skeleton needs one point per shape"
+        )
+    dup = plain.duplicated(["image_index", "label"])
+    if dup.any():
+        row = plain[dup].iloc[0]
+        raise ValueError(
+            f"image {int(row['image_index'])} has two {row['label']!r} points: more than one "
+            "object per image, so its points cannot form one skeleton instance"
+        )
+    images = np.sort(plain["image_index"].unique())
+    k = len(labels)
+    base = int(kp["instance_id"].max()) + 1 if len(kp) else 0
+    pos = {lab: i for i, lab in enumerate(labels)}
+    grid = pd.DataFrame({
+        "image_index": np.repeat(images, k), "point_index": np.tile(np.arange(k), len(images)),
+    })  # fmt: skip
+    grid["instance_id"] = base + np.repeat(np.arange(len(images)), k)
+    grid["keypoint"] = np.array(labels, dtype=object)[grid["point_index"]] if k else []
+    src = plain.assign(point_index=plain["label"].astype(str).map(pos)).drop(
+        columns=["instance_id", "keypoint", "label"]
+    )
+    merged = grid.merge(src, on=["image_index", "point_index"], how="left")
+    merged["label"] = name
+    merged["visibility"] = merged["visibility"].fillna(0)
+    for c in ("occluded", "outside", "keyframe"):
+        merged[c] = merged[c].astype("boolean").fillna(False)
+    merged["source"] = merged["source"].astype(object).where(merged["source"].notna(), "manual")
+    for c, default in (("group_id", 0), ("z_order", 0), ("track_id", -1)):
+        merged[c] = merged[c].fillna(default)
+    rest = kp[~kp.index.isin(plain.index)]
+    new_kp = tidy_keypoints(pd.concat([rest.astype({"label": object, "keypoint": object,
+                                                    "source": object}), merged],
+                                      ignore_index=True))  # fmt: skip
+    skeletons = {**ann.skeletons, name: Skeleton(tuple(labels))}
+    return Annotations(ann.images, new_kp, skeletons, ann.labels, ann.boxes, ann.attributes,
+                       {**ann.meta, "points_as_skeleton": name})  # fmt: skip
+
+
+def save_tables(ann: Annotations, folder, fmt: str = "csv"):
+    """Write the tables as ``images``/``keypoints``/``boxes``/``attributes`` CSV or parquet
+    files plus ``skeletons.json``, atomically (the folder appears complete or not at all)."""
+    import json
+    from pathlib import Path
+
+    from kpnb._io import atomic_path
+
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")
+    folder = Path(folder)
+    with atomic_path(folder, directory=True) as tmp:
+        for name in ("images", "keypoints", "boxes", "attributes", "labels"):
+            df = getattr(ann, name)
+            if fmt == "csv":
+                df.to_csv(tmp / f"{name}.csv", index=False)
+            else:
+                df.to_parquet(tmp / f"{name}.parquet", index=False)
+        skeletons = {k: {"keypoints": list(s.keypoints), "edges": [list(e) for e in s.edges]}
+                     for k, s in ann.skeletons.items()}  # fmt: skip
+        (tmp / "skeletons.json").write_text(json.dumps(skeletons, indent=2, ensure_ascii=False))
+    return folder
+
+
+def load_tables(folder) -> Annotations:
+    """Read what `save_tables` wrote (CSV or parquet, detected from the files)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    fmt = "parquet" if (folder / "keypoints.parquet").is_file() else "csv"
+
+    def read(name):
+        path = folder / f"{name}.{fmt}"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; is {folder} a folder from save_tables?")
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+    stored = json.loads((folder / "skeletons.json").read_text())
+    skeletons = {k: Skeleton(tuple(v["keypoints"]), tuple(map(tuple, v["edges"])))
+                 for k, v in stored.items()}  # fmt: skip
+    kp = read("keypoints")
+    kp["label"] = kp["label"].astype(str)
+    kp["keypoint"] = kp["keypoint"].astype(str)
+    images = read("images")
+    images["name"] = images["name"].astype(str)
+    return Annotations(tidy_images(images), tidy_keypoints(kp), skeletons, read("labels"),
+                       tidy_boxes(read("boxes")), read("attributes"))  # fmt: skip

@@ -41,3 +41,20 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
     code = main(["synth", "--out", str(tmp_path / "x"), "--images", "-1"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "--images must be >= 0" in err
+
+
+def test_info_and_convert(tmp_path, synthetic_export, capsys):
+    assert main(["info", str(synthetic_export)]) == 0
+    out = capsys.readouterr().out
+    assert "images: 40" in out and "flip pairs: left_eye<->right_eye" in out
+    for fmt, target in [("coco", "kp.json"), ("cvat", "a.xml"), ("csv", "tables")]:
+        assert main(["convert", str(synthetic_export), str(tmp_path / target), "--to", fmt]) == 0
+    assert main(["info", str(tmp_path / "kp.json")]) == 0
+    assert "images: 40" in capsys.readouterr().out
+
+
+def test_convert_errors_are_one_line(tmp_path, points_export, capsys):
+    code = main(["convert", str(points_export), str(tmp_path / "kp.json"), "--to", "coco"])
+    err = capsys.readouterr().err
+    assert code == 2 and "points_as_skeleton" in err and "Traceback" not in err
+    assert not (tmp_path / "kp.json").exists()

@@ -77,3 +77,30 @@ def test_tidy_dtypes_are_compact():
     kp = _two_instances().keypoints
     assert kp["label"].dtype == "category" and kp["x"].dtype == np.float32
     assert kp["visibility"].dtype == np.int8 and kp["track_id"].eq(-1).all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_save_and_load_tables_round_trip(tmp_path, synthetic_export, fmt):
+    from kpnb.cvat import read_cvat
+    from kpnb.tables import load_tables, save_tables
+
+    ann = read_cvat(synthetic_export)
+    back = load_tables(save_tables(ann, tmp_path / "t", fmt))
+    pd.testing.assert_frame_equal(ann.keypoints, back.keypoints, check_categorical=False)
+    pd.testing.assert_frame_equal(ann.images, back.images, check_categorical=False)
+    assert back.skeletons == ann.skeletons
+
+
+def test_points_to_skeleton(points_export):
+    from kpnb.cvat import read_cvat
+    from kpnb.tables import points_to_skeleton
+
+    ann = read_cvat(points_export)
+    sk = points_to_skeleton(ann, "face")
+    assert sk.skeletons["face"].keypoints == ("nose", "left_eye", "right_eye", "left_ear",
+                                              "right_ear")  # fmt: skip
+    per = sk.keypoints.groupby("instance_id").size()
+    assert (per == 5).all() and len(per) == len(ann.images)
+    assert (sk.keypoints["visibility"] > 0).sum() == len(ann.keypoints)
+    with pytest.raises(ValueError, match="no plain <points>"):
+        points_to_skeleton(sk.__class__(sk.images, sk.keypoints, sk.skeletons), "x")
