@@ -128,8 +128,10 @@ def main() -> None:
                 dm_time = f"{'failed':>10s}"
                 print(f"  datumaro failed on {layout}: {type(exc).__name__}: {exc}"[:200])
             peak = peak_memory(path)
-            print(f"{layout:9s} {n_points:9d} {size / 1e6:8.1f} {floor:8.2f} {ours:7.2f} "
-                  f"{ours / floor:5.2f}x {dm_time} {peak / 1e6:8.1f} {peak / size:8.2f}x")
+            print(
+                f"{layout:9s} {n_points:9d} {size / 1e6:8.1f} {floor:8.2f} {ours:7.2f} "
+                f"{ours / floor:5.2f}x {dm_time} {peak / 1e6:8.1f} {peak / size:8.2f}x"
+            )
 
 
 if __name__ == "__main__":

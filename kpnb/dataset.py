@@ -1,0 +1,305 @@
+"""The tidy tables as a torch ``Dataset`` of Keypoint R-CNN samples.
+
+Everything a sample needs is precomputed at construction into per-image numpy arrays,
+so ``__getitem__`` does no pandas work: it reads the file, decodes it with
+``torchvision.io.decode_image`` (uint8), runs the transforms, and only then converts the
+image to float.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from kpnb.tables import Annotations, Skeleton
+from kpnb.transforms import eval_transforms, make_sample, train_transforms
+
+__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "find_image"]
+
+log = logging.getLogger(__name__)
+
+_VIDEO_EXTENSIONS = (".PNG", ".png", ".jpg", ".jpeg")
+
+
+def find_image(root: Path, name: str, subset: str | None = None) -> Path | None:
+    """Where an export keeps image `name`: ``images/<subset>/``, ``images/``, or `root`.
+
+    Video frames (``frame_000012``) carry no extension in the XML; CVAT writes ``.PNG``.
+    """
+    name = name.replace("\\", "/")
+    bases = []
+    if isinstance(subset, str) and subset:
+        bases.append(root / "images" / subset)
+    bases += [root / "images", root]
+    for base in bases:
+        path = base / name
+        if path.is_file():
+            return path
+        if not Path(name).suffix:
+            for ext in _VIDEO_EXTENSIONS:
+                if (base / (name + ext)).is_file():
+                    return base / (name + ext)
+    return None
+
+
+@dataclass
+class _Item:
+    path: Path
+    image_id: int
+    size: tuple[int, int]  # (H, W) from the annotations
+    boxes: np.ndarray  # [N, 4] float32 xyxy
+    keypoints: np.ndarray  # [N, K, 2] float32
+    visibility: np.ndarray  # [N, K] uint8
+
+
+def _instance_boxes(xy: np.ndarray, vis: np.ndarray, width: float, height: float,
+                    margin: float) -> np.ndarray:  # fmt: skip
+    """Extent of each instance's labelled (v > 0) points, grown by `margin` of its size
+    (at least 2 px) and clipped to the image: Keypoint R-CNN ignores points outside boxes."""
+    labelled = vis > 0
+    big = np.float32(np.inf)
+    lo = np.where(labelled[..., None], xy, big).min(axis=1)
+    hi = np.where(labelled[..., None], xy, -big).max(axis=1)
+    pad = np.maximum((hi - lo) * margin, 2.0)
+    boxes = np.concatenate([lo - pad, hi + pad], axis=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes.astype(np.float32)
+
+
+class KeypointDataset(Dataset):
+    """Keypoint R-CNN samples for one skeleton label of an export.
+
+    Args:
+        annotations: tables from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
+            `kpnb.synthetic.synthesize`. For the seed tutorial's plain-points layout, first
+            make a skeleton with `kpnb.tables.points_to_skeleton`.
+        image_root: the export folder (holding ``images/``).
+        skeleton_label: which skeleton to learn; its instances are the objects.
+        transforms: a v2 pipeline on ``(image, target)`` (see `kpnb.transforms`); ``None``
+            keeps the original size.
+        indices: image indices (``image_index``) to include; default all.
+        skip_missing: leave out images whose file is missing instead of failing.
+        box_margin: fraction of an instance's keypoint extent added around it when no box
+            is grouped with it.
+
+    ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
+    ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
+    ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area``, ``iscrowd``.
+    Images with no instance are negatives with empty tensors of those shapes.
+
+    Raises:
+        ValueError: `skeleton_label` is not a skeleton of `annotations`; or image files
+            are missing or unreadable (one error lists them all).
+    """
+
+    def __init__(
+        self,
+        annotations: Annotations,
+        image_root: str | os.PathLike,
+        skeleton_label: str,
+        transforms: Callable | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+        skip_missing: bool = False,
+        box_margin: float = 0.1,
+    ):
+        if skeleton_label not in annotations.skeletons:
+            plain = sorted(
+                set(annotations.keypoints["label"].astype(str)) - set(annotations.skeletons)
+            )
+            hint = ""
+            if plain:
+                hint = (f"; for plain <points> labels {plain}, call "
+                        "kpnb.tables.points_to_skeleton(annotations, name) first")  # fmt: skip
+            raise ValueError(f"{skeleton_label!r} is not a skeleton label "
+                             f"(skeletons: {list(annotations.skeletons)}){hint}")  # fmt: skip
+        self.skeleton: Skeleton = annotations.skeletons[skeleton_label]
+        self.label = skeleton_label
+        self.transforms = transforms
+        self.root = Path(image_root)
+        images = annotations.images
+        if indices is not None:
+            images = images[images["image_index"].isin(list(indices))]
+        self.items, missing = self._build(annotations, images, box_margin)
+        if missing:
+            if not skip_missing:
+                listed = "\n  ".join(missing[:20])
+                more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+                raise ValueError(
+                    f"{len(missing)} of {len(images)} image files are missing or unreadable "
+                    f"under {self.root}:\n  {listed}{more}\nfix image_root, or pass "
+                    "skip_missing=True to leave them out"
+                )
+            log.warning("left out %d images whose files are missing under %s", len(missing),
+                        self.root)  # fmt: skip
+        self.skipped = len(missing)
+
+    def _build(self, ann: Annotations, images: pd.DataFrame, margin: float):
+        k = self.skeleton.num_keypoints
+        kp = ann.keypoints[ann.keypoints["label"] == self.label]
+        kp = kp.sort_values(["image_index", "instance_id", "point_index"])
+        per_image = {i: g for i, g in kp.groupby("image_index", sort=False)}
+        grouped = {}
+        for b in ann.boxes.itertuples(index=False):
+            if b.group_id:
+                grouped[(int(b.image_index), int(b.group_id))] = (b.xtl, b.ytl, b.xbr, b.ybr)
+        items, missing = [], []
+        for img in images.itertuples(index=False):
+            path = find_image(self.root, str(img.name), img.subset)
+            if path is None or not os.access(path, os.R_OK) or path.stat().st_size == 0:
+                missing.append(str(img.name))
+                continue
+            rows = per_image.get(img.image_index)
+            n = 0 if rows is None else len(rows) // k
+            xy = np.zeros((n, k, 2), np.float32)
+            vis = np.zeros((n, k), np.uint8)
+            boxes = np.zeros((n, 4), np.float32)
+            if n:
+                xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
+                vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
+                w = float(img.width) if pd.notna(img.width) else np.inf
+                h = float(img.height) if pd.notna(img.height) else np.inf
+                boxes = _instance_boxes(xy, vis, w, h, margin)
+                groups = rows["group_id"].to_numpy()[::k]
+                for i, g in enumerate(groups):
+                    if g and (img.image_index, int(g)) in grouped:
+                        boxes[i] = grouped[(img.image_index, int(g))]
+                xy = np.nan_to_num(xy)  # absent points: any finite value, v=0 says ignore
+                keep = (vis > 0).any(axis=1)  # an instance with no labelled point teaches nothing
+                xy, vis, boxes = xy[keep], vis[keep], boxes[keep]
+            size = (int(img.height), int(img.width)) if pd.notna(img.height) else (0, 0)
+            items.append(_Item(path, int(img.image_id), size, boxes, xy, vis))
+        return items, missing
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """The uint8 ``[3, H, W]`` image of item `index`."""
+        item = self.items[index]
+        try:
+            with warnings.catch_warnings():
+                # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not
+                # a kpnb dependency; decode_image still works on every supported version.
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                image = decode_image(read_file(str(item.path)), mode=ImageReadMode.RGB)
+        except RuntimeError as exc:
+            raise ValueError(f"{item.path}: cannot decode the image ({exc})") from None
+        if item.size != (0, 0) and tuple(image.shape[-2:]) != item.size:
+            raise ValueError(
+                f"{item.path}: image is {image.shape[-1]}x{image.shape[-2]} but the annotations "
+                f"say {item.size[1]}x{item.size[0]}; re-export the images with the annotations"
+            )
+        return image
+
+    def sample(self, index: int):
+        """The untransformed v2 sample ``(Image, target)`` (for pictures and tests)."""
+        item = self.items[index]
+        return make_sample(self.load_image(index), item.boxes, np.ones(len(item.boxes)),
+                           item.keypoints, item.visibility)  # fmt: skip
+
+    def __getitem__(self, index: int):
+        image, target = self.sample(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return to_model_input(image, target, self.items[index].image_id)
+
+
+def to_model_input(image, target, image_id: int):
+    """A v2 sample as Keypoint R-CNN wants it: float image, ``[N, K, 3]`` float32 keypoints."""
+    image = image.as_subclass(torch.Tensor).to(torch.float32).div_(255)
+    boxes = target["boxes"].as_subclass(torch.Tensor).to(torch.float32)
+    xy = target["keypoints"].as_subclass(torch.Tensor).to(torch.float32)
+    vis = target["visibility"].to(torch.float32)
+    keypoints = torch.cat([xy, vis[..., None]], dim=-1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return image, {
+        "boxes": boxes.reshape(-1, 4),
+        "labels": target["labels"].to(torch.int64),
+        "keypoints": keypoints.reshape(len(boxes), xy.shape[-2], 3),
+        "image_id": torch.tensor(image_id, dtype=torch.int64),
+        "area": area,
+        "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
+    }
+
+
+def collate_fn(batch):
+    """Detection batches are lists: ``(images, targets)`` tuples of per-image entries."""
+    return tuple(zip(*batch, strict=True))
+
+
+_TRAIN_NAMES = {"train", "training", "default"}
+_VAL_NAMES = {"val", "valid", "validation", "test", "dev"}
+
+
+def split_indices(
+    ann: Annotations, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Train and validation ``image_index`` lists.
+
+    By CVAT subset when the export has them (Train/Validation/Test; test counts as
+    validation), otherwise a seeded random split of `val_fraction`.
+    """
+    images = ann.images
+    subsets = images["subset"].astype(object).str.lower()
+    if subsets.notna().any():
+        is_val = subsets.isin(_VAL_NAMES)
+        is_train = subsets.isin(_TRAIN_NAMES)
+        if is_val.any() and is_train.any():
+            return (images.loc[is_train, "image_index"].tolist(),
+                    images.loc[is_val, "image_index"].tolist())  # fmt: skip
+        log.info("subsets %s are not a train/validation pair; splitting at random",
+                 sorted(subsets.dropna().unique()))  # fmt: skip
+    idx = images["image_index"].to_numpy()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(idx))
+    n_val = int(round(len(idx) * val_fraction))
+    val = sorted(idx[order[:n_val]].tolist())
+    train = sorted(idx[order[n_val:]].tolist())
+    return train, val
+
+
+def default_workers() -> int:
+    """Loader workers: one core stays with the model (on 2 cores that leaves 1)."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def make_loaders(
+    ann: Annotations,
+    image_root: str | os.PathLike,
+    skeleton_label: str,
+    *,
+    size: int = 256,
+    batch_size: int = 2,
+    num_workers: int | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    policy: str = "iou_crop",
+    skip_missing: bool = False,
+) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders with the preset transforms (train shuffled, seeded)."""
+    train_idx, val_idx = split_indices(ann, val_fraction, seed)
+    skeleton = ann.skeletons[skeleton_label] if skeleton_label in ann.skeletons else None
+    flip = skeleton.flip_indices if skeleton is not None and skeleton.flip_pairs else None
+    train_ds = KeypointDataset(ann, image_root, skeleton_label,
+                               train_transforms(size, flip, policy=policy), indices=train_idx,
+                               skip_missing=skip_missing)  # fmt: skip
+    val_ds = KeypointDataset(ann, image_root, skeleton_label, eval_transforms(size),
+                             indices=val_idx, skip_missing=skip_missing)  # fmt: skip
+    workers = default_workers() if num_workers is None else num_workers
+    gen = torch.Generator().manual_seed(seed)
+    common = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": workers,
+              "persistent_workers": workers > 0}  # fmt: skip
+    return (DataLoader(train_ds, shuffle=True, generator=gen, **common),
+            DataLoader(val_ds, shuffle=False, **common))  # fmt: skip

@@ -1,0 +1,193 @@
+"""Keypoint-aware augmentation on torchvision transforms v2.
+
+A sample is ``(image, target)``: ``image`` a ``tv_tensors.Image`` (uint8 until the end),
+``target`` a dict with ``boxes`` (``BoundingBoxes`` xyxy ``[N, 4]``), ``labels`` ``[N]``,
+``keypoints`` (``KeyPoints`` ``[N, K, 2]``, pixel coordinates) and ``visibility``
+``[N, K]`` (0/1/2). Every v2 geometric transform moves boxes and points with the image;
+kpnb adds what v2 lacks: a flip that swaps left and right, and a last step that turns
+points which left the canvas into absent ones.
+
+Avoid transforms that corrupt KeyPoints: ``cjm_torchvision_tfms.RandomPixelCopy`` treats
+them as an image, the v1 ``CustomTrivialAugmentWide`` cannot take a target, and the
+AutoAugment family (AutoAugment, RandAugment, TrivialAugmentWide, AugMix) raises on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from cjm_torchvision_tfms.core import CustomRandomIoUCrop, PadSquare, ResizeMax
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from kpnb.tables import flip_indices
+
+__all__ = [
+    "flip_indices",
+    "KeypointHorizontalFlip",
+    "IoUCropIfBoxes",
+    "FinalizeKeypoints",
+    "train_transforms",
+    "eval_transforms",
+    "make_sample",
+    "POLICIES",
+]
+
+
+def make_sample(image: torch.Tensor, boxes, labels, keypoints, visibility):
+    """Wrap plain tensors as a v2 sample: ``(Image, {boxes, labels, keypoints, visibility})``."""
+    h, w = image.shape[-2:]
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            format="XYXY", canvas_size=(h, w),
+        ),
+        "labels": torch.as_tensor(labels, dtype=torch.int64),
+        "keypoints": tv_tensors.KeyPoints(
+            torch.as_tensor(keypoints, dtype=torch.float32), canvas_size=(h, w)
+        ),
+        "visibility": torch.as_tensor(visibility, dtype=torch.uint8),
+    }  # fmt: skip
+    return tv_tensors.Image(image), target
+
+
+class KeypointHorizontalFlip(v2.Transform):
+    """Mirror the sample left-right with probability `p`, then swap left/right keypoints.
+
+    v2's own flip mirrors KeyPoints as ``W - 1 - x`` (pixel indices) and swaps nothing.
+    CVAT and COCO coordinates are continuous (pixel ``i`` spans ``[i, i + 1)``), so points
+    are mirrored as ``W - x`` like boxes, and keypoints and visibility are permuted by
+    `flip_perm` (see `flip_indices`) so ``left_eye`` stays the animal's left eye.
+    """
+
+    def __init__(self, flip_perm: Sequence[int], p: float = 0.5):
+        super().__init__()
+        self.flip_perm = torch.as_tensor(list(flip_perm), dtype=torch.long)
+        self.p = p
+
+    def forward(self, image, target):
+        if torch.rand(()) >= self.p:
+            return image, target
+        return self.flip(image, target)
+
+    def flip(self, image, target):
+        """Always flip (the deterministic core, used by tests and before/after pictures)."""
+        target = dict(target)
+        image = F.horizontal_flip(image)
+        target["boxes"] = F.horizontal_flip(target["boxes"])
+        kps = target["keypoints"]
+        w = kps.canvas_size[1]
+        mirrored = kps.as_subclass(torch.Tensor).clone()
+        mirrored[..., 0] = w - mirrored[..., 0]
+        if len(self.flip_perm) and mirrored.shape[-2] == len(self.flip_perm):
+            mirrored = mirrored[..., self.flip_perm, :]
+            target["visibility"] = target["visibility"][..., self.flip_perm]
+        target["keypoints"] = tv_tensors.wrap(mirrored, like=kps)
+        return image, target
+
+
+class IoUCropIfBoxes(v2.Transform):
+    """cjm's `CustomRandomIoUCrop` where there is a box; images with none pass unchanged.
+
+    The IoU crop samples its centre from the boxes, so it cannot run on a negative image.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.crop = CustomRandomIoUCrop(**kwargs)
+
+    def forward(self, image, target):
+        if len(target["boxes"]) == 0:
+            return image, target
+        return self.crop(image, target)
+
+
+class FinalizeKeypoints(v2.Transform):
+    """The last step of every pipeline: make the target valid for Keypoint R-CNN.
+
+    * a point that left the canvas gets visibility 0 (its coordinates are kept);
+    * each box grows to enclose its visible points and is clipped to the canvas;
+    * instances with no visible point left, or with a box thinner than `min_size`
+      pixels, are dropped, keeping boxes, labels, keypoints and visibility aligned.
+
+    torchvision >= 0.24 no longer clamps keypoints, and ``SanitizeBoundingBoxes`` ignores
+    KeyPoints and knows nothing of visibility, hence this step.
+    """
+
+    def __init__(self, min_size: float = 1.0):
+        super().__init__()
+        self.min_size = min_size
+
+    def forward(self, image, target):
+        kps = target["keypoints"]
+        h, w = kps.canvas_size
+        xy = kps.as_subclass(torch.Tensor)
+        vis = target["visibility"].clone()
+        inside = (xy[..., 0] >= 0) & (xy[..., 0] < w) & (xy[..., 1] >= 0) & (xy[..., 1] < h)
+        vis[~inside] = 0
+        boxes = target["boxes"].as_subclass(torch.Tensor).clone()
+        visible = vis > 0
+        if len(boxes):
+            big = torch.tensor(float("inf"))
+            lo = torch.where(visible[..., None], xy, big).amin(dim=1)
+            hi = torch.where(visible[..., None], xy, -big).amax(dim=1)
+            has = visible.any(dim=1)
+            boxes[has, :2] = torch.minimum(boxes[has, :2], lo[has])
+            boxes[has, 2:] = torch.maximum(boxes[has, 2:], hi[has])
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = visible.any(dim=1)
+        if len(boxes):
+            keep &= ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & (
+                (boxes[:, 3] - boxes[:, 1]) >= self.min_size
+            )
+        target = dict(target)
+        target["boxes"] = tv_tensors.wrap(boxes[keep], like=target["boxes"])
+        target["labels"] = target["labels"][keep]
+        target["keypoints"] = tv_tensors.wrap(xy[keep], like=kps)
+        target["visibility"] = vis[keep]
+        return image, target
+
+
+POLICIES = ("iou_crop", "flip_only", "none")
+
+
+def train_transforms(
+    size: int,
+    flip_perm: Sequence[int] | None = None,
+    *,
+    policy: str = "iou_crop",
+    jitter: float = 0.25,
+) -> v2.Compose:
+    """The training pipeline: IoU crop, ResizeMax + PadSquare to `size`, colour jitter,
+    the keypoint-aware flip, then `FinalizeKeypoints`.
+
+    Args:
+        size: side of the square training image, in pixels.
+        flip_perm: left/right permutation (`flip_indices` of the keypoint names);
+            ``None`` disables the flip (a mirror without a swap would teach wrong labels).
+        policy: ``"iou_crop"`` (default), ``"flip_only"`` (no crop, no jitter) or ``"none"``.
+        jitter: strength of brightness/contrast/saturation jitter.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown augmentation policy {policy!r}; choose one of {POLICIES}")
+    steps: list = []
+    if policy == "iou_crop":
+        steps.append(IoUCropIfBoxes())
+    # ResizeMax can round the long side a pixel short; the last Resize makes it exact.
+    steps += [ResizeMax(max_sz=size), PadSquare(shift=policy != "none"), v2.Resize([size, size])]
+    if policy == "iou_crop" and jitter:
+        # No hue jitter: its RGB<->HSV round trip costs more than the rest of the pipeline.
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    if flip_perm is not None and policy != "none":
+        steps.append(KeypointHorizontalFlip(flip_perm))
+    steps.append(FinalizeKeypoints())
+    return v2.Compose(steps)
+
+
+def eval_transforms(size: int) -> v2.Compose:
+    """Evaluation: ResizeMax + centred PadSquare to `size` and `FinalizeKeypoints`."""
+    return v2.Compose([ResizeMax(max_sz=size), PadSquare(shift=False), v2.Resize([size, size]),
+                       FinalizeKeypoints()])  # fmt: skip
