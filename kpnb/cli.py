@@ -166,6 +166,34 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- show ---------------------------------------------------------------------------------
+@_command(
+    "show",
+    "draw one annotated image of an export to a PNG",
+    "kpnb show data/synthetic --image 3 --out sample.png",
+)
+def add_show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="CVAT export folder (or COCO export folder)")
+    p.add_argument("--image", type=int, default=0, help="image_index to draw (default: 0)")
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--images-root", type=Path, help="folder holding images/ (default: source)")
+    p.add_argument("--boxes", action="store_true", help="draw each instance's box too")
+
+
+@add_show_arguments.runner
+def run_show(args: argparse.Namespace) -> int:
+    from kpnb.data import read_annotations
+    from kpnb.viz import show_sample
+
+    ann = read_annotations(args.source)
+    root = args.images_root or (args.source if args.source.is_dir() else args.source.parent)
+    img = show_sample(ann, args.image, root)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(args.out)
+    print(f"wrote {args.out} ({img.width}x{img.height})")
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------------
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``kpnb`` parser with every registered subcommand."""
@@ -200,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, IndexError, OSError) as exc:
         # Input problems: the message already says what and where; a traceback adds noise.
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"kpnb {args.command}: error: {msg}", file=sys.stderr)
