@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,31 @@ def run_synth(args: argparse.Namespace) -> int:
         raise ValueError(f"--images must be >= 0, got {args.images}")
     out = generate(args.out, args.images, args.seed, args.layout, as_zip=args.zip)
     print(f"wrote {args.images} images ({args.layout} layout, seed {args.seed}) to {out}")
+    return 0
+
+
+# -- data ---------------------------------------------------------------------------------
+@_command(
+    "data",
+    "fetch or make a dataset and print where it is",
+    "kpnb data synthetic\n  kpnb data cj-mills/cvat-keypoint-toy-dataset\n"
+    "  kpnb data https://example.org/my_export.zip --sha256 <hex>",
+)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="'synthetic', a registered name, a URL of an export zip, or a path")
+    p.add_argument("--root", type=Path, help="cache folder (default: $KPNB_CACHE or ~/.cache/kpnb)")
+    p.add_argument("--images", type=int, default=200, help="synthetic: image count (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: seed (default: 0)")
+    p.add_argument("--sha256", help="expected checksum of a URL's file")
+
+
+@add_data_arguments.runner
+def run_data(args: argparse.Namespace) -> int:
+    from kpnb.data import get_dataset
+
+    path = get_dataset(args.spec, args.root, n_images=args.images, seed=args.seed,
+                       sha256=args.sha256)  # fmt: skip
+    print(path)
     return 0
 
 
@@ -194,6 +220,227 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train --------------------------------------------------------------------------------
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="CVAT or COCO export (folder, zip, file), or 'synthetic'")
+    p.add_argument("--label", help="skeleton label to learn (default: the first skeleton)")
+    p.add_argument(
+        "--points-as-skeleton",
+        metavar="NAME",
+        help="plain <points> exports: treat each image's points as skeleton NAME",
+    )
+    p.add_argument("--size", type=int, default=256, help="square image size (default: 256)")
+    p.add_argument("--batch-size", type=int, default=2, help="images per step (default: 2)")
+    p.add_argument("--workers", type=int, help="data loader workers (default: cores - 1)")
+
+
+def _load_for_training(args):
+    """(annotations, image root, skeleton label) for DATA, as train and evaluate see it."""
+    from kpnb.data import get_dataset, read_annotations
+    from kpnb.tables import points_to_skeleton
+
+    root = get_dataset(args.data)
+    ann = read_annotations(root)
+    if args.points_as_skeleton:
+        ann = points_to_skeleton(ann, args.points_as_skeleton)
+    if not ann.skeletons:
+        raise ValueError(f"{args.data}: no skeleton label; for one <points> shape per keypoint, "
+                         "pass --points-as-skeleton NAME")  # fmt: skip
+    label = args.label or next(iter(ann.skeletons))
+    if label not in ann.skeletons:
+        raise ValueError(f"--label {label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
+    return ann, root if root.is_dir() else root.parent, label
+
+
+@_command(
+    "train",
+    "fine-tune Keypoint R-CNN on an export and keep the best checkpoint",
+    "kpnb train synthetic --epochs 1 --size 256 --out runs/demo --weights none\n"
+    "  kpnb train my_export.zip --epochs 30 --out runs/v1 --weights coco\n"
+    "  torchrun --nproc_per_node 2 -m kpnb train synthetic --epochs 5 --out runs/ddp",
+)
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    _dataset_args(p)
+    p.add_argument("--epochs", type=int, default=10, help="default: 10")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints/history")
+    p.add_argument(
+        "--weights",
+        default="coco",
+        help="coco (download torchvision's COCO weights), none, or a .pth path "
+        "(default: coco, falling back to random with a warning when offline)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=1e-4, help="peak one-cycle learning rate (default: 1e-4)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint")
+
+
+@add_train_arguments.runner
+def run_train(args: argparse.Namespace) -> int:
+    from kpnb.dataset import make_loaders
+    from kpnb.model import build_model
+    from kpnb.train import TrainConfig, fit
+
+    ann, root, label = _load_for_training(args)
+    skeleton = ann.skeletons[label]
+    train_loader, val_loader = make_loaders(ann, root, label, size=args.size,
+                                            batch_size=args.batch_size, num_workers=args.workers,
+                                            seed=args.seed)  # fmt: skip
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    model = build_model(skeleton.num_keypoints, weights=weights, size=args.size,
+                        allow_random=args.weights == "coco")  # fmt: skip
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        size=args.size,
+        sigmas=args.sigmas,
+        extra={"label": label, "data": str(args.data)},
+    )
+    resume = args.out / "last.pth" if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
+    history = fit(model, train_loader, val_loader, skeleton, config, out_dir=args.out,
+                  device=args.device, resume=resume)  # fmt: skip
+    if history and int(os.environ.get("RANK", 0)) == 0:
+        last = history[-1]
+        shown = {k: round(v, 4) for k, v in last.items() if k in ("loss", "AP", "PCK@0.1")}
+        print(f"trained {len(history)} epochs on {len(train_loader.dataset)} images: {shown}")
+        print(f"checkpoints and history in {args.out}")
+    return 0
+
+
+# -- evaluate -----------------------------------------------------------------------------
+@_command(
+    "evaluate",
+    "OKS AP, PCK and pixel error of a checkpoint on an export's validation images",
+    "kpnb evaluate runs/demo/best.pth synthetic --out runs/demo/metrics.json",
+)
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path)
+    _dataset_args(p)
+    p.add_argument("--out", type=Path, help="JSON to write (default: CHECKPOINT's folder)")
+    p.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint")
+    p.add_argument("--all", action="store_true", help="every image, not only validation ones")
+
+
+@add_evaluate_arguments.runner
+def run_evaluate(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from kpnb.dataset import KeypointDataset, collate_fn, split_indices
+    from kpnb.evaluate import evaluate
+    from kpnb.model import load_checkpoint_model
+    from kpnb.transforms import eval_transforms
+
+    model, ckpt = load_checkpoint_model(args.checkpoint)
+    ann, root, label = _load_for_training(args)
+    skeleton = ckpt["skeleton_obj"]
+    if ann.skeletons[label].keypoints != skeleton.keypoints:
+        raise ValueError(f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
+                         f"{label!r}'s {list(ann.skeletons[label].keypoints)}")  # fmt: skip
+    indices = None if args.all else split_indices(ann)[1]
+    ds = KeypointDataset(ann, root, label, eval_transforms(args.size), indices=indices)
+    loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_fn)
+    result = evaluate(model, loader, skeleton, args.sigmas)
+    out = args.out or args.checkpoint.with_name("metrics.json")
+    result.to_json(out)
+    print(pd_table(result.metrics))
+    print()
+    print(result.per_keypoint.round(3).to_string())
+    print(f"\nwrote {out}")
+    return 0
+
+
+def pd_table(metrics: dict) -> str:
+    return "\n".join(f"{k:>18s}  {v:.4f}" if isinstance(v, float) else f"{k:>18s}  {v}"
+                     for k, v in metrics.items())  # fmt: skip
+
+
+# -- predict ------------------------------------------------------------------------------
+@_command(
+    "predict",
+    "detect keypoints in images and write CVAT XML (pre-annotations) or COCO results",
+    "kpnb predict runs/demo/best.pth photos/*.jpg --out preds.xml --viz preds/",
+)
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("images", type=Path, nargs="+", help="image files")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help=".xml: CVAT for images 1.1 to import into CVAT; .json: COCO results",
+    )
+    p.add_argument("--viz", type=Path, help="also draw each image's predictions into this folder")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="default: 0.5")
+    p.add_argument("--label", default=None, help="label name to write (default: checkpoint's)")
+
+
+@add_predict_arguments.runner
+def run_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from kpnb.evaluate import predict
+    from kpnb.model import load_checkpoint_model
+
+    if args.out.suffix.lower() not in (".xml", ".json"):
+        raise ValueError(f"--out {args.out}: use .xml (CVAT) or .json (COCO results)")
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image files: {', '.join(missing[:10])}")
+    model, ckpt = load_checkpoint_model(args.checkpoint)
+    skeleton = ckpt["skeleton_obj"]
+    label = args.label or ckpt.get("config", {}).get("extra", {}).get("label", "object")
+    preds = predict(model, [str(p) for p in args.images], skeleton, label,
+                    score_threshold=args.score_threshold)  # fmt: skip
+    sizes = [Image.open(p).size for p in args.images]
+    _write_predictions(preds, args.images, sizes, skeleton, label, args.out)
+    if args.viz:
+        from kpnb.viz import draw_instances
+
+        args.viz.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(args.images):
+            rows = preds[preds["image_index"] == i]
+            arr = rows[["x", "y"]].to_numpy().reshape(-1, skeleton.num_keypoints, 2)
+            draw_instances(Image.open(path), arr, skeleton).save(args.viz / f"{path.stem}.png")
+    print(f"{preds['instance_id'].nunique()} instances in {len(args.images)} images -> {args.out}")
+    return 0
+
+
+def _write_predictions(preds, paths, sizes, skeleton, label, out: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from kpnb._io import atomic_path
+    from kpnb.tables import Annotations, tidy_images, tidy_keypoints
+
+    if out.suffix.lower() == ".json":
+        results = []
+        for _, rows in preds.groupby("instance_id", sort=False):
+            flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
+            results.append({"image_id": int(rows["image_index"].iloc[0]) + 1, "category_id": 1,
+                            "keypoints": flat, "score": float(rows["score"].iloc[0])})  # fmt: skip
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(results))
+        return
+    from kpnb.cvat import write_cvat
+
+    images = pd.DataFrame({"image_index": range(len(paths)), "image_id": range(len(paths)),
+                           "name": [p.name for p in paths], "width": [w for w, _ in sizes],
+                           "height": [h for _, h in sizes]})  # fmt: skip
+    kp = preds.drop(columns=["image_name", "score", "keypoint_score"]).assign(source="auto")
+    labels = pd.DataFrame([{"name": label, "type": "skeleton"}] +
+                          [{"name": k, "type": "points", "parent": label}
+                           for k in skeleton.keypoints])  # fmt: skip
+    ann = Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
+    write_cvat(ann, out)
+
+
 # -- the parser ---------------------------------------------------------------------------
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``kpnb`` parser with every registered subcommand."""
@@ -228,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, IndexError, OSError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, IndexError, OSError, RuntimeError) as exc:
         # Input problems: the message already says what and where; a traceback adds noise.
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"kpnb {args.command}: error: {msg}", file=sys.stderr)

@@ -1,18 +1,54 @@
-"""Where annotations come from: a local CVAT or COCO export, read into tidy tables.
+"""Where datasets come from: the embedded synthetic one, a download, or your own export.
 
-`read_annotations` picks the reader from what the path holds, so every later stage and
-the CLI take "an export" without asking which format it is.
+`get_dataset` turns a name, URL or path into a local folder; `read_annotations` picks the
+reader (CVAT or COCO) from what that folder holds. Downloads go through pooch into a cache
+(``$KPNB_CACHE``, default ``~/.cache/kpnb``): checksummed where the checksum is known,
+written under a temporary name until complete, extracted with every member checked to
+stay inside its folder, and reused on the next call.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from kpnb._io import atomic_path
+from kpnb.config import cache_dir
 from kpnb.tables import Annotations
 
-__all__ = ["read_annotations", "detect_format"]
+__all__ = ["read_annotations", "detect_format", "get_dataset", "register_dataset",
+           "DatasetUnavailableError", "REGISTRY", "safe_extract"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset could not be fetched or unpacked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class RemoteDataset:
+    url: str
+    sha256: str | None = None  # None: not known; the file is still checked to be a zip
+
+
+#: Datasets known by name. The seed tutorial's toy set is a zip of a CVAT export.
+REGISTRY: dict[str, RemoteDataset] = {
+    "cj-mills/cvat-keypoint-toy-dataset": RemoteDataset(
+        "https://huggingface.co/datasets/cj-mills/cvat-keypoint-toy-dataset/resolve/main/"
+        "cvat-keypoint-toy-dataset.zip"
+    ),
+}
+
+
+def register_dataset(name: str, url: str, sha256: str | None = None) -> None:
+    """Make `name` usable with `get_dataset` (a zip of a CVAT or COCO export at `url`)."""
+    REGISTRY[name] = RemoteDataset(url, sha256)
 
 
 def detect_format(source: str | os.PathLike) -> str:
@@ -65,3 +101,132 @@ def read_annotations(source: str | os.PathLike) -> Annotations:
     from kpnb.tables import load_tables
 
     return load_tables(source)
+
+
+def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Extract a zip into `target`, refusing members that would land outside it.
+
+    ``zipfile`` would silently rewrite ``../x`` and ``/etc/x``; a dataset zip holding such
+    names is broken or hostile, so kpnb stops instead. The folder appears complete or not
+    at all.
+    """
+    archive, target = Path(archive), Path(target)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        raise DatasetUnavailableError(f"{archive}: not a zip file ({exc}); delete it and "
+                                      "download again") from None  # fmt: skip
+    with zf, atomic_path(target, directory=True) as tmp:
+        base = tmp.resolve()
+        for info in zf.infolist():
+            name = info.filename.replace("\\", "/")
+            dest = (base / name).resolve()
+            if name.startswith("/") or (dest != base and base not in dest.parents):
+                raise DatasetUnavailableError(
+                    f"{archive}: member {info.filename!r} would be written outside {target}; "
+                    "refusing to extract this archive"
+                )
+        zf.extractall(base)
+    return target
+
+
+def _dataset_root(folder: Path) -> Path:
+    """The folder inside an extracted export that holds its annotations."""
+    for pattern in ("annotations.xml", "annotations/*.json"):
+        found = sorted(folder.rglob(pattern), key=lambda p: len(p.parts))
+        if found:
+            hit = found[0]
+            return hit.parent if hit.name == "annotations.xml" else hit.parent.parent
+    raise DatasetUnavailableError(f"{folder}: holds no annotations.xml or annotations/*.json")
+
+
+def _download(url: str, sha256: str | None, folder: Path, progress: bool) -> Path:
+    import pooch
+    import requests
+
+    fname = Path(url.split("?")[0]).name or "dataset.zip"
+    try:
+        return Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
+                                   fname=fname, path=folder, progressbar=progress))  # fmt: skip
+    except requests.exceptions.HTTPError as exc:
+        raise DatasetUnavailableError(f"could not download {url}: {exc}") from None
+    except requests.exceptions.ChunkedEncodingError as exc:
+        raise DatasetUnavailableError(
+            f"could not download {url}: the connection broke off ({exc.__class__.__name__}); "
+            "nothing was kept, run again to retry"
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        reason = str(exc).split(":")[-1].strip(" )'\"") or type(exc).__name__
+        raise DatasetUnavailableError(
+            f"could not download {url} ({reason}). Offline? Use get_dataset('synthetic'), "
+            f"or download the file by hand to {folder / fname} and run again"
+        ) from None
+    except ValueError as exc:  # pooch: hash mismatch
+        raise DatasetUnavailableError(f"{url}: {exc}; the download was discarded") from None
+
+
+def get_dataset(
+    spec: str | os.PathLike = "synthetic",
+    root: str | os.PathLike | None = None,
+    *,
+    n_images: int = 200,
+    seed: int = 0,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """A local folder (or annotation file) for `spec`, fetching or making it once.
+
+    Args:
+        spec: ``"synthetic"`` (drawn by `kpnb.synthetic`, seed-stable), a name in
+            `REGISTRY` (e.g. ``"cj-mills/cvat-keypoint-toy-dataset"``), an ``http(s)`` URL
+            of an export zip, or a local folder, zip or annotations file.
+        root: cache folder (default: ``$KPNB_CACHE`` or ``~/.cache/kpnb``).
+        n_images, seed: the synthetic dataset's size and seed.
+        sha256: expected checksum of a URL's file.
+
+    Raises:
+        DatasetUnavailableError: a download failed (the message says what to do), a
+            checksum did not match, or an archive is broken or unsafe.
+        FileNotFoundError: a local path does not exist.
+    """
+    root = Path(root) if root is not None else cache_dir()
+    spec_str = str(spec)
+    if spec_str == "synthetic":
+        folder = root / f"synthetic-seed{seed}-n{n_images}"
+        if not (folder / "annotations.xml").is_file():
+            from kpnb.synthetic import generate
+
+            generate(folder, n_images, seed)
+        return folder
+    if spec_str in REGISTRY or spec_str.startswith(("http://", "https://")):
+        remote = REGISTRY.get(spec_str) or RemoteDataset(spec_str, sha256)
+        key = hashlib.sha256(remote.url.encode()).hexdigest()[:12]
+        extracted = root / "datasets" / key
+        if not extracted.is_dir():
+            archive = _download(remote.url, remote.sha256 or sha256, root / "downloads", progress)
+            try:
+                safe_extract(archive, extracted)
+            except DatasetUnavailableError:
+                archive.unlink(missing_ok=True)  # a broken archive must not count as cached
+                raise
+        return _dataset_root(extracted)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        known = ", ".join(["synthetic", *REGISTRY])
+        raise FileNotFoundError(f"{path}: no such file or folder (named datasets: {known})")
+    if path.is_file() and path.suffix.lower() == ".zip":
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        extracted = root / "local" / f"{path.stem}-{digest}"
+        if not extracted.is_dir():
+            safe_extract(path, extracted)
+        return _dataset_root(extracted)
+    if path.is_file() and path.name == "annotations.xml":
+        return path.parent
+    return path
+
+
+def clear_partial(root: str | os.PathLike | None = None) -> None:
+    """Remove leftovers of interrupted runs (temporary ``.*.tmp`` names) from the cache."""
+    root = Path(root) if root is not None else cache_dir()
+    for p in root.rglob(".*.tmp"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -1,0 +1,283 @@
+"""Honest keypoint metrics and predictions as tidy tables.
+
+* OKS AP (AP, AP50, AP75, APm, APl) computed by pycocotools' ``COCOeval`` with one sigma
+  per keypoint. Default sigma: a uniform ``DEFAULT_SIGMA`` = 0.05 for every keypoint,
+  between COCO's face points (0.025-0.035) and its body points (0.06-0.11); pass your own
+  per-keypoint values when you know how precisely each point can be placed.
+* PCK@0.05/0.1/0.2: the share of labelled ground-truth points whose matched prediction
+  lies within alpha x the longer side of the ground-truth box. Each ground-truth instance
+  is matched to the best-scoring unused prediction with box IoU >= 0.5; points of an
+  unmatched instance count as misses.
+* Mean pixel error per keypoint over matched, labelled points.
+
+Keypoint R-CNN always predicts v=1 (it does not learn visibility), so predictions carry
+a per-keypoint ``keypoint_score`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kpnb.tables import Skeleton
+
+__all__ = ["DEFAULT_SIGMA", "EvalResult", "keypoint_metrics", "oks_ap", "evaluate", "predict",
+           "collect_predictions"]  # fmt: skip
+
+DEFAULT_SIGMA = 0.05
+PCK_THRESHOLDS = (0.05, 0.1, 0.2)
+
+
+@dataclass
+class ImageResult:
+    """Ground truth and predictions of one image, in the same pixel frame."""
+
+    gt_boxes: np.ndarray  # [N, 4] xyxy
+    gt_keypoints: np.ndarray  # [N, K, 3] x, y, v
+    boxes: np.ndarray  # [M, 4]
+    scores: np.ndarray  # [M]
+    keypoints: np.ndarray  # [M, K, 3] x, y, keypoint score
+
+
+@dataclass
+class EvalResult:
+    """``metrics`` (AP..., PCK@a, mean_px_error) and a ``per_keypoint`` table."""
+
+    metrics: dict
+    per_keypoint: pd.DataFrame
+    sigmas: list[float] = field(default_factory=list)
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        from kpnb._io import atomic_path
+
+        doc = {
+            "metrics": self.metrics,
+            "sigmas": self.sigmas,
+            "per_keypoint": self.per_keypoint.reset_index().to_dict(orient="records"),
+        }
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2))
+        return path
+
+
+def _xywh(b: np.ndarray) -> list[float]:
+    return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+
+
+def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
+    """Ground truth as a COCO dict and predictions as a COCO results list (for COCOeval)."""
+    k = next((r.gt_keypoints.shape[1] for r in results if r.gt_keypoints.size), 0)
+    k = k or next((r.keypoints.shape[1] for r in results if r.keypoints.size), 0)
+    images, anns, dets = [], [], []
+    for i, r in enumerate(results, start=1):
+        images.append({"id": i, "width": 0, "height": 0, "file_name": str(i)})
+        for box, kps in zip(r.gt_boxes, r.gt_keypoints, strict=True):
+            kps = np.nan_to_num(kps)
+            xywh = _xywh(box)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "bbox": xywh,
+                         "area": xywh[2] * xywh[3], "iscrowd": 0,
+                         "num_keypoints": int((kps[:, 2] > 0).sum()),
+                         "keypoints": kps.reshape(-1).tolist()})  # fmt: skip
+        for box, score, kps in zip(r.boxes, r.scores, r.keypoints, strict=True):
+            flat = np.concatenate([kps[:, :2], np.ones((len(kps), 1))], axis=1)
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": _xywh(box),
+                    "score": float(score),
+                    "keypoints": flat.reshape(-1).tolist(),
+                }
+            )
+    gt = {"images": images, "annotations": anns,
+          "categories": [{"id": 1, "name": "object", "keypoints": [str(j) for j in range(k)],
+                          "skeleton": []}]}  # fmt: skip
+    return gt, dets
+
+
+def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
+    """COCO OKS AP, AP50, AP75, APm, APl from pycocotools with per-keypoint `sigmas`."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_dict, dets = coco_dicts(results)
+    names = ["AP", "AP50", "AP75", "APm", "APl"]
+    if not gt_dict["annotations"] or not dets:
+        return dict.fromkeys(names, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints; a library must not
+        gt = COCO()
+        gt.dataset = gt_dict
+        gt.createIndex()
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, iouType="keypoints")
+        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # -1 means "no ground truth in that area range": report it as missing, not as a score.
+    return {
+        n: (float(v) if v >= 0 else float("nan")) for n, v in zip(names, ev.stats[:5], strict=True)
+    }
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes ``[N, 4]`` x ``[M, 4]``."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
+
+
+def _match(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
+    """For each ground-truth instance, the index of its prediction or -1."""
+    match = [-1] * len(r.gt_boxes)
+    if not len(r.gt_boxes) or not len(r.boxes):
+        return match
+    iou = _iou(r.gt_boxes, r.boxes)
+    used = set()
+    for p in np.argsort(-r.scores, kind="stable"):
+        free = [g for g in range(len(match)) if match[g] < 0]
+        if not free:
+            break
+        g = max(free, key=lambda g: iou[g, p])
+        if iou[g, p] >= iou_threshold and p not in used:
+            match[g] = int(p)
+            used.add(int(p))
+    return match
+
+
+def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
+                     sigmas: Sequence[float] | None = None) -> EvalResult:  # fmt: skip
+    """OKS AP, PCK@0.05/0.1/0.2 and mean pixel error (see the module docstring)."""
+    k = skeleton.num_keypoints
+    sigmas = [DEFAULT_SIGMA] * k if sigmas is None else [float(s) for s in sigmas]
+    if len(sigmas) != k:
+        raise ValueError(f"{len(sigmas)} sigmas for {k} keypoints {list(skeleton.keypoints)}")
+    metrics = oks_ap(results, sigmas)
+    dists, norms, labelled = [], [], []
+    for r in results:
+        for g, p in enumerate(_match(r)):
+            gt = r.gt_keypoints[g]
+            box = r.gt_boxes[g]
+            size = max(box[2] - box[0], box[3] - box[1], 1e-6)
+            if p < 0:
+                d = np.full(k, np.inf)
+            else:
+                d = np.linalg.norm(r.keypoints[p, :, :2] - gt[:, :2], axis=1)
+            dists.append(d)
+            norms.append(np.full(k, size))
+            labelled.append(gt[:, 2] > 0)
+    d = np.array(dists).reshape(-1, k)
+    s = np.array(norms).reshape(-1, k)
+    m = np.array(labelled, dtype=bool).reshape(-1, k)
+    rows = {}
+    for a in PCK_THRESHOLDS:
+        hit = (d <= a * s) & m
+        metrics[f"PCK@{a:g}"] = float(hit.sum() / m.sum()) if m.sum() else float("nan")
+        rows[f"PCK@{a:g}"] = hit.sum(0) / np.maximum(m.sum(0), 1)
+    found = m & np.isfinite(d)
+    per_err = np.where(found, d, 0).sum(0) / np.maximum(found.sum(0), 1)
+    metrics["mean_px_error"] = float(d[found].mean()) if found.any() else float("nan")
+    metrics["matched_instances"] = int(np.isfinite(d).all(axis=1).sum()) if len(d) else 0
+    metrics["instances"] = len(d)
+    table = pd.DataFrame({"labelled": m.sum(0), "matched": found.sum(0),
+                          "mean_px_error": np.where(found.sum(0) > 0, per_err, np.nan), **rows},
+                         index=pd.Index(skeleton.keypoints, name="keypoint"))  # fmt: skip
+    return EvalResult(metrics, table, sigmas)
+
+
+def _to_numpy_result(target: dict, output: dict) -> ImageResult:
+    kps = output["keypoints"].detach().cpu().numpy().copy()
+    if len(kps):
+        kps[..., 2] = output["keypoints_scores"].detach().cpu().numpy()
+    return ImageResult(
+        target["boxes"].cpu().numpy(), target["keypoints"].cpu().numpy(),
+        output["boxes"].detach().cpu().numpy(), output["scores"].detach().cpu().numpy(), kps,
+    )  # fmt: skip
+
+
+@torch.inference_mode()
+def collect_predictions(model, loader, device: str | torch.device = "cpu",
+                        label: int = 1) -> list[ImageResult]:  # fmt: skip
+    """Run `model` over `loader` (images, targets) and keep both sides per image."""
+    model.eval()
+    results = []
+    for images, targets in loader:
+        outputs = model([im.to(device) for im in images])
+        for t, o in zip(targets, outputs, strict=True):
+            keep = o["labels"] == label
+            results.append(_to_numpy_result(t, {k: v[keep] for k, v in o.items()}))
+    return results
+
+
+def evaluate(model, loader, skeleton: Skeleton, sigmas: Sequence[float] | None = None,
+             device: str | torch.device = "cpu") -> EvalResult:  # fmt: skip
+    """`keypoint_metrics` of `model` on a validation loader."""
+    return keypoint_metrics(collect_predictions(model, loader, device), skeleton, sigmas)
+
+
+def _load_images(images: Sequence) -> tuple[list[torch.Tensor], list[str]]:
+    from PIL import Image
+
+    tensors, names = [], []
+    for i, im in enumerate(images):
+        if isinstance(im, (str, os.PathLike)):
+            names.append(Path(im).name)
+            im = Image.open(im).convert("RGB")
+        else:
+            names.append(f"image_{i:05d}")
+        if isinstance(im, Image.Image):
+            im = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+        t = torch.as_tensor(im)
+        tensors.append(t.float() / 255 if not t.is_floating_point() else t)
+    return tensors, names
+
+
+@torch.inference_mode()
+def predict(model, images: Sequence, skeleton: Skeleton, label: str = "object", *,
+            score_threshold: float = 0.5, batch_size: int = 2,
+            device: str | torch.device = "cpu") -> pd.DataFrame:  # fmt: skip
+    """Keypoints of every detected instance as a tidy table in original image pixels.
+
+    Args:
+        images: paths, PIL images or ``[3, H, W]`` tensors (uint8 or float 0-1).
+        skeleton: the trained skeleton (names for the ``keypoint`` column).
+        label: the ``label`` column's value.
+        score_threshold: drop instances scoring below this.
+
+    Returns:
+        The keypoints table's columns (``visibility`` is 2: the model does not predict it)
+        plus ``score`` (instance) and ``keypoint_score``, and ``image_name``.
+    """
+    model.eval()
+    tensors, names = _load_images(images)
+    rows, instance = [], 0
+    for start in range(0, len(tensors), batch_size):
+        batch = tensors[start : start + batch_size]
+        outputs = model([t.to(device) for t in batch])
+        for offset, out in enumerate(outputs):
+            index = start + offset
+            keep = out["scores"] >= score_threshold
+            kps = out["keypoints"][keep].cpu().numpy()
+            kscores = out["keypoints_scores"][keep].cpu().numpy()
+            for n, (score, inst) in enumerate(zip(out["scores"][keep].cpu().numpy(), kps,
+                                                  strict=True)):  # fmt: skip
+                for j, name in enumerate(skeleton.keypoints):
+                    rows.append((index, names[index], instance, label, name, j, inst[j, 0],
+                                 inst[j, 1], 2, float(score), float(kscores[n, j])))  # fmt: skip
+                instance += 1
+    columns = ["image_index", "image_name", "instance_id", "label", "keypoint", "point_index",
+               "x", "y", "visibility", "score", "keypoint_score"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)

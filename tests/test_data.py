@@ -1,0 +1,179 @@
+"""get_dataset against a real HTTP server on 127.0.0.1: downloads, cache, failures, zips."""
+
+import hashlib
+import http.server
+import io
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kpnb.data import (
+    DatasetUnavailableError,
+    detect_format,
+    get_dataset,
+    read_annotations,
+    register_dataset,
+    safe_extract,
+)
+
+
+class _Server:
+    """Serves `files` (path -> bytes); '/drop/...' sends half the body then hangs up."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.hits = files, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                outer.hits.append(self.path)
+                body = outer.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "not here")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.path.startswith("/drop/"):
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the connection drops half-way
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _zip_bytes(folder: Path, prefix: str = "toy/") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, prefix + str(p.relative_to(folder)))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(synthetic_export):
+    good = _zip_bytes(synthetic_export)
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("toy/annotations.xml", "<annotations/>")
+        zf.writestr("../escaped.txt", "gotcha")
+    srv = _Server({"/toy.zip": good, "/drop/toy.zip": good, "/evil.zip": evil.getvalue(),
+                   "/junk.zip": b"this is not a zip"})  # fmt: skip
+    srv.sha256 = hashlib.sha256(good).hexdigest()
+    yield srv
+    srv.close()
+
+
+def test_first_download_then_cache_hit(server, tmp_path):
+    url = server.url + "/toy.zip"
+    root = get_dataset(url, tmp_path, sha256=server.sha256, progress=False)
+    assert (root / "annotations.xml").is_file() and (root / "images").is_dir()
+    assert len(read_annotations(root).images) == 40
+    n = len(server.hits)
+    again = get_dataset(url, tmp_path, sha256=server.sha256, progress=False)
+    assert again == root and len(server.hits) == n  # no second request
+
+
+def test_registered_name(server, tmp_path):
+    register_dataset("test/toy", server.url + "/toy.zip", server.sha256)
+    root = get_dataset("test/toy", tmp_path, progress=False)
+    assert detect_format(root) == "cvat"
+
+
+def test_checksum_mismatch_is_clear_and_leaves_nothing(server, tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="hash") as exc:
+        get_dataset(server.url + "/toy.zip", tmp_path, sha256="0" * 64, progress=False)
+    assert "discarded" in str(exc.value)
+    assert not list((tmp_path / "downloads").glob("*.zip"))
+    assert not (tmp_path / "datasets").exists()
+
+
+def test_connection_dropped_half_way_leaves_nothing_that_looks_complete(server, tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="could not download"):
+        get_dataset(server.url + "/drop/toy.zip", tmp_path, progress=False)
+    assert not list((tmp_path / "downloads").glob("toy.zip"))
+    assert not (tmp_path / "datasets").exists()
+
+
+def test_404(server, tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="404"):
+        get_dataset(server.url + "/missing.zip", tmp_path, progress=False)
+
+
+def test_zip_member_escaping_the_folder_is_refused(server, tmp_path):
+    with pytest.raises(DatasetUnavailableError, match=r"'\.\./escaped.txt' would be written"):
+        get_dataset(server.url + "/evil.zip", tmp_path, progress=False)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not any((tmp_path / "datasets").iterdir())  # nothing half-extracted
+    assert not (tmp_path / "downloads" / "evil.zip").exists()  # nor kept as if good
+
+
+def test_absolute_member_is_refused(tmp_path):
+    archive = tmp_path / "abs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("/etc/kpnb-test", "x")
+    with pytest.raises(DatasetUnavailableError, match="outside"):
+        safe_extract(archive, tmp_path / "out")
+
+
+def test_not_a_zip(server, tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="not a zip"):
+        get_dataset(server.url + "/junk.zip", tmp_path, progress=False)
+
+
+def test_offline_is_one_clear_line(tmp_path):
+    # port 9 on loopback: nothing listens, the connection is refused at once
+    with pytest.raises(DatasetUnavailableError) as exc:
+        get_dataset("http://127.0.0.1:9/toy.zip", tmp_path, progress=False)
+    msg = str(exc.value)
+    assert "Offline?" in msg and "get_dataset('synthetic')" in msg and "\n" not in msg
+    assert str(tmp_path / "downloads" / "toy.zip") in msg
+
+
+def test_synthetic_is_generated_once_and_seed_stable(tmp_path):
+    a = get_dataset("synthetic", tmp_path, n_images=5, seed=3)
+    stamp = (a / "annotations.xml").stat().st_mtime_ns
+    assert get_dataset("synthetic", tmp_path, n_images=5, seed=3) == a
+    assert (a / "annotations.xml").stat().st_mtime_ns == stamp
+    b = get_dataset("synthetic", tmp_path / "other", n_images=5, seed=3)
+    assert (a / "annotations.xml").read_bytes() == (b / "annotations.xml").read_bytes()
+
+
+def test_cache_dir_honours_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("KPNB_CACHE", str(tmp_path / "cache"))
+    assert get_dataset("synthetic", n_images=2).parent == tmp_path / "cache"
+
+
+def test_local_paths(tmp_path, synthetic_export):
+    assert get_dataset(synthetic_export) == synthetic_export
+    assert get_dataset(synthetic_export / "annotations.xml") == synthetic_export
+    archive = shutil.make_archive(str(tmp_path / "mine"), "zip", synthetic_export)
+    root = get_dataset(archive, tmp_path / "cache")
+    assert (root / "annotations.xml").is_file()
+    with pytest.raises(FileNotFoundError, match="named datasets: synthetic"):
+        get_dataset(tmp_path / "nope")
+
+
+def test_cli_data(tmp_path, capsys, monkeypatch):
+    from kpnb.cli import main
+
+    monkeypatch.setenv("KPNB_CACHE", str(tmp_path))
+    assert main(["data", "synthetic", "--images", "3"]) == 0
+    assert "synthetic-seed0-n3" in capsys.readouterr().out
+    assert main(["data", "http://127.0.0.1:9/x.zip"]) == 2
+    assert "Offline?" in capsys.readouterr().err
