@@ -6,7 +6,22 @@ Stages, each its own module, data flowing one way:
 drawing tables and tensors and ``cli`` calling them all.
 """
 
+from kpnb.config import SMOKE, environment_report, pick, setup_notebook
 from kpnb.tables import Annotations, Skeleton, flip_indices
 
 __version__ = "0.1.0"
-__all__ = ["Annotations", "Skeleton", "flip_indices", "__version__"]
+__all__ = ["Annotations", "Skeleton", "flip_indices", "SMOKE", "pick", "setup_notebook",
+           "environment_report", "__version__"]  # fmt: skip
+
+
+_SUBMODULES = {"cvat", "coco", "synthetic", "data", "tables", "transforms", "dataset", "viz",
+               "model", "train", "evaluate", "config", "cli"}  # fmt: skip
+
+
+def __getattr__(name: str):
+    """``kpnb.viz`` and friends without importing torch-heavy modules at ``import kpnb``."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"kpnb.{name}")
+    raise AttributeError(f"module 'kpnb' has no attribute {name!r}")

@@ -414,30 +414,16 @@ def run_predict(args: argparse.Namespace) -> int:
 def _write_predictions(preds, paths, sizes, skeleton, label, out: Path) -> None:
     import json
 
-    import pandas as pd
-
     from kpnb._io import atomic_path
-    from kpnb.tables import Annotations, tidy_images, tidy_keypoints
+    from kpnb.evaluate import predictions_to_annotations, predictions_to_coco
 
     if out.suffix.lower() == ".json":
-        results = []
-        for _, rows in preds.groupby("instance_id", sort=False):
-            flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
-            results.append({"image_id": int(rows["image_index"].iloc[0]) + 1, "category_id": 1,
-                            "keypoints": flat, "score": float(rows["score"].iloc[0])})  # fmt: skip
         with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(results))
+            tmp.write_text(json.dumps(predictions_to_coco(preds)))
         return
     from kpnb.cvat import write_cvat
 
-    images = pd.DataFrame({"image_index": range(len(paths)), "image_id": range(len(paths)),
-                           "name": [p.name for p in paths], "width": [w for w, _ in sizes],
-                           "height": [h for _, h in sizes]})  # fmt: skip
-    kp = preds.drop(columns=["image_name", "score", "keypoint_score"]).assign(source="auto")
-    labels = pd.DataFrame([{"name": label, "type": "skeleton"}] +
-                          [{"name": k, "type": "points", "parent": label}
-                           for k in skeleton.keypoints])  # fmt: skip
-    ann = Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
+    ann = predictions_to_annotations(preds, [p.name for p in paths], sizes, skeleton, label)
     write_cvat(ann, out)
 
 

@@ -39,3 +39,56 @@ def outputs_dir() -> Path:
 def pick(full: T, smoke: T) -> T:
     """`smoke` in smoke mode (CI), else `full`: how notebooks shrink their parameters."""
     return smoke if SMOKE else full
+
+
+def setup_notebook(seed: int = 0) -> bool:
+    """What every tutorial does first: seed everything, readable tables, visible kpnb logs.
+
+    Returns `SMOKE`, so a notebook can say which mode it runs in.
+    """
+    import logging
+    import random
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    pd.set_option("display.max_columns", 20)
+    pd.set_option("display.width", 120)
+    pd.set_option("display.precision", 2)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:  # kpnb.viz returns Figures built without pyplot; inline mode registers their display
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            shell.run_line_magic("matplotlib", "inline")
+    except ImportError:
+        pass
+    return SMOKE
+
+
+def environment_report():
+    """Versions and the device training will use, as a small table."""
+    import platform
+
+    import pandas as pd
+    import torch
+    import torchvision
+
+    from kpnb import __version__
+
+    device = "cuda" if torch.cuda.is_available() else (
+        "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        else "cpu")  # fmt: skip
+    rows = {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "kpnb": __version__, "device": device,
+        "cpu threads": torch.get_num_threads(), "smoke mode": SMOKE,
+    }  # fmt: skip
+    if device == "cuda":
+        rows["gpu"] = torch.cuda.get_device_name(0)
+    return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))

@@ -24,7 +24,8 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from kpnb.tables import Annotations, Skeleton
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
-__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "find_image"]
+__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "find_image",
+           "check_export"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -303,3 +304,52 @@ def make_loaders(
               "persistent_workers": workers > 0}  # fmt: skip
     return (DataLoader(train_ds, shuffle=True, generator=gen, **common),
             DataLoader(val_ds, shuffle=False, **common))  # fmt: skip
+
+
+def check_export(ann: Annotations, image_root: str | os.PathLike,
+                 skeleton_label: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """Is this export ready to train on? One row per check: ``ok``, and what was found.
+
+    Checks image files, a skeleton label and its instances, visible points, left/right
+    pairs for the flip, subsets for the split, and shapes kpnb does not use.
+    """
+    root = Path(image_root)
+    rows = []
+
+    def add(check: str, ok: bool, detail: str) -> None:
+        rows.append({"check": check, "ok": bool(ok), "detail": detail})
+
+    missing = [str(r.name) for r in ann.images.itertuples(index=False)
+               if find_image(root, str(r.name), r.subset) is None]  # fmt: skip
+    add("image files", not missing, f"{len(ann.images) - len(missing)} of {len(ann.images)} found"
+        + (f"; missing e.g. {missing[:3]}" if missing else ""))  # fmt: skip
+    label = skeleton_label or next(iter(ann.skeletons), None)
+    add("skeleton label", label in ann.skeletons,
+        f"{label!r} of {list(ann.skeletons)}" if ann.skeletons else
+        "none: for one <points> shape per keypoint use kpnb.tables.points_to_skeleton")  # fmt: skip
+    if label in ann.skeletons:
+        sk = ann.skeletons[label]
+        kp = ann.keypoints[ann.keypoints["label"] == label]
+        n_inst = kp["instance_id"].nunique()
+        add("instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints")
+        visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
+        add("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)")
+        pairs = [f"{sk.keypoints[a]}<->{sk.keypoints[b]}" for a, b in sk.flip_pairs]
+        add(
+            "flip pairs",
+            True,
+            ", ".join(pairs)
+            if pairs
+            else "no left/right names: the flip only mirrors (fine for symmetric keypoints)",
+        )
+        add("edges", True, f"{len(sk.edges)} edges" if sk.edges else "no edges drawn")
+    train, val = split_indices(ann)
+    has_subsets = ann.images["subset"].notna().any()
+    add(
+        "train/validation split",
+        len(val) > 0 and len(train) > 0,
+        f"{len(train)} / {len(val)} images ({'by subset' if has_subsets else 'seeded random'})",
+    )
+    skipped = ann.meta.get("skipped") or {}
+    add("other shapes", True, ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "none")
+    return pd.DataFrame(rows).set_index("check")

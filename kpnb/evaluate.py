@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kpnb.tables import Skeleton
+from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
 __all__ = ["DEFAULT_SIGMA", "EvalResult", "keypoint_metrics", "oks_ap", "evaluate", "predict",
-           "collect_predictions"]  # fmt: skip
+           "collect_predictions", "predictions_to_annotations", "predictions_to_coco"]  # fmt: skip
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
@@ -281,3 +281,33 @@ def predict(model, images: Sequence, skeleton: Skeleton, label: str = "object", 
     columns = ["image_index", "image_name", "instance_id", "label", "keypoint", "point_index",
                "x", "y", "visibility", "score", "keypoint_score"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
+
+
+def predictions_to_annotations(preds: pd.DataFrame, names: Sequence[str],
+                               sizes: Sequence[tuple[int, int]], skeleton: Skeleton,
+                               label: str) -> Annotations:  # fmt: skip
+    """`predict`'s table as `Annotations`, ready for `kpnb.cvat.write_cvat` (CVAT imports the
+    file as pre-annotations: ``source="auto"``, every point visible).
+
+    Args:
+        names: image file names, in `predict`'s image order.
+        sizes: ``(width, height)`` of each image.
+    """
+    images = pd.DataFrame({"image_index": range(len(names)), "image_id": range(len(names)),
+                           "name": list(names), "width": [w for w, _ in sizes],
+                           "height": [h for _, h in sizes]})  # fmt: skip
+    kp = preds.drop(columns=["image_name", "score", "keypoint_score"]).assign(source="auto")
+    labels = pd.DataFrame([{"name": label, "type": "skeleton"}]
+                          + [{"name": k, "type": "points", "parent": label}
+                             for k in skeleton.keypoints])  # fmt: skip
+    return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
+
+
+def predictions_to_coco(preds: pd.DataFrame) -> list[dict]:
+    """`predict`'s table as a COCO results list (image ids 1..N in `predict`'s order)."""
+    results = []
+    for _, rows in preds.groupby("instance_id", sort=False):
+        flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
+        results.append({"image_id": int(rows["image_index"].iloc[0]) + 1, "category_id": 1,
+                        "keypoints": flat, "score": float(rows["score"].iloc[0])})  # fmt: skip
+    return results

@@ -3,8 +3,9 @@
 This is the README's main job (``make tutorial``). Each notebook under ``notebooks/`` runs
 top to bottom in its own folder, like nbval does; executed copies go to
 ``OUT/notebooks/`` and the notebooks themselves write figures, the checkpoint and metrics
-under ``OUT`` (they read it from ``KPNB_OUTPUTS``). The synthetic dataset is generated
-into ``OUT/data/synthetic`` first, so the series also works before any notebook exists.
+under ``OUT`` (they read it from ``KPNB_OUTPUTS``); datasets are cached in ``OUT/data``
+unless ``KPNB_CACHE`` says otherwise. The synthetic dataset is made first, so the job
+also does something useful before any notebook exists.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ def run_series(notebooks: Path, out: Path, *, timeout: int = 3600) -> list[tuple
     import nbformat
     from nbclient import NotebookClient
 
-    from kpnb.synthetic import generate
+    from kpnb.data import get_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     os.environ["KPNB_OUTPUTS"] = str(out)
-    data = out / "data" / "synthetic"
-    if not (data / "annotations.xml").is_file():
-        generate(data)
-        print(f"generated the synthetic dataset in {data}")
+    os.environ.setdefault("KPNB_CACHE", str(out / "data"))  # datasets land beside the results
+    data = get_dataset("synthetic")  # what the notebooks use; made once, here, up front
+    print(f"synthetic dataset: {data}")
     timings = []
     for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
         start = time.perf_counter()

@@ -25,7 +25,7 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints
 from kpnb.tables import Annotations, Skeleton
 
 __all__ = [
-    "keypoint_colors", "color_swatch", "draw_instances", "show_sample", "image_grid",
+    "keypoint_colors", "color_swatch", "draw_instances", "draw_target", "show_sample", "image_grid",
     "sample_grid", "before_after", "plot_label_counts", "plot_keypoint_visibility",
     "plot_instances_per_image", "plot_image_sizes", "plot_keypoint_heatmap",
     "draw_predictions", "compare_predictions", "plot_history",
@@ -178,6 +178,17 @@ def draw_instances(
     if show_names and len(arr):
         _write_names(out, arr, names, colors, r)
     return out
+
+
+def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwargs) -> Image.Image:
+    """Draw a v2 sample's target (``boxes``, ``keypoints`` ``[N, K, 2]``, ``visibility``) or a
+    model target (``keypoints`` ``[N, K, 3]``) on its image, boxes included."""
+    kps = torch.as_tensor(target["keypoints"]).detach().cpu().float()
+    if kps.shape[-1] == 2:
+        vis = torch.as_tensor(target["visibility"]).float()[..., None]
+        kps = torch.cat([kps, vis], dim=-1)
+    boxes = torch.as_tensor(target["boxes"]).detach().cpu().float()
+    return draw_instances(image, kps.numpy(), skeleton, boxes=boxes.numpy(), **kwargs)
 
 
 def _write_names(img: Image.Image, arr: np.ndarray, names, colors, r: int) -> None:
@@ -399,11 +410,10 @@ def draw_predictions(image, ground_truth, predictions, skeleton: Skeleton,
 def compare_predictions(image, ground_truth, predictions, skeleton: Skeleton,
                         title: str | None = None) -> Figure:  # fmt: skip
     """Ground truth and predictions side by side, and overlaid with error lines."""
-    gt_img = draw_instances(image, ground_truth, skeleton)
-    pred = np.asarray(predictions, np.float32).copy()
-    if len(pred):
-        pred[..., 2] = 2
-    pred_img = draw_instances(image, pred, skeleton)
+    gt_img = draw_instances(image, ground_truth, skeleton, show_names=False)
+    pred = np.asarray(predictions, np.float32).reshape(-1, skeleton.num_keypoints, 3).copy()
+    pred[..., 2] = 2
+    pred_img = draw_instances(image, pred, skeleton, show_names=False)
     both = draw_predictions(image, ground_truth, predictions, skeleton)
     return image_grid([gt_img, pred_img, both], ["ground truth", "prediction", "errors"],
                       ncols=3, title=title)  # fmt: skip
