@@ -8,9 +8,6 @@ import pytest
 
 from kpnb.synthetic import generate
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
-
 
 @pytest.fixture(scope="session")
 def synthetic_export(tmp_path_factory) -> Path:

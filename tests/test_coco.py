@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
 from pycocotools.coco import COCO
+from shared_paths import FIXTURES
 
 from kpnb.coco import CocoFormatError, read_coco, to_coco, write_coco
 from kpnb.cvat import read_cvat

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shared_paths import FIXTURES
 
 from kpnb.cvat import CvatFormatError, read_cvat, write_cvat
 from kpnb.synthetic import FACE, synthesize
