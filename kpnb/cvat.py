@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kpnb._io import atomic_path
-from kpnb.tables import Annotations, Skeleton
+from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_keypoints
 
 __all__ = ["CvatAnnotations", "CvatFormatError", "read_cvat", "write_cvat", "skeleton_svg"]
 
@@ -891,8 +891,6 @@ def _build_tables(ps: _Parser, source_name: str) -> Annotations:
                                          skeletons, source_name, only=bare))  # fmt: skip
     if ps.plain_rows:
         frames.append(_plain_rows(inst, ps.plain_rows, source_name))
-    from kpnb.tables import tidy_boxes, tidy_keypoints
-
     if frames:
         kp = pd.concat(frames, ignore_index=True)
         kp = kp.sort_values(["instance_id", "point_index"], kind="stable", ignore_index=True)
@@ -921,8 +919,6 @@ def _build_tables(ps: _Parser, source_name: str) -> Annotations:
 
 
 def _images_table(ps: _Parser, source_name: str) -> pd.DataFrame:
-    from kpnb.tables import tidy_images
-
     images = list(ps.images)
     if ps.frame_index:
         # Video: every frame of the task(s), sized by <original_size>, in frame order.
