@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,10 +222,3 @@ def get_dataset(
     if path.is_file() and path.name == "annotations.xml":
         return path.parent
     return path
-
-
-def clear_partial(root: str | os.PathLike | None = None) -> None:
-    """Remove leftovers of interrupted runs (temporary ``.*.tmp`` names) from the cache."""
-    root = Path(root) if root is not None else cache_dir()
-    for p in root.rglob(".*.tmp"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
