@@ -438,6 +438,7 @@ class _Parser:
         self.elem_rows: list[tuple] = []  # one per skeleton element (_ELEM_FIELDS)
         self.elem_chunks: list[dict] = []
         self.plain_rows: list[tuple] = []  # plain <points>: (instance, "x,y;x,y", line)
+        self.plain_chunks: list[dict] = []
         self.boxes: list[dict] = []
         self.attrs: list[tuple] = []  # (instance, element name or None, name, value)
         self.skipped: dict[str, int] = {}
@@ -543,10 +544,33 @@ class _Parser:
         })  # fmt: skip
         self.elem_rows = []
 
+    def _flush_plain(self) -> None:
+        """Plain <points> rows -> arrays: one entry per coordinate of each shape."""
+        if not self.plain_rows:
+            return
+        instances, strings, lines = zip(*self.plain_rows, strict=True)
+        counts = np.array([s.count(";") + 1 if s else 0 for s in strings])
+        if (counts == 1).all():  # the common case: one point per shape
+            flat, flat_lines = list(strings), lines
+        else:
+            flat, flat_lines = [], []
+            for s, line, c in zip(strings, lines, counts, strict=True):
+                if c:
+                    flat.extend(s.split(";"))
+                    flat_lines.extend([line] * c)
+        xy = _parse_xy(flat, flat_lines, "<points>", self.name)
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        self.plain_chunks.append({
+            "instance": np.repeat(np.asarray(instances, np.int64), counts),
+            "point_index": np.arange(len(xy)) - starts, "x": xy[:, 0], "y": xy[:, 1],
+        })  # fmt: skip
+        self.plain_rows = []
+
     def finish(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The instance and element tables (after the last chunk)."""
         self._flush_instances()
         self._flush_elements()
+        self._flush_plain()
         inst = _concat_chunks(self.inst_chunks, _INST_FIELDS, _INST_DTYPES)
         elem_dtypes = {"instance": np.int64, "name": object, "x": np.float64, "y": np.float64,
                        "source": object, "occluded": bool, "outside": bool, "keyframe": bool,
@@ -647,6 +671,8 @@ class _Parser:
             inst = self._new_instance(attrs, attrs.get("label", ""), "points", self.image)
         self.plain_rows.append((inst, attrs.get("points", ""), self.p.CurrentLineNumber))
         self.shape = inst
+        if len(self.plain_rows) >= _CHUNK:
+            self._flush_plain()
 
     def _start_skeleton(self, attrs: dict) -> None:
         track = self.track
@@ -889,8 +915,9 @@ def _build_tables(ps: _Parser, source_name: str) -> Annotations:
         if bare:
             frames.append(_skeleton_rows(inst, elem.iloc[:0],
                                          skeletons, source_name, only=bare))  # fmt: skip
-    if ps.plain_rows:
-        frames.append(_plain_rows(inst, ps.plain_rows, source_name))
+    if ps.plain_chunks:
+        frames.append(_plain_rows(inst, ps.plain_chunks))
+        ps.plain_chunks = []
     if frames:
         kp = pd.concat(frames, ignore_index=True)
         kp = kp.sort_values(["instance_id", "point_index"], kind="stable", ignore_index=True)
@@ -1016,33 +1043,26 @@ def _skeleton_rows(inst, elem, skeletons, source_name, only=None) -> pd.DataFram
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def _plain_rows(inst, plain_rows, source_name) -> pd.DataFrame:
+def _plain_rows(inst, chunks: list[dict]) -> pd.DataFrame:
     """A plain <points> shape: one row per coordinate, keypoint = its label."""
-    instances, strings, lines = zip(*plain_rows, strict=True)
-    counts = np.array([s.count(";") + 1 if s else 0 for s in strings])
-    if (counts == 1).all():  # the common case: one point per shape
-        flat, flat_lines = list(strings), lines
-    else:
-        flat, flat_lines = [], []
-        for s, line, c in zip(strings, lines, counts, strict=True):
-            if c:
-                flat.extend(s.split(";"))
-                flat_lines.extend([line] * c)
-    xy = _parse_xy(flat, flat_lines, "<points>", source_name)
-    ids = np.repeat(np.asarray(instances), counts)
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    point_index = np.arange(len(ids)) - starts
-    sub = inst.iloc[ids]
-    occl = sub["occluded"].to_numpy(bool)
-    outs = sub["outside"].to_numpy(bool)
+    ids = np.concatenate([c["instance"] for c in chunks])
+    point_index = np.concatenate([c["point_index"] for c in chunks])
+    x = np.concatenate([c["x"] for c in chunks])
+    y = np.concatenate([c["y"] for c in chunks])
+    xy = np.stack([x, y], axis=1)
+
+    def take(column: str) -> np.ndarray:  # per column: no copy of the whole instance table
+        return inst[column].to_numpy()[ids]
+
+    occl, outs = take("occluded").astype(bool), take("outside").astype(bool)
+    labels = take("label")
     return pd.DataFrame({
-        "image_index": sub["image_index"].to_numpy(), "instance_id": ids,
-        "label": sub["label"].to_numpy(object), "keypoint": sub["label"].to_numpy(object),
-        "point_index": point_index, "x": xy[:, 0], "y": xy[:, 1],
+        "image_index": take("image_index"), "instance_id": ids, "label": labels,
+        "keypoint": labels, "point_index": point_index, "x": xy[:, 0], "y": xy[:, 1],
         "visibility": np.where(outs, 0, np.where(occl, 1, 2)).astype(np.int8),
-        "occluded": occl, "outside": outs, "source": sub["source"].to_numpy(object),
-        "group_id": sub["group_id"].to_numpy(), "z_order": sub["z_order"].to_numpy(),
-        "track_id": sub["track_id"].to_numpy(), "keyframe": sub["keyframe"].to_numpy(bool),
+        "occluded": occl, "outside": outs, "source": take("source"),
+        "group_id": take("group_id"), "z_order": take("z_order"), "track_id": take("track_id"),
+        "keyframe": take("keyframe").astype(bool),
     })  # fmt: skip
 
 

@@ -129,21 +129,22 @@ _DEFAULTS = {"source": "manual", "group_id": 0, "z_order": 0, "track_id": -1, "k
 
 
 def _tidy(df: pd.DataFrame, columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
-    df = df.copy()
-    for c in columns:
-        if c not in df.columns:
-            df[c] = _DEFAULTS.get(c)
-    df = df[columns]
+    # Column by column, no copy of the whole frame: readers call this on millions of rows.
     out = {}
     for c in columns:
-        col = df[c]
+        col = df[c] if c in df.columns else pd.Series([_DEFAULTS.get(c)] * len(df), dtype=object)
         dt = dtypes.get(c)
+        values = col.to_numpy() if isinstance(col, pd.Series) else col
         if dt == "category":
-            out[c] = col.astype("object").where(col.notna(), None).astype("category")
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                out[c] = col.array
+            else:
+                values = np.asarray(values, dtype=object)
+                out[c] = pd.Categorical(np.where(pd.isna(values), None, values))
         elif dt == "object":
-            out[c] = col.astype("object")
+            out[c] = np.asarray(values, dtype=object)
         else:
-            out[c] = col.astype(dt)
+            out[c] = col.astype(dt).to_numpy() if dt[0].isupper() else np.asarray(values).astype(dt)
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
