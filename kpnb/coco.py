@@ -230,10 +230,7 @@ def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None) -> dict:
     images = [{"id": image_ids[int(r.image_index)], "width": int(r.width), "height": int(r.height),
                "file_name": str(r.name), "license": 0, "flickr_url": "", "coco_url": "",
                "date_captured": 0} for r in ann.images.itertuples(index=False)]  # fmt: skip
-    grouped = {}
-    for b in ann.boxes.itertuples(index=False):
-        if b.group_id:
-            grouped[(int(b.image_index), int(b.group_id))] = (b.xtl, b.ytl, b.xbr, b.ybr)
+    grouped = ann.grouped_boxes()
     annotations = []
     for _, rows in kp.groupby("instance_id", sort=False):
         first = rows.iloc[0]

@@ -151,10 +151,7 @@ class KeypointDataset(Dataset):
         kp = ann.keypoints[ann.keypoints["label"] == self.label]
         kp = kp.sort_values(["image_index", "instance_id", "point_index"])
         per_image = {i: g for i, g in kp.groupby("image_index", sort=False)}
-        grouped = {}
-        for b in ann.boxes.itertuples(index=False):
-            if b.group_id:
-                grouped[(int(b.image_index), int(b.group_id))] = (b.xtl, b.ytl, b.xbr, b.ybr)
+        grouped = ann.grouped_boxes()
         items, missing = [], []
         for img in images.itertuples(index=False):
             path = find_image(self.root, str(img.name), img.subset)

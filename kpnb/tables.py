@@ -277,6 +277,13 @@ class Annotations:
             return 0
         return int(rows.groupby("instance_id").size().iloc[0])
 
+    def grouped_boxes(self) -> dict[tuple[int, int], tuple[float, float, float, float]]:
+        """``(image_index, group_id) -> (xtl, ytl, xbr, ybr)`` of boxes grouped with a shape:
+        in CVAT, the object box of the skeleton that shares its ``group_id``."""
+        boxes = self.boxes[self.boxes["group_id"] != 0]
+        return {(int(b.image_index), int(b.group_id)): (b.xtl, b.ytl, b.xbr, b.ybr)
+                for b in boxes.itertuples(index=False)}  # fmt: skip
+
     def skeleton_for(self, label: str) -> Skeleton:
         """The skeleton of `label`, or, for a plain points label, a one-point skeleton."""
         if label in self.skeletons:
