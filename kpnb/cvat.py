@@ -468,9 +468,6 @@ class _Parser:
             except ValueError:
                 raise self.error(f"<{tag}> {key}={v!r} is not a number") from None
 
-    def _intern(self, v: str | None) -> str | None:
-        return None if v is None else self.strings.setdefault(v, v)
-
     def _frame_image(self, frame: int) -> int:
         t = self.track or {}
         task_id = t.get("task_id")
@@ -949,9 +946,9 @@ def _images_table(ps: _Parser, source_name: str) -> pd.DataFrame:
     images = list(ps.images)
     if ps.frame_index:
         # Video: every frame of the task(s), sized by <original_size>, in frame order.
-        tasks = ps.tasks or {None: {**ps.meta_fields, **ps.meta_size}}
-        if ps.meta_kind != "project":
-            tasks = {None: {**ps.meta_fields, **ps.meta_size}}
+        # project exports describe each task's frames; task and job exports the one at top
+        tasks = ps.tasks if ps.meta_kind == "project" and ps.tasks else {
+            None: {**ps.meta_fields, **ps.meta_size}}  # fmt: skip
         for task_id, t in tasks.items():
             start, stop = t.get("start_frame"), t.get("stop_frame")
             if start is None and stop is None and t.get("size"):
