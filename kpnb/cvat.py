@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from collections.abc import Iterable
+from operator import itemgetter
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -30,6 +33,10 @@ FIXED_DUMPED = "2024-01-01 00:00:00.000000+00:00"
 
 class CvatFormatError(ValueError):
     """A CVAT file is malformed or not CVAT: the message names the file, line and fix."""
+
+
+class _NeedsFullParse(Exception):
+    """The fast reader met something it does not handle; `read_cvat` parses again in full."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -312,6 +319,16 @@ class _Source:
     def name(self) -> str:
         return f"{self.path}!{self.member}" if self.member else str(self.path)
 
+    @property
+    def size(self) -> int:
+        """Bytes of XML (uncompressed, for a zip member)."""
+        if self.member is None:
+            return self.path.stat().st_size
+        import zipfile
+
+        with zipfile.ZipFile(self.path) as zf:
+            return zf.getinfo(self.member).file_size
+
     def open(self):
         if self.member is None:
             return open(self.path, "rb")
@@ -380,12 +397,18 @@ _INST_FIELDS = ["image_index", "label", "kind", "source", "group_id", "z_order",
 _INST_DTYPES = {"image_index": np.int64, "label": object, "kind": object, "source": object,
                 "group_id": np.int64, "z_order": np.int64, "track_id": np.int64,
                 "keyframe": bool, "occluded": bool, "outside": bool, "line": np.int64}  # fmt: skip
+_ELEM_DTYPES = {"instance": np.int64, "name": object, "x": np.float64, "y": np.float64,
+                "source": object, "occluded": bool, "outside": bool, "keyframe": bool,
+                "line": np.int64}  # fmt: skip
+_PLAIN_DTYPES = {"instance": np.int64, "point_index": np.int64, "x": np.float64,
+                 "y": np.float64}  # fmt: skip
 
 
-def _concat_chunks(chunks: list[dict], fields, dtypes) -> pd.DataFrame:
+def _concat_chunks(chunks: list[dict], dtypes: dict) -> dict[str, np.ndarray]:
+    """Column arrays from per-chunk dicts (plain arrays: no DataFrame of Python strings)."""
     if not chunks:
-        return pd.DataFrame({f: np.zeros(0, dtypes[f]) for f in fields})
-    return pd.DataFrame({f: np.concatenate([c[f] for c in chunks]) for f in fields})
+        return {f: np.zeros(0, dt) for f, dt in dtypes.items()}
+    return {f: np.concatenate([c[f] for c in chunks]) for f in dtypes}
 
 
 class _Parser:
@@ -396,10 +419,14 @@ class _Parser:
     ``<attribute>`` is open, and keep strings interned. ``<meta>`` gets its own handlers.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, fast: bool = False):
         import pyexpat
 
         self.name = name
+        self.fast = fast  # hand a CVAT-for-images body to _FastBody
+        self.body: _FastBody | None = None
+        self.body_start: int | None = None  # byte offset of the first body element
+        self.checked_elsewhere = False  # a _BackgroundCheck runs expat over the body
         p = pyexpat.ParserCreate()
         p.buffer_text = True
         p.buffer_size = 1 << 16
@@ -428,6 +455,8 @@ class _Parser:
         self.dumped: str | None = None
         # images
         self.images: list[dict] = []
+        self.image_chunks: list[dict] = []  # the fast reader's images, column by column
+        self.n_images = 0
         self.frame_index: dict[tuple, int] = {}
         self.image = -1
         # Rows are tuples (one append each) turned into numpy chunks every _CHUNK rows, so
@@ -453,7 +482,9 @@ class _Parser:
         self.legacy_frames: dict[int, int] = {}
 
     # -- helpers -------------------------------------------------------------------------
-    def error(self, msg: str) -> CvatFormatError:
+    def error(self, msg: str) -> Exception:
+        if self.body_start is not None:  # the fast reader knows no lines: parse again in full
+            return _NeedsFullParse(msg)
         return CvatFormatError(f"{self.name}: line {self.p.CurrentLineNumber}: {msg}")
 
     def _int(self, attrs: dict, key: str, default: int = 0, tag: str = "") -> int:
@@ -563,18 +594,16 @@ class _Parser:
         })  # fmt: skip
         self.plain_rows = []
 
-    def finish(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The instance and element tables (after the last chunk)."""
+    def finish(self) -> tuple[dict, dict, dict]:
+        """The instance, skeleton-element and plain-point columns (after the last chunk)."""
         self._flush_instances()
         self._flush_elements()
         self._flush_plain()
-        inst = _concat_chunks(self.inst_chunks, _INST_FIELDS, _INST_DTYPES)
-        elem_dtypes = {"instance": np.int64, "name": object, "x": np.float64, "y": np.float64,
-                       "source": object, "occluded": bool, "outside": bool, "keyframe": bool,
-                       "line": np.int64}  # fmt: skip
-        elem = _concat_chunks(self.elem_chunks, list(elem_dtypes), elem_dtypes)
-        self.inst_chunks, self.elem_chunks = [], []
-        return inst, elem
+        out = (_concat_chunks(self.inst_chunks, _INST_DTYPES),
+               _concat_chunks(self.elem_chunks, _ELEM_DTYPES),
+               _concat_chunks(self.plain_chunks, _PLAIN_DTYPES))  # fmt: skip
+        self.inst_chunks, self.elem_chunks, self.plain_chunks = [], [], []
+        return out
 
     def _collect_text(self, on: bool) -> None:
         self.text = []
@@ -582,7 +611,9 @@ class _Parser:
 
     # -- body callbacks (the hot path) ---------------------------------------------------
     def start(self, tag: str, attrs: dict) -> None:
-        if tag == "points":
+        if self.fast and self.root_seen and tag != "meta" and tag != "version":
+            self._hand_over_body(tag)
+        elif tag == "points":
             if self.skel >= 0:
                 self._element(self.skel, attrs.get("label"), attrs)
             else:
@@ -590,14 +621,7 @@ class _Parser:
         elif tag == "skeleton":
             self._start_skeleton(attrs)
         elif tag == "image":
-            idx = len(self.images)
-            self.images.append({
-                "image_index": idx, "image_id": self._int(attrs, "id", idx, "image"),
-                "name": attrs.get("name", ""), "width": attrs.get("width"),
-                "height": attrs.get("height"), "subset": attrs.get("subset"),
-                "task_id": attrs.get("task_id"), "line": self.p.CurrentLineNumber,
-            })  # fmt: skip
-            self.image = idx
+            self.image = self._add_image(attrs, self.p.CurrentLineNumber)
         elif tag == "attribute":
             self.attr_name = attrs.get("name", "")
             self._collect_text(True)
@@ -620,6 +644,24 @@ class _Parser:
             self.root_seen = True
         elif tag in _SHAPES_SKIPPED:
             self.skipped[tag] = self.skipped.get(tag, 0) + 1
+
+    def _hand_over_body(self, tag: str) -> None:
+        """The body starts: from here expat only checks well-formedness (no handlers)."""
+        if tag != "image":
+            raise _NeedsFullParse(f"the body starts with <{tag}>, not <image>")
+        self.body_start = self.p.CurrentByteIndex
+        p = self.p
+        p.StartElementHandler = p.EndElementHandler = p.CharacterDataHandler = None
+
+    def _add_image(self, attrs: dict, line: int) -> int:
+        idx = len(self.images)
+        self.images.append({
+            "image_index": idx, "image_id": self._int(attrs, "id", idx, "image"),
+            "name": attrs.get("name", ""), "width": attrs.get("width"),
+            "height": attrs.get("height"), "subset": attrs.get("subset"),
+            "task_id": attrs.get("task_id"), "line": line,
+        })  # fmt: skip
+        return idx
 
     def end(self, tag: str) -> None:
         if tag == "points":
@@ -687,7 +729,7 @@ class _Parser:
             inst = self._new_instance(attrs, attrs.get("label", ""), "skeleton", self.image)
         self.skel = inst
 
-    def _start_box(self, attrs: dict) -> None:
+    def _start_box(self, attrs: dict, line: int | None = None) -> None:
         track = self.track
         if track is not None:
             image = self._frame_image(self._frame(attrs, "box"))
@@ -705,7 +747,7 @@ class _Parser:
             "group_id": self._int({"g": group}, "g", 0, "box") if group else 0,
             "z_order": self._int(attrs, "z_order", 0, "box"),
             "track_id": track["id"] if track is not None else -1,
-            "line": self.p.CurrentLineNumber,
+            "line": self.p.CurrentLineNumber if line is None else line,
         })  # fmt: skip
 
     def _end_attribute(self) -> None:
@@ -782,11 +824,35 @@ class _Parser:
         elif parent in ("task", "job", "project") and len(stack) == 3 and tag in _META_TEXT:
             self.meta_fields[tag] = text if tag == "subsets" else text.strip()
 
+    def _feed(self, stream) -> None:
+        """Read `stream` once: every byte goes to expat, body bytes also to `_FastBody`."""
+        p, offset, previous = self.p, 0, b""
+        while True:
+            data = stream.read(_READ_SIZE)
+            final = not data
+            view = memoryview(data)
+            for i in range(0, len(data), _EXPAT_SLICE):
+                if self.checked_elsewhere and self.body_start is not None:
+                    break  # the header is parsed; expat's check of the rest runs elsewhere
+                p.Parse(view[i : i + _EXPAT_SLICE], False)
+            if final and not (self.checked_elsewhere and self.body_start is not None):
+                p.Parse(b"", True)
+            if self.body_start is not None:
+                body = data
+                if self.body is None:  # the body starts in this read (or the one before)
+                    self.body = _FastBody(self)
+                    rel = self.body_start - offset
+                    body = data[rel:] if rel >= 0 else previous[rel:] + data
+                self.body.feed(body, final)
+            if final:
+                return
+            offset, previous = offset + len(data), data
+
     def parse(self, stream) -> None:
         import pyexpat
 
         try:
-            self.p.ParseFile(stream)
+            self._feed(stream)
         except pyexpat.ExpatError as exc:
             raise CvatFormatError(
                 f"{self.name}: line {exc.lineno}, column {exc.offset}: malformed XML "
@@ -804,6 +870,320 @@ class _Parser:
             raise
         if not self.root_seen:
             raise CvatFormatError(f"{self.name}: empty document; export it again from CVAT")
+
+
+# ---------------------------------------------------------------------------------------
+# The fast reader for CVAT for images bodies
+# ---------------------------------------------------------------------------------------
+#
+# A Python callback per element costs about as much again as expat's whole scan (a call and
+# an attribute dict each), which caps callback parsing near 3x a bare scan. So for the layout
+# nearly every export has (<image>s holding shapes) expat only checks the body is well formed,
+# with no handlers, while one regular expression pulls the tags out of the same bytes in C, a
+# chunk of whole images at a time. Attribute strings repeat (label, source, flags), so each
+# distinct one is parsed once; coordinates are parsed by numpy in one call per chunk.
+# Anything unexpected (tracks, comments, CDATA, single quotes, a shape outside an <image>, a
+# bad value) raises _NeedsFullParse, and read_cvat parses again with the callbacks above,
+# which handle every layout and name the line of a bad value. No hand-written XML parsing
+# replaces expat: the regular expressions only read what expat has already accepted.
+
+_READ_SIZE = 1 << 22  # bytes per read; the regex and numpy work on a chunk of this size
+_EXPAT_SLICE = 1 << 15  # expat is ~40% faster fed 32 KB at a time than megabytes at once
+_TOKEN = re.compile(
+    rb'<(?:points\b([^>]*)\spoints="([^"]*)"([^>]*)>(?:\s*</points\s*>)?'  # points shape/element
+    rb"|(/?[A-Za-z_][\w:.-]*|[!?])([^>]*)>)"  # any other tag: name and attribute string
+)  # "<!" and "<?" (comment, CDATA, doctype, processing instruction) are for the full parser
+_ATTRIBUTE_ELEMENT = re.compile(rb"<attribute\b([^>]*)>([^<]*)</attribute\s*>")
+_ATTRIBUTES = re.compile(rb'(?:\s+[A-Za-z_][\w:.-]*\s*=\s*"[^"]*")*\s*/?')
+_ATTRIBUTE_PAIR = re.compile(rb'([A-Za-z_][\w:.-]*)\s*=\s*"([^"]*)"')
+_NOT_IN_NUMBERS = re.compile(rb"[^0-9.eE+\- ,;|]")
+(_POINTS, _POINTS_END, _ATTRIBUTE, _IMAGE, _IMAGE_END, _SKELETON, _SKELETON_END, _BOX, _SKIPPED,
+ _OTHER) = range(10)  # fmt: skip
+
+
+class _Kinds(dict):
+    def __missing__(self, key: bytes) -> int:
+        return -1  # a tag the fast reader does not handle
+
+
+_KIND = _Kinds({b"": _POINTS, b"attribute": _ATTRIBUTE, b"image": _IMAGE, b"/image": _IMAGE_END,
+         b"skeleton": _SKELETON, b"/skeleton": _SKELETON_END, b"box": _BOX,
+         b"/points": _POINTS_END, b"/attribute": _OTHER, b"/box": _OTHER, b"/annotations": _OTHER,
+         **{t.encode(): _SKIPPED for t in _SHAPES_SKIPPED},
+         **{b"/" + t.encode(): _OTHER for t in _SHAPES_SKIPPED}})  # fmt: skip
+
+
+def _xml_value(raw: bytes, attribute: bool = True) -> str:
+    """Text as expat reports it: line ends normalised, entities and references resolved.
+
+    By the time this runs expat has accepted the document, so only XML's own entities
+    and character references can occur, which is what html.unescape resolves.
+    """
+    value = raw.decode("utf-8")
+    if "\r" in value:
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
+    if attribute and ("\n" in value or "\t" in value):
+        value = value.replace("\n", " ").replace("\t", " ")
+    if "&" in value:
+        import html
+
+        value = html.unescape(value)
+    return value
+
+
+def _attributes(raw: bytes) -> dict[str, str]:
+    """One tag's attribute string -> dict; anything but name="value" pairs is unusual."""
+    if not _ATTRIBUTES.fullmatch(raw):
+        raise _NeedsFullParse("attributes the fast reader does not parse")
+    return {k.decode("ascii"): _xml_value(v) for k, v in _ATTRIBUTE_PAIR.findall(raw)}
+
+
+_IMAGE_TAG = (
+    rb' id="(-?\d+)" name="([^"]*)"(?: subset="([^"]*)" task_id="(\d+)")?'
+    rb' width="(\d+)" height="(\d+)"\s*/?'
+)  # the order CVAT and kpnb write
+_IMAGE_TAGS = re.compile(rb"(?:%s\x00)*%s" % (_IMAGE_TAG, _IMAGE_TAG))
+_IMAGE_TAG_RE = re.compile(_IMAGE_TAG)
+
+
+def _image_columns(raws: list[bytes], first_index: int) -> dict[str, list]:
+    """The <image> tags of a chunk -> columns: one regex pass for the usual attribute order,
+    one dict per image otherwise."""
+    joined = b"\x00".join(raws)
+    if raws and _IMAGE_TAGS.fullmatch(joined):
+        found = _IMAGE_TAG_RE.findall(joined)
+        ids, names, subsets, tasks, widths, heights = zip(*found, strict=True)
+        decode = _xml_value if re.search(rb"[&\r\n\t]", joined) else bytes.decode
+        cols = {"image_id": np.array(ids).astype(np.int64), "name": list(map(decode, names)),
+                "width": np.array(widths).astype(np.float64),
+                "height": np.array(heights).astype(np.float64),
+                "subset": [decode(v) if t else None for v, t in zip(subsets, tasks, strict=True)],
+                "task_id": [int(t) if t else None for t in tasks]}  # fmt: skip
+    else:
+        records = [_attributes(r) for r in raws]
+        cols = {c: [r.get(c) for r in records]
+                for c in ("id", "name", "width", "height", "subset", "task_id")}  # fmt: skip
+        try:
+            cols["image_id"] = np.array(cols.pop("id"), dtype=np.int64)
+        except (TypeError, ValueError):
+            raise _NeedsFullParse("an image id the fast reader does not parse") from None
+        cols["name"] = ["" if v is None else v for v in cols["name"]]
+    return {"image_index": np.arange(first_index, first_index + len(raws)), **cols,
+            "line": np.full(len(raws), -1)}  # fmt: skip
+
+
+def _column(toks: list[tuple], rows: np.ndarray | list, field: int) -> list[bytes]:
+    """One regex group of some tokens (map and itemgetter: no Python frame per token)."""
+    return list(map(itemgetter(field), map(toks.__getitem__, np.asarray(rows).tolist())))
+
+
+def _last(mask: np.ndarray) -> np.ndarray:
+    """For each position, the index of the last True at or before it (-1 if none)."""
+    return np.maximum.accumulate(np.where(mask, np.arange(len(mask)), -1))
+
+
+def _coordinates(coords: list[bytes], one_each: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``points`` strings -> flat ``[x0, y0, x1, y1, ...]`` and points per string.
+
+    The counts are None when every string holds exactly one ``x,y``. The layout is checked
+    on the joined bytes with numpy (every ``;``/``|``-separated piece has one comma), so a
+    value like "1,2,3" next to "4" cannot shift the coordinates that follow it.
+    """
+    joined = b"|".join(coords)
+    if not joined or _NOT_IN_NUMBERS.search(joined):
+        raise _NeedsFullParse("a points value the fast reader does not parse")
+    buf = np.frombuffer(joined, np.uint8)
+    bar, semi = buf == ord("|"), buf == ord(";")
+    ends = np.flatnonzero(bar | semi)
+    commas = np.cumsum(buf == ord(","))
+    per_piece = np.diff(commas[ends], prepend=0, append=commas[-1])
+    if (per_piece != 1).any():
+        raise _NeedsFullParse("a points value that is not 'x,y' pairs")
+    counts = None
+    if len(ends) != np.count_nonzero(bar):  # some shape holds several points
+        if one_each:
+            raise _NeedsFullParse("a skeleton element with several points")
+        shape_of_piece = np.concatenate([[0], np.cumsum(bar[ends])])
+        counts = np.bincount(shape_of_piece, minlength=len(coords)).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # numpy's "could not be read"
+        try:
+            flat = np.fromstring(joined.translate(_TO_COMMAS), sep=",")
+        except (ValueError, DeprecationWarning):
+            raise _NeedsFullParse("coordinates did not parse") from None
+    if len(flat) != 2 * (len(ends) + 1):
+        raise _NeedsFullParse("coordinates did not parse")
+    return flat, counts
+
+
+_TO_COMMAS = bytes.maketrans(b"|;", b",,")
+
+
+class _FastBody:
+    """Collects the shapes of a CVAT for images body into `_Parser`'s chunk lists."""
+
+    def __init__(self, ps: _Parser):
+        self.ps = ps
+        self.pending = b""
+        self.shape_cache: dict[bytes, tuple] = {}
+
+    def feed(self, data: bytes, final: bool) -> None:
+        """Take the next bytes; process every whole image seen so far."""
+        buf = self.pending + data if self.pending else data
+        cut = len(buf) if final else buf.rfind(b"<image")
+        if cut <= 0:
+            self.pending = buf
+            return
+        self.pending = buf[cut:]
+        self._chunk(buf[:cut])
+
+    def _shape(self, raw: bytes) -> tuple:
+        """(label, source, group_id, z_order, occluded, outside, keyframe) of a shape tag."""
+        got = self.shape_cache.get(raw)
+        if got is None:
+            a = _attributes(raw)
+            try:
+                got = (a.get("label"), a.get("source"), int(a.get("group_id") or 0),
+                       int(a.get("z_order") or 0), a.get("occluded") in _TRUE,
+                       a.get("outside") in _TRUE, a.get("keyframe") in _TRUE)  # fmt: skip
+            except ValueError:
+                raise _NeedsFullParse("a number the fast reader does not parse") from None
+            if len(self.shape_cache) > 4096:  # group ids make some strings unique
+                self.shape_cache.clear()
+            self.shape_cache[raw] = got
+        return got
+
+    def _shape_columns(self, first: list[bytes], second: list[bytes] | None = None) -> list:
+        """`_shape` fields as columns for tags whose attribute strings are first + second.
+
+        Each distinct string is parsed once; a points tag's coordinates sit between its
+        two parts, so the parts are factorised separately and never concatenated.
+        """
+        codes, uniques = pd.factorize(np.array(first, dtype=object))
+        if second is not None:
+            codes2, uniques2 = pd.factorize(np.array(second, dtype=object))
+            codes, pairs = pd.factorize(codes * len(uniques2) + codes2)
+            uniques = [uniques[p // len(uniques2)] + uniques2[p % len(uniques2)] for p in pairs]
+        rows = [self._shape(u) for u in uniques]
+        return [np.array(col, dtype=object)[codes] for col in zip(*rows, strict=True)]
+
+    def _chunk(self, buf: bytes) -> None:
+        ps = self.ps
+        toks = _TOKEN.findall(buf)
+        n = len(toks)
+        if not n:
+            return
+        kind = np.fromiter(map(_KIND.__getitem__, map(itemgetter(3), toks)), np.int8, n)
+        if (kind < 0).any():
+            raise _NeedsFullParse("a tag the fast reader does not handle")
+        generic = np.flatnonzero(kind != _POINTS)
+        closed = np.zeros(n, bool)  # self-closing tags close themselves
+        closed[generic] = [t[4][-1:] == b"/" for t in map(toks.__getitem__, generic.tolist())]
+        image_open = kind == _IMAGE
+        in_image = _last(image_open) > _last((kind == _IMAGE_END) | (image_open & closed))
+        shape = (kind == _POINTS) | (kind == _SKELETON) | (kind == _BOX) | (kind == _SKIPPED)
+        if not in_image[shape].all():
+            raise _NeedsFullParse("a shape outside an <image>")
+        image_of = np.cumsum(image_open) - 1 + ps.n_images
+        skel_open = kind == _SKELETON
+        last_skel = _last(skel_open)
+        in_skel = last_skel > _last((kind == _SKELETON_END) | (skel_open & closed))
+        points = kind == _POINTS
+        element = points & in_skel
+        is_inst = skel_open | (points & ~in_skel)
+        inst_of = np.cumsum(is_inst) - 1 + ps.n_inst
+
+        image_tok = np.flatnonzero(image_open).tolist()
+        ps.image_chunks.append(_image_columns(_column(toks, image_tok, 4), ps.n_images))
+        ps.n_images += len(image_tok)
+        for i in np.flatnonzero(kind == _BOX).tolist():
+            ps.image = int(image_of[i])
+            ps._start_box(_attributes(toks[i][4]), line=-1)
+        for i in np.flatnonzero(kind == _SKIPPED).tolist():
+            tag = toks[i][3].decode()
+            ps.skipped[tag] = ps.skipped.get(tag, 0) + 1
+
+        # instances: skeletons and plain points shapes, in file order
+        skel_tok = np.flatnonzero(skel_open)
+        plain_tok = np.flatnonzero(points & ~in_skel)
+        m = len(skel_tok) + len(plain_tok)
+        inst = {f: np.empty(m, dt) for f, dt in _INST_DTYPES.items()}
+        for where, kind_name, cols in (
+            (skel_tok, "skeleton", skel_tok.size and self._shape_columns(
+                _column(toks, skel_tok, 4))),
+            (plain_tok, "points", plain_tok.size and self._shape_columns(
+                _column(toks, plain_tok, 0), _column(toks, plain_tok, 2))),
+        ):  # fmt: skip
+            if not where.size:
+                continue
+            at = inst_of[where] - ps.n_inst
+            label, source, group, z, occl, outs, _ = cols
+            inst["image_index"][at] = image_of[where]
+            inst["label"][at] = np.where(pd.isna(label), "", label)
+            inst["kind"][at] = kind_name
+            inst["source"][at] = np.where(pd.isna(source), "manual", source)
+            inst["group_id"][at], inst["z_order"][at] = group, z
+            inst["occluded"][at], inst["outside"][at] = occl, outs
+        inst["track_id"][:], inst["keyframe"][:], inst["line"][:] = -1, False, -1
+        ps.inst_chunks.append(inst)
+        ps.n_inst += m
+
+        if len(plain_tok):
+            flat, counts = _coordinates(_column(toks, plain_tok, 1), False)
+            if counts is None:
+                counts = np.ones(len(plain_tok), np.int64)
+            starts = np.repeat(np.cumsum(counts) - counts, counts)
+            ps.plain_chunks.append({
+                "instance": np.repeat(inst_of[plain_tok], counts), "x": flat[0::2],
+                "y": flat[1::2], "point_index": np.arange(len(starts)) - starts,
+            })  # fmt: skip
+
+        elem_tok = np.flatnonzero(element)
+        if len(elem_tok):
+            pts = list(map(toks.__getitem__, elem_tok.tolist()))
+            flat, _ = _coordinates(list(map(itemgetter(1), pts)), True)
+            names, sources, _, _, occl, outs, keyframe = self._shape_columns(
+                list(map(itemgetter(0), pts)), list(map(itemgetter(2), pts))
+            )
+            if pd.isna(names).any():
+                raise _NeedsFullParse("a skeleton element without a label")
+            ps.elem_chunks.append({
+                "instance": inst_of[last_skel[elem_tok]], "name": names,
+                "x": flat[0::2], "y": flat[1::2], "source": sources,
+                "occluded": occl.astype(bool), "outside": outs.astype(bool),
+                "keyframe": keyframe.astype(bool), "line": np.full(len(pts), -1, np.int64),
+            })  # fmt: skip
+
+        if (kind == _ATTRIBUTE).any():
+            self._attributes(buf, toks, kind, points, element, in_skel, inst_of, last_skel)
+
+    def _attributes(self, buf, toks, kind, points, element, in_skel, inst_of, last_skel):
+        """Shape attributes (rare, so a loop): an <attribute> belongs to the <points> whose
+        ``</points>`` follows it, else to the skeleton it sits in, else to nothing kpnb keeps."""
+        texts = _ATTRIBUTE_ELEMENT.findall(buf)
+        where = np.flatnonzero(kind == _ATTRIBUTE).tolist()
+        if len(texts) != len(where):
+            raise _NeedsFullParse("an <attribute> the fast reader does not parse")
+        last_points = _last(points)
+        n = len(toks)
+        for j, (raw, text) in zip(where, texts, strict=True):
+            name = _attributes(raw).get("name", "")
+            value = _xml_value(text, attribute=False)
+            k = j + 1
+            while k < n and toks[k][3] in (b"/attribute", b"attribute"):
+                k += 1
+            owner = None
+            if k < n and toks[k][3] == b"/points" and last_points[j] >= 0:
+                p = last_points[j]
+                if element[p]:
+                    elem_name = self._shape(toks[p][0] + toks[p][2])[0]
+                    owner = (int(inst_of[last_skel[p]]), elem_name)
+                else:
+                    owner = (int(inst_of[p]), None)
+            elif in_skel[j]:
+                owner = (int(inst_of[last_skel[j]]), None)
+            if owner is not None:
+                self.ps.attrs.append((*owner, name, value))
 
 
 def _parse_xy(strings: list[str], lines: list[int], what: str, source: str) -> np.ndarray:
@@ -872,7 +1252,7 @@ def _num(values: list, dtype: str, what: str, lines: list[int], source: str) -> 
                 float(v)
             except (TypeError, ValueError):
                 raise CvatFormatError(
-                    f"{source}: line {line}: {what}={v!r} is not a number"
+                    f"{source}: line {_line_of(line)}: {what}={v!r} is not a number"
                 ) from None
         raise
 
@@ -891,42 +1271,19 @@ def _build_tables(ps: _Parser, source_name: str) -> Annotations:
                                      source_name)  # fmt: skip
             if sk is not None:
                 skeletons[lab["name"]] = sk
-    inst, elem = ps.finish()
+    inst, elem, plain = ps.finish()
     # Skeleton labels used in the file but declared nowhere: keypoints in order of appearance.
-    if len(elem):
-        used = inst.loc[elem["instance"].unique(), "label"].unique()
-        for label in used:
+    if len(elem["instance"]):
+        elem_labels = inst["label"][elem["instance"]]
+        for label in pd.unique(elem_labels):
             if label not in skeletons:
-                ids = inst.index[inst["label"] == label]
-                names = elem.loc[elem["instance"].isin(ids), "name"]
+                names = elem["name"][elem_labels == label]
                 skeletons[label] = Skeleton(tuple(dict.fromkeys(names)))
     images = _images_table(ps, source_name)
-    frames = []
-    if len(elem):
-        frames.append(_skeleton_rows(inst, elem, skeletons, source_name))
-    skel_ids = inst.index[inst["kind"] == "skeleton"]
-    # skeleton instances with no element at all still get their K absent rows
-    if len(skel_ids):
-        seen = set(elem["instance"]) if len(elem) else set()
-        bare = [i for i in skel_ids if i not in seen]
-        if bare:
-            frames.append(_skeleton_rows(inst, elem.iloc[:0],
-                                         skeletons, source_name, only=bare))  # fmt: skip
-    if ps.plain_chunks:
-        frames.append(_plain_rows(inst, ps.plain_chunks))
-        ps.plain_chunks = []
-    if frames:
-        kp = pd.concat(frames, ignore_index=True)
-        kp = kp.sort_values(["instance_id", "point_index"], kind="stable", ignore_index=True)
-    else:
-        kp = pd.DataFrame(columns=["image_index", "instance_id", "label", "keypoint",
-                                   "point_index", "x", "y", "visibility"])  # fmt: skip
-        kp = kp.astype({"x": float, "y": float, "visibility": int, "image_index": int,
-                        "instance_id": int, "point_index": int})  # fmt: skip
-    keypoints = tidy_keypoints(kp)
+    keypoints = tidy_keypoints(_keypoint_table(inst, elem, plain, skeletons, source_name))
     boxes = pd.DataFrame(ps.boxes)
     if len(boxes):
-        lines = boxes["line"].tolist()
+        lines = boxes["line"].tolist()  # -1 from the fast reader: see _line_of
         for c in ("xtl", "ytl", "xbr", "ybr"):
             boxes[c] = _num(boxes[c].tolist(), "float64", f"<box> {c}", lines, source_name)
         boxes = boxes.drop(columns="line")
@@ -935,6 +1292,7 @@ def _build_tables(ps: _Parser, source_name: str) -> Annotations:
         "source": source_name, "format": "video" if ps.frame_index else "images",
         "meta_kind": ps.meta_kind, "version": ps.version, "dumped": ps.dumped,
         "name": ps.meta_fields.get("name"), "skipped": dict(ps.skipped),
+        "reader": "fast" if ps.body is not None else "full",
     }  # fmt: skip
     return Annotations(images=images, keypoints=keypoints, skeletons=skeletons,
                        labels=labels, boxes=tidy_boxes(boxes) if len(boxes) else tidy_boxes(
@@ -943,6 +1301,14 @@ def _build_tables(ps: _Parser, source_name: str) -> Annotations:
 
 
 def _images_table(ps: _Parser, source_name: str) -> pd.DataFrame:
+    if ps.image_chunks:  # the fast reader's columns
+        chunks = ps.image_chunks
+
+        def column(c: str) -> np.ndarray:
+            return np.concatenate([np.asarray(ch[c], dtype=object if isinstance(ch[c], list)
+                                              else None) for ch in chunks])  # fmt: skip
+
+        return _finish_images(pd.DataFrame({c: column(c) for c in chunks[0]}), source_name)
     images = list(ps.images)
     if ps.frame_index:
         # Video: every frame of the task(s), sized by <original_size>, in frame order.
@@ -970,6 +1336,10 @@ def _images_table(ps: _Parser, source_name: str) -> pd.DataFrame:
                     img["height"] = t.get("height") or ps.meta_size.get("height")
     df = pd.DataFrame(images, columns=["image_index", "image_id", "name", "width", "height",
                                        "subset", "task_id", "line"])  # fmt: skip
+    return _finish_images(df, source_name)
+
+
+def _finish_images(df: pd.DataFrame, source_name: str) -> pd.DataFrame:
     lines = df["line"].fillna(0).astype(int).tolist()
     for c in ("width", "height", "task_id"):
         df[c] = _num(df[c].tolist(), "float64", f"<image> {c}", lines, source_name)
@@ -978,97 +1348,131 @@ def _images_table(ps: _Parser, source_name: str) -> pd.DataFrame:
     return tidy_images(df)
 
 
-def _skeleton_rows(inst, elem, skeletons, source_name, only=None) -> pd.DataFrame:
-    """One row per (skeleton instance, keypoint) in definition order; missing -> v=0."""
-    out = []
-    labels = inst.loc[inst["kind"] == "skeleton", "label"]
-    if only is not None:
-        labels = labels.loc[only]
-    for label, ids in labels.groupby(labels, sort=False).groups.items():
-        sk = skeletons.get(label)
-        if sk is None:
-            sk = Skeleton(())
-        k = sk.num_keypoints
-        ids = np.asarray(ids)
-        e = elem[elem["instance"].isin(ids)] if len(elem) else elem
-        pos = {n: i for i, n in enumerate(sk.keypoints)}
-        idx = e["name"].map(pos)
-        if idx.isna().any():
-            bad = e[idx.isna()].iloc[0]
+def _line_of(line: int) -> int:
+    """A row's source line for an error message; the fast reader keeps none (-1)."""
+    if line < 0:
+        raise _NeedsFullParse("a bad value needs its line")
+    return int(line)
+
+
+def _categorical(codes: np.ndarray, categories) -> pd.Categorical:
+    """A categorical of the categories actually used, sorted (as ``pd.Categorical`` does)."""
+    return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
+
+
+def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Skeleton],
+                    source_name: str) -> pd.DataFrame:  # fmt: skip
+    """One row per point, ordered by (instance, point index), built column by column.
+
+    Each instance owns a block of rows: K for a skeleton instance (definition order, a
+    missing element stays NaN with visibility 0), one per coordinate for a points shape.
+    Points are scattered into their blocks, so no sort, concat or per-row Python is needed.
+    """
+    n_inst = len(inst["label"])
+    label_codes, labels = pd.factorize(inst["label"], sort=True)
+    is_skel = inst["kind"] == "skeleton"
+    k_of_label = np.array([skeletons[lab].num_keypoints if lab in skeletons else 0
+                           for lab in labels], dtype=np.int64)  # fmt: skip
+    plain_inst = plain["instance"]
+    count = np.where(is_skel, k_of_label[label_codes] if n_inst else 0,
+                     np.bincount(plain_inst, minlength=n_inst))  # fmt: skip
+    total = int(count.sum())
+    start = np.cumsum(count) - count
+    row_inst = np.repeat(np.arange(n_inst), count)
+    point_index = np.arange(total) - start[row_inst]
+    x = np.full(total, np.nan)
+    y = np.full(total, np.nan)
+    occluded = np.zeros(total, bool)
+    outside = np.zeros(total, bool)
+    filled = np.zeros(total, bool)
+    keyframe = inst["keyframe"][row_inst]
+    # source: the element's own where it has one, else its instance's
+    src_codes, sources = pd.factorize(inst["source"], sort=True)
+    source_codes = src_codes[row_inst]
+
+    rows = start[plain_inst] + plain["point_index"]
+    x[rows], y[rows], filled[rows] = plain["x"], plain["y"], True
+    occluded[rows] = inst["occluded"][plain_inst]
+    outside[rows] = inst["outside"][plain_inst]
+
+    ei = elem["instance"]
+    if len(ei):
+        name_codes, names = pd.factorize(elem["name"])
+        lookup = np.full((len(labels), len(names)), -1, np.int64)
+        for li, label in enumerate(labels):
+            if label in skeletons:
+                pos = {n: i for i, n in enumerate(skeletons[label].keypoints)}
+                lookup[li] = [pos.get(n, -1) for n in names]
+        elem_label = label_codes[ei]
+        kp_pos = lookup[elem_label, name_codes]
+        if (kp_pos < 0).any():
+            i = int(np.flatnonzero(kp_pos < 0)[0])
+            label = labels[elem_label[i]]
             raise CvatFormatError(
-                f"{source_name}: line {bad['line']}: skeleton {label!r} has no keypoint "
-                f"{bad['name']!r} (its <svg> defines {list(sk.keypoints)}); fix the label "
-                "definition in CVAT and export again"
+                f"{source_name}: line {_line_of(elem['line'][i])}: skeleton {label!r} has no "
+                f"keypoint {names[name_codes[i]]!r} (its <svg> defines "
+                f"{list(skeletons[label].keypoints) if label in skeletons else []}); fix the "
+                "label definition in CVAT and export again"
             )
-        key = e["instance"].to_numpy() * max(k, 1) + idx.to_numpy(dtype=np.int64)
-        if len(np.unique(key)) != len(key):
-            dup = e[pd.Series(key, index=e.index).duplicated()].iloc[0]
-            raise CvatFormatError(
-                f"{source_name}: line {dup['line']}: skeleton element {dup['name']!r} appears "
-                "twice in one skeleton instance"
-            )
-        n = len(ids)
-        grid_inst = np.repeat(ids, k)
-        grid_pt = np.tile(np.arange(k), n)
-        rows = pd.DataFrame({"instance_id": grid_inst, "point_index": grid_pt})
-        rows["label"] = label
-        rows["keypoint"] = np.array(sk.keypoints, dtype=object)[grid_pt] if k else []
-        x = np.full(n * k, np.nan)
-        y = np.full(n * k, np.nan)
-        occl = np.zeros(n * k, bool)
-        outs = np.zeros(n * k, bool)
-        vis = np.zeros(n * k, np.int8)
-        src = np.full(n * k, None, dtype=object)
-        kf = np.zeros(n * k, bool)
-        if len(e):
-            pos_in_grid = np.searchsorted(ids, e["instance"].to_numpy()) * k + idx.to_numpy(int)
-            x[pos_in_grid], y[pos_in_grid] = e["x"].to_numpy(), e["y"].to_numpy()
-            occl[pos_in_grid] = e["occluded"].to_numpy(bool)
-            outs[pos_in_grid] = e["outside"].to_numpy(bool)
-            vis[pos_in_grid] = np.where(outs[pos_in_grid], 0,
-                                        np.where(occl[pos_in_grid], 1, 2))  # fmt: skip
-            src[pos_in_grid] = e["source"].to_numpy(object)
-            kf[pos_in_grid] = e["keyframe"].to_numpy(bool)
-        rows["x"], rows["y"], rows["visibility"] = x, y, vis
-        rows["occluded"], rows["outside"] = occl, outs
-        inst_src = inst["source"].to_numpy(object)[grid_inst]
-        rows["source"] = np.where(pd.isna(src), inst_src, src)
-        for c in ("image_index", "group_id", "z_order", "track_id"):
-            rows[c] = inst[c].to_numpy()[grid_inst]
-        rows["keyframe"] = kf | inst["keyframe"].to_numpy(bool)[grid_inst]
-        out.append(rows)
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+        rows = start[ei] + kp_pos
+        if len(rows) > 1:
+            order = np.argsort(rows, kind="stable")
+            repeat = order[1:][rows[order][1:] == rows[order][:-1]]
+            if len(repeat):
+                i = int(repeat.min())
+                raise CvatFormatError(
+                    f"{source_name}: line {_line_of(elem['line'][i])}: skeleton element "
+                    f"{names[name_codes[i]]!r} appears twice in one skeleton instance"
+                )
+        x[rows], y[rows], filled[rows] = elem["x"], elem["y"], True
+        occluded[rows], outside[rows] = elem["occluded"], elem["outside"]
+        keyframe[rows] |= elem["keyframe"]
+        own = elem["source"]
+        has_own = pd.notna(own)
+        if has_own.any():
+            own_codes, own_sources = pd.factorize(own[has_own])
+            merged = pd.Index(sources).append(pd.Index(own_sources)).unique().sort_values()
+            source_codes = merged.get_indexer(np.asarray(sources, object))[source_codes]
+            source_codes[rows[has_own]] = merged.get_indexer(own_sources)[own_codes]
+            sources = merged
+    visibility = np.where(filled, np.where(outside, 0, np.where(occluded, 1, 2)), 0)
 
+    # keypoint names: a skeleton's keypoint at its position, a points shape's own label
+    kp_names = sorted({n for lab in labels if lab in skeletons for n in skeletons[lab].keypoints}
+                      | set(labels))  # fmt: skip
+    kp_index = {n: i for i, n in enumerate(kp_names)}
+    width = max([1, *k_of_label.tolist()])
+    name_table = np.full((len(labels), width), -1, np.int64)
+    for li, label in enumerate(labels):
+        name_table[li, :] = kp_index[label]
+        if label in skeletons:
+            name_table[li, : k_of_label[li]] = [kp_index[n] for n in skeletons[label].keypoints]
+    row_label = label_codes[row_inst]
+    skel_row = is_skel[row_inst]
+    keypoint_codes = name_table[row_label, np.where(skel_row, point_index, 0)]
 
-def _plain_rows(inst, chunks: list[dict]) -> pd.DataFrame:
-    """A plain <points> shape: one row per coordinate, keypoint = its label."""
-    ids = np.concatenate([c["instance"] for c in chunks])
-    point_index = np.concatenate([c["point_index"] for c in chunks])
-    x = np.concatenate([c["x"] for c in chunks])
-    y = np.concatenate([c["y"] for c in chunks])
-    xy = np.stack([x, y], axis=1)
+    def used(codes, categories) -> pd.Categorical:
+        return _categorical(codes, categories).remove_unused_categories()
 
-    def take(column: str) -> np.ndarray:  # per column: no copy of the whole instance table
-        return inst[column].to_numpy()[ids]
-
-    occl, outs = take("occluded").astype(bool), take("outside").astype(bool)
-    labels = take("label")
     return pd.DataFrame({
-        "image_index": take("image_index"), "instance_id": ids, "label": labels,
-        "keypoint": labels, "point_index": point_index, "x": xy[:, 0], "y": xy[:, 1],
-        "visibility": np.where(outs, 0, np.where(occl, 1, 2)).astype(np.int8),
-        "occluded": occl, "outside": outs, "source": take("source"),
-        "group_id": take("group_id"), "z_order": take("z_order"), "track_id": take("track_id"),
-        "keyframe": take("keyframe").astype(bool),
+        "image_index": inst["image_index"][row_inst].astype(np.int32),
+        "instance_id": row_inst, "label": used(row_label, labels),
+        "keypoint": used(keypoint_codes, kp_names), "point_index": point_index.astype(np.int16),
+        "x": x.astype(np.float32), "y": y.astype(np.float32),
+        "visibility": visibility.astype(np.int8), "occluded": occluded, "outside": outside,
+        "source": used(source_codes, sources),
+        "group_id": inst["group_id"][row_inst].astype(np.int32),
+        "z_order": inst["z_order"][row_inst].astype(np.int32),
+        "track_id": inst["track_id"][row_inst].astype(np.int32), "keyframe": keyframe,
     })  # fmt: skip
 
 
-def _attribute_table(ps: _Parser, inst: pd.DataFrame, skeletons) -> pd.DataFrame:
+def _attribute_table(ps: _Parser, inst: dict, skeletons) -> pd.DataFrame:
     rows = []
     for inst_id, elem_name, name, value in ps.attrs:
         point = -1
         if elem_name is not None:
-            sk = skeletons.get(inst.at[inst_id, "label"])
+            sk = skeletons.get(inst["label"][inst_id])
             point = sk.keypoints.index(elem_name) if sk and elem_name in sk.keypoints else -1
         rows.append((inst_id, point, name, value))
     df = pd.DataFrame(rows, columns=["instance_id", "point_index", "name", "value"])
@@ -1097,7 +1501,82 @@ def read_cvat(source: str | os.PathLike) -> Annotations:
         >>> ann.keypoints.head()  # doctest: +SKIP
     """
     src = _Source(source)
-    parser = _Parser(src.name)
+    check = _BackgroundCheck.start(src)
+    try:
+        return _read(src, fast=True, check=check)
+    except _NeedsFullParse:
+        if check is not None:
+            check.cancel()
+        return _read(src, fast=False)
+    finally:
+        if check is not None:
+            check.cancel()
+
+
+def _read(src: _Source, fast: bool, check: _BackgroundCheck | None = None) -> Annotations:
+    parser = _Parser(src.name, fast=fast)
+    parser.checked_elsewhere = check is not None
     with src.open() as stream:
         parser.parse(stream)
+    if check is not None:
+        problem = check.result()
+        if problem is not None:
+            line, column, what = problem
+            raise CvatFormatError(
+                f"{src.name}: line {line}, column {column}: malformed XML ({what}); the file "
+                "may be truncated: export it again"
+            )
     return _build_tables(parser, src.name)
+
+
+# From this size on, expat's well-formedness check runs in a second process
+# (kpnb/_wellformed.py) while this one extracts the shapes: on two cores it then costs no
+# wall time. Smaller files are not worth the process start (about 20 ms).
+_BACKGROUND_CHECK_MIN_BYTES = 8 << 20
+
+
+class _BackgroundCheck:
+    """expat's check of the whole file, running in another Python process."""
+
+    def __init__(self, proc, src: _Source):
+        self.proc, self.src = proc, src
+
+    @classmethod
+    def start(cls, src: _Source) -> _BackgroundCheck | None:
+        """Start the check, or None for a small file or where no process can be started."""
+        import subprocess
+        import sys
+
+        script = Path(__file__).with_name("_wellformed.py")
+        if src.size < _BACKGROUND_CHECK_MIN_BYTES or not sys.executable or not script.is_file():
+            return None
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(script), str(src.path), src.member or ""],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        except OSError:
+            return None
+        return cls(proc, src)
+
+    def result(self) -> tuple[int, int, str] | None:
+        """expat's (line, column, message) for the first problem; None if well formed."""
+        out, _ = self.proc.communicate()
+        text = out.decode("utf-8", "replace").strip()
+        if self.proc.returncode == 0 and text == "ok":
+            return None
+        if self.proc.returncode == 0 and text.startswith("error "):
+            _, line, column, what = text.split(" ", 3)
+            return int(line), int(column), what
+        # The helper could not run here (an unusual interpreter, killed): check in-process.
+        from kpnb._wellformed import check
+
+        with self.src.open() as stream:
+            return check(stream)
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

@@ -134,17 +134,20 @@ def _tidy(df: pd.DataFrame, columns: list[str], dtypes: dict[str, str]) -> pd.Da
     for c in columns:
         col = df[c] if c in df.columns else pd.Series([_DEFAULTS.get(c)] * len(df), dtype=object)
         dt = dtypes.get(c)
+        if dt == "category" and isinstance(col.dtype, pd.CategoricalDtype):
+            out[c] = col.array  # already compact: no round trip through Python strings
+            continue
         values = col.to_numpy() if isinstance(col, pd.Series) else col
         if dt == "category":
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                out[c] = col.array
-            else:
-                values = np.asarray(values, dtype=object)
-                out[c] = pd.Categorical(np.where(pd.isna(values), None, values))
+            values = np.asarray(values, dtype=object)
+            out[c] = pd.Categorical(np.where(pd.isna(values), None, values))
         elif dt == "object":
             out[c] = np.asarray(values, dtype=object)
+        elif dt[0].isupper():  # pandas' nullable integers
+            out[c] = col.astype(dt).to_numpy()
         else:
-            out[c] = col.astype(dt).to_numpy() if dt[0].isupper() else np.asarray(values).astype(dt)
+            values = np.asarray(values)
+            out[c] = values if values.dtype == np.dtype(dt) else values.astype(dt)
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
