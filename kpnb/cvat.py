@@ -889,10 +889,20 @@ class _Parser:
 
 _READ_SIZE = 1 << 22  # bytes per read; the regex and numpy work on a chunk of this size
 _EXPAT_SLICE = 1 << 15  # expat is ~40% faster fed 32 KB at a time than megabytes at once
-_TOKEN = re.compile(
-    rb'<(?:points\b([^>]*)\spoints="([^"]*)"([^>]*)>(?:\s*</points\s*>)?'  # points shape/element
-    rb"|(/?[A-Za-z_][\w:.-]*|[!?])([^>]*)>)"  # any other tag: name and attribute string
-)  # "<!" and "<?" (comment, CDATA, doctype, processing instruction) are for the full parser
+# One token per tag: a <points> (attributes before and after points="...", the coordinates,
+# and its "</points>" when nothing sits inside), or any other tag's name and attributes.
+# "<!" and "<?" (comment, CDATA, doctype, processing instruction) are for the full parser.
+# Two spellings of the same tokens: skeleton elements end with points="...", which the
+# first finds fastest (from the ">" back), plain shapes go on with z_order, which the
+# second finds fastest (attribute by attribute, never backtracking).
+_OTHER_TAG = rb"|(/?[A-Za-z_][\w:.-]*|[!?])([^>]*)>)"
+_TOKEN_ELEMENTS = re.compile(
+    rb'<(?:points\b([^>]*)\spoints="([^"]*)"([^>]*)>(?:\s*</points\s*>)?' + _OTHER_TAG
+)
+_TOKEN_SHAPES = re.compile(
+    rb'<(?:points((?:\s+(?!points=)[\w:.-]+="[^"]*")*+)\s+points="([^"]*)"([^>]*)>'
+    rb"(?:\s*</points\s*>)?" + _OTHER_TAG
+)
 _ATTRIBUTE_ELEMENT = re.compile(rb"<attribute\b([^>]*)>([^<]*)</attribute\s*>")
 _ATTRIBUTES = re.compile(rb'(?:\s+[A-Za-z_][\w:.-]*\s*=\s*"[^"]*")*\s*/?')
 _ATTRIBUTE_PAIR = re.compile(rb'([A-Za-z_][\w:.-]*)\s*=\s*"([^"]*)"')
@@ -990,12 +1000,13 @@ def _coordinates(coords: list[bytes], one_each: bool) -> tuple[np.ndarray, np.nd
     value like "1,2,3" next to "4" cannot shift the coordinates that follow it.
     """
     joined = b"|".join(coords)
-    if not joined or _NOT_IN_NUMBERS.search(joined):
+    two_decimals = not _NOT_TWO_DECIMALS.search(joined)  # only digits, "-", "." and separators
+    if not joined or (not two_decimals and _NOT_IN_NUMBERS.search(joined)):
         raise _NeedsFullParse("a points value the fast reader does not parse")
     buf = np.frombuffer(joined, np.uint8)
-    bar, semi = buf == ord("|"), buf == ord(";")
+    bar, semi, comma = buf == ord("|"), buf == ord(";"), buf == ord(",")
     ends = np.flatnonzero(bar | semi)
-    commas = np.cumsum(buf == ord(","))
+    commas = np.cumsum(comma)
     per_piece = np.diff(commas[ends], prepend=0, append=commas[-1])
     if (per_piece != 1).any():
         raise _NeedsFullParse("a points value that is not 'x,y' pairs")
@@ -1005,18 +1016,53 @@ def _coordinates(coords: list[bytes], one_each: bool) -> tuple[np.ndarray, np.nd
             raise _NeedsFullParse("a skeleton element with several points")
         shape_of_piece = np.concatenate([[0], np.cumsum(bar[ends])])
         counts = np.bincount(shape_of_piece, minlength=len(coords)).astype(np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)  # numpy's "could not be read"
-        try:
-            flat = np.fromstring(joined.translate(_TO_COMMAS), sep=",")
-        except (ValueError, DeprecationWarning):
-            raise _NeedsFullParse("coordinates did not parse") from None
-    if len(flat) != 2 * (len(ends) + 1):
+    numbers = 2 * (len(ends) + 1)
+    flat = None
+    if two_decimals:
+        flat = _two_decimals(joined, buf, np.flatnonzero(bar | semi | comma), numbers)
+    if flat is None:
+        flat = _numbers(joined.translate(_TO_COMMAS), np.float64)
+    if flat is None or len(flat) != numbers:
         raise _NeedsFullParse("coordinates did not parse")
     return flat, counts
 
 
+def _numbers(text: bytes, dtype) -> np.ndarray | None:
+    """Comma-separated numbers -> array; None where numpy stops early."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # numpy's "could not be read"
+        try:
+            return np.fromstring(text, dtype=dtype, sep=",")
+        except (ValueError, DeprecationWarning):
+            return None
+
+
+def _two_decimals(joined: bytes, buf: np.ndarray, separators: np.ndarray,
+                  numbers: int) -> np.ndarray | None:  # fmt: skip
+    """Coordinates all written as CVAT writes them ("%.2f") -> floats, else None.
+
+    Their digits are then an integer of hundredths, which numpy reads about five times
+    faster than floats; dividing by 100 rounds exactly as float("123.45") does.
+    """
+    dots = np.flatnonzero(buf == ord("."))
+    ends = np.append(separators, len(buf))
+    if len(dots) != numbers or len(ends) != numbers or (dots != ends - 3).any():
+        return None
+    hundredths = _numbers(joined.replace(b".", b"").translate(_TO_COMMAS), np.int64)
+    if hundredths is None or len(hundredths) != numbers:
+        return None
+    values = hundredths / 100
+    negative = buf[np.append(0, separators + 1)] == ord("-")
+    values[negative] = -np.abs(values[negative])  # "-0.00" is -0.0, as float() reads it
+    return values
+
+
+_NOT_TWO_DECIMALS = re.compile(rb"[^0-9.,|;-]")
 _TO_COMMAS = bytes.maketrans(b"|;", b",,")
+
+
+# label, source, group_id, z_order, occluded, outside, keyframe (see _FastBody._shape)
+_SHAPE_DTYPES = (object, object, np.int64, np.int64, bool, bool, bool)
 
 
 class _FastBody:
@@ -1053,23 +1099,34 @@ class _FastBody:
             self.shape_cache[raw] = got
         return got
 
-    def _shape_columns(self, first: list[bytes], second: list[bytes] | None = None) -> list:
-        """`_shape` fields as columns for tags whose attribute strings are first + second.
+    def _shape_columns(self, first: list[bytes], second: list[bytes] | None = None, *,
+                       label: str | None = None, source: str | None = None) -> list:  # fmt: skip
+        """`_shape` fields as typed columns for tags whose attribute strings are first + second.
 
-        Each distinct string is parsed once; a points tag's coordinates sit between its
-        two parts, so the parts are factorised separately and never concatenated.
+        Each distinct string is parsed once; a points tag's coordinates sit between its two
+        parts, so the parts are factorised separately and never concatenated. `label` and
+        `source` replace missing values; with no `label` default, a missing one is unusual.
         """
         codes, uniques = pd.factorize(np.array(first, dtype=object))
         if second is not None:
-            codes2, uniques2 = pd.factorize(np.array(second, dtype=object))
-            codes, pairs = pd.factorize(codes * len(uniques2) + codes2)
-            uniques = [uniques[p // len(uniques2)] + uniques2[p % len(uniques2)] for p in pairs]
-        rows = [self._shape(u) for u in uniques]
-        return [np.array(col, dtype=object)[codes] for col in zip(*rows, strict=True)]
+            if second.count(second[0]) == len(second):  # what follows points= rarely varies
+                uniques = [u + second[0] for u in uniques]
+            else:
+                codes2, uniques2 = pd.factorize(np.array(second, dtype=object))
+                codes, pairs = pd.factorize(codes * len(uniques2) + codes2)
+                uniques = [uniques[p // len(uniques2)] + uniques2[p % len(uniques2)]
+                           for p in pairs]  # fmt: skip
+        cols = [list(c) for c in zip(*map(self._shape, uniques), strict=True)]
+        if label is None and None in cols[0]:
+            raise _NeedsFullParse("a skeleton element without a label")
+        cols[0] = [label if v is None else v for v in cols[0]]
+        cols[1] = [source if v is None else v for v in cols[1]]
+        return [np.array(c, dtype=dt)[codes] for c, dt in zip(cols, _SHAPE_DTYPES, strict=True)]
 
     def _chunk(self, buf: bytes) -> None:
         ps = self.ps
-        toks = _TOKEN.findall(buf)
+        tokens = _TOKEN_ELEMENTS if b"<skeleton" in buf[: 1 << 16] else _TOKEN_SHAPES
+        toks = tokens.findall(buf)
         n = len(toks)
         if not n:
             return
@@ -1110,18 +1167,17 @@ class _FastBody:
         inst = {f: np.empty(m, dt) for f, dt in _INST_DTYPES.items()}
         for where, kind_name, cols in (
             (skel_tok, "skeleton", skel_tok.size and self._shape_columns(
-                _column(toks, skel_tok, 4))),
+                _column(toks, skel_tok, 4), label="", source="manual")),
             (plain_tok, "points", plain_tok.size and self._shape_columns(
-                _column(toks, plain_tok, 0), _column(toks, plain_tok, 2))),
+                _column(toks, plain_tok, 0), _column(toks, plain_tok, 2), label="",
+                source="manual")),
         ):  # fmt: skip
             if not where.size:
                 continue
             at = inst_of[where] - ps.n_inst
             label, source, group, z, occl, outs, _ = cols
             inst["image_index"][at] = image_of[where]
-            inst["label"][at] = np.where(pd.isna(label), "", label)
-            inst["kind"][at] = kind_name
-            inst["source"][at] = np.where(pd.isna(source), "manual", source)
+            inst["label"][at], inst["kind"][at], inst["source"][at] = label, kind_name, source
             inst["group_id"][at], inst["z_order"][at] = group, z
             inst["occluded"][at], inst["outside"][at] = occl, outs
         inst["track_id"][:], inst["keyframe"][:], inst["line"][:] = -1, False, -1
@@ -1145,13 +1201,11 @@ class _FastBody:
             names, sources, _, _, occl, outs, keyframe = self._shape_columns(
                 list(map(itemgetter(0), pts)), list(map(itemgetter(2), pts))
             )
-            if pd.isna(names).any():
-                raise _NeedsFullParse("a skeleton element without a label")
             ps.elem_chunks.append({
                 "instance": inst_of[last_skel[elem_tok]], "name": names,
                 "x": flat[0::2], "y": flat[1::2], "source": sources,
-                "occluded": occl.astype(bool), "outside": outs.astype(bool),
-                "keyframe": keyframe.astype(bool), "line": np.full(len(pts), -1, np.int64),
+                "occluded": occl, "outside": outs, "keyframe": keyframe,
+                "line": np.full(len(pts), -1, np.int64),
             })  # fmt: skip
 
         if (kind == _ATTRIBUTE).any():
