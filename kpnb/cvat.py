@@ -437,6 +437,8 @@ class _Parser:
         p.ExternalEntityRefHandler = _forbid_external
         p.StartElementHandler = self.start
         p.EndElementHandler = self.end
+        p.XmlDeclHandler = self._declaration
+        self.encoding: str | None = None
         self.p = p
         self.text: list[str] = []
         self.root_seen = False
@@ -645,10 +647,15 @@ class _Parser:
         elif tag in _SHAPES_SKIPPED:
             self.skipped[tag] = self.skipped.get(tag, 0) + 1
 
+    def _declaration(self, version, encoding, standalone) -> None:
+        self.encoding = encoding
+
     def _hand_over_body(self, tag: str) -> None:
         """The body starts: from here expat only checks well-formedness (no handlers)."""
         if tag != "image":
             raise _NeedsFullParse(f"the body starts with <{tag}>, not <image>")
+        if (self.encoding or "utf-8").lower().replace("_", "-") not in _UTF8_NAMES:
+            raise _NeedsFullParse(f"the document is {self.encoding}; the fast reader reads UTF-8")
         self.body_start = self.p.CurrentByteIndex
         p = self.p
         p.StartElementHandler = p.EndElementHandler = p.CharacterDataHandler = None
@@ -829,6 +836,8 @@ class _Parser:
         p, offset, previous = self.p, 0, b""
         while True:
             data = stream.read(_READ_SIZE)
+            if offset == 0 and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                self.fast = False  # UTF-16: the fast reader reads UTF-8 only
             final = not data
             view = memoryview(data)
             for i in range(0, len(data), _EXPAT_SLICE):
@@ -887,6 +896,7 @@ class _Parser:
 # which handle every layout and name the line of a bad value. No hand-written XML parsing
 # replaces expat: the regular expressions only read what expat has already accepted.
 
+_UTF8_NAMES = ("utf-8", "utf8", "us-ascii", "ascii")
 _READ_SIZE = 1 << 22  # bytes per read; the regex and numpy work on a chunk of this size
 _EXPAT_SLICE = 1 << 15  # expat is ~40% faster fed 32 KB at a time than megabytes at once
 # One token per tag: a <points> (attributes before and after points="...", the coordinates,
@@ -900,12 +910,12 @@ _TOKEN_ELEMENTS = re.compile(
     rb'<(?:points\b([^>]*)\spoints="([^"]*)"([^>]*)>(?:\s*</points\s*>)?' + _OTHER_TAG
 )
 _TOKEN_SHAPES = re.compile(
-    rb'<(?:points((?:\s+(?!points=)[\w:.-]+="[^"]*")*+)\s+points="([^"]*)"([^>]*)>'
+    rb"""<(?:points((?:\s+(?!points=)[\w:.-]+=(?:"[^"]*"|'[^']*'))*+)\s+points="([^"]*)"([^>]*)>"""
     rb"(?:\s*</points\s*>)?" + _OTHER_TAG
 )
 _ATTRIBUTE_ELEMENT = re.compile(rb"<attribute\b([^>]*)>([^<]*)</attribute\s*>")
-_ATTRIBUTES = re.compile(rb'(?:\s+[A-Za-z_][\w:.-]*\s*=\s*"[^"]*")*\s*/?')
-_ATTRIBUTE_PAIR = re.compile(rb'([A-Za-z_][\w:.-]*)\s*=\s*"([^"]*)"')
+_ATTRIBUTES = re.compile(rb"""(?:\s+[A-Za-z_][\w:.-]*\s*=\s*(?:"[^"]*"|'[^']*'))*\s*/?""")
+_ATTRIBUTE_PAIR = re.compile(rb"""([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 _NOT_IN_NUMBERS = re.compile(rb"[^0-9.eE+\- ,;|]")
 (_POINTS, _POINTS_END, _ATTRIBUTE, _IMAGE, _IMAGE_END, _SKELETON, _SKELETON_END, _BOX, _SKIPPED,
  _OTHER) = range(10)  # fmt: skip
@@ -945,7 +955,7 @@ def _attributes(raw: bytes) -> dict[str, str]:
     """One tag's attribute string -> dict; anything but name="value" pairs is unusual."""
     if not _ATTRIBUTES.fullmatch(raw):
         raise _NeedsFullParse("attributes the fast reader does not parse")
-    return {k.decode("ascii"): _xml_value(v) for k, v in _ATTRIBUTE_PAIR.findall(raw)}
+    return {k.decode("ascii"): _xml_value(v or w) for k, v, w in _ATTRIBUTE_PAIR.findall(raw)}
 
 
 _IMAGE_TAG = (
@@ -1081,7 +1091,10 @@ class _FastBody:
             self.pending = buf
             return
         self.pending = buf[cut:]
-        self._chunk(buf[:cut])
+        try:
+            self._chunk(buf[:cut])
+        except UnicodeDecodeError:
+            raise _NeedsFullParse("text that is not UTF-8") from None
 
     def _shape(self, raw: bytes) -> tuple:
         """(label, source, group_id, z_order, occluded, outside, keyframe) of a shape tag."""

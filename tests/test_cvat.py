@@ -4,6 +4,7 @@ import math
 import shutil
 import zipfile
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shared_paths import FIXTURES
 
-from kpnb.cvat import CvatFormatError, read_cvat, write_cvat
+import kpnb.cvat as cvat
+from kpnb.cvat import CvatFormatError, read_cvat, skeleton_svg, write_cvat
 from kpnb.synthetic import FACE, synthesize
 from kpnb.tables import KEYPOINT_COLUMNS, Annotations, Skeleton, tidy_images, tidy_keypoints
 
@@ -345,7 +347,9 @@ def annotations(draw):
 )
 @given(annotations())
 def test_round_trip_property(tmp_path, ann):
-    _compare(ann, read_cvat(write_cvat(ann, tmp_path / "rt.xml")))
+    back = _read_both(write_cvat(ann, tmp_path / "rt.xml"))  # fast and full readers agree
+    assert back.meta["reader"] == "fast"
+    _compare(ann, back)
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
@@ -362,3 +366,242 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_cvat(ann, out)
     assert out.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["out.xml"]
+
+
+# -- the fast reader, its full-parse fallback, and expat's check in a second process --------
+# read_cvat reads CVAT-for-images bodies with regular expressions over bytes expat accepts,
+# and parses again with expat callbacks where anything is unusual. Both must give the same
+# tables, always; these tests hold the two side by side.
+
+ALL_XML = sorted(FIXTURES.rglob("*.xml")) + sorted(DATA.glob("*.xml"))
+
+
+def _read_both(path):
+    fast = read_cvat(path)
+    full = cvat._read(cvat._Source(path), fast=False)
+    for name in ("images", "keypoints", "boxes", "attributes", "labels"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(full, name), obj=name)
+    assert fast.skeletons == full.skeletons
+    assert full.meta["reader"] == "full"
+    drop = {"reader"}
+    assert {k: v for k, v in fast.meta.items() if k not in drop} == {
+        k: v for k, v in full.meta.items() if k not in drop
+    }
+    return fast
+
+
+@pytest.mark.parametrize("path", ALL_XML, ids=lambda p: p.parent.name + "/" + p.name)
+def test_fast_and_full_readers_agree_on_every_fixture(path):
+    ann = _read_both(path)
+    video = b"<track" in path.read_bytes()
+    assert ann.meta["reader"] == ("full" if video else "fast")
+
+
+def test_fast_reader_on_the_synthetic_exports(synthetic_export, points_export):
+    for export in (synthetic_export, points_export):
+        assert _read_both(export).meta["reader"] == "fast"
+
+
+_SVG = escape(skeleton_svg(Skeleton(("a", "b", "c"), ((0, 1), (1, 2)))))
+FAST_HEAD = (
+    '<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n<version>1.1</version>\n<meta><task>'
+    "<labels><label><name>s</name><type>skeleton</type><svg>" + _SVG + "</svg></label>"
+    + "".join(f"<label><name>{k}</name><type>points</type><parent>s</parent></label>"
+              for k in "abc")
+    + "</labels></task></meta>\n"
+)  # fmt: skip
+IMG = '<image id="0" name="a.jpg" width="10" height="10">\n'
+ELEM = '<points label="{}" source="manual" outside="0" occluded="{}" points="{}">\n</points>\n'
+PLAIN = '<points label="p" source="manual" occluded="0" points="{}" z_order="0">\n</points>\n'
+SKEL = '<skeleton label="s" source="manual" z_order="0">\n{}</skeleton>\n'
+FAST_CASES = {
+    "plain": (IMG + PLAIN.format("1.00,2.00") + "</image>", "fast"),
+    "elements out of order, one missing": (
+        IMG + SKEL.format(ELEM.format("c", 1, "5.00,6.00") + ELEM.format("a", 0, "1.00,2.00"))
+        + "</image>", "fast"),
+    "attributes of element, skeleton and shape": (
+        IMG + '<skeleton label="s" source="manual" z_order="0">\n'
+        '<points label="b" source="manual" outside="0" occluded="0" points="3.00,4.00">\n'
+        '<attribute name="side">left</attribute>\n</points>\n'
+        '<points label="a" source="manual" outside="1" occluded="0" points="1.00,2.00">\n'
+        "</points>\n"
+        '<attribute name="person">5 &lt; 6</attribute>\n</skeleton>\n'
+        '<points label="p" source="manual" occluded="0" points="1.00,1.00" z_order="0">\n'
+        '<attribute name="kind">x</attribute>\n<attribute name="more">y\r\nz</attribute>\n'
+        "</points>\n</image>", "fast"),
+    "self-closing tags": (
+        '<image id="0" name="a.jpg" width="1" height="1"/>\n' + IMG
+        + '<skeleton label="s" source="manual" z_order="0"/>\n'
+        '<points label="p" occluded="0" points="1.00,2.00" z_order="0"/>\n</image>', "fast"),
+    "entities, references and newlines in values": (
+        '<image id="0" name="a&amp;b&#10;c&#x41;.jpg" width="10" height="10">\n'
+        '<points label="p &quot;q&quot; é" source="manual" occluded="0" points="1.00,2.00" '
+        'z_order="0">\n</points>\n'
+        '<points label="two\nlines" source="manual" occluded="0" points="1.00,2.00" '
+        'z_order="0">\n</points>\n</image>', "fast"),
+    "many points per shape, other decimals, -0": (
+        IMG + PLAIN.format("1.00,2.00;3.5,4;-0.00,6.25e1") + PLAIN.format("-0.00,0.00")
+        + "</image>", "fast"),
+    "attribute orders of other writers": (
+        '<image height="10" id="0" name="a.jpg" width="10">\n'
+        '<points points="1,2" label="p" z_order="0" occluded="1" group_id="3"/>\n'
+        '<skeleton label="s" occluded="0" source="manual" points="" rotation="0.00" z_order="2">'
+        '\n<points label="a" occluded="0" source="auto" outside="1" points="1,1" z_order="0">'
+        "\n</points>\n</skeleton>\n</image>", "fast"),
+    "project export": (
+        '<image id="0" name="a.jpg" subset="Train" task_id="4" width="10" height="10">\n'
+        + PLAIN.format("1.00,2.00") + "</image>\n"
+        '<image id="0" name="a.jpg" subset="Test" task_id="5" width="10" height="10">\n'
+        "</image>", "fast"),
+    "boxes, polygons and tags": (
+        IMG + '<box label="face" source="manual" occluded="0" xtl="1.00" ytl="2.00" xbr="3.00" '
+        'ybr="4.00" z_order="0" group_id="1">\n<attribute name="q">1</attribute>\n</box>\n'
+        '<polygon label="r" points="1,2;3,4;5,6" z_order="0">\n</polygon>\n'
+        '<tag label="good" source="manual">\n</tag>\n'
+        + SKEL.format(ELEM.format("a", 0, "1.00,2.00")).replace('z_order="0"',
+                                                                 'z_order="0" group_id="1"')
+        + "</image>", "fast"),  # fmt: skip
+    "empty points value": (IMG + PLAIN.format("") + "</image>", "full"),
+    "comment": (IMG + "<!-- <points label='x' points='1,2'/> -->\n" + PLAIN.format("1.00,2.00")
+                + "</image>", "full"),
+    "CDATA": (IMG + '<points label="p" occluded="0" points="1.00,2.00" z_order="0">\n'
+              "<attribute name='n'><![CDATA[<b>]]></attribute>\n</points>\n</image>", "full"),
+    "single quotes": (IMG + "<points label='p' occluded='0' points='1.00,2.00' z_order='0'/>"
+                      "\n</image>", "full"),
+    "spaces around =": (IMG + '<points label = "p" occluded="0" points="1.00,2.00"/>\n</image>',
+                        None),
+    "a shape outside any image": (IMG + "</image>\n" + PLAIN.format("1.00,2.00"), "full"),
+    "a track after the images": (
+        IMG + "</image>\n" + '<track id="0" label="p" source="manual">\n'
+        '<points frame="0" outside="0" occluded="0" keyframe="1" points="1.00,2.00" '
+        'z_order="0">\n</points>\n</track>', "full"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(FAST_CASES))
+def test_fast_reader_agrees_with_full_parse_or_hands_over(tmp_path, case):
+    body, reader = FAST_CASES[case]
+    ann = _read_both(_write(tmp_path, FAST_HEAD + body + "\n</annotations>\n"))
+    if reader is not None:
+        assert ann.meta["reader"] == reader
+    assert len(ann.images)
+
+
+def test_fast_reader_keeps_what_matters(tmp_path):
+    body, _ = FAST_CASES["attributes of element, skeleton and shape"]
+    ann = read_cvat(_write(tmp_path, FAST_HEAD + body + "\n</annotations>\n"))
+    assert ann.meta["reader"] == "fast"
+    assert ann.attributes[["point_index", "name", "value"]].values.tolist() == [
+        [1, "side", "left"], [-1, "person", "5 < 6"], [-1, "kind", "x"], [-1, "more", "y\nz"]]
+    assert _vis(ann, "s") == [0, 2, 0]  # a outside, b visible, c missing
+    body, _ = FAST_CASES["many points per shape, other decimals, -0"]
+    ann = read_cvat(_write(tmp_path, FAST_HEAD + body + "\n</annotations>\n", "b.xml"))
+    assert ann.keypoints["x"].tolist()[:3] == [1.0, 3.5, 0.0]
+    assert ann.keypoints["y"].tolist()[2] == 62.5 and math.copysign(1, ann.keypoints["x"][2]) < 0
+
+
+def test_non_utf8_documents_take_the_full_parser(tmp_path):
+    text = (FAST_HEAD + IMG + PLAIN.format("1.00,2.00").replace('"p"', '"café"') + "</image>\n"
+            "</annotations>\n").replace('encoding="utf-8"', 'encoding="ISO-8859-1"')  # fmt: skip
+    latin = tmp_path / "latin.xml"
+    latin.write_bytes(text.encode("latin-1"))
+    ann = _read_both(latin)
+    assert ann.meta["reader"] == "full" and "café" in set(ann.keypoints["label"])
+    utf16 = tmp_path / "utf16.xml"
+    utf16.write_bytes(text.replace("ISO-8859-1", "UTF-16").encode("utf-16"))
+    assert _read_both(utf16).meta["reader"] == "full"
+
+
+@pytest.fixture
+def background(monkeypatch):
+    """Run expat's check in a second process even for these small files; record them."""
+    monkeypatch.setattr(cvat, "_BACKGROUND_CHECK_MIN_BYTES", 0)
+    started = []
+    start = cvat._BackgroundCheck.start.__func__
+
+    def spy(cls, src):
+        check = start(cls, src)
+        started.append(check)
+        return check
+
+    monkeypatch.setattr(cvat._BackgroundCheck, "start", classmethod(spy))
+    return started
+
+
+def test_background_check_runs_beside_the_fast_reader(background, synthetic_export, tmp_path):
+    ann = _read_both(synthetic_export)
+    assert ann.meta["reader"] == "fast"
+    assert background and background[0] is not None
+    assert background[0].proc.returncode == 0  # the helper ran to the end and said "ok"
+    zipped = shutil.make_archive(str(tmp_path / "export"), "zip", synthetic_export)
+    assert len(read_cvat(zipped).keypoints) == len(ann.keypoints)
+
+
+@pytest.mark.parametrize(
+    "tail, line",
+    [
+        ("</image>\n</annotations>\n", None),  # well formed
+        ("</imag>\n</annotations>\n", 7),  # mismatched tag in the body
+        ("</image>\n", 8),  # truncated: no </annotations>
+        ("&bogus;</image>\n</annotations>\n", 7),  # an entity nobody declared
+    ],
+)
+def test_background_check_reports_malformed_bodies_with_their_line(background, tmp_path, tail,
+                                                                   line):  # fmt: skip
+    path = _write(tmp_path, GOOD_HEAD + IMG + PLAIN.format("1.00,2.00") + tail)
+    if line is None:
+        assert len(read_cvat(path).keypoints) == 1
+    else:
+        with pytest.raises(CvatFormatError, match=rf"line {line}, column \d+: malformed XML"):
+            read_cvat(path)
+    assert background[0] is not None and background[0].proc.poll() is not None
+
+
+@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/false", ""])
+def test_without_a_helper_process_the_check_runs_here(background, monkeypatch, tmp_path,
+                                                      executable):  # fmt: skip
+    import sys
+
+    monkeypatch.setattr(sys, "executable", executable)
+    good = _write(tmp_path, GOOD_HEAD + IMG + PLAIN.format("1.00,2.00") + "</image>\n"
+                  "</annotations>\n")  # fmt: skip
+    assert len(read_cvat(good).keypoints) == 1
+    bad = _write(tmp_path, GOOD_HEAD + IMG + PLAIN.format("1.00,2.00") + "</imag>\n", "b.xml")
+    with pytest.raises(CvatFormatError, match=r"line 7, column \d+: malformed XML"):
+        read_cvat(bad)
+
+
+def test_hostile_files_stop_the_helper(background, tmp_path):
+    bomb = (
+        '<?xml version="1.0"?>\n<!DOCTYPE annotations [\n<!ENTITY a "aaaaaaaaaa">\n'
+        '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">\n]>\n<annotations>&b;</annotations>'
+    )
+    with pytest.raises(CvatFormatError, match="refused"):
+        read_cvat(_write(tmp_path, bomb))
+    assert background[0].proc.poll() is not None  # not left running
+
+
+def test_wellformed_helper_as_a_program(tmp_path):
+    import subprocess
+    import sys
+
+    from kpnb import _wellformed
+
+    good = _write(tmp_path, GOOD_HEAD + IMG + "</image>\n</annotations>\n")
+    bad = _write(tmp_path, GOOD_HEAD + IMG + "</imag>\n", "bad.xml")
+    zipped = tmp_path / "e.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(bad, "export/annotations.xml")
+    script = _wellformed.__file__
+
+    def run(*args):
+        done = subprocess.run([sys.executable, "-I", "-S", script, *map(str, args)],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return done.stdout.strip()
+
+    assert run(good) == "ok"
+    assert run(bad).startswith("error 5 ")
+    assert run(zipped, "export/annotations.xml") == run(bad)
+    entity = _write(tmp_path, '<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>', "ent.xml")
+    assert "declares entities" in run(entity)
+    assert _wellformed.check_path(str(good)) is None
