@@ -1409,7 +1409,8 @@ def _images_table(ps: _Parser, source_name: str) -> pd.DataFrame:
 def _finish_images(df: pd.DataFrame, source_name: str) -> pd.DataFrame:
     lines = df["line"].fillna(0).astype(int).tolist()
     for c in ("width", "height", "task_id"):
-        df[c] = _num(df[c].tolist(), "float64", f"<image> {c}", lines, source_name)
+        if df[c].dtype.kind != "f":  # the fast reader has numbers already
+            df[c] = _num(df[c].tolist(), "float64", f"<image> {c}", lines, source_name)
     df = df.drop(columns="line")
     df = df.astype({"width": "Int32", "height": "Int32", "task_id": "Int64"})
     return tidy_images(df)
@@ -1423,7 +1424,11 @@ def _line_of(line: int) -> int:
 
 
 def _categorical(codes: np.ndarray, categories) -> pd.Categorical:
-    """A categorical of the categories actually used, sorted (as ``pd.Categorical`` does)."""
+    """A categorical of the (sorted) categories that `codes` use, as ``pd.Categorical`` makes."""
+    used = np.bincount(codes, minlength=len(categories)) > 0
+    if not used.all():  # renumber the codes over the categories in use
+        codes = (np.cumsum(used) - 1)[codes]
+        categories = [c for c, u in zip(categories, used, strict=True) if u]
     return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
 
 
@@ -1518,16 +1523,14 @@ def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Sk
     skel_row = is_skel[row_inst]
     keypoint_codes = name_table[row_label, np.where(skel_row, point_index, 0)]
 
-    def used(codes, categories) -> pd.Categorical:
-        return _categorical(codes, categories).remove_unused_categories()
-
     return pd.DataFrame({
         "image_index": inst["image_index"][row_inst].astype(np.int32),
-        "instance_id": row_inst, "label": used(row_label, labels),
-        "keypoint": used(keypoint_codes, kp_names), "point_index": point_index.astype(np.int16),
+        "instance_id": row_inst, "label": _categorical(row_label, labels),
+        "keypoint": _categorical(keypoint_codes, kp_names),
+        "point_index": point_index.astype(np.int16),
         "x": x.astype(np.float32), "y": y.astype(np.float32),
         "visibility": visibility.astype(np.int8), "occluded": occluded, "outside": outside,
-        "source": used(source_codes, sources),
+        "source": _categorical(source_codes, sources),
         "group_id": inst["group_id"][row_inst].astype(np.int32),
         "z_order": inst["z_order"][row_inst].astype(np.int32),
         "track_id": inst["track_id"][row_inst].astype(np.int32), "keyframe": keyframe,
