@@ -278,9 +278,13 @@ def write_cvat(
 # Reading
 # ---------------------------------------------------------------------------------------
 #
-# pyexpat with defusedxml's guards, not defusedxml.ElementTree.iterparse: iterparse builds an
-# Element per node and cannot say which line a bad value sits on; expat callbacks give the
-# line for free and let points be collected as raw strings and converted in one numpy pass.
+# Every byte goes through pyexpat with defusedxml's guards (not defusedxml.ElementTree's
+# iterparse, which builds an Element per node and cannot say which line a bad value sits
+# on). Two readers share that: expat callbacks (_Parser), which handle every layout and name
+# the line of any bad value, and for the common "CVAT for images" body a fast reader
+# (_FastBody, below) that lets expat only check well-formedness. read_cvat tries the fast
+# one and parses again with the callbacks whenever it declines; both fill the same columns,
+# which _build_tables turns into the tables.
 
 _SHAPES_SKIPPED = {"polygon", "polyline", "ellipse", "mask", "cuboid", "tag"}
 _META_TEXT = {
@@ -1565,6 +1569,11 @@ def read_cvat(source: str | os.PathLike) -> Annotations:
         CvatFormatError: malformed or non-CVAT XML, refused entities, or a bad value; the
             message names the file and line.
         FileNotFoundError: `source` does not exist or holds no annotations file.
+
+    The file is streamed in 4 MB reads, never held whole. ``meta["reader"]`` says which
+    reader produced the tables: ``"fast"`` (CVAT for images bodies) or ``"full"`` (expat
+    callbacks: video tracks and anything unusual); both give identical tables. From
+    8 MB, expat's well-formedness check runs in a second Python process alongside.
 
     Example:
         >>> ann = read_cvat("outputs/data/synthetic")  # doctest: +SKIP
