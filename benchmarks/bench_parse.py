@@ -13,7 +13,7 @@ On files from 8 MB read_cvat runs expat's well-formedness check in a second proc
 it extracts the shapes; "1 core" is the same read with that check in-process, for
 machines with one core. "helper MB" is the helper process's peak resident memory.
 
-    python benchmarks/bench_parse.py [--images 20000] [--repeat 3]
+    python benchmarks/bench_parse.py [--images 20000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def one_core(path: Path):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=20000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     print(f"{'layout':9s} {'points':>8s} {'file MB':>7s} {'floor s':>7s} {'kpnb s':>6s} "
           f"{'ratio':>6s} {'1 core s':>8s} {'ratio':>6s} {'datumaro s':>10s} {'peak MB':>7s} "

@@ -605,3 +605,14 @@ def test_wellformed_helper_as_a_program(tmp_path):
     entity = _write(tmp_path, '<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>', "ent.xml")
     assert "declares entities" in run(entity)
     assert _wellformed.check_path(str(good)) is None
+
+
+@pytest.mark.parametrize("read_size", [97, 4096])
+def test_fast_reader_across_chunk_boundaries(monkeypatch, tmp_path, synthetic_export, read_size):
+    # tiny reads: the body starts mid-read, images straddle reads, and a file whose later
+    # images are written by another writer switches tokenizer part-way
+    monkeypatch.setattr(cvat, "_READ_SIZE", read_size)
+    assert _read_both(synthetic_export).meta["reader"] == "fast"
+    other, _ = FAST_CASES["attribute orders of other writers"]
+    mixed = FAST_HEAD + (IMG + PLAIN.format("1.00,2.00") + "</image>\n") * 30 + other
+    assert _read_both(_write(tmp_path, mixed + "\n</annotations>\n")).meta["reader"] == "fast"
