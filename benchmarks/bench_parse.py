@@ -92,13 +92,20 @@ def datumaro_import(path: Path):
 
 
 def best_of(fn, repeat: int) -> float:
-    times = []
+    return interleaved_best({"fn": fn}, repeat)["fn"]
+
+
+def interleaved_best(fns: dict, repeat: int) -> dict[str, float]:
+    """Best time of each function, taking turns round by round, so a slow spell of a shared
+    machine hits all of them alike instead of one block of runs."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
-        gc.collect()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for name, fn in fns.items():
+            gc.collect()
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
 
 
 def peak_memory(path: Path) -> int:
@@ -153,9 +160,10 @@ def main() -> None:
                 make_tables(args.images, layout), Path(tmp) / layout / "annotations.xml"
             )
             size = path.stat().st_size
-            floor = best_of(lambda p=path: bare_scan(p), args.repeat)
-            ours = best_of(lambda p=path: read_cvat(p), args.repeat)
-            single = best_of(lambda p=path: one_core(p), args.repeat)
+            times = interleaved_best({
+                "floor": lambda p=path: bare_scan(p), "ours": lambda p=path: read_cvat(p),
+                "single": lambda p=path: one_core(p)}, args.repeat)  # fmt: skip
+            floor, ours, single = times["floor"], times["ours"], times["single"]
             ann = read_cvat(path)
             helper = helper_memory(path)
             try:
