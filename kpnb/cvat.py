@@ -895,10 +895,12 @@ class _Parser:
 # with no handlers, while one regular expression pulls the tags out of the same bytes in C, a
 # chunk of whole images at a time. Attribute strings repeat (label, source, flags), so each
 # distinct one is parsed once; coordinates are parsed by numpy in one call per chunk.
-# Anything unexpected (tracks, comments, CDATA, single quotes, a shape outside an <image>, a
-# bad value) raises _NeedsFullParse, and read_cvat parses again with the callbacks above,
-# which handle every layout and name the line of a bad value. No hand-written XML parsing
-# replaces expat: the regular expressions only read what expat has already accepted.
+# Anything unexpected (tracks, comments, CDATA, single-quoted coordinates, an unknown tag, a
+# shape outside an <image>, a bad value, a document not in UTF-8) raises _NeedsFullParse,
+# and read_cvat parses again with the callbacks above, which handle every layout and name
+# the line of a bad value. No hand-written XML parsing replaces expat: the regular
+# expressions only read what expat has already accepted (or, from 8 MB, what expat checks
+# in a second process at the same time; see _BackgroundCheck).
 
 _UTF8_NAMES = ("utf-8", "utf8", "us-ascii", "ascii")
 _READ_SIZE = 1 << 22  # bytes per read; the regex and numpy work on a chunk of this size

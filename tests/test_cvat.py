@@ -616,3 +616,39 @@ def test_fast_reader_across_chunk_boundaries(monkeypatch, tmp_path, synthetic_ex
     other, _ = FAST_CASES["attribute orders of other writers"]
     mixed = FAST_HEAD + (IMG + PLAIN.format("1.00,2.00") + "</image>\n") * 30 + other
     assert _read_both(_write(tmp_path, mixed + "\n</annotations>\n")).meta["reader"] == "fast"
+
+
+@pytest.mark.parametrize("in_background", [False, True])
+def test_mutated_exports_are_read_alike_or_refused(monkeypatch, tmp_path, synthetic_export,
+                                                   in_background):  # fmt: skip
+    # Random edits to a real body: read_cvat must either raise CvatFormatError (and the full
+    # parse must refuse the file too) or give exactly the full parse's tables. Never a crash.
+    import random
+
+    if in_background:
+        monkeypatch.setattr(cvat, "_BACKGROUND_CHECK_MIN_BYTES", 0)
+    data = (synthetic_export / "annotations.xml").read_bytes()
+    body = data.find(b"<image")
+    data = data[: data.find(b"<image", body + 1500)] + b"</annotations>\n"  # a few images
+    rng = random.Random(7 + in_background)
+    alphabet = b"<>/=\"' &;#.,-0123456789abxz\n!?"
+    read_alike = 0
+    for i in range(40 if in_background else 120):
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(body, len(b))
+            if rng.random() < 0.4:
+                del b[at : at + rng.randint(1, 4)]
+            else:
+                b[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 3)))
+        path = tmp_path / f"m{i}.xml"
+        path.write_bytes(bytes(b))
+        try:
+            read_cvat(path)
+        except CvatFormatError:
+            with pytest.raises(CvatFormatError):
+                cvat._read(cvat._Source(path), fast=False)
+            continue
+        _read_both(path)
+        read_alike += 1
+    assert read_alike >= 5  # the edits left some files well formed
