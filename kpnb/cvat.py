@@ -158,8 +158,7 @@ def _attr_lines(attrs: dict, key, indent: str) -> list[str]:
     ]
 
 
-def _group_attr(row) -> str:
-    g = row.group_id
+def _group_attr(g) -> str:
     return f" group_id={quoteattr(str(int(g)))}" if pd.notna(g) and int(g) != 0 else ""
 
 
@@ -171,44 +170,72 @@ def _z(v) -> int:
     return int(v) if pd.notna(v) else 0
 
 
-def _shape_lines(ann: Annotations, kp: pd.DataFrame, boxes: pd.DataFrame, attrs: dict) -> list[str]:
+def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, int]]]]:
+    """`kp`'s columns as Python lists, and per image its instances' row ranges.
+
+    Instances come in order of first appearance in the image, rows in table order: what a
+    groupby per image and instance would give, without one (that cost ~2 ms an image).
+    """
+    n = len(kp)
+    image = kp["image_index"].to_numpy()
+    group = kp.groupby([image, kp["instance_id"].to_numpy()], sort=False).ngroup().to_numpy()
+    order = np.lexsort((np.arange(n), group, image))
+    cols = {c: kp[c].to_numpy(dtype=object)[order].tolist()
+            for c in ("label", "keypoint", "source")}  # fmt: skip
+    for c in ("x", "y", "occluded", "outside", "point_index", "z_order", "group_id",
+              "instance_id"):  # fmt: skip
+        cols[c] = kp[c].to_numpy()[order].tolist()
+    group, image = group[order], image[order]
+    starts = np.flatnonzero(np.diff(group, prepend=-1))
+    ends = np.append(starts[1:], n) if n else starts
+    blocks: dict[int, list[tuple[int, int]]] = {}
+    for s, e, i in zip(starts.tolist(), ends.tolist(), image[starts].tolist(), strict=True):
+        blocks.setdefault(i, []).append((s, e))
+    return cols, blocks
+
+
+def _shape_lines(ann: Annotations, cols: dict, blocks: list[tuple[int, int]],
+                 boxes: list, attrs: dict) -> list[str]:  # fmt: skip
     """The shapes of one image, sorted by z_order as CVAT writes them."""
     shapes: list[tuple[int, list[str]]] = []
-    for inst_id, rows in kp.groupby("instance_id", sort=False):
-        first = rows.iloc[0]
-        label = str(first["label"])
-        head = f"label={quoteattr(label)} source={quoteattr(_source(first['source']))}"
-        z = _z(first["z_order"])
-        grp = _group_attr(first)
+    label_of, source_of, z_of, group_of = cols["label"], cols["source"], cols["z_order"], \
+        cols["group_id"]  # fmt: skip
+    xs, ys, occluded, outside = cols["x"], cols["y"], cols["occluded"], cols["outside"]
+    for s, e in blocks:
+        inst_id = cols["instance_id"][s]
+        label = str(label_of[s])
+        head = f"label={quoteattr(label)} source={quoteattr(_source(source_of[s]))}"
+        z = _z(z_of[s])
+        grp = _group_attr(group_of[s])
         if label in ann.skeletons:
             out = [f'    <skeleton {head} z_order="{z}"{grp}>']
-            for r in rows.itertuples(index=False):
-                if not (math.isfinite(r.x) and math.isfinite(r.y)):
+            for r in range(s, e):
+                x, y = xs[r], ys[r]
+                if not (math.isfinite(x) and math.isfinite(y)):
                     continue  # an element missing from the file stays missing
                 out.append(
-                    f"      <points label={quoteattr(str(r.keypoint))} "
-                    f'source={quoteattr(_source(r.source))} outside="{int(bool(r.outside))}" '
-                    f'occluded="{int(bool(r.occluded))}" points="{_fmt(r.x)},{_fmt(r.y)}">'
+                    f"      <points label={quoteattr(str(cols['keypoint'][r]))} "
+                    f"source={quoteattr(_source(source_of[r]))} "
+                    f'outside="{int(bool(outside[r]))}" occluded="{int(bool(occluded[r]))}" '
+                    f'points="{_fmt(x)},{_fmt(y)}">'
                 )
-                out += _attr_lines(attrs, (inst_id, int(r.point_index)), "        ")
+                out += _attr_lines(attrs, (inst_id, int(cols["point_index"][r])), "        ")
                 out.append("      </points>")
             out += _attr_lines(attrs, (inst_id, -1), "      ")
             out.append("    </skeleton>")
         else:
-            pts = ";".join(
-                f"{_fmt(x)},{_fmt(y)}" for x, y in zip(rows["x"], rows["y"], strict=True)
-            )
-            occl = int(bool(rows["occluded"].any()))
+            pts = ";".join(f"{_fmt(xs[r])},{_fmt(ys[r])}" for r in range(s, e))
+            occl = int(any(occluded[s:e]))
             out = [f'    <points {head} occluded="{occl}" points="{pts}" z_order="{z}"{grp}>']
             out += _attr_lines(attrs, (inst_id, -1), "      ")
             out.append("    </points>")
         shapes.append((z, out))
-    for b in boxes.itertuples(index=False):
+    for b in boxes:
         z = _z(b.z_order)
         out = [
             f"    <box label={quoteattr(str(b.label))} source={quoteattr(_source(b.source))} "
             f'occluded="{int(bool(b.occluded))}" xtl="{_fmt(b.xtl)}" ytl="{_fmt(b.ytl)}" '
-            f'xbr="{_fmt(b.xbr)}" ybr="{_fmt(b.ybr)}" z_order="{z}"{_group_attr(b)}>',
+            f'xbr="{_fmt(b.xbr)}" ybr="{_fmt(b.ybr)}" z_order="{z}"{_group_attr(b.group_id)}>',
             "    </box>",
         ]
         shapes.append((z, out))
@@ -229,24 +256,27 @@ def iter_cvat_lines(ann: Annotations, *, dumped: str = FIXED_DUMPED) -> Iterable
     yield "<annotations>"
     yield "  <version>1.1</version>"
     yield from _meta_lines(ann, dumped)
-    kp_by_image = dict(tuple(ann.keypoints.groupby("image_index", sort=False)))
-    box_by_image = (
-        dict(tuple(ann.boxes.groupby("image_index", sort=False))) if len(ann.boxes) else {}
-    )
+    cols, blocks = _keypoint_blocks(ann.keypoints)
+    box_by_image: dict[int, list] = {}
+    for b in ann.boxes.itertuples(index=False):  # one pass: itertuples costs ~1 ms a call
+        box_by_image.setdefault(b.image_index, []).append(b)
     attrs = _attribute_index(ann)
-    empty_kp, empty_box = ann.keypoints.iloc[:0], ann.boxes.iloc[:0]
     project = ann.images["subset"].notna().any() if len(ann.images) else False
     for img in ann.images.itertuples(index=False):
         extra = ""
         if project and isinstance(img.subset, str):
             extra = f' subset={quoteattr(img.subset)} task_id="{int(img.task_id)}"'
+        if pd.isna(img.width) or pd.isna(img.height):
+            raise ValueError(
+                f"image {img.name!r} has no width/height; CVAT needs both: fill "
+                "images.width and images.height (e.g. from the image files) before writing"
+            )
         yield (
             f'  <image id="{int(img.image_id)}" name={quoteattr(str(img.name))}{extra} '
             f'width="{int(img.width)}" height="{int(img.height)}">'
         )
-        kp = kp_by_image.get(img.image_index, empty_kp)
-        boxes = box_by_image.get(img.image_index, empty_box)
-        yield from _shape_lines(ann, kp, boxes, attrs)
+        boxes = box_by_image.get(img.image_index, [])
+        yield from _shape_lines(ann, cols, blocks.get(img.image_index, []), boxes, attrs)
         yield "  </image>"
     yield "</annotations>"
 

@@ -652,3 +652,11 @@ def test_mutated_exports_are_read_alike_or_refused(monkeypatch, tmp_path, synthe
         _read_both(path)
         read_alike += 1
     assert read_alike >= 5  # the edits left some files well formed
+
+
+def test_writing_an_image_without_a_size_says_what_to_fill(tmp_path):
+    ann = read_cvat(DATA / "pitfalls_images.xml")
+    ann.images.loc[0, "width"] = pd.NA
+    with pytest.raises(ValueError, match=r"has no width/height; CVAT needs both"):
+        write_cvat(ann, tmp_path / "out.xml")
+    assert not list(tmp_path.iterdir())  # nothing half-written
