@@ -347,7 +347,7 @@ class _Source:
         if self.path.is_dir():
             self.path = _find_xml_in_folder(self.path)
         elif self.path.suffix.lower() == ".zip":
-            self.member = _find_xml_in_zip(self.path)
+            self.member, self.member_size = _find_xml_in_zip(self.path)
 
     @property
     def name(self) -> str:
@@ -356,12 +356,7 @@ class _Source:
     @property
     def size(self) -> int:
         """Bytes of XML (uncompressed, for a zip member)."""
-        if self.member is None:
-            return self.path.stat().st_size
-        import zipfile
-
-        with zipfile.ZipFile(self.path) as zf:
-            return zf.getinfo(self.member).file_size
+        return self.path.stat().st_size if self.member is None else self.member_size
 
     def open(self):
         if self.member is None:
@@ -405,19 +400,22 @@ def _find_xml_in_folder(folder: Path) -> Path:
     )
 
 
-def _find_xml_in_zip(path: Path) -> str:
+def _find_xml_in_zip(path: Path) -> tuple[str, int]:
+    """The annotations member of an export zip, and its uncompressed size."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.lower().endswith(".xml")]
+            sizes = {i.filename: i.file_size for i in zf.infolist()
+                     if i.filename.lower().endswith(".xml")}  # fmt: skip
     except zipfile.BadZipFile as exc:
         raise CvatFormatError(f"{path}: not a readable zip ({exc}); download it again") from exc
+    names = list(sizes)
     preferred = sorted((n for n in names if n.rsplit("/", 1)[-1] == "annotations.xml"), key=len)
     if preferred:
-        return preferred[0]
+        return preferred[0], sizes[preferred[0]]
     if len(names) == 1:
-        return names[0]
+        return names[0], sizes[names[0]]
     raise CvatFormatError(
         f"{path}: no annotations.xml in this zip (XML members: {names[:5]}); "
         "export the dataset from CVAT in 'CVAT for images 1.1' or 'CVAT for video 1.1'"
@@ -868,6 +866,10 @@ class _Parser:
     def _feed(self, stream) -> None:
         """Read `stream` once: every byte goes to expat, body bytes also to `_FastBody`."""
         p, offset, previous = self.p, 0, b""
+
+        def expat_done_here() -> bool:  # the header is parsed; the check runs elsewhere
+            return self.checked_elsewhere and self.body_start is not None
+
         while True:
             data = stream.read(_READ_SIZE)
             if offset == 0 and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
@@ -875,10 +877,10 @@ class _Parser:
             final = not data
             view = memoryview(data)
             for i in range(0, len(data), _EXPAT_SLICE):
-                if self.checked_elsewhere and self.body_start is not None:
-                    break  # the header is parsed; expat's check of the rest runs elsewhere
+                if expat_done_here():
+                    break
                 p.Parse(view[i : i + _EXPAT_SLICE], False)
-            if final and not (self.checked_elsewhere and self.body_start is not None):
+            if final and not expat_done_here():
                 p.Parse(b"", True)
             if self.body_start is not None:
                 body = data
@@ -1035,9 +1037,11 @@ def _image_columns(raws: list[bytes], first_index: int) -> dict[str, list]:
             "line": np.full(len(raws), -1)}  # fmt: skip
 
 
-def _column(toks: list[tuple], rows: np.ndarray | list, field: int) -> list[bytes]:
-    """One regex group of some tokens (map and itemgetter: no Python frame per token)."""
-    return list(map(itemgetter(field), map(toks.__getitem__, np.asarray(rows).tolist())))
+def _fields(toks: list[tuple], rows: np.ndarray | list, *fields: int) -> list[list[bytes]]:
+    """Regex groups of some tokens, one list per group (map and itemgetter: no Python frame
+    per token)."""
+    picked = list(map(toks.__getitem__, np.asarray(rows).tolist()))
+    return [list(map(itemgetter(f), picked)) for f in fields]
 
 
 def _last(mask: np.ndarray) -> np.ndarray:
@@ -1213,12 +1217,13 @@ class _FastBody:
         last_skel = _last(skel_open)
         in_skel = last_skel > _last((kind == _SKELETON_END) | (skel_open & closed))
         points = kind == _POINTS
-        element = points & in_skel
-        is_inst = skel_open | (points & ~in_skel)
+        element, plain = points & in_skel, points & ~in_skel
+        is_inst = skel_open | plain
         inst_of = np.cumsum(is_inst) - 1 + ps.n_inst
 
         image_tok = np.flatnonzero(image_open).tolist()
-        ps.image_chunks.append(_image_columns(_column(toks, image_tok, 4), ps.n_images))
+        (image_attrs,) = _fields(toks, image_tok, 4)
+        ps.image_chunks.append(_image_columns(image_attrs, ps.n_images))
         ps.n_images += len(image_tok)
         for i in np.flatnonzero(kind == _BOX).tolist():
             ps.image = int(image_of[i])
@@ -1229,15 +1234,15 @@ class _FastBody:
 
         # instances: skeletons and plain points shapes, in file order
         skel_tok = np.flatnonzero(skel_open)
-        plain_tok = np.flatnonzero(points & ~in_skel)
+        plain_tok = np.flatnonzero(plain)
+        pre, coords, post = _fields(toks, plain_tok, 0, 1, 2)
         m = len(skel_tok) + len(plain_tok)
         inst = {f: np.empty(m, dt) for f, dt in _INST_DTYPES.items()}
         for where, kind_name, cols in (
             (skel_tok, "skeleton", skel_tok.size and self._shape_columns(
-                _column(toks, skel_tok, 4), label="", source="manual")),
+                *_fields(toks, skel_tok, 4), label="", source="manual")),
             (plain_tok, "points", plain_tok.size and self._shape_columns(
-                _column(toks, plain_tok, 0), _column(toks, plain_tok, 2), label="",
-                source="manual")),
+                pre, post, label="", source="manual")),
         ):  # fmt: skip
             if not where.size:
                 continue
@@ -1252,7 +1257,7 @@ class _FastBody:
         ps.n_inst += m
 
         if len(plain_tok):
-            flat, counts = _coordinates(_column(toks, plain_tok, 1), False)
+            flat, counts = _coordinates(coords, False)
             if counts is None:
                 counts = np.ones(len(plain_tok), np.int64)
             starts = np.repeat(np.cumsum(counts) - counts, counts)
@@ -1263,16 +1268,14 @@ class _FastBody:
 
         elem_tok = np.flatnonzero(element)
         if len(elem_tok):
-            pts = list(map(toks.__getitem__, elem_tok.tolist()))
-            flat, _ = _coordinates(list(map(itemgetter(1), pts)), True)
-            names, sources, _, _, occl, outs, keyframe = self._shape_columns(
-                list(map(itemgetter(0), pts)), list(map(itemgetter(2), pts))
-            )
+            pre, coords, post = _fields(toks, elem_tok, 0, 1, 2)
+            flat, _ = _coordinates(coords, True)
+            names, sources, _, _, occl, outs, keyframe = self._shape_columns(pre, post)
             ps.elem_chunks.append({
                 "instance": inst_of[last_skel[elem_tok]], "name": names,
                 "x": flat[0::2], "y": flat[1::2], "source": sources,
                 "occluded": occl, "outside": outs, "keyframe": keyframe,
-                "line": np.full(len(pts), -1, np.int64),
+                "line": np.full(len(elem_tok), -1, np.int64),
             })  # fmt: skip
 
         if (kind == _ATTRIBUTE).any():
