@@ -1,6 +1,5 @@
-"""Where the project's shared conformance fixtures live (``shared/`` beside the repository)."""
+"""Where the vendored conformance fixtures live: ``tests/data/conformance`` (see its README)."""
 
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "data" / "conformance"
