@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from kpnb.cvat import read_cvat
-from kpnb.dataset import KeypointDataset, find_image, to_model_input
+from kpnb.dataset import KeypointDataset, to_model_input
+from kpnb.images import find_image
 from kpnb.synthetic import generate
 from kpnb.transforms import make_sample, train_transforms
 

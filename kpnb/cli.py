@@ -385,6 +385,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from kpnb.evaluate import predict
+    from kpnb.images import image_size, load_image
     from kpnb.model import load_checkpoint_model
 
     if args.out.suffix.lower() not in (".xml", ".json"):
@@ -397,7 +398,7 @@ def run_predict(args: argparse.Namespace) -> int:
     label = args.label or ckpt.get("config", {}).get("extra", {}).get("label", "object")
     preds = predict(model, [str(p) for p in args.images], skeleton, label,
                     score_threshold=args.score_threshold)  # fmt: skip
-    sizes = [Image.open(p).size for p in args.images]
+    sizes = [image_size(p) for p in args.images]
     _write_predictions(preds, args.images, sizes, skeleton, label, args.out)
     if args.viz:
         from kpnb.viz import draw_instances
@@ -406,7 +407,8 @@ def run_predict(args: argparse.Namespace) -> int:
         for i, path in enumerate(args.images):
             rows = preds[preds["image_index"] == i]
             arr = rows[["x", "y"]].to_numpy().reshape(-1, skeleton.num_keypoints, 2)
-            draw_instances(Image.open(path), arr, skeleton).save(args.viz / f"{path.stem}.png")
+            picture = draw_instances(Image.fromarray(load_image(path)), arr, skeleton)
+            picture.save(args.viz / f"{path.stem}.png")
     print(f"{preds['instance_id'].nunique()} instances in {len(args.images)} images -> {args.out}")
     return 0
 

@@ -1,8 +1,8 @@
 """The tidy tables as a torch ``Dataset`` of Keypoint R-CNN samples.
 
 Everything a sample needs is precomputed at construction into per-image numpy arrays,
-so ``__getitem__`` does no pandas work: it reads the file, decodes it with
-``torchvision.io.decode_image`` (uint8), runs the transforms, and only then converts the
+so ``__getitem__`` does no pandas work: it loads the file with `kpnb.images.load_image`
+(uint8, upright, inside the export), runs the transforms, and only then converts the
 image to float.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,39 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from kpnb.images import find_image, load_image
 from kpnb.tables import Annotations, Skeleton
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
-__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "find_image",
-           "check_export"]  # fmt: skip
+__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "check_export"]
 
 log = logging.getLogger(__name__)
-
-_VIDEO_EXTENSIONS = (".PNG", ".png", ".jpg", ".jpeg")
-
-
-def find_image(root: Path, name: str, subset: str | None = None) -> Path | None:
-    """Where an export keeps image `name`: ``images/<subset>/``, ``images/``, or `root`.
-
-    Video frames (``frame_000012``) carry no extension in the XML; CVAT writes ``.PNG``.
-    """
-    name = name.replace("\\", "/")
-    bases = []
-    if isinstance(subset, str) and subset:
-        bases.append(root / "images" / subset)
-    bases += [root / "images", root]
-    for base in bases:
-        path = base / name
-        if path.is_file():
-            return path
-        if not Path(name).suffix:
-            for ext in _VIDEO_EXTENSIONS:
-                if (base / (name + ext)).is_file():
-                    return base / (name + ext)
-    return None
-
 
 @dataclass
 class _Item:
@@ -186,14 +160,7 @@ class KeypointDataset(Dataset):
     def load_image(self, index: int) -> torch.Tensor:
         """The uint8 ``[3, H, W]`` image of item `index`."""
         item = self.items[index]
-        try:
-            with warnings.catch_warnings():
-                # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not
-                # a kpnb dependency; decode_image still works on every supported version.
-                warnings.filterwarnings("ignore", category=DeprecationWarning)
-                image = decode_image(read_file(str(item.path)), mode=ImageReadMode.RGB)
-        except RuntimeError as exc:
-            raise ValueError(f"{item.path}: cannot decode the image ({exc})") from None
+        image = torch.from_numpy(load_image(item.path)).permute(2, 0, 1).contiguous()
         if item.size != (0, 0) and tuple(image.shape[-2:]) != item.size:
             raise ValueError(
                 f"{item.path}: image is {image.shape[-1]}x{image.shape[-2]} but the annotations "

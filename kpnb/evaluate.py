@@ -231,15 +231,19 @@ def evaluate(model, loader, skeleton: Skeleton, sigmas: Sequence[float] | None =
 def _load_images(images: Sequence) -> tuple[list[torch.Tensor], list[str]]:
     from PIL import Image
 
+    from kpnb.images import load_image
+
     tensors, names = [], []
     for i, im in enumerate(images):
         if isinstance(im, (str, os.PathLike)):
             names.append(Path(im).name)
-            im = Image.open(im).convert("RGB")
+            im = load_image(im)
         else:
             names.append(f"image_{i:05d}")
         if isinstance(im, Image.Image):
-            im = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+            im = np.asarray(im.convert("RGB"))
+        if isinstance(im, np.ndarray):
+            im = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)
         t = torch.as_tensor(im)
         tensors.append(t.float() / 255 if not t.is_floating_point() else t)
     return tensors, names

@@ -217,7 +217,7 @@ def show_sample(
     **kwargs,
 ) -> Image.Image:
     """Draw one image of an export with its instances (all skeleton labels by default)."""
-    from kpnb.dataset import find_image
+    from kpnb.images import find_image, load_image
 
     row = ann.images.loc[ann.images["image_index"] == image_index]
     if row.empty:
@@ -227,7 +227,7 @@ def show_sample(
     path = find_image(root, str(row["name"]), row["subset"])
     if path is None:
         raise FileNotFoundError(f"image {row['name']!r} is not under {root}")
-    img = Image.open(path).convert("RGB")
+    img = Image.fromarray(load_image(path))
     kp = ann.keypoints[ann.keypoints["image_index"] == image_index]
     labels = [label] if label else list(dict.fromkeys(kp["label"].astype(str)))
     for lab in labels:

@@ -1,0 +1,86 @@
+"""kpnb.images: the one image loader (path check, EXIF, modes, pixel limit)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kpnb.images import ImageError, find_image, image_size, load_image
+
+
+@pytest.fixture
+def export(tmp_path):
+    root = tmp_path / "export"
+    (root / "images" / "Train").mkdir(parents=True)
+    Image.new("RGB", (8, 4), (10, 20, 30)).save(root / "images" / "Train" / "a.png")
+    Image.new("RGB", (8, 4)).save(root / "images" / "frame_000001.PNG")
+    (tmp_path / "secret.png").write_bytes((root / "images" / "Train" / "a.png").read_bytes())
+    return root
+
+
+def test_find_image_looks_in_subset_images_and_root(export):
+    assert find_image(export, "a.png", "Train") == (export / "images/Train/a.png").resolve()
+    assert find_image(export, "frame_000001") == (export / "images/frame_000001.PNG").resolve()
+    assert find_image(export, "nope.png") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "subset"),
+    [("../secret.png", None), ("../../secret.png", "Train"), ("a.png", "../.."), ("ABS", None)],
+)
+def test_find_image_refuses_names_that_leave_the_export(export, name, subset):
+    if name == "ABS":
+        name = str(export.parent / "secret.png")
+    with pytest.raises(ImageError, match="leads outside the export"):
+        find_image(export, name, subset)
+
+
+def test_find_image_refuses_a_symlink_out_of_the_export(export):
+    (export / "images" / "link.png").symlink_to(export.parent / "secret.png")
+    with pytest.raises(ImageError, match="link.png"):
+        find_image(export, "link.png")
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    img = Image.new("RGB", (6, 2), (0, 0, 0))
+    img.putpixel((0, 0), (255, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "r.png", exif=exif)
+    arr = load_image(tmp_path / "r.png")
+    assert arr.shape == (6, 2, 3) and arr.dtype == np.uint8
+    assert image_size(tmp_path / "r.png") == (2, 6)
+    assert arr[0, 1].tolist() == [255, 0, 0] and arr[0, 0].tolist() == [0, 0, 0]  # top right
+
+
+def test_load_image_scales_16_bit_grey_to_8_bit(tmp_path):
+    grey = np.array([[0, 65535, 32768]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    arr = load_image(tmp_path / "g16.png")
+    assert arr.shape == (1, 3, 3)
+    assert arr[0, :, 0].tolist() == [0, 255, 128]
+
+
+def test_load_image_makes_rgb_of_palette_and_alpha(tmp_path):
+    Image.new("RGBA", (3, 3), (1, 2, 3, 0)).save(tmp_path / "a.png")
+    Image.new("P", (3, 3)).save(tmp_path / "p.png")
+    assert load_image(tmp_path / "a.png")[0, 0].tolist() == [1, 2, 3]
+    assert load_image(tmp_path / "p.png").shape == (3, 3, 3)
+
+
+def test_load_image_refuses_too_many_pixels_before_decoding(tmp_path, monkeypatch):
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="KPNB_MAX_PIXELS"):
+        load_image(tmp_path / "big.png", limit=9_999)
+    monkeypatch.setenv("KPNB_MAX_PIXELS", "5000")
+    with pytest.raises(ImageError, match="100x100"):
+        load_image(tmp_path / "big.png")
+    monkeypatch.setenv("KPNB_MAX_PIXELS", "10000")
+    assert load_image(tmp_path / "big.png").shape == (100, 100, 3)
+
+
+def test_load_image_names_an_undecodable_file(tmp_path):
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        load_image(tmp_path / "bad.jpg")
