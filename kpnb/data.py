@@ -222,3 +222,63 @@ def get_dataset(
     if path.is_file() and path.name == "annotations.xml":
         return path.parent
     return path
+
+
+__all__ += ["open_export"]
+
+
+def open_export(
+    spec: str | os.PathLike = "synthetic", *, skeleton_name: str = "object", **dataset_kwargs
+) -> tuple[Path, Annotations, str]:
+    """Get a dataset, read it, and pick the skeleton label to work on: what notebooks 00-03 do.
+
+    The notebooks run unchanged on the synthetic set, the seed tutorial's toy set and your
+    own export because this function adapts to what it finds: a skeleton label with
+    instances is used as it is (the first one, in file order); an export with no skeleton
+    instances but plain ``<points>`` shapes (one shape per keypoint label, one object per
+    image, like the toy set) gets a skeleton `skeleton_name` made of its point labels by
+    `kpnb.tables.points_to_skeleton`, and a log line says so.
+
+    Args:
+        spec: anything `get_dataset` takes (``"synthetic"``, a registered name, a URL, a
+            folder, zip or ``annotations.xml``).
+        skeleton_name: the name for the skeleton built from plain points.
+        **dataset_kwargs: passed to `get_dataset` (``n_images``, ``seed``, ``root``...).
+
+    Returns:
+        ``(root, annotations, label)``: the folder holding the export's images, the
+        tables, and the skeleton label to learn (a key of ``annotations.skeletons``).
+
+    Raises:
+        ValueError: the export holds no keypoints at all, or its plain points do not form
+            one object per image (the message says which image and label).
+
+    Example:
+        >>> root, ann, label = open_export("synthetic", n_images=20)  # doctest: +SKIP
+        >>> ann.skeletons[label].keypoints  # doctest: +SKIP
+        ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear')
+    """
+    from kpnb.tables import points_to_skeleton
+
+    found = get_dataset(spec, **dataset_kwargs)
+    ann = read_annotations(found)
+    root = found if found.is_dir() else found.parent
+    used = set(ann.keypoints["label"].astype(str))
+    label = next((name for name in ann.skeletons if name in used), None)
+    if label is None:
+        plain = sorted(used - set(ann.skeletons))
+        if not plain:
+            raise ValueError(
+                f"{found}: no keypoints in this export ({len(ann.images)} images, skeletons "
+                f"{list(ann.skeletons) or 'none'}); annotate some points in CVAT and export "
+                "again, choosing 'CVAT for images' with the annotations included"
+            )
+        try:
+            ann = points_to_skeleton(ann, skeleton_name)
+        except ValueError as exc:
+            raise ValueError(f"{found}: {exc}") from None
+        label = skeleton_name
+        log.info("%s has no skeleton: each image's plain <points> (%s) became one instance of "
+                 "a skeleton %r (kpnb.tables.points_to_skeleton)", found,
+                 ", ".join(ann.skeletons[label].keypoints), label)  # fmt: skip
+    return root, ann, label

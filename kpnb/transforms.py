@@ -14,6 +14,7 @@ AutoAugment family (AutoAugment, RandAugment, TrivialAugmentWide, AugMix) raises
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from kpnb.tables import flip_indices
+
+# cjm_pytorch_utils, imported by cjm_torchvision_tfms, calls logging.disable(logging.WARNING)
+# on import, which silences every INFO and WARNING record in the process, kpnb's included.
+if logging.root.manager.disable == logging.WARNING:
+    logging.disable(logging.NOTSET)
 
 __all__ = [
     "flip_indices",
