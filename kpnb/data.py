@@ -2,9 +2,13 @@
 
 `get_dataset` turns a name, URL or path into a local folder; `read_annotations` picks the
 reader (CVAT or COCO) from what that folder holds. Downloads go through pooch into a cache
-(``$KPNB_CACHE``, default ``~/.cache/kpnb``): checksummed where the checksum is known,
-written under a temporary name until complete, extracted with every member checked to
-stay inside its folder, and reused on the next call.
+(``$KPNB_CACHE``, default ``~/.cache/kpnb``) under a folder named by a hash of the whole URL:
+checksummed where the checksum is known, written under a temporary name until complete,
+extracted by `safe_extract` (every member checked to stay inside its folder, sizes and
+compression ratios limited; ``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO`` and
+``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call. A download that
+fails a check (checksum, CRC, limits, no annotations) is deleted, so the next call fetches
+it again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpnb._io import ZipLimitError, atomic_path, check_zip, zip_limits
+from kpnb._io import OutputExistsError, ZipLimitError, atomic_path, check_zip, zip_limits
 from kpnb.config import cache_dir
 from kpnb.tables import Annotations
 
@@ -138,8 +142,8 @@ def safe_extract(
         limits = zip_limits(max_bytes, max_ratio, max_members)
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as exc:
-        raise DatasetUnavailableError(f"{archive}: not a zip file ({exc}); delete it and "
-                                      "download again") from None  # fmt: skip
+        raise DatasetUnavailableError(f"{archive}: not a zip file ({exc}); is the file "
+                                      "complete?") from None  # fmt: skip
     except ZipLimitError as exc:
         raise DatasetUnavailableError(str(exc)) from None
     with zf:
@@ -172,6 +176,10 @@ def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, d
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise DatasetUnavailableError(f"{archive}: member {info.filename!r} is corrupt "
                                       f"({exc})") from None  # fmt: skip
+    except FileExistsError:  # a case-insensitive disk: 'A.png' and 'a.png' are one file
+        raise DatasetUnavailableError(f"{archive}: member {info.filename!r} names a file "
+                                      "written before (the names differ only in case); "
+                                      "refusing this archive") from None  # fmt: skip
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
         if isinstance(exc, DatasetUnavailableError):
             raise
@@ -250,11 +258,17 @@ def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
     `discard`: the archive is kpnb's own download, deleted when it fails, so the next run
     fetches it again instead of reusing a broken file.
     """
+    made = False
     try:
         safe_extract(archive, extracted)
+        made = True
         _dataset_root(extracted)
+    except OutputExistsError:
+        if extracted.is_dir():  # another process unpacked the same archive meanwhile
+            return
+        raise
     except DatasetUnavailableError as exc:
-        if extracted.is_dir():  # made just now by safe_extract, so kpnb's to remove
+        if made:  # unpacked just now by safe_extract, so kpnb's own to remove
             shutil.rmtree(extracted)
         if not discard:
             raise
@@ -283,8 +297,10 @@ def get_dataset(
         sha256: expected checksum of a URL's file.
 
     Raises:
-        DatasetUnavailableError: a download failed (the message says what to do), a
-            checksum did not match, or an archive is broken or unsafe.
+        DatasetUnavailableError: a download failed or the machine is offline (the message
+            says what to do), a checksum did not match, or an archive is broken, unsafe,
+            over the limits of `safe_extract` or holds no annotations; a download failing
+            so is deleted, so the next call fetches it again.
         FileNotFoundError: a local path does not exist.
     """
     root = Path(root) if root is not None else cache_dir()
