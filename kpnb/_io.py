@@ -38,8 +38,13 @@ _umask_lock = threading.Lock()
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; the lock keeps threads from seeing the 0.
-    with _umask_lock:
+    """The process umask: from /proc on Linux, else by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _umask_lock:  # os.umask can only be read by setting it
         mask = os.umask(0o022)
         os.umask(mask)
     return mask
@@ -71,6 +76,9 @@ def check_output(
     `atomic_path` calls this first; callers call it early to fail before any work.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists() and directory:
+        raise _refuse(path, "is a link to nothing; kpnb will not write a folder through it",
+                      _MOVE_HINT)
     if directory:
         if path.exists() and not path.is_dir():
             raise _refuse(path, "is a file, not a folder; kpnb will not turn it into a folder",
