@@ -8,8 +8,9 @@ Writers go through `atomic_path`, which gives three promises:
   only the files it writes; it never turns an existing file into a folder or back;
 - ordinary permissions: outputs get ``0o666``/``0o777`` minus the umask, as ``open`` gives.
 
-Readers of zips go through `zip_limits` and `read_member`, so a zip bomb is refused from its
-header before anything is decompressed.
+Readers of zips go through `zip_limits`, `check_zip` (a whole archive), `check_member` and
+`read_member` (one member), so a zip bomb is refused from its header before anything is
+decompressed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["OutputExistsError", "check_output", "atomic_path", "ZipLimits", "ZipLimitError",
-           "zip_limits", "check_zip", "read_member"]  # fmt: skip
+           "zip_limits", "check_zip", "check_member", "read_member"]  # fmt: skip
 
 
 class OutputExistsError(FileExistsError):
@@ -259,6 +260,7 @@ def zip_limits(
 
 
 def _check_ratio(archive, info: zipfile.ZipInfo, limits: ZipLimits) -> None:
+    """Refuse a member (over `RATIO_FLOOR`) unpacking to more than ``max_ratio`` x its size."""
     if info.file_size > RATIO_FLOOR and info.file_size > limits.max_ratio * max(
         info.compress_size, 1
     ):
@@ -322,6 +324,21 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
     return out
 
 
+def check_member(archive, info: zipfile.ZipInfo, limits: ZipLimits | None = None) -> None:
+    """Refuse (`ZipLimitError`) one member that unpacks past the limits, from its header.
+
+    For readers that stream a member (``zf.open``) rather than unpack the whole zip: call
+    this first, then read; ``zipfile`` stops at the declared size and checks the CRC.
+    """
+    limits = limits or zip_limits()
+    _check_ratio(archive, info, limits)
+    if info.file_size > limits.max_bytes:
+        raise ZipLimitError(f"{archive}: member {info.filename!r} unpacks to "
+                            f"{info.file_size:,} bytes, more than the limit of "
+                            f"{limits.max_bytes:,}; raise KPNB_MAX_UNZIP_BYTES if the file is "
+                            "trusted")  # fmt: skip
+
+
 def read_member(archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo | str,
                 limits: ZipLimits | None = None, chunk: int = 2**20) -> bytes:  # fmt: skip
     """The bytes of one zip member, read in chunks and refused past the limits.
@@ -332,12 +349,7 @@ def read_member(archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo | str,
     limits = limits or zip_limits()
     if isinstance(info, str):
         info = zf.getinfo(info)
-    _check_ratio(archive, info, limits)
-    if info.file_size > limits.max_bytes:
-        raise ZipLimitError(f"{archive}: member {info.filename!r} unpacks to "
-                            f"{info.file_size:,} bytes, more than the limit of "
-                            f"{limits.max_bytes:,}; raise KPNB_MAX_UNZIP_BYTES if the file is "
-                            "trusted")  # fmt: skip
+    check_member(archive, info, limits)
     parts, size = [], 0
     with zf.open(info) as f:
         while block := f.read(chunk):
