@@ -33,6 +33,43 @@ class _Command:
 _COMMANDS: dict[str, _Command] = {}
 
 
+# -- argument types: refuse bad values at parse time, with the flag named -----------------
+def _number(kind: type, text: str, ok: Callable[[float], bool], need: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {need}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (sizes, batch sizes, epochs)."""
+    return _number(int, text, lambda v: v >= 1, "a whole number >= 1")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (counts, seeds, indices, workers)."""
+    return _number(int, text, lambda v: v >= 0, "a whole number >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, OKS sigmas)."""
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (score thresholds)."""
+    return _number(float, text, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing OUT: replace the files kpnb writes there, keep "
+                   "all others (default: refuse an existing file or non-empty folder)")  # fmt: skip
+
+
 def _command(name: str, help: str, example: str):
     """Register ``add_arguments`` (decorated) with its ``run`` (set via ``.runner``)."""
 
@@ -56,8 +93,9 @@ def _command(name: str, help: str, example: str):
 )
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (or .zip with --zip)")
-    p.add_argument("--images", type=int, default=200, help="number of images (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--images", type=nonnegative_int, default=200,
+                   help="number of images (default: 200)")  # fmt: skip
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--layout",
         choices=("skeleton", "points"),
@@ -67,15 +105,15 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
         "(default: skeleton)",
     )
     p.add_argument("--zip", action="store_true", help="write a CVAT-style export .zip")
+    _overwrite_arg(p)
 
 
 @add_synth_arguments.runner
 def run_synth(args: argparse.Namespace) -> int:
     from kpnb.synthetic import generate
 
-    if args.images < 0:
-        raise ValueError(f"--images must be >= 0, got {args.images}")
-    out = generate(args.out, args.images, args.seed, args.layout, as_zip=args.zip)
+    out = generate(args.out, args.images, args.seed, args.layout, as_zip=args.zip,
+                   overwrite=args.overwrite)  # fmt: skip
     print(f"wrote {args.images} images ({args.layout} layout, seed {args.seed}) to {out}")
     return 0
 
@@ -90,8 +128,9 @@ def run_synth(args: argparse.Namespace) -> int:
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="'synthetic', a registered name, a URL of an export zip, or a path")
     p.add_argument("--root", type=Path, help="cache folder (default: $KPNB_CACHE or ~/.cache/kpnb)")
-    p.add_argument("--images", type=int, default=200, help="synthetic: image count (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic: seed (default: 0)")
+    p.add_argument("--images", type=nonnegative_int, default=200,
+                   help="synthetic: image count (default: 200)")  # fmt: skip
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="synthetic: seed (default: 0)")
     p.add_argument("--sha256", help="expected checksum of a URL's file")
 
 
@@ -169,12 +208,16 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="COCO only: treat each image's plain <points> as one instance of skeleton NAME",
     )
+    _overwrite_arg(p)
 
 
 @add_convert_arguments.runner
 def run_convert(args: argparse.Namespace) -> int:
+    from kpnb._io import check_output
     from kpnb.data import read_annotations
 
+    folder = args.to in ("csv", "parquet")
+    check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
     ann = read_annotations(args.source)
     if args.to == "coco":
         from kpnb.coco import write_coco
@@ -187,7 +230,7 @@ def run_convert(args: argparse.Namespace) -> int:
     else:
         from kpnb.tables import save_tables
 
-        save_tables(ann, args.out, args.to)
+        save_tables(ann, args.out, args.to, overwrite=args.overwrite)
     print(f"wrote {args.to} to {args.out}")
     return 0
 
@@ -200,7 +243,8 @@ def run_convert(args: argparse.Namespace) -> int:
 )
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="CVAT export folder (or COCO export folder)")
-    p.add_argument("--image", type=int, default=0, help="image_index to draw (default: 0)")
+    p.add_argument("--image", type=nonnegative_int, default=0,
+                   help="image_index to draw (default: 0)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--images-root", type=Path, help="folder holding images/ (default: source)")
     p.add_argument("--boxes", action="store_true", help="draw each instance's box too")
@@ -229,9 +273,12 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="plain <points> exports: treat each image's points as skeleton NAME",
     )
-    p.add_argument("--size", type=int, default=256, help="square image size (default: 256)")
-    p.add_argument("--batch-size", type=int, default=2, help="images per step (default: 2)")
-    p.add_argument("--workers", type=int, help="data loader workers (default: cores - 1)")
+    p.add_argument("--size", type=positive_int, default=256,
+                   help="square image size (default: 256)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=2,
+                   help="images per step (default: 2)")  # fmt: skip
+    p.add_argument("--workers", type=nonnegative_int,
+                   help="data loader workers (default: cores - 1)")  # fmt: skip
 
 
 def _load_for_training(args):
@@ -261,7 +308,7 @@ def _load_for_training(args):
 )
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
-    p.add_argument("--epochs", type=int, default=10, help="default: 10")
+    p.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints/history")
     p.add_argument(
         "--weights",
@@ -270,12 +317,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "(default: coco, falling back to random with a warning when offline)",
     )
     p.add_argument(
-        "--lr", type=float, default=1e-4, help="peak one-cycle learning rate (default: 1e-4)"
+        "--lr", type=positive_float, default=1e-4,
+        help="peak one-cycle learning rate (default: 1e-4)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
 
 @add_train_arguments.runner
@@ -323,7 +371,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
     _dataset_args(p)
     p.add_argument("--out", type=Path, help="JSON to write (default: CHECKPOINT's folder)")
-    p.add_argument("--sigmas", type=float, nargs="+", help="OKS sigma per keypoint")
+    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
     p.add_argument("--all", action="store_true", help="every image, not only validation ones")
 
 
@@ -376,7 +424,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         help=".xml: CVAT for images 1.1 to import into CVAT; .json: COCO results",
     )
     p.add_argument("--viz", type=Path, help="also draw each image's predictions into this folder")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="default: 0.5")
+    p.add_argument("--score-threshold", type=fraction, default=0.5, help="default: 0.5")
     p.add_argument("--label", default=None, help="label name to write (default: checkpoint's)")
 
 
@@ -457,7 +505,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kpnb`` and ``python -m kpnb``; returns the exit code."""
-    args = get_args_parser().parse_args(argv)
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad flag (argparse printed why)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )

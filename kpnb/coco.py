@@ -65,12 +65,23 @@ def _coco_files(source: Path) -> list[tuple[Path, bytes]]:
         return [(f, f.read_bytes()) for f in files]
     if source.suffix.lower() == ".zip":
         import zipfile
+        import zlib
 
-        with zipfile.ZipFile(source) as zf:
-            names = sorted(n for n in zf.namelist() if n.lower().endswith(".json"))
-            if not names:
-                raise FileNotFoundError(f"{source}: no .json member; is this a COCO export?")
-            return [(Path(n), zf.read(n)) for n in names]
+        from kpnb._io import ZipLimitError, read_member, zip_limits
+
+        try:
+            limits = zip_limits()
+            with zipfile.ZipFile(source) as zf:
+                infos = sorted((i for i in zf.infolist() if i.filename.lower().endswith(".json")),
+                               key=lambda i: i.filename)  # fmt: skip
+                if not infos:
+                    raise FileNotFoundError(f"{source}: no .json member; is this a COCO export?")
+                return [(Path(i.filename), read_member(source, zf, i, limits)) for i in infos]
+        except ZipLimitError as exc:
+            raise CocoFormatError(str(exc)) from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise CocoFormatError(f"{source}: not a readable zip ({exc}); export it "
+                                  "again") from None  # fmt: skip
     return [(source, source.read_bytes())]
 
 

@@ -2,21 +2,30 @@
 
 `get_dataset` turns a name, URL or path into a local folder; `read_annotations` picks the
 reader (CVAT or COCO) from what that folder holds. Downloads go through pooch into a cache
-(``$KPNB_CACHE``, default ``~/.cache/kpnb``): checksummed where the checksum is known,
-written under a temporary name until complete, extracted with every member checked to
-stay inside its folder, and reused on the next call.
+(``$KPNB_CACHE``, default ``~/.cache/kpnb``) under a folder named by a hash of the whole URL:
+checksummed where the checksum is known, written under a temporary name until complete,
+extracted by `safe_extract` (every member checked to stay inside its folder, sizes and
+compression ratios limited; ``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO`` and
+``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call. A download that
+fails a check (checksum, CRC, limits, no annotations) is deleted, so the next call fetches
+it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
+import shutil
+import urllib.parse
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpnb._io import atomic_path
+from kpnb._io import OutputExistsError, ZipLimitError, atomic_path, check_zip, zip_limits
 from kpnb.config import cache_dir
 from kpnb.tables import Annotations
 
@@ -102,31 +111,80 @@ def read_annotations(source: str | os.PathLike) -> Annotations:
     return load_tables(source)
 
 
-def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Extract a zip into `target`, refusing members that would land outside it.
+def safe_extract(
+    archive: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    max_bytes: int | None = None,
+    max_ratio: float | None = None,
+    max_members: int | None = None,
+) -> Path:
+    """Extract a zip into the new folder `target`, refusing anything unsafe or too large.
 
-    ``zipfile`` would silently rewrite ``../x`` and ``/etc/x``; a dataset zip holding such
-    names is broken or hostile, so kpnb stops instead. The folder appears complete or not
-    at all.
+    ``zipfile`` would silently rewrite ``../x`` and ``/etc/x`` and unpack a 2 MB zip bomb
+    to gigabytes; a dataset zip doing so is broken or hostile, so kpnb stops instead. From
+    the zip's directory, before anything is unpacked, it refuses: more than `max_members`
+    members, more than `max_bytes` in total, a member (over 1 MiB) unpacking to more than
+    `max_ratio` times its packed size, symbolic links and other special files, absolute
+    names, ``..`` parts, and names that occur twice. Each limit defaults to its
+    environment variable (``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO``,
+    ``KPNB_MAX_UNZIP_MEMBERS``), else 32 GiB, 200x and a million members: raise them there
+    for a trusted file. The members are unpacked into a temporary sibling that is renamed
+    to `target` when complete, so `target` appears complete or not at all.
+
+    Raises:
+        DatasetUnavailableError: the archive is not a zip, is corrupt (bad CRC), exceeds a
+            limit or holds a refused member; the message names the archive and member.
+        OutputExistsError: `target` exists and is not an empty folder.
     """
     archive, target = Path(archive), Path(target)
     try:
+        limits = zip_limits(max_bytes, max_ratio, max_members)
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as exc:
-        raise DatasetUnavailableError(f"{archive}: not a zip file ({exc}); delete it and "
-                                      "download again") from None  # fmt: skip
-    with zf, atomic_path(target, directory=True) as tmp:
-        base = tmp.resolve()
-        for info in zf.infolist():
-            name = info.filename.replace("\\", "/")
-            dest = (base / name).resolve()
-            if name.startswith("/") or (dest != base and base not in dest.parents):
-                raise DatasetUnavailableError(
-                    f"{archive}: member {info.filename!r} would be written outside {target}; "
-                    "refusing to extract this archive"
-                )
-        zf.extractall(base)
+        raise DatasetUnavailableError(f"{archive}: not a zip file ({exc}); is the file "
+                                      "complete?") from None  # fmt: skip
+    except ZipLimitError as exc:
+        raise DatasetUnavailableError(str(exc)) from None
+    with zf:
+        try:
+            members = check_zip(archive, zf, limits)
+        except ZipLimitError as exc:
+            raise DatasetUnavailableError(str(exc)) from None
+        with atomic_path(target, directory=True) as tmp:
+            for info, name in members:
+                _extract_member(archive, zf, info, tmp / name)
     return target
+
+
+def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
+    """Write one checked member, streamed and cut off at its declared size."""
+    if info.is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        with zf.open(info) as src, open(dest, "xb") as out:
+            while block := src.read(2**20):
+                written += len(block)
+                if written > info.file_size:  # zipfile stops there already; be sure anyway
+                    raise DatasetUnavailableError(f"{archive}: member {info.filename!r} is "
+                                                  "larger than its header says; the zip is "
+                                                  "corrupt")  # fmt: skip
+                out.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DatasetUnavailableError(f"{archive}: member {info.filename!r} is corrupt "
+                                      f"({exc})") from None  # fmt: skip
+    except FileExistsError:  # a case-insensitive disk: 'A.png' and 'a.png' are one file
+        raise DatasetUnavailableError(f"{archive}: member {info.filename!r} names a file "
+                                      "written before (the names differ only in case); "
+                                      "refusing this archive") from None  # fmt: skip
+    except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
+        if isinstance(exc, DatasetUnavailableError):
+            raise
+        raise DatasetUnavailableError(f"{archive}: member {info.filename!r} cannot be "
+                                      f"unpacked ({exc})") from None  # fmt: skip
 
 
 def _dataset_root(folder: Path) -> Path:
@@ -139,11 +197,31 @@ def _dataset_root(folder: Path) -> Path:
     raise DatasetUnavailableError(f"{folder}: holds no annotations.xml or annotations/*.json")
 
 
-def _download(url: str, sha256: str | None, folder: Path, progress: bool) -> Path:
+def _cache_name(url: str) -> tuple[str, str]:
+    """``(folder, file)`` names for `url` in the cache: readable, and unique to the whole URL.
+
+    The folder is ``<stem>-<12 hex digits of the URL's sha256>``, so two URLs ending in
+    ``data.zip``, or differing only in their query, never share a cached file.
+    """
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+    base = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "dataset.zip"
+    stem = base[: -len(Path(base).suffix)] if Path(base).suffix else base
+    return f"{stem[:60]}-{key}", base[:100]
+
+
+def _discard(archive: Path) -> None:
+    """Delete a cached download that failed verification (and its folder, if now empty)."""
+    archive.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        archive.parent.rmdir()
+
+
+def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: bool) -> Path:
+    """Fetch `url` into ``folder/fname`` with pooch (reused when present and verified)."""
     import pooch
     import requests
 
-    fname = Path(url.split("?")[0]).name or "dataset.zip"
     try:
         return Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
                                    fname=fname, path=folder, progressbar=progress))  # fmt: skip
@@ -161,7 +239,42 @@ def _download(url: str, sha256: str | None, folder: Path, progress: bool) -> Pat
             f"or download the file by hand to {folder / fname} and run again"
         ) from None
     except ValueError as exc:  # pooch: hash mismatch
-        raise DatasetUnavailableError(f"{url}: {exc}; the download was discarded") from None
+        msg = " ".join(str(exc).split())
+        raise DatasetUnavailableError(f"{url}: {msg}; the download was discarded") from None
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB chunks (a dataset zip may not fit in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
+    """Unpack `archive` to `extracted` and check it is an export; on failure keep neither.
+
+    `discard`: the archive is kpnb's own download, deleted when it fails, so the next run
+    fetches it again instead of reusing a broken file.
+    """
+    made = False
+    try:
+        safe_extract(archive, extracted)
+        made = True
+        _dataset_root(extracted)
+    except OutputExistsError:
+        if extracted.is_dir():  # another process unpacked the same archive meanwhile
+            return
+        raise
+    except DatasetUnavailableError as exc:
+        if made:  # unpacked just now by safe_extract, so kpnb's own to remove
+            shutil.rmtree(extracted)
+        if not discard:
+            raise
+        _discard(archive)
+        raise DatasetUnavailableError(f"{exc}; the download was deleted, so the next run "
+                                      "downloads it again") from None  # fmt: skip
 
 
 def get_dataset(
@@ -184,8 +297,10 @@ def get_dataset(
         sha256: expected checksum of a URL's file.
 
     Raises:
-        DatasetUnavailableError: a download failed (the message says what to do), a
-            checksum did not match, or an archive is broken or unsafe.
+        DatasetUnavailableError: a download failed or the machine is offline (the message
+            says what to do), a checksum did not match, or an archive is broken, unsafe,
+            over the limits of `safe_extract` or holds no annotations; a download failing
+            so is deleted, so the next call fetches it again.
         FileNotFoundError: a local path does not exist.
     """
     root = Path(root) if root is not None else cache_dir()
@@ -199,25 +314,21 @@ def get_dataset(
         return folder
     if spec_str in REGISTRY or spec_str.startswith(("http://", "https://")):
         remote = REGISTRY.get(spec_str) or RemoteDataset(spec_str, sha256)
-        key = hashlib.sha256(remote.url.encode()).hexdigest()[:12]
-        extracted = root / "datasets" / key
+        folder, fname = _cache_name(remote.url)
+        extracted = root / "datasets" / folder
         if not extracted.is_dir():
-            archive = _download(remote.url, remote.sha256 or sha256, root / "downloads", progress)
-            try:
-                safe_extract(archive, extracted)
-            except DatasetUnavailableError:
-                archive.unlink(missing_ok=True)  # a broken archive must not count as cached
-                raise
+            archive = _download(remote.url, remote.sha256 or sha256, root / "downloads" / folder,
+                                fname, progress)  # fmt: skip
+            _extract_verified(archive, extracted, discard=True)
         return _dataset_root(extracted)
     path = Path(spec).expanduser()
     if not path.exists():
         known = ", ".join(["synthetic", *REGISTRY])
         raise FileNotFoundError(f"{path}: no such file or folder (named datasets: {known})")
     if path.is_file() and path.suffix.lower() == ".zip":
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        extracted = root / "local" / f"{path.stem}-{digest}"
+        extracted = root / "local" / f"{path.stem}-{_sha256(path)[:12]}"
         if not extracted.is_dir():
-            safe_extract(path, extracted)
+            _extract_verified(path, extracted, discard=False)
         return _dataset_root(extracted)
     if path.is_file() and path.name == "annotations.xml":
         return path.parent

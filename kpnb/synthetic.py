@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from kpnb._io import atomic_path
+from kpnb._io import atomic_path, check_output
 from kpnb.cvat import skeleton_svg, write_cvat
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints, visibility_from_flags
 
@@ -289,27 +289,35 @@ def generate(
     *,
     as_zip: bool = False,
     quality: int = 90,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic CVAT export: ``out/annotations.xml`` and ``out/images/...jpg``.
 
     With `as_zip`, writes the same files into the zip `out` (``.zip`` added if missing),
     laid out like CVAT's "export dataset with images". The output appears atomically:
-    an interrupted run leaves nothing behind.
+    an interrupted run leaves nothing behind. An existing zip or non-empty folder `out` is
+    refused unless `overwrite`; then only the files written here are replaced.
+
+    Raises:
+        kpnb._io.OutputExistsError: `out` exists (see `overwrite`) or is a file where a
+            folder is written.
 
     Example:
         >>> root = generate("data/synthetic", n_images=20, seed=0)  # doctest: +SKIP
     """
-    ann, pictures = synthesize(n_images, seed, layout)
     out = Path(out)
+    if as_zip and out.suffix.lower() != ".zip":
+        out = out.with_name(out.name + ".zip")
+    check_output(out, directory=not as_zip, overwrite=overwrite)  # before the drawing
+    ann, pictures = synthesize(n_images, seed, layout)
     if as_zip:
-        if out.suffix.lower() != ".zip":
-            out = out.with_name(out.name + ".zip")
-        with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        with (atomic_path(out, overwrite=overwrite) as tmp,
+              zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf):  # fmt: skip
             _zip_add(zf, "annotations.xml", _xml_bytes(ann))
             for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
                 _zip_add(zf, image_relpath(img.name, img.subset), _jpeg_bytes(pic, quality))
         return out
-    with atomic_path(out, directory=True) as tmp:
+    with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
         write_cvat(ann, tmp / "annotations.xml")
         for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
             path = tmp / image_relpath(img.name, img.subset)

@@ -365,9 +365,12 @@ def points_to_skeleton(
                        {**ann.meta, "points_as_skeleton": name})  # fmt: skip
 
 
-def save_tables(ann: Annotations, folder, fmt: str = "csv"):
+def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool = False):
     """Write the tables as ``images``/``keypoints``/``boxes``/``attributes`` CSV or parquet
-    files plus ``skeletons.json``, atomically (the folder appears complete or not at all)."""
+    files plus ``skeletons.json``, atomically (a new folder appears complete or not at all).
+
+    A non-empty `folder` is refused (`kpnb._io.OutputExistsError`) unless `overwrite`; then
+    only the files written here are replaced and any others stay."""
     import json
     from pathlib import Path
 
@@ -376,7 +379,7 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv"):
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")
     folder = Path(folder)
-    with atomic_path(folder, directory=True) as tmp:
+    with atomic_path(folder, directory=True, overwrite=overwrite) as tmp:
         for name in ("images", "keypoints", "boxes", "attributes", "labels"):
             df = getattr(ann, name)
             if fmt == "csv":

@@ -1,0 +1,451 @@
+"""Files as an attacker (or an accident) makes them: kpnb refuses them clearly and loses nothing.
+
+Zip bombs, zip slip, links and duplicates in zips; outputs that would overwrite or delete the
+user's files, or turn a file into a folder; permissions; download cache collisions and
+corrupt downloads; image names that climb out of the export; PNG decompression bombs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import struct
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from kpnb._io import OutputExistsError, atomic_path
+from kpnb.cli import main
+from kpnb.coco import CocoFormatError, read_coco, write_coco
+from kpnb.data import DatasetUnavailableError, get_dataset, read_annotations, safe_extract
+from kpnb.images import ImageError
+from kpnb.synthetic import generate
+from kpnb.tables import save_tables
+
+
+def _zip(tmp_path: Path, members: dict[str, bytes], name: str = "x.zip", **kw) -> Path:
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", kw.get("compression", zipfile.ZIP_DEFLATED)) as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    return path
+
+
+def _zip_folder(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, str(p.relative_to(folder)))
+    return buf.getvalue()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Hidden temporaries or moved-aside folders an atomic write might leave."""
+    return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".tmp", ".old")))
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip() and "\n" not in err.strip(), err
+    return err
+
+
+@pytest.fixture
+def no_decompression(monkeypatch):
+    """Fail the test if any zip member is opened: limits must be enforced from the header."""
+
+    real = zipfile.ZipFile.open
+
+    def refuse(self, name, mode="r", *args, **kwargs):
+        if mode == "r":
+            raise AssertionError("a zip member was decompressed before the limits were checked")
+        return real(self, name, mode, *args, **kwargs)  # writing the test's zips is fine
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", refuse)
+
+
+# -- zip bombs ------------------------------------------------------------------------------
+ZEROS = bytes(32 * 2**20)  # 32 MiB of zeros pack to ~32 KB: 1000x, a zip bomb's ratio
+
+
+def test_zip_bomb_ratio_refused_from_the_header(tmp_path, no_decompression):
+    archive = _zip(tmp_path, {"annotations.xml": b"<annotations/>", "big.bin": ZEROS})
+    assert archive.stat().st_size < 100_000
+    start = time.perf_counter()
+    with pytest.raises(DatasetUnavailableError, match=r"'big.bin' unpacks .* limit 200x.*"
+                       r"KPNB_MAX_UNZIP_RATIO") as exc:  # fmt: skip
+        safe_extract(archive, tmp_path / "out")
+    assert time.perf_counter() - start < 1.0
+    assert str(archive) in str(exc.value)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_zip_bomb_total_size_refused_and_limit_can_be_raised(tmp_path, monkeypatch):
+    archive = _zip(tmp_path, {"a.bin": os.urandom(600_000), "b.bin": os.urandom(600_000)})
+    monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", "1000000")
+    with pytest.raises(DatasetUnavailableError, match=r"1,200,000 bytes.*1,000,000.*"
+                       "KPNB_MAX_UNZIP_BYTES"):  # fmt: skip
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # the parameter wins over the environment; the ratio limit likewise
+    safe_extract(archive, tmp_path / "out", max_bytes=2_000_000)
+    assert (tmp_path / "out" / "b.bin").stat().st_size == 600_000
+    bomb = _zip(tmp_path, {"big.bin": ZEROS}, "bomb.zip")
+    monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", str(2**30))
+    monkeypatch.setenv("KPNB_MAX_UNZIP_RATIO", "5000")
+    safe_extract(bomb, tmp_path / "trusted")
+    assert (tmp_path / "trusted" / "big.bin").stat().st_size == len(ZEROS)
+
+
+def test_too_many_members_and_bad_limits(tmp_path, monkeypatch):
+    archive = _zip(tmp_path, {f"f{i}.txt": b"x" for i in range(5)})
+    with pytest.raises(DatasetUnavailableError, match="5 members, more than the limit of 4"):
+        safe_extract(archive, tmp_path / "out", max_members=4)
+    monkeypatch.setenv("KPNB_MAX_UNZIP_MEMBERS", "lots")
+    with pytest.raises(DatasetUnavailableError, match="KPNB_MAX_UNZIP_MEMBERS='lots' is not"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_coco_zip_member_bomb_is_refused(tmp_path, no_decompression):
+    archive = _zip(tmp_path, {"annotations/person_keypoints_default.json": ZEROS})
+    with pytest.raises(CocoFormatError, match="person_keypoints_default.json' unpacks"):
+        read_coco(archive)
+
+
+def test_coco_zip_is_read_within_the_limits(tmp_path, synthetic_export, monkeypatch):
+    ann = read_annotations(synthetic_export)
+    doc = write_coco(ann, tmp_path / "person_keypoints_Train.json").read_bytes()
+    archive = _zip(tmp_path, {"annotations/person_keypoints_Train.json": doc})
+    assert len(read_coco(archive).images) == 40
+    monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", str(len(doc) - 1))
+    with pytest.raises(CocoFormatError, match="KPNB_MAX_UNZIP_BYTES"):
+        read_coco(archive)
+
+
+# -- members that escape, link, or repeat -------------------------------------------------
+@pytest.mark.parametrize("name", ["../evil.txt", "toy/../../evil.txt", "/tmp/kpnb-evil.txt",
+                                  "..\\evil.txt", "C:/evil.txt"])  # fmt: skip
+def test_zip_slip_is_refused(tmp_path, name, no_decompression):
+    archive = _zip(tmp_path, {"toy/annotations.xml": b"<annotations/>", name: b"gotcha"})
+    with pytest.raises(DatasetUnavailableError, match="outside the target folder"):
+        safe_extract(archive, tmp_path / "sub" / "out")
+    assert not (tmp_path / "sub" / "out").exists() and not (tmp_path / "evil.txt").exists()
+    assert not Path("/tmp/kpnb-evil.txt").exists()
+
+
+def test_symlink_member_is_refused(tmp_path, no_decompression):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("toy/annotations.xml", "<annotations/>")
+        link = zipfile.ZipInfo("toy/images/secret.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(DatasetUnavailableError, match="'toy/images/secret.png' is a symbolic"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_and_file_folder_members_are_refused(tmp_path, no_decompression):
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        dup = _zip(tmp_path, {"a.xml": b"1"}, "dup.zip")
+        with zipfile.ZipFile(dup, "a") as zf:
+            zf.writestr("./a.xml", b"2")
+            zf.writestr("a.xml", b"3")
+    with pytest.raises(DatasetUnavailableError, match="'./a.xml' occurs twice"):
+        safe_extract(dup, tmp_path / "out")
+    both = _zip(tmp_path, {"images": b"a file", "images/x.png": b"png"}, "both.zip")
+    with pytest.raises(DatasetUnavailableError, match="'images/x.png' lies inside 'images'"):
+        safe_extract(both, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_member_leaves_nothing_half_extracted(tmp_path):
+    body = b"<annotations>" + b"A" * 5000 + b"</annotations>"
+    archive = _zip(tmp_path, {"first.txt": b"fine", "annotations.xml": body},
+                   compression=zipfile.ZIP_STORED)  # fmt: skip
+    raw = bytearray(archive.read_bytes())
+    raw[raw.index(b"AAAA")] = ord("B")  # the CRC no longer matches
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DatasetUnavailableError, match="'annotations.xml' is corrupt"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+# -- outputs: nothing of the user's is deleted or overwritten -----------------------------
+def test_output_folder_with_user_files_is_refused_then_merged(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "annotations.xml").write_text("my own annotations")
+    with pytest.raises(OutputExistsError, match=r"mine: the folder is not empty.*--overwrite"):
+        generate(out, 3)
+    assert sorted(p.name for p in out.iterdir()) == ["annotations.xml", "notes.txt"]
+    assert (out / "annotations.xml").read_text() == "my own annotations"
+    generate(out, 3, overwrite=True)
+    assert (out / "notes.txt").read_text() == "my notes"  # not written by kpnb: kept
+    assert "<annotations>" in (out / "annotations.xml").read_text()  # kpnb's file: replaced
+    assert len(list((out / "images").rglob("*.jpg"))) == 3
+    assert _leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_output_into_an_empty_folder_or_a_link_to_one(tmp_path):
+    (tmp_path / "empty").mkdir()
+    generate(tmp_path / "empty", 2)
+    assert (tmp_path / "empty" / "annotations.xml").is_file()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    generate(tmp_path / "link", 2)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "annotations.xml").is_file()
+
+
+def test_failed_overwrite_keeps_the_user_files(tmp_path, monkeypatch):
+    from kpnb import synthetic
+
+    out = tmp_path / "mine"
+    generate(out, 2)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "notes.txt").write_text("my notes")
+
+    def failing(img, quality):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synthetic, "_jpeg_bytes", failing)
+    with pytest.raises(OSError, match="disk full"):
+        generate(out, 2, overwrite=True)
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert (out / "notes.txt").read_text() == "my notes" and _leftovers(tmp_path) == []
+
+
+def test_overwrite_conflict_changes_nothing(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "images").write_text("a file where kpnb writes a folder")
+    (out / "annotations.xml").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"images: is a file where kpnb writes a folder"):
+        generate(out, 2, overwrite=True)
+    assert (out / "annotations.xml").read_text() == "mine"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_file_never_becomes_a_folder_nor_the_reverse(tmp_path, synthetic_export):
+    ann = read_annotations(synthetic_export)
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    for write in (lambda: generate(target, 2, overwrite=True),
+                  lambda: save_tables(ann, target, overwrite=True),
+                  lambda: generate(target / "sub", 2)):  # fmt: skip
+        with pytest.raises(OutputExistsError, match="precious.txt: is a file, not a folder"):
+            write()
+    assert target.read_text() == "keep me"
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(OutputExistsError, match="adir: is a folder"):
+        write_coco(ann, tmp_path / "adir")
+    assert _leftovers(tmp_path) == [] and (tmp_path / "adir").is_dir()
+
+
+def test_existing_zip_is_refused_unless_overwrite(tmp_path):
+    first = generate(tmp_path / "x.zip", 2, as_zip=True)
+    stamp = first.read_bytes()
+    with pytest.raises(OutputExistsError, match="x.zip: the file exists"):
+        generate(first, 3, as_zip=True)
+    assert first.read_bytes() == stamp
+    generate(first, 3, as_zip=True, overwrite=True)
+    assert first.read_bytes() != stamp
+
+
+def test_cli_refuses_existing_outputs_in_one_line(tmp_path, synthetic_export, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    assert main(["synth", "--out", str(mine), "--images", "2"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{mine}: the folder is not empty" in err and "--overwrite" in err
+    assert main(["convert", str(synthetic_export), str(mine), "--to", "csv"]) == 2
+    assert "the folder is not empty" in _one_line_error(capsys)
+    coco = tmp_path / "kp.json"
+    coco.write_text("mine")
+    assert main(["convert", str(synthetic_export), str(coco), "--to", "coco"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{coco}: the file exists" in err and "--overwrite" in err
+    assert coco.read_text() == "mine"
+    assert main(["convert", str(synthetic_export), str(mine), "--to", "csv", "--overwrite"]) == 0
+    assert main(["convert", str(synthetic_export), str(coco), "--to", "coco", "--overwrite"]) == 0
+    assert (mine / "notes.txt").read_text() == "my notes" and (mine / "keypoints.csv").is_file()
+    assert coco.read_text().startswith("{")
+
+
+@pytest.mark.parametrize("mask", [0o027, 0o002])
+def test_outputs_respect_the_umask(tmp_path, synthetic_export, mask):
+    ann = read_annotations(synthetic_export)
+    old = os.umask(mask)
+    try:
+        out = generate(tmp_path / "syn", 2)
+        zipped = generate(tmp_path / "syn.zip", 2, as_zip=True)
+        tables = save_tables(ann, tmp_path / "tables")
+        coco = write_coco(ann, tmp_path / "kp.json")
+        with atomic_path(tmp_path / "plain.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    for folder in (out, tables):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask, folder
+    for file in (out / "annotations.xml", zipped, tables / "keypoints.csv", coco,
+                 tmp_path / "plain.txt"):  # fmt: skip
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~mask, file
+
+
+# -- downloads ------------------------------------------------------------------------------
+def test_cache_is_keyed_by_the_whole_url(http_server, tmp_path):
+    exports = {n: _zip_folder(generate(tmp_path / f"e{n}", n, seed=n)) for n in (2, 3, 4, 5)}
+    urls = {2: http_server.put("a/data.zip", exports[2]),
+            3: http_server.put("b/data.zip", exports[3]),
+            4: http_server.put("data.zip?v=1", exports[4]),
+            5: http_server.put("data.zip?v=2", exports[5])}  # fmt: skip
+    cache = tmp_path / "cache"
+    roots = {n: get_dataset(url, cache, progress=False) for n, url in urls.items()}
+    for n, root in roots.items():
+        assert len(read_annotations(root).images) == n, urls[n]
+    assert len(set(roots.values())) == 4
+    assert all("data-" in p.name for p in (cache / "downloads").iterdir())  # readable names
+
+
+def test_corrupt_download_is_deleted_and_fetched_again(http_server, tmp_path, synthetic_export):
+    good = _zip_folder(synthetic_export)
+    bad = bytearray(good)
+    bad[len(bad) // 3] ^= 0xFF  # inside some member's data: its CRC fails
+    url = http_server.put("toy.zip", bytes(bad))
+    with pytest.raises(DatasetUnavailableError, match="corrupt.*deleted.*downloads it again"):
+        get_dataset(url, tmp_path, progress=False)
+    assert not list((tmp_path / "downloads").rglob("*.zip"))
+    assert not (tmp_path / "datasets").exists() or not any((tmp_path / "datasets").iterdir())
+    http_server.put("toy.zip", good)  # the server is fixed: the next run downloads again
+    root = get_dataset(url, tmp_path, progress=False)
+    assert len(read_annotations(root).images) == 40
+    assert http_server.hits.count("/toy.zip") == 2
+
+
+def test_download_over_the_limits_is_deleted(http_server, tmp_path, monkeypatch):
+    url = http_server.put("bomb.zip", _zip(tmp_path, {"annotations.xml": ZEROS}).read_bytes())
+    with pytest.raises(DatasetUnavailableError, match="KPNB_MAX_UNZIP_RATIO.*deleted"):
+        get_dataset(url, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache" / "downloads").rglob("*.zip"))
+    no_export = _zip(tmp_path, {"readme.txt": b"no annotations here"}, "plain.zip")
+    url = http_server.put("plain.zip", no_export.read_bytes())
+    with pytest.raises(DatasetUnavailableError, match="holds no annotations.xml.*deleted"):
+        get_dataset(url, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache" / "downloads").rglob("*.zip"))
+    assert not list((tmp_path / "cache" / "datasets").iterdir())
+
+
+def test_local_zip_is_hashed_as_a_stream(tmp_path, synthetic_export, monkeypatch):
+    archive = tmp_path / "mine.zip"
+    archive.write_bytes(_zip_folder(synthetic_export))
+
+    def whole(self):
+        raise AssertionError("read_bytes() of a whole archive")
+
+    monkeypatch.setattr(Path, "read_bytes", whole)
+    root = get_dataset(archive, tmp_path / "cache")
+    assert (root / "annotations.xml").is_file()
+
+
+# -- image names that climb out of the export ---------------------------------------------
+def _hostile_export(tmp_path: Path, name: str, subset: str = "Train") -> Path:
+    root = generate(tmp_path / "export", 3, seed=0)
+    (tmp_path / "secret.png").write_bytes((root / "images/Train/img_00000.jpg").read_bytes())
+    xml = root / "annotations.xml"
+    text = xml.read_text(encoding="utf-8")
+    old = 'name="img_00000.jpg" subset="Train"'
+    assert old in text
+    xml.write_text(text.replace(old, f'name="{name}" subset="{subset}"'), encoding="utf-8")
+    return root
+
+
+def _escapes(tmp_path: Path):
+    secret = str(tmp_path / "secret.png")
+    return [("../../../secret.png", "Train"), (secret, "Train"), ("secret.png", "../..")]
+
+
+@pytest.mark.parametrize("case", range(3), ids=["dotdot", "absolute", "subset"])
+def test_image_name_escaping_the_export_is_refused(tmp_path, case, capsys):
+    from kpnb.dataset import KeypointDataset, check_export
+
+    name, subset = _escapes(tmp_path)[case]
+    root = _hostile_export(tmp_path, name, subset)
+    ann = read_annotations(root)
+    label = next(iter(ann.skeletons))
+    named = re.escape(f"image {name!r}") + ".*leads outside"
+    with pytest.raises(ImageError, match=named):
+        KeypointDataset(ann, root, label)
+    with pytest.raises(ImageError, match=named):
+        check_export(ann, root)
+    png = tmp_path / "drawn.png"
+    assert main(["show", str(root), "--image", "0", "--out", str(png)]) == 2
+    err = _one_line_error(capsys)
+    assert name in err and "leads outside" in err and not png.exists()
+
+
+# -- decompression bombs ---------------------------------------------------------------------
+def _png_declaring(width: int, height: int) -> bytes:
+    """A 100-byte PNG whose header says `width` x `height` (its data is one tiny row)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_png_decompression_bomb_is_refused(tmp_path, capsys):
+    from kpnb.dataset import KeypointDataset
+
+    root = generate(tmp_path / "export", 3, seed=0)
+    bomb = root / "images" / "Train" / "img_00001.jpg"  # PIL reads the content, not the name
+    bomb.write_bytes(_png_declaring(50_000, 50_000))  # 2.5 gigapixels, 7.5 GB decoded
+    assert bomb.stat().st_size < 200
+    ann = read_annotations(root)
+    ds = KeypointDataset(ann, root, next(iter(ann.skeletons)))
+    index = next(i for i, item in enumerate(ds.items) if item.path.name == bomb.name)
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"img_00001.jpg: .*more than 64,000,000 pixels.*"
+                       "KPNB_MAX_PIXELS"):  # fmt: skip
+        ds[index]
+    assert time.perf_counter() - start < 1.0
+    png = tmp_path / "drawn.png"
+    assert main(["show", str(root), "--image", "1", "--out", str(png)]) == 2
+    err = _one_line_error(capsys)
+    assert "img_00001.jpg" in err and "KPNB_MAX_PIXELS" in err and not png.exists()
+
+
+# -- command line values ---------------------------------------------------------------------
+@pytest.mark.parametrize("argv, flag", [
+    (["synth", "--out", "x", "--images", "-1"], "--images"),
+    (["synth", "--out", "x", "--seed", "x"], "--seed"),
+    (["train", "synthetic", "--out", "r", "--size", "0"], "--size"),
+    (["train", "synthetic", "--out", "r", "--epochs", "-3"], "--epochs"),
+    (["train", "synthetic", "--out", "r", "--batch-size", "0"], "--batch-size"),
+    (["train", "synthetic", "--out", "r", "--lr", "-1"], "--lr"),
+    (["train", "synthetic", "--out", "r", "--lr", "nan"], "--lr"),
+    (["evaluate", "c.pth", "synthetic", "--sigmas", "0.1", "0"], "--sigmas"),
+    (["evaluate", "c.pth", "synthetic", "--workers", "-1"], "--workers"),
+    (["predict", "c.pth", "a.jpg", "--out", "p.xml", "--score-threshold", "2"],
+     "--score-threshold"),
+    (["show", "x", "--out", "y.png", "--image", "-1"], "--image"),
+    (["data", "synthetic", "--images", "-5"], "--images"),
+])  # fmt: skip
+def test_bad_flag_values_are_refused_by_the_parser(argv, flag, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}: must be" in err or f"error: argument {flag}: '" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
