@@ -1,8 +1,8 @@
 """The reader's records -> typed, checked column arrays, a chunk at a time.
 
-A record is ``(attributes, line, owner[, kind])`` as `kpnb.cvat.parse.Reader` appended it.
-Attribute values are pulled out with ``map`` over the chunk (no Python frame per value),
-numbers converted once per distinct string, coordinates parsed in one numpy call.
+A record is the tuple of one element's attribute values, its line and owner, as
+`kpnb.cvat.parse.Reader` appended it. A chunk is transposed with ``zip`` (no Python frame
+per value), numbers converted once per distinct string, coordinates in one numpy call.
 """
 
 from __future__ import annotations
@@ -60,25 +60,25 @@ class Chunks:
 
     def _instances(self, recs: list[tuple], base: int) -> None:
         src = self.source
-        attrs, lines = list(map(itemgetter(0), recs)), list(map(itemgetter(1), recs))
+        label, source, group, z, occluded, outside, points, lines, image, kind = zip(
+            *recs, strict=True)  # fmt: skip
         n = len(recs)
-        kind = np.fromiter(map(itemgetter(3), recs), np.int8, n)
+        kind = np.array(kind, np.int8)
 
         def what(attr):
             return lambda i: f"<{_TAGS[kind[i]]}> {attr}"
 
         self.inst.append({
-            "image_index": np.fromiter(map(itemgetter(2), recs), np.int64, n),
-            "label": strings(get("label", attrs), ""), "kind": kind,
-            "source": strings(get("source", attrs), "manual"),
-            "group_id": values.integers(get("group_id", attrs), lines, what("group_id"), src),
-            "z_order": values.integers(get("z_order", attrs), lines, what("z_order"), src),
+            "image_index": np.array(image, np.int64), "label": strings(label, ""), "kind": kind,
+            "source": strings(source, "manual"),
+            "group_id": values.integers(group, lines, what("group_id"), src),
+            "z_order": values.integers(z, lines, what("z_order"), src),
             "track_id": np.full(n, -1, np.int64), "keyframe": np.zeros(n, bool),
-            "occluded": values.flags(get("occluded", attrs)),
-            "outside": values.flags(get("outside", attrs)), "line": np.array(lines, np.int64),
+            "occluded": values.flags(occluded), "outside": values.flags(outside),
+            "line": np.array(lines, np.int64),
         })  # fmt: skip
         plain = (kind == 0).tolist()
-        pts = [p or "" for p in get("points", list(compress(attrs, plain)))]
+        pts = [p or "" for p in compress(points, plain)]
         xy, counts = values.coordinates(pts, list(compress(lines, plain)), "<points>", src)
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         owners = np.flatnonzero(kind == 0) + base
@@ -87,21 +87,18 @@ class Chunks:
 
     def _elements(self, recs: list[tuple]) -> None:
         src = self.source
-        attrs, lines = list(map(itemgetter(0), recs)), list(map(itemgetter(1), recs))
-        names = get("label", attrs)
+        names, points, occluded, outside, source, keyframe, lines, inst = zip(*recs, strict=True)
         if None in names:
             i = names.index(None)
             raise at_line(src, lines[i], "skeleton element <points> has no label attribute; "
                           "CVAT names each element after its sublabel: export again")  # fmt: skip
-        pts = [p or "" for p in get("points", attrs)]
+        pts = [p or "" for p in points]
         xy, _ = values.coordinates(pts, lines, "skeleton element", src, one_each=True)
         self.elem.append({
-            "instance": np.fromiter(map(itemgetter(2), recs), np.int64, len(recs)),
-            "name": strings(names, ""), "x": xy[:, 0], "y": xy[:, 1],
-            "source": strings(get("source", attrs), None),
-            "occluded": values.flags(get("occluded", attrs)),
-            "outside": values.flags(get("outside", attrs)),
-            "keyframe": values.flags(get("keyframe", attrs)), "line": np.array(lines, np.int64),
+            "instance": np.array(inst, np.int64), "name": strings(names, ""),
+            "x": xy[:, 0], "y": xy[:, 1], "source": strings(source, None),
+            "occluded": values.flags(occluded), "outside": values.flags(outside),
+            "keyframe": values.flags(keyframe), "line": np.array(lines, np.int64),
         })  # fmt: skip
 
     def finish(self, tracked: list[tuple]) -> tuple[dict, dict, dict]:

@@ -3,7 +3,7 @@
 `Reader.parse` feeds expat 64 KB at a time, so memory is bounded by the largest element
 (an ``<image>`` with its shapes, a ``<track>``), never by the file. The body callbacks
 are the hot path (one call per element of a 400,000-image export): they only append
-``(attributes, line, owner)`` records; every ``</image>`` or ``</track>`` past a chunk's
+a tuple of the attribute values, line and owner; every ``</image>`` or ``</track>`` past a chunk's
 worth of records turns them into typed columns in bulk (`kpnb.cvat.columns`), where every
 value is checked and a bad one is refused with its line. ``<meta>`` has its own handlers.
 """
@@ -23,7 +23,7 @@ _META_TEXT = frozenset((
     "stop_frame", "frame_filter", "size", "mode", "version", "dumped", "subsets",
 ))  # fmt: skip
 _READ = 1 << 16  # bytes per expat feed: expat is fastest fed tens of KB at a time
-_CHUNK = 1 << 16  # records per conversion to columns
+_CHUNK = 1 << 12  # records per conversion to columns: few enough to stay in the CPU's cache
 POINTS, SKELETON = 0, 1  # instance kinds
 
 
@@ -74,8 +74,8 @@ class Reader:
         # body records: (attributes, line, owner); turned into columns chunk by chunk
         self.images: list[tuple] = []  # (attrs, line); video frames get made-up attrs
         self.frame_index: dict[tuple, int] = {}
-        self.insts: list[tuple] = []  # (attrs, line, image, kind)
-        self.elems: list[tuple] = []  # (attrs, line, instance)
+        self.insts: list[tuple] = []  # columns.INST_RECORD, then line, image, kind
+        self.elems: list[tuple] = []  # columns.ELEM_RECORD, then line, instance
         self.inst_base = 0  # instances already converted
         self.chunks = Chunks(name)
         self.tracked: list[tuple] = []  # (instance, track id, keyframe) of track shapes
@@ -105,11 +105,18 @@ class Reader:
     def start(self, tag: str, attrs: dict) -> None:
         if tag == "points":
             if self.skel >= 0 and not self.elem and self.shape is None:
-                self.elems.append((attrs, self.p.CurrentLineNumber, self.skel))
+                g = attrs.get
+                self.elems.append((g("label"), g("points"), g("occluded"), g("outside"),
+                                   g("source"), g("keyframe"), self.p.CurrentLineNumber,
+                                   self.skel))  # fmt: skip
                 self.elem = True
             elif self.image >= 0 and self.shape is None and not self.elem:
-                self.insts.append((attrs, self.p.CurrentLineNumber, self.image, POINTS))
-                self.owner = self.inst_base + len(self.insts) - 1
+                g = attrs.get
+                insts = self.insts
+                insts.append((g("label"), g("source"), g("group_id"), g("z_order"),
+                              g("occluded"), g("outside"), g("points"), self.p.CurrentLineNumber,
+                              self.image, POINTS))  # fmt: skip
+                self.owner = self.inst_base + len(insts) - 1
                 self.shape = tag
             else:
                 self._points_elsewhere(attrs)
@@ -224,7 +231,9 @@ class Reader:
         return out
 
     def _new_instance(self, attrs: dict, image: int, kind: int, keyframe: bool = False) -> int:
-        self.insts.append((attrs, self.p.CurrentLineNumber, image, kind))
+        g = attrs.get
+        self.insts.append((g("label"), g("source"), g("group_id"), g("z_order"), g("occluded"),
+                           g("outside"), g("points"), self.p.CurrentLineNumber, image, kind))
         inst = self.inst_base + len(self.insts) - 1
         if self.track is not None:
             self.tracked.append((inst, self.track["id"], keyframe))
@@ -242,8 +251,9 @@ class Reader:
                 track = self._track_attrs(attrs, self.track["label"])
                 inst = self._new_instance(track, image, SKELETON)
                 self.legacy_frames[frame] = inst
-            elem = dict(attrs, label=self.nested["label"])
-            self.elems.append((elem, self.p.CurrentLineNumber, inst))
+            g = attrs.get
+            self.elems.append((self.nested["label"], g("points"), g("occluded"), g("outside"),
+                               g("source"), g("keyframe"), self.p.CurrentLineNumber, inst))
             self.elem = True
             return
         self._nesting("points")
@@ -290,8 +300,8 @@ class Reader:
         self.p.CharacterDataHandler = None
         name, self.attr_name = self.attr_name, None
         if self.elem:
-            label = self.elems[-1][0].get("label")
-            self.attrs.append((self.elems[-1][2], label, name, value))
+            elem = self.elems[-1]
+            self.attrs.append((elem[-1], elem[0], name, value))
         elif self.owner >= 0:
             self.attrs.append((self.owner, None, name, value))
         elif self.skel >= 0 and self.shape is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from operator import methodcaller
 
 import numpy as np
 
@@ -19,14 +18,16 @@ from kpnb.cvat.errors import at_line
 INT32 = (-(2**31), 2**31 - 1)  # CVAT's database keeps ids, frames, z_order and group_id so
 _MAX_SIDE = 2**31 - 1
 TRUE = frozenset(("1", "true", "True"))
-_NUMBERS = re.compile(r"[0-9.eE+\-,]*")  # where numpy's parser and Python's float agree
-_count_commas = methodcaller("count", ",")
-_count_semicolons = methodcaller("count", ";")
+_NUMBER = r"[0-9.eE+\-]+"
+_PAIRS = re.compile(rf"{_NUMBER},{_NUMBER}(?:;{_NUMBER},{_NUMBER})*")
 
 
 def flags(values: list) -> np.ndarray:
     """``"1"``/``"true"`` -> True, anything else (or missing) -> False, as CVAT reads flags."""
-    return np.fromiter(map(TRUE.__contains__, values), bool, len(values))
+    distinct = set(values)
+    if len(distinct) == 1:
+        return np.full(len(values), distinct.pop() in TRUE)
+    return np.array(list(map(TRUE.__contains__, values)), bool)
 
 
 def _whole(value: str) -> int:
@@ -34,9 +35,12 @@ def _whole(value: str) -> int:
         return int(value)
     except ValueError:
         pass
-    f = float(value)  # ValueError: not a number at all
+    try:
+        f = float(value)
+    except ValueError:
+        raise ValueError("is not a number") from None
     if not math.isfinite(f) or not f.is_integer():
-        raise ValueError(value)
+        raise ValueError("is not a whole number")
     return int(f)
 
 
@@ -45,22 +49,25 @@ def integers(values: list, lines: list[int], what: str, source: str, *, default:
     """Integer attribute strings (None or "" -> `default`) as int64, each within `bounds`."""
     conv: dict = {None: default, "": default}
     lo, hi = bounds
-    for v in set(values) - conv.keys():
+    distinct = set(values)
+    for v in distinct - conv.keys():
         try:
             i = _whole(v)
-        except ValueError:
-            _refuse(values, lines, v, what, source, "is not a whole number", fix)
+        except ValueError as exc:
+            _refuse(values, lines, v, what, source, str(exc), fix)
         if not lo <= i <= hi:
             _refuse(values, lines, v, what, source,
                     f"is outside {lo}..{hi}, the range CVAT stores", fix)  # fmt: skip
         conv[v] = i
-    return np.fromiter(map(conv.__getitem__, values), np.int64, len(values))
+    if len(distinct) == 1:
+        return np.full(len(values), conv[distinct.pop()], np.int64)
+    return np.array(list(map(conv.__getitem__, values)), np.int64)
 
 
 def sides(values: list, lines: list[int], what: str, source: str) -> np.ndarray:
     """Image widths or heights: whole pixels, at least 1 (missing -> NaN, e.g. video frames)."""
     fix = "CVAT writes the image's size in whole pixels: export the task again"
-    out = integers(values, lines, what, source, default=-1, bounds=(-1, _MAX_SIDE), fix=fix)
+    out = integers(values, lines, what, source, default=-1, bounds=(INT32[0], _MAX_SIDE), fix=fix)
     bad = np.flatnonzero((out < 1) & (out != -1))
     for v in (values[i] for i in bad[:1]):
         _refuse(values, lines, v, what, source, "is not a size of at least 1 pixel", fix)
@@ -80,36 +87,40 @@ def coordinates(strings: list[str], lines: list[int], what: str, source: str,
     Every piece must be one ``x,y`` of finite numbers; `one_each`: exactly one per string
     (skeleton elements). The numbers are parsed in one call over the joined strings.
     """
-    counts = np.fromiter(map(_count_semicolons, strings), np.int64, len(strings)) + 1
-    empty = np.fromiter(map(bool, strings), bool, len(strings)) == 0
-    counts[empty] = 0
+    n = len(strings)
+    joined = ";".join(strings)
+    if joined.count(";") == n - 1 and "" not in strings:
+        counts = np.ones(n, np.int64)  # the usual case: one x,y each
+    else:
+        counts = np.array([s.count(";") + 1 if s else 0 for s in strings], np.int64)
+        joined = ";".join(filter(None, strings))
     if one_each and (counts != 1).any():
         i = int(np.flatnonzero(counts != 1)[0])
         raise at_line(source, lines[i], f"{what} points={strings[i]!r} must be one 'x,y' "
                       "(a skeleton element is one point); fix the value or export again")
-    joined = ";".join(filter(None, strings)) if empty.any() else ";".join(strings)
-    pieces = joined.split(";") if joined else []
-    commas = np.fromiter(map(_count_commas, pieces), np.int64, len(pieces))
-    flat = None if (commas != 1).any() else _parse_numbers(joined.replace(";", ","))
-    if flat is None or len(flat) != 2 * len(pieces) or not np.isfinite(flat).all():
+    flat = _parse_pairs(joined) if joined else np.zeros(0)
+    if flat is None or len(flat) != 2 * int(counts.sum()) or not np.isfinite(flat).all():
         _find_bad_piece(strings, lines, what, source)
         raise AssertionError("a points value failed to parse but every piece reads")
     return flat.reshape(-1, 2), counts
 
 
-def _parse_numbers(text: str) -> np.ndarray | None:
-    """Comma-separated numbers -> float64, or None where numpy and Python could disagree."""
-    if not _NUMBERS.fullmatch(text):
-        try:
-            return np.array(text.split(","), dtype=np.float64)  # Python's float per value
-        except ValueError:
-            return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)  # numpy's "could not be read"
-        try:
-            return np.fromstring(text, dtype=np.float64, sep=",")
-        except (ValueError, DeprecationWarning):
-            return None
+def _parse_pairs(text: str) -> np.ndarray | None:
+    """``"x,y;x,y"`` -> flat float64, or None unless every piece is one pair of numbers."""
+    if _PAIRS.fullmatch(text):  # plain decimals, where numpy's parser and Python's agree
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # numpy's "could not be read"
+            try:
+                return np.fromstring(text.replace(";", ","), dtype=np.float64, sep=",")
+            except (ValueError, DeprecationWarning):
+                return None
+    pieces = text.split(";")
+    if any(p.count(",") != 1 for p in pieces):
+        return None
+    try:  # other spellings Python's float reads ("1_000", " 5", "١٢"): CVAT reads them so
+        return np.array(",".join(pieces).split(","), dtype=np.float64)
+    except ValueError:
+        return None
 
 
 def _find_bad_piece(strings: list[str], lines: list[int], what: str, source: str) -> None:

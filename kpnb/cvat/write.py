@@ -27,8 +27,35 @@ def _text(tag: str, value, indent: str) -> str:
     return f"{indent}<{tag}>{escape(str(value))}</{tag}>"
 
 
-def _label_lines(ann: Annotations, indent: str) -> list[str]:
+def _declared_labels(ann: Annotations) -> pd.DataFrame:
+    """`ann.labels`, plus every label the tables use but do not declare (an export without
+    ``<meta>``): skeletons with their keypoints as sublabels, points and boxes as such."""
     labels = ann.labels
+    known = set(labels["name"].astype(str)) if len(labels) else set()
+    extra: list[dict] = []
+    used = list(dict.fromkeys(ann.keypoints["label"].astype(str)))
+    for name in used + [n for n in ann.skeletons if n not in used]:
+        if name in known:
+            continue
+        known.add(name)
+        if name in ann.skeletons:
+            extra.append({"name": name, "type": "skeleton"})
+            extra += [{"name": k, "type": "points", "parent": name}
+                      for k in ann.skeletons[name].keypoints]  # fmt: skip
+        else:
+            extra.append({"name": name, "type": "points"})
+    for name in dict.fromkeys(ann.boxes["label"].astype(str)) if len(ann.boxes) else ():
+        if name not in known:
+            known.add(name)
+            extra.append({"name": name, "type": "rectangle"})
+    if not extra:
+        return labels
+    return pd.concat([labels, pd.DataFrame(extra)], ignore_index=True) if len(labels) else \
+        pd.DataFrame(extra)  # fmt: skip
+
+
+def _label_lines(ann: Annotations, indent: str) -> list[str]:
+    labels = _declared_labels(ann)
     lines = [f"{indent}<labels>"]
     i2 = indent + "  "
     for row in labels.itertuples(index=False):
@@ -57,7 +84,8 @@ def _label_lines(ann: Annotations, indent: str) -> list[str]:
 
 def _meta_lines(ann: Annotations, dumped: str) -> list[str]:
     images = ann.images
-    name = str(ann.meta.get("name", "kpnb"))
+    name = ann.meta.get("name")
+    name = str(name) if isinstance(name, str) and name else "kpnb"  # never "None"
     subsets = (
         [s for s in pd.unique(images["subset"].dropna().astype(str)) if s] if len(images) else []
     )
