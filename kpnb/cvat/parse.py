@@ -86,7 +86,6 @@ class Reader:
         self.image = -1  # open <image>
         self.skel = -1  # open <skeleton> instance
         self.shape: str | None = None  # open plain shape (<points>, <box>, a skipped one)
-        self.owner = -1  # instance of the open plain <points>
         self.elem = False  # a skeleton element <points> is open
         self.attr_name: str | None = None
         self.track: dict | None = None
@@ -116,7 +115,6 @@ class Reader:
                 insts.append((g("label"), g("source"), g("group_id"), g("z_order"),
                               g("occluded"), g("outside"), g("points"), self.p.CurrentLineNumber,
                               self.image, POINTS))  # fmt: skip
-                self.owner = self.inst_base + len(insts) - 1
                 self.shape = tag
             else:
                 self._points_elsewhere(attrs)
@@ -138,7 +136,7 @@ class Reader:
             if self.elem:
                 self.elem = False
             elif self.nested is None:
-                self.shape, self.owner = None, -1
+                self.shape = None
         elif tag == "attribute":
             self._end_attribute()
         elif tag == "skeleton":
@@ -263,7 +261,7 @@ class Reader:
             raise self.error("<points> inside <image> inside <track>")
         image = self._frame_image(attrs, "points")
         shape = self._track_attrs(attrs, self.track["label"])
-        self.owner = self._new_instance(shape, image, POINTS, attrs.get("keyframe") in _TRUE)
+        self._new_instance(shape, image, POINTS, attrs.get("keyframe") in _TRUE)
         self.shape = "points"
 
     def _start_skeleton(self, attrs: dict) -> None:
@@ -302,8 +300,8 @@ class Reader:
         if self.elem:
             elem = self.elems[-1]
             self.attrs.append((elem[-1], elem[0], name, value))
-        elif self.owner >= 0:
-            self.attrs.append((self.owner, None, name, value))
+        elif self.shape == "points":  # the plain <points> is the last instance recorded
+            self.attrs.append((self.inst_base + len(self.insts) - 1, None, name, value))
         elif self.skel >= 0 and self.shape is None:
             self.attrs.append((self.skel, None, name, value))
         # attributes of boxes, tracks and skipped shapes are not modelled

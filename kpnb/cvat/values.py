@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from kpnb.cvat.errors import at_line
 INT32 = (-(2**31), 2**31 - 1)  # CVAT's database keeps ids, frames, z_order and group_id so
 _MAX_SIDE = 2**31 - 1
 TRUE = frozenset(("1", "true", "True"))
-_NUMBER = r"[0-9.eE+\-]+"
+_NUMBER = r"[^,;]+"
 _PAIRS = re.compile(rf"{_NUMBER},{_NUMBER}(?:;{_NUMBER},{_NUMBER})*")
 
 
@@ -106,19 +105,15 @@ def coordinates(strings: list[str], lines: list[int], what: str, source: str,
 
 
 def _parse_pairs(text: str) -> np.ndarray | None:
-    """``"x,y;x,y"`` -> flat float64, or None unless every piece is one pair of numbers."""
-    if _PAIRS.fullmatch(text):  # plain decimals, where numpy's parser and Python's agree
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", DeprecationWarning)  # numpy's "could not be read"
-            try:
-                return np.fromstring(text.replace(";", ","), dtype=np.float64, sep=",")
-            except (ValueError, DeprecationWarning):
-                return None
-    pieces = text.split(";")
-    if any(p.count(",") != 1 for p in pieces):
+    """``"x,y;x,y"`` -> flat float64, or None unless every piece is one pair of numbers.
+
+    Each number is read as Python's ``float`` reads it (so "1_000" and " 5" are numbers,
+    as in CVAT's own importer); non-finite values are refused by the caller.
+    """
+    if not _PAIRS.fullmatch(text):
         return None
-    try:  # other spellings Python's float reads ("1_000", " 5", "١٢"): CVAT reads them so
-        return np.array(",".join(pieces).split(","), dtype=np.float64)
+    try:
+        return np.array(text.replace(";", ",").split(","), dtype=np.float64)
     except ValueError:
         return None
 
