@@ -145,6 +145,42 @@ def _categorical(codes: np.ndarray, categories) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
 
 
+def _element_rows(elem: dict, start: np.ndarray, label_codes: np.ndarray, labels,
+                  skeletons: dict[str, Skeleton], source_name: str) -> np.ndarray:  # fmt: skip
+    """The keypoint-table row of each skeleton element: its instance's block start plus its
+    keypoint's position, found by name (CVAT writes elements in any order)."""
+    ei = elem["instance"]
+    name_codes, names = pd.factorize(elem["name"])
+    lookup = np.full((len(labels), len(names)), -1, np.int64)
+    for li, label in enumerate(labels):
+        if label in skeletons:
+            pos = {n: i for i, n in enumerate(skeletons[label].keypoints)}
+            lookup[li] = [pos.get(n, -1) for n in names]
+    elem_label = label_codes[ei]
+    kp_pos = lookup[elem_label, name_codes]
+    if (kp_pos < 0).any():
+        i = int(np.flatnonzero(kp_pos < 0)[0])
+        label = labels[elem_label[i]]
+        raise at_line(
+            source_name, int(elem["line"][i]), f"skeleton {label!r} has no "
+            f"keypoint {names[name_codes[i]]!r} (its <svg> defines "
+            f"{list(skeletons[label].keypoints) if label in skeletons else []}); fix the "
+            "label definition in CVAT and export again"
+        )
+    rows = start[ei] + kp_pos
+    if len(rows) > 1:
+        order = np.argsort(rows, kind="stable")
+        repeat = order[1:][rows[order][1:] == rows[order][:-1]]
+        if len(repeat):
+            i = int(repeat.min())
+            raise at_line(
+                source_name, int(elem["line"][i]), f"skeleton element "
+                f"{names[name_codes[i]]!r} appears twice in one skeleton instance; "
+                "remove the duplicate in CVAT and export again"
+            )
+    return rows
+
+
 def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Skeleton],
                     source_name: str) -> pd.DataFrame:  # fmt: skip
     """One row per point, ordered by (instance, point index), built column by column.
@@ -182,34 +218,7 @@ def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Sk
 
     ei = elem["instance"]
     if len(ei):
-        name_codes, names = pd.factorize(elem["name"])
-        lookup = np.full((len(labels), len(names)), -1, np.int64)
-        for li, label in enumerate(labels):
-            if label in skeletons:
-                pos = {n: i for i, n in enumerate(skeletons[label].keypoints)}
-                lookup[li] = [pos.get(n, -1) for n in names]
-        elem_label = label_codes[ei]
-        kp_pos = lookup[elem_label, name_codes]
-        if (kp_pos < 0).any():
-            i = int(np.flatnonzero(kp_pos < 0)[0])
-            label = labels[elem_label[i]]
-            raise at_line(
-                source_name, int(elem["line"][i]), f"skeleton {label!r} has no "
-                f"keypoint {names[name_codes[i]]!r} (its <svg> defines "
-                f"{list(skeletons[label].keypoints) if label in skeletons else []}); fix the "
-                "label definition in CVAT and export again"
-            )
-        rows = start[ei] + kp_pos
-        if len(rows) > 1:
-            order = np.argsort(rows, kind="stable")
-            repeat = order[1:][rows[order][1:] == rows[order][:-1]]
-            if len(repeat):
-                i = int(repeat.min())
-                raise at_line(
-                    source_name, int(elem["line"][i]), f"skeleton element "
-                    f"{names[name_codes[i]]!r} appears twice in one skeleton instance; "
-                    "remove the duplicate in CVAT and export again"
-                )
+        rows = _element_rows(elem, start, label_codes, labels, skeletons, source_name)
         x[rows], y[rows], filled[rows] = elem["x"], elem["y"], True
         occluded[rows], outside[rows] = elem["occluded"], elem["outside"]
         keyframe[rows] |= elem["keyframe"]
