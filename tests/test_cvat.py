@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shared_paths import FIXTURES
 
-import kpnb.cvat as cvat
 from kpnb.cvat import CvatFormatError, read_cvat, skeleton_svg, write_cvat
 from kpnb.synthetic import FACE, synthesize
 from kpnb.tables import KEYPOINT_COLUMNS, Annotations, Skeleton, tidy_images, tidy_keypoints
@@ -347,8 +346,7 @@ def annotations(draw):
 )
 @given(annotations())
 def test_round_trip_property(tmp_path, ann):
-    back = _read_both(write_cvat(ann, tmp_path / "rt.xml"))  # fast and full readers agree
-    assert back.meta["reader"] == "fast"
+    back = read_cvat(write_cvat(ann, tmp_path / "rt.xml"))
     _compare(ann, back)
 
 
@@ -356,54 +354,22 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     ann = read_cvat(DATA / "pitfalls_images.xml")
     out = tmp_path / "out.xml"
     out.write_text("previous")
-    import kpnb.cvat as cvat
+    import kpnb.cvat.write
 
     def boom(*a, **k):
         yield "<annotations>"
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(cvat, "iter_cvat_lines", boom)
+    monkeypatch.setattr(kpnb.cvat.write, "iter_cvat_lines", boom)
     with pytest.raises(RuntimeError):
         write_cvat(ann, out)
     assert out.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["out.xml"]
 
 
-# -- the fast reader, its full-parse fallback, and expat's check in a second process --------
-# read_cvat reads CVAT-for-images bodies with regular expressions over bytes expat accepts,
-# and parses again with expat callbacks where anything is unusual. Both must give the same
-# tables, always; these tests hold the two side by side.
-
+# -- the one reader on unusual but well-formed bodies ------------------------------------
 ALL_XML = sorted(FIXTURES.rglob("*.xml")) + sorted(DATA.glob("*.xml"))
-
-
-def _read_both(path):
-    fast = read_cvat(path)
-    full = cvat._read(cvat._Source(path), fast=False)
-    for name in ("images", "keypoints", "boxes", "attributes", "labels"):
-        pd.testing.assert_frame_equal(getattr(fast, name), getattr(full, name), obj=name)
-    assert fast.skeletons == full.skeletons
-    assert full.meta["reader"] == "full"
-    drop = {"reader"}
-    assert {k: v for k, v in fast.meta.items() if k not in drop} == {
-        k: v for k, v in full.meta.items() if k not in drop
-    }
-    return fast
-
-
-@pytest.mark.parametrize("path", ALL_XML, ids=lambda p: p.parent.name + "/" + p.name)
-def test_fast_and_full_readers_agree_on_every_fixture(path):
-    ann = _read_both(path)
-    video = b"<track" in path.read_bytes()
-    assert ann.meta["reader"] == ("full" if video else "fast")
-
-
-def test_fast_reader_on_the_synthetic_exports(synthetic_export, points_export):
-    for export in (synthetic_export, points_export):
-        assert _read_both(export).meta["reader"] == "fast"
-
-
 _SVG = escape(skeleton_svg(Skeleton(("a", "b", "c"), ((0, 1), (1, 2)))))
-FAST_HEAD = (
+HEAD = (
     '<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n<version>1.1</version>\n<meta><task>'
     "<labels><label><name>s</name><type>skeleton</type><svg>" + _SVG + "</svg></label>"
     + "".join(f"<label><name>{k}</name><type>points</type><parent>s</parent></label>"
@@ -414,244 +380,323 @@ IMG = '<image id="0" name="a.jpg" width="10" height="10">\n'
 ELEM = '<points label="{}" source="manual" outside="0" occluded="{}" points="{}">\n</points>\n'
 PLAIN = '<points label="p" source="manual" occluded="0" points="{}" z_order="0">\n</points>\n'
 SKEL = '<skeleton label="s" source="manual" z_order="0">\n{}</skeleton>\n'
-FAST_CASES = {
-    "plain": (IMG + PLAIN.format("1.00,2.00") + "</image>", "fast"),
-    "elements out of order, one missing": (
-        IMG + SKEL.format(ELEM.format("c", 1, "5.00,6.00") + ELEM.format("a", 0, "1.00,2.00"))
-        + "</image>", "fast"),
-    "attributes of element, skeleton and shape": (
-        IMG + '<skeleton label="s" source="manual" z_order="0">\n'
-        '<points label="b" source="manual" outside="0" occluded="0" points="3.00,4.00">\n'
-        '<attribute name="side">left</attribute>\n</points>\n'
-        '<points label="a" source="manual" outside="1" occluded="0" points="1.00,2.00">\n'
-        "</points>\n"
-        '<attribute name="person">5 &lt; 6</attribute>\n</skeleton>\n'
-        '<points label="p" source="manual" occluded="0" points="1.00,1.00" z_order="0">\n'
-        '<attribute name="kind">x</attribute>\n<attribute name="more">y\r\nz</attribute>\n'
-        "</points>\n</image>", "fast"),
-    "self-closing tags": (
-        '<image id="0" name="a.jpg" width="1" height="1"/>\n' + IMG
-        + '<skeleton label="s" source="manual" z_order="0"/>\n'
-        '<points label="p" occluded="0" points="1.00,2.00" z_order="0"/>\n</image>', "fast"),
-    "entities, references and newlines in values": (
-        '<image id="0" name="a&amp;b&#10;c&#x41;.jpg" width="10" height="10">\n'
-        '<points label="p &quot;q&quot; é" source="manual" occluded="0" points="1.00,2.00" '
-        'z_order="0">\n</points>\n'
-        '<points label="two\nlines" source="manual" occluded="0" points="1.00,2.00" '
-        'z_order="0">\n</points>\n</image>', "fast"),
-    "many points per shape, other decimals, -0": (
-        IMG + PLAIN.format("1.00,2.00;3.5,4;-0.00,6.25e1") + PLAIN.format("-0.00,0.00")
-        + "</image>", "fast"),
-    "attribute orders of other writers": (
-        '<image height="10" id="0" name="a.jpg" width="10">\n'
-        '<points points="1,2" label="p" z_order="0" occluded="1" group_id="3"/>\n'
-        '<skeleton label="s" occluded="0" source="manual" points="" rotation="0.00" z_order="2">'
-        '\n<points label="a" occluded="0" source="auto" outside="1" points="1,1" z_order="0">'
-        "\n</points>\n</skeleton>\n</image>", "fast"),
-    "project export": (
-        '<image id="0" name="a.jpg" subset="Train" task_id="4" width="10" height="10">\n'
-        + PLAIN.format("1.00,2.00") + "</image>\n"
-        '<image id="0" name="a.jpg" subset="Test" task_id="5" width="10" height="10">\n'
-        "</image>", "fast"),
-    "boxes, polygons and tags": (
-        IMG + '<box label="face" source="manual" occluded="0" xtl="1.00" ytl="2.00" xbr="3.00" '
-        'ybr="4.00" z_order="0" group_id="1">\n<attribute name="q">1</attribute>\n</box>\n'
-        '<polygon label="r" points="1,2;3,4;5,6" z_order="0">\n</polygon>\n'
-        '<tag label="good" source="manual">\n</tag>\n'
-        + SKEL.format(ELEM.format("a", 0, "1.00,2.00")).replace('z_order="0"',
-                                                                 'z_order="0" group_id="1"')
-        + "</image>", "fast"),  # fmt: skip
-    "empty points value": (IMG + PLAIN.format("") + "</image>", "full"),
-    "comment": (IMG + "<!-- <points label='x' points='1,2'/> -->\n" + PLAIN.format("1.00,2.00")
-                + "</image>", "full"),
-    "CDATA": (IMG + '<points label="p" occluded="0" points="1.00,2.00" z_order="0">\n'
-              "<attribute name='n'><![CDATA[<b>]]></attribute>\n</points>\n</image>", "full"),
-    "single quotes": (IMG + "<points label='p' occluded='0' points='1.00,2.00' z_order='0'/>"
-                      "\n</image>", "full"),
-    "spaces around =": (IMG + '<points label = "p" occluded="0" points="1.00,2.00"/>\n</image>',
-                        None),
-    "a shape outside any image": (IMG + "</image>\n" + PLAIN.format("1.00,2.00"), "full"),
-    "a track after the images": (
-        IMG + "</image>\n" + '<track id="0" label="p" source="manual">\n'
-        '<points frame="0" outside="0" occluded="0" keyframe="1" points="1.00,2.00" '
-        'z_order="0">\n</points>\n</track>', "full"),
+
+
+def _doc(tmp_path, body, name="annotations.xml"):
+    return _write(tmp_path, HEAD + body + "\n</annotations>\n", name)
+
+
+def _xy(ann):
+    return ann.keypoints[["x", "y"]].to_numpy().tolist()
+
+
+@pytest.mark.parametrize("path", ALL_XML, ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_fixture_reads_into_consistent_tables(path):
+    ann = read_cvat(path)
+    kp = ann.keypoints
+    assert kp["image_index"].between(0, len(ann.images) - 1).all()
+    present = kp["x"].notna()
+    assert np.isfinite(kp.loc[present, ["x", "y"]].to_numpy()).all()
+    assert (kp.loc[~present, "visibility"] == 0).all()
+    assert (ann.images["width"].dropna() >= 1).all()
+
+
+def test_tiny_reads_give_the_same_tables(monkeypatch, synthetic_export, tmp_path):
+    # start tags, attribute values and the UTF-8 of names straddle every read boundary
+    import kpnb.cvat.parse
+
+    whole = read_cvat(synthetic_export)
+    monkeypatch.setattr(kpnb.cvat.parse, "_READ", 97)
+    monkeypatch.setattr(kpnb.cvat.parse, "_CHUNK", 5)  # and many small column chunks
+    pieces = read_cvat(synthetic_export)
+    for name in ("images", "keypoints", "boxes", "attributes", "labels"):
+        pd.testing.assert_frame_equal(getattr(whole, name), getattr(pieces, name), obj=name)
+
+
+def test_elements_out_of_order_and_missing(tmp_path):
+    body = IMG + SKEL.format(ELEM.format("c", 1, "5.00,6.00") + ELEM.format("a", 0, "1.00,2.00"))
+    ann = read_cvat(_doc(tmp_path, body + "</image>"))
+    assert _vis(ann, "s") == [2, 0, 1] and ann.keypoints["keypoint"].tolist() == ["a", "b", "c"]
+    assert _xy(ann)[0] == [1, 2] and math.isnan(_xy(ann)[1][0])
+
+
+def test_attributes_belong_to_their_element_skeleton_and_shape(tmp_path):
+    body = (IMG + '<skeleton label="s" source="manual" z_order="0">\n'
+            '<points label="b" source="manual" outside="0" occluded="0" points="3.00,4.00">\n'
+            '<attribute name="side">left</attribute>\n</points>\n'
+            '<attribute name="person">5 &lt; 6</attribute>\n</skeleton>\n'
+            '<points label="p" source="manual" occluded="0" points="1.00,1.00" z_order="0">\n'
+            '<attribute name="kind">x</attribute>\n<attribute name="more">y\r\nz</attribute>\n'
+            "<attribute name='n'><![CDATA[<b>]]></attribute>\n</points>\n"
+            '<box label="q" xtl="1" ytl="1" xbr="2" ybr="2"><attribute name="ignored">1'
+            "</attribute></box>\n</image>")  # fmt: skip
+    ann = read_cvat(_doc(tmp_path, body))
+    assert ann.attributes[["point_index", "name", "value"]].values.tolist() == [
+        [1, "side", "left"], [-1, "person", "5 < 6"], [-1, "kind", "x"], [-1, "more", "y\nz"],
+        [-1, "n", "<b>"]]  # fmt: skip
+
+
+def test_xml_spellings_read_as_xml_defines_them(tmp_path):
+    body = ('<image id="0" name="a&amp;b&#10;c&#x41;.jpg" width="10" height="10">\n'
+            '<points label="p &quot;q&quot; é" source="manual" occluded="0" points="1,2"/>\n'
+            '<points label="two\nlines" occluded="0" points="1,2"/>\n'
+            "<points label='single' occluded='1' points='3,4'/>\n"
+            '<points label = "spaced" points = "5,6"/>\n'
+            "<!-- <points label='comment' points='7,8'/> -->\n"
+            '<points label=\'x points="9,9"\' points="1,2"/>\n</image>')  # fmt: skip
+    ann = read_cvat(_doc(tmp_path, body))
+    assert ann.images["name"].tolist() == ["a&b\ncA.jpg"]  # references kept, not normalised
+    assert ann.keypoints["label"].astype(str).tolist() == [
+        'p "q" é', "two lines", "single", "spaced", 'x points="9,9"']
+    assert _xy(ann) == [[1, 2], [1, 2], [3, 4], [5, 6], [1, 2]]
+    assert ann.keypoints["visibility"].tolist() == [2, 2, 1, 2, 2]
+
+
+def test_many_points_decimals_signs_and_long_numbers(tmp_path):
+    body = IMG + PLAIN.format("1.00,2.00;3.5,4;-0.00,6.25e1;12345678901234567890.5,1_0") + \
+        PLAIN.format("") + "</image>"  # fmt: skip
+    ann = read_cvat(_doc(tmp_path, body))
+    x = ann.keypoints["x"].tolist()
+    assert x[:3] == [1.0, 3.5, 0.0] and math.copysign(1, x[2]) < 0
+    assert x[3] == np.float32(12345678901234567890.5)  # no integer saturation
+    assert ann.keypoints["y"].tolist()[2:] == [62.5, 10.0]  # Python's reading, as CVAT's
+    assert ann.keypoints["point_index"].tolist() == [0, 1, 2, 3]  # the empty shape: no rows
+
+
+def test_self_closing_project_boxes_skipped_and_empty_source(tmp_path):
+    body = ('<image id="0" name="a.jpg" subset="Train" task_id="4" width="1" height="1"/>\n'
+            '<image id="0" name="a.jpg" subset="Test" task_id="5" width="10" height="10">\n'
+            '<skeleton label="s" source="" z_order="0" group_id="1"/>\n'
+            '<points label="p" occluded="0" points="1,2" z_order="0" source=""/>\n'
+            '<box label="face" occluded="1" xtl="1" ytl="2" xbr="3" ybr="4" z_order="2"/>\n'
+            '<polygon label="r" points="1,2;3,4;5,6"/>\n<tag label="good"/>\n</image>')  # fmt: skip
+    ann = read_cvat(_doc(tmp_path, body))
+    assert ann.images["subset"].tolist() == ["Train", "Test"]
+    assert ann.images["task_id"].tolist() == [4, 5]
+    assert _vis(ann, "s") == [0, 0, 0] and set(ann.keypoints["source"]) == {"manual"}
+    assert ann.keypoints["group_id"].tolist()[:3] == [1, 1, 1]
+    assert ann.boxes[["xtl", "ytl", "xbr", "ybr", "z_order"]].values.tolist() == [[1, 2, 3, 4, 2]]
+    assert ann.meta["skipped"] == {"polygon": 1, "tag": 1}
+
+
+def test_encodings(tmp_path):
+    text = HEAD.replace('<?xml version="1.0" encoding="utf-8"?>\n', "") + IMG + \
+        PLAIN.format("1,2").replace('"p"', '"café"') + "</image>\n</annotations>\n"  # fmt: skip
+    for name, data in [
+        ("le.xml", text.encode("utf-16-le")),  # no BOM, no declaration
+        ("be.xml", text.encode("utf-16-be")),
+        ("bom.xml", text.encode("utf-16")),
+        ("latin.xml", ('<?xml version="1.0" encoding="ISO-8859-1"?>' + text).encode("latin-1")),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        ann = read_cvat(tmp_path / name)
+        assert ann.keypoints["label"].astype(str).tolist() == ["café"], name
+        assert len(ann.images) == 1 and ann.skeletons["s"].keypoints == ("a", "b", "c")
+
+
+def test_doctype_with_declarations_is_refused_a_bare_one_is_not(tmp_path):
+    attlist = ('<?xml version="1.0"?>\n<!DOCTYPE annotations [\n'
+               '<!ATTLIST points occluded CDATA "1">\n]>\n<annotations>\n' + IMG
+               + '<points label="p" points="1,2"/>\n</image>\n</annotations>\n')  # fmt: skip
+    with pytest.raises(CvatFormatError, match=r"line \d+: refused: the XML has a DOCTYPE"):
+        read_cvat(_write(tmp_path, attlist))
+    bare = attlist.replace('[\n<!ATTLIST points occluded CDATA "1">\n]', "")
+    assert _vis(read_cvat(_write(tmp_path, bare, "b.xml")), "p") == [2]
+
+
+def test_video_tracks_past_the_last_keyframe(tmp_path):
+    track = ('<track id="{}" label="p" source="manual">\n' + "".join(
+        f'<points frame="{f}" keyframe="{int(f == 0)}" outside="0" occluded="0" '
+        f'points="{f},1" z_order="0"/>\n' for f in range(4)) + "</track>\n")  # fmt: skip
+    closed = ('<track id="7" label="p" source="manual">\n'
+              '<points frame="0" keyframe="1" outside="0" occluded="0" points="0,1"/>\n'
+              '<points frame="1" keyframe="0" outside="0" occluded="0" points="1,1"/>\n'
+              '<points frame="2" keyframe="1" outside="1" occluded="0" points="1,1"/>\n'
+              "</track>\n")  # fmt: skip
+    path = _doc(tmp_path, track.format(3) + closed)
+    ann = read_cvat(path)
+    assert ann.meta["past_last_keyframe"] == {3: 3}  # frames 1-3 repeat frame 0's pose
+    assert len(ann.keypoints) == 7
+    key = read_cvat(path, keyframes_only=True)
+    assert key.keypoints["keyframe"].all() and len(key.keypoints) == 3
+    assert key.keypoints["instance_id"].tolist() == [0, 1, 2]
+    assert key.keypoints["track_id"].tolist() == [3, 7, 7]
+
+
+# -- bad values: each refused with file, line, element, attribute and the fix ------------
+_P = '<points label="p" occluded="0" points="{}" z_order="0"/>\n'
+BAD_VALUES = {
+    "nan coordinate": (IMG + _P.format("nan,1") + "</image>",
+                       r"line 6: <points> points='nan,1' is not 'x,y' pairs of finite"),
+    "inf coordinate": (IMG + _P.format("1,2;inf,1") + "</image>", r"line 6: <points> points="),
+    "overflowing coordinate": (IMG + _P.format("1e999,1") + "</image>", "finite numbers"),
+    "inf in a skeleton element": (IMG + SKEL.format(ELEM.format("a", 0, "-inf,1")) + "</image>",
+                                  r"line 7: skeleton element points='-inf,1'"),
+    "three numbers in a pair": (IMG + _P.format("1,2,3;4") + "</image>", "is not 'x,y' pairs"),
+    "a shape outside any image": (IMG + "</image>\n" + _P.format("1,2"),
+                                  r"line 7: <points> outside any <image> or <track>"),
+    "a skeleton outside any image": (SKEL.format(""), r"line 5: <skeleton> outside any <image>"),
+    "20-digit z_order": (IMG + _P.format("1,2").replace('z_order="0"',
+                                                         'z_order="99999999999999999999"')
+                         + "</image>", r"line 6: <points> z_order='99999999999999999999' is "
+                         r"outside -2147483648\.\.2147483647"),  # fmt: skip
+    "inf group_id": (IMG + SKEL.replace('z_order="0"', 'group_id="inf"').format("") + "</image>",
+                     r"line 6: <skeleton> group_id='inf' is not a whole number"),
+    "fractional z_order": (IMG + _P.format("1,2").replace('"0"/', '"2.5"/') + "</image>",
+                           r"<points> z_order='2.5' is not a whole number"),
+    "20-digit image id": (IMG.replace('id="0"', 'id="12345678901234567890"') + "</image>",
+                          r"line 5: <image> id='12345678901234567890' is outside"),
+    "inf image id": (IMG.replace('id="0"', 'id="inf"') + "</image>",
+                     r"line 5: <image> id='inf' is not a whole number"),
+    "huge frame": ('<track id="0" label="p">\n<points frame="99999999999999999999" points="1,2"/>'
+                   "\n</track>", r"line 6: <points> frame='99999999999999999999' is outside"),
+    "inf track id": ('<track id="inf" label="p">\n</track>', r"line 5: <track> id/task_id='inf'"),
+    "fractional width": (IMG.replace('width="10"', 'width="416.7"') + "</image>",
+                         r"line 5: <image> width='416.7' is not a whole number; CVAT writes"),
+    "huge width": (IMG.replace('width="10"', 'width="1' + "0" * 12 + '"') + "</image>",
+                   r"line 5: <image> width='1000000000000' is outside"),
+    "zero width": (IMG.replace('width="10"', 'width="0"') + "</image>",
+                   r"line 5: <image> width='0' is not a size of at least 1 pixel"),
+    "negative height": (IMG.replace('height="10"', 'height="-5"') + "</image>",
+                        r"line 5: <image> height='-5' is not a size of at least 1 pixel"),
+    "non-numeric box": (IMG + '<box label="b" xtl="x" ytl="1" xbr="2" ybr="2"/>\n</image>',
+                        r"line 6: <box> xtl,ytl / xbr,ybr points='x,1' is not"),
+    "points inside points": (IMG + '<points label="p" points="1,2">' + _P.format("1,2")
+                             + "</points>\n</image>", r"line 6: <points> inside <points>"),
+    "image inside image": (IMG + IMG + "</image></image>", r"line 6: <image> inside another"),
+    "box inside a skeleton": (IMG + SKEL.format('<box label="b" xtl="1" ytl="1" xbr="2" ybr="2"'
+                                                "/>\n") + "</image>", r"line 7: <box> inside"),
+    "track inside image": (IMG + '<track id="0" label="p"></track></image>',
+                           r"line 6: <track> inside a shape or an <image>"),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(FAST_CASES))
-def test_fast_reader_agrees_with_full_parse_or_hands_over(tmp_path, case):
-    body, reader = FAST_CASES[case]
-    ann = _read_both(_write(tmp_path, FAST_HEAD + body + "\n</annotations>\n"))
-    if reader is not None:
-        assert ann.meta["reader"] == reader
-    assert len(ann.images)
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_values_are_refused_with_file_line_and_attribute(tmp_path, case):
+    body, match = BAD_VALUES[case]
+    path = _doc(tmp_path, body)
+    with pytest.raises(CvatFormatError, match=match) as exc:
+        read_cvat(path)
+    assert str(exc.value).startswith(f"{path}: line ")
 
 
-def test_fast_reader_keeps_what_matters(tmp_path):
-    body, _ = FAST_CASES["attributes of element, skeleton and shape"]
-    ann = read_cvat(_write(tmp_path, FAST_HEAD + body + "\n</annotations>\n"))
-    assert ann.meta["reader"] == "fast"
-    assert ann.attributes[["point_index", "name", "value"]].values.tolist() == [
-        [1, "side", "left"], [-1, "person", "5 < 6"], [-1, "kind", "x"], [-1, "more", "y\nz"]]
-    assert _vis(ann, "s") == [0, 2, 0]  # a outside, b visible, c missing
-    body, _ = FAST_CASES["many points per shape, other decimals, -0"]
-    ann = read_cvat(_write(tmp_path, FAST_HEAD + body + "\n</annotations>\n", "b.xml"))
-    assert ann.keypoints["x"].tolist()[:3] == [1.0, 3.5, 0.0]
-    assert ann.keypoints["y"].tolist()[2] == 62.5 and math.copysign(1, ann.keypoints["x"][2]) < 0
+def test_zip_with_two_annotations_files_is_refused_naming_both(tmp_path, synthetic_export):
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(synthetic_export / "annotations.xml", "annotations.xml")
+        zf.write(synthetic_export / "annotations.xml", "old/annotations.xml")
+    with pytest.raises(CvatFormatError, match=r"2 annotations.xml members \('annotations.xml', "
+                       r"'old/annotations.xml'\)"):  # fmt: skip
+        read_cvat(archive)
 
 
-def test_non_utf8_documents_take_the_full_parser(tmp_path):
-    text = (FAST_HEAD + IMG + PLAIN.format("1.00,2.00").replace('"p"', '"café"') + "</image>\n"
-            "</annotations>\n").replace('encoding="utf-8"', 'encoding="ISO-8859-1"')  # fmt: skip
-    latin = tmp_path / "latin.xml"
-    latin.write_bytes(text.encode("latin-1"))
-    ann = _read_both(latin)
-    assert ann.meta["reader"] == "full" and "café" in set(ann.keypoints["label"])
-    utf16 = tmp_path / "utf16.xml"
-    utf16.write_bytes(text.replace("ISO-8859-1", "UTF-16").encode("utf-16"))
-    assert _read_both(utf16).meta["reader"] == "full"
+def test_a_huge_whitespace_body_streams_in_bounded_memory(tmp_path):
+    import time
+    import tracemalloc
+
+    archive = tmp_path / "spaces.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf, \
+            zf.open("annotations.xml", "w") as f:  # fmt: skip
+        f.write((HEAD + IMG).encode())
+        block = b" " * (1 << 20)
+        for _ in range(64):  # 64 MB of spaces inside one <image>
+            f.write(block)
+        f.write((PLAIN.format("1,2") + "</image>\n</annotations>\n").encode())
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        ann = read_cvat(archive)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert _xy(ann) == [[1, 2]]
+    assert peak < 8 << 20, f"peak {peak / 1e6:.1f} MB"  # the body is 64 MB
+    assert time.perf_counter() - t < 60
 
 
-@pytest.fixture
-def background(monkeypatch):
-    """Run expat's check in a second process even for these small files; record them."""
-    monkeypatch.setattr(cvat, "_BACKGROUND_CHECK_MIN_BYTES", 0)
-    started = []
-    start = cvat._BackgroundCheck.start.__func__
+# -- hostile edits of a real export: the right tables or a CvatFormatError, never a crash --
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    from kpnb.synthetic import generate
 
-    def spy(cls, src):
-        check = start(cls, src)
-        started.append(check)
-        return check
-
-    monkeypatch.setattr(cvat._BackgroundCheck, "start", classmethod(spy))
-    return started
+    folder = generate(tmp_path_factory.mktemp("small") / "e", n_images=3, seed=1)
+    return (folder / "annotations.xml").read_bytes()
 
 
-def test_background_check_runs_beside_the_fast_reader(background, synthetic_export, tmp_path):
-    ann = _read_both(synthetic_export)
-    assert ann.meta["reader"] == "fast"
-    assert background and background[0] is not None
-    assert background[0].proc.returncode == 0  # the helper ran to the end and said "ok"
-    zipped = shutil.make_archive(str(tmp_path / "export"), "zip", synthetic_export)
-    assert len(read_cvat(zipped).keypoints) == len(ann.keypoints)
+_ALPHABET = b"<>/=\"' &;#.,-0123456789abxz\n!?e\xff\x00"
+_ATTRS = [b"points", b"z_order", b"group_id", b"id", b"width", b"height", b"label",
+          b"occluded", b"outside", b"source"]  # fmt: skip
+_VALUES = st.one_of(st.sampled_from(["nan,1", "inf", "1e999", "99999999999999999999", "-1",
+                                     "0", "416.7", "", "1,2;3", "1,2,3", " 7 ", "&#38;", "1_0",
+                                     "abc", "2", "1;2"]),
+                    st.text(max_size=6))  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "tail, line",
-    [
-        ("</image>\n</annotations>\n", None),  # well formed
-        ("</imag>\n</annotations>\n", 7),  # mismatched tag in the body
-        ("</image>\n", 8),  # truncated: no </annotations>
-        ("&bogus;</image>\n</annotations>\n", 7),  # an entity nobody declared
-    ],
-)
-def test_background_check_reports_malformed_bodies_with_their_line(background, tmp_path, tail,
-                                                                   line):  # fmt: skip
-    path = _write(tmp_path, GOOD_HEAD + IMG + PLAIN.format("1.00,2.00") + tail)
-    if line is None:
-        assert len(read_cvat(path).keypoints) == 1
-    else:
-        with pytest.raises(CvatFormatError, match=rf"line {line}, column \d+: malformed XML"):
-            read_cvat(path)
-    assert background[0] is not None and background[0].proc.poll() is not None
+def _consistent(ann) -> None:
+    kp = ann.keypoints
+    assert kp["image_index"].between(0, len(ann.images) - 1).all()
+    present = kp["x"].notna()
+    assert np.isfinite(kp.loc[present, ["x", "y"]].to_numpy()).all()
+    assert (ann.images["width"].dropna() >= 1).all() and (ann.images["height"].dropna() >= 1).all()
 
 
-@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/false", ""])
-def test_without_a_helper_process_the_check_runs_here(background, monkeypatch, tmp_path,
-                                                      executable):  # fmt: skip
-    import sys
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(edits=st.lists(st.tuples(st.floats(0, 1), st.sampled_from(["insert", "delete", "attr"]),
+                                st.binary(min_size=1, max_size=3), st.sampled_from(_ATTRS),
+                                _VALUES), min_size=1, max_size=3))  # fmt: skip
+def test_mutated_exports_read_right_or_are_refused(tmp_path, small_export, edits):
+    import kpnb.cvat.parse
 
-    monkeypatch.setattr(sys, "executable", executable)
-    good = _write(tmp_path, GOOD_HEAD + IMG + PLAIN.format("1.00,2.00") + "</image>\n"
-                  "</annotations>\n")  # fmt: skip
-    assert len(read_cvat(good).keypoints) == 1
-    bad = _write(tmp_path, GOOD_HEAD + IMG + PLAIN.format("1.00,2.00") + "</imag>\n", "b.xml")
-    with pytest.raises(CvatFormatError, match=r"line 7, column \d+: malformed XML"):
-        read_cvat(bad)
-
-
-def test_hostile_files_stop_the_helper(background, tmp_path):
-    bomb = (
-        '<?xml version="1.0"?>\n<!DOCTYPE annotations [\n<!ENTITY a "aaaaaaaaaa">\n'
-        '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">\n]>\n<annotations>&b;</annotations>'
-    )
-    with pytest.raises(CvatFormatError, match="refused"):
-        read_cvat(_write(tmp_path, bomb))
-    assert background[0].proc.poll() is not None  # not left running
-
-
-def test_wellformed_helper_as_a_program(tmp_path):
-    import subprocess
-    import sys
-
-    from kpnb import _wellformed
-
-    good = _write(tmp_path, GOOD_HEAD + IMG + "</image>\n</annotations>\n")
-    bad = _write(tmp_path, GOOD_HEAD + IMG + "</imag>\n", "bad.xml")
-    zipped = tmp_path / "e.zip"
-    with zipfile.ZipFile(zipped, "w") as zf:
-        zf.write(bad, "export/annotations.xml")
-    script = _wellformed.__file__
-
-    def run(*args):
-        done = subprocess.run([sys.executable, "-I", "-S", script, *map(str, args)],
-                              capture_output=True, text=True, check=True)  # fmt: skip
-        return done.stdout.strip()
-
-    assert run(good) == "ok"
-    assert run(bad).startswith("error 5 ")
-    assert run(zipped, "export/annotations.xml") == run(bad)
-    entity = _write(tmp_path, '<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>', "ent.xml")
-    assert "declares entities" in run(entity)
-    assert _wellformed.check_path(str(good)) is None
-
-
-@pytest.mark.parametrize("read_size", [97, 4096])
-def test_fast_reader_across_chunk_boundaries(monkeypatch, tmp_path, synthetic_export, read_size):
-    # tiny reads: the body starts mid-read, images straddle reads, and a file whose later
-    # images are written by another writer switches tokenizer part-way
-    monkeypatch.setattr(cvat, "_READ_SIZE", read_size)
-    assert _read_both(synthetic_export).meta["reader"] == "fast"
-    other, _ = FAST_CASES["attribute orders of other writers"]
-    mixed = FAST_HEAD + (IMG + PLAIN.format("1.00,2.00") + "</image>\n") * 30 + other
-    assert _read_both(_write(tmp_path, mixed + "\n</annotations>\n")).meta["reader"] == "fast"
-
-
-@pytest.mark.parametrize("in_background", [False, True])
-def test_mutated_exports_are_read_alike_or_refused(monkeypatch, tmp_path, synthetic_export,
-                                                   in_background):  # fmt: skip
-    # Random edits to a real body: read_cvat must either raise CvatFormatError (and the full
-    # parse must refuse the file too) or give exactly the full parse's tables. Never a crash.
-    import random
-
-    if in_background:
-        monkeypatch.setattr(cvat, "_BACKGROUND_CHECK_MIN_BYTES", 0)
-    data = (synthetic_export / "annotations.xml").read_bytes()
+    data = bytearray(small_export)
     body = data.find(b"<image")
-    data = data[: data.find(b"<image", body + 1500)] + b"</annotations>\n"  # a few images
-    rng = random.Random(7 + in_background)
-    alphabet = b"<>/=\"' &;#.,-0123456789abxz\n!?"
-    read_alike = 0
-    for i in range(40 if in_background else 120):
-        b = bytearray(data)
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(body, len(b))
-            if rng.random() < 0.4:
-                del b[at : at + rng.randint(1, 4)]
-            else:
-                b[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 3)))
-        path = tmp_path / f"m{i}.xml"
-        path.write_bytes(bytes(b))
-        try:
-            read_cvat(path)
-        except CvatFormatError:
-            with pytest.raises(CvatFormatError):
-                cvat._read(cvat._Source(path), fast=False)
-            continue
-        _read_both(path)
-        read_alike += 1
-    assert read_alike >= 5  # the edits left some files well formed
+    for where, how, raw, attr, value in edits:
+        at = body + int(where * (len(data) - body - 1))
+        if how == "insert":
+            data[at:at] = bytes(_ALPHABET[b % len(_ALPHABET)] for b in raw)
+        elif how == "delete":
+            del data[at : at + len(raw)]
+        else:  # replace the value of the next such attribute
+            hit = data.find(b" " + attr + b'="', at)
+            if hit >= 0:
+                start = hit + len(attr) + 3
+                end = data.find(b'"', start)
+                data[start:end] = escape(value, {'"': "&quot;"}).encode()
+    path = tmp_path / "m.xml"
+    path.write_bytes(bytes(data))
+    try:
+        ann = read_cvat(path)
+    except CvatFormatError as exc:
+        assert str(exc).startswith(str(path))
+        return
+    _consistent(ann)
+    # the reference reading: the same bytes fed a few at a time, converted in tiny chunks
+    saved = kpnb.cvat.parse._READ, kpnb.cvat.parse._CHUNK
+    kpnb.cvat.parse._READ, kpnb.cvat.parse._CHUNK = 7, 3
+    try:
+        ref = read_cvat(path)
+    finally:
+        kpnb.cvat.parse._READ, kpnb.cvat.parse._CHUNK = saved
+    for name in ("images", "keypoints", "boxes", "attributes", "labels"):
+        pd.testing.assert_frame_equal(getattr(ann, name), getattr(ref, name), obj=name)
+
+
+# -- writing an export that had no <meta> ------------------------------------------------
+def test_write_without_meta_declares_every_label(tmp_path):
+    body = (IMG + SKEL.format(ELEM.format("a", 0, "1,2")) + PLAIN.format("3,4")
+            + '<box label="face" xtl="1" ytl="2" xbr="3" ybr="4"/>\n</image>')  # fmt: skip
+    text = '<annotations>\n<version>1.1</version>\n' + body + "\n</annotations>\n"
+    ann = read_cvat(_write(tmp_path, text))
+    assert ann.meta["name"] is None and len(ann.labels) == 0
+    out = write_cvat(ann, tmp_path / "out.xml").read_text()
+    assert "<name>None</name>" not in out and "<name>kpnb</name>" in out
+    back = read_cvat(tmp_path / "out.xml")
+    declared = back.labels.set_index("name")
+    assert declared.loc["s", "type"] == "skeleton" and declared.loc["p", "type"] == "points"
+    assert declared.loc["face", "type"] == "rectangle"
+    assert declared.loc["a", "parent"] == "s"
+    assert back.skeletons["s"].keypoints == ("a",)
+    _compare(ann, back)
 
 
 def test_writing_an_image_without_a_size_says_what_to_fill(tmp_path):

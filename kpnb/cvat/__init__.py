@@ -1,0 +1,62 @@
+"""CVAT for images / video 1.1 XML <-> the tidy `Annotations` tables.
+
+`read_cvat` streams an ``annotations.xml`` (or a folder or export ``.zip`` holding one)
+into tables; `write_cvat` writes CVAT for images 1.1 that CVAT itself imports.
+../shared/notes/cvat-format.md (in the project repository) lists the layouts handled.
+
+One job per module: `source` finds the XML, `parse` is the one (expat) reader, `values`
+and `columns` check and convert its records in bulk, `build` makes the tables, `write`
+and `svg` write them back.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kpnb.cvat.build import build_tables
+from kpnb.cvat.errors import CvatFormatError
+from kpnb.cvat.parse import Reader
+from kpnb.cvat.source import Source
+from kpnb.cvat.svg import skeleton_svg
+from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, write_cvat
+from kpnb.tables import Annotations
+
+__all__ = ["CvatAnnotations", "CvatFormatError", "read_cvat", "write_cvat", "skeleton_svg",
+           "iter_cvat_lines", "FIXED_DUMPED"]  # fmt: skip
+
+#: What `read_cvat` returns: the tidy tables shared by every kpnb stage.
+CvatAnnotations = Annotations
+
+
+def read_cvat(source: str | os.PathLike, *, keyframes_only: bool = False) -> Annotations:
+    """Read a CVAT for images/video 1.1 export into tidy tables.
+
+    Args:
+        source: an ``annotations.xml``, a folder holding one, or a CVAT export ``.zip``.
+        keyframes_only: for video tracks, keep only the shapes on keyframes, dropping
+            CVAT's interpolated frames and the frames a track repeats past its last
+            keyframe (``meta["past_last_keyframe"]`` counts those per track either way).
+
+    Returns:
+        `Annotations` (also available as ``CvatAnnotations``): ``images``, ``keypoints``
+        (one row per point; skeleton instances have one row per skeleton keypoint in
+        definition order, a missing element is ``(nan, nan)`` with visibility 0),
+        ``skeletons``, ``labels``, ``boxes``, ``attributes`` and ``meta``.
+
+    Raises:
+        CvatFormatError: malformed or non-CVAT XML, refused constructs (entities, a DTD),
+            or a bad value; the message names the file, line, element and attribute.
+        FileNotFoundError: `source` does not exist or holds no annotations file.
+
+    The file is streamed through expat in 64 KB pieces, never held whole: memory grows
+    with the tables and the largest element, not with the file.
+
+    Example:
+        >>> ann = read_cvat("outputs/data/synthetic")  # doctest: +SKIP
+        >>> ann.keypoints.head()  # doctest: +SKIP
+    """
+    src = Source(source)
+    reader = Reader(src.name)
+    with src.open() as stream:
+        reader.parse(stream)
+    return build_tables(reader, keyframes_only=keyframes_only)
