@@ -102,5 +102,5 @@ def test_points_to_skeleton(points_export):
     per = sk.keypoints.groupby("instance_id").size()
     assert (per == 5).all() and len(per) == len(ann.images)
     assert (sk.keypoints["visibility"] > 0).sum() == len(ann.keypoints)
-    with pytest.raises(ValueError, match="no plain <points>"):
+    with pytest.raises(ValueError, match="no plain one-point <points>"):
         points_to_skeleton(sk.__class__(sk.images, sk.keypoints, sk.skeletons), "x")
