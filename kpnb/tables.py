@@ -108,15 +108,18 @@ def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[in
         for p in pair:
             if isinstance(p, (int, np.integer)):
                 if not 0 <= int(p) < len(names):
-                    raise ValueError(f"flip pair {pair!r}: index {p} is not in 0..{len(names) - 1}")
+                    raise ValueError(f"flip pair {pair!r}: index {p} is not in "
+                                     f"0..{len(names) - 1}")  # fmt: skip
                 idx.append(int(p))
             elif str(p) in names:
                 idx.append(names.index(str(p)))
             else:
-                raise ValueError(f"flip pair {pair!r}: {p!r} is not a keypoint; keypoints are {names}")
+                raise ValueError(f"flip pair {pair!r}: {p!r} is not a keypoint; "
+                                 f"keypoints are {names}")  # fmt: skip
         a, b = idx
         if a == b or a in seen or b in seen:
-            raise ValueError(f"flip pair {pair!r}: a keypoint may pair with one other keypoint only")
+            raise ValueError(f"flip pair {pair!r}: a keypoint pairs with one other keypoint "
+                             "only")  # fmt: skip
         seen |= {a, b}
         out.append((min(a, b), max(a, b)))
     return out
@@ -499,8 +502,10 @@ def _containing_box(plain: pd.DataFrame, boxes: pd.DataFrame) -> np.ndarray:
     out = np.full(len(plain), -1, dtype=np.int64)
     if not len(boxes) or not len(plain):
         return out
-    pts = pd.DataFrame({"row": np.arange(len(plain)), "image_index": plain["image_index"].to_numpy(),
-                        "x": plain["x"].to_numpy(np.float64), "y": plain["y"].to_numpy(np.float64)})  # fmt: skip
+    pts = pd.DataFrame({"row": np.arange(len(plain)),
+                        "image_index": plain["image_index"].to_numpy(),
+                        "x": plain["x"].to_numpy(np.float64),
+                        "y": plain["y"].to_numpy(np.float64)})  # fmt: skip
     bx = boxes[["image_index", "xtl", "ytl", "xbr", "ybr"]].reset_index(drop=True)
     bx = bx.assign(box=np.arange(len(bx)), area=(bx["xbr"] - bx["xtl"]) * (bx["ybr"] - bx["ytl"]))
     pairs = pts.merge(bx, on="image_index")
@@ -636,7 +641,8 @@ def points_to_skeleton(
                                       ignore_index=True))  # fmt: skip
     skeletons = {**ann.skeletons, name: Skeleton(tuple(labels))}
     return Annotations(ann.images, new_kp, skeletons, ann.labels, new_boxes, ann.attributes,
-                       {**ann.meta, "points_as_skeleton": name, "points_grouping": group_by})  # fmt: skip
+                       {**ann.meta, "points_as_skeleton": name,
+                        "points_grouping": group_by})  # fmt: skip
 
 
 def save_tables(ann: Annotations, folder, fmt: str = "csv"):
