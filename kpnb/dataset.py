@@ -77,8 +77,8 @@ def _not_a_skeleton(ann: Annotations, label: str) -> ValueError:
     one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
     hint = ""
     if one_point:
-        hint = (f"; for one-point <points> labels {one_point}, call "
-                "kpnb.tables.points_to_skeleton(annotations, name) first")  # fmt: skip
+        hint = (f"; one-point <points> labels {one_point} need combining first: "
+                "kpnb.tables.points_to_skeleton(annotations, name)")  # fmt: skip
     usable = list(ann.skeletons) + ann.multi_point_labels()
     return ValueError(f"{label!r} is not a skeleton label (skeletons and multi-point labels: "
                       f"{usable}){hint}")  # fmt: skip

@@ -330,11 +330,15 @@ def predictions_to_annotations(preds: pd.DataFrame, names: Sequence[str],
     return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
 
 
-def predictions_to_coco(preds: pd.DataFrame) -> list[dict]:
-    """`predict`'s table as a COCO results list (image ids 1..N in `predict`'s order)."""
+def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = None
+                        ) -> list[dict]:  # fmt: skip
+    """`predict`'s table as a COCO results list. `image_ids`: the annotation file's id of
+    each image, in `predict`'s order (default 1..N)."""
     results = []
     for _, rows in preds.groupby("instance_id", sort=False):
         flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
-        results.append({"image_id": int(rows["image_index"].iloc[0]) + 1, "category_id": 1,
+        index = int(rows["image_index"].iloc[0])
+        image_id = int(image_ids[index]) if image_ids is not None else index + 1
+        results.append({"image_id": image_id, "category_id": 1,
                         "keypoints": flat, "score": float(rows["score"].iloc[0])})  # fmt: skip
     return results
