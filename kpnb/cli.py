@@ -231,8 +231,8 @@ def run_convert(args: argparse.Namespace) -> int:
 )
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="export folder, zip or annotation file")
-    p.add_argument("--image", help="image to draw: its file name or CVAT/COCO image id "
-                   "(default: the first image)")  # fmt: skip
+    p.add_argument("--image", help="image to draw: its file name, SUBSET/NAME in project "
+                   "exports, or its CVAT/COCO image id (default: the first image)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--images-root", type=Path, help="folder holding images/ (default: source)")
     p.add_argument("--skip-missing", action="store_true",
@@ -248,6 +248,9 @@ def _pick_image(ann, spec: str | None) -> int:
         if images.empty:
             raise ValueError("the export has no images")
         return int(images["image_index"].iloc[0])
+    subset, _, rest = spec.partition("/")
+    if rest and subset in set(images["subset"].dropna().astype(str)):
+        images, spec = images[images["subset"] == subset], rest  # SUBSET/NAME, project exports
     by_name = images[images["name"].astype(str) == spec]
     if by_name.empty and spec.lstrip("-").isdigit():
         by_name = images[images["image_id"] == int(spec)]
@@ -256,7 +259,8 @@ def _pick_image(ann, spec: str | None) -> int:
         by_name = images[stems == spec]
     if len(by_name) > 1:
         where = ", ".join(f"{r.name!r} (subset {r.subset})" for r in by_name.itertuples())
-        raise ValueError(f"--image {spec}: several images match ({where}); give the file name")
+        raise ValueError(f"--image {spec}: several images match ({where}); write "
+                         "SUBSET/NAME")  # fmt: skip
     if by_name.empty:
         first = ", ".join(repr(str(n)) for n in images["name"].head(5))
         raise ValueError(f"--image {spec}: no image with that file name or id; "

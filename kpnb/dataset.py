@@ -51,11 +51,13 @@ def _instance_boxes(xy: np.ndarray, vis: np.ndarray, width: float, height: float
     big = np.float32(np.inf)
     lo = np.where(labelled[..., None], xy, big).min(axis=1)
     hi = np.where(labelled[..., None], xy, -big).max(axis=1)
-    pad = np.maximum((hi - lo) * margin, 2.0)
+    none = ~labelled.any(axis=1)  # no point to build on: an empty box (dropped, or replaced)
+    lo[none] = hi[none] = 0
+    pad = np.where(none[:, None], 0, np.maximum((hi - lo) * margin, 2.0))
     lo, hi = lo - pad, hi + pad
     side = min(width, height)
     if np.isfinite(side) and min_fraction > 0:
-        need = np.maximum(min_fraction * side - (hi - lo), 0) / 2
+        need = np.where(none[:, None], 0, np.maximum(min_fraction * side - (hi - lo), 0) / 2)
         lo, hi = lo - need, hi + need
     boxes = np.concatenate([lo, hi], axis=1)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
