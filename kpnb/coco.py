@@ -318,11 +318,11 @@ def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None,
     index = imgs["image_index"].to_numpy(np.int64).tolist()
     image_ids = dict(zip(index, ids.tolist(), strict=True))
     video = ann.meta.get("format") == "video"
-    images = [{"id": i, "width": int(w) if pd.notna(w) else 0,
-               "height": int(h) if pd.notna(h) else 0,
-               "file_name": _frame_name(str(n), video),
+    widths = imgs["width"].fillna(0).astype(int).tolist()
+    heights = imgs["height"].fillna(0).astype(int).tolist()
+    images = [{"id": i, "width": w, "height": h, "file_name": _frame_name(str(n), video),
                "license": 0, "flickr_url": "", "coco_url": "", "date_captured": 0}
-              for i, w, h, n in zip(ids.tolist(), imgs["width"], imgs["height"], imgs["name"],
+              for i, w, h, n in zip(ids.tolist(), widths, heights, imgs["name"].tolist(),
                                     strict=True)]  # fmt: skip
     return {"licenses": [{"name": "", "id": 0, "url": ""}],
             "info": {"contributor": "", "date_created": "", "description": "kpnb", "url": "",
@@ -358,26 +358,39 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
         box = grouped.get((int(image[i]), int(group[i])))
         if box is not None:
             x0[i], y0[i], x1[i], y1[i] = box
-    occluded = np.maximum.reduceat(kp["occluded"].to_numpy(bool).astype(np.int8), starts) > 0
-    label = kp["label"].astype(str).to_numpy()[starts]
-    bx = np.round(np.stack([x0, y0, x1 - x0, y1 - y0], axis=1), 2).tolist()
-    xs = np.round(np.nan_to_num(x), 2).tolist()
-    ys = np.round(np.nan_to_num(y), 2).tolist()
-    vs = v.tolist()
+    occluded = (np.maximum.reduceat(kp["occluded"].to_numpy(bool).astype(np.int8), starts)
+                > 0).tolist()  # fmt: skip
+    labels = kp["label"].astype("category")
+    codes = labels.cat.codes.to_numpy()[starts]
+    names = [str(c) for c in labels.cat.categories]
+    category = np.array([cat_ids.get(n, 0) for n in names], np.int64)[codes].tolist()
+    image_id = [image_ids[i] for i in image.tolist()]
+    wh = np.stack([x1 - x0, y1 - y0], axis=1)
+    bx = np.round(np.concatenate([np.stack([x0, y0], axis=1), wh], axis=1), 2)
+    area = np.round(bx[:, 2] * bx[:, 3], 4).tolist()
+    bx = bx.tolist()
+    # [x, y, v] interleaved once for every point; each annotation takes its slice.
+    flat = np.empty(3 * len(x), dtype=object)
+    flat[0::3] = np.round(np.nan_to_num(x), 2).tolist()
+    flat[1::3] = np.round(np.nan_to_num(y), 2).tolist()
+    flat[2::3] = v.tolist()
+    flat = flat.tolist()
+    n_on = n_on.tolist()
+    first = inst[starts].tolist()
     extra = ann.meta.get("coco_annotations")
     kept = {}
     if isinstance(extra, pd.DataFrame) and len(extra):
         kept = {int(r[0]): r[1:] for r in extra.itertuples(index=False)}
     out = []
-    for n, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        flat = [c for t in zip(xs[s:e], ys[s:e], vs[s:e], strict=True) for c in t]
-        bbox = bx[n]
-        entry = {"id": n + 1, "image_id": image_ids[int(image[n])],
-                 "category_id": cat_ids[label[n]], "segmentation": [],
-                 "area": round(bbox[2] * bbox[3], 4), "bbox": bbox, "iscrowd": 0,
-                 "attributes": {"occluded": bool(occluded[n]), "keyframe": False},
-                 "keypoints": flat, "num_keypoints": int(n_on[n])}  # fmt: skip
-        original = kept.get(int(inst[s]))
+    for n, (s, e) in enumerate(zip((3 * starts).tolist(), (3 * ends).tolist(), strict=True)):
+        entry = {"id": n + 1, "image_id": image_id[n], "category_id": category[n],
+                 "segmentation": [], "area": area[n], "bbox": bx[n], "iscrowd": 0,
+                 "attributes": {"occluded": occluded[n], "keyframe": False},
+                 "keypoints": flat[s:e], "num_keypoints": n_on[n]}  # fmt: skip
+        if not kept:
+            out.append(entry)
+            continue
+        original = kept.get(first[n])
         if original is not None:
             aid, area, iscrowd, segmentation = original
             if aid is not None and not (isinstance(aid, float) and math.isnan(aid)):

@@ -392,8 +392,8 @@ class Annotations:
 
     def plain_labels(self) -> list[str]:
         """Labels of plain ``<points>`` shapes (not skeletons), in first-seen order."""
-        labels = self.keypoints["label"].astype(str)
-        return [lab for lab in dict.fromkeys(labels) if lab not in self.skeletons]
+        labels = [str(lab) for lab in pd.unique(self.keypoints["label"])]  # first-seen order
+        return [lab for lab in labels if lab not in self.skeletons]
 
     def multi_point_labels(self) -> list[str]:
         """Plain labels with shapes of several coordinates: each shape is one object
