@@ -392,11 +392,12 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
             continue
         original = kept.get(first[n])
         if original is not None:
-            aid, area, iscrowd, segmentation = original
+            aid, file_area, iscrowd, segmentation = original
             if aid is not None and not (isinstance(aid, float) and math.isnan(aid)):
                 entry["id"] = int(aid)
-            if area is not None and not (isinstance(area, float) and math.isnan(area)):
-                entry["area"] = area
+            if file_area is not None and not (isinstance(file_area, float)
+                                              and math.isnan(file_area)):  # fmt: skip
+                entry["area"] = file_area
             entry["iscrowd"] = int(iscrowd)
             if segmentation is not None:
                 entry["segmentation"] = segmentation

@@ -245,9 +245,9 @@ def tidy_keypoints(df: pd.DataFrame) -> pd.DataFrame:
     """
     if "visibility" not in df.columns:
         df = df.assign(
-            visibility=visibility_from_flags(
+            visibility=np.broadcast_to(visibility_from_flags(
                 df.get("occluded", False), df.get("outside", False)
-            ).reshape(-1)
+            ), len(df)).copy()
             if len(df)
             else np.zeros(0, np.int8)
         )

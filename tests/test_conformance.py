@@ -262,3 +262,121 @@ def test_info_does_not_import_torch():
                           cwd=root, env={"PYTHONPATH": str(root), "PATH": ""})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "skeleton 'person': 14 keypoints" in done.stdout
+
+
+# -- the command line, as a user of these files meets it ----------------------------------
+
+
+def _write(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_shared_layout_categories_train_as_one_and_info_says_it_once(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from kpnb.cli import _load_for_training
+
+    doc = json.loads((MMPOSE / "animalpose/test_animalpose.json").read_text())
+    cat = doc["categories"][0]
+    doc["categories"] = [dict(cat, id=i + 1, name=n) for i, n in enumerate(["cat", "dog", "cow"])]
+    doc["annotations"][1]["category_id"] = 3
+    path = _write(tmp_path / "kp.json", doc)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 skeletons with one layout ('cat', 'dog', 'cow'): 20 keypoints" in out
+    assert out.count("20 keypoints") == 1
+    args = SimpleNamespace(data=str(path), label=None, points_as_skeleton=None, group_by="auto",
+                           all_categories=False, flip_pairs=None, images_root=None)  # fmt: skip
+    ann, _, label = _load_for_training(args)
+    out = capsys.readouterr().out
+    assert label == "cat" and "--all-categories trains the labels sharing its layout" in out
+    assert ann.label_counts().to_dict() == {"cat": 1, "cow": 1}
+    args.all_categories = True
+    ann, _, label = _load_for_training(args)
+    assert "training labels ['cat', 'dog', 'cow'] as one skeleton 'cat'" in capsys.readouterr().out
+    assert ann.label_counts().to_dict() == {"cat": 2}
+
+
+def test_cli_errors_name_flags_not_parameters(tmp_path, capsys):
+    ann = read_annotations(MMPOSE / "onehand10k/test_onehand10k.json")
+    _blank_images(ann, tmp_path, {"9.jpg"})  # three of four images missing
+    args = ["evaluate", "ckpt.pth", str(MMPOSE / "onehand10k/test_onehand10k.json")]
+    assert main(["train", args[2], "--images-root", str(tmp_path), "--out", str(tmp_path / "r"),
+                 "--epochs", "1", "--weights", "none", "--workers", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "are missing" in err and "pass --skip-missing to leave them out" in err
+    assert "skip_missing" not in err and "33.jpg (image id 33)" in err
+
+
+def test_train_fails_on_its_input_before_the_model(tmp_path, capsys, monkeypatch):
+    import kpnb.model
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was built before the input was checked")
+
+    monkeypatch.setattr(kpnb.model, "build_model", no_model)
+    path = MMPOSE / "onehand10k/test_onehand10k.json"
+    ann = read_annotations(path)
+    _blank_images(ann, tmp_path)
+    common = ["train", str(path), "--images-root", str(tmp_path), "--out", str(tmp_path / "r"),
+              "--weights", "none", "--workers", "0"]  # fmt: skip
+    assert main(common + ["--sigmas", "0.1", "0.2"]) == 2
+    assert "--sigmas: 2 values for 21 keypoints" in capsys.readouterr().err
+    assert main(common + ["--flip-pairs", "wrist:nope"]) == 2
+    assert "'nope' is not a keypoint" in capsys.readouterr().err
+
+
+def test_show_reads_an_export_zip(tmp_path, monkeypatch):
+    import zipfile
+
+    path = MMPOSE / "animalpose/test_animalpose.json"
+    ann = read_annotations(path)
+    root = _blank_images(ann, tmp_path / "export")
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(path, "annotations/person_keypoints_default.json")
+        for f in (root / "images").iterdir():
+            zf.write(f, f"images/{f.name}")
+    monkeypatch.setenv("KPNB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "shown.png"
+    assert main(["show", str(archive), "--image", "3105", "--out", str(out)]) == 0
+    assert Image.open(out).size == (300, 255)  # image id 3105 is ho105.jpeg, 300 x 255
+
+
+def test_show_names_the_image_and_skips_missing(tmp_path, capsys):
+    path = MMPOSE / "onehand10k/test_onehand10k.json"
+    out = tmp_path / "x.png"
+    assert main(["show", str(path), "--image", "784", "--out", str(out),
+                 "--images-root", str(tmp_path)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "image id 784 '784.jpg': no such file" in err and "--images-root" in err
+    assert main(["show", str(path), "--image", "784.jpg", "--out", str(out),
+                 "--images-root", str(tmp_path), "--skip-missing"]) == 0  # fmt: skip
+    assert Image.open(out).size == (540, 960)
+    assert main(["show", str(path), "--image", "nope", "--out", str(out)]) == 2
+    assert "no image with that file name or id" in capsys.readouterr().err
+
+
+def test_predict_takes_image_ids_from_the_export(tmp_path):
+    from kpnb.cli import _export_image_ids
+
+    path = MMPOSE / "crowdpose/test_crowdpose.json"
+    root = _blank_images(read_annotations(path), tmp_path)
+    images = [root / "images/103319.jpg", root / "images/106848.jpg"]
+    assert _export_image_ids(path, images, root) == [103319, 106848]
+    with pytest.raises(ValueError, match="no image named 'other.jpg'"):
+        _export_image_ids(path, [root / "images/other.jpg"], root)
+
+
+def test_grouping_rule_is_said(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from kpnb.cli import _load_for_training
+
+    xml = CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/export_task/train.xml"  # noqa: E501
+    args = SimpleNamespace(data=str(xml), label="label2", points_as_skeleton=None,
+                           group_by="auto", all_categories=False, flip_pairs=None,
+                           images_root=None)  # fmt: skip
+    ann, _, label = _load_for_training(args)  # a multi-point label trains as it is
+    assert label == "label2" and ann.skeletons["label2"].keypoints == ("1", "2", "3")
