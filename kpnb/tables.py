@@ -360,8 +360,8 @@ class Annotations:
         n = rows["instance_id"].nunique()
         if len(rows) != n * k:
             raise ValueError(
-                f"label {label!r} in image {image_index}: {len(rows)} points for {n} instances "
-                f"is not {k} per instance"
+                f"label {label!r} in {self.describe_image(image_index)}: {len(rows)} points "
+                f"for {n} instances is not {k} per instance"
             )
         xyv = rows[["x", "y", "visibility"]].to_numpy(dtype=np.float32)
         return xyv.reshape(n, k, 3)

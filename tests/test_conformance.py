@@ -380,3 +380,19 @@ def test_grouping_rule_is_said(tmp_path, capsys):
                            images_root=None)  # fmt: skip
     ann, _, label = _load_for_training(args)  # a multi-point label trains as it is
     assert label == "label2" and ann.skeletons["label2"].keypoints == ("1", "2", "3")
+
+
+def test_box_only_persons_are_ignored_ground_truth_in_oks_ap():
+    from kpnb.evaluate import ImageResult, oks_ap
+
+    person = np.array([[[10, 10, 2], [30, 10, 2], [20, 40, 2]]], np.float32)
+    empty = np.zeros((1, 3, 3), np.float32)  # CrowdPose's num_keypoints 0 person
+    gt_boxes = np.array([[0, 0, 40, 50], [100, 100, 140, 150]], np.float32)
+    dets = np.concatenate([person, empty + [[[110, 110, 1]]]])
+    scores = np.array([0.9, 0.95])  # the detection on the box-only person ranks first
+    result = ImageResult(gt_boxes, np.concatenate([person, empty]), gt_boxes, scores, dets,
+                         np.array([1500.0, 1500.0]))  # fmt: skip
+    # kept as ignored ground truth: that detection is neither true nor false positive
+    assert oks_ap([result], [0.05] * 3)["AP"] == pytest.approx(1.0)
+    dropped = ImageResult(gt_boxes[:1], person, gt_boxes, scores, dets, np.array([1500.0]))
+    assert oks_ap([dropped], [0.05] * 3)["AP"] < 0.9  # dropping it makes a false positive
