@@ -381,15 +381,14 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
     kept = {}
     if isinstance(extra, pd.DataFrame) and len(extra):
         kept = {int(r[0]): r[1:] for r in extra.itertuples(index=False)}
-    out = []
-    for n, (s, e) in enumerate(zip((3 * starts).tolist(), (3 * ends).tolist(), strict=True)):
-        entry = {"id": n + 1, "image_id": image_id[n], "category_id": category[n],
-                 "segmentation": [], "area": area[n], "bbox": bx[n], "iscrowd": 0,
-                 "attributes": {"occluded": occluded[n], "keyframe": False},
-                 "keypoints": flat[s:e], "num_keypoints": n_on[n]}  # fmt: skip
-        if not kept:
-            out.append(entry)
-            continue
+    out = [{"id": n, "image_id": i, "category_id": c, "segmentation": [], "area": a,
+            "bbox": b, "iscrowd": 0, "attributes": {"occluded": o, "keyframe": False},
+            "keypoints": flat[s:e], "num_keypoints": k}
+           for n, i, c, a, b, o, s, e, k in zip(range(1, len(starts) + 1), image_id, category,
+                                                area, bx, occluded, (3 * starts).tolist(),
+                                                (3 * ends).tolist(), n_on,
+                                                strict=True)]  # fmt: skip
+    for n, entry in enumerate(out if kept else ()):
         original = kept.get(first[n])
         if original is not None:
             aid, file_area, iscrowd, segmentation = original
@@ -401,7 +400,6 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
             entry["iscrowd"] = int(iscrowd)
             if segmentation is not None:
                 entry["segmentation"] = segmentation
-        out.append(entry)
     return out
 
 
