@@ -23,7 +23,8 @@ from kpnb.images import find_image, load_image
 from kpnb.tables import Annotations, Skeleton
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
-__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "check_export"]
+__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "check_export",
+           "instance_boxes"]
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ import torch
 
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
-__all__ = ["DEFAULT_SIGMA", "EvalResult", "keypoint_metrics", "oks_ap", "evaluate", "predict",
-           "collect_predictions", "predictions_to_annotations", "predictions_to_coco"]  # fmt: skip
+__all__ = ["DEFAULT_SIGMA", "COCO_SIGMAS", "default_sigmas", "EvalResult", "keypoint_metrics",
+           "oks_ap", "evaluate", "predict", "collect_predictions", "predictions_to_annotations",
+           "predictions_to_coco"]  # fmt: skip
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
