@@ -164,19 +164,27 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def summary_text(ann) -> str:
-    """The text `kpnb info` prints: one block per table the tutorial looks at."""
+    """The text `kpnb info` prints: one block per table the tutorial looks at.
+
+    Skeletons sharing one layout (a COCO category per species) are described once.
+    """
     lines = [f"source: {ann.meta.get('source', '?')}"]
     n_inst = ann.keypoints["instance_id"].nunique()
     lines.append(f"images: {len(ann.images)}   instances: {n_inst}   points: {len(ann.keypoints)}")
     subsets = ann.images["subset"].value_counts()
     if len(subsets):
         lines.append("subsets: " + ", ".join(f"{k} {v}" for k, v in subsets.items()))
-    for name, sk in ann.skeletons.items():
+    for names in ann.same_layouts():
+        sk = ann.skeletons[names[0]]
         edges = ", ".join(f"{sk.keypoints[a]}-{sk.keypoints[b]}" for a, b in sk.edges)
-        lines.append(f"skeleton {name!r}: {len(sk.keypoints)} keypoints; edges: {edges or 'none'}")
-        if sk.flip_pairs:
-            pairs = ", ".join(f"{sk.keypoints[a]}<->{sk.keypoints[b]}" for a, b in sk.flip_pairs)
-            lines.append(f"  flip pairs: {pairs}")
+        who = f"skeleton {names[0]!r}" if len(names) == 1 else (
+            f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})")
+        lines.append(f"{who}: {len(sk.keypoints)} keypoints; edges: {edges or 'none'}")
+        lines.append(f"  flip pairs: {sk.flip_summary()}")
+    for label in ann.multi_point_labels():
+        sk = ann.skeleton_for(label)
+        lines.append(f"points label {label!r}: each shape is one object of up to "
+                     f"{sk.num_keypoints} points, named 1..{sk.num_keypoints}")  # fmt: skip
     lines.append("")
     lines.append("instances per label:")
     lines.append(ann.label_counts().to_string())
@@ -203,10 +211,28 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
     p.add_argument("out", type=Path, help="output file (coco, cvat) or folder (csv, parquet)")
     p.add_argument("--to", required=True, choices=("coco", "cvat", "csv", "parquet"))
+    _points_args(p)
+    p.add_argument(
+        "--skeletons-only",
+        action="store_true",
+        help="COCO only: leave plain <points> labels out (default: written as CVAT does, "
+        "one annotation per shape with empty keypoint names)",
+    )
+
+
+def _points_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--points-as-skeleton",
         metavar="NAME",
-        help="COCO only: treat each image's plain <points> as one instance of skeleton NAME",
+        help="one <points> shape per keypoint label: combine them into instances of "
+        "skeleton NAME (grouped by --group-by)",
+    )
+    p.add_argument(
+        "--group-by",
+        choices=("auto", "group_id", "box", "image"),
+        default="auto",
+        help="with --points-as-skeleton: which points form one object (default auto: "
+        "group_id if set, else the containing <box>, else the whole image)",
     )
     _overwrite_arg(p)
 
@@ -219,10 +245,14 @@ def run_convert(args: argparse.Namespace) -> int:
     folder = args.to in ("csv", "parquet")
     check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
     ann = read_annotations(args.source)
+    if args.points_as_skeleton:
+        from kpnb.tables import points_to_skeleton
+
+        ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
     if args.to == "coco":
         from kpnb.coco import write_coco
 
-        write_coco(ann, args.out, points_as_skeleton=args.points_as_skeleton)
+        write_coco(ann, args.out, skeletons_only=args.skeletons_only)
     elif args.to == "cvat":
         from kpnb.cvat import write_cvat
 
@@ -239,25 +269,58 @@ def run_convert(args: argparse.Namespace) -> int:
 @_command(
     "show",
     "draw one annotated image of an export to a PNG",
-    "kpnb show data/synthetic --image 3 --out sample.png",
+    "kpnb show data/synthetic --image 3 --out sample.png\n"
+    "  kpnb show export.zip --image frame_000012 --out frame.png --boxes",
 )
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", type=Path, help="CVAT export folder (or COCO export folder)")
-    p.add_argument("--image", type=nonnegative_int, default=0,
-                   help="image_index to draw (default: 0)")  # fmt: skip
+    p.add_argument("source", type=Path, help="export folder, zip or annotation file")
+    p.add_argument("--image", help="image to draw: its file name, SUBSET/NAME in project "
+                   "exports, or its CVAT/COCO image id (default: the first image)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--images-root", type=Path, help="folder holding images/ (default: source)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="draw on a blank canvas of the declared size when the file is missing")
     p.add_argument("--boxes", action="store_true", help="draw each instance's box too")
+    p.add_argument("--label", help="draw only this label (default: every label)")
+
+
+def _pick_image(ann, spec: str | None) -> int:
+    """The image_index of the image named (file name, or image id) by `spec`."""
+    images = ann.images
+    if spec is None:
+        if images.empty:
+            raise ValueError("the export has no images")
+        return int(images["image_index"].iloc[0])
+    subset, _, rest = spec.partition("/")
+    if rest and subset in set(images["subset"].dropna().astype(str)):
+        images, spec = images[images["subset"] == subset], rest  # SUBSET/NAME, project exports
+    by_name = images[images["name"].astype(str) == spec]
+    if by_name.empty and spec.lstrip("-").isdigit():
+        by_name = images[images["image_id"] == int(spec)]
+    if by_name.empty:
+        stems = images["name"].astype(str).map(lambda n: Path(n).stem)
+        by_name = images[stems == spec]
+    if len(by_name) > 1:
+        where = ", ".join(f"{r.name!r} (subset {r.subset})" for r in by_name.itertuples())
+        raise ValueError(f"--image {spec}: several images match ({where}); write "
+                         "SUBSET/NAME")  # fmt: skip
+    if by_name.empty:
+        first = ", ".join(repr(str(n)) for n in images["name"].head(5))
+        raise ValueError(f"--image {spec}: no image with that file name or id; "
+                         f"the first are {first}")  # fmt: skip
+    return int(by_name["image_index"].iloc[0])
 
 
 @add_show_arguments.runner
 def run_show(args: argparse.Namespace) -> int:
-    from kpnb.data import read_annotations
+    from kpnb.data import get_dataset, read_annotations
     from kpnb.viz import show_sample
 
-    ann = read_annotations(args.source)
-    root = args.images_root or (args.source if args.source.is_dir() else args.source.parent)
-    img = show_sample(ann, args.image, root)
+    source = get_dataset(args.source)  # a zip is extracted once (checked) into the cache
+    ann = read_annotations(source)
+    root = args.images_root or (source if source.is_dir() else source.parent)
+    img = show_sample(ann, _pick_image(ann, args.image), root, label=args.label,
+                      boxes=args.boxes, skip_missing=args.skip_missing)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     img.save(args.out)
     print(f"wrote {args.out} ({img.width}x{img.height})")
@@ -269,10 +332,19 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="CVAT or COCO export (folder, zip, file), or 'synthetic'")
     p.add_argument("--label", help="skeleton label to learn (default: the first skeleton)")
     p.add_argument(
-        "--points-as-skeleton",
-        metavar="NAME",
-        help="plain <points> exports: treat each image's points as skeleton NAME",
+        "--all-categories",
+        action="store_true",
+        help="learn every skeleton label sharing --label's layout as one (a COCO category "
+        "per species); the labels used are printed",
     )
+    _points_args(p)
+    p.add_argument("--images-root", type=Path,
+                   help="folder holding the images (default: beside the annotations)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out images whose files are missing instead of failing")
+    p.add_argument("--flip-pairs", nargs="+", metavar="LEFT:RIGHT",
+                   help="left/right keypoint pairs for the training flip, e.g. "
+                   "'L_Eye:R_Eye' (default: paired from the names)")  # fmt: skip
     p.add_argument("--size", type=positive_int, default=256,
                    help="square image size (default: 256)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=2,
@@ -281,22 +353,58 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
                    help="data loader workers (default: cores - 1)")  # fmt: skip
 
 
+def _flip_pairs(args) -> list[tuple[str, str]] | None:
+    if not args.flip_pairs:
+        return None
+    pairs = []
+    for item in args.flip_pairs:
+        left, sep, right = item.partition(":")
+        if not sep or not left or not right:
+            raise ValueError(f"--flip-pairs {item!r}: write each pair as LEFT:RIGHT")
+        pairs.append((left, right))
+    return pairs
+
+
 def _load_for_training(args):
-    """(annotations, image root, skeleton label) for DATA, as train and evaluate see it."""
+    """(annotations, image root, skeleton label) for DATA, as train and evaluate see it.
+
+    Says which labels are used; with --flip-pairs the label's skeleton carries them.
+    """
+    from dataclasses import replace
+
     from kpnb.data import get_dataset, read_annotations
-    from kpnb.tables import points_to_skeleton
+    from kpnb.tables import merge_skeletons, points_as_instances, points_to_skeleton
 
     root = get_dataset(args.data)
     ann = read_annotations(root)
     if args.points_as_skeleton:
-        ann = points_to_skeleton(ann, args.points_as_skeleton)
+        ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
+        print(f"points grouped into {args.points_as_skeleton!r} instances by "
+              f"{ann.meta['points_grouping']}")  # fmt: skip
+    multi = ann.multi_point_labels()
+    if multi and (args.label is None or args.label in multi):
+        ann = points_as_instances(ann, [args.label] if args.label else multi)
     if not ann.skeletons:
         raise ValueError(f"{args.data}: no skeleton label; for one <points> shape per keypoint, "
                          "pass --points-as-skeleton NAME")  # fmt: skip
     label = args.label or next(iter(ann.skeletons))
     if label not in ann.skeletons:
         raise ValueError(f"--label {label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
-    return ann, root if root.is_dir() else root.parent, label
+    layout = next(names for names in ann.same_layouts() if label in names)
+    others = [n for n in ann.skeletons if n != label]
+    if args.all_categories and len(layout) > 1:
+        ann = merge_skeletons(ann, layout, label)
+        print(f"training labels {layout} as one skeleton {label!r}")
+    else:
+        print(f"training label {label!r}" + (f"; not used: {others}" if others else "")
+              + (" (--all-categories trains the labels sharing its layout: "
+                 f"{[n for n in layout if n != label]})" if len(layout) > 1 else ""))  # fmt: skip
+    pairs = _flip_pairs(args)
+    if pairs is not None:
+        paired = ann.skeletons[label].with_flip_pairs(pairs)
+        ann = replace(ann, skeletons={**ann.skeletons, label: paired})
+    image_root = args.images_root or (root if root.is_dir() else root.parent)
+    return ann, image_root, label
 
 
 @_command(
@@ -334,9 +442,20 @@ def run_train(args: argparse.Namespace) -> int:
 
     ann, root, label = _load_for_training(args)
     skeleton = ann.skeletons[label]
+    # Everything that can fail on the input fails here, before the model is built.
+    if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
+        raise ValueError(f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
+                         f"keypoints {list(skeleton.keypoints)}")  # fmt: skip
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     train_loader, val_loader = make_loaders(ann, root, label, size=args.size,
                                             batch_size=args.batch_size, num_workers=args.workers,
-                                            seed=args.seed)  # fmt: skip
+                                            seed=args.seed,
+                                            skip_missing=args.skip_missing)  # fmt: skip
+    if not any(len(item.boxes) for item in train_loader.dataset.items):
+        raise ValueError(f"{args.data}: no instance of {label!r} in the training images; "
+                         "nothing to learn")  # fmt: skip
+    print(f"flip: {skeleton.flip_summary()}")
     weights = None if str(args.weights).lower() == "none" else args.weights
     model = build_model(skeleton.num_keypoints, weights=weights, size=args.size,
                         allow_random=args.weights == "coco")  # fmt: skip
@@ -391,7 +510,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
                          f"{label!r}'s {list(ann.skeletons[label].keypoints)}")  # fmt: skip
     indices = None if args.all else split_indices(ann)[1]
-    ds = KeypointDataset(ann, root, label, eval_transforms(args.size), indices=indices)
+    ds = KeypointDataset(ann, root, label, eval_transforms(args.size), indices=indices,
+                         skip_missing=args.skip_missing)  # fmt: skip
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_fn)
     result = evaluate(model, loader, skeleton, args.sigmas)
     out = args.out or args.checkpoint.with_name("metrics.json")
@@ -426,6 +546,44 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--viz", type=Path, help="also draw each image's predictions into this folder")
     p.add_argument("--score-threshold", type=fraction, default=0.5, help="default: 0.5")
     p.add_argument("--label", default=None, help="label name to write (default: checkpoint's)")
+    p.add_argument("--images-root", type=Path, help="IMAGES are relative to this folder")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out image files that do not exist instead of failing")
+    p.add_argument("--annotations", type=Path, metavar="EXPORT",
+                   help=".json out: take image ids from this export's images (matched by "
+                   "file name), so the results load against it in pycocotools")  # fmt: skip
+
+
+def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None) -> list[int]:
+    """The export's image id of each path, matched by its name inside the export (or its
+    file name when that is unique)."""
+    from kpnb.data import get_dataset, read_annotations
+
+    root = get_dataset(source)
+    ann = read_annotations(root)
+    names = ann.images["name"].astype(str).str.replace("\\", "/", regex=False)
+    by_name = dict(zip(names, ann.images["image_id"].astype(int), strict=True))
+    base = names.map(lambda n: n.rsplit("/", 1)[-1])
+    unique = base[~base.duplicated(keep=False)]
+    by_base = dict(zip(unique, ann.images.loc[unique.index, "image_id"].astype(int), strict=True))
+    folder = images_root or (root if root.is_dir() else root.parent)
+    ids = []
+    for path in paths:
+        rel = None
+        for top in (folder / "images", folder):
+            try:
+                rel = path.resolve().relative_to(top.resolve()).as_posix()
+                break
+            except ValueError:
+                continue
+        found = by_name.get(rel) if rel else None
+        found = found if found is not None else by_base.get(path.name)
+        if found is None:
+            raise ValueError(f"--annotations {source}: no image named {rel or path.name!r} in "
+                             "it; predict images of that export, or leave --annotations "
+                             "out")  # fmt: skip
+        ids.append(int(found))
+    return ids
 
 
 @add_predict_arguments.runner
@@ -438,16 +596,25 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() not in (".xml", ".json"):
         raise ValueError(f"--out {args.out}: use .xml (CVAT) or .json (COCO results)")
+    if args.images_root is not None:
+        args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
     missing = [str(p) for p in args.images if not p.is_file()]
+    if missing and not args.skip_missing:
+        raise FileNotFoundError(f"no such image files: {', '.join(missing[:10])}; "
+                                "pass --skip-missing to leave them out")  # fmt: skip
     if missing:
-        raise FileNotFoundError(f"no such image files: {', '.join(missing[:10])}")
+        log.warning("left out %d missing image files, e.g. %s", len(missing), missing[0])
+        args.images = [p for p in args.images if p.is_file()]
+    image_ids = None
+    if args.annotations is not None:
+        image_ids = _export_image_ids(args.annotations, args.images, args.images_root)
     model, ckpt = load_checkpoint_model(args.checkpoint)
     skeleton = ckpt["skeleton_obj"]
     label = args.label or ckpt.get("config", {}).get("extra", {}).get("label", "object")
     preds = predict(model, [str(p) for p in args.images], skeleton, label,
                     score_threshold=args.score_threshold)  # fmt: skip
     sizes = [image_size(p) for p in args.images]
-    _write_predictions(preds, args.images, sizes, skeleton, label, args.out)
+    _write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids)
     if args.viz:
         from kpnb.viz import draw_instances
 
@@ -461,7 +628,7 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_predictions(preds, paths, sizes, skeleton, label, out: Path) -> None:
+def _write_predictions(preds, paths, sizes, skeleton, label, out: Path, image_ids=None) -> None:
     import json
 
     from kpnb._io import atomic_path
@@ -469,7 +636,7 @@ def _write_predictions(preds, paths, sizes, skeleton, label, out: Path) -> None:
 
     if out.suffix.lower() == ".json":
         with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(predictions_to_coco(preds)))
+            tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids)))
         return
     from kpnb.cvat import write_cvat
 
@@ -503,6 +670,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+#: Library messages name Python parameters; from the command line they name the flags.
+_FLAGS = (
+    ("skip_missing=True", "--skip-missing"),
+    ("fix image_root", "fix --images-root"),
+    ("as image_root", "with --images-root"),
+    ("kpnb.tables.points_to_skeleton(annotations, name)", "--points-as-skeleton NAME"),
+    ("kpnb.tables.points_to_skeleton", "--points-as-skeleton NAME"),
+    ("pass flip_pairs", "pass --flip-pairs"),
+    ("flip_pairs=", "--flip-pairs"),
+    ("skeletons_only=True", "--skeletons-only"),
+)
+
+
+def _cli_message(msg: str) -> str:
+    """`msg` with Python parameter names replaced by the CLI flags that set them."""
+    for python, flag in _FLAGS:
+        msg = msg.replace(python, flag)
+    return msg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kpnb`` and ``python -m kpnb``; returns the exit code."""
     try:
@@ -517,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, IndexError, OSError, RuntimeError) as exc:
         # Input problems: the message already says what and where; a traceback adds noise.
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"kpnb {args.command}: error: {msg}", file=sys.stderr)
+        print(f"kpnb {args.command}: error: {_cli_message(str(msg))}", file=sys.stderr)
         if args.verbose:
             raise
         return 2

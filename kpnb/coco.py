@@ -37,19 +37,30 @@ class CocoFormatError(ValueError):
     """A COCO file is malformed: the message names the file, the entry and the fix."""
 
 
-def _skeleton_base(edges: list, k: int, where: str) -> int:
-    """0 or 1: CVAT/datumaro write 0-based pairs, MS-COCO 1-based; detect, don't assume."""
-    flat = [int(v) for e in edges for v in e]
-    if not flat:
-        return 0
-    if min(flat) == 0:
-        return 0
-    if max(flat) == k:
-        return 1
-    if max(flat) > k:
-        raise CocoFormatError(f"{where}: skeleton index {max(flat)} exceeds {k} keypoints")
-    log.info("%s: skeleton indices fit both bases; taking COCO's 1-based", where)
-    return 1
+def _skeleton_edges(edges: list, k: int, where: str) -> tuple[tuple[int, int], ...]:
+    """0-based edges from a COCO ``skeleton``, whatever its base, dropping bad pairs.
+
+    MS-COCO writes 1-based pairs, CVAT/datumaro 0-based: a 0 means 0-based, else 1-based.
+    Pairs that still point past the `k` keypoints (CrowdPose ships COCO's 17-point
+    skeleton for 14 keypoints) are dropped with a warning, never a refusal.
+    """
+    try:
+        pairs = [(int(a), int(b)) for a, b in edges]
+    except (TypeError, ValueError):
+        log.warning("%s: skeleton %r is not a list of index pairs; no edges kept", where, edges)
+        return ()
+    if not pairs:
+        return ()
+    base = 0 if min(min(p) for p in pairs) == 0 else 1
+    if base == 0:
+        log.info("%s: 0-based skeleton indices (as CVAT/datumaro write them)", where)
+    shifted = [(a - base, b - base) for a, b in pairs]
+    good = tuple(e for e in shifted if 0 <= e[0] < k and 0 <= e[1] < k and e[0] != e[1])
+    if len(good) < len(shifted):
+        bad = [p for p, e in zip(pairs, shifted, strict=True) if e not in good]
+        log.warning("%s: dropped %d skeleton edges %s that point past its %d keypoints "
+                    "(%d-based)", where, len(bad), bad, k, base)  # fmt: skip
+    return good
 
 
 def _subset_of(path: Path) -> str | None:
@@ -85,21 +96,35 @@ def _coco_files(source: Path) -> list[tuple[Path, bytes]]:
     return [(source, source.read_bytes())]
 
 
+def _fix(where: str, what: str, fix: str) -> CocoFormatError:
+    return CocoFormatError(f"{where}: {what}; {fix}")
+
+
 def read_coco(source: str | os.PathLike) -> Annotations:
     """Read COCO keypoints JSON (a file, an export folder or zip with several subsets).
 
-    Each file's subset comes from its name (``person_keypoints_<subset>.json``). Each
-    annotation with keypoints becomes one skeleton instance of its category; its ``bbox``
-    becomes a box grouped with it (``group_id``), as CVAT groups a box with a skeleton.
+    Each file's subset comes from its name (``person_keypoints_<subset>.json``); image ids
+    are the file's own. Each annotation with keypoints becomes one skeleton instance of
+    its category (also with ``num_keypoints: 0``: a box-only object); its ``bbox`` becomes
+    a box grouped with it (``group_id``), as CVAT groups a box with a skeleton. The file's
+    annotation ``id``, ``area``, ``iscrowd`` and ``segmentation`` are kept in
+    ``meta["coco_annotations"]`` (by ``instance_id``) so `to_coco` writes them back.
     Points with v=0 at exactly (0, 0) are absent: NaN, not a real position.
 
+    Public files bend the format; these are read with a logged warning saying what was
+    done: skeleton pairs past the keypoint count are dropped, a 0-based skeleton is
+    detected, and a category whose annotations hold fewer triples than it names keypoints
+    keeps the first names (the triples' count).
+
     Raises:
-        CocoFormatError: malformed JSON or inconsistent entries, named by file and id.
+        CocoFormatError: malformed JSON, two images with one id, an unknown image or
+            category, a keypoint list that is not triples, a visibility other than
+            0/1/2: named by file and id, with the fix.
     """
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
-    images, rows, boxes, attrs, skeletons, labels = [], [], [], [], {}, []
+    images, chunks, boxes, attrs, skeletons, labels, extra = [], [], [], [], {}, [], []
     next_instance = 0
     for path, raw in _coco_files(source):
         where = str(source if path == source else f"{source}!{path}")
@@ -114,8 +139,13 @@ def read_coco(source: str | os.PathLike) -> Annotations:
         subset = _subset_of(path)
         image_of = {}
         for img in doc["images"]:
+            if img.get("id") in image_of:
+                first = images[image_of[img["id"]]]["name"]
+                raise _fix(where, f"image id {img['id']} is used twice ({first!r} and "
+                           f"{img.get('file_name')!r})", "give every image its own id; "
+                           "kpnb does not merge their annotations")  # fmt: skip
             idx = len(images)
-            image_of[img["id"]] = idx
+            image_of[img.get("id")] = idx
             images.append({"image_index": idx, "image_id": img["id"], "name": img["file_name"],
                            "width": img.get("width"), "height": img.get("height"),
                            "subset": subset})  # fmt: skip
@@ -126,23 +156,20 @@ def read_coco(source: str | os.PathLike) -> Annotations:
             if name not in {lab["name"] for lab in labels}:
                 labels.append({"name": name, "type": "skeleton" if k else "any"})
             if k and name not in skeletons:
-                names = [str(n) for n in cat.get("keypoints") or []] or [
-                    str(i + 1) for i in range(k)
-                ]
-                edges = cat.get("skeleton") or []
-                base = _skeleton_base(edges, k, f"{where}: category {name!r}")
-                skeletons[name] = Skeleton(
-                    tuple(names), tuple((a - base, b - base) for a, b in edges)
-                )
+                names = [str(n) for n in cat.get("keypoints") or []][:k]
+                names += [str(i + 1) for i in range(len(names), k)]
+                edges = _skeleton_edges(cat.get("skeleton") or [], k,
+                                        f"{where}: category {name!r}")  # fmt: skip
+                skeletons[name] = Skeleton(tuple(names), edges)
         for ann in doc["annotations"]:
             aid = ann.get("id")
             if ann.get("image_id") not in image_of:
-                raise CocoFormatError(f"{where}: annotation {aid} refers to unknown image "
-                                      f"{ann.get('image_id')}")  # fmt: skip
+                raise _fix(where, f"annotation {aid} refers to unknown image "
+                           f"{ann.get('image_id')}", "list that image in 'images'")  # fmt: skip
             cat = cats.get(ann.get("category_id"))
             if cat is None:
-                raise CocoFormatError(f"{where}: annotation {aid} has unknown category "
-                                      f"{ann.get('category_id')}")  # fmt: skip
+                raise _fix(where, f"annotation {aid} has unknown category "
+                           f"{ann.get('category_id')}", "list it in 'categories'")  # fmt: skip
             image, label = image_of[ann["image_id"]], str(cat["name"])
             group = 0
             if ann.get("bbox"):
@@ -155,122 +182,236 @@ def read_coco(source: str | os.PathLike) -> Annotations:
             kps = ann.get("keypoints") or []
             if not kps:
                 continue
-            if len(kps) != 3 * sizes[cat["id"]]:
-                raise CocoFormatError(f"{where}: annotation {aid}: {len(kps)} keypoint values, "
-                                      f"expected 3 x {sizes[cat['id']]}")  # fmt: skip
-            for j in range(len(kps) // 3):
-                x, y, v = float(kps[3 * j]), float(kps[3 * j + 1]), int(kps[3 * j + 2])
-                if v == 0 and x == 0 and y == 0:
-                    x = y = math.nan
-                rows.append((image, next_instance, label, skeletons[label].keypoints[j], j, x, y,
-                             v, v == 1, v == 0, group))  # fmt: skip
+            k = sizes[cat["id"]]
+            try:
+                triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
+            except (TypeError, ValueError):
+                raise _fix(where, f"annotation {aid}: keypoints are not [x, y, v] numbers",
+                           "write 3 numbers per keypoint") from None  # fmt: skip
+            if len(triples) < k:  # fewer than others: the missing ones are absent
+                triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
+            elif len(triples) > k:
+                raise _fix(where, f"annotation {aid}: {len(kps)} keypoint values, expected "
+                           f"3 x {k}", "write one [x, y, v] per keypoint of its "
+                           "category")  # fmt: skip
+            v = triples[:, 2]
+            bad = ~np.isin(v, (0, 1, 2))
+            if bad.any():
+                raise _fix(where, f"annotation {aid}: visibility {v[bad][0]:g} at keypoint "
+                           f"{int(np.flatnonzero(bad)[0])}", "COCO visibility is 0 (absent), "
+                           "1 (occluded) or 2 (visible)")  # fmt: skip
+            chunks.append((image, next_instance, label, group, triples))
             for key, value in (ann.get("attributes") or {}).items():
                 attrs.append((next_instance, -1, str(key), str(value)))
+            extra.append((next_instance, aid, ann.get("area"), int(ann.get("iscrowd") or 0),
+                          ann.get("segmentation")))  # fmt: skip
             next_instance += 1
-    kp = pd.DataFrame(rows, columns=["image_index", "instance_id", "label", "keypoint",
-                                     "point_index", "x", "y", "visibility", "occluded",
-                                     "outside", "group_id"])  # fmt: skip
-    kp["source"] = "file"
+    kp = _keypoint_rows(chunks, skeletons)
     img_df = pd.DataFrame(images, columns=["image_index", "image_id", "name", "width", "height",
                                            "subset"])  # fmt: skip
     img_df[["width", "height"]] = img_df[["width", "height"]].astype("Int32")
     box_df = tidy_boxes(pd.DataFrame(boxes, columns=["image_index", "box_id", "label", "xtl",
                                                      "ytl", "xbr", "ybr", "group_id",
                                                      "occluded", "source"]))  # fmt: skip
+    coco_extra = pd.DataFrame(extra, columns=["instance_id", "id", "area", "iscrowd",
+                                              "segmentation"])  # fmt: skip
     return Annotations(
         tidy_images(img_df), tidy_keypoints(kp), skeletons,
         pd.DataFrame(labels, columns=["name", "type"]), box_df,
         pd.DataFrame(attrs, columns=["instance_id", "point_index", "name", "value"]),
-        {"source": str(source), "format": "coco"},
+        {"source": str(source), "format": "coco", "coco_annotations": coco_extra},
     )  # fmt: skip
 
 
+def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
+    """The keypoint table from per-annotation ``[K, 3]`` arrays, in one vectorised step."""
+    columns = ["image_index", "instance_id", "label", "keypoint", "point_index", "x", "y",
+               "visibility", "occluded", "outside", "group_id", "source"]  # fmt: skip
+    if not chunks:
+        return pd.DataFrame({c: [] for c in columns})
+    counts = np.array([len(c[4]) for c in chunks])
+    xyv = np.concatenate([c[4] for c in chunks])
+    point = np.concatenate([np.arange(n) for n in counts])
+    labels = np.repeat(np.array([c[2] for c in chunks], dtype=object), counts)
+    names = np.concatenate([np.asarray(skeletons[c[2]].keypoints, dtype=object) for c in chunks])
+    v = xyv[:, 2].astype(np.int8)
+    x, y = xyv[:, 0].copy(), xyv[:, 1].copy()
+    unplaced = (v == 0) & (x == 0) & (y == 0)
+    x[unplaced] = y[unplaced] = np.nan
+    return pd.DataFrame({
+        "image_index": np.repeat([c[0] for c in chunks], counts),
+        "instance_id": np.repeat([c[1] for c in chunks], counts),
+        "label": labels, "keypoint": names, "point_index": point, "x": x, "y": y,
+        "visibility": v, "occluded": v == 1, "outside": v == 0,
+        "group_id": np.repeat([c[3] for c in chunks], counts), "source": "file",
+    })  # fmt: skip
+
+
 def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
-    """K per category: from its names, else from its annotations (names may be missing)."""
-    sizes = {cid: len(c.get("keypoints") or []) for cid, c in cats.items()}
+    """K per category: the triples its annotations hold (names may be missing, or more
+    than the triples: then the first names are kept, with a warning)."""
+    named = {cid: len(c.get("keypoints") or []) for cid, c in cats.items()}
+    seen: dict = {}
     for ann in doc["annotations"]:
         cid, kps = ann.get("category_id"), ann.get("keypoints") or []
-        if cid in sizes and kps and not (cats[cid].get("keypoints") or []):
+        if cid in named and kps:
             if len(kps) % 3:
-                raise CocoFormatError(f"{where}: annotation {ann.get('id')}: keypoints length "
-                                      f"{len(kps)} is not a multiple of 3")  # fmt: skip
-            sizes[cid] = max(sizes[cid], len(kps) // 3)
+                raise _fix(where, f"annotation {ann.get('id')}: keypoints length {len(kps)} is "
+                           "not a multiple of 3", "write one [x, y, v] per keypoint")  # fmt: skip
+            seen[cid] = max(seen.get(cid, 0), len(kps) // 3)
+    sizes = {}
+    for cid, n in named.items():
+        k = seen.get(cid, n)
+        if n and k < n:
+            log.warning("%s: category %r names %d keypoints but its annotations hold %d "
+                        "triples; keeping the first %d names", where, cats[cid].get("name"), n,
+                        k, k)  # fmt: skip
+        elif n and k > n:
+            raise _fix(where, f"category {cats[cid].get('name')!r} names {n} keypoints but an "
+                       f"annotation holds {k} triples", "list every keypoint's name")  # fmt: skip
+        sizes[cid] = k
     return sizes
 
 
-def _category_ids(ann: Annotations) -> dict[str, int]:
+def _category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
     """CVAT's rule: id = 1 + position in the full label list (sublabels take ids too)."""
-    names = [str(n) for n in ann.labels["name"]] if "name" in ann.labels else []
-    ids = {n: i + 1 for i, n in enumerate(names) if n in ann.skeletons}
-    for name in ann.skeletons:  # skeletons with no label entry (e.g. points_to_skeleton's)
-        ids.setdefault(name, len(names) + len(ids) + 1)
-    return ids
+    listed = [str(n) for n in ann.labels["name"]] if "name" in ann.labels else []
+    ids = {n: i + 1 for i, n in enumerate(listed) if n in names}
+    for name in names:  # labels with no entry (e.g. points_to_skeleton's)
+        ids.setdefault(name, len(listed) + len(ids) + 1)
+    return {n: ids[n] for n in names}
 
 
-def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None) -> dict:
-    """COCO keypoints as CVAT's "COCO Keypoints 1.0" export writes them.
+def _frame_name(name: str, video: bool) -> str:
+    # CVAT writes video frames as frame_000012 in XML and frame_000012.PNG on disk.
+    return name + ".PNG" if video and not Path(name).suffix else name
 
-    One category per skeleton label (``keypoints`` names, 1-based ``skeleton``), one
-    annotation per skeleton instance: ``[x, y, v] * K``, ``num_keypoints`` (v > 0),
-    ``bbox`` from a box grouped with the instance or else the extent of its non-absent
-    points, ``area`` = w * h, ``iscrowd`` 0; images numbered 1..N, unannotated ones kept.
+
+def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None,
+            skeletons_only: bool = False) -> dict:  # fmt: skip
+    """COCO keypoints as CVAT's "COCO Keypoints 1.0" export (datumaro) writes them.
+
+    One category per skeleton label (``keypoints`` names, 1-based ``skeleton``) and per
+    plain ``<points>`` label (``keypoints`` and ``skeleton`` empty, as datumaro writes
+    them); one annotation per instance: ``[x, y, v]`` per point, ``num_keypoints``
+    (v > 0), ``bbox`` from a box grouped with the instance or else the extent of its
+    non-absent points, ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>`` shape is one
+    annotation with one triple per coordinate. What came from a COCO file keeps its image
+    and annotation ids, ``area``, ``iscrowd`` and ``segmentation``; otherwise images are
+    numbered 1..N (unannotated ones kept) and video frames get CVAT's ``.PNG`` name.
 
     Args:
-        points_as_skeleton: plain ``<points>`` labels never reach COCO in CVAT; pass a
-            name to turn each image's points into one instance of a skeleton of that name
-            first (see `kpnb.tables.points_to_skeleton`).
-
-    Raises:
-        ValueError: plain points exist and `points_as_skeleton` was not given.
+        points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
+            skeleton of that name (see `kpnb.tables.points_to_skeleton`).
+        skeletons_only: leave plain ``<points>`` labels out (logged, with their counts).
     """
     if points_as_skeleton is not None:
         ann = points_to_skeleton(ann, points_as_skeleton)
     kp = ann.keypoints
-    plain = sorted(set(kp["label"].astype(str)) - set(ann.skeletons))
-    if plain:
-        raise ValueError(
-            f"labels {plain} are plain <points>, which COCO keypoints cannot hold; pass "
-            "points_as_skeleton='<name>' to treat each image's points as one instance"
-        )
-    cat_ids = _category_ids(ann)
-    categories = [{"id": cid, "name": name, "supercategory": "",
-                   "keypoints": list(ann.skeletons[name].keypoints),
-                   "skeleton": [[a + 1, b + 1] for a, b in ann.skeletons[name].edges]}
-                  for name, cid in cat_ids.items()]  # fmt: skip
-    image_ids = {int(i): n + 1 for n, i in enumerate(ann.images["image_index"])}
-    images = [{"id": image_ids[int(r.image_index)], "width": int(r.width), "height": int(r.height),
-               "file_name": str(r.name), "license": 0, "flickr_url": "", "coco_url": "",
-               "date_captured": 0} for r in ann.images.itertuples(index=False)]  # fmt: skip
-    grouped = ann.grouped_boxes()
-    annotations = []
-    for _, rows in kp.groupby("instance_id", sort=False):
-        first = rows.iloc[0]
-        xy = rows[["x", "y"]].to_numpy(np.float64)
-        v = rows["visibility"].to_numpy(int)
-        key = (int(first["image_index"]), int(first["group_id"]))
-        if first["group_id"] and key in grouped:
-            x0, y0, x1, y1 = grouped[key]
-        elif (v > 0).any():
-            x0, y0 = xy[v > 0].min(axis=0)
-            x1, y1 = xy[v > 0].max(axis=0)
-        else:
-            x0 = y0 = x1 = y1 = 0.0
-        flat = []
-        for (x, y), vis in zip(np.nan_to_num(xy), v, strict=True):
-            flat += [round(float(x), 2), round(float(y), 2), int(vis)]
-        bbox = [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
-                round(float(y1 - y0), 2)]  # fmt: skip
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": image_ids[int(first["image_index"])],
-            "category_id": cat_ids[str(first["label"])], "segmentation": [],
-            "area": round(bbox[2] * bbox[3], 4), "bbox": bbox, "iscrowd": 0,
-            "attributes": {"occluded": bool(rows["occluded"].any()), "keyframe": False},
-            "keypoints": flat, "num_keypoints": int((v > 0).sum()),
-        })  # fmt: skip
+    plain = [lab for lab in ann.plain_labels()]
+    if skeletons_only and plain:
+        dropped = kp[kp["label"].astype(str).isin(plain)]
+        log.warning("to_coco: skeletons only: left out plain <points> labels %s (%d shapes)",
+                    plain, dropped["instance_id"].nunique())  # fmt: skip
+        kp = kp[~kp["label"].astype(str).isin(plain)]
+        plain = []
+    cat_ids = _category_ids(ann, list(ann.skeletons) + plain)
+    categories = []
+    for name, cid in cat_ids.items():
+        sk = ann.skeletons.get(name)
+        edges = [[a + 1, b + 1] for a, b in sk.edges] if sk else []
+        categories.append({"id": cid, "name": name, "supercategory": "",
+                           "keypoints": list(sk.keypoints) if sk else [],
+                           "skeleton": edges})  # fmt: skip
+    imgs = ann.images
+    from_coco = ann.meta.get("format") == "coco" and imgs["image_id"].is_unique
+    ids = imgs["image_id"].to_numpy(np.int64) if from_coco else np.arange(1, len(imgs) + 1)
+    index = imgs["image_index"].to_numpy(np.int64).tolist()
+    image_ids = dict(zip(index, ids.tolist(), strict=True))
+    video = ann.meta.get("format") == "video"
+    widths = imgs["width"].fillna(0).astype(int).tolist()
+    heights = imgs["height"].fillna(0).astype(int).tolist()
+    images = [{"id": i, "width": w, "height": h, "file_name": _frame_name(str(n), video),
+               "license": 0, "flickr_url": "", "coco_url": "", "date_captured": 0}
+              for i, w, h, n in zip(ids.tolist(), widths, heights, imgs["name"].tolist(),
+                                    strict=True)]  # fmt: skip
     return {"licenses": [{"name": "", "id": 0, "url": ""}],
             "info": {"contributor": "", "date_created": "", "description": "kpnb", "url": "",
                      "version": "", "year": ""},
-            "categories": categories, "images": images, "annotations": annotations}  # fmt: skip
+            "categories": categories, "images": images,
+            "annotations": _annotations(ann, kp, cat_ids, image_ids)}  # fmt: skip
+
+
+def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: dict) -> list:
+    """One COCO annotation per instance, reductions done per column over all instances."""
+    if not len(kp):
+        return []
+    kp = kp.sort_values(["instance_id", "point_index"], kind="stable")
+    inst = kp["instance_id"].to_numpy(np.int64)
+    starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
+    ends = np.r_[starts[1:], len(inst)]
+    x = kp["x"].to_numpy(np.float64)
+    y = kp["y"].to_numpy(np.float64)
+    v = kp["visibility"].to_numpy(np.int64)
+    on = v > 0
+    big = np.inf
+    x0 = np.minimum.reduceat(np.where(on, x, big), starts)
+    y0 = np.minimum.reduceat(np.where(on, y, big), starts)
+    x1 = np.maximum.reduceat(np.where(on, x, -big), starts)
+    y1 = np.maximum.reduceat(np.where(on, y, -big), starts)
+    n_on = np.add.reduceat(on.astype(np.int64), starts)
+    none = n_on == 0
+    x0[none] = y0[none] = x1[none] = y1[none] = 0.0
+    image = kp["image_index"].to_numpy(np.int64)[starts]
+    group = kp["group_id"].to_numpy(np.int64)[starts]
+    grouped = ann.grouped_boxes()
+    for i in np.flatnonzero(group):
+        box = grouped.get((int(image[i]), int(group[i])))
+        if box is not None:
+            x0[i], y0[i], x1[i], y1[i] = box
+    occluded = (np.maximum.reduceat(kp["occluded"].to_numpy(bool).astype(np.int8), starts)
+                > 0).tolist()  # fmt: skip
+    labels = kp["label"].astype("category")
+    codes = labels.cat.codes.to_numpy()[starts]
+    names = [str(c) for c in labels.cat.categories]
+    category = np.array([cat_ids.get(n, 0) for n in names], np.int64)[codes].tolist()
+    image_id = [image_ids[i] for i in image.tolist()]
+    wh = np.stack([x1 - x0, y1 - y0], axis=1)
+    bx = np.round(np.concatenate([np.stack([x0, y0], axis=1), wh], axis=1), 2)
+    area = np.round(bx[:, 2] * bx[:, 3], 4).tolist()
+    bx = bx.tolist()
+    # [x, y, v] interleaved once for every point; each annotation takes its slice.
+    flat = np.empty(3 * len(x), dtype=object)
+    flat[0::3] = np.round(np.nan_to_num(x), 2).tolist()
+    flat[1::3] = np.round(np.nan_to_num(y), 2).tolist()
+    flat[2::3] = v.tolist()
+    flat = flat.tolist()
+    n_on = n_on.tolist()
+    first = inst[starts].tolist()
+    extra = ann.meta.get("coco_annotations")
+    kept = {}
+    if isinstance(extra, pd.DataFrame) and len(extra):
+        kept = {int(r[0]): r[1:] for r in extra.itertuples(index=False)}
+    out = [{"id": n, "image_id": i, "category_id": c, "segmentation": [], "area": a,
+            "bbox": b, "iscrowd": 0, "attributes": {"occluded": o, "keyframe": False},
+            "keypoints": flat[s:e], "num_keypoints": k}
+           for n, i, c, a, b, o, s, e, k in zip(range(1, len(starts) + 1), image_id, category,
+                                                area, bx, occluded, (3 * starts).tolist(),
+                                                (3 * ends).tolist(), n_on,
+                                                strict=True)]  # fmt: skip
+    for n, entry in enumerate(out if kept else ()):
+        original = kept.get(first[n])
+        if original is not None:
+            aid, file_area, iscrowd, segmentation = original
+            if aid is not None and not (isinstance(aid, float) and math.isnan(aid)):
+                entry["id"] = int(aid)
+            if file_area is not None and not (isinstance(file_area, float)
+                                              and math.isnan(file_area)):  # fmt: skip
+                entry["area"] = file_area
+            entry["iscrowd"] = int(iscrowd)
+            if segmentation is not None:
+                entry["segmentation"] = segmentation
+    return out
 
 
 def write_coco(ann: Annotations, path: str | os.PathLike, **kwargs) -> Path:

@@ -23,7 +23,8 @@ from kpnb.images import find_image, load_image
 from kpnb.tables import Annotations, Skeleton
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
-__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "check_export"]
+__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "check_export",
+           "instance_boxes"]
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,55 @@ class _Item:
     boxes: np.ndarray  # [N, 4] float32 xyxy
     keypoints: np.ndarray  # [N, K, 2] float32
     visibility: np.ndarray  # [N, K] uint8
+    area: np.ndarray | None = None  # [N] the file's own areas (COCO), NaN where none
 
 
 def _instance_boxes(xy: np.ndarray, vis: np.ndarray, width: float, height: float,
-                    margin: float) -> np.ndarray:  # fmt: skip
-    """Extent of each instance's labelled (v > 0) points, grown by `margin` of its size
-    (at least 2 px) and clipped to the image: Keypoint R-CNN ignores points outside boxes."""
+                    margin: float, min_fraction: float = 0.1) -> np.ndarray:  # fmt: skip
+    """Boxes for instances that have no box of their own: the extent of the labelled
+    (v > 0) points, grown by `margin` of its size (at least 2 px), then widened around its
+    centre to at least `min_fraction` of the image's shorter side, and clipped to the image.
+
+    Keypoint R-CNN ignores points outside boxes and cannot learn from a 4 px box around
+    one point (the seed layout): the minimum keeps such boxes object-sized.
+    """
     labelled = vis > 0
     big = np.float32(np.inf)
     lo = np.where(labelled[..., None], xy, big).min(axis=1)
     hi = np.where(labelled[..., None], xy, -big).max(axis=1)
-    pad = np.maximum((hi - lo) * margin, 2.0)
-    boxes = np.concatenate([lo - pad, hi + pad], axis=1)
+    none = ~labelled.any(axis=1)  # no point to build on: an empty box (dropped, or replaced)
+    lo[none] = hi[none] = 0
+    pad = np.where(none[:, None], 0, np.maximum((hi - lo) * margin, 2.0))
+    lo, hi = lo - pad, hi + pad
+    side = min(width, height)
+    if np.isfinite(side) and min_fraction > 0:
+        need = np.where(none[:, None], 0, np.maximum(min_fraction * side - (hi - lo), 0) / 2)
+        lo, hi = lo - need, hi + need
+    boxes = np.concatenate([lo, hi], axis=1)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     return boxes.astype(np.float32)
+
+
+def _training_view(ann: Annotations, label: str) -> Annotations:
+    """`ann` with `label` usable as a skeleton: a multi-coordinate ``<points>`` label
+    becomes one instance per shape (points ``1..n``)."""
+    from kpnb.tables import points_as_instances
+
+    if label not in ann.skeletons and label in ann.multi_point_labels():
+        return points_as_instances(ann, [label])
+    return ann
+
+
+def _not_a_skeleton(ann: Annotations, label: str) -> ValueError:
+    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
+    hint = ""
+    if one_point:
+        hint = (f"; one-point <points> labels {one_point} need combining first: "
+                "kpnb.tables.points_to_skeleton(annotations, name)")  # fmt: skip
+    usable = list(ann.skeletons) + ann.multi_point_labels()
+    return ValueError(f"{label!r} is not a skeleton label (skeletons and multi-point labels: "
+                      f"{usable}){hint}")  # fmt: skip
 
 
 class KeypointDataset(Dataset):
@@ -57,21 +92,26 @@ class KeypointDataset(Dataset):
 
     Args:
         annotations: tables from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
-            `kpnb.synthetic.synthesize`. For the seed tutorial's plain-points layout, first
-            make a skeleton with `kpnb.tables.points_to_skeleton`.
+            `kpnb.synthetic.synthesize`. For the seed tutorial's one-point-per-label
+            layout, first make a skeleton with `kpnb.tables.points_to_skeleton`.
         image_root: the export folder (holding ``images/``).
-        skeleton_label: which skeleton to learn; its instances are the objects.
+        skeleton_label: which skeleton to learn; its instances are the objects. A
+            multi-coordinate ``<points>`` label works too: each shape is one object.
         transforms: a v2 pipeline on ``(image, target)`` (see `kpnb.transforms`); ``None``
             keeps the original size.
         indices: image indices (``image_index``) to include; default all.
         skip_missing: leave out images whose file is missing instead of failing.
         box_margin: fraction of an instance's keypoint extent added around it when no box
             is grouped with it.
+        min_box: such a box is at least this fraction of the image's shorter side.
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
     ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
-    ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area``, ``iscrowd``.
-    Images with no instance are negatives with empty tensors of those shapes.
+    ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area`` (the file's own
+    when it has one, scaled with the image; else the box's), ``iscrowd``. An instance
+    with a box but no labelled point (COCO's ``num_keypoints: 0``) is a box-only target:
+    the keypoint loss ignores v=0 points. Images with no instance are negatives with
+    empty tensors of those shapes.
 
     Raises:
         ValueError: `skeleton_label` is not a skeleton of `annotations`; or image files
@@ -88,17 +128,11 @@ class KeypointDataset(Dataset):
         indices: Sequence[int] | None = None,
         skip_missing: bool = False,
         box_margin: float = 0.1,
+        min_box: float = 0.1,
     ):
+        annotations = _training_view(annotations, skeleton_label)
         if skeleton_label not in annotations.skeletons:
-            plain = sorted(
-                set(annotations.keypoints["label"].astype(str)) - set(annotations.skeletons)
-            )
-            hint = ""
-            if plain:
-                hint = (f"; for plain <points> labels {plain}, call "
-                        "kpnb.tables.points_to_skeleton(annotations, name) first")  # fmt: skip
-            raise ValueError(f"{skeleton_label!r} is not a skeleton label "
-                             f"(skeletons: {list(annotations.skeletons)}){hint}")  # fmt: skip
+            raise _not_a_skeleton(annotations, skeleton_label)
         self.skeleton: Skeleton = annotations.skeletons[skeleton_label]
         self.label = skeleton_label
         self.transforms = transforms
@@ -106,7 +140,7 @@ class KeypointDataset(Dataset):
         images = annotations.images
         if indices is not None:
             images = images[images["image_index"].isin(list(indices))]
-        self.items, missing = self._build(annotations, images, box_margin)
+        self.items, missing = self._build(annotations, images, box_margin, min_box)
         if missing:
             if not skip_missing:
                 listed = "\n  ".join(missing[:20])
@@ -120,38 +154,57 @@ class KeypointDataset(Dataset):
                         self.root)  # fmt: skip
         self.skipped = len(missing)
 
-    def _build(self, ann: Annotations, images: pd.DataFrame, margin: float):
+    def _build(self, ann: Annotations, images: pd.DataFrame, margin: float, min_box: float):
         k = self.skeleton.num_keypoints
         kp = ann.keypoints[ann.keypoints["label"] == self.label]
         kp = kp.sort_values(["image_index", "instance_id", "point_index"])
         per_image = {i: g for i, g in kp.groupby("image_index", sort=False)}
         grouped = ann.grouped_boxes()
+        extra = ann.meta.get("coco_annotations")
+        areas = {}
+        if isinstance(extra, pd.DataFrame) and len(extra):
+            areas = dict(zip(extra["instance_id"].tolist(),
+                             pd.to_numeric(extra["area"], errors="coerce").tolist(),
+                             strict=True))  # fmt: skip
         items, missing = [], []
         for img in images.itertuples(index=False):
             path = find_image(self.root, str(img.name), img.subset)
             if path is None or not os.access(path, os.R_OK) or path.stat().st_size == 0:
-                missing.append(str(img.name))
+                missing.append(f"{str(img.name)} (image id {int(img.image_id)})")
                 continue
             rows = per_image.get(img.image_index)
-            n = 0 if rows is None else len(rows) // k
+            n = 0 if rows is None else rows["instance_id"].nunique()
             xy = np.zeros((n, k, 2), np.float32)
             vis = np.zeros((n, k), np.uint8)
             boxes = np.zeros((n, 4), np.float32)
+            area = None
             if n:
+                if len(rows) != n * k:
+                    raise ValueError(
+                        f"label {self.label!r}: {ann.describe_image(int(img.image_index))} has "
+                        f"{len(rows)} points for {n} instances, not {k} each"
+                    )
                 xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
                 vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
                 w = float(img.width) if pd.notna(img.width) else np.inf
                 h = float(img.height) if pd.notna(img.height) else np.inf
-                boxes = _instance_boxes(xy, vis, w, h, margin)
+                boxes = _instance_boxes(xy, vis, w, h, margin, min_box)
                 groups = rows["group_id"].to_numpy()[::k]
+                has_box = np.zeros(n, bool)
                 for i, g in enumerate(groups):
                     if g and (img.image_index, int(g)) in grouped:
                         boxes[i] = grouped[(img.image_index, int(g))]
+                        has_box[i] = True
                 xy = np.nan_to_num(xy)  # absent points: any finite value, v=0 says ignore
-                keep = (vis > 0).any(axis=1)  # an instance with no labelled point teaches nothing
+                # An instance teaches something with a labelled point, or with its own box
+                # (a box-only target, like COCO's persons with num_keypoints 0).
+                keep = (vis > 0).any(axis=1) | has_box
                 xy, vis, boxes = xy[keep], vis[keep], boxes[keep]
+                if areas:
+                    ids = rows["instance_id"].to_numpy()[::k][keep]
+                    area = np.array([areas.get(int(i), np.nan) for i in ids], np.float32)
             size = (int(img.height), int(img.width)) if pd.notna(img.height) else (0, 0)
-            items.append(_Item(path, int(img.image_id), size, boxes, xy, vis))
+            items.append(_Item(path, int(img.image_id), size, boxes, xy, vis, area))
         return items, missing
 
     def __len__(self) -> int:
@@ -176,25 +229,38 @@ class KeypointDataset(Dataset):
 
     def __getitem__(self, index: int):
         image, target = self.sample(index)
+        item = self.items[index]
+        before = target["boxes"].as_subclass(torch.Tensor).clone()
         if self.transforms is not None:
             image, target = self.transforms(image, target)
-        return to_model_input(image, target, self.items[index].image_id)
+        area = None
+        if item.area is not None and len(target["boxes"]) == len(before):
+            # The file's area, scaled as the transforms scaled the box (resize and pad).
+            after = target["boxes"].as_subclass(torch.Tensor)
+            ratio = _box_area(after) / _box_area(before).clamp(min=1e-6)
+            file_area = torch.from_numpy(item.area)
+            area = torch.where(torch.isnan(file_area), _box_area(after), file_area * ratio)
+        return to_model_input(image, target, item.image_id, area)
 
 
-def to_model_input(image, target, image_id: int):
-    """A v2 sample as Keypoint R-CNN wants it: float image, ``[N, K, 3]`` float32 keypoints."""
+def _box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def to_model_input(image, target, image_id: int, area: torch.Tensor | None = None):
+    """A v2 sample as Keypoint R-CNN wants it: float image, ``[N, K, 3]`` float32 keypoints
+    (``area``: the instances' areas, default the boxes')."""
     image = image.as_subclass(torch.Tensor).to(torch.float32).div_(255)
     boxes = target["boxes"].as_subclass(torch.Tensor).to(torch.float32)
     xy = target["keypoints"].as_subclass(torch.Tensor).to(torch.float32)
     vis = target["visibility"].to(torch.float32)
     keypoints = torch.cat([xy, vis[..., None]], dim=-1)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return image, {
         "boxes": boxes.reshape(-1, 4),
         "labels": target["labels"].to(torch.int64),
         "keypoints": keypoints.reshape(len(boxes), xy.shape[-2], 3),
         "image_id": torch.tensor(image_id, dtype=torch.int64),
-        "area": area,
+        "area": _box_area(boxes) if area is None else area.to(torch.float32),
         "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
     }
 
@@ -240,6 +306,16 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def _with_pairs(ann: Annotations, label: str, flip_pairs) -> Annotations:
+    """`ann` with `label`'s skeleton carrying explicit left/right `flip_pairs`."""
+    from dataclasses import replace
+
+    if flip_pairs is None:
+        return ann
+    skeletons = {**ann.skeletons, label: ann.skeletons[label].with_flip_pairs(flip_pairs)}
+    return replace(ann, skeletons=skeletons)
+
+
 def make_loaders(
     ann: Annotations,
     image_root: str | os.PathLike,
@@ -252,11 +328,29 @@ def make_loaders(
     seed: int = 0,
     policy: str = "iou_crop",
     skip_missing: bool = False,
+    flip_pairs: Sequence[tuple] | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders with the preset transforms (train shuffled, seeded)."""
+    """Train and validation loaders with the preset transforms (train shuffled, seeded).
+
+    The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or
+    indices, else derived from the names); with no pairs the flip is off and logged so.
+    """
+    from kpnb.tables import unpaired_sides
+
+    ann = _training_view(ann, skeleton_label)
+    if skeleton_label not in ann.skeletons:
+        raise _not_a_skeleton(ann, skeleton_label)
+    ann = _with_pairs(ann, skeleton_label, flip_pairs)
+    skeleton = ann.skeletons[skeleton_label]
+    flip = skeleton.flip_indices if skeleton.flip_pairs else None
+    if flip is None:
+        log.info("%r: %s", skeleton_label, skeleton.flip_summary())
+    lonely = unpaired_sides(skeleton.keypoints, skeleton.pairs)
+    if lonely:
+        log.warning("%r: keypoints %s say left or right but have no partner; the flip "
+                    "leaves them in place (pass flip_pairs to pair them)", skeleton_label,
+                    lonely)  # fmt: skip
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
-    skeleton = ann.skeletons[skeleton_label] if skeleton_label in ann.skeletons else None
-    flip = skeleton.flip_indices if skeleton is not None and skeleton.flip_pairs else None
     train_ds = KeypointDataset(ann, image_root, skeleton_label,
                                train_transforms(size, flip, policy=policy), indices=train_idx,
                                skip_missing=skip_missing)  # fmt: skip
@@ -270,13 +364,58 @@ def make_loaders(
             DataLoader(val_ds, shuffle=False, **common))  # fmt: skip
 
 
+#: A box thinner than this many pixels, or than this share of the image's shorter side,
+#: is too small for Keypoint R-CNN to learn from.
+DEGENERATE_PX = 4.0
+DEGENERATE_FRACTION = 0.02
+
+
+def instance_boxes(ann: Annotations, label: str, *, box_margin: float = 0.1,
+                   min_box: float = 0.1) -> pd.DataFrame:  # fmt: skip
+    """The box every instance of `label` trains with, as the Dataset computes it: one row
+    per instance with ``image_index``, ``instance_id``, ``xtl ytl xbr ybr``, ``source``
+    (``"grouped"``: its own box; ``"points"``: made from its points) and ``degenerate``."""
+    ann = _training_view(ann, label)
+    sk = ann.skeletons[label]
+    k = sk.num_keypoints
+    kp = ann.keypoints[ann.keypoints["label"] == label]
+    kp = kp.sort_values(["image_index", "instance_id", "point_index"])
+    grouped = ann.grouped_boxes()
+    sizes = ann.images.set_index("image_index")[["width", "height"]]
+    out = []
+    for image, rows in kp.groupby("image_index", sort=False):
+        n = len(rows) // k
+        xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
+        vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
+        w, h = sizes.loc[image, "width"], sizes.loc[image, "height"]
+        w = float(w) if pd.notna(w) else np.inf
+        h = float(h) if pd.notna(h) else np.inf
+        boxes = _instance_boxes(xy, vis, w, h, box_margin, min_box)
+        source = ["points"] * n
+        for i, g in enumerate(rows["group_id"].to_numpy()[::k]):
+            if g and (image, int(g)) in grouped:
+                boxes[i], source[i] = grouped[(image, int(g))], "grouped"
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        limit = max(DEGENERATE_PX, DEGENERATE_FRACTION * min(w, h)) if np.isfinite(min(w, h)) \
+            else DEGENERATE_PX
+        for i in range(n):
+            out.append((int(image), int(rows["instance_id"].iloc[i * k]), *boxes[i].tolist(),
+                        source[i], bool(min(bw[i], bh[i]) < limit)))  # fmt: skip
+    return pd.DataFrame(out, columns=["image_index", "instance_id", "xtl", "ytl", "xbr", "ybr",
+                                      "source", "degenerate"])  # fmt: skip
+
+
 def check_export(ann: Annotations, image_root: str | os.PathLike,
-                 skeleton_label: str | None = None) -> pd.DataFrame:  # fmt: skip
+                 skeleton_label: str | None = None,
+                 flip_pairs: Sequence[tuple] | None = None) -> pd.DataFrame:  # fmt: skip
     """Is this export ready to train on? One row per check: ``ok``, and what was found.
 
-    Checks image files, a skeleton label and its instances, visible points, left/right
-    pairs for the flip, subsets for the split, and shapes kpnb does not use.
+    Checks image files, a skeleton label and its instances, visible points, the boxes the
+    model will train with (degenerate ones flagged), left/right pairs for the flip,
+    subsets for the split, and shapes kpnb does not use.
     """
+    from kpnb.tables import unpaired_sides
+
     root = Path(image_root)
     rows = []
 
@@ -287,25 +426,35 @@ def check_export(ann: Annotations, image_root: str | os.PathLike,
                if find_image(root, str(r.name), r.subset) is None]  # fmt: skip
     add("image files", not missing, f"{len(ann.images) - len(missing)} of {len(ann.images)} found"
         + (f"; missing e.g. {missing[:3]}" if missing else ""))  # fmt: skip
-    label = skeleton_label or next(iter(ann.skeletons), None)
-    add("skeleton label", label in ann.skeletons,
-        f"{label!r} of {list(ann.skeletons)}" if ann.skeletons else
-        "none: for one <points> shape per keypoint use kpnb.tables.points_to_skeleton")  # fmt: skip
-    if label in ann.skeletons:
-        sk = ann.skeletons[label]
-        kp = ann.keypoints[ann.keypoints["label"] == label]
+    usable = list(ann.skeletons) + ann.multi_point_labels()
+    label = skeleton_label or next(iter(usable), None)
+    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
+    add("skeleton label", label in usable,
+        f"{label!r} of {usable}" if usable else
+        f"none: for one <points> shape per keypoint ({one_point}) use "
+        "kpnb.tables.points_to_skeleton")  # fmt: skip
+    if label in usable:
+        view = _with_pairs(_training_view(ann, label), label, flip_pairs)
+        sk = view.skeletons[label]
+        kp = view.keypoints[view.keypoints["label"] == label]
         n_inst = kp["instance_id"].nunique()
         add("instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints")
         visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
         add("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)")
-        pairs = [f"{sk.keypoints[a]}<->{sk.keypoints[b]}" for a, b in sk.flip_pairs]
-        add(
-            "flip pairs",
-            True,
-            ", ".join(pairs)
-            if pairs
-            else "no left/right names: the flip only mirrors (fine for symmetric keypoints)",
-        )
+        boxes = instance_boxes(view, label)
+        bad = boxes[boxes["degenerate"]]
+        grouped = int((boxes["source"] == "grouped").sum())
+        detail = (f"{grouped} of {len(boxes)} instances have their own box, "
+                  f"{len(boxes) - grouped} get one from their points")  # fmt: skip
+        if len(bad):
+            first = bad.iloc[0]
+            detail += (f"; {len(bad)} degenerate (thinner than {DEGENERATE_PX:g} px or "
+                       f"{DEGENERATE_FRACTION:.0%} of the image), e.g. "
+                       f"{view.describe_image(int(first['image_index']))}: "
+                       f"{first['xbr'] - first['xtl']:.1f} x {first['ybr'] - first['ytl']:.1f} px")
+        add("instance boxes", bad.empty, detail)
+        lonely = unpaired_sides(sk.keypoints, sk.pairs)
+        add("flip pairs", not lonely, sk.flip_summary())
         add("edges", True, f"{len(sk.edges)} edges" if sk.edges else "no edges drawn")
     train, val = split_indices(ann)
     has_subsets = ann.images["subset"].notna().any()

@@ -1,9 +1,11 @@
 """Honest keypoint metrics and predictions as tidy tables.
 
 * OKS AP (AP, AP50, AP75, APm, APl) computed by pycocotools' ``COCOeval`` with one sigma
-  per keypoint. Default sigma: a uniform ``DEFAULT_SIGMA`` = 0.05 for every keypoint,
-  between COCO's face points (0.025-0.035) and its body points (0.06-0.11); pass your own
-  per-keypoint values when you know how precisely each point can be placed.
+  per keypoint. Default sigmas (`default_sigmas`): COCO's for keypoints named like its 17
+  person points, else a uniform ``DEFAULT_SIGMA`` = 0.05, between COCO's face points
+  (0.025-0.035) and its body points (0.06-0.11); pass your own per-keypoint values when
+  you know how precisely each point can be placed. Ground truth without labelled points
+  is kept as ignored (COCOeval's ``num_keypoints == 0``) and OKS uses the file's ``area``.
 * PCK@0.05/0.1/0.2: the share of labelled ground-truth points whose matched prediction
   lies within alpha x the longer side of the ground-truth box. Each ground-truth instance
   is matched to the best-scoring unused prediction with box IoU >= 0.5; points of an
@@ -30,11 +32,27 @@ import torch
 
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
-__all__ = ["DEFAULT_SIGMA", "EvalResult", "keypoint_metrics", "oks_ap", "evaluate", "predict",
-           "collect_predictions", "predictions_to_annotations", "predictions_to_coco"]  # fmt: skip
+__all__ = ["DEFAULT_SIGMA", "COCO_SIGMAS", "default_sigmas", "EvalResult", "keypoint_metrics",
+           "oks_ap", "evaluate", "predict", "collect_predictions", "predictions_to_annotations",
+           "predictions_to_coco"]  # fmt: skip
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
+#: COCO's per-keypoint OKS sigmas (pycocotools), by person keypoint name.
+COCO_SIGMAS = dict(zip(
+    ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+     "left_knee", "right_knee", "left_ankle", "right_ankle"],
+    [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087, .087,
+     .089, .089], strict=True))  # fmt: skip
+
+
+def default_sigmas(names: Sequence[str]) -> list[float]:
+    """COCO's sigma for keypoints named like COCO's 17 person points (any case and
+    separators: ``Left_Eye``, ``L_Eye``), `DEFAULT_SIGMA` for names COCO lacks."""
+    from kpnb.tables import normalise_name
+
+    return [COCO_SIGMAS.get(normalise_name(n), DEFAULT_SIGMA) for n in names]
 
 
 @dataclass
@@ -46,6 +64,7 @@ class ImageResult:
     boxes: np.ndarray  # [M, 4]
     scores: np.ndarray  # [M]
     keypoints: np.ndarray  # [M, K, 3] x, y, keypoint score
+    gt_area: np.ndarray | None = None  # [N] COCO's area for OKS; None: box w x h
 
 
 @dataclass
@@ -81,11 +100,14 @@ def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
     images, anns, dets = [], [], []
     for i, r in enumerate(results, start=1):
         images.append({"id": i, "width": 0, "height": 0, "file_name": str(i)})
-        for box, kps in zip(r.gt_boxes, r.gt_keypoints, strict=True):
+        areas = r.gt_area if r.gt_area is not None else [None] * len(r.gt_boxes)
+        for box, kps, area in zip(r.gt_boxes, r.gt_keypoints, areas, strict=True):
             kps = np.nan_to_num(kps)
             xywh = _xywh(box)
+            area = xywh[2] * xywh[3] if area is None or not np.isfinite(area) else float(area)
+            # num_keypoints 0 (a box-only person): COCOeval keeps it as ignored ground truth
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "bbox": xywh,
-                         "area": xywh[2] * xywh[3], "iscrowd": 0,
+                         "area": area, "iscrowd": 0,
                          "num_keypoints": int((kps[:, 2] > 0).sum()),
                          "keypoints": kps.reshape(-1).tolist()})  # fmt: skip
         for box, score, kps in zip(r.boxes, r.scores, r.keypoints, strict=True):
@@ -162,7 +184,7 @@ def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
                      sigmas: Sequence[float] | None = None) -> EvalResult:  # fmt: skip
     """OKS AP, PCK@0.05/0.1/0.2 and mean pixel error (see the module docstring)."""
     k = skeleton.num_keypoints
-    sigmas = [DEFAULT_SIGMA] * k if sigmas is None else [float(s) for s in sigmas]
+    sigmas = default_sigmas(skeleton.keypoints) if sigmas is None else [float(s) for s in sigmas]
     if len(sigmas) != k:
         raise ValueError(f"{len(sigmas)} sigmas for {k} keypoints {list(skeleton.keypoints)}")
     metrics = oks_ap(results, sigmas)
@@ -202,9 +224,11 @@ def _to_numpy_result(target: dict, output: dict) -> ImageResult:
     kps = output["keypoints"].detach().cpu().numpy().copy()
     if len(kps):
         kps[..., 2] = output["keypoints_scores"].detach().cpu().numpy()
+    area = target.get("area")
     return ImageResult(
         target["boxes"].cpu().numpy(), target["keypoints"].cpu().numpy(),
         output["boxes"].detach().cpu().numpy(), output["scores"].detach().cpu().numpy(), kps,
+        None if area is None else area.cpu().numpy(),
     )  # fmt: skip
 
 
@@ -307,11 +331,15 @@ def predictions_to_annotations(preds: pd.DataFrame, names: Sequence[str],
     return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
 
 
-def predictions_to_coco(preds: pd.DataFrame) -> list[dict]:
-    """`predict`'s table as a COCO results list (image ids 1..N in `predict`'s order)."""
+def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = None
+                        ) -> list[dict]:  # fmt: skip
+    """`predict`'s table as a COCO results list. `image_ids`: the annotation file's id of
+    each image, in `predict`'s order (default 1..N)."""
     results = []
     for _, rows in preds.groupby("instance_id", sort=False):
         flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
-        results.append({"image_id": int(rows["image_index"].iloc[0]) + 1, "category_id": 1,
+        index = int(rows["image_index"].iloc[0])
+        image_id = int(image_ids[index]) if image_ids is not None else index + 1
+        results.append({"image_id": image_id, "category_id": 1,
                         "keypoints": flat, "score": float(rows["score"].iloc[0])})  # fmt: skip
     return results

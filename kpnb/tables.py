@@ -10,6 +10,7 @@ frame), 1 labelled but occluded, 2 visible. A missing point is NaN, never (0, 0)
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 IMAGE_COLUMNS = ["image_index", "image_id", "name", "width", "height", "subset", "task_id"]
+log = logging.getLogger(__name__)
+
 KEYPOINT_COLUMNS = [
     "image_index", "instance_id", "label", "keypoint", "point_index", "x", "y",
     "visibility", "occluded", "outside", "source", "group_id", "z_order", "track_id", "keyframe",
@@ -29,39 +32,105 @@ BOX_COLUMNS = [
 ATTRIBUTE_COLUMNS = ["instance_id", "point_index", "name", "value"]
 LABEL_COLUMNS = ["name", "type", "color", "parent"]
 
-# "left" / "right" as a whole word: separated by start/end, "_", "-", "." or space.
-_SIDE = re.compile(r"(?<![^\s_.\-])(left|right)(?![^\s_.\-])", re.IGNORECASE)
+# Name words are split on case-insensitive separators: "_", "-", ".", space.
+_SEPARATORS = re.compile(r"[\s_.\-]+")
+_SIDE_WORDS = {"left": "left", "right": "right", "l": "left", "r": "right"}
 
 
-def flip_indices(names: Sequence[str]) -> list[int]:
+def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
+    """``(side, words)`` of a keypoint name with its side word replaced by ``"*"``.
+
+    ``left``/``right`` count anywhere as a separate word; ``l``/``r`` only as the first
+    or last word (``L_Shoulder``, ``r ankle``, ``eye_L``), so ``"L_F_Paw"`` is the left
+    ``f paw``. Case and separators do not matter.
+    """
+    words = [w for w in _SEPARATORS.split(str(name).lower()) if w]
+    for i, w in enumerate(words):
+        if w in ("left", "right") or (w in ("l", "r") and i in (0, len(words) - 1)):
+            if len(words) == 1:
+                break  # a name that is only "left"/"l" has nothing to pair on
+            return _SIDE_WORDS[w], tuple(words[:i] + ["*"] + words[i + 1 :])
+    return None, tuple(words)
+
+
+def normalise_name(name: str) -> str:
+    """A keypoint name as kpnb compares names: lower case, words joined by ``_``, ``l``/``r``
+    side prefixes spelled ``left``/``right`` (``"L_Eye"`` and ``"left-eye"`` -> ``left_eye``)."""
+    side, words = _side_key(name)
+    return "_".join(side if w == "*" else w for w in words)
+
+
+def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[int]:
     """The permutation that swaps left/right keypoints after a horizontal mirror.
 
-    ``flipped[..., i, :] = original[..., perm[i], :]``. A name pairs with the name that
-    differs only by ``left`` <-> ``right`` as a separate word (any case, joined by ``_``,
-    ``-``, ``.`` or space): ``left_eye``/``right_eye``, ``Left Ear``/``Right Ear``.
-    Names without a partner map to themselves, so a set with no pairs gives the identity.
+    ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs`, a name pairs with
+    the name that differs only by its side word, compared after normalising case and
+    separators (`normalise_name`): ``left_eye``/``right_eye``, ``Left_Ear``/``RIGHT_EAR``,
+    ``left-wrist``/``right.wrist``, ``L_Shoulder``/``R_Shoulder``, ``l ankle``/``r ankle``.
+    `pairs` (names or 0-based indices) replaces the derivation. Names without a partner
+    map to themselves, so a set with no pairs gives the identity.
 
     Example:
         >>> flip_indices(["nose", "left_eye", "right_eye"])
         [0, 2, 1]
+        >>> flip_indices(["L_Eye", "R_Eye"])
+        [1, 0]
     """
-    lookup = {name: i for i, name in enumerate(names)}
     perm = list(range(len(names)))
-    for i, name in enumerate(names):
-
-        def swap(m: re.Match) -> str:
-            word = m.group(1)
-            other = "right" if word.lower() == "left" else "left"
-            if word.isupper():
-                return other.upper()
-            if word[0].isupper():
-                return other.capitalize()
-            return other
-
-        partner = _SIDE.sub(swap, name)
-        if partner != name and partner in lookup:
-            perm[i] = lookup[partner]
+    for a, b in resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names):
+        perm[a], perm[b] = b, a
     return perm
+
+
+def _name_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+    keys = [_side_key(n) for n in names]
+    lookup = {(side, words): i for i, (side, words) in enumerate(keys) if side}
+    pairs = []
+    for i, (side, words) in enumerate(keys):
+        if side == "left" and ("right", words) in lookup:
+            pairs.append((i, lookup[("right", words)]))
+    return pairs
+
+
+def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[int, int]]:
+    """Explicit left/right `pairs` (names, or 0-based indices) as index pairs.
+
+    Raises:
+        ValueError: a name is not a keypoint, an index is out of range, or a keypoint is
+            in two pairs.
+    """
+    names = [str(n) for n in names]
+    out, seen = [], set()
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"flip pair {pair!r}: give exactly two keypoints")
+        idx = []
+        for p in pair:
+            if isinstance(p, (int, np.integer)):
+                if not 0 <= int(p) < len(names):
+                    raise ValueError(f"flip pair {pair!r}: index {p} is not in "
+                                     f"0..{len(names) - 1}")  # fmt: skip
+                idx.append(int(p))
+            elif str(p) in names:
+                idx.append(names.index(str(p)))
+            else:
+                raise ValueError(f"flip pair {pair!r}: {p!r} is not a keypoint; "
+                                 f"keypoints are {names}")  # fmt: skip
+        a, b = idx
+        if a == b or a in seen or b in seen:
+            raise ValueError(f"flip pair {pair!r}: a keypoint pairs with one other keypoint "
+                             "only")  # fmt: skip
+        seen |= {a, b}
+        out.append((min(a, b), max(a, b)))
+    return out
+
+
+def unpaired_sides(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[str]:
+    """Names that say left or right but have no partner (worth a warning: a typo, or a
+    keypoint the flip cannot mirror)."""
+    paired = {i for p in (resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names))
+              for i in p}  # fmt: skip
+    return [str(n) for i, n in enumerate(names) if _side_key(n)[0] and i not in paired]
 
 
 @dataclass(frozen=True)
@@ -71,14 +140,19 @@ class Skeleton:
     Args:
         keypoints: keypoint names; their order is the order of every ``[K]`` axis in kpnb.
         edges: pairs of 0-based indices into ``keypoints``.
+        pairs: explicit left/right pairs (names or indices) for the flip; ``None`` derives
+            them from the names (see `flip_indices`).
     """
 
     keypoints: tuple[str, ...]
     edges: tuple[tuple[int, int], ...] = ()
+    pairs: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keypoints", tuple(str(k) for k in self.keypoints))
         object.__setattr__(self, "edges", tuple((int(a), int(b)) for a, b in self.edges))
+        if self.pairs is not None:
+            object.__setattr__(self, "pairs", tuple(resolve_pairs(self.keypoints, self.pairs)))
         if len(set(self.keypoints)) != len(self.keypoints):
             dupes = sorted({k for k in self.keypoints if self.keypoints.count(k) > 1})
             raise ValueError(f"skeleton keypoint names must be unique, got duplicates {dupes}")
@@ -93,8 +167,21 @@ class Skeleton:
 
     @property
     def flip_indices(self) -> list[int]:
-        """Left/right permutation derived from the names (see `flip_indices`)."""
-        return flip_indices(self.keypoints)
+        """Left/right permutation: the explicit `pairs`, else derived from the names."""
+        return flip_indices(self.keypoints, self.pairs)
+
+    def with_flip_pairs(self, pairs: Sequence[tuple]) -> Skeleton:
+        """This skeleton with explicit left/right `pairs` (names or indices)."""
+        return Skeleton(self.keypoints, self.edges, tuple(pairs))
+
+    def flip_summary(self) -> str:
+        """One line for ``info`` and ``check_export``: the pairs, or that the flip is off."""
+        if not self.flip_pairs:
+            return ("no left/right pairs: the training flip is off (pass --flip-pairs / "
+                    "flip_pairs= to turn it on)")  # fmt: skip
+        text = ", ".join(f"{self.keypoints[a]}<->{self.keypoints[b]}" for a, b in self.flip_pairs)
+        lonely = unpaired_sides(self.keypoints, self.pairs)
+        return text + (f"; no partner for {lonely}" if lonely else "")
 
     @property
     def flip_pairs(self) -> list[tuple[int, int]]:
@@ -158,9 +245,9 @@ def tidy_keypoints(df: pd.DataFrame) -> pd.DataFrame:
     """
     if "visibility" not in df.columns:
         df = df.assign(
-            visibility=visibility_from_flags(
+            visibility=np.broadcast_to(visibility_from_flags(
                 df.get("occluded", False), df.get("outside", False)
-            ).reshape(-1)
+            ), len(df)).copy()
             if len(df)
             else np.zeros(0, np.int8)
         )
@@ -228,12 +315,18 @@ class Annotations:
         return inst["label"].astype(str).value_counts().rename("instances")
 
     def keypoint_counts(self) -> pd.DataFrame:
-        """Points per (label, keypoint) split by visibility: columns 0, 1, 2 and total."""
+        """Points per (label, keypoint) split by visibility: columns 0, 1, 2 and total.
+
+        The points of a multi-coordinate ``<points>`` label are named ``1..n`` by position.
+        """
         kp = self.keypoints
+        names = kp["keypoint"].astype(str)
+        multi = kp["label"].astype(str).isin(self.multi_point_labels())
+        if multi.any():
+            names = names.where(~multi, (kp["point_index"].astype(int) + 1).astype(str))
         table = (
-            kp.groupby(
-                [kp["label"].astype(str), kp["keypoint"].astype(str), "visibility"], sort=False
-            )
+            kp.groupby([kp["label"].astype(str), names.rename("keypoint"), "visibility"],
+                       sort=False)  # fmt: skip
             .size()
             .unstack("visibility", fill_value=0)
             .reindex(columns=[0, 1, 2], fill_value=0)
@@ -267,8 +360,8 @@ class Annotations:
         n = rows["instance_id"].nunique()
         if len(rows) != n * k:
             raise ValueError(
-                f"label {label!r} in image {image_index}: {len(rows)} points for {n} instances "
-                f"is not {k} per instance"
+                f"label {label!r} in {self.describe_image(image_index)}: {len(rows)} points "
+                f"for {n} instances is not {k} per instance"
             )
         xyv = rows[["x", "y", "visibility"]].to_numpy(dtype=np.float32)
         return xyv.reshape(n, k, 3)
@@ -287,82 +380,269 @@ class Annotations:
         return {(int(b.image_index), int(b.group_id)): (b.xtl, b.ytl, b.xbr, b.ybr)
                 for b in boxes.itertuples(index=False)}  # fmt: skip
 
+    def describe_image(self, image_index: int) -> str:
+        """``image id 7 'dir/a.jpg'`` (plus subset): how errors name an image, in the
+        export's own terms rather than kpnb's ``image_index``."""
+        row = self.images.loc[self.images["image_index"] == image_index]
+        if row.empty:
+            return f"image_index {image_index}"
+        r = row.iloc[0]
+        subset = f" (subset {r['subset']})" if isinstance(r["subset"], str) else ""
+        return f"image id {int(r['image_id'])} {str(r['name'])!r}{subset}"
+
+    def plain_labels(self) -> list[str]:
+        """Labels of plain ``<points>`` shapes (not skeletons), in first-seen order."""
+        labels = [str(lab) for lab in pd.unique(self.keypoints["label"])]  # first-seen order
+        return [lab for lab in labels if lab not in self.skeletons]
+
+    def multi_point_labels(self) -> list[str]:
+        """Plain labels with shapes of several coordinates: each shape is one object
+        (CVAT's points tool, one click per point)."""
+        kp = self.keypoints
+        if not len(kp):
+            return []
+        multi = set(kp.loc[kp["point_index"] > 0, "label"].astype(str)) - set(self.skeletons)
+        return [lab for lab in self.plain_labels() if lab in multi]
+
     def skeleton_for(self, label: str) -> Skeleton:
-        """The skeleton of `label`, or, for a plain points label, a one-point skeleton."""
+        """The skeleton of `label`. A plain points label whose shapes hold several points
+        gets points named ``1..n`` (n: the most points a shape holds); a one-point label
+        gets a one-point skeleton named after it."""
         if label in self.skeletons:
             return self.skeletons[label]
-        if label in set(self.keypoints["label"].astype(str)):
-            return Skeleton((label,))
-        known = sorted(set(self.skeletons) | set(self.keypoints["label"].astype(str)))
+        kp = self.keypoints
+        rows = kp[kp["label"] == label]
+        if len(rows):
+            n = int(rows["point_index"].max()) + 1
+            return Skeleton(tuple(str(i + 1) for i in range(n)) if n > 1 else (label,))
+        known = sorted(set(self.skeletons) | set(kp["label"].astype(str)))
         raise KeyError(f"no label {label!r} in these annotations; labels are {known}")
+
+    def same_layouts(self) -> list[list[str]]:
+        """Skeleton labels grouped by identical layout (keypoint names and edges), in
+        first-seen order: COCO files with a category per species repeat one layout."""
+        groups: dict[tuple, list[str]] = {}
+        for name, sk in self.skeletons.items():
+            groups.setdefault((sk.keypoints, frozenset(sk.edges)), []).append(name)
+        return list(groups.values())
+
+
+def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -> Annotations:
+    """Make each multi-coordinate ``<points>`` shape one instance of a skeleton named after
+    its label, with points ``1..n`` (see `Annotations.skeleton_for`).
+
+    Training needs a fixed point count, so every shape of such a label must hold the same
+    number of points.
+
+    Raises:
+        ValueError: shapes of one label hold different numbers of points (names the image).
+    """
+    labels = ann.multi_point_labels() if labels is None else list(labels)
+    if not labels:
+        return ann
+    kp = ann.keypoints
+    skeletons = dict(ann.skeletons)
+    keypoint = kp["keypoint"].astype(object).to_numpy().copy()
+    for label in labels:
+        mask = (kp["label"] == label).to_numpy()
+        sizes = kp.loc[mask].groupby("instance_id")["point_index"].size()
+        sk = ann.skeleton_for(label)
+        short = sizes[sizes != sk.num_keypoints]
+        if len(short):
+            row = kp.loc[mask & (kp["instance_id"] == short.index[0]).to_numpy()].iloc[0]
+            raise ValueError(
+                f"label {label!r}: {ann.describe_image(int(row['image_index']))} has a <points> "
+                f"shape with {int(short.iloc[0])} points where others have {sk.num_keypoints}; "
+                "give every shape of a label the same points (or use a skeleton label in CVAT)"
+            )
+        keypoint[mask] = np.asarray(sk.keypoints, dtype=object)[kp.loc[mask, "point_index"]]
+        skeletons[label] = sk
+    new_kp = tidy_keypoints(kp.assign(keypoint=keypoint))
+    return Annotations(ann.images, new_kp, skeletons, ann.labels, ann.boxes, ann.attributes,
+                       {**ann.meta, "points_as_instances": list(labels)})  # fmt: skip
+
+
+def merge_skeletons(ann: Annotations, labels: Sequence[str], name: str | None = None
+                    ) -> Annotations:  # fmt: skip
+    """Treat the instances of several skeleton `labels` sharing one layout as one skeleton
+    (a COCO file with a category per species): their rows get label `name` (default: the
+    first label). ``meta["merged_labels"]`` keeps which labels went in.
+
+    Raises:
+        ValueError: a label is not a skeleton, or the layouts differ (names them).
+    """
+    labels = list(dict.fromkeys(labels))
+    missing = [lab for lab in labels if lab not in ann.skeletons]
+    if missing:
+        raise ValueError(f"{missing} are not skeleton labels; skeletons: {list(ann.skeletons)}")
+    first = ann.skeletons[labels[0]]
+    other = [lab for lab in labels if ann.skeletons[lab].keypoints != first.keypoints]
+    if other:
+        raise ValueError(
+            f"labels {other} have other keypoints than {labels[0]!r} "
+            f"({len(ann.skeletons[other[0]].keypoints)} vs {first.num_keypoints}); only labels "
+            "sharing one layout can be trained as one skeleton"
+        )
+    name = name or labels[0]
+    kp = ann.keypoints
+    label = kp["label"].astype(object).where(~kp["label"].astype(str).isin(labels), name)
+    skeletons = {k: v for k, v in ann.skeletons.items() if k not in labels}
+    skeletons[name] = first
+    return Annotations(ann.images, tidy_keypoints(kp.assign(label=label)), skeletons,
+                       ann.labels, ann.boxes, ann.attributes,
+                       {**ann.meta, "merged_labels": labels})  # fmt: skip
+
+
+GROUPING_RULES = ("auto", "group_id", "box", "image")
+
+
+def _containing_box(plain: pd.DataFrame, boxes: pd.DataFrame) -> np.ndarray:
+    """For each point row, the position in `boxes` of the smallest box of its image that
+    contains it, or -1."""
+    out = np.full(len(plain), -1, dtype=np.int64)
+    if not len(boxes) or not len(plain):
+        return out
+    pts = pd.DataFrame({"row": np.arange(len(plain)),
+                        "image_index": plain["image_index"].to_numpy(),
+                        "x": plain["x"].to_numpy(np.float64),
+                        "y": plain["y"].to_numpy(np.float64)})  # fmt: skip
+    bx = boxes[["image_index", "xtl", "ytl", "xbr", "ybr"]].reset_index(drop=True)
+    bx = bx.assign(box=np.arange(len(bx)), area=(bx["xbr"] - bx["xtl"]) * (bx["ybr"] - bx["ytl"]))
+    pairs = pts.merge(bx, on="image_index")
+    inside = ((pairs["x"] >= pairs["xtl"]) & (pairs["x"] <= pairs["xbr"])
+              & (pairs["y"] >= pairs["ytl"]) & (pairs["y"] <= pairs["ybr"]))  # fmt: skip
+    best = pairs[inside].sort_values(["row", "area"]).drop_duplicates("row")
+    out[best["row"].to_numpy()] = best["box"].to_numpy()
+    return out
 
 
 def points_to_skeleton(
-    ann: Annotations, name: str = "object", labels: Sequence[str] | None = None
+    ann: Annotations,
+    name: str = "object",
+    labels: Sequence[str] | None = None,
+    *,
+    group_by: str = "auto",
 ) -> Annotations:
-    """Treat each image's plain one-point ``<points>`` shapes as one skeleton instance.
+    """Combine plain one-point ``<points>`` shapes (one label per keypoint) into instances
+    of a skeleton `name` whose keypoints are the point labels.
 
-    The seed tutorial's layout has one ``<points>`` shape per keypoint label and one object
-    per image; COCO and Keypoint R-CNN need instances. This makes the choice explicit: the
-    skeleton `name` has the point labels as keypoints (`labels`, default: every plain label
-    in first-seen order), each image with any of them becomes one instance, and a label
-    missing from an image is an absent point (v=0). Existing skeletons are kept.
+    Which points form one object (`group_by`):
+
+    * ``"group_id"``: points sharing a CVAT ``group_id`` (a box with that ``group_id`` is
+      the instance box);
+    * ``"box"``: points inside the same ``<box>`` (the smallest one containing them; that
+      box becomes the instance box);
+    * ``"image"``: all of an image's points (the seed tutorial's one object per image);
+    * ``"auto"`` (default): ``group_id`` if any of the points has one, else ``box`` if the
+      images have boxes, else ``image``.
+
+    ``meta["points_grouping"]`` records the rule used and it is logged. A label missing
+    from an instance is an absent point (v=0). Multi-coordinate ``<points>`` labels are
+    instances already (see `points_as_instances`) and are left alone. Existing skeletons
+    are kept.
 
     Raises:
-        ValueError: an image holds two shapes of one label, or a shape holds several
-            points, so "one object per image" does not hold.
+        ValueError: an instance would get two points of one label (names the image and
+            the rule), or there are no one-point labels.
     """
+    if group_by not in GROUPING_RULES:
+        raise ValueError(f"unknown grouping {group_by!r}; choose one of {GROUPING_RULES}")
     kp = ann.keypoints
-    plain = kp[~kp["label"].astype(str).isin(list(ann.skeletons))]
+    multi = ann.multi_point_labels()
     if labels is None:
-        labels = list(dict.fromkeys(plain["label"].astype(str)))
+        labels = [lab for lab in ann.plain_labels() if lab not in multi]
     labels = list(labels)
     if not labels:
         raise ValueError(
-            f"no plain <points> labels to combine (skeletons: {list(ann.skeletons)}); "
-            "points_to_skeleton is for exports with one <points> shape per keypoint label"
+            f"no plain one-point <points> labels to combine (skeletons: {list(ann.skeletons)}"
+            + (f", multi-point labels {multi}, which are instances already" if multi else "")
+            + "); points_to_skeleton is for exports with one <points> shape per keypoint label"
         )
-    plain = plain[plain["label"].astype(str).isin(labels)]
-    multi = plain[plain["point_index"] > 0]
-    if len(multi):
+    several = [lab for lab in labels if lab in multi]
+    if several:
         raise ValueError(
-            f"label {multi['label'].iloc[0]!r} in image {int(multi['image_index'].iloc[0])} has a "
-            "<points> shape with several points; points_to_skeleton needs one point per shape"
+            f"labels {several} have <points> shapes with several points: each such shape is "
+            "one object already; leave them out of points_to_skeleton"
         )
-    dup = plain.duplicated(["image_index", "label"])
+    plain = kp[kp["label"].astype(str).isin(labels)]
+    boxes = ann.boxes
+    if group_by == "auto":
+        if (plain["group_id"] != 0).any():
+            group_by = "group_id"
+        elif len(boxes) and boxes["image_index"].isin(plain["image_index"]).any():
+            group_by = "box"
+        else:
+            group_by = "image"
+    new_boxes = boxes
+    if group_by == "group_id":
+        key = plain["group_id"].to_numpy(np.int64)
+        if (key == 0).any():
+            log.warning("%d points have no group_id; each image's ungrouped points form one "
+                        "instance", int((key == 0).sum()))  # fmt: skip
+        inst_group = key
+    elif group_by == "box":
+        box = _containing_box(plain, boxes)
+        if (box < 0).any():
+            log.warning("%d points lie in no <box>; each image's unboxed points form one "
+                        "instance", int((box < 0).sum()))  # fmt: skip
+        key = box + 1
+        # Give the containing boxes a group_id, so every stage finds them as instance boxes.
+        gid = boxes["group_id"].to_numpy(np.int64).copy()
+        used = np.unique(box[box >= 0])
+        fresh = used[gid[used] == 0]
+        top = int(max(gid.max(initial=0), kp["group_id"].max() if len(kp) else 0))
+        gid[fresh] = top + 1 + np.arange(len(fresh))
+        new_boxes = tidy_boxes(boxes.assign(group_id=gid))
+        inst_group = np.where(box >= 0, gid[np.maximum(box, 0)], 0)
+    else:
+        key = np.zeros(len(plain), np.int64)
+        inst_group = key
+    log.info("points_to_skeleton %r: %d labels grouped into instances by %s", name,
+             len(labels), group_by)  # fmt: skip
+    plain = plain.assign(_key=key, _group=inst_group)
+    dup = plain.duplicated(["image_index", "_key", "label"])
     if dup.any():
         row = plain[dup].iloc[0]
+        how = {"image": "one object per image", "group_id": f"group_id {int(row['group_id'])}",
+               "box": "one box"}[group_by]  # fmt: skip
         raise ValueError(
-            f"image {int(row['image_index'])} has two {row['label']!r} points: more than one "
-            "object per image, so its points cannot form one skeleton instance"
+            f"{ann.describe_image(int(row['image_index']))} has two {row['label']!r} points in "
+            f"{how} (grouping by {group_by}): with several objects per image, give each "
+            "object's points a CVAT group (or a <box> around them)"
         )
-    images = np.sort(plain["image_index"].unique())
+    objects = plain.drop_duplicates(["image_index", "_key"]).sort_values(["image_index", "_key"])
     k = len(labels)
+    n = len(objects)
     base = int(kp["instance_id"].max()) + 1 if len(kp) else 0
     pos = {lab: i for i, lab in enumerate(labels)}
     grid = pd.DataFrame({
-        "image_index": np.repeat(images, k), "point_index": np.tile(np.arange(k), len(images)),
+        "image_index": np.repeat(objects["image_index"].to_numpy(), k),
+        "_key": np.repeat(objects["_key"].to_numpy(), k),
+        "point_index": np.tile(np.arange(k), n),
+        "instance_id": base + np.repeat(np.arange(n), k),
+        "group_id": np.repeat(objects["_group"].to_numpy(), k),
     })  # fmt: skip
-    grid["instance_id"] = base + np.repeat(np.arange(len(images)), k)
     grid["keypoint"] = np.array(labels, dtype=object)[grid["point_index"]] if k else []
     src = plain.assign(point_index=plain["label"].astype(str).map(pos)).drop(
-        columns=["instance_id", "keypoint", "label"]
+        columns=["instance_id", "keypoint", "label", "group_id", "_group"]
     )
-    merged = grid.merge(src, on=["image_index", "point_index"], how="left")
+    merged = grid.merge(src, on=["image_index", "_key", "point_index"], how="left")
+    merged = merged.drop(columns=["_key"])
     merged["label"] = name
     merged["visibility"] = merged["visibility"].fillna(0)
     for c in ("occluded", "outside", "keyframe"):
         merged[c] = merged[c].astype("boolean").fillna(False)
     merged["source"] = merged["source"].astype(object).where(merged["source"].notna(), "manual")
-    for c, default in (("group_id", 0), ("z_order", 0), ("track_id", -1)):
+    for c, default in (("z_order", 0), ("track_id", -1)):
         merged[c] = merged[c].fillna(default)
     rest = kp[~kp.index.isin(plain.index)]
     new_kp = tidy_keypoints(pd.concat([rest.astype({"label": object, "keypoint": object,
                                                     "source": object}), merged],
                                       ignore_index=True))  # fmt: skip
     skeletons = {**ann.skeletons, name: Skeleton(tuple(labels))}
-    return Annotations(ann.images, new_kp, skeletons, ann.labels, ann.boxes, ann.attributes,
-                       {**ann.meta, "points_as_skeleton": name})  # fmt: skip
+    return Annotations(ann.images, new_kp, skeletons, ann.labels, new_boxes, ann.attributes,
+                       {**ann.meta, "points_as_skeleton": name,
+                        "points_grouping": group_by})  # fmt: skip
 
 
 def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool = False):

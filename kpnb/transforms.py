@@ -115,8 +115,10 @@ class FinalizeKeypoints(v2.Transform):
 
     * a point that left the canvas gets visibility 0 (its coordinates are kept);
     * each box grows to enclose its visible points and is clipped to the canvas;
-    * instances with no visible point left, or with a box thinner than `min_size`
-      pixels, are dropped, keeping boxes, labels, keypoints and visibility aligned.
+    * instances whose labelled points all left the canvas, or with a box thinner than
+      `min_size` pixels, are dropped, keeping boxes, labels, keypoints and visibility
+      aligned. An instance that came without labelled points (a box-only target, like
+      COCO's ``num_keypoints: 0`` persons) stays while its box does.
 
     torchvision >= 0.24 no longer clamps keypoints, and ``SanitizeBoundingBoxes`` ignores
     KeyPoints and knows nothing of visibility, hence this step.
@@ -131,6 +133,7 @@ class FinalizeKeypoints(v2.Transform):
         h, w = kps.canvas_size
         xy = kps.as_subclass(torch.Tensor)
         vis = target["visibility"].clone()
+        box_only = ~(vis > 0).any(dim=-1)
         inside = (xy[..., 0] >= 0) & (xy[..., 0] < w) & (xy[..., 1] >= 0) & (xy[..., 1] < h)
         vis[~inside] = 0
         boxes = target["boxes"].as_subclass(torch.Tensor).clone()
@@ -144,7 +147,7 @@ class FinalizeKeypoints(v2.Transform):
             boxes[has, 2:] = torch.maximum(boxes[has, 2:], hi[has])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-        keep = visible.any(dim=1)
+        keep = visible.any(dim=1) | box_only
         if len(boxes):
             keep &= ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & (
                 (boxes[:, 3] - boxes[:, 1]) >= self.min_size

@@ -209,14 +209,50 @@ def _export_root(ann: Annotations) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def _label_arrays(ann: Annotations, rows: pd.DataFrame, k: int):
+    """``[N, k, 3]`` points (shorter shapes padded with absent points) and ``[N, 4]``
+    boxes (the grouped box, else the labelled points' extent) of one image's label."""
+    rows = rows.sort_values(["instance_id", "point_index"])
+    inst = rows["instance_id"].to_numpy()
+    ids, slot = np.unique(inst, return_inverse=True)
+    arr = np.zeros((len(ids), k, 3), np.float32)
+    arr[..., :2] = np.nan
+    arr[slot, rows["point_index"].to_numpy(int)] = rows[["x", "y", "visibility"]].to_numpy(
+        np.float32
+    )
+    grouped = ann.grouped_boxes()
+    first = rows.drop_duplicates("instance_id")
+    boxes = np.zeros((len(ids), 4), np.float32)
+    for i, r in enumerate(first.itertuples(index=False)):
+        box = grouped.get((int(r.image_index), int(r.group_id))) if r.group_id else None
+        on = arr[i, :, 2] > 0
+        if box is not None:
+            boxes[i] = box
+        elif on.any():
+            boxes[i] = [*arr[i, on, :2].min(0), *arr[i, on, :2].max(0)]
+    return arr, boxes
+
+
 def show_sample(
     ann: Annotations,
     image_index: int,
     image_root: str | os.PathLike | None = None,
     label: str | None = None,
+    *,
+    boxes: bool = False,
+    skip_missing: bool = False,
     **kwargs,
 ) -> Image.Image:
-    """Draw one image of an export with its instances (all skeleton labels by default)."""
+    """Draw one image of an export with its instances (every label by default).
+
+    A multi-coordinate ``<points>`` shape is one instance (points ``1..n``). `boxes` draws
+    each instance's box (its grouped box, else its points' extent). With `skip_missing`
+    a missing file is drawn as a grey canvas of the size the annotations declare.
+
+    Raises:
+        IndexError: no such image. FileNotFoundError: the file is missing (names the
+            image id and file name).
+    """
     from kpnb.images import find_image, load_image
 
     row = ann.images.loc[ann.images["image_index"] == image_index]
@@ -225,15 +261,23 @@ def show_sample(
     row = row.iloc[0]
     root = Path(image_root) if image_root is not None else _export_root(ann)
     path = find_image(root, str(row["name"]), row["subset"])
-    if path is None:
-        raise FileNotFoundError(f"image {row['name']!r} is not under {root}")
-    img = Image.fromarray(load_image(path))
+    if path is not None:
+        img = Image.fromarray(load_image(path))
+    elif skip_missing and pd.notna(row["width"]) and pd.notna(row["height"]):
+        img = Image.new("RGB", (int(row["width"]), int(row["height"])), (96, 96, 96))
+    else:
+        raise FileNotFoundError(
+            f"{ann.describe_image(image_index)}: no such file under {root} (looked in "
+            f"images/ and beside it); pass the folder holding the images as image_root"
+        )
     kp = ann.keypoints[ann.keypoints["image_index"] == image_index]
     labels = [label] if label else list(dict.fromkeys(kp["label"].astype(str)))
     for lab in labels:
         rows = kp[kp["label"] == lab]
         if len(rows):
-            img = draw_instances(img, rows, ann.skeleton_for(lab), **kwargs)
+            skeleton = ann.skeleton_for(lab)
+            arr, box = _label_arrays(ann, rows, skeleton.num_keypoints)
+            img = draw_instances(img, arr, skeleton, boxes=box if boxes else None, **kwargs)
     return img
 
 

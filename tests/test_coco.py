@@ -72,7 +72,14 @@ def test_one_based_skeleton_is_detected(tmp_path):
     [
         (lambda d: d["annotations"][0].update(image_id=99), "unknown image 99"),
         (lambda d: d["annotations"][0].update(category_id=3), "unknown category 3"),
-        (lambda d: d["annotations"][0].update(keypoints=[1, 2, 2]), "3 keypoint values"),
+        (lambda d: d["annotations"][0].update(keypoints=[1, 2, 2, 1]), "not a multiple of 3"),
+        (lambda d: d["annotations"][0]["keypoints"].__setitem__(2, 7),
+         "visibility 7 at keypoint 0"),
+        (lambda d: d["annotations"][0]["keypoints"].__setitem__(2, -1), "visibility -1"),
+        (lambda d: d["images"].append(dict(d["images"][0], file_name="b.jpg")),
+         "image id .* is used twice .*give every image its own id"),
+        (lambda d: d["annotations"][0].update(keypoints=d["annotations"][0]["keypoints"] * 2),
+         "names 3 keypoints but an annotation holds 6"),
         (lambda d: d.pop("images"), "not a COCO file"),
     ],
 )
@@ -119,10 +126,17 @@ def test_coco_round_trip(synthetic_export, tmp_path):
     np.testing.assert_allclose(a[["x", "y"]], b[["x", "y"]], atol=0.006)
 
 
-def test_plain_points_need_an_explicit_choice(points_export):
+def test_plain_points_are_written_as_cvat_does(points_export, caplog):
     ann = read_cvat(points_export)
-    with pytest.raises(ValueError, match="points_as_skeleton"):
-        to_coco(ann)
+    plain = to_coco(ann)  # datumaro: one annotation per <points> shape, empty names
+    labels = list(dict.fromkeys(ann.keypoints["label"].astype(str)))
+    assert [c["name"] for c in plain["categories"]] == labels
+    assert all(c["keypoints"] == [] and c["skeleton"] == [] for c in plain["categories"])
+    assert len(plain["annotations"]) == len(ann.keypoints)
+    assert {len(a["keypoints"]) for a in plain["annotations"]} == {3}
+    with caplog.at_level("WARNING", logger="kpnb.coco"):
+        assert to_coco(ann, skeletons_only=True)["annotations"] == []
+    assert "left out plain <points> labels" in caplog.text and labels[0] in caplog.text
     doc = to_coco(ann, points_as_skeleton="face")
     assert doc["categories"][0]["keypoints"] == list(FACE.keypoints)
     assert len(doc["annotations"]) == len(ann.images)  # one object per image

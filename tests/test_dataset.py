@@ -12,7 +12,7 @@ from kpnb.cvat import read_cvat
 from kpnb.dataset import KeypointDataset, collate_fn, make_loaders, split_indices
 from kpnb.synthetic import synthesize
 from kpnb.tables import points_to_skeleton
-from kpnb.transforms import train_transforms
+from kpnb.transforms import eval_transforms, train_transforms
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,76 @@ def test_synthesize_tables_drive_the_dataset_too(tmp_path):
     root = generate(tmp_path / "s", 6, seed=2)
     truth, _ = synthesize(6, seed=2)
     assert len(KeypointDataset(truth, root, "face")) == 6
+
+
+def _one_image(tmp_path, rows, boxes=(), size=(200, 100), area=None):
+    """A COCO file with one image and the given annotations, plus its image on disk."""
+    import json
+
+    from PIL import Image
+
+    from kpnb.coco import read_coco
+
+    doc = {"images": [{"id": 5, "file_name": "a.png", "width": size[0], "height": size[1]}],
+           "categories": [{"id": 1, "name": "p", "keypoints": ["left_eye", "right_eye"],
+                           "skeleton": [[1, 2]]}],
+           "annotations": [dict({"id": 10 + i, "image_id": 5, "category_id": 1,
+                                 "keypoints": kps}, **({"bbox": boxes[i]} if boxes else {}),
+                                **({"area": area[i]} if area else {}))
+                           for i, kps in enumerate(rows)]}  # fmt: skip
+    (tmp_path / "kp.json").write_text(json.dumps(doc))
+    Image.new("RGB", size).save(tmp_path / "a.png")
+    return read_coco(tmp_path / "kp.json")
+
+
+def test_seed_shaped_boxes_are_object_sized_and_check_export_flags_degenerate(tmp_path):
+    from kpnb.dataset import check_export, instance_boxes
+
+    # one visible point, no box: 2 px padding would give a 4x4 box; the minimum is 10%
+    ann = _one_image(tmp_path, [[50, 50, 2, 0, 0, 0]])
+    ds = KeypointDataset(ann, tmp_path, "p")
+    x0, y0, x1, y1 = ds.items[0].boxes[0]
+    assert (x1 - x0, y1 - y0) == pytest.approx((10, 10)) and (x0 + x1) / 2 == 50
+    assert not instance_boxes(ann, "p")["degenerate"].any()
+    # a file's own box of 1 x 1 px is degenerate, and check_export says so with the image
+    tiny = _one_image(tmp_path, [[50, 50, 2, 51, 51, 2]], boxes=[[50, 50, 1, 1]])
+    report = check_export(tiny, tmp_path, "p")
+    assert not report.loc["instance boxes", "ok"]
+    assert "1 degenerate" in report.loc["instance boxes", "detail"]
+    assert "image id 5 'a.png'" in report.loc["instance boxes", "detail"]
+    assert report.loc["flip pairs", "detail"] == "left_eye<->right_eye"
+
+
+def test_box_only_instances_are_targets_with_the_files_area(tmp_path):
+    ann = _one_image(tmp_path, [[20, 20, 2, 30, 20, 2], [0, 0, 0, 0, 0, 0]],
+                     boxes=[[10, 10, 30, 20], [100, 40, 50, 40]], area=[123.0, 800.0])  # fmt: skip
+    ds = KeypointDataset(ann, tmp_path, "p", eval_transforms(100))
+    _, target = ds[0]
+    assert len(target["boxes"]) == 2 and (target["keypoints"][1, :, 2] == 0).all()
+    # resized by 100/200: areas scale by 1/4, the file's values, not the boxes' w x h
+    assert target["area"].tolist() == pytest.approx([123.0 / 4, 800.0 / 4])
+    no_box = _one_image(tmp_path, [[20, 20, 2, 30, 20, 2], [0, 0, 0, 0, 0, 0]])
+    assert len(KeypointDataset(no_box, tmp_path, "p").items[0].boxes) == 1  # nothing to learn
+
+
+def test_flip_pairs_reach_the_training_flip(ann, synthetic_export, caplog):
+    from kpnb.transforms import KeypointHorizontalFlip
+
+    def flip_of(loader):
+        steps = loader.dataset.transforms.transforms
+        return next((t for t in steps if isinstance(t, KeypointHorizontalFlip)), None)
+
+    train, _ = make_loaders(ann, synthetic_export, "face", size=64, num_workers=0)
+    assert flip_of(train).flip_perm.tolist() == [0, 2, 1, 4, 3]
+    train, _ = make_loaders(ann, synthetic_export, "face", size=64, num_workers=0,
+                            flip_pairs=[("left_eye", "right_eye")])  # fmt: skip
+    assert flip_of(train).flip_perm.tolist() == [0, 2, 1, 3, 4]
+    with caplog.at_level("WARNING", logger="kpnb.dataset"):
+        make_loaders(ann, synthetic_export, "face", size=64, num_workers=0,
+                     flip_pairs=[("left_eye", "right_eye")])  # fmt: skip
+    assert "['left_ear', 'right_ear'] say left or right but have no partner" in caplog.text
+    unnamed = ann.__class__(ann.images, ann.keypoints, {"face": ann.skeletons["face"].__class__(
+        ("a", "b", "c", "d", "e"))})  # fmt: skip
+    with caplog.at_level("INFO", logger="kpnb.dataset"):
+        train, _ = make_loaders(unnamed, synthetic_export, "face", size=64, num_workers=0)
+    assert flip_of(train) is None and "the training flip is off" in caplog.text

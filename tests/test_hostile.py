@@ -440,7 +440,6 @@ def test_png_decompression_bomb_is_refused(tmp_path, capsys):
     (["evaluate", "c.pth", "synthetic", "--workers", "-1"], "--workers"),
     (["predict", "c.pth", "a.jpg", "--out", "p.xml", "--score-threshold", "2"],
      "--score-threshold"),
-    (["show", "x", "--out", "y.png", "--image", "-1"], "--image"),
     (["data", "synthetic", "--images", "-5"], "--images"),
 ])  # fmt: skip
 def test_bad_flag_values_are_refused_by_the_parser(argv, flag, capsys, tmp_path, monkeypatch):

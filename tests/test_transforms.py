@@ -117,3 +117,13 @@ def test_v2_photometric_transforms_leave_points_alone(raw_dataset):
     image, target = raw_dataset.sample(0)
     _, out = v2.ColorJitter(0.5, 0.5, 0.5)(image, target)
     assert torch.equal(out["keypoints"], target["keypoints"])
+
+
+def test_finalize_keeps_box_only_targets_while_their_box_lasts():
+    image = torch.zeros(3, 10, 20, dtype=torch.uint8)
+    kps = [[[1, 1], [2, 2]], [[0, 0], [0, 0]], [[0, 0], [0, 0]]]
+    boxes = [[0, 0, 5, 5], [4, 2, 12, 8], [19.5, 0, 19.8, 10]]  # the last: thinner than 1 px
+    sample = make_sample(image, boxes, [1, 1, 1], kps, [[2, 2], [0, 0], [0, 0]])
+    _, target = FinalizeKeypoints()(*sample)
+    assert target["boxes"].as_subclass(torch.Tensor).tolist() == [[0, 0, 5, 5], [4, 2, 12, 8]]
+    assert target["visibility"].tolist() == [[2, 2], [0, 0]]
