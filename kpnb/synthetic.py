@@ -54,7 +54,7 @@ IMAGE_SIZES = [(320, 240), (240, 320), (384, 288), (288, 384), (320, 320), (416,
 SUBSETS = ("Train", "Validation")
 # Feature colours drawn centred on each keypoint; tests read them back at the written positions.
 PUPIL = (12, 12, 12)
-NOSE = (176, 78, 92)
+NOSE = (160, 62, 80)
 INNER_EAR = (242, 160, 178)
 FEATURE_COLOURS = (NOSE, PUPIL, PUPIL, INNER_EAR, INNER_EAR)
 
@@ -255,7 +255,7 @@ def _coat(rng: np.random.Generator) -> dict:
     fur = _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.08)
     return {
         "fur": fur, "iris": _jitter(rng, _IRISES[int(rng.integers(len(_IRISES)))], 0.08),
-        "muzzle": float(rng.uniform(0.35, 0.8)), "tabby": bool(rng.random() < 0.35),
+        "muzzle": float(rng.uniform(0.5, 0.85)), "tabby": bool(rng.random() < 0.35),
         "phase": rng.uniform(0, 2 * np.pi, 4), "streaks": rng.uniform(0, 2 * np.pi, 3),
     }  # fmt: skip
 
@@ -354,20 +354,23 @@ def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -
         1 - np.hypot((mu - 0.16) / 0.27, (mv - 0.42) / 0.21),
         1 - np.hypot((mu + 0.16) / 0.27, (mv - 0.42) / 0.21),
         1 - np.hypot(mu / 0.22, (mv - 0.62) / 0.14),
+        1 - np.hypot(mu / 0.2, (mv - 0.27) / 0.17),  # the bridge: light all round the nose
     ])  # fmt: skip
     pale = (fur + (_CREAM - fur) * coat["muzzle"])
     pale = pale * (0.75 + 0.3 * lambert[win] + 0.05 * streaks[win])[..., None]
     head[win] = _blend(head[win], pale, np.clip(muzzle * radius / 3, 0, 1))
-    re, rp = max(radius * 0.17, 3.5), max(radius * 0.09, 2.5)
+    # eyes: a dark rim, a shaded iris at least ~2 px wide (even on small faces), a pupil
+    re, rp = max(radius * 0.17, 5.0), max(radius * 0.09, 2.5)
+    rim_px = min(1.2, max(0.7, 0.12 * re))
     rim = np.float32([28, 22, 18])
     norm = max(np.hypot(lx, ly), 1e-6)
-    for j in (1, 2):  # eyes
+    for j in (1, 2):
         win = _window(out.shape, (x0, y0), kp_px[j], re + 1)
         du = (u[win] - float(kps[j, 0])) * radius  # pixels from the keypoint, face axes
         dv = (v[win] - float(kps[j, 1])) * radius
         d = np.hypot(du, dv)
-        iris = coat["iris"] * (0.75 + 0.4 * np.clip(dv / re, -0.5, 1))[..., None]
-        eye = _blend(np.broadcast_to(rim, iris.shape), iris, np.clip(re - 1.2 - d, 0, 1))
+        iris = coat["iris"] * (0.85 + 0.3 * np.clip(dv / re, -0.5, 1))[..., None]
+        eye = _blend(np.broadcast_to(rim, iris.shape), iris, np.clip(re - rim_px - d, 0, 1))
         patch = _blend(head[win], eye, np.clip(re - d + 0.5, 0, 1))
         patch = _blend(patch, PUPIL, np.clip(rp - d + 0.5, 0, 1))
         if re >= 5:  # a catchlight towards the light, clear of the pupil's centre
@@ -379,7 +382,9 @@ def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -
     a_ = u[win] * (radius / rn)
     b_ = (v[win] - float(kps[0, 1])) * (radius / rn)
     nq = np.hypot(a_ / (1.3 * (1 - 0.35 * np.clip(b_, -1, 1))), b_ / 0.85)
-    patch = _blend(head[win], NOSE, np.clip((1 - nq) * rn * 0.8 + 0.5, 0, 1))
+    nose_sd = (1 - nq) * rn * 0.8  # about pixels inside the nose's edge
+    patch = _blend(head[win], (78, 34, 40), np.clip(nose_sd + 1.3, 0, 1))  # a dark edge
+    patch = _blend(patch, NOSE, np.clip(nose_sd + 0.5, 0, 1))
     if rn >= 4:
         shine = np.clip(0.22 * rn - np.hypot(a_, b_ + 0.55) * rn + 0.5, 0, 1)
         patch = _blend(patch, (235, 170, 180), 0.6 * shine)
