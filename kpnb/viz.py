@@ -89,6 +89,8 @@ def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figur
     for i, (name, rgb) in enumerate(colours.items()):
         c = np.array(rgb) / 255
         ax.scatter([0], [i], s=170, color=c, edgecolors=np.array(OUTLINE) / 255, linewidths=2)
+        ax.scatter([1], [i], s=150, marker="s", facecolors="none",
+                   edgecolors=np.array(OUTLINE) / 255, linewidths=4.5)  # fmt: skip
         ax.scatter([1], [i], s=150, marker="s", facecolors="none", edgecolors=c, linewidths=2.5)
         ax.text(1.6, i, name, va="center", fontsize=11)
     for x, head in ((0, "visible"), (1, "occluded")):

@@ -221,5 +221,8 @@ def test_color_swatch_shows_both_markers():
     fig = viz.color_swatch(SK.keypoints)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert set(SK.keypoints) <= set(texts) and {"visible", "occluded"} <= set(texts)
-    markers = {c.get_paths()[0].vertices.shape[0] for c in fig.axes[0].collections}
+    collections = fig.axes[0].collections
+    markers = {c.get_paths()[0].vertices.shape[0] for c in collections}
     assert len(markers) == 2  # a disc and a square
+    edges = {tuple(np.round(c.get_edgecolor()[0][:3] * 255).astype(int)) for c in collections}
+    assert viz.OUTLINE in edges  # with the dark outline draw_instances gives them
