@@ -2,8 +2,11 @@
 
 Every function returns a PIL image or a matplotlib ``Figure`` and keeps no global state
 (no ``plt.show()``, no pyplot figure manager), so notebooks display the result and tests
-can check it. Drawing uses torchvision's ``draw_keypoints``/``draw_bounding_boxes``;
-colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans (works offline).
+can check it. Boxes use torchvision's ``draw_bounding_boxes``; points and edges are drawn
+with PIL (torchvision's ``draw_keypoints`` has no outlines and ignores the edge colour), so
+every marker gets a dark outline and every edge a dark halo and they stand out on any
+picture. Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans (works
+offline). Picture grids save as palette PNGs, a fraction of the size of full-colour ones.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import draw_bounding_boxes, draw_keypoints
+from torchvision.utils import draw_bounding_boxes
 
 from kpnb.tables import Annotations, Skeleton
 
@@ -33,6 +38,8 @@ __all__ = [
 
 RGB = tuple[int, int, int]
 _PALETTE_SIZE = 48
+OUTLINE: RGB = (16, 16, 16)  # the dark edge around markers, edges and labels
+OCCLUDED_MARKERS = ("square", "x")
 FONT_PATH = Path(__import__("matplotlib").get_data_path()) / "fonts/ttf/DejaVuSans.ttf"
 
 
@@ -50,16 +57,23 @@ def keypoint_colors(names: Sequence[str]) -> dict[str, RGB]:
     """A distinct colour per name, stable across runs: the same name keeps its colour.
 
     A name's colour is picked by a checksum of the name from a fixed distinctipy palette;
-    when two names of one set would share a colour the later moves to the next free one.
+    when that colour is taken by, or too close to (RGB distance < 100), an earlier name of
+    the same set, the name moves on to the next palette colour that is clear of them all.
     """
-    palette, taken, out = _palette(), set(), {}
+    palette, taken, out = _palette(), [], {}
     for name in dict.fromkeys(str(n) for n in names):
-        i = zlib.crc32(name.encode("utf-8")) % len(palette)
-        while i in taken and len(taken) < len(palette):
-            i = (i + 1) % len(palette)
-        taken.add(i)
+        start = zlib.crc32(name.encode("utf-8")) % len(palette)
+        order = [(start + k) % len(palette) for k in range(len(palette))]
+        free = [i for i in order if i not in taken] or order
+        clear = [i for i in free if all(_distance(palette[i], palette[t]) >= 100 for t in taken)]
+        i = (clear or free)[0]
+        taken.append(i)
         out[name] = palette[i]
     return out
+
+
+def _distance(a: RGB, b: RGB) -> float:
+    return float(np.sqrt(sum((int(x) - int(y)) ** 2 for x, y in zip(a, b, strict=True))))
 
 
 def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
@@ -67,15 +81,22 @@ def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
 
 
 def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figure:
-    """A swatch of `keypoint_colors(names)`."""
+    """A legend of `keypoint_colors(names)`: each name with its marker as `draw_instances`
+    draws it, visible (a filled disc) and occluded (a hollow square)."""
     colours = keypoint_colors(names)
-    fig = _figure(6.4, 0.45 * len(colours) + 0.8)
+    fig = _figure(4.8, 0.42 * len(colours) + 1.0)
     ax = fig.add_subplot()
     for i, (name, rgb) in enumerate(colours.items()):
-        ax.barh(i, 1, color=np.array(rgb) / 255)
-        ax.text(1.05, i, name, va="center")
-    ax.set_xlim(0, 2.2)
-    ax.set_ylim(len(colours) - 0.5, -0.5)
+        c = np.array(rgb) / 255
+        ax.scatter([0], [i], s=170, color=c, edgecolors=np.array(OUTLINE) / 255, linewidths=2)
+        ax.scatter([1], [i], s=150, marker="s", facecolors="none",
+                   edgecolors=np.array(OUTLINE) / 255, linewidths=4.5)  # fmt: skip
+        ax.scatter([1], [i], s=150, marker="s", facecolors="none", edgecolors=c, linewidths=2.5)
+        ax.text(1.6, i, name, va="center", fontsize=11)
+    for x, head in ((0, "visible"), (1, "occluded")):
+        ax.text(x, -0.9, head, ha="center", va="bottom", fontsize=9, color="0.3")
+    ax.set_xlim(-0.6, 5.0)
+    ax.set_ylim(len(colours) - 0.5, -1.2)
     ax.set_axis_off()
     ax.set_title(title)
     return fig
@@ -117,8 +138,28 @@ def _instances(keypoints, skeleton: Skeleton | None) -> tuple[np.ndarray, list[s
     return arr, names
 
 
-def _dim(rgb: RGB) -> RGB:
-    return tuple(int(c * 0.45 + 128 * 0.2) for c in rgb)
+def marker_radius(width: int, height: int) -> int:
+    """The default keypoint marker radius for an image: 1/50 of its shorter side, >= 3 px."""
+    return max(3, round(min(width, height) / 50))
+
+
+def _disc(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill) -> None:
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+
+
+def _occluded_marker(draw: ImageDraw.ImageDraw, x: float, y: float, r: int, colour: RGB,
+                     outline: RGB, style: str) -> None:  # fmt: skip
+    """A hollow square (or an x) in the keypoint colour with a dark edge: an occluded point
+    must not look like a filled disc, nor like a drawn eye."""
+    t, o = max(2, round(r * 0.45)), max(1, round(r / 3))
+    if style == "square":
+        s, e = r + o, r + 2 * o
+        draw.rectangle([x - e, y - e, x + e, y + e], outline=outline, width=t + 2 * o)
+        draw.rectangle([x - s, y - s, x + s, y + s], outline=colour, width=t)
+        return
+    for fill, wd in ((outline, t + 2 * o), (colour, t)):
+        for dx in (-r, r):
+            draw.line([(x - dx, y - r), (x + dx, y + r)], fill=fill, width=wd)
 
 
 def draw_instances(
@@ -131,6 +172,9 @@ def draw_instances(
     radius: int | None = None,
     edge_color: RGB = (255, 255, 255),
     colors: Mapping[str, RGB] | None = None,
+    outline_color: RGB = OUTLINE,
+    occluded_marker: str = "square",
+    font_size: int | None = None,
 ) -> Image.Image:
     """Draw keypoint instances on an image.
 
@@ -140,43 +184,54 @@ def draw_instances(
             of the keypoints table (one image, one label).
         skeleton: names and edges; edges are drawn between labelled points only.
         boxes: optional ``[N, 4]`` xyxy boxes to draw.
-        show_names: write each visible keypoint's name beside it.
+        show_names: write each labelled keypoint's name beside it, on a dark label.
+        radius: marker radius in pixels; default `marker_radius` (grows with the image).
+        edge_color: colour of skeleton edges (drawn over a dark halo).
+        colors: keypoint name -> RGB; default `keypoint_colors` of the names.
+        outline_color: the dark outline of markers and halo of edges.
+        occluded_marker: ``"square"`` (hollow) or ``"x"``.
+        font_size: name text size in pixels; default grows with the image.
 
-    Visible points (v=2) are filled in their keypoint colour, occluded ones (v=1) dimmed
-    with a white ring, absent ones (v=0) and every edge touching them are not drawn.
+    Visible points (v=2) are discs in their keypoint colour with a dark outline; occluded
+    ones (v=1) hollow squares (or crosses) in the same colour, so the picture under them
+    stays visible; absent ones (v=0) and every edge touching them are not drawn.
 
     Returns:
         A new PIL image; the input is untouched.
     """
+    if occluded_marker not in OCCLUDED_MARKERS:
+        raise ValueError(
+            f"occluded_marker must be one of {OCCLUDED_MARKERS}, got {occluded_marker!r}"
+        )
     canvas = _as_tensor(image)
     arr, names = _instances(keypoints, skeleton)
     h, w = canvas.shape[-2:]
-    r = radius or max(2, round(min(h, w) / 90))
+    r = radius or marker_radius(w, h)
     colors = dict(colors or keypoint_colors(names))
     if boxes is not None and len(boxes):
         box_tensor = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
         canvas = draw_bounding_boxes(canvas, box_tensor, colors="yellow", width=max(1, r // 2))
-    if len(arr):
-        xy = torch.from_numpy(np.nan_to_num(arr[..., :2]))
-        vis = torch.from_numpy(arr[..., 2])
-        labelled = vis > 0
-        if skeleton is not None and skeleton.edges:
-            canvas = draw_keypoints(canvas, xy, connectivity=list(skeleton.edges),
-                                    colors=edge_color, radius=0, width=max(1, r // 2),
-                                    visibility=labelled)  # fmt: skip
-        for j, name in enumerate(names):
-            colour = colors.get(name, (255, 0, 0))
-            occluded = vis[:, j : j + 1] == 1
-            if occluded.any():
-                canvas = draw_keypoints(canvas, xy[:, j : j + 1], colors=(255, 255, 255),
-                                        radius=r + 1, visibility=occluded)  # fmt: skip
-                canvas = draw_keypoints(canvas, xy[:, j : j + 1], colors=_dim(colour), radius=r,
-                                        visibility=occluded)  # fmt: skip
-            canvas = draw_keypoints(canvas, xy[:, j : j + 1], colors=colour, radius=r,
-                                    visibility=vis[:, j : j + 1] == 2)  # fmt: skip
     out = _to_pil(canvas)
-    if show_names and len(arr):
-        _write_names(out, arr, names, colors, r)
+    if not len(arr):
+        return out
+    draw = ImageDraw.Draw(out)
+    xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
+    width, halo = max(2, round(r * 0.6)), max(1, round(r / 3))
+    for inst, v in zip(xy, vis, strict=True):  # edges: a dark halo, then the edge colour
+        edges = [e for e in (skeleton.edges if skeleton else ()) if v[e[0]] > 0 and v[e[1]] > 0]
+        for fill, wd in ((outline_color, width + 2 * halo), (edge_color, width)):
+            for a, b in edges:
+                draw.line([tuple(inst[a]), tuple(inst[b])], fill=fill, width=wd)
+    for inst, v in zip(xy, vis, strict=True):
+        for (x, y), vj, name in zip(inst, v, names, strict=True):
+            colour = colors.get(name, (255, 0, 0))
+            if vj == 2:
+                _disc(draw, x, y, r + halo, outline_color)
+                _disc(draw, x, y, r, colour)
+            elif vj == 1:
+                _occluded_marker(draw, x, y, r, colour, outline_color, occluded_marker)
+    if show_names:
+        out = _write_names(out, arr, names, colors, r, font_size)
     return out
 
 
@@ -191,14 +246,41 @@ def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwar
     return draw_instances(image, kps.numpy(), skeleton, boxes=boxes.numpy(), **kwargs)
 
 
-def _write_names(img: Image.Image, arr: np.ndarray, names, colors, r: int) -> None:
-    draw = ImageDraw.Draw(img)
-    font = _font(max(9, min(img.size) // 40))
+def _write_names(img: Image.Image, arr: np.ndarray, names, colors, r: int,
+                 font_size: int | None = None) -> Image.Image:  # fmt: skip
+    """Each labelled point's name on a translucent dark label (text a lighter tint of the
+    point's colour), placed beside the point on the first side where it overlaps no marker
+    or earlier label and stays on the image."""
+    size = font_size or max(11, round(min(img.size) / 24))
+    font = _font(size)
+    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    pts = [(x, y) for inst in arr for x, y, v in inst if v > 0]
+    taken = [(x - r - 1, y - r - 1, x + r + 1, y + r + 1) for x, y in pts]
+    pad, gap = max(1, size // 6), r + 2
     for inst in arr:
         for (x, y, v), name in zip(inst, names, strict=True):
-            if v > 0:
-                draw.text((x + r + 2, y - r - 2), name, fill=colors.get(name, (255, 0, 0)),
-                          font=font, stroke_width=1, stroke_fill=(0, 0, 0))  # fmt: skip
+            if v <= 0:
+                continue
+            left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
+            tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+            spots = [(x + gap, y - gap - th), (x + gap, y + gap), (x - gap - tw, y - gap - th),
+                     (x - gap - tw, y + gap), (x - tw / 2, y - gap - th), (x - tw / 2, y + gap)]
+            inside = [s for s in spots if 0 <= s[0] and s[0] + tw <= img.width
+                      and 0 <= s[1] and s[1] + th <= img.height] or spots  # fmt: skip
+            free = [s for s in inside if not any(_overlaps((*s, s[0] + tw, s[1] + th), b)
+                                                 for b in taken)]  # fmt: skip
+            sx, sy = (free or inside)[0]
+            box = (sx, sy, sx + tw, sy + th)
+            taken.append(box)
+            draw.rectangle(box, fill=(*OUTLINE, 170))
+            ink = tuple(round(c + (255 - c) * 0.3) for c in colors.get(name, (255, 0, 0)))
+            draw.text((sx + pad - left, sy + pad - top), name, font=font, fill=(*ink, 255))
+    return Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _export_root(ann: Annotations) -> Path:
@@ -281,12 +363,61 @@ def show_sample(
     return img
 
 
+class _PaletteCanvas(FigureCanvasAgg):
+    """Agg canvas whose PNGs use a 256-colour palette.
+
+    A grid of photographs in full-colour PNG is over a megabyte in a notebook; the palette
+    version is a few times smaller and looks the same at notebook width. The palette keeps
+    every keypoint colour, the outline and white exactly (an adaptive palette alone would
+    merge two keypoint colours and the legend would lie); the rest adapts to the picture.
+    Other formats (``.jpg``, ``.pdf``) are written as usual.
+    """
+
+    def print_png(self, filename_or_obj, *, metadata=None, pil_kwargs=None, **_ignored):
+        FigureCanvasAgg.draw(self)
+        rgb = Image.fromarray(np.asarray(self.buffer_rgba())[..., :3])
+        reserved = list(dict.fromkeys([*_palette(), OUTLINE, (255, 255, 255), (255, 255, 0)]))
+        adaptive = rgb.quantize(256 - len(reserved), method=Image.Quantize.FASTOCTREE)
+        colours = adaptive.getpalette()[: 3 * (256 - len(reserved))]
+        palette = Image.new("P", (1, 1))
+        palette.putpalette(colours + [c for rgb_ in reserved for c in rgb_])
+        small = rgb.quantize(palette=palette, dither=Image.Dither.NONE)
+        # PIL maps through a coarse colour cache; put reserved colours back exactly
+        keys = _rgb_keys(np.asarray(rgb))
+        wanted = _rgb_keys(np.array(reserved, np.uint8))
+        order = np.argsort(wanted)
+        slot = np.clip(np.searchsorted(wanted[order], keys), 0, len(wanted) - 1)
+        exact = wanted[order][slot] == keys
+        index = np.asarray(small).copy()
+        index[exact] = (256 - len(reserved) + order[slot])[exact]
+        small = Image.fromarray(index, mode="P")
+        small.putpalette(palette.getpalette())
+        info = None
+        if metadata:
+            from PIL import PngImagePlugin
+
+            info = PngImagePlugin.PngInfo()
+            for key, value in metadata.items():
+                info.add_text(key, str(value))
+        small.save(filename_or_obj, format="png", optimize=True, pnginfo=info,
+                   dpi=(self.figure.dpi, self.figure.dpi))  # fmt: skip
+
+
+def _rgb_keys(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
 def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 3,
                cell: float = 3.2, title: str | None = None) -> Figure:  # fmt: skip
-    """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles."""
+    """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles.
+
+    The figure saves and displays as a palette PNG (see `_PaletteCanvas`), so a grid of
+    photographs stays small in a notebook."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig = _figure(cell * ncols, cell * nrows + (0.4 if title else 0))
+    _PaletteCanvas(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -294,20 +425,53 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
             img = images[i]
             ax.imshow(img if isinstance(img, Image.Image) else _to_pil(_as_tensor(img)))
             if titles is not None:
-                ax.set_title(str(titles[i]), fontsize=9)
+                ax.set_title(str(titles[i]), fontsize=10)
     if title:
         fig.suptitle(title)
     return fig
 
 
+def keypoint_legend(fig: Figure, colors: Mapping[str, RGB], occluded: bool = True,
+                    ncols: int | None = None) -> None:  # fmt: skip
+    """Add a legend under `fig`: one disc per keypoint colour, and the occluded style."""
+    dark = np.array(OUTLINE) / 255
+    handles = [Line2D([], [], ls="", marker="o", markersize=10, markerfacecolor=np.array(c) / 255,
+                      markeredgecolor=dark, markeredgewidth=1.5, label=name)
+               for name, c in colors.items()]  # fmt: skip
+    if occluded:
+        handles.append(Line2D([], [], ls="", marker="s", markersize=10, markerfacecolor="none",
+                              markeredgecolor="0.35", markeredgewidth=2,
+                              label="occluded (any colour)"))  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols or min(len(handles), 6),
+               frameon=False, fontsize=10, title="keypoints", title_fontsize=10)  # fmt: skip
+
+
 def sample_grid(ann: Annotations, indices: Sequence[int] | None = None, image_root=None,
                 ncols: int = 3, **kwargs) -> Figure:  # fmt: skip
-    """A grid (default 3x3, the first nine images) of `show_sample` pictures."""
+    """A grid (default 3x3, the first nine images) of `show_sample` pictures, with a
+    colour legend; names are sized to stay readable at the grid's scale.
+
+    `kwargs` go to `show_sample` / `draw_instances` (e.g. ``show_names=False``).
+    """
     if indices is None:
         indices = ann.images["image_index"].tolist()[: ncols * 3]
-    images = [show_sample(ann, int(i), image_root, **kwargs) for i in indices]
-    names = ann.images.set_index("image_index").loc[list(indices), "name"].astype(str)
-    return image_grid(images, names.tolist(), ncols, title="Annotated samples")
+    indices = [int(i) for i in indices]
+    kp = ann.keypoints[ann.keypoints["image_index"].isin(indices)]
+    labels = ([kwargs["label"]] if kwargs.get("label")
+              else list(dict.fromkeys(kp["label"].astype(str))))  # fmt: skip
+    names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
+    colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
+    meta = ann.images.set_index("image_index").loc[indices]
+    images = []
+    for i, (w, h) in zip(indices, meta[["width", "height"]].to_numpy(int), strict=True):
+        # a cell is about 300 px wide: scale text so it shows at about 10 px
+        size = kwargs.get("font_size") or max(11, round(10 * max(w, h) / 300))
+        extra = {k: v for k, v in kwargs.items() if k != "font_size"}
+        images.append(show_sample(ann, i, image_root, colors=colors, font_size=size, **extra))
+    fig = image_grid(images, meta["name"].astype(str).tolist(), ncols, title="Annotated samples")
+    if colors:
+        keypoint_legend(fig, colors)
+    return fig
 
 
 def before_after(pairs: Sequence[tuple], names: Sequence[str] = ("before", "after"),
@@ -405,16 +569,23 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box",
     fig = _figure(2.6 * ncols, 2.6 * nrows + 0.5)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     u, v = np.asarray(u, float), np.asarray(v, float)
-    for ax, name in zip(axes.flat, names, strict=False):
-        m = (kp["keypoint"] == name).to_numpy()
-        ax.hist2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]], cmap="magma",
-                  norm=PowerNorm(0.5))  # fmt: skip
+    masks = [(kp["keypoint"] == name).to_numpy() for name in names]
+    # one colour scale for every panel, so the shared colour bar reads on all of them
+    peak = max([np.histogram2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]])[0].max()
+                for m in masks if m.any()] or [1.0])  # fmt: skip
+    norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
+    image = None
+    for ax, name, m in zip(axes.flat, names, masks, strict=False):
+        *_, image = ax.hist2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]], cmap="magma",
+                              norm=norm)  # fmt: skip
         ax.set_ylim(1, 0)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(f"x / {normalize} width", fontsize=8)
         ax.set_ylabel(f"y / {normalize} height", fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_axis_off()
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
     fig.suptitle(f"Where the keypoints of {label!r} fall (normalised by {normalize})")
     return fig
 

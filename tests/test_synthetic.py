@@ -157,3 +157,46 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_unknown_layout():
     with pytest.raises(ValueError, match="skeleton' or 'points"):
         render_scene(0, 0, "boxes")
+
+
+def test_pupils_and_noses_stand_out_from_what_surrounds_them():
+    """The keypoints stay easy to learn: a dark pupil inside a lighter iris, a nose that
+    differs from the muzzle around it."""
+    checked = 0
+    for index in range(30):
+        scene = render_scene(0, index)
+        pixels = np.asarray(scene.image).astype(float)
+        h, w = pixels.shape[:2]
+        for i in range(len(scene.keypoints)):
+            kp, hidden = scene.keypoints[i], scene.occluded[i] | scene.outside[i]
+            radius = np.linalg.norm(kp[1] - kp[2]) / 0.76  # the eyes sit 0.76 radii apart
+            rp, re, rn = max(0.09 * radius, 2.5), max(0.17 * radius, 5.0), max(0.11 * radius, 2.5)
+            iris = (rp + re - 1.0) / 2  # mid-way between the pupil and the eye's dark rim
+            for j, ring in ((0, 2.0 * rn), (1, iris), (2, iris)):
+                t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+                xs, ys = kp[j, 0] + ring * np.cos(t), kp[j, 1] + ring * np.sin(t)
+                if hidden.any() or not ((xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)).all():
+                    continue
+                around = pixels[np.floor(ys).astype(int), np.floor(xs).astype(int)]
+                centre = pixels[int(kp[j, 1]), int(kp[j, 0])]
+                if j == 0:  # most of the nose's surroundings differ clearly in colour
+                    far = np.linalg.norm(around - centre, axis=1)
+                    assert np.percentile(far, 25) > 45, (index, i, "nose")
+                else:  # the pupil is much darker than its iris
+                    assert around.mean() - centre.mean() > 50, (index, i, j)
+                checked += 1
+    assert checked > 60
+
+
+def test_appearance_never_moves_a_keypoint(monkeypatch):
+    """The backdrop draws from its own random stream (the original drew it first from the
+    geometry's): drawing it differently leaves sizes, faces and keypoints where they were."""
+    before = [render_scene(5, i) for i in range(6)]
+    monkeypatch.setattr(synthetic, "_background",
+                        lambda rng, w, h: np.full((h, w, 3), 128, np.float32))  # fmt: skip
+    after = [render_scene(5, i) for i in range(6)]
+    for a, b in zip(before, after, strict=True):
+        assert a.image.size == b.image.size
+        assert np.array_equal(a.keypoints, b.keypoints)
+        assert np.array_equal(a.visibility, b.visibility)
+        assert not np.array_equal(np.asarray(a.image), np.asarray(b.image))

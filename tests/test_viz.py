@@ -35,19 +35,75 @@ def test_visible_point_has_its_colour_and_absent_point_is_not_drawn():
     assert img[25:36, 26:74].max() == 0
 
 
-def test_edge_between_labelled_points_is_drawn():
+def test_visible_point_has_a_dark_outline():
+    canvas = Image.new("RGB", (100, 60), (255, 255, 255))  # white: the outline must show
+    kps = np.array([[[50, 30, 2], [0, 0, 0], [0, 0, 0]]], np.float32)
+    img = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=False, radius=5))
+    assert tuple(img[30, 50]) == viz.keypoint_colors(SK.keypoints)["a"]
+    assert tuple(img[30, 56]) == viz.OUTLINE  # just outside the disc, on every side
+    assert tuple(img[24, 50]) == viz.OUTLINE
+    assert tuple(img[30, 60]) == (255, 255, 255)  # and the outline is thin
+
+
+def test_markers_grow_with_the_image():
+    kps = np.array([[[0.5, 0.5, 2], [0, 0, 0], [0, 0, 0]]], np.float32)
+
+    def drawn(w, h):
+        img = np.asarray(viz.draw_instances(Image.new("RGB", (w, h)), kps * [w, h, 1], SK,
+                                            show_names=False))  # fmt: skip
+        return int((img.max(-1) > 0).sum())
+
+    assert viz.marker_radius(640, 480) > viz.marker_radius(160, 120)
+    assert drawn(640, 480) > 4 * drawn(160, 120) > 0
+
+
+def test_edge_between_labelled_points_is_drawn_over_a_dark_halo():
+    canvas = Image.new("RGB", (100, 60), (255, 255, 255))
     kps = np.array([[[20, 30, 2], [50, 30, 2], [80, 30, 0]]], np.float32)
-    img = np.asarray(viz.draw_instances(_canvas(), kps, SK, show_names=False, radius=3))
-    assert tuple(img[30, 35]) == (255, 255, 255)  # the a-b edge
-    assert img[25:36, 58:90].max() == 0  # nothing towards the absent c
+    img = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=False, radius=3,
+                                        edge_color=(255, 255, 0)))  # fmt: skip
+    column = [tuple(p) for p in img[20:40, 35]]
+    assert (255, 255, 0) in column  # the a-b edge in its colour
+    assert column.count(viz.OUTLINE) >= 2  # with the halo on both sides
+    assert (img[20:40, 58:90] == 255).all()  # nothing towards the absent c
 
 
-def test_occluded_point_looks_different():
-    kps = np.array([[[20, 30, 1], [50, 30, 2], [80, 30, 2]]], np.float32)
-    img = np.asarray(viz.draw_instances(_canvas(), kps, SK, show_names=False, radius=4))
+@pytest.mark.parametrize("style", ["square", "x"])
+def test_occluded_point_cannot_pass_for_a_visible_one(style):
+    kps = np.array([[[20, 30, 1], [50, 30, 0], [80, 30, 2]]], np.float32)  # no edge at a
+    img = np.asarray(viz.draw_instances(_canvas(), kps, SK, show_names=False, radius=4,
+                                        occluded_marker=style))  # fmt: skip
     colour = viz.keypoint_colors(SK.keypoints)["a"]
-    assert tuple(img[30, 20]) != colour and img[30, 20].max() > 0  # dimmed, not missing
-    assert tuple(img[30, 25]) == (255, 255, 255)  # with a white ring
+    box = img[30 - 9 : 30 + 10, 20 - 9 : 20 + 10]
+    assert (box == colour).all(-1).sum() > 10  # drawn in its colour...
+    if style == "square":
+        assert tuple(img[30, 20]) == (0, 0, 0)  # ...hollow: the picture shows through
+        assert tuple(img[30, 25]) == colour  # on the square's side, not a ring
+    else:
+        assert tuple(img[30, 20]) == colour  # the crossing
+        assert tuple(img[30, 24]) != colour and tuple(img[26, 24]) == colour  # arms, not a disc
+    # and unlike a visible disc, which is solid in its colour around the centre
+    visible = np.asarray(viz.draw_instances(_canvas(), kps * [1, 1, 0] + [0, 0, 2], SK,
+                                            show_names=False, radius=4))  # fmt: skip
+    assert (visible[28:33, 18:23] == colour).all()
+    assert not (img[28:33, 18:23] == colour).all()
+
+
+def test_unknown_occluded_marker():
+    with pytest.raises(ValueError, match="occluded_marker"):
+        viz.draw_instances(_canvas(), np.zeros((1, 3, 3)), SK, occluded_marker="ring")
+
+
+def test_names_do_not_cover_other_points():
+    kps = np.array([[[30, 50, 2], [46, 36, 2], [0, 0, 0]]], np.float32)  # b up-right of a
+    canvas = Image.new("RGB", (120, 80), (0, 0, 0))
+    named = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=True, radius=3,
+                                          font_size=12))  # fmt: skip
+    plain = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=False, radius=3))
+    assert (named != plain).any(-1).sum() > 40  # names are written
+    colours = viz.keypoint_colors(SK.keypoints)
+    for (x, y, _), name in zip(kps[0][:2], "ab", strict=True):
+        assert (named[int(y) - 1 : int(y) + 2, int(x) - 1 : int(x) + 2] == colours[name]).all()
 
 
 def test_accepts_tensors_and_table_slices(synthetic_export):
@@ -69,7 +125,7 @@ def test_names_are_written(synthetic_export):
 
 def _assert_labelled(fig):
     assert isinstance(fig, Figure)
-    axes = [ax for ax in fig.axes if ax.axison]
+    axes = [ax for ax in fig.axes if ax.axison and not hasattr(ax, "_colorbar")]
     assert axes
     for ax in axes:
         assert ax.get_title() or fig._suptitle is not None
@@ -94,7 +150,9 @@ def test_history_and_prediction_figures():
     gt = np.array([[[20, 30, 2], [50, 30, 2], [80, 30, 0]]], np.float32)
     pred = np.array([[[22, 31, 0.9], [55, 30, 0.8], [80, 30, 0.1]]], np.float32)
     img = np.asarray(viz.draw_predictions(_canvas(), gt, pred, SK))
-    assert (img[:, :, 0] == 255).any()  # red error lines
+    red = (img == (255, 0, 0)).all(-1)  # the error lines' colour, no keypoint's
+    assert red[30, 51:55].all()  # from b's ground truth (50, 30) to its prediction (55, 30)
+    assert not red[:, 60:].any()  # c is absent in the ground truth: no error line
     fig = viz.compare_predictions(_canvas(), gt, pred, SK, title="t")
     assert len(fig.axes) == 3
 
@@ -114,3 +172,57 @@ def test_cli_show(tmp_path, synthetic_export):
     assert main(["show", str(synthetic_export), "--image", "2", "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 0
     assert main(["show", str(synthetic_export), "--image", "999", "--out", str(out)]) == 2
+
+
+def test_heatmap_has_one_colour_bar_for_all_panels(synthetic_export):
+    ann = read_cvat(synthetic_export)
+    fig = viz.plot_keypoint_heatmap(ann, "face")
+    bars = [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "points per bin"
+    panels = [ax for ax in fig.axes if ax.collections and not hasattr(ax, "_colorbar")]
+    assert len(panels) == 5
+    assert len({(c.norm.vmin, c.norm.vmax) for ax in panels for c in ax.collections}) == 1
+    peak = max(c.get_array().max() for ax in panels for c in ax.collections)
+    assert bars[0]._colorbar.norm.vmax == peak
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def test_sample_grid_has_a_colour_legend_and_saves_small(synthetic_export):
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ann = read_cvat(synthetic_export)
+    fig = viz.sample_grid(ann)
+    assert len(fig.legends) == 1
+    legend = fig.legends[0]
+    entries = {t.get_text(): h
+               for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}  # fmt: skip
+    colours = viz.keypoint_colors(ann.skeletons["face"].keypoints)
+    assert set(colours) < set(entries) and any("occluded" in k for k in entries)
+    for name, rgb in colours.items():
+        assert tuple(round(c * 255) for c in entries[name].get_markerfacecolor()[:3]) == rgb
+    small = _png(fig)
+    pixels = np.asarray(Image.open(io.BytesIO(small)).convert("RGB"))
+    for rgb in colours.values():  # the palette keeps every keypoint colour exactly
+        assert (pixels == rgb).all(-1).sum() > 20
+    FigureCanvasAgg(fig)  # the same figure as a full-colour PNG
+    assert len(small) < 0.6 * len(_png(fig))
+
+
+def test_color_swatch_shows_both_markers():
+    fig = viz.color_swatch(SK.keypoints)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert set(SK.keypoints) <= set(texts) and {"visible", "occluded"} <= set(texts)
+    collections = fig.axes[0].collections
+    markers = {c.get_paths()[0].vertices.shape[0] for c in collections}
+    assert len(markers) == 2  # a disc and a square
+    edges = {tuple(np.round(c.get_edgecolor()[0][:3] * 255).astype(int)) for c in collections}
+    assert viz.OUTLINE in edges  # with the dark outline draw_instances gives them
