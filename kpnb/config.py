@@ -32,13 +32,32 @@ def cache_dir() -> Path:
 
 
 def outputs_dir() -> Path:
-    """Where tutorials write figures, checkpoints, metrics: ``$KPNB_OUTPUTS`` or ./outputs."""
-    return Path(os.environ.get("KPNB_OUTPUTS") or Path.cwd() / "outputs").expanduser().resolve()
+    """Where tutorials write figures, checkpoints, metrics: ``$KPNB_OUTPUTS``, else
+    ``./outputs`` (``./outputs/smoke`` in smoke mode, so a full run's files never meet a
+    smoke run's)."""
+    default = Path.cwd() / "outputs" / ("smoke" if SMOKE else "")
+    return Path(os.environ.get("KPNB_OUTPUTS") or default).expanduser().resolve()
 
 
-def pick(full: T, smoke: T) -> T:
-    """`smoke` in smoke mode (CI), else `full`: how notebooks shrink their parameters."""
-    return smoke if SMOKE else full
+def has_gpu() -> bool:
+    """Whether CUDA is available (the full schedules are sized for a GPU)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+_UNSET = object()
+
+
+def pick(full: T, smoke: T, *, cpu: T = _UNSET) -> T:
+    """`smoke` in smoke mode (CI), else `full`: how notebooks shrink their parameters.
+
+    With `cpu`, full mode on a machine without a GPU takes that value instead: a CPU
+    schedule that fits the tutorial's time (see the README's expected times).
+    """
+    if SMOKE:
+        return smoke
+    return full if cpu is _UNSET or has_gpu() else cpu
 
 
 def setup_notebook(seed: int = 0) -> bool:

@@ -20,8 +20,13 @@ from pathlib import Path
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def run_series(notebooks: Path, out: Path, *, timeout: int = 3600) -> list[tuple[str, float]]:
-    """Execute every ``NN_*.ipynb`` in `notebooks` in order; return (name, seconds) pairs."""
+def run_series(notebooks: Path, out: Path, *,
+               timeout: int | None = None) -> list[tuple[str, float]]:  # fmt: skip
+    """Execute every ``NN_*.ipynb`` in `notebooks` in order; return (name, seconds) pairs.
+
+    No cell has a time limit by default (`timeout` None): a slow machine takes longer but
+    finishes, because the training cells carry their own time budget (``max_minutes``).
+    """
     import nbformat
     from nbclient import NotebookClient
 
