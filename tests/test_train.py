@@ -233,6 +233,9 @@ def test_cli_resume_without_checkpoint_is_clear(synthetic_export, tmp_path, caps
     assert code == 2 and "nothing to resume" in capsys.readouterr().err
 
 
+OVERFIT_SIZE = 96
+
+
 def test_overfits_four_images_and_then_finds_their_keypoints(synthetic_export):
     """The model learns: from random weights, one-cycle steps on 4 images take PCK@0.1 on
     those images from ~0 to well above 0.6."""
@@ -240,12 +243,13 @@ def test_overfits_four_images_and_then_finds_their_keypoints(synthetic_export):
 
     torch.manual_seed(0)
     ann = read_cvat(synthetic_export)
-    ds = KeypointDataset(ann, synthetic_export, "face", eval_transforms(128))
+    ds = KeypointDataset(ann, synthetic_export, "face", eval_transforms(OVERFIT_SIZE))
     four = Subset(ds, [i for i in range(len(ds)) if len(ds.items[i].boxes)][:4])
     loader = DataLoader(four, batch_size=4, collate_fn=collate_fn)
-    model = build_model(5, weights=None, size=128)
+    model = build_model(5, weights=None, size=OVERFIT_SIZE)
     before = evaluate(model, loader, ann.skeletons["face"]).metrics
-    fit(model, loader, None, ann.skeletons["face"], TrainConfig(epochs=80, lr=1e-4, size=128))
+    config = TrainConfig(epochs=80, lr=1e-4, size=OVERFIT_SIZE)
+    fit(model, loader, None, ann.skeletons["face"], config)
     after = evaluate(model, loader, ann.skeletons["face"]).metrics
     print(
         f"overfit PCK@0.1 {before['PCK@0.1']:.3f} -> {after['PCK@0.1']:.3f}, "
