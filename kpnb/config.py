@@ -65,7 +65,6 @@ def setup_notebook(seed: int = 0) -> bool:
 
     Returns `SMOKE`, so a notebook can say which mode it runs in.
     """
-    import logging
     import random
 
     import numpy as np
@@ -78,7 +77,7 @@ def setup_notebook(seed: int = 0) -> bool:
     pd.set_option("display.max_columns", 20)
     pd.set_option("display.width", 120)
     pd.set_option("display.precision", 2)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _show_kpnb_logs()
     try:  # kpnb.viz returns Figures built without pyplot; inline mode registers their display
         from IPython import get_ipython
 
@@ -88,6 +87,25 @@ def setup_notebook(seed: int = 0) -> bool:
     except ImportError:
         pass
     return SMOKE
+
+
+def _show_kpnb_logs() -> None:
+    """kpnb's INFO logs (one line per training epoch, warnings) on this process's stderr.
+
+    A handler on the ``kpnb`` logger itself: in a Jupyter kernel the root logger already
+    has handlers, so ``logging.basicConfig`` would do nothing and the lines would be lost.
+    """
+    import logging
+    import sys
+
+    logger = logging.getLogger("kpnb")
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "kpnb_notebook", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.kpnb_notebook = True
+        logger.addHandler(handler)
+    logger.propagate = False
 
 
 def environment_report():

@@ -15,6 +15,8 @@ every checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import pickle
@@ -78,13 +80,26 @@ def _short(exc: BaseException) -> str:
     return (str(getattr(exc, "reason", exc)).splitlines() or [type(exc).__name__])[0]
 
 
+def _log_said(said: io.StringIO) -> None:
+    for line in said.getvalue().splitlines():
+        if line.strip():
+            log.info("%s", line.strip())
+
+
 def _coco_state_dict() -> dict:
     """torchvision's COCO weights through torch.hub: cached in $TORCH_HOME, hash-checked."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
+    said = io.StringIO()
     try:
-        return torch.hub.load_state_dict_from_url(COCO_URL, model_dir=str(hub), progress=False,
-                                                  check_hash=True, weights_only=True)  # fmt: skip
+        # torch.hub prints "Downloading: ..."; kpnb logs it instead
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            state = torch.hub.load_state_dict_from_url(COCO_URL, model_dir=str(hub),
+                                                       progress=False, check_hash=True,
+                                                       weights_only=True)  # fmt: skip
+        _log_said(said)
+        return state
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
+        _log_said(said)
         raise WeightsUnavailableError(
             f"COCO Keypoint R-CNN weights could not be downloaded ({_short(exc)}). Download "
             f"{COCO_URL} on a connected machine and put it in {hub}/ or pass its path as "
