@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= outputs
 
-.PHONY: env tutorial test lint clean
+.PHONY: env tutorial test tutorial-then-test lint clean
 
 $(VENV)/.kpnb-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ tutorial: env
 # Unit tests plus every notebook under nbval, in the smoke mode the notebooks are committed in.
 test: env
 	KPNB_SMOKE=1 $(PY) -m pytest
+
+# The README's two commands in order on one clone: a full run's outputs/ must not change the
+# smoke run (smoke runs write to outputs/smoke, and run-dependent cells are not compared).
+tutorial-then-test:
+	$(MAKE) tutorial
+	$(MAKE) test
 
 lint: env
 	$(PY) -m ruff check kpnb tests benchmarks

@@ -328,9 +328,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 # -- train --------------------------------------------------------------------------------
-def _dataset_args(p: argparse.ArgumentParser) -> None:
+def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) -> None:
+    """DATA and how to read it; `from_checkpoint`: defaults are the training run's."""
+    run = "default: the checkpoint's" if from_checkpoint else None
     p.add_argument("data", help="CVAT or COCO export (folder, zip, file), or 'synthetic'")
-    p.add_argument("--label", help="skeleton label to learn (default: the first skeleton)")
+    p.add_argument("--label", help=f"skeleton label to learn ({run or 'default: the first'})")
     p.add_argument(
         "--all-categories",
         action="store_true",
@@ -345,12 +347,13 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-pairs", nargs="+", metavar="LEFT:RIGHT",
                    help="left/right keypoint pairs for the training flip, e.g. "
                    "'L_Eye:R_Eye' (default: paired from the names)")  # fmt: skip
-    p.add_argument("--size", type=positive_int, default=256,
-                   help="square image size (default: 256)")  # fmt: skip
+    p.add_argument("--size", type=positive_int, default=None if run else 256,
+                   help=f"square image size ({run or 'default: 256'})")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=2,
                    help="images per step (default: 2)")  # fmt: skip
     p.add_argument("--workers", type=nonnegative_int,
                    help="data loader workers (default: cores - 1)")  # fmt: skip
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
 
 
 def _flip_pairs(args) -> list[tuple[str, str]] | None:
@@ -407,16 +410,24 @@ def _load_for_training(args):
     return ann, image_root, label
 
 
+def _positive(name: str, value) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"--{name} must be > 0, got {value}")
+
+
 @_command(
     "train",
     "fine-tune Keypoint R-CNN on an export and keep the best checkpoint",
     "kpnb train synthetic --epochs 1 --size 256 --out runs/demo --weights none\n"
-    "  kpnb train my_export.zip --epochs 30 --out runs/v1 --weights coco\n"
+    "  kpnb train my_export.zip --epochs 30 --out runs/v1 --weights coco --minutes 60\n"
     "  torchrun --nproc_per_node 2 -m kpnb train synthetic --epochs 5 --out runs/ddp",
 )
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
     p.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
+    p.add_argument("--minutes", type=positive_float,
+                   help="time budget: the schedule fits it and training stops when it is used "
+                   "up (default: none)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints/history")
     p.add_argument(
         "--weights",
@@ -424,13 +435,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="coco (download torchvision's COCO weights), none, or a .pth path "
         "(default: coco, falling back to random with a warning when offline)",
     )
+    p.add_argument("--preset", choices=("auto", "cpu", "torchvision"), default="auto",
+                   help="model sizes: auto (torchvision's on CUDA, cpu elsewhere), cpu (images "
+                   "kept at --size, fewer proposals) or torchvision (640-800 px)")  # fmt: skip
     p.add_argument(
         "--lr", type=positive_float, default=1e-4,
         help="peak one-cycle learning rate (default: 1e-4)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the run and of the split (default: 0)")  # fmt: skip
     p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
 
@@ -440,6 +454,8 @@ def run_train(args: argparse.Namespace) -> int:
     from kpnb.model import build_model
     from kpnb.train import TrainConfig, fit
 
+    for name in ("size", "epochs", "minutes", "batch_size", "lr"):
+        _positive(name.replace("_", "-"), getattr(args, name))
     ann, root, label = _load_for_training(args)
     skeleton = ann.skeletons[label]
     # Everything that can fail on the input fails here, before the model is built.
@@ -458,14 +474,16 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"flip: {skeleton.flip_summary()}")
     weights = None if str(args.weights).lower() == "none" else args.weights
     model = build_model(skeleton.num_keypoints, weights=weights, size=args.size,
-                        allow_random=args.weights == "coco")  # fmt: skip
+                        preset=args.preset, allow_random=args.weights == "coco")  # fmt: skip
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
         seed=args.seed,
         size=args.size,
+        max_minutes=args.minutes,
         sigmas=args.sigmas,
-        extra={"label": label, "data": str(args.data)},
+        extra={"label": label, "data": str(args.data),
+               "points_as_skeleton": args.points_as_skeleton},  # fmt: skip
     )
     resume = args.out / "last.pth" if args.resume else None
     if resume is not None and not resume.is_file():
@@ -474,21 +492,32 @@ def run_train(args: argparse.Namespace) -> int:
                   device=args.device, resume=resume)  # fmt: skip
     if history and int(os.environ.get("RANK", 0)) == 0:
         last = history[-1]
-        shown = {k: round(v, 4) for k, v in last.items() if k in ("loss", "AP", "PCK@0.1")}
+        shown = {k: round(v, 4) for k, v in last.items()
+                 if k in ("loss", "AP", "PCK@0.1") and v is not None}  # fmt: skip
         print(f"trained {len(history)} epochs on {len(train_loader.dataset)} images: {shown}")
         print(f"checkpoints and history in {args.out}")
     return 0
 
 
+def _checkpoint_run(args, ckpt) -> None:
+    """Fill the dataset flags the user left out from the checkpoint's training run."""
+    config = ckpt.get("config") or {}
+    extra = config.get("extra") or {}
+    args.label = args.label or extra.get("label")
+    args.points_as_skeleton = args.points_as_skeleton or extra.get("points_as_skeleton")
+    args.size = args.size or config.get("size") or 256
+    args.seed = config.get("seed", 0)
+
+
 # -- evaluate -----------------------------------------------------------------------------
 @_command(
     "evaluate",
-    "OKS AP, PCK and pixel error of a checkpoint on an export's validation images",
+    "OKS AP, PCK and pixel error of a checkpoint on the validation images of its run",
     "kpnb evaluate runs/demo/best.pth synthetic --out runs/demo/metrics.json",
 )
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
-    _dataset_args(p)
+    _dataset_args(p, from_checkpoint=True)
     p.add_argument("--out", type=Path, help="JSON to write (default: CHECKPOINT's folder)")
     p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
     p.add_argument("--all", action="store_true", help="every image, not only validation ones")
@@ -498,24 +527,29 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from kpnb.dataset import KeypointDataset, collate_fn, split_indices
+    from kpnb.dataset import KeypointDataset, collate_fn, default_workers, split_indices
     from kpnb.evaluate import evaluate
     from kpnb.model import load_checkpoint_model
     from kpnb.transforms import eval_transforms
 
-    model, ckpt = load_checkpoint_model(args.checkpoint)
+    _positive("size", args.size)
+    model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
+    _checkpoint_run(args, ckpt)
     ann, root, label = _load_for_training(args)
     skeleton = ckpt["skeleton_obj"]
     if ann.skeletons[label].keypoints != skeleton.keypoints:
         raise ValueError(f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
                          f"{label!r}'s {list(ann.skeletons[label].keypoints)}")  # fmt: skip
-    indices = None if args.all else split_indices(ann)[1]
+    # the run's own split (its seed), so these are exactly the images it validated on
+    indices = None if args.all else split_indices(ann, seed=args.seed)[1]
     ds = KeypointDataset(ann, root, label, eval_transforms(args.size), indices=indices,
                          skip_missing=args.skip_missing)  # fmt: skip
-    loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_fn)
+    workers = default_workers() if args.workers is None else args.workers
+    loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=workers)
     result = evaluate(model, loader, skeleton, args.sigmas)
     out = args.out or args.checkpoint.with_name("metrics.json")
     result.to_json(out)
+    print(f"{len(ds)} {'images' if args.all else 'validation images'} at {args.size} px")
     print(pd_table(result.metrics))
     print()
     print(result.per_keypoint.round(3).to_string())
@@ -524,8 +558,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def pd_table(metrics: dict) -> str:
-    return "\n".join(f"{k:>18s}  {v:.4f}" if isinstance(v, float) else f"{k:>18s}  {v}"
-                     for k, v in metrics.items())  # fmt: skip
+    """`metrics` as aligned lines; a missing value (None) shows as n/a."""
+    def cell(v):
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    return "\n".join(f"{k:>18s}  {cell(v)}" for k, v in metrics.items())
 
 
 # -- predict ------------------------------------------------------------------------------
@@ -552,6 +589,11 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", type=Path, metavar="EXPORT",
                    help=".json out: take image ids from this export's images (matched by "
                    "file name), so the results load against it in pycocotools")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=4,
+                   help="images per batch (default: 4)")  # fmt: skip
+    p.add_argument("--workers", type=nonnegative_int,
+                   help="image loading workers (default: cores - 1)")  # fmt: skip
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
 
 
 def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None) -> list[int]:
@@ -589,6 +631,7 @@ def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None)
 @add_predict_arguments.runner
 def run_predict(args: argparse.Namespace) -> int:
     from PIL import Image
+    from tqdm import tqdm
 
     from kpnb.evaluate import predict
     from kpnb.images import image_size, load_image
@@ -608,11 +651,13 @@ def run_predict(args: argparse.Namespace) -> int:
     image_ids = None
     if args.annotations is not None:
         image_ids = _export_image_ids(args.annotations, args.images, args.images_root)
-    model, ckpt = load_checkpoint_model(args.checkpoint)
+    model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
     skeleton = ckpt["skeleton_obj"]
-    label = args.label or ckpt.get("config", {}).get("extra", {}).get("label", "object")
-    preds = predict(model, [str(p) for p in args.images], skeleton, label,
-                    score_threshold=args.score_threshold)  # fmt: skip
+    label = args.label or (ckpt.get("config") or {}).get("extra", {}).get("label") or "object"
+    with tqdm(total=len(args.images), desc="predict", unit="img", file=sys.stderr) as bar:
+        preds = predict(model, [str(p) for p in args.images], skeleton, label,
+                        score_threshold=args.score_threshold, batch_size=args.batch_size,
+                        num_workers=args.workers, on_batch=bar.update)  # fmt: skip
     sizes = [image_size(p) for p in args.images]
     _write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids)
     if args.viz:

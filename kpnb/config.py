@@ -32,13 +32,32 @@ def cache_dir() -> Path:
 
 
 def outputs_dir() -> Path:
-    """Where tutorials write figures, checkpoints, metrics: ``$KPNB_OUTPUTS`` or ./outputs."""
-    return Path(os.environ.get("KPNB_OUTPUTS") or Path.cwd() / "outputs").expanduser().resolve()
+    """Where tutorials write figures, checkpoints, metrics: ``$KPNB_OUTPUTS``, else
+    ``./outputs`` (``./outputs/smoke`` in smoke mode, so a full run's files never meet a
+    smoke run's)."""
+    default = Path.cwd() / "outputs" / ("smoke" if SMOKE else "")
+    return Path(os.environ.get("KPNB_OUTPUTS") or default).expanduser().resolve()
 
 
-def pick(full: T, smoke: T) -> T:
-    """`smoke` in smoke mode (CI), else `full`: how notebooks shrink their parameters."""
-    return smoke if SMOKE else full
+def has_gpu() -> bool:
+    """Whether CUDA is available (the full schedules are sized for a GPU)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+_UNSET = object()
+
+
+def pick(full: T, smoke: T, *, cpu: T = _UNSET) -> T:
+    """`smoke` in smoke mode (CI), else `full`: how notebooks shrink their parameters.
+
+    With `cpu`, full mode on a machine without a GPU takes that value instead: a CPU
+    schedule that fits the tutorial's time (see the README's expected times).
+    """
+    if SMOKE:
+        return smoke
+    return full if cpu is _UNSET or has_gpu() else cpu
 
 
 def setup_notebook(seed: int = 0) -> bool:
@@ -46,7 +65,6 @@ def setup_notebook(seed: int = 0) -> bool:
 
     Returns `SMOKE`, so a notebook can say which mode it runs in.
     """
-    import logging
     import random
 
     import numpy as np
@@ -59,7 +77,7 @@ def setup_notebook(seed: int = 0) -> bool:
     pd.set_option("display.max_columns", 20)
     pd.set_option("display.width", 120)
     pd.set_option("display.precision", 2)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _show_kpnb_logs()
     try:  # kpnb.viz returns Figures built without pyplot; inline mode registers their display
         from IPython import get_ipython
 
@@ -69,6 +87,25 @@ def setup_notebook(seed: int = 0) -> bool:
     except ImportError:
         pass
     return SMOKE
+
+
+def _show_kpnb_logs() -> None:
+    """kpnb's INFO logs (one line per training epoch, warnings) on this process's stderr.
+
+    A handler on the ``kpnb`` logger itself: in a Jupyter kernel the root logger already
+    has handlers, so ``logging.basicConfig`` would do nothing and the lines would be lost.
+    """
+    import logging
+    import sys
+
+    logger = logging.getLogger("kpnb")
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "kpnb_notebook", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.kpnb_notebook = True
+        logger.addHandler(handler)
+    logger.propagate = False
 
 
 def environment_report():

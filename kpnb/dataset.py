@@ -280,9 +280,16 @@ def split_indices(
     """Train and validation ``image_index`` lists.
 
     By CVAT subset when the export has them (Train/Validation/Test; test counts as
-    validation), otherwise a seeded random split of `val_fraction`.
+    validation), otherwise a seeded random split of `val_fraction` that keeps at least one
+    image on each side.
+
+    Raises:
+        ValueError: fewer than 2 images, so there is nothing to split.
     """
     images = ann.images
+    if len(images) < 2:
+        raise ValueError(f"{len(images)} image(s): training needs at least 2 (one to train on, "
+                         "one to validate on); annotate more images")  # fmt: skip
     subsets = images["subset"].astype(object).str.lower()
     if subsets.notna().any():
         is_val = subsets.isin(_VAL_NAMES)
@@ -295,7 +302,7 @@ def split_indices(
     idx = images["image_index"].to_numpy()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(idx))
-    n_val = int(round(len(idx) * val_fraction))
+    n_val = min(len(idx) - 1, max(1, int(round(len(idx) * val_fraction))))
     val = sorted(idx[order[:n_val]].tolist())
     train = sorted(idx[order[n_val:]].tolist())
     return train, val
@@ -358,8 +365,10 @@ def make_loaders(
                              indices=val_idx, skip_missing=skip_missing)  # fmt: skip
     workers = default_workers() if num_workers is None else num_workers
     gen = torch.Generator().manual_seed(seed)
+    # pinned memory lets the copies to a GPU run asynchronously (non_blocking in fit)
     common = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": workers,
-              "persistent_workers": workers > 0}  # fmt: skip
+              "persistent_workers": workers > 0,
+              "pin_memory": torch.cuda.is_available()}  # fmt: skip
     return (DataLoader(train_ds, shuffle=True, generator=gen, **common),
             DataLoader(val_ds, shuffle=False, **common))  # fmt: skip
 
@@ -456,7 +465,10 @@ def check_export(ann: Annotations, image_root: str | os.PathLike,
         lonely = unpaired_sides(sk.keypoints, sk.pairs)
         add("flip pairs", not lonely, sk.flip_summary())
         add("edges", True, f"{len(sk.edges)} edges" if sk.edges else "no edges drawn")
-    train, val = split_indices(ann)
+    try:
+        train, val = split_indices(ann)
+    except ValueError:
+        train, val = list(ann.images["image_index"]), []
     has_subsets = ann.images["subset"].notna().any()
     add(
         "train/validation split",

@@ -21,20 +21,22 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
 __all__ = ["DEFAULT_SIGMA", "COCO_SIGMAS", "default_sigmas", "EvalResult", "keypoint_metrics",
            "oks_ap", "evaluate", "predict", "collect_predictions", "predictions_to_annotations",
-           "predictions_to_coco"]  # fmt: skip
+           "predictions_to_coco", "json_safe"]  # fmt: skip
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
@@ -55,6 +57,22 @@ def default_sigmas(names: Sequence[str]) -> list[float]:
     return [COCO_SIGMAS.get(normalise_name(n), DEFAULT_SIGMA) for n in names]
 
 
+def json_safe(value):
+    """`value` with NaN and infinities replaced by None (JSON null), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def model_device(model) -> torch.device:
+    """Where `model`'s parameters live: inference inputs go there."""
+    return next(model.parameters()).device
+
+
 @dataclass
 class ImageResult:
     """Ground truth and predictions of one image, in the same pixel frame."""
@@ -69,7 +87,11 @@ class ImageResult:
 
 @dataclass
 class EvalResult:
-    """``metrics`` (AP..., PCK@a, mean_px_error) and a ``per_keypoint`` table."""
+    """``metrics`` (AP..., PCK@a, mean_px_error) and a ``per_keypoint`` table.
+
+    A metric with nothing to measure (no ground truth in its range, no labelled or matched
+    point) is None, written as null; it is never reported as 0.
+    """
 
     metrics: dict
     per_keypoint: pd.DataFrame
@@ -85,7 +107,7 @@ class EvalResult:
         }
         path = Path(path)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(doc, indent=2))
+            tmp.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False))
         return path
 
 
@@ -128,13 +150,19 @@ def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
 
 
 def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
-    """COCO OKS AP, AP50, AP75, APm, APl from pycocotools with per-keypoint `sigmas`."""
+    """COCO OKS AP, AP50, AP75, APm, APl from pycocotools with per-keypoint `sigmas`.
+
+    None where there is no ground truth to score (none at all, or none in an area range);
+    0.0 when there is ground truth but no detection.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt_dict, dets = coco_dicts(results)
     names = ["AP", "AP50", "AP75", "APm", "APl"]
-    if not gt_dict["annotations"] or not dets:
+    if not gt_dict["annotations"]:
+        return dict.fromkeys(names, None)
+    if not dets:
         return dict.fromkeys(names, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints; a library must not
         gt = COCO()
@@ -147,9 +175,7 @@ def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
         ev.accumulate()
         ev.summarize()
     # -1 means "no ground truth in that area range": report it as missing, not as a score.
-    return {
-        n: (float(v) if v >= 0 else float("nan")) for n, v in zip(names, ev.stats[:5], strict=True)
-    }
+    return {n: (float(v) if v >= 0 else None) for n, v in zip(names, ev.stats[:5], strict=True)}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -207,11 +233,11 @@ def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
     rows = {}
     for a in PCK_THRESHOLDS:
         hit = (d <= a * s) & m
-        metrics[f"PCK@{a:g}"] = float(hit.sum() / m.sum()) if m.sum() else float("nan")
+        metrics[f"PCK@{a:g}"] = float(hit.sum() / m.sum()) if m.sum() else None
         rows[f"PCK@{a:g}"] = hit.sum(0) / np.maximum(m.sum(0), 1)
     found = m & np.isfinite(d)
     per_err = np.where(found, d, 0).sum(0) / np.maximum(found.sum(0), 1)
-    metrics["mean_px_error"] = float(d[found].mean()) if found.any() else float("nan")
+    metrics["mean_px_error"] = float(d[found].mean()) if found.any() else None
     metrics["matched_instances"] = int(np.isfinite(d).all(axis=1).sum()) if len(d) else 0
     metrics["instances"] = len(d)
     table = pd.DataFrame({"labelled": m.sum(0), "matched": found.sum(0),
@@ -233,13 +259,17 @@ def _to_numpy_result(target: dict, output: dict) -> ImageResult:
 
 
 @torch.inference_mode()
-def collect_predictions(model, loader, device: str | torch.device = "cpu",
+def collect_predictions(model, loader, device: str | torch.device | None = None,
                         label: int = 1) -> list[ImageResult]:  # fmt: skip
-    """Run `model` over `loader` (images, targets) and keep both sides per image."""
+    """Run `model` over `loader` (images, targets) and keep both sides per image.
+
+    Images go to `device`, by default the model's own (`model_device`).
+    """
     model.eval()
+    device = model_device(model) if device is None else torch.device(device)
     results = []
     for images, targets in loader:
-        outputs = model([im.to(device) for im in images])
+        outputs = model([im.to(device, non_blocking=True) for im in images])
         for t, o in zip(targets, outputs, strict=True):
             keep = o["labels"] == label
             results.append(_to_numpy_result(t, {k: v[keep] for k, v in o.items()}))
@@ -247,68 +277,104 @@ def collect_predictions(model, loader, device: str | torch.device = "cpu",
 
 
 def evaluate(model, loader, skeleton: Skeleton, sigmas: Sequence[float] | None = None,
-             device: str | torch.device = "cpu") -> EvalResult:  # fmt: skip
-    """`keypoint_metrics` of `model` on a validation loader."""
+             device: str | torch.device | None = None) -> EvalResult:  # fmt: skip
+    """`keypoint_metrics` of `model` on a validation loader (on the model's device)."""
     return keypoint_metrics(collect_predictions(model, loader, device), skeleton, sigmas)
 
 
-def _load_images(images: Sequence) -> tuple[list[torch.Tensor], list[str]]:
-    from PIL import Image
+class _Images(Dataset):
+    """Images for `predict`, loaded one at a time (in DataLoader workers for paths)."""
 
-    from kpnb.images import load_image
+    def __init__(self, images: Sequence):
+        self.images = list(images)
 
-    tensors, names = [], []
-    for i, im in enumerate(images):
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        from PIL import Image
+
+        from kpnb.images import load_image
+
+        im, name = self.images[i], f"image_{i:05d}"
         if isinstance(im, (str, os.PathLike)):
-            names.append(Path(im).name)
-            im = load_image(im)
-        else:
-            names.append(f"image_{i:05d}")
+            name, im = Path(im).name, load_image(im)
         if isinstance(im, Image.Image):
             im = np.asarray(im.convert("RGB"))
         if isinstance(im, np.ndarray):
             im = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)
-        t = torch.as_tensor(im)
-        tensors.append(t.float() / 255 if not t.is_floating_point() else t)
-    return tensors, names
+        return torch.as_tensor(im), name
+
+
+def _collate_images(batch):
+    return [im for im, _ in batch], [name for _, name in batch]
+
+
+_COLUMNS = ["image_index", "image_name", "instance_id", "label", "keypoint", "point_index",
+            "x", "y", "visibility", "score", "keypoint_score"]  # fmt: skip
 
 
 @torch.inference_mode()
 def predict(model, images: Sequence, skeleton: Skeleton, label: str = "object", *,
             score_threshold: float = 0.5, batch_size: int = 2,
-            device: str | torch.device = "cpu") -> pd.DataFrame:  # fmt: skip
+            device: str | torch.device | None = None, num_workers: int | None = None,
+            on_batch: Callable[[int], None] | None = None) -> pd.DataFrame:  # fmt: skip
     """Keypoints of every detected instance as a tidy table in original image pixels.
+
+    Images stream: a DataLoader (with `num_workers` workers for paths; default
+    `kpnb.dataset.default_workers`) loads each batch when it is needed, so memory does
+    not grow with the number of images.
 
     Args:
         images: paths, PIL images or ``[3, H, W]`` tensors (uint8 or float 0-1).
         skeleton: the trained skeleton (names for the ``keypoint`` column).
         label: the ``label`` column's value.
         score_threshold: drop instances scoring below this.
+        device: where the images go; default the model's device.
+        on_batch: called with each batch's image count (for a progress bar).
 
     Returns:
         The keypoints table's columns (``visibility`` is 2: the model does not predict it)
         plus ``score`` (instance) and ``keypoint_score``, and ``image_name``.
     """
+    from torch.utils.data import DataLoader
+
+    from kpnb.dataset import default_workers
+
     model.eval()
-    tensors, names = _load_images(images)
-    rows, instance = [], 0
-    for start in range(0, len(tensors), batch_size):
-        batch = tensors[start : start + batch_size]
-        outputs = model([t.to(device) for t in batch])
-        for offset, out in enumerate(outputs):
-            index = start + offset
+    device = model_device(model) if device is None else torch.device(device)
+    paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
+    workers = (default_workers() if paths_only else 0) if num_workers is None else num_workers
+    loader = DataLoader(_Images(images), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate_images, pin_memory=device.type == "cuda")  # fmt: skip
+    k = skeleton.num_keypoints
+    frames, start, instance = [], 0, 0
+    for batch, names in loader:
+        batch = [t.to(device, non_blocking=True) for t in batch]
+        batch = [t if t.is_floating_point() else t.float().div_(255) for t in batch]
+        for offset, out in enumerate(model(batch)):
             keep = out["scores"] >= score_threshold
-            kps = out["keypoints"][keep].cpu().numpy()
-            kscores = out["keypoints_scores"][keep].cpu().numpy()
-            for n, (score, inst) in enumerate(zip(out["scores"][keep].cpu().numpy(), kps,
-                                                  strict=True)):  # fmt: skip
-                for j, name in enumerate(skeleton.keypoints):
-                    rows.append((index, names[index], instance, label, name, j, inst[j, 0],
-                                 inst[j, 1], 2, float(score), float(kscores[n, j])))  # fmt: skip
-                instance += 1
-    columns = ["image_index", "image_name", "instance_id", "label", "keypoint", "point_index",
-               "x", "y", "visibility", "score", "keypoint_score"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
+            n = int(keep.sum())
+            if n:
+                kps = out["keypoints"][keep].float().cpu().numpy()
+                frames.append(pd.DataFrame({
+                    "image_index": start + offset, "image_name": names[offset],
+                    "instance_id": np.repeat(np.arange(instance, instance + n), k),
+                    "label": label, "keypoint": np.tile(np.array(skeleton.keypoints), n),
+                    "point_index": np.tile(np.arange(k), n),
+                    "x": kps[..., 0].reshape(-1).astype(float),
+                    "y": kps[..., 1].reshape(-1).astype(float), "visibility": 2,
+                    "score": np.repeat(out["scores"][keep].float().cpu().numpy(), k).astype(float),
+                    "keypoint_score": out["keypoints_scores"][keep].float().cpu().numpy()
+                    .reshape(-1).astype(float),
+                }))  # fmt: skip
+                instance += n
+        start += len(batch)
+        if on_batch is not None:
+            on_batch(len(batch))
+    if not frames:
+        return pd.DataFrame({c: [] for c in _COLUMNS})
+    return pd.concat(frames, ignore_index=True)[_COLUMNS]
 
 
 def predictions_to_annotations(preds: pd.DataFrame, names: Sequence[str],

@@ -1,32 +1,45 @@
 """torchvision's Keypoint R-CNN for any skeleton, with or without COCO weights.
 
-COCO weights fix the head at 17 person keypoints; `build_model` loads them into that
-shape, then swaps the keypoint predictor for one with K outputs (and the box predictor
-only when there is more than one object class). The CPU preset trades proposals and
-image size for speed, so a fine-tune is possible without a GPU.
+COCO weights fix the head at 17 person keypoints; `build_model` builds the network the way
+torchvision does for pretrained weights (frozen norm layers, 3 trainable backbone stages),
+loads the weights into that shape, then swaps the keypoint predictor for one with K outputs
+(and the box predictor only when there is more than one object class). From random weights
+every stage trains and the norm layers are ordinary ``BatchNorm2d``.
+
+The preset follows the device: on a CPU the ``"cpu"`` preset keeps images small and
+samples fewer proposals, so a fine-tune is possible without a GPU; on CUDA the model keeps
+torchvision's own sizes (640-800 px), the sizes the COCO weights were trained at. The
+arguments a model was built with are kept on it (``model.kpnb_build``) and written into
+every checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
-from torchvision.models.detection import (
-    KeypointRCNN_ResNet50_FPN_Weights,
-    keypointrcnn_resnet50_fpn,
-)
+from torch import nn
+from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNN, KeypointRCNNPredictor
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["WeightsUnavailableError", "build_model", "cpu_preset", "load_checkpoint_model"]
+__all__ = ["WeightsUnavailableError", "build_model", "cpu_preset", "default_preset",
+           "load_checkpoint_model", "read_checkpoint"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 COCO_WEIGHTS = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1
 #: Where the COCO weights come from (torchvision's own URL; tests point it at 127.0.0.1).
 COCO_URL = COCO_WEIGHTS.url
+#: ``preset`` values: the CPU compromise, or torchvision's own defaults.
+PRESETS = ("cpu", "torchvision")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -48,29 +61,105 @@ def cpu_preset(size: int = 256) -> dict:
     }  # fmt: skip
 
 
+def default_preset() -> str:
+    """``"torchvision"`` when CUDA is there (COCO's image sizes), else ``"cpu"``."""
+    return "torchvision" if torch.cuda.is_available() else PRESETS[0]
+
+
+def _resolve_preset(preset: str | None) -> str:
+    if preset == "auto":
+        return default_preset()
+    if preset is None:
+        return "torchvision"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
+    return preset
+
+
+def _short(exc: BaseException) -> str:
+    return (str(getattr(exc, "reason", exc)).splitlines() or [type(exc).__name__])[0]
+
+
+def _log_said(said: io.StringIO) -> None:
+    for line in said.getvalue().splitlines():
+        if line.strip():
+            log.info("%s", line.strip())
+
+
 def _coco_state_dict() -> dict:
     """torchvision's COCO weights through torch.hub: cached in $TORCH_HOME, hash-checked."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
+    said = io.StringIO()
     try:
-        return torch.hub.load_state_dict_from_url(COCO_URL, model_dir=str(hub), progress=False,
-                                                  check_hash=True, weights_only=True)  # fmt: skip
+        # torch.hub prints "Downloading: ..."; kpnb logs it instead
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            state = torch.hub.load_state_dict_from_url(COCO_URL, model_dir=str(hub),
+                                                       progress=False, check_hash=True,
+                                                       weights_only=True)  # fmt: skip
+        _log_said(said)
+        return state
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
-        reason = str(getattr(exc, "reason", exc)).splitlines()[0]
+        _log_said(said)
         raise WeightsUnavailableError(
-            f"COCO Keypoint R-CNN weights could not be downloaded ({reason}). Download "
+            f"COCO Keypoint R-CNN weights could not be downloaded ({_short(exc)}). Download "
             f"{COCO_URL} on a connected machine and put it in {hub}/ or pass its path as "
             "weights=...; or train from scratch with weights=None (--weights none)"
         ) from None
 
 
-def _load_path(path: Path) -> tuple[dict, int]:
-    """A state dict and its keypoint count from a torchvision .pth or a kpnb checkpoint."""
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A ``.pth`` file's dict, read safely: tensors, plain containers, numbers, strings only.
+
+    Anything else (a pickled function or class, which could run code when loaded) is
+    refused, as are empty and unreadable files, each with a one-line ValueError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, not a checkpoint; pass a best.pth or last.pth "
+                         "written by kpnb train")  # fmt: skip
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # a class or function to import: code
+            raise ValueError(f"{path}: refused: it holds Python objects (code) besides tensors "
+                             "and plain data; kpnb never writes such files, so do not trust "
+                             "where it came from") from None  # fmt: skip
+        raise ValueError(f"{path}: not a checkpoint (unreadable pickle data)") from None
+    except Exception as exc:  # truncated zip, garbage bytes: whatever the unpickler trips on
+        raise ValueError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
+    if not isinstance(blob, dict):
+        raise ValueError(f"{path}: not a checkpoint (holds a {type(blob).__name__}, not a dict)")
+    return blob
+
+
+def _load_path(path: Path) -> dict:
+    """A state dict from a torchvision ``.pth`` or a kpnb checkpoint."""
     if not path.is_file():
         raise WeightsUnavailableError(f"{path}: no such weights file")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
-    k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
-    return state, int(k)
+    try:
+        blob = read_checkpoint(path)
+    except ValueError as exc:
+        raise WeightsUnavailableError(str(exc)) from None
+    state = blob["model"] if isinstance(blob.get("model"), dict) else blob
+    if "roi_heads.keypoint_predictor.kps_score_lowres.weight" not in state:
+        raise WeightsUnavailableError(f"{path}: not Keypoint R-CNN weights (no keypoint head)")
+    return state
+
+
+def _network(num_keypoints: int, num_classes: int, norm: str, norm_eps: float | None,
+             trainable: int, options: dict) -> KeypointRCNN:  # fmt: skip
+    """ResNet-50 FPN Keypoint R-CNN as `keypointrcnn_resnet50_fpn` assembles it."""
+    norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=norm_layer,
+                                   trainable_layers=trainable)  # fmt: skip
+    model = KeypointRCNN(backbone, num_classes, num_keypoints=num_keypoints, **options)
+    if norm_eps is not None:  # torchvision sets eps 0 for the COCO_V1 weights (overwrite_eps)
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.eps = norm_eps
+    return model
 
 
 def build_model(
@@ -79,9 +168,11 @@ def build_model(
     weights: str | os.PathLike | None = "coco",
     *,
     allow_random: bool = False,
-    preset: str | None = "cpu",
+    preset: str | None = "auto",
     size: int = 256,
     trainable_backbone_layers: int | None = None,
+    norm: str | None = None,
+    norm_eps: float | None = None,
     **kwargs,
 ) -> KeypointRCNN:
     """A Keypoint R-CNN (ResNet-50 FPN) for `num_keypoints` keypoints.
@@ -93,59 +184,89 @@ def build_model(
             torchvision state dict or a kpnb checkpoint), or ``None`` for random weights.
         allow_random: when the weights cannot be had, log one line and continue from
             random weights instead of raising.
-        preset: ``"cpu"`` (see `cpu_preset`) or ``None`` for torchvision's defaults
-            (images upscaled to 800 px).
+        preset: ``"auto"`` (``"torchvision"`` on CUDA, else ``"cpu"``), ``"cpu"`` (see
+            `cpu_preset`) or ``"torchvision"``/``None`` (images upscaled to 640-800 px).
         size: image size the CPU preset keeps.
+        trainable_backbone_layers: backbone stages that train (0-5); default 3 with
+            pretrained weights, as torchvision does, and all 5 from random weights.
+        norm: ``"frozen"`` (FrozenBatchNorm2d) or ``"batch"`` (BatchNorm2d); default frozen
+            with pretrained weights (batch statistics of 2 images wreck them), else batch.
+        norm_eps: eps of the frozen norm layers; default 0 for the COCO weights (what
+            torchvision sets for them), else the layer's own 1e-5.
         **kwargs: passed on to ``KeypointRCNN`` (override the preset).
 
     Raises:
         WeightsUnavailableError: the weights are unreachable and `allow_random` is False.
     """
-    options = {**(cpu_preset(size) if preset == "cpu" else {}), **kwargs}
-    if preset not in ("cpu", None):
-        raise ValueError(f"unknown preset {preset!r}; choose 'cpu' or None")
-    state, state_k = None, None
+    preset = _resolve_preset(preset)
+    options = {**(cpu_preset(size) if preset in PRESETS[:1] else {}), **kwargs}
+    state = None
     if weights is not None:
         try:
             if str(weights).lower() == "coco":
-                state, state_k = _coco_state_dict(), 17
+                state = _coco_state_dict()
+                norm_eps = 0.0 if norm_eps is None else norm_eps
             else:
-                state, state_k = _load_path(Path(weights))
+                state = _load_path(Path(weights))
         except WeightsUnavailableError as exc:
             if not allow_random:
                 raise
             log.warning("%s -- continuing from random weights", exc)
-    model = keypointrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=2 if state is not None else num_classes,
-        num_keypoints=state_k or num_keypoints, trainable_backbone_layers=trainable_backbone_layers,
-        **options,
-    )  # fmt: skip
-    if state is None:
-        return model
-    model.load_state_dict(state)
-    if state_k != num_keypoints:
-        in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
-        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
-    if num_classes != 2:
-        in_features = model.roi_heads.box_predictor.cls_score.in_features
-        model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+    pretrained = state is not None
+    norm = norm or ("frozen" if pretrained else "batch")
+    if norm not in ("frozen", "batch"):
+        raise ValueError(f"norm must be 'frozen' or 'batch', got {norm!r}")
+    trainable = trainable_backbone_layers
+    trainable = (3 if pretrained else 5) if trainable is None else int(trainable)
+    if not 0 <= trainable <= 5:
+        raise ValueError(f"trainable_backbone_layers must be 0..5, got {trainable}")
+    if pretrained:
+        state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
+        state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+        model = _network(int(state_k), int(state_c), norm, norm_eps, trainable, options)
+        model.load_state_dict(state)
+        if state_k != num_keypoints:
+            in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
+            model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
+        if state_c != num_classes:
+            in_features = model.roi_heads.box_predictor.cls_score.in_features
+            model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+    else:
+        model = _network(num_keypoints, num_classes, norm, norm_eps, trainable, options)
+    model.kpnb_build = {
+        "num_keypoints": int(num_keypoints), "num_classes": int(num_classes), "preset": preset,
+        "size": int(size), "trainable_backbone_layers": trainable, "norm": norm,
+        "norm_eps": norm_eps, "kwargs": dict(kwargs),
+    }  # fmt: skip
     return model
 
 
-def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The model of a kpnb checkpoint, ready for inference, and the checkpoint dict."""
-    from kpnb.tables import Skeleton
+def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | None = None):
+    """The model of a kpnb checkpoint, rebuilt as it was trained, ready for inference.
 
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "skeleton" not in ckpt:
+    Returns ``(model, checkpoint)``; ``checkpoint["skeleton_obj"]`` is the `Skeleton`.
+    `device` defaults to the best available one (CUDA, MPS, else the CPU).
+    """
+    from kpnb.tables import Skeleton
+    from kpnb.train import select_device
+
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get("model"), dict) or "skeleton" not in ckpt:
         raise ValueError(f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
-                         "pass a file written by kpnb train")  # fmt: skip
-    skeleton = Skeleton(tuple(ckpt["skeleton"]["keypoints"]),
-                        tuple(map(tuple, ckpt["skeleton"]["edges"])))  # fmt: skip
-    config = ckpt.get("config", {})
-    model = build_model(skeleton.num_keypoints, weights=None, size=config.get("size", 256),
-                        preset=config.get("preset", "cpu"))  # fmt: skip
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
+                         "pass a best.pth or last.pth written by kpnb train")  # fmt: skip
+    skeleton = Skeleton.from_dict(ckpt["skeleton"])
+    build = dict(ckpt.get("build") or {})
+    if not build:  # checkpoints from before the build record: the CPU preset of their size
+        config = ckpt.get("config") or {}
+        build = {"num_keypoints": skeleton.num_keypoints, "size": config.get("size", 256),
+                 "preset": config.get("preset") or "torchvision"}  # fmt: skip
+    kwargs = build.pop("kwargs", None) or {}
+    model = build_model(**build, **kwargs, weights=None)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: its weights do not fit the model it describes "
+                         f"({_short(exc)})") from None  # fmt: skip
+    model.to(select_device(device)).eval()
     ckpt["skeleton_obj"] = skeleton
     return model, ckpt

@@ -165,6 +165,17 @@ class Skeleton:
     def num_keypoints(self) -> int:
         return len(self.keypoints)
 
+    def to_dict(self) -> dict:
+        """Plain lists and strings (what checkpoints and JSON files hold)."""
+        return {"keypoints": list(self.keypoints), "edges": [list(e) for e in self.edges]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Skeleton:
+        """The inverse of `to_dict`; raises ValueError on anything else."""
+        if not isinstance(data, dict) or not isinstance(data.get("keypoints"), (list, tuple)):
+            raise ValueError(f"not a skeleton dict (keypoints, edges): {str(data)[:80]}")
+        return cls(tuple(data["keypoints"]), tuple(map(tuple, data.get("edges") or ())))
+
     @property
     def flip_indices(self) -> list[int]:
         """Left/right permutation: the explicit `pairs`, else derived from the names."""

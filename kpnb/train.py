@@ -4,6 +4,12 @@
 set) the model is wrapped in DistributedDataParallel, the training loader gets a
 DistributedSampler, and rank 0 alone evaluates, logs and writes files. Without them it is
 a plain single-process loop.
+
+Checkpoints hold only tensors, plain containers, numbers and strings, so they load with
+``torch.load(weights_only=True)``: ``best.pth`` is the model (weights, skeleton, config and
+the arguments that rebuild the network), ``last.pth`` adds what `resume` needs (optimizer,
+schedule, epoch, history, random states). ``best.pth`` is written before ``last.pth``, so a
+run killed at any moment and resumed always ends with a loadable ``best.pth``.
 """
 
 from __future__ import annotations
@@ -22,15 +28,18 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from kpnb._io import atomic_path
+from kpnb.evaluate import evaluate, json_safe
 from kpnb.tables import Skeleton
 
-__all__ = ["TrainConfig", "fit", "train_one_epoch", "select_device", "seed_everything",
-           "save_checkpoint", "load_checkpoint"]  # fmt: skip
+__all__ = ["TrainConfig", "OneCycle", "fit", "train_one_epoch", "select_device",
+           "seed_everything", "save_checkpoint", "load_checkpoint"]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
+#: The files `fit` writes into its output folder (their ``.NAME.*.tmp`` leftovers are removed).
+RUN_FILES = ("best.pth", "last.pth", "history.json", "history.csv")
 
 
 @dataclass
@@ -43,9 +52,9 @@ class TrainConfig:
     grad_clip: float = 10.0
     pct_start: float = 0.3  # share of the one-cycle schedule spent warming up
     amp: bool | None = None  # None: on for CUDA
-    seed: int = 0
-    size: int = 256
-    preset: str | None = "cpu"
+    seed: int = 0  # also the train/validation split's seed (`kpnb evaluate` reads it)
+    size: int = 256  # the loaders' image size (`kpnb evaluate` and `predict` read it)
+    max_minutes: float | None = None  # time budget: the schedule ends, and training stops, then
     monitor: str = "AP"  # metric that picks the best checkpoint
     sigmas: list[float] | None = None
     extra: dict = field(default_factory=dict)
@@ -58,7 +67,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def select_device(device: str | None = None) -> torch.device:
+def select_device(device: str | torch.device | None = None) -> torch.device:
     """`device`, else CUDA, else Apple MPS, else CPU (under torchrun: this rank's GPU)."""
     if device:
         return torch.device(device)
@@ -66,7 +75,7 @@ def select_device(device: str | None = None) -> torch.device:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device(type="cpu")
 
 
 def _distributed() -> tuple[int, int]:
@@ -84,6 +93,70 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+class OneCycle:
+    """One-cycle learning rate: a cosine warm-up from ``lr/25`` to `lr`, then a cosine decay.
+
+    It follows the run's progress, the larger of steps done over `total_steps` and, with a
+    time budget (`minutes`), time used over the budget; so a run with a budget still
+    completes its schedule when the time runs out, and `finished` says when to stop.
+    Under torchrun the ranks agree on the progress (the maximum) every step.
+    """
+
+    def __init__(self, optimizer, lr: float, total_steps: int, pct_start: float = 0.3,
+                 minutes: float | None = None, device: torch.device | None = None):  # fmt: skip
+        self.optimizer, self.lr, self.pct_start = optimizer, lr, pct_start
+        self.total_steps, self.minutes, self.device = max(1, total_steps), minutes, device
+        self.steps, self.seconds_before, self.progress = 0, 0.0, 0.0
+        self._start = time.perf_counter()
+        self._set(0.0)
+
+    def seconds(self) -> float:
+        """Seconds of this run so far (including earlier processes it resumed)."""
+        return self.seconds_before + time.perf_counter() - self._start
+
+    def _measure(self) -> float:
+        p = self.steps / self.total_steps
+        if self.minutes:
+            p = max(p, self.seconds() / (60 * self.minutes))
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([p], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            p = float(t.item())
+        return min(p, 1.0)
+
+    def lr_at(self, p: float) -> float:
+        low, end = self.lr / 25, self.lr / 25 / 1e4
+        if p < self.pct_start:
+            return low + (self.lr - low) * (1 - math.cos(math.pi * p / self.pct_start)) / 2
+        q = (p - self.pct_start) / max(1e-9, 1 - self.pct_start)
+        return end + (self.lr - end) * (1 + math.cos(math.pi * min(q, 1.0))) / 2
+
+    def _set(self, p: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(p)
+
+    def step(self) -> None:
+        self.steps += 1
+        self.progress = self._measure()
+        self._set(self.progress)
+
+    @property
+    def finished(self) -> bool:
+        return self.progress >= 1.0
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "total_steps": self.total_steps,
+                "seconds": self.seconds(), "progress": self.progress}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.seconds_before = int(state["steps"]), float(state["seconds"])
+        self._start = time.perf_counter()
+        self.progress = self._measure()
+        self._set(self.progress)
+
+
 def train_one_epoch(
     model,
     optimizer,
@@ -94,16 +167,17 @@ def train_one_epoch(
     scheduler=None,
     scaler=None,
     grad_clip: float = 10.0,
-    progress: bool = True,
 ) -> dict:
-    """One pass over `loader`; returns the mean of each loss. Raises on a non-finite loss."""
+    """One pass over `loader` (shorter when the schedule finishes); the mean of each loss.
+
+    Raises FloatingPointError on a non-finite loss.
+    """
     model.train()
     sums: dict[str, float] = {}
     n = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
-    for images, targets in bar:
+    for images, targets in loader:
         images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         with torch.autocast(device.type, enabled=scaler is not None):
             losses = model(images, targets)
             loss = sum(losses.values())
@@ -124,26 +198,16 @@ def train_one_epoch(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
         n += 1
         for k, v in {"loss": loss, **losses}.items():
             sums[k] = sums.get(k, 0.0) + float(v.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return {k: v / max(n, 1) for k, v in sums.items()}
-
-
-def _restore_schedule(scheduler, state: dict, done: int) -> None:
-    """Continue the one-cycle schedule; when the run got longer, replay it to step `done`."""
-    if state.get("total_steps") == scheduler.total_steps:
-        scheduler.load_state_dict(state)
-        return
-    import warnings
-
-    with warnings.catch_warnings():  # stepping a scheduler before the optimizer is intended here
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(min(done, scheduler.total_steps - 1)):
+        if scheduler is not None:
             scheduler.step()
+            if getattr(scheduler, "finished", False):
+                break
+    out = {k: v / max(n, 1) for k, v in sums.items()}
+    out["steps"] = n
+    return out
 
 
 def save_checkpoint(path: str | os.PathLike, **state) -> Path:
@@ -155,14 +219,79 @@ def save_checkpoint(path: str | os.PathLike, **state) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """A ``last.pth`` for `fit(resume=...)`, read with ``weights_only=True``; a clear
+    ValueError for anything else (empty, unreadable, holding code, or no resume state)."""
+    from kpnb.model import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: cannot resume from it (no {', '.join(missing)}); resume "
+                         "from the last.pth that kpnb train wrote")  # fmt: skip
+    return ckpt
+
+
+def _rng_state(loader) -> dict:
+    np_state = np.random.get_state()
+    state = {"python": [random.getstate()[0], list(random.getstate()[1]), None],
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "gauss": [int(np_state[3]), float(np_state[4])]},
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        state["loader"] = generator.get_state()
+    return state
+
+
+def _restore_rng(state: dict, loader) -> None:
+    if not state:
+        return
+    random.setstate((state["python"][0], tuple(state["python"][1]), None))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["gauss"][0], np_state["gauss"][1]))  # fmt: skip
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator = getattr(loader, "generator", None)
+    if "loader" in state and generator is not None:
+        generator.set_state(state["loader"])
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
     with atomic_path(out / "history.json") as tmp:
-        tmp.write_text(json.dumps(history, indent=2))
+        tmp.write_text(json.dumps(json_safe(history), indent=2, allow_nan=False))
     with atomic_path(out / "history.csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove temporary files of kpnb's own writes that a killed run left behind."""
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                log.info("removing %s, left by an interrupted run", tmp)
+                tmp.unlink(missing_ok=True)
+
+
+def _best_loads(path: Path) -> bool:
+    from kpnb.model import read_checkpoint
+
+    try:
+        return "model" in read_checkpoint(path)
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    def f(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    part = "" if row.get("complete", True) else " (stopped early: time budget)"
+    return (f"epoch {row['epoch'] + 1}/{epochs}  loss {f(row['loss'])}  AP {f(row.get('AP'))}  "
+            f"PCK@0.1 {f(row.get('PCK@0.1'))}  {row['seconds']:.0f} s{part}")  # fmt: skip
 
 
 def fit(
@@ -173,26 +302,27 @@ def fit(
     config: TrainConfig,
     *,
     out_dir: str | os.PathLike | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     resume: str | os.PathLike | None = None,
-    progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train `model`; returns the history (one dict per epoch, also written to `out_dir`).
 
     Each epoch: `train_one_epoch`, then validation metrics (`kpnb.evaluate.evaluate`) when
-    a validation loader is given. `out_dir` receives ``last.pth`` every epoch and
-    ``best.pth`` when `config.monitor` improves, each holding model, optimizer,
-    scheduler, scaler, epoch, config, skeleton, history and kpnb version, which is
-    everything `resume` needs to continue.
+    a validation loader is given, and one logged line (loss, AP, PCK@0.1, seconds).
+    With `config.max_minutes` the schedule is fitted to that time and training stops
+    when it is used up, after evaluating the epoch it stopped in. `out_dir` receives
+    ``best.pth`` when `config.monitor` improves and ``last.pth`` every epoch (see the
+    module docstring); `resume` is such a ``last.pth``. On CUDA, mixed precision is on
+    unless `config.amp` is False.
     """
     from kpnb import __version__
-    from kpnb.evaluate import evaluate
 
     rank, world = _distributed()
     dev = select_device(device)
     seed_everything(config.seed + rank)
     model.to(dev)
+    build = dict(getattr(_unwrap(model), "kpnb_build", {}) or {})
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
@@ -201,67 +331,77 @@ def fit(
             train_loader.dataset, batch_size=train_loader.batch_size,
             sampler=DistributedSampler(train_loader.dataset, seed=config.seed),
             collate_fn=train_loader.collate_fn, num_workers=train_loader.num_workers,
+            pin_memory=train_loader.pin_memory,
         )  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps = max(1, config.epochs * len(train_loader))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps,
-                                                    pct_start=config.pct_start)  # fmt: skip
+    scheduler = OneCycle(optimizer, config.lr, config.epochs * len(train_loader),
+                         config.pct_start, config.max_minutes, dev)  # fmt: skip
     use_amp = (dev.type == "cuda") if config.amp is None else config.amp
     scaler = torch.amp.GradScaler(dev.type) if use_amp else None
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(out)
     history: list[dict] = []
     start_epoch, best = 0, -math.inf
     if resume is not None:
         ckpt = load_checkpoint(resume)
         _unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        _restore_schedule(scheduler, ckpt["lr_scheduler"], (ckpt["epoch"] + 1) * len(train_loader))
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        history, start_epoch = ckpt.get("history", []), ckpt["epoch"] + 1
+        history, start_epoch = list(ckpt.get("history", [])), int(ckpt["epoch"]) + 1
         best = ckpt.get("best", -math.inf)
-        log.info("resumed from %s at epoch %d", resume, start_epoch)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    epochs = tqdm(range(start_epoch, config.epochs), desc="training", disable=not progress or rank)
-    for epoch in epochs:
+        if out is not None and not _best_loads(out / "best.pth"):
+            best = -math.inf  # best.pth is missing or broken: the next epoch writes it again
+        _restore_rng(ckpt.get("rng") or {}, train_loader)
+        log.info("resumed from %s at epoch %d", resume, start_epoch + 1)
+    for epoch in range(start_epoch, config.epochs):
+        if scheduler.finished:
+            log.info("time budget of %s min used up: training stops", config.max_minutes)
+            break
         if world > 1:
             train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(model, optimizer, train_loader, dev, epoch, scheduler=scheduler,
-                                   scaler=scaler, grad_clip=config.grad_clip,
-                                   progress=progress and rank == 0))  # fmt: skip
+                                   scaler=scaler, grad_clip=config.grad_clip))  # fmt: skip
+        row["complete"] = row["steps"] == len(train_loader)
         if val_loader is not None and rank == 0:
             row.update(evaluate(_unwrap(model), val_loader, skeleton, config.sigmas, dev).metrics)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         history.append(row)
         if world > 1:
             torch.distributed.barrier()
-        if rank != 0:
-            continue
-        score = row.get(config.monitor, -row["loss"])
-        score = (
-            -math.inf
-            if score is None or (isinstance(score, float) and math.isnan(score))
-            else score
-        )
-        improved = score > best
-        best = max(best, score)
-        epochs.set_postfix(loss=f"{row['loss']:.3f}", **{config.monitor: f"{score:.3f}"})
-        if out is not None:
-            state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "lr_scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "epoch": epoch, "config": asdict(config), "best": best,
-                     "skeleton": {"keypoints": list(skeleton.keypoints),
-                                  "edges": [list(e) for e in skeleton.edges]},
-                     "history": history, "kpnb_version": __version__}  # fmt: skip
-            save_checkpoint(out / "last.pth", **state)
-            if improved:
-                save_checkpoint(out / "best.pth", **state)
-            _write_history(out, history)
-        if on_epoch_end is not None:
-            on_epoch_end(row)
+        if rank == 0:
+            log.info(_epoch_line(row, config.epochs))
+            score = row.get(config.monitor, -row["loss"])
+            if score is None or (isinstance(score, float) and math.isnan(score)):
+                score = -math.inf
+            improved = score > best
+            best = max(best, score)
+            if out is not None:
+                model_state = {
+                    "format": "kpnb-checkpoint", "model": _unwrap(model).state_dict(),
+                    "skeleton": skeleton.to_dict(), "config": asdict(config), "build": build,
+                    "epoch": epoch, "metrics": json_safe(row), "kpnb_version": __version__,
+                }  # fmt: skip
+                if improved:  # before last.pth: no last.pth ever claims a best that is not saved
+                    save_checkpoint(out / "best.pth", **model_state)
+                resume_state = {
+                    "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None, "best": best,
+                    "history": json_safe(history), "rng": _rng_state(train_loader),
+                }  # fmt: skip
+                save_checkpoint(out / "last.pth", **model_state, **resume_state)
+                _write_history(out, history)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+        if scheduler.finished:
+            if epoch < config.epochs - 1:
+                log.info("time budget of %s min used up after %d of %d epochs", config.max_minutes,
+                         epoch + 1, config.epochs)  # fmt: skip
+            break
     return history

@@ -1,11 +1,15 @@
-"""OKS AP equals pycocotools' own numbers; PCK and pixel errors on hand-made cases."""
+"""OKS AP equals pycocotools' own numbers; PCK and pixel errors on hand-made cases; missing
+metrics are null; inference follows the model's device; predict streams."""
+
+import json
 
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kpnb.evaluate import ImageResult, keypoint_metrics
+from kpnb.evaluate import ImageResult, collect_predictions, evaluate, keypoint_metrics, predict
 from kpnb.tables import Skeleton
 
 SK = Skeleton(("a", "b", "c"))
@@ -82,7 +86,7 @@ def test_perturbed_predictions_equal_pycocotools(noise, sigmas):
     theirs = _pycocotools_ap(results, sigmas)
     for name, value in zip(["AP", "AP50", "AP75", "APm", "APl"], theirs, strict=True):
         if value < 0:
-            assert np.isnan(ours[name])
+            assert ours[name] is None
         else:
             assert ours[name] == pytest.approx(value, abs=1e-12), name
     assert 0 < ours["AP"] < 1
@@ -110,3 +114,68 @@ def test_no_predictions_and_bad_sigmas():
     assert m["AP"] == 0 and m["PCK@0.2"] == 0
     with pytest.raises(ValueError, match="2 sigmas for 3 keypoints"):
         keypoint_metrics(empty, SK, [0.1, 0.1])
+
+
+def test_metrics_over_no_instances_are_null_in_json(tmp_path):
+    empty = [ImageResult(np.zeros((0, 4)), np.zeros((0, 3, 3)), np.zeros((0, 4)), np.zeros(0),
+                         np.zeros((0, 3, 3)))]  # fmt: skip
+    result = keypoint_metrics(empty, SK)
+    assert result.metrics["AP"] is None and result.metrics["PCK@0.1"] is None
+    assert result.metrics["mean_px_error"] is None and result.metrics["instances"] == 0
+    text = result.to_json(tmp_path / "m.json").read_text()
+    assert "NaN" not in text
+    doc = json.loads(text)
+    assert doc["metrics"]["AP"] is None and doc["per_keypoint"][0]["mean_px_error"] is None
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in detector whose parameters live on `device`; it records where inputs are."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, device=device))
+        self.seen = []
+
+    def forward(self, images):
+        self.seen += [im.device for im in images]
+        k = SK.num_keypoints
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                 "labels": torch.zeros(0, dtype=torch.int64), "keypoints": torch.zeros(0, k, 3),
+                 "keypoints_scores": torch.zeros(0, k)} for _ in images]  # fmt: skip
+
+
+def test_inference_follows_the_models_device():
+    images = [torch.zeros(3, 8, 8, dtype=torch.uint8), torch.ones(3, 6, 6)]
+    targets = [{"boxes": torch.zeros(0, 4), "keypoints": torch.zeros(0, 3, 3)}] * 2
+    model = _Recorder("meta")
+    collect_predictions(model, [(images, targets)])
+    evaluate(model, [(images, targets)], SK)
+    table = predict(model, images, SK, num_workers=0)
+    assert len(model.seen) == 6 and {d.type for d in model.seen} == {"meta"}
+    assert list(table.columns)[:3] == ["image_index", "image_name", "instance_id"]
+
+
+def test_predict_streams_paths_in_order_through_workers(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i, size in enumerate([(10, 8), (12, 9), (7, 7)]):
+        paths.append(tmp_path / f"im{i}.png")
+        Image.new("RGB", size, (i, i, i)).save(paths[-1])
+    seen, batches = [], []
+
+    class Boxes(_Recorder):
+        def forward(self, images):
+            seen.extend(tuple(im.shape) for im in images)
+            out = super().forward(images)
+            for o in out:  # one detection per image, at its own size
+                o.update(boxes=torch.tensor([[0.0, 0, 2, 2]]), scores=torch.tensor([0.9]),
+                         labels=torch.tensor([1]), keypoints=torch.ones(1, 3, 3),
+                         keypoints_scores=torch.ones(1, 3))  # fmt: skip
+            return out
+
+    table = predict(Boxes("cpu"), paths, SK, "face", batch_size=2, num_workers=2,
+                    on_batch=batches.append)  # fmt: skip
+    assert seen == [(3, 8, 10), (3, 9, 12), (3, 7, 7)] and batches == [2, 1]
+    assert list(table["image_name"].unique()) == ["im0.png", "im1.png", "im2.png"]
+    assert list(table["instance_id"].unique()) == [0, 1, 2] and set(table["label"]) == {"face"}

@@ -1,4 +1,5 @@
-"""build_model: K outputs, COCO weights through a real download from 127.0.0.1, offline."""
+"""build_model: K outputs, pretrained as torchvision builds it, the preset by device, COCO
+weights through a real download from 127.0.0.1, offline; checkpoints that hold code."""
 
 import hashlib
 import http.server
@@ -7,10 +8,18 @@ import threading
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.detection import keypointrcnn_resnet50_fpn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kpnb import model as kmodel
-from kpnb.model import WeightsUnavailableError, build_model, cpu_preset
+from kpnb.model import (
+    WeightsUnavailableError,
+    build_model,
+    cpu_preset,
+    load_checkpoint_model,
+    read_checkpoint,
+)
 
 
 def _k(model):
@@ -110,3 +119,74 @@ def test_local_pth_path(coco_like_weights, tmp_path):
     assert torch.equal(m.state_dict()[key], state[key])
     with pytest.raises(WeightsUnavailableError, match="no such weights file"):
         build_model(4, weights=tmp_path / "missing.pth")
+
+
+def _norms(model):
+    return {type(m) for m in model.backbone.body.modules()
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}  # fmt: skip
+
+
+def _trains(model, stage):
+    return all(p.requires_grad for n, p in model.backbone.body.named_parameters()
+               if n.startswith(stage))  # fmt: skip
+
+
+def test_pretrained_is_built_as_torchvision_does(coco_like_weights):
+    path, _ = coco_like_weights
+    m = build_model(4, weights=path)
+    assert _norms(m) == {FrozenBatchNorm2d}
+    assert not any(p.requires_grad for n, p in m.backbone.body.named_parameters()
+                   if n.startswith(("conv1", "layer1")))  # fmt: skip
+    assert all(_trains(m, s) for s in ("layer2", "layer3", "layer4"))
+    assert m.kpnb_build["norm"] == "frozen" and m.kpnb_build["trainable_backbone_layers"] == 3
+    five = build_model(4, weights=path, trainable_backbone_layers=5)
+    assert _trains(five, "conv1") and _trains(five, "layer1")
+
+
+def test_random_weights_keep_batchnorm_and_train_every_stage():
+    m = build_model(4, weights=None)
+    assert _norms(m) == {nn.BatchNorm2d}
+    assert all(p.requires_grad for p in m.parameters())
+    assert m.kpnb_build["norm"] == "batch" and m.kpnb_build["trainable_backbone_layers"] == 5
+
+
+TORCHVISION_SIZES = (640, 672, 704, 736, 768, 800)
+
+
+@pytest.mark.parametrize("cuda, expected", [(False, (160,)), (True, TORCHVISION_SIZES)])
+def test_the_preset_follows_the_device(monkeypatch, cuda, expected):
+    monkeypatch.setattr(kmodel.torch.cuda, "is_available", lambda: cuda)
+    m = build_model(4, weights=None, size=160)
+    assert m.transform.min_size == expected
+    assert m.kpnb_build["preset"] == ("torchvision" if cuda else "cpu")
+
+
+class _Payload:
+    """Something that is neither a tensor nor plain data (a class to be imported on load)."""
+
+
+def _calls_code():
+    return None
+
+
+@pytest.mark.parametrize("payload", [_Payload, _calls_code, _Payload()],
+                         ids=["class", "function", "object"])  # fmt: skip
+def test_a_checkpoint_holding_code_is_refused(tmp_path, payload):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "skeleton": {"keypoints": ["a"], "edges": []}, "x": payload}, path)
+    with pytest.raises(ValueError, match="refused") as exc:
+        load_checkpoint_model(path)
+    assert "\n" not in str(exc.value) and "weights_only" not in str(exc.value)
+
+
+def test_empty_garbage_and_foreign_files_are_one_line_errors(tmp_path):
+    empty, garbage, foreign = tmp_path / "e.pth", tmp_path / "g.pth", tmp_path / "f.pth"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"\x80\x04not a pickle at all" * 10)
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    for path, what in [(empty, "empty file"), (garbage, "not a checkpoint"),
+                       (foreign, "not a kpnb checkpoint")]:  # fmt: skip
+        with pytest.raises(ValueError, match=what) as exc:
+            load_checkpoint_model(path)
+        assert "\n" not in str(exc.value) and "weights_only" not in str(exc.value)
+    assert read_checkpoint(foreign)["weights"].shape == (2,)

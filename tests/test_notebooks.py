@@ -64,3 +64,34 @@ def test_cells_stay_short_and_few_outputs_are_ignored(path):
     with_output = [c for c in code if c["outputs"]]
     ignored = [c for c in with_output if "NBVAL_IGNORE_OUTPUT" in _source(c)]
     assert len(ignored) <= max(1, len(with_output) // 4)
+
+
+NBVAL_MARKERS = {"# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP", "# NBVAL_CHECK_OUTPUT",
+                 "# NBVAL_RAISES_EXCEPTION"}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_markers_are_exact(path):
+    """nbval reads a marker only when the line is exactly the marker: a reason goes on the
+    next line, or the cell would be compared after all."""
+    for cell in _load(path)["cells"]:
+        for line in _source(cell).splitlines():
+            if "NBVAL_" in line:
+                assert line.strip() in NBVAL_MARKERS, f"{path.name}: {line!r} is not a marker"
+
+
+def test_smoke_runs_write_apart_from_full_runs(tmp_path):
+    """A full `make tutorial` leaves outputs/; a later smoke run must not meet those files."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from kpnb.config import outputs_dir; print(outputs_dir())"
+    env = {k: v for k, v in os.environ.items() if k not in ("KPNB_OUTPUTS", "CI")}
+    where = {}
+    for smoke in ("0", "1"):
+        where[smoke] = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True,
+                                      env={**env, "KPNB_SMOKE": smoke}, capture_output=True,
+                                      check=True).stdout.strip()  # fmt: skip
+    assert where["0"] == str(tmp_path.resolve() / "outputs")
+    assert where["1"] == str(tmp_path.resolve() / "outputs" / "smoke")
