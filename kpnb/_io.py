@@ -27,11 +27,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kpnb.errors import KpnbError
+
 __all__ = ["OutputExistsError", "check_output", "atomic_path", "ZipLimits", "ZipLimitError",
            "zip_limits", "check_zip", "check_member", "read_member"]  # fmt: skip
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(KpnbError, FileExistsError):
     """An output path holds something kpnb will not replace; the message says what to do."""
 
 
@@ -217,7 +219,7 @@ MAX_UNZIP_MEMBERS = 1_000_000  # KPNB_MAX_UNZIP_MEMBERS: files and folders in on
 RATIO_FLOOR = 2**20
 
 
-class ZipLimitError(ValueError):
+class ZipLimitError(KpnbError):
     """A zip exceeds a limit or holds a member kpnb refuses; the message says which."""
 
 

@@ -3,7 +3,8 @@
 Each subcommand is a pair: ``add_<name>_arguments(parser)`` declares its flags and
 ``run_<name>(args) -> int`` does the work by calling the library. ``kpnb --help`` lists
 them; ``kpnb NAME --help`` shows flags, defaults and an example. Input problems
-(``ValueError`` and friends) print one line and exit 2 instead of a traceback.
+(`kpnb.errors.KpnbError`, a missing or forbidden path) print one line and exit 2; anything
+else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from kpnb.errors import KpnbError
 
 __all__ = ["main", "get_args_parser"]
 
@@ -289,7 +292,7 @@ def _pick_image(ann, spec: str | None) -> int:
     images = ann.images
     if spec is None:
         if images.empty:
-            raise ValueError("the export has no images")
+            raise KpnbError("the export has no images")
         return int(images["image_index"].iloc[0])
     subset, _, rest = spec.partition("/")
     if rest and subset in set(images["subset"].dropna().astype(str)):
@@ -302,11 +305,11 @@ def _pick_image(ann, spec: str | None) -> int:
         by_name = images[stems == spec]
     if len(by_name) > 1:
         where = ", ".join(f"{r.name!r} (subset {r.subset})" for r in by_name.itertuples())
-        raise ValueError(f"--image {spec}: several images match ({where}); write "
+        raise KpnbError(f"--image {spec}: several images match ({where}); write "
                          "SUBSET/NAME")  # fmt: skip
     if by_name.empty:
         first = ", ".join(repr(str(n)) for n in images["name"].head(5))
-        raise ValueError(f"--image {spec}: no image with that file name or id; "
+        raise KpnbError(f"--image {spec}: no image with that file name or id; "
                          f"the first are {first}")  # fmt: skip
     return int(by_name["image_index"].iloc[0])
 
@@ -363,7 +366,7 @@ def _flip_pairs(args) -> list[tuple[str, str]] | None:
     for item in args.flip_pairs:
         left, sep, right = item.partition(":")
         if not sep or not left or not right:
-            raise ValueError(f"--flip-pairs {item!r}: write each pair as LEFT:RIGHT")
+            raise KpnbError(f"--flip-pairs {item!r}: write each pair as LEFT:RIGHT")
         pairs.append((left, right))
     return pairs
 
@@ -388,11 +391,11 @@ def _load_for_training(args):
     if multi and (args.label is None or args.label in multi):
         ann = points_as_instances(ann, [args.label] if args.label else multi)
     if not ann.skeletons:
-        raise ValueError(f"{args.data}: no skeleton label; for one <points> shape per keypoint, "
+        raise KpnbError(f"{args.data}: no skeleton label; for one <points> shape per keypoint, "
                          "pass --points-as-skeleton NAME")  # fmt: skip
     label = args.label or next(iter(ann.skeletons))
     if label not in ann.skeletons:
-        raise ValueError(f"--label {label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
+        raise KpnbError(f"--label {label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
     layout = next(names for names in ann.same_layouts() if label in names)
     others = [n for n in ann.skeletons if n != label]
     if args.all_categories and len(layout) > 1:
@@ -412,7 +415,7 @@ def _load_for_training(args):
 
 def _positive(name: str, value) -> None:
     if value is not None and not value > 0:
-        raise ValueError(f"--{name} must be > 0, got {value}")
+        raise KpnbError(f"--{name} must be > 0, got {value}")
 
 
 @_command(
@@ -460,16 +463,16 @@ def run_train(args: argparse.Namespace) -> int:
     skeleton = ann.skeletons[label]
     # Everything that can fail on the input fails here, before the model is built.
     if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
-        raise ValueError(f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
+        raise KpnbError(f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
                          f"keypoints {list(skeleton.keypoints)}")  # fmt: skip
     if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        raise KpnbError(f"--epochs must be >= 1, got {args.epochs}")
     train_loader, val_loader = make_loaders(ann, root, label, size=args.size,
                                             batch_size=args.batch_size, num_workers=args.workers,
                                             seed=args.seed,
                                             skip_missing=args.skip_missing)  # fmt: skip
     if not any(len(item.boxes) for item in train_loader.dataset.items):
-        raise ValueError(f"{args.data}: no instance of {label!r} in the training images; "
+        raise KpnbError(f"{args.data}: no instance of {label!r} in the training images; "
                          "nothing to learn")  # fmt: skip
     print(f"flip: {skeleton.flip_summary()}")
     weights = None if str(args.weights).lower() == "none" else args.weights
@@ -538,7 +541,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ann, root, label = _load_for_training(args)
     skeleton = ckpt["skeleton_obj"]
     if ann.skeletons[label].keypoints != skeleton.keypoints:
-        raise ValueError(f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
+        raise KpnbError(f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
                          f"{label!r}'s {list(ann.skeletons[label].keypoints)}")  # fmt: skip
     # the run's own split (its seed), so these are exactly the images it validated on
     indices = None if args.all else split_indices(ann, seed=args.seed)[1]
@@ -621,7 +624,7 @@ def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None)
         found = by_name.get(rel) if rel else None
         found = found if found is not None else by_base.get(path.name)
         if found is None:
-            raise ValueError(f"--annotations {source}: no image named {rel or path.name!r} in "
+            raise KpnbError(f"--annotations {source}: no image named {rel or path.name!r} in "
                              "it; predict images of that export, or leave --annotations "
                              "out")  # fmt: skip
         ids.append(int(found))
@@ -638,7 +641,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from kpnb.model import load_checkpoint_model
 
     if args.out.suffix.lower() not in (".xml", ".json"):
-        raise ValueError(f"--out {args.out}: use .xml (CVAT) or .json (COCO results)")
+        raise KpnbError(f"--out {args.out}: use .xml (CVAT) or .json (COCO results)")
     if args.images_root is not None:
         args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
     missing = [str(p) for p in args.images if not p.is_file()]
@@ -735,6 +738,10 @@ def _cli_message(msg: str) -> str:
     return msg
 
 
+_INPUT_ERRORS = (KpnbError, FileNotFoundError, PermissionError, IsADirectoryError,
+                 NotADirectoryError, FileExistsError)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``kpnb`` and ``python -m kpnb``; returns the exit code."""
     try:
@@ -746,10 +753,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, IndexError, OSError, RuntimeError) as exc:
-        # Input problems: the message already says what and where; a traceback adds noise.
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"kpnb {args.command}: error: {_cli_message(str(msg))}", file=sys.stderr)
+    except _INPUT_ERRORS as exc:
+        # kpnb's own input errors (and a path that is not there or not allowed): the message
+        # says what and where, a traceback adds noise. Anything else is a bug or a resource
+        # problem (CUDA out of memory) and keeps its traceback.
+        print(f"kpnb {args.command}: error: {_cli_message(str(exc))}", file=sys.stderr)
         if args.verbose:
             raise
         return 2

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kpnb._io import atomic_path
+from kpnb.errors import KpnbError
 from kpnb.tables import (
     Annotations,
     Skeleton,
@@ -33,7 +34,7 @@ __all__ = ["CocoFormatError", "read_coco", "to_coco", "write_coco"]
 log = logging.getLogger(__name__)
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(KpnbError):
     """A COCO file is malformed: the message names the file, the entry and the fix."""
 
 

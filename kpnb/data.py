@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kpnb._io import OutputExistsError, ZipLimitError, atomic_path, check_zip, zip_limits
 from kpnb.config import cache_dir
+from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
 
 __all__ = ["read_annotations", "detect_format", "get_dataset", "register_dataset",
@@ -35,7 +36,7 @@ __all__ = ["read_annotations", "detect_format", "get_dataset", "register_dataset
 log = logging.getLogger(__name__)
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(KpnbError, RuntimeError):
     """A dataset could not be fetched or unpacked; the message says what to do instead."""
 
 
@@ -86,13 +87,13 @@ def detect_format(source: str | os.PathLike) -> str:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
         except zipfile.BadZipFile as exc:
-            raise ValueError(f"{path}: not a readable zip ({exc}); download it again") from exc
+            raise KpnbError(f"{path}: not a readable zip ({exc}); download it again") from exc
         if any(n.lower().endswith(".xml") for n in names):
             return "cvat"
         if any(n.lower().endswith(".json") for n in names):
             return "coco"
-        raise ValueError(f"{path}: the zip holds no .xml or .json annotations")
-    raise ValueError(f"{path}: unknown annotation file type {suffix!r}; expected .xml, .json, .zip")
+        raise KpnbError(f"{path}: the zip holds no .xml or .json annotations")
+    raise KpnbError(f"{path}: unknown annotation file type {suffix!r}; expected .xml, .json, .zip")
 
 
 def read_annotations(source: str | os.PathLike) -> Annotations:
@@ -379,7 +380,7 @@ def open_export(
     if label is None:
         plain = sorted(used - set(ann.skeletons))
         if not plain:
-            raise ValueError(
+            raise KpnbError(
                 f"{found}: no keypoints in this export ({len(ann.images)} images, skeletons "
                 f"{list(ann.skeletons) or 'none'}); annotate some points in CVAT and export "
                 "again, choosing 'CVAT for images' with the annotations included"
@@ -387,7 +388,7 @@ def open_export(
         try:
             ann = points_to_skeleton(ann, skeleton_name)
         except ValueError as exc:
-            raise ValueError(f"{found}: {exc}") from None
+            raise KpnbError(f"{found}: {exc}") from None
         label = skeleton_name
         log.info("%s has no skeleton: each image's plain <points> (%s) became one instance of "
                  "a skeleton %r (kpnb.tables.points_to_skeleton)", found,

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kpnb.errors import KpnbError
 from kpnb.images import find_image, load_image
 from kpnb.tables import Annotations, Skeleton
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
@@ -145,7 +146,7 @@ class KeypointDataset(Dataset):
             if not skip_missing:
                 listed = "\n  ".join(missing[:20])
                 more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-                raise ValueError(
+                raise KpnbError(
                     f"{len(missing)} of {len(images)} image files are missing or unreadable "
                     f"under {self.root}:\n  {listed}{more}\nfix image_root, or pass "
                     "skip_missing=True to leave them out"
@@ -180,7 +181,7 @@ class KeypointDataset(Dataset):
             area = None
             if n:
                 if len(rows) != n * k:
-                    raise ValueError(
+                    raise KpnbError(
                         f"label {self.label!r}: {ann.describe_image(int(img.image_index))} has "
                         f"{len(rows)} points for {n} instances, not {k} each"
                     )
@@ -215,7 +216,7 @@ class KeypointDataset(Dataset):
         item = self.items[index]
         image = torch.from_numpy(load_image(item.path)).permute(2, 0, 1).contiguous()
         if item.size != (0, 0) and tuple(image.shape[-2:]) != item.size:
-            raise ValueError(
+            raise KpnbError(
                 f"{item.path}: image is {image.shape[-1]}x{image.shape[-2]} but the annotations "
                 f"say {item.size[1]}x{item.size[0]}; re-export the images with the annotations"
             )
@@ -288,7 +289,7 @@ def split_indices(
     """
     images = ann.images
     if len(images) < 2:
-        raise ValueError(f"{len(images)} image(s): training needs at least 2 (one to train on, "
+        raise KpnbError(f"{len(images)} image(s): training needs at least 2 (one to train on, "
                          "one to validate on); annotate more images")  # fmt: skip
     subsets = images["subset"].astype(object).str.lower()
     if subsets.notna().any():

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
 __all__ = ["DEFAULT_SIGMA", "COCO_SIGMAS", "default_sigmas", "EvalResult", "keypoint_metrics",
@@ -212,7 +213,7 @@ def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
     k = skeleton.num_keypoints
     sigmas = default_sigmas(skeleton.keypoints) if sigmas is None else [float(s) for s in sigmas]
     if len(sigmas) != k:
-        raise ValueError(f"{len(sigmas)} sigmas for {k} keypoints {list(skeleton.keypoints)}")
+        raise KpnbError(f"{len(sigmas)} sigmas for {k} keypoints {list(skeleton.keypoints)}")
     metrics = oks_ap(results, sigmas)
     dists, norms, labelled = [], [], []
     for r in results:

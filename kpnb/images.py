@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from kpnb.errors import KpnbError
+
 __all__ = ["ImageError", "MAX_PIXELS", "find_image", "load_image", "image_size", "max_pixels"]
 
 #: The default pixel limit (width x height): 64 megapixels, an 8k x 8k photo.
@@ -30,7 +32,7 @@ MAX_PIXELS = 64_000_000
 _FRAME_EXTENSIONS = (".PNG", ".png", ".jpg", ".jpeg", ".JPG")
 
 
-class ImageError(ValueError):
+class ImageError(KpnbError):
     """An image file cannot be used: outside its export, too large or undecodable."""
 
 

@@ -30,6 +30,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNN, KeypointRCNNPredictor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from kpnb.errors import KpnbError
+
 __all__ = ["WeightsUnavailableError", "build_model", "cpu_preset", "default_preset",
            "load_checkpoint_model", "read_checkpoint"]  # fmt: skip
 
@@ -42,7 +44,7 @@ COCO_URL = COCO_WEIGHTS.url
 PRESETS = ("cpu", "torchvision")
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(KpnbError, RuntimeError):
     """Pretrained weights could not be had (offline, or a bad path); the message says how."""
 
 
@@ -72,7 +74,7 @@ def _resolve_preset(preset: str | None) -> str:
     if preset is None:
         return "torchvision"
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
+        raise KpnbError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
     return preset
 
 
@@ -117,20 +119,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file, not a checkpoint; pass a best.pth or last.pth "
+        raise KpnbError(f"{path}: empty file, not a checkpoint; pass a best.pth or last.pth "
                          "written by kpnb train")  # fmt: skip
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # a class or function to import: code
-            raise ValueError(f"{path}: refused: it holds Python objects (code) besides tensors "
+            raise KpnbError(f"{path}: refused: it holds Python objects (code) besides tensors "
                              "and plain data; kpnb never writes such files, so do not trust "
                              "where it came from") from None  # fmt: skip
-        raise ValueError(f"{path}: not a checkpoint (unreadable pickle data)") from None
+        raise KpnbError(f"{path}: not a checkpoint (unreadable pickle data)") from None
     except Exception as exc:  # truncated zip, garbage bytes: whatever the unpickler trips on
-        raise ValueError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
+        raise KpnbError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
     if not isinstance(blob, dict):
-        raise ValueError(f"{path}: not a checkpoint (holds a {type(blob).__name__}, not a dict)")
+        raise KpnbError(f"{path}: not a checkpoint (holds a {type(blob).__name__}, not a dict)")
     return blob
 
 
@@ -215,11 +217,11 @@ def build_model(
     pretrained = state is not None
     norm = norm or ("frozen" if pretrained else "batch")
     if norm not in ("frozen", "batch"):
-        raise ValueError(f"norm must be 'frozen' or 'batch', got {norm!r}")
+        raise KpnbError(f"norm must be 'frozen' or 'batch', got {norm!r}")
     trainable = trainable_backbone_layers
     trainable = (3 if pretrained else 5) if trainable is None else int(trainable)
     if not 0 <= trainable <= 5:
-        raise ValueError(f"trainable_backbone_layers must be 0..5, got {trainable}")
+        raise KpnbError(f"trainable_backbone_layers must be 0..5, got {trainable}")
     if pretrained:
         state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
         state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
@@ -252,7 +254,7 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
 
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("model"), dict) or "skeleton" not in ckpt:
-        raise ValueError(f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
+        raise KpnbError(f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
                          "pass a best.pth or last.pth written by kpnb train")  # fmt: skip
     skeleton = Skeleton.from_dict(ckpt["skeleton"])
     build = dict(ckpt.get("build") or {})
@@ -265,7 +267,7 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise ValueError(f"{path}: its weights do not fit the model it describes "
+        raise KpnbError(f"{path}: its weights do not fit the model it describes "
                          f"({_short(exc)})") from None  # fmt: skip
     model.to(select_device(device)).eval()
     ckpt["skeleton_obj"] = skeleton

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from kpnb._io import atomic_path, check_output
 from kpnb.cvat import skeleton_svg, write_cvat
+from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints, visibility_from_flags
 
 __all__ = ["FACE", "SyntheticScene", "render_scene", "synthesize", "generate"]
@@ -470,7 +471,7 @@ def render_scene(seed: int, index: int, layout: str = "skeleton") -> SyntheticSc
 
 def _check_layout(layout: str) -> None:
     if layout not in ("skeleton", "points"):
-        raise ValueError(f"unknown layout {layout!r}; choose 'skeleton' or 'points'")
+        raise KpnbError(f"unknown layout {layout!r}; choose 'skeleton' or 'points'")
 
 
 def image_name(index: int) -> str:

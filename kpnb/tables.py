@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from kpnb.errors import KpnbError
+
 IMAGE_COLUMNS = ["image_index", "image_id", "name", "width", "height", "subset", "task_id"]
 log = logging.getLogger(__name__)
 
@@ -103,22 +105,22 @@ def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[in
     out, seen = [], set()
     for pair in pairs:
         if len(pair) != 2:
-            raise ValueError(f"flip pair {pair!r}: give exactly two keypoints")
+            raise KpnbError(f"flip pair {pair!r}: give exactly two keypoints")
         idx = []
         for p in pair:
             if isinstance(p, (int, np.integer)):
                 if not 0 <= int(p) < len(names):
-                    raise ValueError(f"flip pair {pair!r}: index {p} is not in "
+                    raise KpnbError(f"flip pair {pair!r}: index {p} is not in "
                                      f"0..{len(names) - 1}")  # fmt: skip
                 idx.append(int(p))
             elif str(p) in names:
                 idx.append(names.index(str(p)))
             else:
-                raise ValueError(f"flip pair {pair!r}: {p!r} is not a keypoint; "
+                raise KpnbError(f"flip pair {pair!r}: {p!r} is not a keypoint; "
                                  f"keypoints are {names}")  # fmt: skip
         a, b = idx
         if a == b or a in seen or b in seen:
-            raise ValueError(f"flip pair {pair!r}: a keypoint pairs with one other keypoint "
+            raise KpnbError(f"flip pair {pair!r}: a keypoint pairs with one other keypoint "
                              "only")  # fmt: skip
         seen |= {a, b}
         out.append((min(a, b), max(a, b)))
@@ -155,11 +157,11 @@ class Skeleton:
             object.__setattr__(self, "pairs", tuple(resolve_pairs(self.keypoints, self.pairs)))
         if len(set(self.keypoints)) != len(self.keypoints):
             dupes = sorted({k for k in self.keypoints if self.keypoints.count(k) > 1})
-            raise ValueError(f"skeleton keypoint names must be unique, got duplicates {dupes}")
+            raise KpnbError(f"skeleton keypoint names must be unique, got duplicates {dupes}")
         k = len(self.keypoints)
         bad = [e for e in self.edges if not (0 <= e[0] < k and 0 <= e[1] < k)]
         if bad:
-            raise ValueError(f"skeleton edges {bad} point outside 0..{k - 1} ({k} keypoints)")
+            raise KpnbError(f"skeleton edges {bad} point outside 0..{k - 1} ({k} keypoints)")
 
     @property
     def num_keypoints(self) -> int:
@@ -173,7 +175,7 @@ class Skeleton:
     def from_dict(cls, data: dict) -> Skeleton:
         """The inverse of `to_dict`; raises ValueError on anything else."""
         if not isinstance(data, dict) or not isinstance(data.get("keypoints"), (list, tuple)):
-            raise ValueError(f"not a skeleton dict (keypoints, edges): {str(data)[:80]}")
+            raise KpnbError(f"not a skeleton dict (keypoints, edges): {str(data)[:80]}")
         return cls(tuple(data["keypoints"]), tuple(map(tuple, data.get("edges") or ())))
 
     @property
@@ -370,7 +372,7 @@ class Annotations:
         rows = rows.sort_values(["instance_id", "point_index"])
         n = rows["instance_id"].nunique()
         if len(rows) != n * k:
-            raise ValueError(
+            raise KpnbError(
                 f"label {label!r} in {self.describe_image(image_index)}: {len(rows)} points "
                 f"for {n} instances is not {k} per instance"
             )
@@ -427,7 +429,7 @@ class Annotations:
             n = int(rows["point_index"].max()) + 1
             return Skeleton(tuple(str(i + 1) for i in range(n)) if n > 1 else (label,))
         known = sorted(set(self.skeletons) | set(kp["label"].astype(str)))
-        raise KeyError(f"no label {label!r} in these annotations; labels are {known}")
+        raise KpnbError(f"no label {label!r} in these annotations; labels are {known}")
 
     def same_layouts(self) -> list[list[str]]:
         """Skeleton labels grouped by identical layout (keypoint names and edges), in
@@ -461,7 +463,7 @@ def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -
         short = sizes[sizes != sk.num_keypoints]
         if len(short):
             row = kp.loc[mask & (kp["instance_id"] == short.index[0]).to_numpy()].iloc[0]
-            raise ValueError(
+            raise KpnbError(
                 f"label {label!r}: {ann.describe_image(int(row['image_index']))} has a <points> "
                 f"shape with {int(short.iloc[0])} points where others have {sk.num_keypoints}; "
                 "give every shape of a label the same points (or use a skeleton label in CVAT)"
@@ -485,11 +487,11 @@ def merge_skeletons(ann: Annotations, labels: Sequence[str], name: str | None = 
     labels = list(dict.fromkeys(labels))
     missing = [lab for lab in labels if lab not in ann.skeletons]
     if missing:
-        raise ValueError(f"{missing} are not skeleton labels; skeletons: {list(ann.skeletons)}")
+        raise KpnbError(f"{missing} are not skeleton labels; skeletons: {list(ann.skeletons)}")
     first = ann.skeletons[labels[0]]
     other = [lab for lab in labels if ann.skeletons[lab].keypoints != first.keypoints]
     if other:
-        raise ValueError(
+        raise KpnbError(
             f"labels {other} have other keypoints than {labels[0]!r} "
             f"({len(ann.skeletons[other[0]].keypoints)} vs {first.num_keypoints}); only labels "
             "sharing one layout can be trained as one skeleton"
@@ -557,21 +559,21 @@ def points_to_skeleton(
             the rule), or there are no one-point labels.
     """
     if group_by not in GROUPING_RULES:
-        raise ValueError(f"unknown grouping {group_by!r}; choose one of {GROUPING_RULES}")
+        raise KpnbError(f"unknown grouping {group_by!r}; choose one of {GROUPING_RULES}")
     kp = ann.keypoints
     multi = ann.multi_point_labels()
     if labels is None:
         labels = [lab for lab in ann.plain_labels() if lab not in multi]
     labels = list(labels)
     if not labels:
-        raise ValueError(
+        raise KpnbError(
             f"no plain one-point <points> labels to combine (skeletons: {list(ann.skeletons)}"
             + (f", multi-point labels {multi}, which are instances already" if multi else "")
             + "); points_to_skeleton is for exports with one <points> shape per keypoint label"
         )
     several = [lab for lab in labels if lab in multi]
     if several:
-        raise ValueError(
+        raise KpnbError(
             f"labels {several} have <points> shapes with several points: each such shape is "
             "one object already; leave them out of points_to_skeleton"
         )
@@ -616,7 +618,7 @@ def points_to_skeleton(
         row = plain[dup].iloc[0]
         how = {"image": "one object per image", "group_id": f"group_id {int(row['group_id'])}",
                "box": "one box"}[group_by]  # fmt: skip
-        raise ValueError(
+        raise KpnbError(
             f"{ann.describe_image(int(row['image_index']))} has two {row['label']!r} points in "
             f"{how} (grouping by {group_by}): with several objects per image, give each "
             "object's points a CVAT group (or a <box> around them)"
@@ -668,7 +670,7 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
     from kpnb._io import atomic_path
 
     if fmt not in ("csv", "parquet"):
-        raise ValueError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")
+        raise KpnbError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")
     folder = Path(folder)
     with atomic_path(folder, directory=True, overwrite=overwrite) as tmp:
         for name in ("images", "keypoints", "boxes", "attributes", "labels"):

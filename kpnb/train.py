@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from kpnb._io import atomic_path
+from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
 from kpnb.tables import Skeleton
 
@@ -226,7 +227,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     ckpt = read_checkpoint(path)
     missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in ckpt]
     if missing:
-        raise ValueError(f"{path}: cannot resume from it (no {', '.join(missing)}); resume "
+        raise KpnbError(f"{path}: cannot resume from it (no {', '.join(missing)}); resume "
                          "from the last.pth that kpnb train wrote")  # fmt: skip
     return ckpt
 

@@ -23,6 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from kpnb.errors import KpnbError
 from kpnb.tables import flip_indices
 
 # cjm_pytorch_utils, imported by cjm_torchvision_tfms, calls logging.disable(logging.WARNING)
@@ -181,7 +182,7 @@ def train_transforms(
         jitter: strength of brightness/contrast/saturation jitter.
     """
     if policy not in POLICIES:
-        raise ValueError(f"unknown augmentation policy {policy!r}; choose one of {POLICIES}")
+        raise KpnbError(f"unknown augmentation policy {policy!r}; choose one of {POLICIES}")
     steps: list = []
     if policy == "iou_crop":
         steps.append(IoUCropIfBoxes())

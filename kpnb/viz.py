@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes
 
+from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton
 
 __all__ = [
@@ -200,7 +201,7 @@ def draw_instances(
         A new PIL image; the input is untouched.
     """
     if occluded_marker not in OCCLUDED_MARKERS:
-        raise ValueError(
+        raise KpnbError(
             f"occluded_marker must be one of {OCCLUDED_MARKERS}, got {occluded_marker!r}"
         )
     canvas = _as_tensor(image)
@@ -286,7 +287,7 @@ def _overlaps(a, b) -> bool:
 def _export_root(ann: Annotations) -> Path:
     source = ann.meta.get("source")
     if not source:
-        raise ValueError("these annotations do not say where their export is; pass image_root")
+        raise KpnbError("these annotations do not say where their export is; pass image_root")
     path = Path(str(source).split("!")[0])
     return path if path.is_dir() else path.parent
 
@@ -339,7 +340,7 @@ def show_sample(
 
     row = ann.images.loc[ann.images["image_index"] == image_index]
     if row.empty:
-        raise IndexError(f"no image_index {image_index}; there are {len(ann.images)} images")
+        raise KpnbError(f"no image_index {image_index}; there are {len(ann.images)} images")
     row = row.iloc[0]
     root = Path(image_root) if image_root is not None else _export_root(ann)
     path = find_image(root, str(row["name"]), row["subset"])
@@ -549,7 +550,7 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box",
     Only labelled points (v > 0) count.
     """
     if normalize not in ("box", "image"):
-        raise ValueError(f"normalize must be 'box' or 'image', got {normalize!r}")
+        raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")
     kp = ann.keypoints[(ann.keypoints["label"] == label) & (ann.keypoints["visibility"] > 0)]
     kp = kp.assign(x=kp["x"].astype(float), y=kp["y"].astype(float))
     if normalize == "box":

@@ -1,8 +1,13 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
+import pytest
+
+from kpnb import cli
 from kpnb.cli import main
+from kpnb.errors import KpnbError
 
 
 def test_help_lists_subcommands(capsys):
@@ -118,3 +123,23 @@ def test_the_wheel_works_without_the_checkout(tmp_path):
     cells = json.loads(notebook.read_text())["cells"]
     assert not [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert all(c["execution_count"] for c in cells if c["cell_type"] == "code" and c["source"])
+
+
+
+def _failing(exc):
+    def run(args):
+        raise exc
+
+    return run
+
+
+def test_only_input_errors_become_one_line(monkeypatch, capsys):
+    """kpnb's own errors print one line; a torch failure (CUDA out of memory) is not hidden."""
+    info = cli._COMMANDS["info"]
+    monkeypatch.setitem(cli._COMMANDS, "info", replace(info, run=_failing(KpnbError("fix it"))))
+    assert main(["info", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "kpnb info: error: fix it"
+    oom = replace(info, run=_failing(RuntimeError("CUDA out of memory")))
+    monkeypatch.setitem(cli._COMMANDS, "info", oom)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        main(["info", "x"])

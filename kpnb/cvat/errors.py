@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from kpnb.errors import KpnbError
 
-class CvatFormatError(ValueError):
+
+class CvatFormatError(KpnbError):
     """A CVAT file is malformed or not CVAT: the message names the file, line and fix."""
 
 
