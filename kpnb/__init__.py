@@ -6,10 +6,10 @@ Stages, each its own module, data flowing one way:
 drawing tables and tensors and ``cli`` calling them all.
 """
 
-from kpnb.config import SMOKE, environment_report, pick, setup_notebook
+from kpnb.config import SMOKE, environment_report, pick, setup_notebook, version
 from kpnb.tables import Annotations, Skeleton, flip_indices
 
-__version__ = "0.1.0"
+__version__ = version()
 __all__ = ["Annotations", "Skeleton", "flip_indices", "SMOKE", "pick", "setup_notebook",
            "environment_report", "__version__"]  # fmt: skip
 

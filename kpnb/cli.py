@@ -695,14 +695,14 @@ def _write_predictions(preds, paths, sizes, skeleton, label, out: Path, image_id
 # -- the parser ---------------------------------------------------------------------------
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``kpnb`` parser with every registered subcommand."""
-    from kpnb import __version__
+    from kpnb.config import version
 
     parser = argparse.ArgumentParser(
         prog="kpnb",
         description="From a CVAT keypoint export to a fine-tuned torchvision Keypoint R-CNN.",
         add_help=add_help,
     )
-    parser.add_argument("--version", action="version", version=f"kpnb {__version__}")
+    parser.add_argument("--version", action="version", version=f"kpnb {version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in _COMMANDS.values():

@@ -60,20 +60,50 @@ def pick(full: T, smoke: T, *, cpu: T = _UNSET) -> T:
     return full if cpu is _UNSET or has_gpu() else cpu
 
 
-def setup_notebook(seed: int = 0) -> bool:
-    """What every tutorial does first: seed everything, readable tables, visible kpnb logs.
+def version() -> str:
+    """kpnb's version, from the installed package's metadata (pyproject.toml is its source)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
-    Returns `SMOKE`, so a notebook can say which mode it runs in.
-    """
+    try:
+        return installed("kpnb")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and every CUDA device)."""
     import random
 
     import numpy as np
-    import pandas as pd
     import torch
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def select_device(device=None):
+    """`device`, else CUDA, else Apple MPS, else CPU (under torchrun: this rank's GPU)."""
+    import torch
+
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device(type="cpu")
+
+
+def setup_notebook(seed: int = 0) -> bool:
+    """What every tutorial does first: seed everything, readable tables, visible kpnb logs.
+
+    Returns `SMOKE`, so a notebook can say which mode it runs in.
+    """
+    import pandas as pd
+
+    seed_everything(seed)
     pd.set_option("display.max_columns", 20)
     pd.set_option("display.width", 120)
     pd.set_option("display.precision", 2)
@@ -116,14 +146,10 @@ def environment_report():
     import torch
     import torchvision
 
-    from kpnb import __version__
-
-    device = "cuda" if torch.cuda.is_available() else (
-        "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-        else "cpu")  # fmt: skip
+    device = select_device().type
     rows = {
         "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "kpnb": __version__, "device": device,
+        "torchvision": torchvision.__version__, "kpnb": version(), "device": device,
         "cpu threads": torch.get_num_threads(), "smoke mode": SMOKE,
     }  # fmt: skip
     if device == "cuda":

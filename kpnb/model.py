@@ -250,7 +250,7 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
     `device` defaults to the best available one (CUDA, MPS, else the CPU).
     """
     from kpnb.tables import Skeleton
-    from kpnb.train import select_device
+    from kpnb.config import select_device
 
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("model"), dict) or "skeleton" not in ckpt:

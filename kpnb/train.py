@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from kpnb._io import atomic_path
+from kpnb.config import seed_everything, select_device, version
 from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
 from kpnb.tables import Skeleton
@@ -59,24 +60,6 @@ class TrainConfig:
     monitor: str = "AP"  # metric that picks the best checkpoint
     sigmas: list[float] | None = None
     extra: dict = field(default_factory=dict)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """`device`, else CUDA, else Apple MPS, else CPU (under torchrun: this rank's GPU)."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device(type="cpu")
 
 
 def _distributed() -> tuple[int, int]:
@@ -317,7 +300,6 @@ def fit(
     module docstring); `resume` is such a ``last.pth``. On CUDA, mixed precision is on
     unless `config.amp` is False.
     """
-    from kpnb import __version__
 
     rank, world = _distributed()
     dev = select_device(device)
@@ -387,7 +369,7 @@ def fit(
                 model_state = {
                     "format": "kpnb-checkpoint", "model": _unwrap(model).state_dict(),
                     "skeleton": skeleton.to_dict(), "config": asdict(config), "build": build,
-                    "epoch": epoch, "metrics": json_safe(row), "kpnb_version": __version__,
+                    "epoch": epoch, "metrics": json_safe(row), "kpnb_version": version(),
                 }  # fmt: skip
                 if improved:  # before last.pth: no last.pth ever claims a best that is not saved
                     save_checkpoint(out / "best.pth", **model_state)
