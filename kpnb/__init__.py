@@ -7,14 +7,16 @@ drawing tables and tensors and ``cli`` calling them all.
 """
 
 from kpnb.config import SMOKE, environment_report, pick, setup_notebook, version
-from kpnb.tables import Annotations, Skeleton, flip_indices
+from kpnb.skeleton import Skeleton, flip_indices
+from kpnb.tables import Annotations
 
 __version__ = version()
 __all__ = ["Annotations", "Skeleton", "flip_indices", "SMOKE", "pick", "setup_notebook",
            "environment_report", "__version__"]  # fmt: skip
 
 
-_SUBMODULES = {"cvat", "coco", "synthetic", "data", "tables", "transforms", "dataset", "viz",
+_SUBMODULES = {"cvat", "coco", "synthetic", "data", "tables", "skeleton", "images", "errors",
+               "transforms", "dataset", "viz",
                "model", "train", "evaluate", "config", "cli"}  # fmt: skip
 
 

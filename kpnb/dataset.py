@@ -343,7 +343,7 @@ def make_loaders(
     The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or
     indices, else derived from the names); with no pairs the flip is off and logged so.
     """
-    from kpnb.tables import unpaired_sides
+    from kpnb.skeleton import unpaired_sides
 
     ann = _training_view(ann, skeleton_label)
     if skeleton_label not in ann.skeletons:
@@ -424,7 +424,7 @@ def check_export(ann: Annotations, image_root: str | os.PathLike,
     model will train with (degenerate ones flagged), left/right pairs for the flip,
     subsets for the split, and shapes kpnb does not use.
     """
-    from kpnb.tables import unpaired_sides
+    from kpnb.skeleton import unpaired_sides
 
     root = Path(image_root)
     rows = []

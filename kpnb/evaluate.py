@@ -53,7 +53,7 @@ COCO_SIGMAS = dict(zip(
 def default_sigmas(names: Sequence[str]) -> list[float]:
     """COCO's sigma for keypoints named like COCO's 17 person points (any case and
     separators: ``Left_Eye``, ``L_Eye``), `DEFAULT_SIGMA` for names COCO lacks."""
-    from kpnb.tables import normalise_name
+    from kpnb.skeleton import normalise_name
 
     return [COCO_SIGMAS.get(normalise_name(n), DEFAULT_SIGMA) for n in names]
 

@@ -249,8 +249,8 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
     Returns ``(model, checkpoint)``; ``checkpoint["skeleton_obj"]`` is the `Skeleton`.
     `device` defaults to the best available one (CUDA, MPS, else the CPU).
     """
-    from kpnb.tables import Skeleton
     from kpnb.config import select_device
+    from kpnb.tables import Skeleton
 
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("model"), dict) or "skeleton" not in ckpt:

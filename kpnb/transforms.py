@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from kpnb.errors import KpnbError
-from kpnb.tables import flip_indices
+from kpnb.skeleton import flip_indices
 
 # cjm_pytorch_utils, imported by cjm_torchvision_tfms, calls logging.disable(logging.WARNING)
 # on import, which silences every INFO and WARNING record in the process, kpnb's included.

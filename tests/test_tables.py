@@ -2,18 +2,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kpnb.skeleton import Skeleton, flip_indices, normalise_name, unpaired_sides
 from kpnb.tables import (
     Annotations,
-    Skeleton,
-    flip_indices,
     merge_skeletons,
-    normalise_name,
     points_as_instances,
     points_to_skeleton,
     tidy_boxes,
     tidy_images,
     tidy_keypoints,
-    unpaired_sides,
 )
 
 
@@ -207,3 +204,12 @@ def test_merge_skeletons_of_one_layout():
     assert merged.label_counts().to_dict() == {"animal": 2, "cow": 1}
     with pytest.raises(ValueError, match=r"labels \['cow'\] have other keypoints"):
         merge_skeletons(ann, ["cat", "cow"])
+
+
+def test_skeleton_dict_round_trip_keeps_explicit_pairs():
+    from kpnb.skeleton import Skeleton
+
+    sk = Skeleton(("a", "L_x", "R_x", "p", "q"), ((0, 1),), pairs=(("p", "q"), ("L_x", "R_x")))
+    back = Skeleton.from_dict(sk.to_dict())
+    assert back == sk and back.flip_indices == [0, 2, 1, 4, 3]
+    assert Skeleton.from_dict(Skeleton(("a", "b")).to_dict()).pairs is None

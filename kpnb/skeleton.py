@@ -1,0 +1,191 @@
+"""A keypoint layout (`Skeleton`) and the left/right partners a horizontal flip swaps.
+
+Names are compared after normalising case, separators and ``L_``/``R_`` prefixes, so
+``Left_Ear``/``RIGHT_EAR`` and ``L_Shoulder``/``R_Shoulder`` pair up; explicit pairs
+replace the derivation. Used by every stage that knows keypoints by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kpnb.errors import KpnbError
+
+__all__ = ["Skeleton", "flip_indices", "normalise_name", "resolve_pairs", "unpaired_sides"]
+
+# Name words are split on case-insensitive separators: "_", "-", ".", space.
+_SEPARATORS = re.compile(r"[\s_.\-]+")
+_SIDE_WORDS = {"left": "left", "right": "right", "l": "left", "r": "right"}
+
+
+def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
+    """``(side, words)`` of a keypoint name with its side word replaced by ``"*"``.
+
+    ``left``/``right`` count anywhere as a separate word; ``l``/``r`` only as the first
+    or last word (``L_Shoulder``, ``r ankle``, ``eye_L``), so ``"L_F_Paw"`` is the left
+    ``f paw``. Case and separators do not matter.
+    """
+    words = [w for w in _SEPARATORS.split(str(name).lower()) if w]
+    for i, w in enumerate(words):
+        if w in ("left", "right") or (w in ("l", "r") and i in (0, len(words) - 1)):
+            if len(words) == 1:
+                break  # a name that is only "left"/"l" has nothing to pair on
+            return _SIDE_WORDS[w], tuple(words[:i] + ["*"] + words[i + 1 :])
+    return None, tuple(words)
+
+
+def normalise_name(name: str) -> str:
+    """A keypoint name as kpnb compares names: lower case, words joined by ``_``, ``l``/``r``
+    side prefixes spelled ``left``/``right`` (``"L_Eye"`` and ``"left-eye"`` -> ``left_eye``)."""
+    side, words = _side_key(name)
+    return "_".join(side if w == "*" else w for w in words)
+
+
+def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[int]:
+    """The permutation that swaps left/right keypoints after a horizontal mirror.
+
+    ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs`, a name pairs with
+    the name that differs only by its side word, compared after normalising case and
+    separators (`normalise_name`): ``left_eye``/``right_eye``, ``Left_Ear``/``RIGHT_EAR``,
+    ``left-wrist``/``right.wrist``, ``L_Shoulder``/``R_Shoulder``, ``l ankle``/``r ankle``.
+    `pairs` (names or 0-based indices) replaces the derivation. Names without a partner
+    map to themselves, so a set with no pairs gives the identity.
+
+    Example:
+        >>> flip_indices(["nose", "left_eye", "right_eye"])
+        [0, 2, 1]
+        >>> flip_indices(["L_Eye", "R_Eye"])
+        [1, 0]
+    """
+    perm = list(range(len(names)))
+    for a, b in resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names):
+        perm[a], perm[b] = b, a
+    return perm
+
+
+def _name_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+    keys = [_side_key(n) for n in names]
+    lookup = {(side, words): i for i, (side, words) in enumerate(keys) if side}
+    pairs = []
+    for i, (side, words) in enumerate(keys):
+        if side == "left" and ("right", words) in lookup:
+            pairs.append((i, lookup[("right", words)]))
+    return pairs
+
+
+def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[int, int]]:
+    """Explicit left/right `pairs` (names, or 0-based indices) as index pairs.
+
+    Raises:
+        ValueError: a name is not a keypoint, an index is out of range, or a keypoint is
+            in two pairs.
+    """
+    names = [str(n) for n in names]
+    out, seen = [], set()
+    for pair in pairs:
+        if len(pair) != 2:
+            raise KpnbError(f"flip pair {pair!r}: give exactly two keypoints")
+        idx = []
+        for p in pair:
+            if isinstance(p, (int, np.integer)):
+                if not 0 <= int(p) < len(names):
+                    raise KpnbError(f"flip pair {pair!r}: index {p} is not in "
+                                     f"0..{len(names) - 1}")  # fmt: skip
+                idx.append(int(p))
+            elif str(p) in names:
+                idx.append(names.index(str(p)))
+            else:
+                raise KpnbError(f"flip pair {pair!r}: {p!r} is not a keypoint; "
+                                 f"keypoints are {names}")  # fmt: skip
+        a, b = idx
+        if a == b or a in seen or b in seen:
+            raise KpnbError(f"flip pair {pair!r}: a keypoint pairs with one other keypoint "
+                             "only")  # fmt: skip
+        seen |= {a, b}
+        out.append((min(a, b), max(a, b)))
+    return out
+
+
+def unpaired_sides(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[str]:
+    """Names that say left or right but have no partner (worth a warning: a typo, or a
+    keypoint the flip cannot mirror)."""
+    paired = {i for p in (resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names))
+              for i in p}  # fmt: skip
+    return [str(n) for i, n in enumerate(names) if _side_key(n)[0] and i not in paired]
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """A keypoint layout: names in definition order and 0-based edges between them.
+
+    Args:
+        keypoints: keypoint names; their order is the order of every ``[K]`` axis in kpnb.
+        edges: pairs of 0-based indices into ``keypoints``.
+        pairs: explicit left/right pairs (names or indices) for the flip; ``None`` derives
+            them from the names (see `flip_indices`).
+    """
+
+    keypoints: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...] = ()
+    pairs: tuple[tuple[int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keypoints", tuple(str(k) for k in self.keypoints))
+        object.__setattr__(self, "edges", tuple((int(a), int(b)) for a, b in self.edges))
+        if self.pairs is not None:
+            object.__setattr__(self, "pairs", tuple(resolve_pairs(self.keypoints, self.pairs)))
+        if len(set(self.keypoints)) != len(self.keypoints):
+            dupes = sorted({k for k in self.keypoints if self.keypoints.count(k) > 1})
+            raise KpnbError(f"skeleton keypoint names must be unique, got duplicates {dupes}")
+        k = len(self.keypoints)
+        bad = [e for e in self.edges if not (0 <= e[0] < k and 0 <= e[1] < k)]
+        if bad:
+            raise KpnbError(f"skeleton edges {bad} point outside 0..{k - 1} ({k} keypoints)")
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoints)
+
+    def to_dict(self) -> dict:
+        """Plain lists and strings (what checkpoints and JSON files hold)."""
+        out = {"keypoints": list(self.keypoints), "edges": [list(e) for e in self.edges]}
+        if self.pairs is not None:
+            out["pairs"] = [list(p) for p in self.pairs]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Skeleton:
+        """The inverse of `to_dict`; raises ValueError on anything else."""
+        if not isinstance(data, dict) or not isinstance(data.get("keypoints"), (list, tuple)):
+            raise KpnbError(f"not a skeleton dict (keypoints, edges): {str(data)[:80]}")
+        pairs = data.get("pairs")
+        return cls(tuple(data["keypoints"]), tuple(map(tuple, data.get("edges") or ())),
+                   None if pairs is None else tuple(map(tuple, pairs)))  # fmt: skip
+
+    @property
+    def flip_indices(self) -> list[int]:
+        """Left/right permutation: the explicit `pairs`, else derived from the names."""
+        return flip_indices(self.keypoints, self.pairs)
+
+    def with_flip_pairs(self, pairs: Sequence[tuple]) -> Skeleton:
+        """This skeleton with explicit left/right `pairs` (names or indices)."""
+        return Skeleton(self.keypoints, self.edges, tuple(pairs))
+
+    def flip_summary(self) -> str:
+        """One line for ``info`` and ``check_export``: the pairs, or that the flip is off."""
+        if not self.flip_pairs:
+            return ("no left/right pairs: the training flip is off (pass --flip-pairs / "
+                    "flip_pairs= to turn it on)")  # fmt: skip
+        text = ", ".join(f"{self.keypoints[a]}<->{self.keypoints[b]}" for a, b in self.flip_pairs)
+        lonely = unpaired_sides(self.keypoints, self.pairs)
+        return text + (f"; no partner for {lonely}" if lonely else "")
+
+    @property
+    def flip_pairs(self) -> list[tuple[int, int]]:
+        """The (left, right) index pairs that swap on a horizontal flip."""
+        perm = self.flip_indices
+        return [(i, j) for i, j in enumerate(perm) if i < j]
