@@ -37,7 +37,7 @@ from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
 __all__ = ["DEFAULT_SIGMA", "COCO_SIGMAS", "default_sigmas", "EvalResult", "keypoint_metrics",
            "oks_ap", "evaluate", "predict", "collect_predictions", "predictions_to_annotations",
-           "predictions_to_coco", "json_safe"]  # fmt: skip
+           "predictions_to_coco", "json_safe", "write_predictions"]  # fmt: skip
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
@@ -410,3 +410,25 @@ def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = N
         results.append({"image_id": image_id, "category_id": 1,
                         "keypoints": flat, "score": float(rows["score"].iloc[0])})  # fmt: skip
     return results
+
+
+def write_predictions(preds: pd.DataFrame, paths: Sequence, sizes: Sequence[tuple[int, int]],
+                      skeleton: Skeleton, label: str, out: str | os.PathLike,
+                      image_ids: Sequence[int] | None = None) -> Path:  # fmt: skip
+    """`predict`'s table to `out`: ``.json`` COCO results (with `image_ids`, the annotation
+    file's ids), else CVAT for images 1.1 pre-annotations CVAT imports."""
+    import json
+
+    from kpnb._io import atomic_path
+
+    out = Path(out)
+
+    if out.suffix.lower() == ".json":
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids)))
+        return out
+    from kpnb.cvat import write_cvat
+
+    ann = predictions_to_annotations(preds, [Path(p).name for p in paths], sizes, skeleton, label)
+    write_cvat(ann, out)
+    return out

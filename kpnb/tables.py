@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -269,6 +270,69 @@ class Annotations:
         for name, sk in self.skeletons.items():
             groups.setdefault((sk.keypoints, frozenset(sk.edges)), []).append(name)
         return list(groups.values())
+
+    def summary(self) -> str:
+        """The text ``kpnb info`` prints: one block per table the tutorial looks at.
+
+        Skeletons sharing one layout (a COCO category per species) are described once.
+        """
+        lines = [f"source: {self.meta.get('source', '?')}"]
+        n_inst = self.keypoints["instance_id"].nunique()
+        n_points = len(self.keypoints)
+        lines.append(f"images: {len(self.images)}   instances: {n_inst}   points: {n_points}")
+        subsets = self.images["subset"].value_counts()
+        if len(subsets):
+            lines.append("subsets: " + ", ".join(f"{k} {v}" for k, v in subsets.items()))
+        for names in self.same_layouts():
+            sk = self.skeletons[names[0]]
+            edges = ", ".join(f"{sk.keypoints[a]}-{sk.keypoints[b]}" for a, b in sk.edges)
+            who = f"skeleton {names[0]!r}" if len(names) == 1 else (
+                f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})")
+            lines.append(f"{who}: {len(sk.keypoints)} keypoints; edges: {edges or 'none'}")
+            lines.append(f"  flip pairs: {sk.flip_summary()}")
+        for label in self.multi_point_labels():
+            sk = self.skeleton_for(label)
+            lines.append(f"points label {label!r}: each shape is one object of up to "
+                         f"{sk.num_keypoints} points, named 1..{sk.num_keypoints}")  # fmt: skip
+        lines.append("")
+        lines.append("instances per label:")
+        lines.append(self.label_counts().to_string())
+        lines.append("")
+        lines.append("points per keypoint and visibility:")
+        lines.append(self.keypoint_counts().to_string())
+        skipped = self.meta.get("skipped")
+        if skipped:
+            lines.append("")
+            lines.append("other shapes (not keypoints): " +
+                         ", ".join(f"{k} {v}" for k, v in skipped.items()))  # fmt: skip
+        return "\n".join(lines)
+
+    def image_index_of(self, spec: str | None) -> int:
+        """The image_index of the image `spec` names: its file name, ``SUBSET/NAME`` in
+        project exports, its stem, or its CVAT/COCO image id (None: the first image)."""
+        images = self.images
+        if spec is None:
+            if images.empty:
+                raise KpnbError("the export has no images")
+            return int(images["image_index"].iloc[0])
+        subset, _, rest = spec.partition("/")
+        if rest and subset in set(images["subset"].dropna().astype(str)):
+            images, spec = images[images["subset"] == subset], rest  # SUBSET/NAME, project exports
+        by_name = images[images["name"].astype(str) == spec]
+        if by_name.empty and spec.lstrip("-").isdigit():
+            by_name = images[images["image_id"] == int(spec)]
+        if by_name.empty:
+            stems = images["name"].astype(str).map(lambda n: Path(n).stem)
+            by_name = images[stems == spec]
+        if len(by_name) > 1:
+            where = ", ".join(f"{r.name!r} (subset {r.subset})" for r in by_name.itertuples())
+            raise KpnbError(f"image {spec!r}: several images match ({where}); write "
+                             "SUBSET/NAME")  # fmt: skip
+        if by_name.empty:
+            first = ", ".join(repr(str(n)) for n in images["name"].head(5))
+            raise KpnbError(f"image {spec!r}: no image with that file name or id; "
+                             f"the first are {first}")  # fmt: skip
+        return int(by_name["image_index"].iloc[0])
 
 
 def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -> Annotations:

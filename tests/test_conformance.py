@@ -223,7 +223,7 @@ def test_animalpose_pairs_and_sigmas():
 def test_mixed_categories_say_which_is_trained(capsys):
     from types import SimpleNamespace
 
-    from kpnb.cli import _load_for_training
+    from kpnb.cli.model_commands import _load_for_training
 
     path = REAL / "talmolab-sleap-io/tests/data/coco/mixed_animals/annotations.json"
     args = SimpleNamespace(data=str(path), label=None, points_as_skeleton=None, group_by="auto",
@@ -275,7 +275,7 @@ def _write(path: Path, doc: dict) -> Path:
 def test_shared_layout_categories_train_as_one_and_info_says_it_once(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from kpnb.cli import _load_for_training
+    from kpnb.cli.model_commands import _load_for_training
 
     doc = json.loads((MMPOSE / "animalpose/test_animalpose.json").read_text())
     cat = doc["categories"][0]
@@ -359,7 +359,7 @@ def test_show_names_the_image_and_skips_missing(tmp_path, capsys):
 
 
 def test_predict_takes_image_ids_from_the_export(tmp_path):
-    from kpnb.cli import _export_image_ids
+    from kpnb.cli.model_commands import _export_image_ids
 
     path = MMPOSE / "crowdpose/test_crowdpose.json"
     root = _blank_images(read_annotations(path), tmp_path)
@@ -372,7 +372,7 @@ def test_predict_takes_image_ids_from_the_export(tmp_path):
 def test_grouping_rule_is_said(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from kpnb.cli import _load_for_training
+    from kpnb.cli.model_commands import _load_for_training
 
     xml = CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/export_task/train.xml"  # noqa: E501
     args = SimpleNamespace(data=str(xml), label="label2", points_as_skeleton=None,

@@ -1,0 +1,94 @@
+"""The command registry and the argument types every kpnb subcommand shares."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kpnb.errors import KpnbError
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    help: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: dict[str, _Command] = {}
+
+
+# -- argument types: refuse bad values at parse time, with the flag named -----------------
+def _number(kind: type, text: str, ok: Callable[[float], bool], need: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {need}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (sizes, batch sizes, epochs)."""
+    return _number(int, text, lambda v: v >= 1, "a whole number >= 1")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (counts, seeds, indices, workers)."""
+    return _number(int, text, lambda v: v >= 0, "a whole number >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, OKS sigmas)."""
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (score thresholds)."""
+    return _number(float, text, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing OUT: replace the files kpnb writes there, keep "
+                   "all others (default: refuse an existing file or non-empty folder)")  # fmt: skip
+
+
+def _command(name: str, help: str, example: str):
+    """Register ``add_arguments`` (decorated) with its ``run`` (set via ``.runner``)."""
+
+    def wrap(add_arguments):
+        def runner(run):
+            _COMMANDS[name] = _Command(name, help, example, add_arguments, run)
+            return run
+
+        add_arguments.runner = runner
+        return add_arguments
+
+    return wrap
+
+
+def _points_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--points-as-skeleton",
+        metavar="NAME",
+        help="one <points> shape per keypoint label: combine them into instances of "
+        "skeleton NAME (grouped by --group-by)",
+    )
+    p.add_argument(
+        "--group-by",
+        choices=("auto", "group_id", "box", "image"),
+        default="auto",
+        help="with --points-as-skeleton: which points form one object (default auto: "
+        "group_id if set, else the containing <box>, else the whole image)",
+    )
+    _overwrite_arg(p)
+
+
+def _positive(name: str, value) -> None:
+    if value is not None and not value > 0:
+        raise KpnbError(f"--{name} must be > 0, got {value}")

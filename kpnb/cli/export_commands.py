@@ -1,0 +1,188 @@
+"""``kpnb synth``, ``data``, ``info``, ``convert`` and ``show``: exports to tables and pictures.
+
+None of them needs torch, so they start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from kpnb.cli._base import (
+    _command,
+    _overwrite_arg,
+    _points_args,
+    nonnegative_int,
+)
+
+log = logging.getLogger("kpnb")
+
+
+# -- synth --------------------------------------------------------------------------------
+@_command(
+    "synth",
+    "draw the synthetic CVAT export the tutorials use",
+    "kpnb synth --out data/synthetic --images 200 --seed 0\n"
+    "  kpnb synth --out data/toy --layout points --zip",
+)
+def add_synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output folder (or .zip with --zip)")
+    p.add_argument("--images", type=nonnegative_int, default=200,
+                   help="number of images (default: 200)")  # fmt: skip
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--layout",
+        choices=("skeleton", "points"),
+        default="skeleton",
+        help="skeleton: project export with Train/Validation subsets and a 5-point face "
+        "skeleton; points: the seed tutorial's toy layout, one <points> per label "
+        "(default: skeleton)",
+    )
+    p.add_argument("--zip", action="store_true", help="write a CVAT-style export .zip")
+    _overwrite_arg(p)
+
+
+@add_synth_arguments.runner
+def run_synth(args: argparse.Namespace) -> int:
+    from kpnb.synthetic import generate
+
+    out = generate(args.out, args.images, args.seed, args.layout, as_zip=args.zip,
+                   overwrite=args.overwrite)  # fmt: skip
+    print(f"wrote {args.images} images ({args.layout} layout, seed {args.seed}) to {out}")
+    return 0
+
+
+# -- data ---------------------------------------------------------------------------------
+@_command(
+    "data",
+    "fetch or make a dataset and print where it is",
+    "kpnb data synthetic\n  kpnb data cj-mills/cvat-keypoint-toy-dataset\n"
+    "  kpnb data https://example.org/my_export.zip --sha256 <hex>",
+)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="'synthetic', a registered name, a URL of an export zip, or a path")
+    p.add_argument("--root", type=Path, help="cache folder (default: $KPNB_CACHE or ~/.cache/kpnb)")
+    p.add_argument("--images", type=nonnegative_int, default=200,
+                   help="synthetic: image count (default: 200)")  # fmt: skip
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="synthetic: seed (default: 0)")
+    p.add_argument("--sha256", help="expected checksum of a URL's file")
+
+
+@add_data_arguments.runner
+def run_data(args: argparse.Namespace) -> int:
+    from kpnb.data import get_dataset
+
+    path = get_dataset(args.spec, args.root, n_images=args.images, seed=args.seed,
+                       sha256=args.sha256)  # fmt: skip
+    print(path)
+    return 0
+
+
+# -- info ---------------------------------------------------------------------------------
+@_command(
+    "info",
+    "summarise an export: counts, labels, skeletons, visibility",
+    "kpnb info data/synthetic\n  kpnb info my_task_export.zip",
+)
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
+
+
+@add_info_arguments.runner
+def run_info(args: argparse.Namespace) -> int:
+    from kpnb.data import read_annotations
+
+    ann = read_annotations(args.source)
+    print(ann.summary())
+    return 0
+
+
+
+
+# -- convert ------------------------------------------------------------------------------
+@_command(
+    "convert",
+    "convert an export to COCO keypoints, CVAT XML, or CSV/parquet tables",
+    "kpnb convert data/synthetic --to coco out/person_keypoints_default.json\n"
+    "  kpnb convert toy.zip --to coco out/kp.json --points-as-skeleton face\n"
+    "  kpnb convert data/synthetic --to parquet out/tables",
+)
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
+    p.add_argument("out", type=Path, help="output file (coco, cvat) or folder (csv, parquet)")
+    p.add_argument("--to", required=True, choices=("coco", "cvat", "csv", "parquet"))
+    _points_args(p)
+    p.add_argument(
+        "--skeletons-only",
+        action="store_true",
+        help="COCO only: leave plain <points> labels out (default: written as CVAT does, "
+        "one annotation per shape with empty keypoint names)",
+    )
+
+
+
+
+@add_convert_arguments.runner
+def run_convert(args: argparse.Namespace) -> int:
+    from kpnb._io import check_output
+    from kpnb.data import read_annotations
+
+    folder = args.to in ("csv", "parquet")
+    check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
+    ann = read_annotations(args.source)
+    if args.points_as_skeleton:
+        from kpnb.tables import points_to_skeleton
+
+        ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
+    if args.to == "coco":
+        from kpnb.coco import write_coco
+
+        write_coco(ann, args.out, skeletons_only=args.skeletons_only)
+    elif args.to == "cvat":
+        from kpnb.cvat import write_cvat
+
+        write_cvat(ann, args.out)
+    else:
+        from kpnb.tables import save_tables
+
+        save_tables(ann, args.out, args.to, overwrite=args.overwrite)
+    print(f"wrote {args.to} to {args.out}")
+    return 0
+
+
+# -- show ---------------------------------------------------------------------------------
+@_command(
+    "show",
+    "draw one annotated image of an export to a PNG",
+    "kpnb show data/synthetic --image 3 --out sample.png\n"
+    "  kpnb show export.zip --image frame_000012 --out frame.png --boxes",
+)
+def add_show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="export folder, zip or annotation file")
+    p.add_argument("--image", help="image to draw: its file name, SUBSET/NAME in project "
+                   "exports, or its CVAT/COCO image id (default: the first image)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--images-root", type=Path, help="folder holding images/ (default: source)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="draw on a blank canvas of the declared size when the file is missing")
+    p.add_argument("--boxes", action="store_true", help="draw each instance's box too")
+    p.add_argument("--label", help="draw only this label (default: every label)")
+
+
+
+
+@add_show_arguments.runner
+def run_show(args: argparse.Namespace) -> int:
+    from kpnb.data import get_dataset, read_annotations
+    from kpnb.viz import show_sample
+
+    source = get_dataset(args.source)  # a zip is extracted once (checked) into the cache
+    ann = read_annotations(source)
+    root = args.images_root or (source if source.is_dir() else source.parent)
+    img = show_sample(ann, ann.image_index_of(args.image), root, label=args.label,
+                      boxes=args.boxes, skip_missing=args.skip_missing)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(args.out)
+    print(f"wrote {args.out} ({img.width}x{img.height})")
+    return 0
