@@ -465,7 +465,9 @@ def check_export(ann: Annotations, image_root: str | os.PathLike,
         add("instance boxes", bad.empty, detail)
         lonely = unpaired_sides(sk.keypoints, sk.pairs)
         add("flip pairs", not lonely, sk.flip_summary())
-        add("edges", True, f"{len(sk.edges)} edges" if sk.edges else "no edges drawn")
+        add("edges", bool(sk.edges) or sk.num_keypoints == 1,
+            f"{len(sk.edges)} edges" if sk.edges else "no edges: pictures show points without "
+            "lines (training does not need them; draw them in CVAT's skeleton editor)")  # fmt: skip
     try:
         train, val = split_indices(ann)
     except ValueError:

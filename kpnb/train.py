@@ -157,7 +157,7 @@ def train_one_epoch(
     Raises FloatingPointError on a non-finite loss.
     """
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     n = 0
     for images, targets in loader:
         images = [im.to(device, non_blocking=True) for im in images]
@@ -165,10 +165,11 @@ def train_one_epoch(
         with torch.autocast(device.type, enabled=scaler is not None):
             losses = model(images, targets)
             loss = sum(losses.values())
-        if not math.isfinite(loss.item()):
-            detail = {k: round(v.item(), 4) for k, v in losses.items()}
+        value = loss.item()  # the one host sync of a step: a non-finite loss must stop here
+        if not math.isfinite(value):
+            detail = {k: round(float(v), 4) for k, v in losses.items()}
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {epoch}, step {n}: {detail}; lower the "
+                f"non-finite loss {value} at epoch {epoch}, step {n}: {detail}; lower the "
                 "learning rate, or check for degenerate boxes in the data"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -183,13 +184,14 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
         n += 1
-        for k, v in {"loss": loss, **losses}.items():
-            sums[k] = sums.get(k, 0.0) + float(v.item())
+        for k, v in {"loss": loss, **losses}.items():  # summed on the device: no sync
+            v = v.detach().float()
+            sums[k] = sums[k] + v if k in sums else v
         if scheduler is not None:
             scheduler.step()
             if getattr(scheduler, "finished", False):
                 break
-    out = {k: v / max(n, 1) for k, v in sums.items()}
+    out = {k: float(v) / max(n, 1) for k, v in sums.items()}
     out["steps"] = n
     return out
 
@@ -301,90 +303,135 @@ def fit(
     unless `config.amp` is False.
     """
 
-    rank, world = _distributed()
-    dev = select_device(device)
-    seed_everything(config.seed + rank)
-    model.to(dev)
-    build = dict(getattr(_unwrap(model), "kpnb_build", {}) or {})
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-        train_loader = DataLoader(
-            train_loader.dataset, batch_size=train_loader.batch_size,
-            sampler=DistributedSampler(train_loader.dataset, seed=config.seed),
-            collate_fn=train_loader.collate_fn, num_workers=train_loader.num_workers,
-            pin_memory=train_loader.pin_memory,
-        )  # fmt: skip
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = OneCycle(optimizer, config.lr, config.epochs * len(train_loader),
-                         config.pct_start, config.max_minutes, dev)  # fmt: skip
-    use_amp = (dev.type == "cuda") if config.amp is None else config.amp
-    scaler = torch.amp.GradScaler(dev.type) if use_amp else None
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _clean_leftovers(out)
+    run = _Run.start(model, train_loader, config, device, out_dir)
     history: list[dict] = []
-    start_epoch, best = 0, -math.inf
+    start_epoch = 0
     if resume is not None:
-        ckpt = load_checkpoint(resume)
-        _unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        history, start_epoch = list(ckpt.get("history", [])), int(ckpt["epoch"]) + 1
-        best = ckpt.get("best", -math.inf)
-        if out is not None and not _best_loads(out / "best.pth"):
-            best = -math.inf  # best.pth is missing or broken: the next epoch writes it again
-        _restore_rng(ckpt.get("rng") or {}, train_loader)
-        log.info("resumed from %s at epoch %d", resume, start_epoch + 1)
+        history, start_epoch = run.resume(resume)
     for epoch in range(start_epoch, config.epochs):
-        if scheduler.finished:
+        if run.scheduler.finished:
             log.info("time budget of %s min used up: training stops", config.max_minutes)
             break
-        if world > 1:
-            train_loader.sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(train_one_epoch(model, optimizer, train_loader, dev, epoch, scheduler=scheduler,
-                                   scaler=scaler, grad_clip=config.grad_clip))  # fmt: skip
-        row["complete"] = row["steps"] == len(train_loader)
-        if val_loader is not None and rank == 0:
-            row.update(evaluate(_unwrap(model), val_loader, skeleton, config.sigmas, dev).metrics)
-        row["seconds"] = round(time.perf_counter() - t0, 1)
+        row = run.epoch(epoch, val_loader, skeleton)
         history.append(row)
-        if world > 1:
+        if run.world > 1:
             torch.distributed.barrier()
-        if rank == 0:
+        if run.rank == 0:
             log.info(_epoch_line(row, config.epochs))
-            score = row.get(config.monitor, -row["loss"])
-            if score is None or (isinstance(score, float) and math.isnan(score)):
-                score = -math.inf
-            improved = score > best
-            best = max(best, score)
-            if out is not None:
-                model_state = {
-                    "format": "kpnb-checkpoint", "model": _unwrap(model).state_dict(),
-                    "skeleton": skeleton.to_dict(), "config": asdict(config), "build": build,
-                    "epoch": epoch, "metrics": json_safe(row), "kpnb_version": version(),
-                }  # fmt: skip
-                if improved:  # before last.pth: no last.pth ever claims a best that is not saved
-                    save_checkpoint(out / "best.pth", **model_state)
-                resume_state = {
-                    "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None, "best": best,
-                    "history": json_safe(history), "rng": _rng_state(train_loader),
-                }  # fmt: skip
-                save_checkpoint(out / "last.pth", **model_state, **resume_state)
-                _write_history(out, history)
+            run.save(epoch, row, history, skeleton)
             if on_epoch_end is not None:
                 on_epoch_end(row)
-        if scheduler.finished:
+        if run.scheduler.finished:
             if epoch < config.epochs - 1:
                 log.info("time budget of %s min used up after %d of %d epochs", config.max_minutes,
                          epoch + 1, config.epochs)  # fmt: skip
             break
     return history
+
+
+@dataclass
+class _Run:
+    """What one `fit` holds: the (wrapped) model, loader, optimizer, schedule and files."""
+
+    model: torch.nn.Module
+    train_loader: DataLoader
+    config: TrainConfig
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: OneCycle
+    scaler: torch.amp.GradScaler | None
+    out: Path | None
+    rank: int
+    world: int
+    build: dict
+    best: float = -math.inf
+
+    @classmethod
+    def start(cls, model, train_loader, config: TrainConfig, device, out_dir) -> _Run:
+        """Device, seeds, DDP wrapping (under torchrun), optimizer, schedule, output folder."""
+        rank, world = _distributed()
+        dev = select_device(device)
+        seed_everything(config.seed + rank)
+        model.to(dev)
+        build = dict(getattr(_unwrap(model), "kpnb_build", {}) or {})
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+            train_loader = DataLoader(
+                train_loader.dataset, batch_size=train_loader.batch_size,
+                sampler=DistributedSampler(train_loader.dataset, seed=config.seed),
+                collate_fn=train_loader.collate_fn, num_workers=train_loader.num_workers,
+                pin_memory=train_loader.pin_memory,
+            )  # fmt: skip
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = OneCycle(optimizer, config.lr, config.epochs * len(train_loader),
+                             config.pct_start, config.max_minutes, dev)  # fmt: skip
+        use_amp = (dev.type == "cuda") if config.amp is None else config.amp
+        scaler = torch.amp.GradScaler(dev.type) if use_amp else None
+        out = Path(out_dir) if out_dir is not None else None
+        if out is not None and rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            _clean_leftovers(out)
+        return cls(model, train_loader, config, dev, optimizer, scheduler, scaler, out, rank,
+                   world, build)  # fmt: skip
+
+    def resume(self, path) -> tuple[list[dict], int]:
+        """Restore a ``last.pth``: weights, optimizer, schedule, scaler, best score, RNG."""
+        ckpt = load_checkpoint(path)
+        _unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.best = ckpt.get("best", -math.inf)
+        if self.out is not None and not _best_loads(self.out / "best.pth"):
+            self.best = -math.inf  # best.pth is missing or broken: the next epoch writes it
+        _restore_rng(ckpt.get("rng") or {}, self.train_loader)
+        start = int(ckpt["epoch"]) + 1
+        log.info("resumed from %s at epoch %d", path, start + 1)
+        return list(ckpt.get("history", [])), start
+
+    def epoch(self, epoch: int, val_loader, skeleton: Skeleton) -> dict:
+        """Train one epoch, then score the validation images (rank 0): the history row."""
+        if self.world > 1:
+            self.train_loader.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update(train_one_epoch(self.model, self.optimizer, self.train_loader, self.device,
+                                   epoch, scheduler=self.scheduler, scaler=self.scaler,
+                                   grad_clip=self.config.grad_clip))  # fmt: skip
+        row["complete"] = row["steps"] == len(self.train_loader)
+        if val_loader is not None and self.rank == 0:
+            scored = evaluate(_unwrap(self.model), val_loader, skeleton, self.config.sigmas,
+                              self.device)  # fmt: skip
+            row.update(scored.metrics)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        return row
+
+    def save(self, epoch: int, row: dict, history: list[dict], skeleton: Skeleton) -> None:
+        """``best.pth`` when the monitored metric improved, then ``last.pth`` and history."""
+        score = row.get(self.config.monitor, -row["loss"])
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            score = -math.inf
+        improved = score > self.best
+        self.best = max(self.best, score)
+        if self.out is None:
+            return
+        model_state = {
+            "format": "kpnb-checkpoint", "model": _unwrap(self.model).state_dict(),
+            "skeleton": skeleton.to_dict(), "config": asdict(self.config), "build": self.build,
+            "epoch": epoch, "metrics": json_safe(row), "kpnb_version": version(),
+        }  # fmt: skip
+        if improved:  # before last.pth: no last.pth ever claims a best that is not saved
+            save_checkpoint(self.out / "best.pth", **model_state)
+        opt = self.optimizer
+        resume_state = {
+            "optimizer": opt.state_dict(), "lr_scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "best": self.best, "history": json_safe(history),
+            "rng": _rng_state(self.train_loader),
+        }  # fmt: skip
+        save_checkpoint(self.out / "last.pth", **model_state, **resume_state)
+        _write_history(self.out, history)

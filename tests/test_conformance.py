@@ -369,7 +369,7 @@ def test_predict_takes_image_ids_from_the_export(tmp_path):
         _export_image_ids(path, [root / "images/other.jpg"], root)
 
 
-def test_grouping_rule_is_said(tmp_path, capsys):
+def test_grouping_rule_is_said():
     from types import SimpleNamespace
 
     from kpnb.cli.model_commands import _load_for_training

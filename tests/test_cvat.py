@@ -401,7 +401,7 @@ def test_every_fixture_reads_into_consistent_tables(path):
     assert (ann.images["width"].dropna() >= 1).all()
 
 
-def test_tiny_reads_give_the_same_tables(monkeypatch, synthetic_export, tmp_path):
+def test_tiny_reads_give_the_same_tables(monkeypatch, synthetic_export):
     # start tags, attribute values and the UTF-8 of names straddle every read boundary
     import kpnb.cvat.parse
 

@@ -53,7 +53,10 @@ def test_first_download_then_cache_hit(server, tmp_path):
     assert again == root and len(server.hits) == n  # no second request
 
 
-def test_registered_name(server, tmp_path):
+def test_registered_name(server, tmp_path, monkeypatch):
+    from kpnb import data
+
+    monkeypatch.setattr(data, "REGISTRY", dict(data.REGISTRY))  # restored after the test
     register_dataset("test/toy", server.url + "/toy.zip", server.sha256)
     root = get_dataset("test/toy", tmp_path, progress=False)
     assert detect_format(root) == "cvat"

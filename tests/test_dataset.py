@@ -61,12 +61,14 @@ def test_model_accepts_targets_including_an_all_negative_batch(ann, synthetic_ex
     model.train()
     positives = [ds[i] for i in range(4) if len(ds[i][1]["boxes"])][:2]
     negatives = [ds[i] for i in range(len(ds)) if len(ds.items[i].boxes) == 0][:2]
-    assert len(negatives) == 2 or len(negatives) == 1
-    for batch in (positives, negatives):
+    assert len(positives) == 2 and len(negatives) == 2  # the seed-0 export has both kinds
+    losses = {}
+    for kind, batch in (("positive", positives), ("negative", negatives)):
         images, targets = collate_fn(batch)
-        losses = model(list(images), list(targets))
-        assert all(math.isfinite(v.item()) for v in losses.values()), losses
-    assert losses["loss_keypoint"].item() == 0  # nothing to locate on negatives
+        losses[kind] = model(list(images), list(targets))
+        assert all(math.isfinite(v.item()) for v in losses[kind].values()), losses[kind]
+    assert losses["positive"]["loss_keypoint"].item() > 0  # points to locate: a real loss
+    assert losses["negative"]["loss_keypoint"].item() == 0  # nothing to locate on negatives
 
 
 def test_missing_files_fail_at_construction_with_one_list(ann, synthetic_export, tmp_path):
@@ -197,3 +199,15 @@ def test_flip_pairs_reach_the_training_flip(ann, synthetic_export, caplog):
     with caplog.at_level("INFO", logger="kpnb.dataset"):
         train, _ = make_loaders(unnamed, synthetic_export, "face", size=64, num_workers=0)
     assert flip_of(train) is None and "the training flip is off" in caplog.text
+
+
+def test_check_export_edges_row_fails_without_edges(ann, synthetic_export):
+    from dataclasses import replace
+
+    from kpnb.dataset import check_export
+    from kpnb.skeleton import Skeleton
+
+    assert check_export(ann, synthetic_export, "face").loc["edges", "ok"]
+    bare = replace(ann, skeletons={"face": Skeleton(ann.skeletons["face"].keypoints)})
+    row = check_export(bare, synthetic_export, "face").loc["edges"]
+    assert not row["ok"] and "no edges" in row["detail"]

@@ -331,7 +331,7 @@ def test_corrupt_download_is_deleted_and_fetched_again(http_server, tmp_path, sy
     assert http_server.hits.count("/toy.zip") == 2
 
 
-def test_download_over_the_limits_is_deleted(http_server, tmp_path, monkeypatch):
+def test_download_over_the_limits_is_deleted(http_server, tmp_path):
     url = http_server.put("bomb.zip", _zip(tmp_path, {"annotations.xml": ZEROS}).read_bytes())
     with pytest.raises(DatasetUnavailableError, match="KPNB_MAX_UNZIP_RATIO.*deleted"):
         get_dataset(url, tmp_path / "cache", progress=False)

@@ -2,9 +2,7 @@
 weights through a real download from 127.0.0.1, offline; checkpoints that hold code."""
 
 import hashlib
-import http.server
 import logging
-import threading
 
 import pytest
 import torch
@@ -52,28 +50,10 @@ def coco_like_weights(tmp_path_factory):
 
 
 @pytest.fixture
-def weights_server(coco_like_weights):
+def weights_server(coco_like_weights, http_server):
+    """torchvision's COCO weights URL, as served by the shared 127.0.0.1 `http_server`."""
     path, _ = coco_like_weights
-    body = path.read_bytes()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            if not self.path.endswith(".pth"):
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}"
-    httpd.shutdown()
-    httpd.server_close()
+    return http_server.put(path.name, path.read_bytes())
 
 
 def test_coco_weights_download_then_swap_the_keypoint_head(weights_server, coco_like_weights,
@@ -90,10 +70,13 @@ def test_coco_weights_download_then_swap_the_keypoint_head(weights_server, coco_
     assert three.roi_heads.box_predictor.cls_score.out_features == 3
 
 
-def test_bad_hash_is_refused_and_not_cached(weights_server, tmp_path, monkeypatch):
+def test_bad_hash_is_refused_and_not_cached(coco_like_weights, http_server, tmp_path,
+                                           monkeypatch):  # fmt: skip
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     # same bytes, but the name promises another hash: torch.hub's check must refuse them
-    monkeypatch.setattr(kmodel, "COCO_URL", weights_server.rsplit("-", 1)[0] + "-deadbeef.pth")
+    path, _ = coco_like_weights
+    bad_name = path.name.rsplit("-", 1)[0] + "-deadbeef.pth"
+    monkeypatch.setattr(kmodel, "COCO_URL", http_server.put(bad_name, path.read_bytes()))
     with pytest.raises(WeightsUnavailableError, match="could not be downloaded"):
         build_model(5, weights="coco")
     assert not list((tmp_path / "hub/checkpoints").glob("*deadbeef*"))

@@ -72,7 +72,7 @@ def test_finalize_marks_off_canvas_points_absent_and_drops_empty_instances():
     assert target["labels"].tolist() == [1]
 
 
-def test_flip_swaps_named_pairs_against_the_generator_truth(raw_dataset, synthetic_export):
+def test_flip_swaps_named_pairs_against_the_generator_truth(raw_dataset):
     flip = KeypointHorizontalFlip(FACE.flip_indices, p=1.0)
     checked = 0
     for i in range(len(raw_dataset)):

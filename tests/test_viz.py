@@ -116,7 +116,7 @@ def test_accepts_tensors_and_table_slices(synthetic_export):
     assert isinstance(viz.show_sample(ann, 0), Image.Image)
 
 
-def test_names_are_written(synthetic_export):
+def test_names_are_written():
     kps = np.array([[[20, 30, 2], [50, 30, 2], [80, 30, 2]]], np.float32)
     plain = np.asarray(viz.draw_instances(_canvas(), kps, SK, show_names=False))
     named = np.asarray(viz.draw_instances(_canvas(), kps, SK, show_names=True))
