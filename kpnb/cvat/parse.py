@@ -23,7 +23,7 @@ _META_TEXT = frozenset((
     "stop_frame", "frame_filter", "size", "mode", "version", "dumped", "subsets",
 ))  # fmt: skip
 _READ = 1 << 16  # bytes per expat feed: expat is fastest fed tens of KB at a time
-_CHUNK = 1 << 12  # records per conversion to columns: few enough to stay in the CPU's cache
+_CHUNK = 1 << 10  # records per conversion to columns: few enough to stay in the CPU's cache
 POINTS, SKELETON = 0, 1  # instance kinds
 
 
