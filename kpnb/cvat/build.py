@@ -53,10 +53,12 @@ def _skeletons(labels: list[dict], inst: dict, elem: dict, source: str) -> dict[
             if sk is not None:
                 skeletons[lab["name"]] = sk
     if len(elem["instance"]):
-        elem_labels = inst["label"][elem["instance"]]
-        for label in pd.unique(elem_labels):
+        elem_labels = inst["label_code"][elem["instance"]]
+        codes, first = np.unique(elem_labels, return_index=True)
+        for code in codes[np.argsort(first)]:  # in order of appearance
+            label = inst["labels"][code]
             if label not in skeletons:
-                names = elem["name"][elem_labels == label]
+                names = elem["name"][elem_labels == code]
                 skeletons[label] = Skeleton(tuple(dict.fromkeys(names)))
     return skeletons
 
