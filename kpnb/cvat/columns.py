@@ -37,34 +37,46 @@ def strings(vals: list, default: str | None) -> np.ndarray:
     return np.array(list(map(conv.__getitem__, vals)), dtype=object)
 
 
-def split_geometry(attrs: tuple[list, ...]) -> tuple[list[tuple], list]:
-    """Each ordered attribute list -> (its attributes without ``points`` as a tuple, the
-    ``points`` value or None). Lists laid out alike (the usual case: CVAT writes a fixed
-    order) are split by position in one C-level pass; any others one by one, by name."""
-    lens = set(map(len, attrs))
-    try:
-        where = set(map(_POINTS_AT, attrs))
-    except ValueError:  # some list has no points attribute
-        where = set()
-    if len(lens) == 1 and len(where) == 1:
-        n, p = lens.pop(), where.pop()
-        keep = [i for i in range(n) if i not in (p, p + 1)]
-        if p % 2 == 0 and len(keep) >= 2:
-            return list(map(itemgetter(*keep), attrs)), list(map(itemgetter(p + 1), attrs))
-    rest, points = [], []
+def split_geometry(attrs: tuple[list, ...], by_name: bool = False) -> tuple[list, list, int]:
+    """Each ordered attribute list -> (its attribute set: the list without the ``points``
+    value, as a tuple; the ``points`` value or None) and the position of the ``points`` name
+    that `Combos.add` must confirm (-1: none to confirm). Lists as long as the first are split
+    by its layout in one C-level pass (CVAT writes a fixed order); others one by one, by name.
+    """
+    first = attrs[0]
+    names = first[::2]
+    if not by_name and "points" in names and set(map(len, attrs)) == {len(first)}:
+        p = 2 * names.index("points")
+        keep = [i for i in range(len(first)) if i != p + 1]
+        if len(keep) >= 2:
+            return list(map(itemgetter(*keep), attrs)), list(map(itemgetter(p + 1), attrs)), p
+    sets, points = [], []
     for a in attrs:
         names = a[::2]
         if "points" in names:
             i = 2 * names.index("points")
-            rest.append(tuple(a[:i] + a[i + 2:]))
+            sets.append(tuple(a[:i + 1] + a[i + 2:]))
             points.append(a[i + 1])
         else:
-            rest.append(tuple(a))
+            sets.append(tuple(a))
             points.append(None)
-    return rest, points
+    return sets, points, -1
 
 
-_POINTS_AT = methodcaller("index", "points")
+def _set_dict(c: tuple) -> dict:
+    """An attribute set as a dict; a ``points`` name stands alone (its value was taken out)."""
+    out, i = {}, 0
+    while i < len(c):
+        if c[i] == "points":
+            i += 1
+        else:
+            out[c[i]] = c[i + 1]
+            i += 2
+    return out
+
+
+class _OtherLayout(Exception):
+    """A list laid out unlike the first of its chunk: split that chunk by name."""
 
 
 class Combos:
@@ -75,19 +87,34 @@ class Combos:
     """
 
     def __init__(self, convert):
-        self.ids: dict[tuple, int] = {}
+        self.ids: dict[int, dict[tuple, int]] = {}  # by points position: a set seen with
+        # its points name at p only matches lists split at p
         self.rows: list[tuple] = []  # converted fields, one tuple per set
         self.convert = convert  # (dict of the set, first record index, chunk) -> tuple
 
-    def add(self, combos: list[tuple], chunk) -> np.ndarray:
-        """Ids of each record's set; sets not seen before are converted (and checked) here."""
-        ids = self.ids
-        for c in dict.fromkeys(combos):
-            if c not in ids:
-                d = dict(zip(c[::2], c[1::2], strict=True))
-                self.rows.append(self.convert(d, combos.index(c), chunk))
-                ids[c] = len(ids)
-        return np.fromiter(map(ids.__getitem__, combos), np.int64, len(combos))
+    def add(self, sets: list[tuple], chunk, p: int) -> np.ndarray:
+        """Ids of each record's set; sets not seen before are checked to hold the ``points``
+        name at `p` (split by position) and converted here."""
+        ids = self.ids.setdefault(p, {})
+        found = list(map(ids.get, sets))
+        if None in found:
+            for i, c in enumerate(sets):
+                if c not in ids:
+                    if p >= 0 and c[p] != "points":
+                        raise _OtherLayout
+                    ids[c] = len(self.rows)
+                    self.rows.append(self.convert(_set_dict(c), i, chunk))
+            found = list(map(ids.__getitem__, sets))
+        return np.array(found, np.int64)
+
+    def split_add(self, attrs: tuple[list, ...], chunk) -> tuple[np.ndarray, list]:
+        """`split_geometry` then `add`: the set ids and the ``points`` values."""
+        sets, points, p = split_geometry(attrs)
+        try:
+            return self.add(sets, chunk, p), points
+        except _OtherLayout:
+            sets, points, p = split_geometry(attrs, by_name=True)
+            return self.add(sets, chunk, p), points
 
     def field(self, i: int, dtype) -> np.ndarray:
         return np.array([r[i] for r in self.rows], dtype=dtype)
@@ -134,8 +161,7 @@ class Chunks:
     def _instances(self, recs: list[tuple], base: int) -> None:
         attrs, lines, image, kind = zip(*recs, strict=True)
         kind = np.array(kind, np.int8)
-        combos, points = split_geometry(attrs)
-        sets = self.inst_sets.add(combos, (lines, kind))
+        sets, points = self.inst_sets.split_add(attrs, (lines, kind))
         self.inst.append({"image_index": np.array(image, np.int64), "set": sets, "kind": kind,
                           "line": np.array(lines, np.int64)})  # fmt: skip
         plain = (kind == 0).tolist()
@@ -148,8 +174,7 @@ class Chunks:
 
     def _elements(self, recs: list[tuple]) -> None:
         attrs, lines, inst = zip(*recs, strict=True)
-        combos, points = split_geometry(attrs)
-        sets = self.elem_sets.add(combos, lines)
+        sets, points = self.elem_sets.split_add(attrs, lines)
         pts = [p or "" for p in points]
         xy, _ = values.coordinates(pts, lines, "skeleton element", self.source, one_each=True)
         self.elem.append({"instance": np.array(inst, np.int64), "set": sets,
