@@ -2,8 +2,9 @@
 
 `Reader.parse` feeds expat 64 KB at a time, so memory is bounded by the largest element
 (an ``<image>`` with its shapes, a ``<track>``), never by the file. The body callbacks
-are the hot path (one call per element of a 400,000-image export): they only append
-a tuple of the attribute values, line and owner; every ``</image>`` or ``</track>`` past a chunk's
+are the hot path (one call per element of a 400,000-image export): with expat's ordered
+attributes (a list per element, no dict) they only append that list with its line and
+owner; every ``</image>`` or ``</track>`` past a chunk's
 worth of records turns them into typed columns in bulk (`kpnb.cvat.columns`), where every
 value is checked and a bad one is refused with its line. ``<meta>`` has its own handlers.
 """
@@ -75,8 +76,8 @@ class Reader:
         # body records: (attributes, line, owner); turned into columns chunk by chunk
         self.images: list[tuple] = []  # (attrs, line); video frames get made-up attrs
         self.frame_index: dict[tuple, int] = {}
-        self.insts: list[tuple] = []  # columns.INST_RECORD, then line, image, kind
-        self.elems: list[tuple] = []  # columns.ELEM_RECORD, then line, instance
+        self.insts: list[tuple] = []  # (attribute list, line, image, kind)
+        self.elems: list[tuple] = []  # (attribute list, line, instance)
         self.inst_base = 0  # instances already converted
         self.chunks = Chunks(name)
         self.tracked: list[tuple] = []  # (instance, track id, keyframe) of track shapes
