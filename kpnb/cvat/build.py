@@ -53,10 +53,12 @@ def _skeletons(labels: list[dict], inst: dict, elem: dict, source: str) -> dict[
             if sk is not None:
                 skeletons[lab["name"]] = sk
     if len(elem["instance"]):
-        elem_labels = inst["label"][elem["instance"]]
-        for label in pd.unique(elem_labels):
+        elem_labels = inst["label_code"][elem["instance"]]
+        codes, first = np.unique(elem_labels, return_index=True)
+        for code in codes[np.argsort(first)]:  # in order of appearance
+            label = inst["labels"][code]
             if label not in skeletons:
-                names = elem["name"][elem_labels == label]
+                names = elem["name"][elem_labels == code]
                 skeletons[label] = Skeleton(tuple(dict.fromkeys(names)))
     return skeletons
 
@@ -150,7 +152,7 @@ def _element_rows(elem: dict, start: np.ndarray, label_codes: np.ndarray, labels
     """The keypoint-table row of each skeleton element: its instance's block start plus its
     keypoint's position, found by name (CVAT writes elements in any order)."""
     ei = elem["instance"]
-    name_codes, names = pd.factorize(elem["name"])
+    name_codes, names = elem["name_code"], elem["names"]
     lookup = np.full((len(labels), len(names)), -1, np.int64)
     for li, label in enumerate(labels):
         if label in skeletons:
@@ -190,7 +192,7 @@ def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Sk
     Points are scattered into their blocks, so no sort, concat or per-row Python is needed.
     """
     n_inst = len(inst["label"])
-    label_codes, labels = pd.factorize(inst["label"], sort=True)
+    label_codes, labels = inst["label_code"], inst["labels"]  # sorted, as factorize sorts
     is_skel = inst["kind"] == SKELETON
     k_of_label = np.array([skeletons[lab].num_keypoints if lab in skeletons else 0
                            for lab in labels], dtype=np.int64)  # fmt: skip
@@ -208,7 +210,7 @@ def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Sk
     filled = np.zeros(total, bool)
     keyframe = inst["keyframe"][row_inst]
     # source: the element's own where it has one, else its instance's
-    src_codes, sources = pd.factorize(inst["source"], sort=True)
+    src_codes, sources = inst["source_code"], inst["sources"]
     source_codes = src_codes[row_inst]
 
     rows = start[plain_inst] + plain["point_index"]

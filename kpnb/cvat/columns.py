@@ -1,8 +1,9 @@
 """The reader's records -> typed, checked column arrays, a chunk at a time.
 
-A record is the tuple of one element's attribute values, its line and owner, as
-`kpnb.cvat.parse.Reader` appended it. A chunk is transposed with ``zip`` (no Python frame
-per value), numbers converted once per distinct string, coordinates in one numpy call.
+A record is one element's ordered attribute list (expat's ``[name, value, ...]``), its line
+and owner, as `kpnb.cvat.parse.Reader` appended it. Records whose attributes other than
+``points`` are alike share one attribute set, converted and checked once (`Combos`); a chunk's
+records only look their set up, and coordinates are parsed in one numpy call.
 """
 
 from __future__ import annotations
@@ -21,12 +22,6 @@ _GET = {k: methodcaller("get", k) for k in (
     "xtl", "ytl", "xbr", "ybr", "id", "name", "width", "height", "subset", "task_id",
 )}  # fmt: skip
 _TAGS = ("points", "skeleton")  # by instance kind
-INST_DTYPES = {"image_index": np.int64, "label": object, "kind": np.int8, "source": object,
-               "group_id": np.int64, "z_order": np.int64, "track_id": np.int64,
-               "keyframe": bool, "occluded": bool, "outside": bool, "line": np.int64}  # fmt: skip
-ELEM_DTYPES = {"instance": np.int64, "name": object, "x": np.float64, "y": np.float64,
-               "source": object, "occluded": bool, "outside": bool, "keyframe": bool,
-               "line": np.int64}  # fmt: skip
 PLAIN_DTYPES = {"instance": np.int64, "point_index": np.int64, "x": np.float64,
                 "y": np.float64}  # fmt: skip
 
@@ -42,6 +37,89 @@ def strings(vals: list, default: str | None) -> np.ndarray:
     return np.array(list(map(conv.__getitem__, vals)), dtype=object)
 
 
+def split_geometry(attrs: tuple[list, ...], by_name: bool = False) -> tuple[list, list, int]:
+    """Each ordered attribute list -> (its attribute set: the list without the ``points``
+    value, as a tuple; the ``points`` value or None) and the position of the ``points`` name
+    that `Combos.add` must confirm (-1: none to confirm). Lists as long as the first are split
+    by its layout in one C-level pass (CVAT writes a fixed order); others one by one, by name.
+    """
+    first = attrs[0]
+    names = first[::2]
+    if not by_name and "points" in names and set(map(len, attrs)) == {len(first)}:
+        p = 2 * names.index("points")
+        keep = [i for i in range(len(first)) if i != p + 1]
+        if len(keep) >= 2:
+            return list(map(itemgetter(*keep), attrs)), list(map(itemgetter(p + 1), attrs)), p
+    sets, points = [], []
+    for a in attrs:
+        names = a[::2]
+        if "points" in names:
+            i = 2 * names.index("points")
+            sets.append(tuple(a[:i + 1] + a[i + 2:]))
+            points.append(a[i + 1])
+        else:
+            sets.append(tuple(a))
+            points.append(None)
+    return sets, points, -1
+
+
+def _set_dict(c: tuple) -> dict:
+    """An attribute set as a dict; a ``points`` name stands alone (its value was taken out)."""
+    out, i = {}, 0
+    while i < len(c):
+        if c[i] == "points":
+            i += 1
+        else:
+            out[c[i]] = c[i + 1]
+            i += 2
+    return out
+
+
+class _OtherLayout(Exception):
+    """A list laid out unlike the first of its chunk: split that chunk by name."""
+
+
+class Combos:
+    """Distinct attribute sets (all but the geometry) -> ids; each converted and checked once.
+
+    A chunk's records map to the ids of their attribute sets with one dict look-up each; the
+    typed value of every field is kept per set, so the final columns are array look-ups.
+    """
+
+    def __init__(self, convert):
+        self.ids: dict[int, dict[tuple, int]] = {}  # by points position: a set seen with
+        # its points name at p only matches lists split at p
+        self.rows: list[tuple] = []  # converted fields, one tuple per set
+        self.convert = convert  # (dict of the set, first record index, chunk) -> tuple
+
+    def add(self, sets: list[tuple], chunk, p: int) -> np.ndarray:
+        """Ids of each record's set; sets not seen before are checked to hold the ``points``
+        name at `p` (split by position) and converted here."""
+        ids = self.ids.setdefault(p, {})
+        found = list(map(ids.get, sets))
+        if None in found:
+            for i, c in enumerate(sets):
+                if c not in ids:
+                    if p >= 0 and c[p] != "points":
+                        raise _OtherLayout
+                    ids[c] = len(self.rows)
+                    self.rows.append(self.convert(_set_dict(c), i, chunk))
+            found = list(map(ids.__getitem__, sets))
+        return np.array(found, np.int64)
+
+    def split_add(self, attrs: tuple[list, ...], chunk) -> tuple[np.ndarray, list]:
+        """`split_geometry` then `add`: the set ids and the ``points`` values."""
+        sets, points, p = split_geometry(attrs)
+        try:
+            return self.add(sets, chunk, p), points
+        except _OtherLayout:
+            sets, points, p = split_geometry(attrs, by_name=True)
+            return self.add(sets, chunk, p), points
+
+    def field(self, i: int, dtype) -> np.ndarray:
+        return np.array([r[i] for r in self.rows], dtype=dtype)
+
+
 class Chunks:
     """Column chunks of instances, skeleton elements and plain points, appended in order."""
 
@@ -50,6 +128,8 @@ class Chunks:
         self.inst: list[dict] = []
         self.elem: list[dict] = []
         self.plain: list[dict] = []
+        self.inst_sets = Combos(self._inst_set)
+        self.elem_sets = Combos(self._elem_set)
 
     def add(self, insts: list[tuple], elems: list[tuple], base: int) -> None:
         """Convert one chunk of instance and element records (`base`: first instance id)."""
@@ -58,58 +138,92 @@ class Chunks:
         if elems:
             self._elements(elems)
 
+    def _one_int(self, d: dict, key: str, what: str, line: int) -> int:
+        return int(values.integers([d.get(key)], [line], what, self.source)[0])
+
+    def _inst_set(self, d: dict, i: int, chunk) -> tuple:
+        """(label, source, group_id, z_order, occluded, outside) of one attribute set."""
+        lines, kind = chunk
+        tag = _TAGS[kind[i]]
+        return (d.get("label") or "", d.get("source") or "manual",
+                self._one_int(d, "group_id", f"<{tag}> group_id", lines[i]),
+                self._one_int(d, "z_order", f"<{tag}> z_order", lines[i]),
+                d.get("occluded") in values.TRUE, d.get("outside") in values.TRUE)  # fmt: skip
+
+    def _elem_set(self, d: dict, i: int, lines) -> tuple:
+        """(name, source, occluded, outside, keyframe) of one element attribute set."""
+        if d.get("label") is None:
+            raise at_line(self.source, lines[i], "skeleton element <points> has no label "
+                          "attribute; CVAT names each element after its sublabel: export again")
+        return (d["label"], d.get("source") or None, d.get("occluded") in values.TRUE,
+                d.get("outside") in values.TRUE, d.get("keyframe") in values.TRUE)  # fmt: skip
+
     def _instances(self, recs: list[tuple], base: int) -> None:
-        src = self.source
-        label, source, group, z, occluded, outside, points, lines, image, kind = zip(
-            *recs, strict=True)  # fmt: skip
-        n = len(recs)
+        attrs, lines, image, kind = zip(*recs, strict=True)
         kind = np.array(kind, np.int8)
-
-        def what(attr):
-            return lambda i: f"<{_TAGS[kind[i]]}> {attr}"
-
-        self.inst.append({
-            "image_index": np.array(image, np.int64), "label": strings(label, ""), "kind": kind,
-            "source": strings(source, "manual"),
-            "group_id": values.integers(group, lines, what("group_id"), src),
-            "z_order": values.integers(z, lines, what("z_order"), src),
-            "track_id": np.full(n, -1, np.int64), "keyframe": np.zeros(n, bool),
-            "occluded": values.flags(occluded), "outside": values.flags(outside),
-            "line": np.array(lines, np.int64),
-        })  # fmt: skip
+        sets, points = self.inst_sets.split_add(attrs, (lines, kind))
+        self.inst.append({"image_index": np.array(image, np.int64), "set": sets, "kind": kind,
+                          "line": np.array(lines, np.int64)})  # fmt: skip
         plain = (kind == 0).tolist()
         pts = [p or "" for p in compress(points, plain)]
-        xy, counts = values.coordinates(pts, list(compress(lines, plain)), "<points>", src)
+        xy, counts = values.coordinates(pts, list(compress(lines, plain)), "<points>", self.source)
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         owners = np.flatnonzero(kind == 0) + base
         self.plain.append({"instance": np.repeat(owners, counts), "x": xy[:, 0], "y": xy[:, 1],
                            "point_index": np.arange(len(xy)) - starts})  # fmt: skip
 
     def _elements(self, recs: list[tuple]) -> None:
-        src = self.source
-        names, points, occluded, outside, source, keyframe, lines, inst = zip(*recs, strict=True)
-        if None in names:
-            i = names.index(None)
-            raise at_line(src, lines[i], "skeleton element <points> has no label attribute; "
-                          "CVAT names each element after its sublabel: export again")  # fmt: skip
+        attrs, lines, inst = zip(*recs, strict=True)
+        sets, points = self.elem_sets.split_add(attrs, lines)
         pts = [p or "" for p in points]
-        xy, _ = values.coordinates(pts, lines, "skeleton element", src, one_each=True)
-        self.elem.append({
-            "instance": np.array(inst, np.int64), "name": strings(names, ""),
-            "x": xy[:, 0], "y": xy[:, 1], "source": strings(source, None),
-            "occluded": values.flags(occluded), "outside": values.flags(outside),
-            "keyframe": values.flags(keyframe), "line": np.array(lines, np.int64),
-        })  # fmt: skip
+        xy, _ = values.coordinates(pts, lines, "skeleton element", self.source, one_each=True)
+        self.elem.append({"instance": np.array(inst, np.int64), "set": sets,
+                          "x": xy[:, 0], "y": xy[:, 1], "line": np.array(lines, np.int64)})
 
     def finish(self, tracked: list[tuple]) -> tuple[dict, dict, dict]:
-        """All chunks as one column dict each; `tracked`: (instance, track id, keyframe)."""
-        inst = _concat(self.inst, INST_DTYPES)
+        """All chunks as one column dict each; `tracked`: (instance, track id, keyframe).
+
+        Labels, element names and sources come as object arrays and, for the keypoint
+        table, as codes into sorted categories (``label_code``/``labels`` and so on)."""
+        inst = _concat(self.inst, _INST_CHUNK)
+        sets, n = inst.pop("set"), len(inst["kind"])
+        s = self.inst_sets
+        _strings(inst, "label", s.field(0, object), sets)
+        _strings(inst, "source", s.field(1, object), sets)
+        inst["group_id"], inst["z_order"] = s.field(2, np.int64)[sets], s.field(3, np.int64)[sets]
+        inst["occluded"], inst["outside"] = s.field(4, bool)[sets], s.field(5, bool)[sets]
+        inst["track_id"], inst["keyframe"] = np.full(n, -1, np.int64), np.zeros(n, bool)
         if tracked:
             at, track_id, keyframe = (np.array(c) for c in zip(*tracked, strict=True))
             inst["track_id"][at], inst["keyframe"][at] = track_id, keyframe
-        out = inst, _concat(self.elem, ELEM_DTYPES), _concat(self.plain, PLAIN_DTYPES)
+        elem = _concat(self.elem, _ELEM_CHUNK)
+        sets, e = elem.pop("set"), self.elem_sets
+        _strings(elem, "name", e.field(0, object), sets)
+        elem["source"] = e.field(1, object)[sets]
+        elem["occluded"], elem["outside"] = e.field(2, bool)[sets], e.field(3, bool)[sets]
+        elem["keyframe"] = e.field(4, bool)[sets]
+        out = inst, elem, _concat(self.plain, PLAIN_DTYPES)
         self.inst, self.elem, self.plain = [], [], []
         return out
+
+
+def _strings(cols: dict, key: str, per_set: np.ndarray, sets: np.ndarray) -> None:
+    """``cols[key]``: the strings of each record's set; ``cols[key + "_code"]`` and
+    ``cols[key + "s"]``: codes into the sorted distinct strings the records use."""
+    cats, code_of_set = np.unique(per_set, return_inverse=True) if len(per_set) else \
+        (np.zeros(0, object), np.zeros(0, np.int64))  # fmt: skip
+    codes = code_of_set.reshape(-1)[sets] if len(sets) else np.zeros(0, np.int64)
+    used = np.bincount(codes, minlength=len(cats)) > 0
+    if not used.all():
+        codes = (np.cumsum(used) - 1)[codes]
+        cats = cats[used]
+    cols[key] = cats[codes] if len(cats) else np.zeros(len(sets), object)
+    cols[key + "_code"], cols[key + "s"] = codes, list(cats)
+
+
+_INST_CHUNK = {"image_index": np.int64, "set": np.int64, "kind": np.int8, "line": np.int64}
+_ELEM_CHUNK = {"instance": np.int64, "set": np.int64, "x": np.float64, "y": np.float64,
+               "line": np.int64}  # fmt: skip
 
 
 def _concat(chunks: list[dict], dtypes: dict) -> dict[str, np.ndarray]:

@@ -2,8 +2,9 @@
 
 `Reader.parse` feeds expat 64 KB at a time, so memory is bounded by the largest element
 (an ``<image>`` with its shapes, a ``<track>``), never by the file. The body callbacks
-are the hot path (one call per element of a 400,000-image export): they only append
-a tuple of the attribute values, line and owner; every ``</image>`` or ``</track>`` past a chunk's
+are the hot path (one call per element of a 400,000-image export): with expat's ordered
+attributes (a list per element, no dict) they only append that list with its line and
+owner; every ``</image>`` or ``</track>`` past a chunk's
 worth of records turns them into typed columns in bulk (`kpnb.cvat.columns`), where every
 value is checked and a bad one is refused with its line. ``<meta>`` has its own handlers.
 """
@@ -23,7 +24,7 @@ _META_TEXT = frozenset((
     "stop_frame", "frame_filter", "size", "mode", "version", "dumped", "subsets",
 ))  # fmt: skip
 _READ = 1 << 16  # bytes per expat feed: expat is fastest fed tens of KB at a time
-_CHUNK = 1 << 12  # records per conversion to columns: few enough to stay in the CPU's cache
+_CHUNK = 1 << 10  # records per conversion to columns: few enough to stay in the CPU's cache
 POINTS, SKELETON = 0, 1  # instance kinds
 
 
@@ -47,6 +48,7 @@ class Reader:
         p = pyexpat.ParserCreate()
         p.buffer_text = True
         p.buffer_size = 1 << 16
+        p.ordered_attributes = True  # [name, value, ...] lists: no dict per element
         p.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
         # defusedxml's guards: no entity declarations (bombs), no external references; and
         # no internal DTD subset at all, whose ATTLIST defaults would invent attributes.
@@ -74,8 +76,8 @@ class Reader:
         # body records: (attributes, line, owner); turned into columns chunk by chunk
         self.images: list[tuple] = []  # (attrs, line); video frames get made-up attrs
         self.frame_index: dict[tuple, int] = {}
-        self.insts: list[tuple] = []  # columns.INST_RECORD, then line, image, kind
-        self.elems: list[tuple] = []  # columns.ELEM_RECORD, then line, instance
+        self.insts: list[tuple] = []  # (attribute list, line, image, kind)
+        self.elems: list[tuple] = []  # (attribute list, line, instance)
         self.inst_base = 0  # instances already converted
         self.chunks = Chunks(name)
         self.tracked: list[tuple] = []  # (instance, track id, keyframe) of track shapes
@@ -101,35 +103,30 @@ class Reader:
             raise _Refused("the XML has a DOCTYPE with declarations")
 
     # -- body callbacks (the hot path) ---------------------------------------------------
-    def start(self, tag: str, attrs: dict) -> None:
+    def start(self, tag: str, attrs: list) -> None:
+        # `attrs` is expat's ordered list [name, value, ...]; the records keep it as it is
+        # (`kpnb.cvat.columns` reads it by name, once per distinct attribute set)
         if tag == "points":
             if self.skel >= 0 and not self.elem and self.shape is None:
-                g = attrs.get
-                self.elems.append((g("label"), g("points"), g("occluded"), g("outside"),
-                                   g("source"), g("keyframe"), self.p.CurrentLineNumber,
-                                   self.skel))  # fmt: skip
+                self.elems.append((attrs, self.p.CurrentLineNumber, self.skel))
                 self.elem = True
             elif self.image >= 0 and self.shape is None and not self.elem:
-                g = attrs.get
-                insts = self.insts
-                insts.append((g("label"), g("source"), g("group_id"), g("z_order"),
-                              g("occluded"), g("outside"), g("points"), self.p.CurrentLineNumber,
-                              self.image, POINTS))  # fmt: skip
+                self.insts.append((attrs, self.p.CurrentLineNumber, self.image, POINTS))
                 self.shape = tag
             else:
-                self._points_elsewhere(attrs)
+                self._points_elsewhere(_as_dict(attrs))
         elif tag == "attribute":
             if self.attr_name is not None:
                 raise self.error("<attribute> inside <attribute>")
-            self.attr_name = attrs.get("name", "")
+            self.attr_name = _as_dict(attrs).get("name", "")
             self.text = []
             self.p.CharacterDataHandler = self.text.append
         elif tag == "skeleton":
             self._start_skeleton(attrs)
         elif tag == "image":
-            self._start_image(attrs)
+            self._start_image(_as_dict(attrs))
         else:
-            self._start_other(tag, attrs)
+            self._start_other(tag, _as_dict(attrs))
 
     def end(self, tag: str) -> None:
         if tag == "points":
@@ -228,10 +225,9 @@ class Reader:
             out["group_id"] = t["group_id"]
         return out
 
-    def _new_instance(self, attrs: dict, image: int, kind: int, keyframe: bool = False) -> int:
-        g = attrs.get
-        self.insts.append((g("label"), g("source"), g("group_id"), g("z_order"), g("occluded"),
-                           g("outside"), g("points"), self.p.CurrentLineNumber, image, kind))
+    def _new_instance(self, attrs: list, image: int, kind: int, keyframe: bool = False) -> int:
+        """Record an instance; `attrs`: the ordered [name, value, ...] list."""
+        self.insts.append((attrs, self.p.CurrentLineNumber, image, kind))
         inst = self.inst_base + len(self.insts) - 1
         if self.track is not None:
             self.tracked.append((inst, self.track["id"], keyframe))
@@ -247,11 +243,10 @@ class Reader:
             if inst is None:
                 image = self._frame_image(attrs, "points")
                 track = self._track_attrs(attrs, self.track["label"])
-                inst = self._new_instance(track, image, SKELETON)
+                inst = self._new_instance(_as_list(track), image, SKELETON)
                 self.legacy_frames[frame] = inst
-            g = attrs.get
-            self.elems.append((self.nested["label"], g("points"), g("occluded"), g("outside"),
-                               g("source"), g("keyframe"), self.p.CurrentLineNumber, inst))
+            elem = _as_list({**attrs, "label": self.nested["label"]})
+            self.elems.append((elem, self.p.CurrentLineNumber, inst))
             self.elem = True
             return
         self._nesting("points")
@@ -261,10 +256,10 @@ class Reader:
             raise self.error("<points> inside <image> inside <track>")
         image = self._frame_image(attrs, "points")
         shape = self._track_attrs(attrs, self.track["label"])
-        self._new_instance(shape, image, POINTS, attrs.get("keyframe") in _TRUE)
+        self._new_instance(_as_list(shape), image, POINTS, attrs.get("keyframe") in _TRUE)
         self.shape = "points"
 
-    def _start_skeleton(self, attrs: dict) -> None:
+    def _start_skeleton(self, attrs: list) -> None:
         self._nesting("skeleton")
         if self.skel >= 0:
             raise self.error("<skeleton> inside <skeleton>")
@@ -273,8 +268,9 @@ class Reader:
         if self.track is not None:
             if self.image >= 0:
                 raise self.error("<skeleton> inside <image> inside <track>")
+            attrs = _as_dict(attrs)
             image = self._frame_image(attrs, "skeleton")
-            shape = self._track_attrs(attrs, self.track["label"])
+            shape = _as_list(self._track_attrs(attrs, self.track["label"]))
             self.skel = self._new_instance(shape, image, SKELETON, attrs.get("keyframe") in _TRUE)
             self.legacy_frames[attrs.get("frame")] = self.skel  # legacy: element tracks follow
         else:
@@ -299,7 +295,7 @@ class Reader:
         name, self.attr_name = self.attr_name, None
         if self.elem:
             elem = self.elems[-1]
-            self.attrs.append((elem[-1], elem[0], name, value))
+            self.attrs.append((elem[-1], _as_dict(elem[0]).get("label"), name, value))
         elif self.shape == "points":  # the plain <points> is the last instance recorded
             self.attrs.append((self.inst_base + len(self.insts) - 1, None, name, value))
         elif self.skel >= 0 and self.shape is None:
@@ -425,3 +421,13 @@ class Reader:
 
 
 _TRUE = values.TRUE
+
+
+def _as_dict(attrs: list) -> dict:
+    """expat's ordered [name, value, ...] list as a dict (for the elements off the hot path)."""
+    return dict(zip(attrs[::2], attrs[1::2], strict=True))
+
+
+def _as_list(attrs: dict) -> list:
+    """A dict of attributes as the ordered [name, value, ...] list the records keep."""
+    return [x for item in attrs.items() for x in item]
