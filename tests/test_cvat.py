@@ -705,3 +705,26 @@ def test_writing_an_image_without_a_size_says_what_to_fill(tmp_path):
     with pytest.raises(ValueError, match=r"has no width/height; CVAT needs both"):
         write_cvat(ann, tmp_path / "out.xml")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_attribute_order_may_differ_between_elements_of_one_chunk(tmp_path):
+    """The reader splits attribute lists by the first list's layout; a list in another order
+    (or with an extra attribute) must still be read by name, value for value."""
+    orders = [
+        'label="a" source="manual" occluded="0" points="1.00,2.00" z_order="0"',
+        'points="3.00,4.00" z_order="2" label="b" occluded="1" source="auto"',
+        'extra="points" label="a" points="5.00,6.00" occluded="0" source="manual" z_order="1"',
+        'z_order="0" occluded="0" source="file" label="b" group_id="7" points="7.50,8.25"',
+    ]
+    body = "".join(
+        f'<image id="{i}" name="{i}.jpg" width="10" height="10"><points {attrs}/></image>'
+        for i, attrs in enumerate(orders)
+    )
+    path = tmp_path / "annotations.xml"
+    path.write_text(f"<annotations><version>1.1</version>{body}</annotations>")
+    kp = read_cvat(path).keypoints.sort_values("image_index")
+    assert kp["label"].astype(str).tolist() == ["a", "b", "a", "b"]
+    assert kp["x"].tolist() == [1.0, 3.0, 5.0, 7.5] and kp["y"].tolist() == [2.0, 4.0, 6.0, 8.25]
+    assert kp["occluded"].tolist() == [False, True, False, False]
+    assert kp["source"].astype(str).tolist() == ["manual", "auto", "manual", "file"]
+    assert kp["z_order"].tolist() == [0, 2, 1, 0] and kp["group_id"].tolist() == [0, 0, 0, 7]
