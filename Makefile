@@ -32,6 +32,7 @@ tutorial-then-test:
 
 lint: env
 	$(PY) -m ruff check kpnb tests benchmarks
+	$(PY) -m ruff format --check kpnb tests benchmarks
 
 clean:
 	rm -rf $(OUT) .pytest_cache

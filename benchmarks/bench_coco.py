@@ -26,12 +26,26 @@ def tiled(ann: Annotations, copies: int) -> Annotations:
     """`ann` repeated `copies` times as new images and instances (real-sized tables)."""
     n_img = len(ann.images)
     n_inst = int(ann.keypoints["instance_id"].max()) + 1
-    images = pd.concat([ann.images.assign(image_index=ann.images["image_index"] + c * n_img,
-                                          image_id=ann.images["image_id"] + c * n_img)
-                        for c in range(copies)], ignore_index=True)  # fmt: skip
-    kp = pd.concat([ann.keypoints.assign(image_index=ann.keypoints["image_index"] + c * n_img,
-                                         instance_id=ann.keypoints["instance_id"] + c * n_inst)
-                    for c in range(copies)], ignore_index=True)  # fmt: skip
+    images = pd.concat(
+        [
+            ann.images.assign(
+                image_index=ann.images["image_index"] + c * n_img,
+                image_id=ann.images["image_id"] + c * n_img,
+            )
+            for c in range(copies)
+        ],
+        ignore_index=True,
+    )
+    kp = pd.concat(
+        [
+            ann.keypoints.assign(
+                image_index=ann.keypoints["image_index"] + c * n_img,
+                instance_id=ann.keypoints["instance_id"] + c * n_inst,
+            )
+            for c in range(copies)
+        ],
+        ignore_index=True,
+    )
     return Annotations(tidy_images(images), tidy_keypoints(kp), ann.skeletons, ann.labels)
 
 
@@ -57,13 +71,22 @@ def baseline_annotations(ann) -> list[dict]:
         flat = []
         for (x, y), vis in zip(np.nan_to_num(xy), v, strict=True):
             flat += [round(float(x), 2), round(float(y), 2), int(vis)]
-        bbox = [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
-                round(float(y1 - y0), 2)]  # fmt: skip
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": image_ids[int(first["image_index"])],
-            "category_id": cat_ids[str(first["label"])], "bbox": bbox,
-            "keypoints": flat, "num_keypoints": int((v > 0).sum()),
-        })  # fmt: skip
+        bbox = [
+            round(float(x0), 2),
+            round(float(y0), 2),
+            round(float(x1 - x0), 2),
+            round(float(y1 - y0), 2),
+        ]
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": image_ids[int(first["image_index"])],
+                "category_id": cat_ids[str(first["label"])],
+                "bbox": bbox,
+                "keypoints": flat,
+                "num_keypoints": int((v > 0).sum()),
+            }
+        )
     return annotations
 
 
@@ -86,15 +109,18 @@ def main() -> None:
     new = to_coco(ann)["annotations"]
     old = baseline_annotations(ann)
     same = [{k: a[k] for k in ("image_id", "bbox", "keypoints", "num_keypoints")} for a in new]
-    assert same == [{k: a[k] for k in ("image_id", "bbox", "keypoints", "num_keypoints")}
-                    for a in old], "the writers disagree"  # fmt: skip
+    assert same == [
+        {k: a[k] for k in ("image_id", "bbox", "keypoints", "num_keypoints")} for a in old
+    ], "the writers disagree"
     t_new = best_of(lambda: to_coco(ann), args.repeats)
     t_old = best_of(lambda: baseline_annotations(ann), max(1, args.repeats - 2))
     print(f"{n} instances ({ann.skeletons[next(iter(ann.skeletons))].num_keypoints} keypoints)")
     print(f"  baseline (groupby loop): {n / t_old:10,.0f} instances/s  ({t_old:.2f} s)")
     print(f"  kpnb to_coco:            {n / t_new:10,.0f} instances/s  ({t_new:.2f} s)")
-    print(f"  speed-up: {t_old / t_new:.1f}x; goal >= 50,000/s: "
-          f"{'met' if n / t_new >= 50_000 else 'NOT met'}")  # fmt: skip
+    print(
+        f"  speed-up: {t_old / t_new:.1f}x; goal >= 50,000/s: "
+        f"{'met' if n / t_new >= 50_000 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,20 +45,28 @@ def make_tables(n_images: int, layout: str, seed: int = 0) -> Annotations:
     inst = np.repeat(np.arange(n_inst), k)
     point = np.tile(np.arange(k), n_inst)
     names = np.array(NAMES, dtype=object)
-    kp = pd.DataFrame({
-        "image_index": image_of_inst[inst],
-        "instance_id": inst,
-        "label": "body" if layout == "skeleton" else names[inst % 17],
-        "keypoint": names[point] if layout == "skeleton" else names[inst % 17],
-        "point_index": point,
-        "x": rng.uniform(0, 1920, n).round(2),
-        "y": rng.uniform(0, 1080, n).round(2),
-        "occluded": rng.random(n) < 0.1,
-        "outside": rng.random(n) < 0.05,
-    })  # fmt: skip
-    images = pd.DataFrame({"image_index": np.arange(n_images), "image_id": np.arange(n_images),
-                           "name": [f"frame/{i:06d}.jpg" for i in range(n_images)],
-                           "width": 1920, "height": 1080})  # fmt: skip
+    kp = pd.DataFrame(
+        {
+            "image_index": image_of_inst[inst],
+            "instance_id": inst,
+            "label": "body" if layout == "skeleton" else names[inst % 17],
+            "keypoint": names[point] if layout == "skeleton" else names[inst % 17],
+            "point_index": point,
+            "x": rng.uniform(0, 1920, n).round(2),
+            "y": rng.uniform(0, 1080, n).round(2),
+            "occluded": rng.random(n) < 0.1,
+            "outside": rng.random(n) < 0.05,
+        }
+    )
+    images = pd.DataFrame(
+        {
+            "image_index": np.arange(n_images),
+            "image_id": np.arange(n_images),
+            "name": [f"frame/{i:06d}.jpg" for i in range(n_images)],
+            "width": 1920,
+            "height": 1080,
+        }
+    )
     skeletons = {}
     labels = pd.DataFrame({"name": NAMES, "type": "points"})
     if layout == "skeleton":
@@ -117,17 +125,20 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    print(f"{'layout':9s} {'points':>8s} {'file MB':>7s} {'floor s':>7s} {'kpnb s':>6s} "
-          f"{'ratio':>6s} {'datumaro s':>10s} {'peak MB':>7s} {'peak/file':>9s}")  # fmt: skip
+    print(
+        f"{'layout':9s} {'points':>8s} {'file MB':>7s} {'floor s':>7s} {'kpnb s':>6s} "
+        f"{'ratio':>6s} {'datumaro s':>10s} {'peak MB':>7s} {'peak/file':>9s}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for layout in ("points", "skeleton"):
             path = write_cvat(
                 make_tables(args.images, layout), Path(tmp) / layout / "annotations.xml"
             )
             size = path.stat().st_size
-            times = interleaved_best({
-                "floor": lambda p=path: bare_scan(p), "ours": lambda p=path: read_cvat(p)},
-                args.repeat)  # fmt: skip
+            times = interleaved_best(
+                {"floor": lambda p=path: bare_scan(p), "ours": lambda p=path: read_cvat(p)},
+                args.repeat,
+            )
             floor, ours = times["floor"], times["ours"]
             ann = read_cvat(path)
             try:

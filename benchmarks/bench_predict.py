@@ -34,8 +34,13 @@ def _one(folder: Path, n: int, size: int, batch: int) -> dict:
     table = predict(model, paths, skeleton, batch_size=batch, score_threshold=0.0)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"images": n, "seconds": seconds, "images_per_s": n / seconds,
-            "peak_rss_mb": peak, "rows": len(table)}  # fmt: skip
+    return {
+        "images": n,
+        "seconds": seconds,
+        "images_per_s": n / seconds,
+        "peak_rss_mb": peak,
+        "rows": len(table),
+    }
 
 
 def main() -> None:
@@ -56,16 +61,33 @@ def main() -> None:
         for i in range(max(args.images)):  # small photos of noise: decoding is real work
             pixels = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(Path(tmp) / f"im_{i:05d}.jpg", quality=90)
-        print(f"predict on {max(args.images)} 128x96 JPEGs, model at {args.size} px, "
-              f"batch {args.batch}, default workers")  # fmt: skip
+        print(
+            f"predict on {max(args.images)} 128x96 JPEGs, model at {args.size} px, "
+            f"batch {args.batch}, default workers"
+        )
         print(f"{'images':>7s} {'seconds':>8s} {'images/s':>9s} {'peak RSS MB':>12s}")
         for n in args.images:
-            out = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--batch",
-                                  str(args.batch), "--_child", tmp, str(n)], check=True,
-                                 capture_output=True, text=True).stdout  # fmt: skip
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--size",
+                    str(args.size),
+                    "--batch",
+                    str(args.batch),
+                    "--_child",
+                    tmp,
+                    str(n),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            print(f"{r['images']:7d} {r['seconds']:8.1f} {r['images_per_s']:9.1f} "
-                  f"{r['peak_rss_mb']:12.0f}")  # fmt: skip
+            print(
+                f"{r['images']:7d} {r['seconds']:8.1f} {r['images_per_s']:9.1f} "
+                f"{r['peak_rss_mb']:12.0f}"
+            )
 
 
 if __name__ == "__main__":

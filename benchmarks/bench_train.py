@@ -45,8 +45,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
     args = ap.parse_args()
-    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"median of {args.steps} steps after one warm-up")  # fmt: skip
+    print(
+        f"torch threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"median of {args.steps} steps after one warm-up"
+    )
     print(f"{'size':>5s} {'default s/step':>15s} {'preset s/step':>14s} {'ratio':>7s}")
     with tempfile.TemporaryDirectory() as tmp:
         root = generate(Path(tmp) / "syn", 12, seed=0)

@@ -11,13 +11,36 @@ from kpnb.skeleton import Skeleton, flip_indices
 from kpnb.tables import Annotations
 
 __version__ = version()
-__all__ = ["Annotations", "Skeleton", "flip_indices", "SMOKE", "pick", "setup_notebook",
-           "environment_report", "__version__"]  # fmt: skip
+__all__ = [
+    "Annotations",
+    "Skeleton",
+    "flip_indices",
+    "SMOKE",
+    "pick",
+    "setup_notebook",
+    "environment_report",
+    "__version__",
+]
 
 
-_SUBMODULES = {"cvat", "coco", "synthetic", "data", "tables", "skeleton", "images", "errors",
-               "transforms", "dataset", "viz",
-               "model", "train", "evaluate", "config", "cli"}  # fmt: skip
+_SUBMODULES = {
+    "cvat",
+    "coco",
+    "synthetic",
+    "data",
+    "tables",
+    "skeleton",
+    "images",
+    "errors",
+    "transforms",
+    "dataset",
+    "viz",
+    "model",
+    "train",
+    "evaluate",
+    "config",
+    "cli",
+}
 
 
 def __getattr__(name: str):

@@ -29,8 +29,17 @@ from pathlib import Path
 
 from kpnb.errors import KpnbError
 
-__all__ = ["OutputExistsError", "check_output", "atomic_path", "ZipLimits", "ZipLimitError",
-           "zip_limits", "check_zip", "check_member", "read_member"]  # fmt: skip
+__all__ = [
+    "OutputExistsError",
+    "check_output",
+    "atomic_path",
+    "ZipLimits",
+    "ZipLimitError",
+    "zip_limits",
+    "check_zip",
+    "check_member",
+    "read_member",
+]
 
 
 class OutputExistsError(KpnbError, FileExistsError):
@@ -54,14 +63,18 @@ def _umask() -> int:
 
 
 _FILE_HINT = "pass overwrite=True (on the command line: --overwrite) to replace it"
-_FOLDER_HINT = ("pass overwrite=True (on the command line: --overwrite) to replace only the "
-                "files kpnb writes in it, keeping the others")  # fmt: skip
+_FOLDER_HINT = (
+    "pass overwrite=True (on the command line: --overwrite) to replace only the "
+    "files kpnb writes in it, keeping the others"
+)
 _MOVE_HINT = "move it away first"
 
 
 def _refuse(path: Path, what: str, hint: str) -> OutputExistsError:
-    return OutputExistsError(f"{path}: {what}; kpnb does not overwrite what it did not make. "
-                             f"Choose another output, or {hint}")  # fmt: skip
+    return OutputExistsError(
+        f"{path}: {what}; kpnb does not overwrite what it did not make. "
+        f"Choose another output, or {hint}"
+    )
 
 
 def _nonempty_dir(path: Path) -> bool:
@@ -80,25 +93,33 @@ def check_output(
     """
     path = Path(path)
     if path.is_symlink() and not path.exists() and directory:
-        raise _refuse(path, "is a link to nothing; kpnb will not write a folder through it",
-                      _MOVE_HINT)
+        raise _refuse(
+            path, "is a link to nothing; kpnb will not write a folder through it", _MOVE_HINT
+        )
     if directory:
         if path.exists() and not path.is_dir():
-            raise _refuse(path, "is a file, not a folder; kpnb will not turn it into a folder",
-                          _MOVE_HINT)
+            raise _refuse(
+                path, "is a file, not a folder; kpnb will not turn it into a folder", _MOVE_HINT
+            )
         if path.is_dir() and not overwrite and _nonempty_dir(path):
             raise _refuse(path, "the folder is not empty", _FOLDER_HINT)
     else:
         if path.is_dir():
-            raise _refuse(path, "is a folder; kpnb writes a file here and will not replace "
-                                "a folder", _MOVE_HINT)  # fmt: skip
+            raise _refuse(
+                path,
+                "is a folder; kpnb writes a file here and will not replace a folder",
+                _MOVE_HINT,
+            )
         if overwrite is False and (path.exists() or path.is_symlink()):
             raise _refuse(path, "the file exists", _FILE_HINT)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise _refuse(parent, "is a file, not a folder; kpnb will not turn it into a "
-                                      "folder", _MOVE_HINT)  # fmt: skip
+                raise _refuse(
+                    parent,
+                    "is a file, not a folder; kpnb will not turn it into a folder",
+                    _MOVE_HINT,
+                )
             break
 
 
@@ -252,13 +273,16 @@ def zip_limits(
     (``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO``, ``KPNB_MAX_UNZIP_MEMBERS``), else
     the default (32 GiB, 200x, a million members)."""
     return ZipLimits(
-        max_bytes if max_bytes is not None
+        max_bytes
+        if max_bytes is not None
         else _env_number("KPNB_MAX_UNZIP_BYTES", MAX_UNZIP_BYTES, int),
-        max_ratio if max_ratio is not None
+        max_ratio
+        if max_ratio is not None
         else _env_number("KPNB_MAX_UNZIP_RATIO", MAX_UNZIP_RATIO, float),
-        max_members if max_members is not None
+        max_members
+        if max_members is not None
         else _env_number("KPNB_MAX_UNZIP_MEMBERS", MAX_UNZIP_MEMBERS, int),
-    )  # fmt: skip
+    )
 
 
 def _check_ratio(archive, info: zipfile.ZipInfo, limits: ZipLimits) -> None:
@@ -283,14 +307,18 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
     """
     infos = zf.infolist()
     if len(infos) > limits.max_members:
-        raise ZipLimitError(f"{archive}: {len(infos):,} members, more than the limit of "
-                            f"{limits.max_members:,}; if the file is trusted, raise "
-                            "KPNB_MAX_UNZIP_MEMBERS")  # fmt: skip
+        raise ZipLimitError(
+            f"{archive}: {len(infos):,} members, more than the limit of "
+            f"{limits.max_members:,}; if the file is trusted, raise "
+            "KPNB_MAX_UNZIP_MEMBERS"
+        )
     total = sum(i.file_size for i in infos)
     if total > limits.max_bytes:
-        raise ZipLimitError(f"{archive}: unpacks to {total:,} bytes, more than the limit of "
-                            f"{limits.max_bytes:,}; if the file is trusted and the disk has "
-                            "room, raise KPNB_MAX_UNZIP_BYTES")  # fmt: skip
+        raise ZipLimitError(
+            f"{archive}: unpacks to {total:,} bytes, more than the limit of "
+            f"{limits.max_bytes:,}; if the file is trusted and the disk has "
+            "room, raise KPNB_MAX_UNZIP_BYTES"
+        )
     seen: dict[str, str] = {}
     out = []
     for info in infos:
@@ -299,19 +327,25 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
         mode = info.external_attr >> 16
         if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-            raise ZipLimitError(f"{archive}: member {raw!r} is {kind}; refusing this archive "
-                                "(a dataset zip holds only files and folders)")  # fmt: skip
+            raise ZipLimitError(
+                f"{archive}: member {raw!r} is {kind}; refusing this archive "
+                "(a dataset zip holds only files and folders)"
+            )
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
-            raise ZipLimitError(f"{archive}: member {raw!r} would be written outside the "
-                                "target folder; refusing this archive")  # fmt: skip
+            raise ZipLimitError(
+                f"{archive}: member {raw!r} would be written outside the "
+                "target folder; refusing this archive"
+            )
         if not parts:
             continue
         clean = "/".join(parts) + ("/" if info.is_dir() else "")
         if clean.rstrip("/") in seen:
-            raise ZipLimitError(f"{archive}: member {raw!r} occurs twice (also as "
-                                f"{seen[clean.rstrip('/')]!r}); which one is meant is "
-                                "ambiguous, refusing this archive")  # fmt: skip
+            raise ZipLimitError(
+                f"{archive}: member {raw!r} occurs twice (also as "
+                f"{seen[clean.rstrip('/')]!r}); which one is meant is "
+                "ambiguous, refusing this archive"
+            )
         seen[clean.rstrip("/")] = raw
         _check_ratio(archive, info, limits)
         out.append((info, clean))
@@ -320,9 +354,11 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
         parts = clean.rstrip("/").split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in files:
-                raise ZipLimitError(f"{archive}: member {info.filename!r} lies inside "
-                                    f"{'/'.join(parts[:i])!r}, which the zip also holds as a "
-                                    "file; refusing this archive")  # fmt: skip
+                raise ZipLimitError(
+                    f"{archive}: member {info.filename!r} lies inside "
+                    f"{'/'.join(parts[:i])!r}, which the zip also holds as a "
+                    "file; refusing this archive"
+                )
     return out
 
 
@@ -335,14 +371,21 @@ def check_member(archive, info: zipfile.ZipInfo, limits: ZipLimits | None = None
     limits = limits or zip_limits()
     _check_ratio(archive, info, limits)
     if info.file_size > limits.max_bytes:
-        raise ZipLimitError(f"{archive}: member {info.filename!r} unpacks to "
-                            f"{info.file_size:,} bytes, more than the limit of "
-                            f"{limits.max_bytes:,}; raise KPNB_MAX_UNZIP_BYTES if the file is "
-                            "trusted")  # fmt: skip
+        raise ZipLimitError(
+            f"{archive}: member {info.filename!r} unpacks to "
+            f"{info.file_size:,} bytes, more than the limit of "
+            f"{limits.max_bytes:,}; raise KPNB_MAX_UNZIP_BYTES if the file is "
+            "trusted"
+        )
 
 
-def read_member(archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo | str,
-                limits: ZipLimits | None = None, chunk: int = 2**20) -> bytes:  # fmt: skip
+def read_member(
+    archive,
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo | str,
+    limits: ZipLimits | None = None,
+    chunk: int = 2**20,
+) -> bytes:
     """The bytes of one zip member, read in chunks and refused past the limits.
 
     The header's sizes are checked first (ratio and total bytes); the stream is cut off at
@@ -357,7 +400,9 @@ def read_member(archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo | str,
         while block := f.read(chunk):
             size += len(block)
             if size > info.file_size:  # zipfile stops at the declared size; be sure anyway
-                raise ZipLimitError(f"{archive}: member {info.filename!r} is larger than "
-                                    "its header says; the zip is corrupt")  # fmt: skip
+                raise ZipLimitError(
+                    f"{archive}: member {info.filename!r} is larger than "
+                    "its header says; the zip is corrupt"
+                )
             parts.append(block)
     return b"".join(parts)

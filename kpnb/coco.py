@@ -59,8 +59,14 @@ def _skeleton_edges(edges: list, k: int, where: str) -> tuple[tuple[int, int], .
     good = tuple(e for e in shifted if 0 <= e[0] < k and 0 <= e[1] < k and e[0] != e[1])
     if len(good) < len(shifted):
         bad = [p for p, e in zip(pairs, shifted, strict=True) if e not in good]
-        log.warning("%s: dropped %d skeleton edges %s that point past its %d keypoints "
-                    "(%d-based)", where, len(bad), bad, k, base)  # fmt: skip
+        log.warning(
+            "%s: dropped %d skeleton edges %s that point past its %d keypoints (%d-based)",
+            where,
+            len(bad),
+            bad,
+            k,
+            base,
+        )
     return good
 
 
@@ -84,16 +90,19 @@ def _coco_files(source: Path) -> list[tuple[Path, bytes]]:
         try:
             limits = zip_limits()
             with zipfile.ZipFile(source) as zf:
-                infos = sorted((i for i in zf.infolist() if i.filename.lower().endswith(".json")),
-                               key=lambda i: i.filename)  # fmt: skip
+                infos = sorted(
+                    (i for i in zf.infolist() if i.filename.lower().endswith(".json")),
+                    key=lambda i: i.filename,
+                )
                 if not infos:
                     raise FileNotFoundError(f"{source}: no .json member; is this a COCO export?")
                 return [(Path(i.filename), read_member(source, zf, i, limits)) for i in infos]
         except ZipLimitError as exc:
             raise CocoFormatError(str(exc)) from None
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise CocoFormatError(f"{source}: not a readable zip ({exc}); export it "
-                                  "again") from None  # fmt: skip
+            raise CocoFormatError(
+                f"{source}: not a readable zip ({exc}); export it again"
+            ) from None
     return [(source, source.read_bytes())]
 
 
@@ -142,14 +151,23 @@ def read_coco(source: str | os.PathLike) -> Annotations:
         for img in doc["images"]:
             if img.get("id") in image_of:
                 first = images[image_of[img["id"]]]["name"]
-                raise _fix(where, f"image id {img['id']} is used twice ({first!r} and "
-                           f"{img.get('file_name')!r})", "give every image its own id; "
-                           "kpnb does not merge their annotations")  # fmt: skip
+                raise _fix(
+                    where,
+                    f"image id {img['id']} is used twice ({first!r} and {img.get('file_name')!r})",
+                    "give every image its own id; kpnb does not merge their annotations",
+                )
             idx = len(images)
             image_of[img.get("id")] = idx
-            images.append({"image_index": idx, "image_id": img["id"], "name": img["file_name"],
-                           "width": img.get("width"), "height": img.get("height"),
-                           "subset": subset})  # fmt: skip
+            images.append(
+                {
+                    "image_index": idx,
+                    "image_id": img["id"],
+                    "name": img["file_name"],
+                    "width": img.get("width"),
+                    "height": img.get("height"),
+                    "subset": subset,
+                }
+            )
         cats = {c["id"]: c for c in doc.get("categories", [])}
         sizes = _keypoint_counts(doc, cats, where)
         for cat in cats.values():
@@ -159,27 +177,42 @@ def read_coco(source: str | os.PathLike) -> Annotations:
             if k and name not in skeletons:
                 names = [str(n) for n in cat.get("keypoints") or []][:k]
                 names += [str(i + 1) for i in range(len(names), k)]
-                edges = _skeleton_edges(cat.get("skeleton") or [], k,
-                                        f"{where}: category {name!r}")  # fmt: skip
+                edges = _skeleton_edges(cat.get("skeleton") or [], k, f"{where}: category {name!r}")
                 skeletons[name] = Skeleton(tuple(names), edges)
         for ann in doc["annotations"]:
             aid = ann.get("id")
             if ann.get("image_id") not in image_of:
-                raise _fix(where, f"annotation {aid} refers to unknown image "
-                           f"{ann.get('image_id')}", "list that image in 'images'")  # fmt: skip
+                raise _fix(
+                    where,
+                    f"annotation {aid} refers to unknown image {ann.get('image_id')}",
+                    "list that image in 'images'",
+                )
             cat = cats.get(ann.get("category_id"))
             if cat is None:
-                raise _fix(where, f"annotation {aid} has unknown category "
-                           f"{ann.get('category_id')}", "list it in 'categories'")  # fmt: skip
+                raise _fix(
+                    where,
+                    f"annotation {aid} has unknown category {ann.get('category_id')}",
+                    "list it in 'categories'",
+                )
             image, label = image_of[ann["image_id"]], str(cat["name"])
             group = 0
             if ann.get("bbox"):
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 group = len(boxes) + 1
-                boxes.append({"image_index": image, "box_id": aid, "label": label, "xtl": x,
-                              "ytl": y, "xbr": x + w, "ybr": y + h, "group_id": group,
-                              "occluded": bool((ann.get("attributes") or {}).get("occluded")),
-                              "source": "file"})  # fmt: skip
+                boxes.append(
+                    {
+                        "image_index": image,
+                        "box_id": aid,
+                        "label": label,
+                        "xtl": x,
+                        "ytl": y,
+                        "xbr": x + w,
+                        "ybr": y + h,
+                        "group_id": group,
+                        "occluded": bool((ann.get("attributes") or {}).get("occluded")),
+                        "source": "file",
+                    }
+                )
             kps = ann.get("keypoints") or []
             if not kps:
                 continue
@@ -187,47 +220,93 @@ def read_coco(source: str | os.PathLike) -> Annotations:
             try:
                 triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
             except (TypeError, ValueError):
-                raise _fix(where, f"annotation {aid}: keypoints are not [x, y, v] numbers",
-                           "write 3 numbers per keypoint") from None  # fmt: skip
+                raise _fix(
+                    where,
+                    f"annotation {aid}: keypoints are not [x, y, v] numbers",
+                    "write 3 numbers per keypoint",
+                ) from None
             if len(triples) < k:  # fewer than others: the missing ones are absent
                 triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
             elif len(triples) > k:
-                raise _fix(where, f"annotation {aid}: {len(kps)} keypoint values, expected "
-                           f"3 x {k}", "write one [x, y, v] per keypoint of its "
-                           "category")  # fmt: skip
+                raise _fix(
+                    where,
+                    f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
+                    "write one [x, y, v] per keypoint of its category",
+                )
             v = triples[:, 2]
             bad = ~np.isin(v, (0, 1, 2))
             if bad.any():
-                raise _fix(where, f"annotation {aid}: visibility {v[bad][0]:g} at keypoint "
-                           f"{int(np.flatnonzero(bad)[0])}", "COCO visibility is 0 (absent), "
-                           "1 (occluded) or 2 (visible)")  # fmt: skip
+                raise _fix(
+                    where,
+                    f"annotation {aid}: visibility {v[bad][0]:g} at keypoint "
+                    f"{int(np.flatnonzero(bad)[0])}",
+                    "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
+                )
             chunks.append((image, next_instance, label, group, triples))
             for key, value in (ann.get("attributes") or {}).items():
                 attrs.append((next_instance, -1, str(key), str(value)))
-            extra.append((next_instance, aid, ann.get("area"), int(ann.get("iscrowd") or 0),
-                          ann.get("segmentation")))  # fmt: skip
+            extra.append(
+                (
+                    next_instance,
+                    aid,
+                    ann.get("area"),
+                    int(ann.get("iscrowd") or 0),
+                    ann.get("segmentation"),
+                )
+            )
             next_instance += 1
     kp = _keypoint_rows(chunks, skeletons)
-    img_df = pd.DataFrame(images, columns=["image_index", "image_id", "name", "width", "height",
-                                           "subset"])  # fmt: skip
+    img_df = pd.DataFrame(
+        images, columns=["image_index", "image_id", "name", "width", "height", "subset"]
+    )
     img_df[["width", "height"]] = img_df[["width", "height"]].astype("Int32")
-    box_df = tidy_boxes(pd.DataFrame(boxes, columns=["image_index", "box_id", "label", "xtl",
-                                                     "ytl", "xbr", "ybr", "group_id",
-                                                     "occluded", "source"]))  # fmt: skip
-    coco_extra = pd.DataFrame(extra, columns=["instance_id", "id", "area", "iscrowd",
-                                              "segmentation"])  # fmt: skip
+    box_df = tidy_boxes(
+        pd.DataFrame(
+            boxes,
+            columns=[
+                "image_index",
+                "box_id",
+                "label",
+                "xtl",
+                "ytl",
+                "xbr",
+                "ybr",
+                "group_id",
+                "occluded",
+                "source",
+            ],
+        )
+    )
+    coco_extra = pd.DataFrame(
+        extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
+    )
     return Annotations(
-        tidy_images(img_df), tidy_keypoints(kp), skeletons,
-        pd.DataFrame(labels, columns=["name", "type"]), box_df,
+        tidy_images(img_df),
+        tidy_keypoints(kp),
+        skeletons,
+        pd.DataFrame(labels, columns=["name", "type"]),
+        box_df,
         pd.DataFrame(attrs, columns=["instance_id", "point_index", "name", "value"]),
         {"source": str(source), "format": "coco", "coco_annotations": coco_extra},
-    )  # fmt: skip
+    )
 
 
 def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
     """The keypoint table from per-annotation ``[K, 3]`` arrays, in one vectorised step."""
-    columns = ["image_index", "instance_id", "label", "keypoint", "point_index", "x", "y",
-               "visibility", "occluded", "outside", "group_id", "source"]  # fmt: skip
+    columns = [
+        "image_index",
+        "instance_id",
+        "label",
+        "keypoint",
+        "point_index",
+        "x",
+        "y",
+        "visibility",
+        "occluded",
+        "outside",
+        "group_id",
+        "source",
+    ]
     if not chunks:
         return pd.DataFrame({c: [] for c in columns})
     counts = np.array([len(c[4]) for c in chunks])
@@ -239,13 +318,22 @@ def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
     x, y = xyv[:, 0].copy(), xyv[:, 1].copy()
     unplaced = (v == 0) & (x == 0) & (y == 0)
     x[unplaced] = y[unplaced] = np.nan
-    return pd.DataFrame({
-        "image_index": np.repeat([c[0] for c in chunks], counts),
-        "instance_id": np.repeat([c[1] for c in chunks], counts),
-        "label": labels, "keypoint": names, "point_index": point, "x": x, "y": y,
-        "visibility": v, "occluded": v == 1, "outside": v == 0,
-        "group_id": np.repeat([c[3] for c in chunks], counts), "source": "file",
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_index": np.repeat([c[0] for c in chunks], counts),
+            "instance_id": np.repeat([c[1] for c in chunks], counts),
+            "label": labels,
+            "keypoint": names,
+            "point_index": point,
+            "x": x,
+            "y": y,
+            "visibility": v,
+            "occluded": v == 1,
+            "outside": v == 0,
+            "group_id": np.repeat([c[3] for c in chunks], counts),
+            "source": "file",
+        }
+    )
 
 
 def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
@@ -257,19 +345,33 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
         cid, kps = ann.get("category_id"), ann.get("keypoints") or []
         if cid in named and kps:
             if len(kps) % 3:
-                raise _fix(where, f"annotation {ann.get('id')}: keypoints length {len(kps)} is "
-                           "not a multiple of 3", "write one [x, y, v] per keypoint")  # fmt: skip
+                raise _fix(
+                    where,
+                    f"annotation {ann.get('id')}: keypoints length {len(kps)} is "
+                    "not a multiple of 3",
+                    "write one [x, y, v] per keypoint",
+                )
             seen[cid] = max(seen.get(cid, 0), len(kps) // 3)
     sizes = {}
     for cid, n in named.items():
         k = seen.get(cid, n)
         if n and k < n:
-            log.warning("%s: category %r names %d keypoints but its annotations hold %d "
-                        "triples; keeping the first %d names", where, cats[cid].get("name"), n,
-                        k, k)  # fmt: skip
+            log.warning(
+                "%s: category %r names %d keypoints but its annotations hold %d "
+                "triples; keeping the first %d names",
+                where,
+                cats[cid].get("name"),
+                n,
+                k,
+                k,
+            )
         elif n and k > n:
-            raise _fix(where, f"category {cats[cid].get('name')!r} names {n} keypoints but an "
-                       f"annotation holds {k} triples", "list every keypoint's name")  # fmt: skip
+            raise _fix(
+                where,
+                f"category {cats[cid].get('name')!r} names {n} keypoints but an "
+                f"annotation holds {k} triples",
+                "list every keypoint's name",
+            )
         sizes[cid] = k
     return sizes
 
@@ -288,8 +390,9 @@ def _frame_name(name: str, video: bool) -> str:
     return name + ".PNG" if video and not Path(name).suffix else name
 
 
-def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None,
-            skeletons_only: bool = False) -> dict:  # fmt: skip
+def to_coco(
+    ann: Annotations, *, points_as_skeleton: str | None = None, skeletons_only: bool = False
+) -> dict:
     """COCO keypoints as CVAT's "COCO Keypoints 1.0" export (datumaro) writes them.
 
     One category per skeleton label (``keypoints`` names, 1-based ``skeleton``) and per
@@ -312,8 +415,11 @@ def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None,
     plain = [lab for lab in ann.plain_labels()]
     if skeletons_only and plain:
         dropped = kp[kp["label"].astype(str).isin(plain)]
-        log.warning("to_coco: skeletons only: left out plain <points> labels %s (%d shapes)",
-                    plain, dropped["instance_id"].nunique())  # fmt: skip
+        log.warning(
+            "to_coco: skeletons only: left out plain <points> labels %s (%d shapes)",
+            plain,
+            dropped["instance_id"].nunique(),
+        )
         kp = kp[~kp["label"].astype(str).isin(plain)]
         plain = []
     cat_ids = _category_ids(ann, list(ann.skeletons) + plain)
@@ -321,9 +427,15 @@ def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None,
     for name, cid in cat_ids.items():
         sk = ann.skeletons.get(name)
         edges = [[a + 1, b + 1] for a, b in sk.edges] if sk else []
-        categories.append({"id": cid, "name": name, "supercategory": "",
-                           "keypoints": list(sk.keypoints) if sk else [],
-                           "skeleton": edges})  # fmt: skip
+        categories.append(
+            {
+                "id": cid,
+                "name": name,
+                "supercategory": "",
+                "keypoints": list(sk.keypoints) if sk else [],
+                "skeleton": edges,
+            }
+        )
     imgs = ann.images
     from_coco = ann.meta.get("format") == "coco" and imgs["image_id"].is_unique
     ids = imgs["image_id"].to_numpy(np.int64) if from_coco else np.arange(1, len(imgs) + 1)
@@ -332,15 +444,33 @@ def to_coco(ann: Annotations, *, points_as_skeleton: str | None = None,
     video = ann.meta.get("format") == "video"
     widths = imgs["width"].fillna(0).astype(int).tolist()
     heights = imgs["height"].fillna(0).astype(int).tolist()
-    images = [{"id": i, "width": w, "height": h, "file_name": _frame_name(str(n), video),
-               "license": 0, "flickr_url": "", "coco_url": "", "date_captured": 0}
-              for i, w, h, n in zip(ids.tolist(), widths, heights, imgs["name"].tolist(),
-                                    strict=True)]  # fmt: skip
-    return {"licenses": [{"name": "", "id": 0, "url": ""}],
-            "info": {"contributor": "", "date_created": "", "description": "kpnb", "url": "",
-                     "version": "", "year": ""},
-            "categories": categories, "images": images,
-            "annotations": _annotations(ann, kp, cat_ids, image_ids)}  # fmt: skip
+    images = [
+        {
+            "id": i,
+            "width": w,
+            "height": h,
+            "file_name": _frame_name(str(n), video),
+            "license": 0,
+            "flickr_url": "",
+            "coco_url": "",
+            "date_captured": 0,
+        }
+        for i, w, h, n in zip(ids.tolist(), widths, heights, imgs["name"].tolist(), strict=True)
+    ]
+    return {
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {
+            "contributor": "",
+            "date_created": "",
+            "description": "kpnb",
+            "url": "",
+            "version": "",
+            "year": "",
+        },
+        "categories": categories,
+        "images": images,
+        "annotations": _annotations(ann, kp, cat_ids, image_ids),
+    }
 
 
 def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: dict) -> list:
@@ -370,8 +500,9 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
         box = grouped.get((int(image[i]), int(group[i])))
         if box is not None:
             x0[i], y0[i], x1[i], y1[i] = box
-    occluded = (np.maximum.reduceat(kp["occluded"].to_numpy(bool).astype(np.int8), starts)
-                > 0).tolist()  # fmt: skip
+    occluded = (
+        np.maximum.reduceat(kp["occluded"].to_numpy(bool).astype(np.int8), starts) > 0
+    ).tolist()
     labels = kp["label"].astype("category")
     codes = labels.cat.codes.to_numpy()[starts]
     names = [str(c) for c in labels.cat.categories]
@@ -393,21 +524,41 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
     kept = {}
     if isinstance(extra, pd.DataFrame) and len(extra):
         kept = {int(r[0]): r[1:] for r in extra.itertuples(index=False)}
-    out = [{"id": n, "image_id": i, "category_id": c, "segmentation": [], "area": a,
-            "bbox": b, "iscrowd": 0, "attributes": {"occluded": o, "keyframe": False},
-            "keypoints": flat[s:e], "num_keypoints": k}
-           for n, i, c, a, b, o, s, e, k in zip(range(1, len(starts) + 1), image_id, category,
-                                                area, bx, occluded, (3 * starts).tolist(),
-                                                (3 * ends).tolist(), n_on,
-                                                strict=True)]  # fmt: skip
+    out = [
+        {
+            "id": n,
+            "image_id": i,
+            "category_id": c,
+            "segmentation": [],
+            "area": a,
+            "bbox": b,
+            "iscrowd": 0,
+            "attributes": {"occluded": o, "keyframe": False},
+            "keypoints": flat[s:e],
+            "num_keypoints": k,
+        }
+        for n, i, c, a, b, o, s, e, k in zip(
+            range(1, len(starts) + 1),
+            image_id,
+            category,
+            area,
+            bx,
+            occluded,
+            (3 * starts).tolist(),
+            (3 * ends).tolist(),
+            n_on,
+            strict=True,
+        )
+    ]
     for n, entry in enumerate(out if kept else ()):
         original = kept.get(first[n])
         if original is not None:
             aid, file_area, iscrowd, segmentation = original
             if aid is not None and not (isinstance(aid, float) and math.isnan(aid)):
                 entry["id"] = int(aid)
-            if file_area is not None and not (isinstance(file_area, float)
-                                              and math.isnan(file_area)):  # fmt: skip
+            if file_area is not None and not (
+                isinstance(file_area, float) and math.isnan(file_area)
+            ):
                 entry["area"] = file_area
             entry["iscrowd"] = int(iscrowd)
             if segmentation is not None:

@@ -148,10 +148,14 @@ def environment_report():
 
     device = select_device().type
     rows = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "kpnb": version(), "device": device,
-        "cpu threads": torch.get_num_threads(), "smoke mode": SMOKE,
-    }  # fmt: skip
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "kpnb": version(),
+        "device": device,
+        "cpu threads": torch.get_num_threads(),
+        "smoke mode": SMOKE,
+    }
     if device == "cuda":
         rows["gpu"] = torch.cuda.get_device_name(0)
     return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))

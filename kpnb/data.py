@@ -30,8 +30,15 @@ from kpnb.config import cache_dir
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
 
-__all__ = ["read_annotations", "detect_format", "get_dataset", "register_dataset",
-           "DatasetUnavailableError", "REGISTRY", "safe_extract"]  # fmt: skip
+__all__ = [
+    "read_annotations",
+    "detect_format",
+    "get_dataset",
+    "register_dataset",
+    "DatasetUnavailableError",
+    "REGISTRY",
+    "safe_extract",
+]
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +150,9 @@ def safe_extract(
         limits = zip_limits(max_bytes, max_ratio, max_members)
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as exc:
-        raise DatasetUnavailableError(f"{archive}: not a zip file ({exc}); is the file "
-                                      "complete?") from None  # fmt: skip
+        raise DatasetUnavailableError(
+            f"{archive}: not a zip file ({exc}); is the file complete?"
+        ) from None
     except ZipLimitError as exc:
         raise DatasetUnavailableError(str(exc)) from None
     with zf:
@@ -170,22 +178,28 @@ def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, d
             while block := src.read(2**20):
                 written += len(block)
                 if written > info.file_size:  # zipfile stops there already; be sure anyway
-                    raise DatasetUnavailableError(f"{archive}: member {info.filename!r} is "
-                                                  "larger than its header says; the zip is "
-                                                  "corrupt")  # fmt: skip
+                    raise DatasetUnavailableError(
+                        f"{archive}: member {info.filename!r} is "
+                        "larger than its header says; the zip is "
+                        "corrupt"
+                    )
                 out.write(block)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise DatasetUnavailableError(f"{archive}: member {info.filename!r} is corrupt "
-                                      f"({exc})") from None  # fmt: skip
+        raise DatasetUnavailableError(
+            f"{archive}: member {info.filename!r} is corrupt ({exc})"
+        ) from None
     except FileExistsError:  # a case-insensitive disk: 'A.png' and 'a.png' are one file
-        raise DatasetUnavailableError(f"{archive}: member {info.filename!r} names a file "
-                                      "written before (the names differ only in case); "
-                                      "refusing this archive") from None  # fmt: skip
+        raise DatasetUnavailableError(
+            f"{archive}: member {info.filename!r} names a file "
+            "written before (the names differ only in case); "
+            "refusing this archive"
+        ) from None
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
         if isinstance(exc, DatasetUnavailableError):
             raise
-        raise DatasetUnavailableError(f"{archive}: member {info.filename!r} cannot be "
-                                      f"unpacked ({exc})") from None  # fmt: skip
+        raise DatasetUnavailableError(
+            f"{archive}: member {info.filename!r} cannot be unpacked ({exc})"
+        ) from None
 
 
 def _dataset_root(folder: Path) -> Path:
@@ -224,8 +238,15 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
     import requests
 
     try:
-        return Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}" if sha256 else None,
-                                   fname=fname, path=folder, progressbar=progress))  # fmt: skip
+        return Path(
+            pooch.retrieve(
+                url,
+                known_hash=f"sha256:{sha256}" if sha256 else None,
+                fname=fname,
+                path=folder,
+                progressbar=progress,
+            )
+        )
     except requests.exceptions.HTTPError as exc:
         raise DatasetUnavailableError(f"could not download {url}: {exc}") from None
     except requests.exceptions.ChunkedEncodingError as exc:
@@ -274,8 +295,9 @@ def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
         if not discard:
             raise
         _discard(archive)
-        raise DatasetUnavailableError(f"{exc}; the download was deleted, so the next run "
-                                      "downloads it again") from None  # fmt: skip
+        raise DatasetUnavailableError(
+            f"{exc}; the download was deleted, so the next run downloads it again"
+        ) from None
 
 
 def get_dataset(
@@ -318,8 +340,9 @@ def get_dataset(
         folder, fname = _cache_name(remote.url)
         extracted = root / "datasets" / folder
         if not extracted.is_dir():
-            archive = _download(remote.url, remote.sha256 or sha256, root / "downloads" / folder,
-                                fname, progress)  # fmt: skip
+            archive = _download(
+                remote.url, remote.sha256 or sha256, root / "downloads" / folder, fname, progress
+            )
             _extract_verified(archive, extracted, discard=True)
         return _dataset_root(extracted)
     path = Path(spec).expanduser()
@@ -390,7 +413,11 @@ def open_export(
         except ValueError as exc:
             raise KpnbError(f"{found}: {exc}") from None
         label = skeleton_name
-        log.info("%s has no skeleton: each image's plain <points> (%s) became one instance of "
-                 "a skeleton %r (kpnb.tables.points_to_skeleton)", found,
-                 ", ".join(ann.skeletons[label].keypoints), label)  # fmt: skip
+        log.info(
+            "%s has no skeleton: each image's plain <points> (%s) became one instance of "
+            "a skeleton %r (kpnb.tables.points_to_skeleton)",
+            found,
+            ", ".join(ann.skeletons[label].keypoints),
+            label,
+        )
     return root, ann, label

@@ -24,10 +24,17 @@ from kpnb.images import find_image, load_image
 from kpnb.tables import Annotations, Skeleton
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
-__all__ = ["KeypointDataset", "collate_fn", "split_indices", "make_loaders", "check_export",
-           "instance_boxes"]
+__all__ = [
+    "KeypointDataset",
+    "collate_fn",
+    "split_indices",
+    "make_loaders",
+    "check_export",
+    "instance_boxes",
+]
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Item:
@@ -40,8 +47,14 @@ class _Item:
     area: np.ndarray | None = None  # [N] the file's own areas (COCO), NaN where none
 
 
-def _instance_boxes(xy: np.ndarray, vis: np.ndarray, width: float, height: float,
-                    margin: float, min_fraction: float = 0.1) -> np.ndarray:  # fmt: skip
+def _instance_boxes(
+    xy: np.ndarray,
+    vis: np.ndarray,
+    width: float,
+    height: float,
+    margin: float,
+    min_fraction: float = 0.1,
+) -> np.ndarray:
     """Boxes for instances that have no box of their own: the extent of the labelled
     (v > 0) points, grown by `margin` of its size (at least 2 px), then widened around its
     centre to at least `min_fraction` of the image's shorter side, and clipped to the image.
@@ -81,11 +94,14 @@ def _not_a_skeleton(ann: Annotations, label: str) -> ValueError:
     one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
     hint = ""
     if one_point:
-        hint = (f"; one-point <points> labels {one_point} need combining first: "
-                "kpnb.tables.points_to_skeleton(annotations, name)")  # fmt: skip
+        hint = (
+            f"; one-point <points> labels {one_point} need combining first: "
+            "kpnb.tables.points_to_skeleton(annotations, name)"
+        )
     usable = list(ann.skeletons) + ann.multi_point_labels()
-    return ValueError(f"{label!r} is not a skeleton label (skeletons and multi-point labels: "
-                      f"{usable}){hint}")  # fmt: skip
+    return ValueError(
+        f"{label!r} is not a skeleton label (skeletons and multi-point labels: {usable}){hint}"
+    )
 
 
 class KeypointDataset(Dataset):
@@ -151,8 +167,9 @@ class KeypointDataset(Dataset):
                     f"under {self.root}:\n  {listed}{more}\nfix image_root, or pass "
                     "skip_missing=True to leave them out"
                 )
-            log.warning("left out %d images whose files are missing under %s", len(missing),
-                        self.root)  # fmt: skip
+            log.warning(
+                "left out %d images whose files are missing under %s", len(missing), self.root
+            )
         self.skipped = len(missing)
 
     def _build(self, ann: Annotations, images: pd.DataFrame, margin: float, min_box: float):
@@ -164,9 +181,13 @@ class KeypointDataset(Dataset):
         extra = ann.meta.get("coco_annotations")
         areas = {}
         if isinstance(extra, pd.DataFrame) and len(extra):
-            areas = dict(zip(extra["instance_id"].tolist(),
-                             pd.to_numeric(extra["area"], errors="coerce").tolist(),
-                             strict=True))  # fmt: skip
+            areas = dict(
+                zip(
+                    extra["instance_id"].tolist(),
+                    pd.to_numeric(extra["area"], errors="coerce").tolist(),
+                    strict=True,
+                )
+            )
         items, missing = [], []
         for img in images.itertuples(index=False):
             path = find_image(self.root, str(img.name), img.subset)
@@ -225,8 +246,13 @@ class KeypointDataset(Dataset):
     def sample(self, index: int):
         """The untransformed v2 sample ``(Image, target)`` (for pictures and tests)."""
         item = self.items[index]
-        return make_sample(self.load_image(index), item.boxes, np.ones(len(item.boxes)),
-                           item.keypoints, item.visibility)  # fmt: skip
+        return make_sample(
+            self.load_image(index),
+            item.boxes,
+            np.ones(len(item.boxes)),
+            item.keypoints,
+            item.visibility,
+        )
 
     def __getitem__(self, index: int):
         image, target = self.sample(index)
@@ -289,17 +315,23 @@ def split_indices(
     """
     images = ann.images
     if len(images) < 2:
-        raise KpnbError(f"{len(images)} image(s): training needs at least 2 (one to train on, "
-                         "one to validate on); annotate more images")  # fmt: skip
+        raise KpnbError(
+            f"{len(images)} image(s): training needs at least 2 (one to train on, "
+            "one to validate on); annotate more images"
+        )
     subsets = images["subset"].astype(object).str.lower()
     if subsets.notna().any():
         is_val = subsets.isin(_VAL_NAMES)
         is_train = subsets.isin(_TRAIN_NAMES)
         if is_val.any() and is_train.any():
-            return (images.loc[is_train, "image_index"].tolist(),
-                    images.loc[is_val, "image_index"].tolist())  # fmt: skip
-        log.info("subsets %s are not a train/validation pair; splitting at random",
-                 sorted(subsets.dropna().unique()))  # fmt: skip
+            return (
+                images.loc[is_train, "image_index"].tolist(),
+                images.loc[is_val, "image_index"].tolist(),
+            )
+        log.info(
+            "subsets %s are not a train/validation pair; splitting at random",
+            sorted(subsets.dropna().unique()),
+        )
     idx = images["image_index"].to_numpy()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(idx))
@@ -355,23 +387,43 @@ def make_loaders(
         log.info("%r: %s", skeleton_label, skeleton.flip_summary())
     lonely = unpaired_sides(skeleton.keypoints, skeleton.pairs)
     if lonely:
-        log.warning("%r: keypoints %s say left or right but have no partner; the flip "
-                    "leaves them in place (pass flip_pairs to pair them)", skeleton_label,
-                    lonely)  # fmt: skip
+        log.warning(
+            "%r: keypoints %s say left or right but have no partner; the flip "
+            "leaves them in place (pass flip_pairs to pair them)",
+            skeleton_label,
+            lonely,
+        )
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
-    train_ds = KeypointDataset(ann, image_root, skeleton_label,
-                               train_transforms(size, flip, policy=policy), indices=train_idx,
-                               skip_missing=skip_missing)  # fmt: skip
-    val_ds = KeypointDataset(ann, image_root, skeleton_label, eval_transforms(size),
-                             indices=val_idx, skip_missing=skip_missing)  # fmt: skip
+    train_ds = KeypointDataset(
+        ann,
+        image_root,
+        skeleton_label,
+        train_transforms(size, flip, policy=policy),
+        indices=train_idx,
+        skip_missing=skip_missing,
+    )
+    val_ds = KeypointDataset(
+        ann,
+        image_root,
+        skeleton_label,
+        eval_transforms(size),
+        indices=val_idx,
+        skip_missing=skip_missing,
+    )
     workers = default_workers() if num_workers is None else num_workers
     gen = torch.Generator().manual_seed(seed)
     # pinned memory lets the copies to a GPU run asynchronously (non_blocking in fit)
-    common = {"batch_size": batch_size, "collate_fn": collate_fn, "num_workers": workers,
-              "persistent_workers": workers > 0,
-              "pin_memory": torch.cuda.is_available()}  # fmt: skip
-    return (DataLoader(train_ds, shuffle=True, generator=gen, **common),
-            DataLoader(val_ds, shuffle=False, **common))  # fmt: skip
+    common = {
+        "batch_size": batch_size,
+        "collate_fn": collate_fn,
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    return (
+        DataLoader(train_ds, shuffle=True, generator=gen, **common),
+        DataLoader(val_ds, shuffle=False, **common),
+    )
 
 
 #: A box thinner than this many pixels, or than this share of the image's shorter side,
@@ -380,8 +432,9 @@ DEGENERATE_PX = 4.0
 DEGENERATE_FRACTION = 0.02
 
 
-def instance_boxes(ann: Annotations, label: str, *, box_margin: float = 0.1,
-                   min_box: float = 0.1) -> pd.DataFrame:  # fmt: skip
+def instance_boxes(
+    ann: Annotations, label: str, *, box_margin: float = 0.1, min_box: float = 0.1
+) -> pd.DataFrame:
     """The box every instance of `label` trains with, as the Dataset computes it: one row
     per instance with ``image_index``, ``instance_id``, ``xtl ytl xbr ybr``, ``source``
     (``"grouped"``: its own box; ``"points"``: made from its points) and ``degenerate``."""
@@ -406,18 +459,33 @@ def instance_boxes(ann: Annotations, label: str, *, box_margin: float = 0.1,
             if g and (image, int(g)) in grouped:
                 boxes[i], source[i] = grouped[(image, int(g))], "grouped"
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        limit = max(DEGENERATE_PX, DEGENERATE_FRACTION * min(w, h)) if np.isfinite(min(w, h)) \
+        limit = (
+            max(DEGENERATE_PX, DEGENERATE_FRACTION * min(w, h))
+            if np.isfinite(min(w, h))
             else DEGENERATE_PX
+        )
         for i in range(n):
-            out.append((int(image), int(rows["instance_id"].iloc[i * k]), *boxes[i].tolist(),
-                        source[i], bool(min(bw[i], bh[i]) < limit)))  # fmt: skip
-    return pd.DataFrame(out, columns=["image_index", "instance_id", "xtl", "ytl", "xbr", "ybr",
-                                      "source", "degenerate"])  # fmt: skip
+            out.append(
+                (
+                    int(image),
+                    int(rows["instance_id"].iloc[i * k]),
+                    *boxes[i].tolist(),
+                    source[i],
+                    bool(min(bw[i], bh[i]) < limit),
+                )
+            )
+    return pd.DataFrame(
+        out,
+        columns=["image_index", "instance_id", "xtl", "ytl", "xbr", "ybr", "source", "degenerate"],
+    )
 
 
-def check_export(ann: Annotations, image_root: str | os.PathLike,
-                 skeleton_label: str | None = None,
-                 flip_pairs: Sequence[tuple] | None = None) -> pd.DataFrame:  # fmt: skip
+def check_export(
+    ann: Annotations,
+    image_root: str | os.PathLike,
+    skeleton_label: str | None = None,
+    flip_pairs: Sequence[tuple] | None = None,
+) -> pd.DataFrame:
     """Is this export ready to train on? One row per check: ``ok``, and what was found.
 
     Checks image files, a skeleton label and its instances, visible points, the boxes the
@@ -432,17 +500,28 @@ def check_export(ann: Annotations, image_root: str | os.PathLike,
     def add(check: str, ok: bool, detail: str) -> None:
         rows.append({"check": check, "ok": bool(ok), "detail": detail})
 
-    missing = [str(r.name) for r in ann.images.itertuples(index=False)
-               if find_image(root, str(r.name), r.subset) is None]  # fmt: skip
-    add("image files", not missing, f"{len(ann.images) - len(missing)} of {len(ann.images)} found"
-        + (f"; missing e.g. {missing[:3]}" if missing else ""))  # fmt: skip
+    missing = [
+        str(r.name)
+        for r in ann.images.itertuples(index=False)
+        if find_image(root, str(r.name), r.subset) is None
+    ]
+    add(
+        "image files",
+        not missing,
+        f"{len(ann.images) - len(missing)} of {len(ann.images)} found"
+        + (f"; missing e.g. {missing[:3]}" if missing else ""),
+    )
     usable = list(ann.skeletons) + ann.multi_point_labels()
     label = skeleton_label or next(iter(usable), None)
     one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
-    add("skeleton label", label in usable,
-        f"{label!r} of {usable}" if usable else
-        f"none: for one <points> shape per keypoint ({one_point}) use "
-        "kpnb.tables.points_to_skeleton")  # fmt: skip
+    add(
+        "skeleton label",
+        label in usable,
+        f"{label!r} of {usable}"
+        if usable
+        else f"none: for one <points> shape per keypoint ({one_point}) use "
+        "kpnb.tables.points_to_skeleton",
+    )
     if label in usable:
         view = _with_pairs(_training_view(ann, label), label, flip_pairs)
         sk = view.skeletons[label]
@@ -454,20 +533,29 @@ def check_export(ann: Annotations, image_root: str | os.PathLike,
         boxes = instance_boxes(view, label)
         bad = boxes[boxes["degenerate"]]
         grouped = int((boxes["source"] == "grouped").sum())
-        detail = (f"{grouped} of {len(boxes)} instances have their own box, "
-                  f"{len(boxes) - grouped} get one from their points")  # fmt: skip
+        detail = (
+            f"{grouped} of {len(boxes)} instances have their own box, "
+            f"{len(boxes) - grouped} get one from their points"
+        )
         if len(bad):
             first = bad.iloc[0]
-            detail += (f"; {len(bad)} degenerate (thinner than {DEGENERATE_PX:g} px or "
-                       f"{DEGENERATE_FRACTION:.0%} of the image), e.g. "
-                       f"{view.describe_image(int(first['image_index']))}: "
-                       f"{first['xbr'] - first['xtl']:.1f} x {first['ybr'] - first['ytl']:.1f} px")
+            detail += (
+                f"; {len(bad)} degenerate (thinner than {DEGENERATE_PX:g} px or "
+                f"{DEGENERATE_FRACTION:.0%} of the image), e.g. "
+                f"{view.describe_image(int(first['image_index']))}: "
+                f"{first['xbr'] - first['xtl']:.1f} x {first['ybr'] - first['ytl']:.1f} px"
+            )
         add("instance boxes", bad.empty, detail)
         lonely = unpaired_sides(sk.keypoints, sk.pairs)
         add("flip pairs", not lonely, sk.flip_summary())
-        add("edges", bool(sk.edges) or sk.num_keypoints == 1,
-            f"{len(sk.edges)} edges" if sk.edges else "no edges: pictures show points without "
-            "lines (training does not need them; draw them in CVAT's skeleton editor)")  # fmt: skip
+        add(
+            "edges",
+            bool(sk.edges) or sk.num_keypoints == 1,
+            f"{len(sk.edges)} edges"
+            if sk.edges
+            else "no edges: pictures show points without "
+            "lines (training does not need them; draw them in CVAT's skeleton editor)",
+        )
     try:
         train, val = split_indices(ann)
     except ValueError:

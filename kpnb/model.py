@@ -32,8 +32,14 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kpnb.errors import KpnbError
 
-__all__ = ["WeightsUnavailableError", "build_model", "cpu_preset", "default_preset",
-           "load_checkpoint_model", "read_checkpoint"]  # fmt: skip
+__all__ = [
+    "WeightsUnavailableError",
+    "build_model",
+    "cpu_preset",
+    "default_preset",
+    "load_checkpoint_model",
+    "read_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +62,15 @@ def cpu_preset(size: int = 256) -> dict:
     measures the effect.
     """
     return {
-        "min_size": size, "max_size": size,
-        "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
-        "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
-        "box_batch_size_per_image": 128, "box_detections_per_img": 20,
-    }  # fmt: skip
+        "min_size": size,
+        "max_size": size,
+        "rpn_pre_nms_top_n_train": 600,
+        "rpn_post_nms_top_n_train": 300,
+        "rpn_pre_nms_top_n_test": 300,
+        "rpn_post_nms_top_n_test": 100,
+        "box_batch_size_per_image": 128,
+        "box_detections_per_img": 20,
+    }
 
 
 def default_preset() -> str:
@@ -95,9 +105,9 @@ def _coco_state_dict() -> dict:
     try:
         # torch.hub prints "Downloading: ..."; kpnb logs it instead
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-            state = torch.hub.load_state_dict_from_url(COCO_URL, model_dir=str(hub),
-                                                       progress=False, check_hash=True,
-                                                       weights_only=True)  # fmt: skip
+            state = torch.hub.load_state_dict_from_url(
+                COCO_URL, model_dir=str(hub), progress=False, check_hash=True, weights_only=True
+            )
         _log_said(said)
         return state
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
@@ -119,15 +129,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size == 0:
-        raise KpnbError(f"{path}: empty file, not a checkpoint; pass a best.pth or last.pth "
-                         "written by kpnb train")  # fmt: skip
+        raise KpnbError(
+            f"{path}: empty file, not a checkpoint; pass a best.pth or last.pth "
+            "written by kpnb train"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # a class or function to import: code
-            raise KpnbError(f"{path}: refused: it holds Python objects (code) besides tensors "
-                             "and plain data; kpnb never writes such files, so do not trust "
-                             "where it came from") from None  # fmt: skip
+            raise KpnbError(
+                f"{path}: refused: it holds Python objects (code) besides tensors "
+                "and plain data; kpnb never writes such files, so do not trust "
+                "where it came from"
+            ) from None
         raise KpnbError(f"{path}: not a checkpoint (unreadable pickle data)") from None
     except Exception as exc:  # truncated zip, garbage bytes: whatever the unpickler trips on
         raise KpnbError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
@@ -150,12 +164,19 @@ def _load_path(path: Path) -> dict:
     return state
 
 
-def _network(num_keypoints: int, num_classes: int, norm: str, norm_eps: float | None,
-             trainable: int, options: dict) -> KeypointRCNN:  # fmt: skip
+def _network(
+    num_keypoints: int,
+    num_classes: int,
+    norm: str,
+    norm_eps: float | None,
+    trainable: int,
+    options: dict,
+) -> KeypointRCNN:
     """ResNet-50 FPN Keypoint R-CNN as `keypointrcnn_resnet50_fpn` assembles it."""
     norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=norm_layer,
-                                   trainable_layers=trainable)  # fmt: skip
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=norm_layer, trainable_layers=trainable
+    )
     model = KeypointRCNN(backbone, num_classes, num_keypoints=num_keypoints, **options)
     if norm_eps is not None:  # torchvision sets eps 0 for the COCO_V1 weights (overwrite_eps)
         for module in model.modules():
@@ -236,10 +257,15 @@ def build_model(
     else:
         model = _network(num_keypoints, num_classes, norm, norm_eps, trainable, options)
     model.kpnb_build = {
-        "num_keypoints": int(num_keypoints), "num_classes": int(num_classes), "preset": preset,
-        "size": int(size), "trainable_backbone_layers": trainable, "norm": norm,
-        "norm_eps": norm_eps, "kwargs": dict(kwargs),
-    }  # fmt: skip
+        "num_keypoints": int(num_keypoints),
+        "num_classes": int(num_classes),
+        "preset": preset,
+        "size": int(size),
+        "trainable_backbone_layers": trainable,
+        "norm": norm,
+        "norm_eps": norm_eps,
+        "kwargs": dict(kwargs),
+    }
     return model
 
 
@@ -254,21 +280,27 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
 
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("model"), dict) or "skeleton" not in ckpt:
-        raise KpnbError(f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
-                         "pass a best.pth or last.pth written by kpnb train")  # fmt: skip
+        raise KpnbError(
+            f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
+            "pass a best.pth or last.pth written by kpnb train"
+        )
     skeleton = Skeleton.from_dict(ckpt["skeleton"])
     build = dict(ckpt.get("build") or {})
     if not build:  # checkpoints from before the build record: the CPU preset of their size
         config = ckpt.get("config") or {}
-        build = {"num_keypoints": skeleton.num_keypoints, "size": config.get("size", 256),
-                 "preset": config.get("preset") or "torchvision"}  # fmt: skip
+        build = {
+            "num_keypoints": skeleton.num_keypoints,
+            "size": config.get("size", 256),
+            "preset": config.get("preset") or "torchvision",
+        }
     kwargs = build.pop("kwargs", None) or {}
     model = build_model(**build, **kwargs, weights=None)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise KpnbError(f"{path}: its weights do not fit the model it describes "
-                         f"({_short(exc)})") from None  # fmt: skip
+        raise KpnbError(
+            f"{path}: its weights do not fit the model it describes ({_short(exc)})"
+        ) from None
     model.to(select_device(device)).eval()
     ckpt["skeleton_obj"] = skeleton
     return model, ckpt

@@ -93,18 +93,17 @@ def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[in
         for p in pair:
             if isinstance(p, (int, np.integer)):
                 if not 0 <= int(p) < len(names):
-                    raise KpnbError(f"flip pair {pair!r}: index {p} is not in "
-                                     f"0..{len(names) - 1}")  # fmt: skip
+                    raise KpnbError(f"flip pair {pair!r}: index {p} is not in 0..{len(names) - 1}")
                 idx.append(int(p))
             elif str(p) in names:
                 idx.append(names.index(str(p)))
             else:
-                raise KpnbError(f"flip pair {pair!r}: {p!r} is not a keypoint; "
-                                 f"keypoints are {names}")  # fmt: skip
+                raise KpnbError(
+                    f"flip pair {pair!r}: {p!r} is not a keypoint; keypoints are {names}"
+                )
         a, b = idx
         if a == b or a in seen or b in seen:
-            raise KpnbError(f"flip pair {pair!r}: a keypoint pairs with one other keypoint "
-                             "only")  # fmt: skip
+            raise KpnbError(f"flip pair {pair!r}: a keypoint pairs with one other keypoint only")
         seen |= {a, b}
         out.append((min(a, b), max(a, b)))
     return out
@@ -113,8 +112,11 @@ def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[in
 def unpaired_sides(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[str]:
     """Names that say left or right but have no partner (worth a warning: a typo, or a
     keypoint the flip cannot mirror)."""
-    paired = {i for p in (resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names))
-              for i in p}  # fmt: skip
+    paired = {
+        i
+        for p in (resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names))
+        for i in p
+    }
     return [str(n) for i, n in enumerate(names) if _side_key(n)[0] and i not in paired]
 
 
@@ -163,8 +165,11 @@ class Skeleton:
         if not isinstance(data, dict) or not isinstance(data.get("keypoints"), (list, tuple)):
             raise KpnbError(f"not a skeleton dict (keypoints, edges): {str(data)[:80]}")
         pairs = data.get("pairs")
-        return cls(tuple(data["keypoints"]), tuple(map(tuple, data.get("edges") or ())),
-                   None if pairs is None else tuple(map(tuple, pairs)))  # fmt: skip
+        return cls(
+            tuple(data["keypoints"]),
+            tuple(map(tuple, data.get("edges") or ())),
+            None if pairs is None else tuple(map(tuple, pairs)),
+        )
 
     @property
     def flip_indices(self) -> list[int]:
@@ -178,8 +183,10 @@ class Skeleton:
     def flip_summary(self) -> str:
         """One line for ``info`` and ``check_export``: the pairs, or that the flip is off."""
         if not self.flip_pairs:
-            return ("no left/right pairs: the training flip is off (pass --flip-pairs / "
-                    "flip_pairs= to turn it on)")  # fmt: skip
+            return (
+                "no left/right pairs: the training flip is off (pass --flip-pairs / "
+                "flip_pairs= to turn it on)"
+            )
         text = ", ".join(f"{self.keypoints[a]}<->{self.keypoints[b]}" for a, b in self.flip_pairs)
         lonely = unpaired_sides(self.keypoints, self.pairs)
         return text + (f"; no partner for {lonely}" if lonely else "")

@@ -117,16 +117,31 @@ def _in_triangle(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
 # shapes, a Lambert-shaded ellipsoid with radial fur streaks for each head. Features centred
 # on a keypoint (pupil, nose, inner ear) are flat colours, so the point stays well defined.
 _COATS = (  # fur colours of real cats, dogs and foxes
-    (205, 122, 58), (226, 204, 166), (140, 138, 140), (52, 46, 44), (122, 82, 52),
-    (156, 118, 82), (236, 232, 224), (198, 96, 42), (200, 160, 92), (92, 62, 46), (112, 118, 130),
-)  # fmt: skip
+    (205, 122, 58),
+    (226, 204, 166),
+    (140, 138, 140),
+    (52, 46, 44),
+    (122, 82, 52),
+    (156, 118, 82),
+    (236, 232, 224),
+    (198, 96, 42),
+    (200, 160, 92),
+    (92, 62, 46),
+    (112, 118, 130),
+)
 _IRISES = ((214, 160, 42), (128, 164, 64), (150, 98, 42), (104, 140, 170), (196, 128, 40))
 _CREAM = np.array([238, 228, 208], np.float32)
 _SCENES = ("meadow", "foliage", "wood", "stone", "fabric")
 
 
-def _noise(rng: np.random.Generator, width: int, height: int, cells: float,
-           octaves: int = 4, stretch: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:  # fmt: skip
+def _noise(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    cells: float,
+    octaves: int = 4,
+    stretch: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
     """Multi-octave value noise ``[height, width]`` in about [-1, 1]: bicubic-upsampled
     random grids, each octave twice as fine and half as strong. `cells` is the number of
     grid cells across the longer side at the coarsest octave; `stretch` scales x and y."""
@@ -154,8 +169,15 @@ def _jitter(rng: np.random.Generator, colour, amount: float = 0.12) -> np.ndarra
     return np.clip(np.asarray(colour, np.float32) * scale, 0, 255)
 
 
-def _blobs(rng: np.random.Generator, width: int, height: int, n: int, size: tuple[float, float],
-           blur: float, region: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:  # fmt: skip
+def _blobs(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    n: int,
+    size: tuple[float, float],
+    blur: float,
+    region: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
     """Soft blobs (0-1) drawn at half resolution and blurred: leaves, stones, bokeh."""
     w2, h2 = max(1, width // 2), max(1, height // 2)
     layer = Image.new("L", (w2, h2), 0)
@@ -174,18 +196,27 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     yy = np.linspace(0, 1, height, dtype=np.float32)[:, None]
     if kind == "meadow":
         horizon = rng.uniform(0.22, 0.5)
-        sky = _mix(_jitter(rng, (150, 190, 230)), _jitter(rng, (225, 235, 240)),
-                   np.broadcast_to(yy / horizon, (height, width)))  # fmt: skip
+        sky = _mix(
+            _jitter(rng, (150, 190, 230)),
+            _jitter(rng, (225, 235, 240)),
+            np.broadcast_to(yy / horizon, (height, width)),
+        )
         sky += (_blobs(rng, width, height, 6, (0.08, 0.2), 0.05, (0, horizon)) * 40)[..., None]
-        grass = _mix(_jitter(rng, (52, 92, 30)), _jitter(rng, (128, 160, 64)),
-                     0.5 + 0.6 * _noise(rng, width, height, 3, 5, stretch=(3.0, 0.6)))  # fmt: skip
+        grass = _mix(
+            _jitter(rng, (52, 92, 30)),
+            _jitter(rng, (128, 160, 64)),
+            0.5 + 0.6 * _noise(rng, width, height, 3, 5, stretch=(3.0, 0.6)),
+        )
         trees = _blobs(rng, width, height, 14, (0.04, 0.1), 0.02, (horizon - 0.08, horizon))
         grass *= (1 - 0.5 * trees)[..., None]
         edge = np.clip((yy - horizon) * height / 3 + 0.5, 0, 1)[..., None]
         img = sky * (1 - edge) + grass * edge
     elif kind == "foliage":
-        img = _mix(_jitter(rng, (24, 52, 20)), _jitter(rng, (70, 112, 40)),
-                   0.5 + 0.5 * _noise(rng, width, height, 2, 3))  # fmt: skip
+        img = _mix(
+            _jitter(rng, (24, 52, 20)),
+            _jitter(rng, (70, 112, 40)),
+            0.5 + 0.5 * _noise(rng, width, height, 2, 3),
+        )
         for shade in (0.7, 1.0, 1.35):
             leaves = _blobs(rng, width, height, 40, (0.02, 0.07), 0.008)
             img = _blend(img, _jitter(rng, (80, 128, 46)) * shade, leaves)
@@ -198,8 +229,11 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
         pos = np.mgrid[0:height, 0:width][1 if vertical else 0].astype(np.float32)
         period = rng.uniform(40, 90)
         rings = np.sin((pos + grain * rng.uniform(8, 20)) * 2 * np.pi / rng.uniform(5, 11))
-        img = _mix(_jitter(rng, (110, 68, 38)), _jitter(rng, (184, 132, 84)),
-                   0.55 + 0.25 * rings + 0.3 * grain)  # fmt: skip
+        img = _mix(
+            _jitter(rng, (110, 68, 38)),
+            _jitter(rng, (184, 132, 84)),
+            0.55 + 0.25 * rings + 0.3 * grain,
+        )
         img *= (1 - 0.45 * (np.mod(pos, period) < 2))[..., None]  # gaps between the boards
     elif kind == "stone":
         base = _noise(rng, width, height, 4, 5)
@@ -210,8 +244,10 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
         folds = _noise(rng, width, height, 1.5, 3, stretch=(0.6, 1.6))
         colour = _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.3) * 0.8 + 30
         img = colour * (0.85 + 0.3 * folds)[..., None]
-        weave = np.sin(np.arange(width, dtype=np.float32) * 2.1)[None, :] * np.sin(
-            np.arange(height, dtype=np.float32) * 2.1)[:, None]  # fmt: skip
+        weave = (
+            np.sin(np.arange(width, dtype=np.float32) * 2.1)[None, :]
+            * np.sin(np.arange(height, dtype=np.float32) * 2.1)[:, None]
+        )
         img += (weave * 4)[..., None]
     return img
 
@@ -255,10 +291,13 @@ def _coat(rng: np.random.Generator) -> dict:
     """How one animal looks: fur, markings, eyes (appearance only, no geometry)."""
     fur = _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.08)
     return {
-        "fur": fur, "iris": _jitter(rng, _IRISES[int(rng.integers(len(_IRISES)))], 0.08),
-        "muzzle": float(rng.uniform(0.5, 0.85)), "tabby": bool(rng.random() < 0.35),
-        "phase": rng.uniform(0, 2 * np.pi, 4), "streaks": rng.uniform(0, 2 * np.pi, 3),
-    }  # fmt: skip
+        "fur": fur,
+        "iris": _jitter(rng, _IRISES[int(rng.integers(len(_IRISES)))], 0.08),
+        "muzzle": float(rng.uniform(0.5, 0.85)),
+        "tabby": bool(rng.random() < 0.35),
+        "phase": rng.uniform(0, 2 * np.pi, 4),
+        "streaks": rng.uniform(0, 2 * np.pi, 3),
+    }
 
 
 def _aa(sd: np.ndarray, radius: float) -> np.ndarray:
@@ -299,8 +338,10 @@ def _blend(dst: np.ndarray, colour, alpha: np.ndarray) -> np.ndarray:
 def _window(shape, origin, centre, half: float) -> tuple[slice, slice]:
     """Rows and columns of a crop (at `origin` in the image) within `half` px of `centre`."""
     cx, cy = centre[0] - origin[0], centre[1] - origin[1]
-    return (slice(max(0, int(cy - half)), max(0, min(shape[0], int(cy + half) + 2))),
-            slice(max(0, int(cx - half)), max(0, min(shape[1], int(cx + half) + 2))))  # fmt: skip
+    return (
+        slice(max(0, int(cy - half)), max(0, min(shape[0], int(cy + half) + 2))),
+        slice(max(0, int(cx - half)), max(0, min(shape[1], int(cx + half) + 2))),
+    )
 
 
 def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -> None:
@@ -348,16 +389,19 @@ def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -
         stripes = np.clip(np.sin(u * 11 + ph[0] + 2 * np.sin(v * 3 + ph[1])) * 2 - 0.6, 0, 1)
         shade = shade * (1 - 0.45 * stripes * np.clip((-v - 0.42) / 0.2, 0, 1))
     head = fur * shade[..., None]
-    win = _window(out.shape, (x0, y0), _to_image(np.array([0.0, 0.5]), centre, radius, rot),
-                  0.55 * radius + 3)  # fmt: skip
+    win = _window(
+        out.shape, (x0, y0), _to_image(np.array([0.0, 0.5]), centre, radius, rot), 0.55 * radius + 3
+    )
     mu, mv = u[win], v[win]
-    muzzle = np.maximum.reduce([
-        1 - np.hypot((mu - 0.16) / 0.27, (mv - 0.42) / 0.21),
-        1 - np.hypot((mu + 0.16) / 0.27, (mv - 0.42) / 0.21),
-        1 - np.hypot(mu / 0.22, (mv - 0.62) / 0.14),
-        1 - np.hypot(mu / 0.2, (mv - 0.27) / 0.17),  # the bridge: light all round the nose
-    ])  # fmt: skip
-    pale = (fur + (_CREAM - fur) * coat["muzzle"])
+    muzzle = np.maximum.reduce(
+        [
+            1 - np.hypot((mu - 0.16) / 0.27, (mv - 0.42) / 0.21),
+            1 - np.hypot((mu + 0.16) / 0.27, (mv - 0.42) / 0.21),
+            1 - np.hypot(mu / 0.22, (mv - 0.62) / 0.14),
+            1 - np.hypot(mu / 0.2, (mv - 0.27) / 0.17),  # the bridge: light all round the nose
+        ]
+    )
+    pale = fur + (_CREAM - fur) * coat["muzzle"]
     pale = pale * (0.75 + 0.3 * lambert[win] + 0.05 * streaks[win])[..., None]
     head[win] = _blend(head[win], pale, np.clip(muzzle * radius / 3, 0, 1))
     # eyes: a dark rim, a shaded iris at least ~2 px wide (even on small faces), a pupil
@@ -411,8 +455,12 @@ def _draw_lines(img, centre, radius, rot, coat, box, rn) -> None:
     width = max(2, round(radius * 0.05 * s))
     dm.line(at([[0, top], [0, 0.47]]), fill=255, width=width)
     for sign in (1.0, -1.0):
-        dm.line(at([[0, 0.47], [sign * 0.09, 0.53], [sign * 0.19, 0.5]]), fill=255, width=width,
-                joint="curve")  # fmt: skip
+        dm.line(
+            at([[0, 0.47], [sign * 0.09, 0.53], [sign * 0.19, 0.5]]),
+            fill=255,
+            width=width,
+            joint="curve",
+        )
         for k, (dv, tip) in enumerate(((0.40, 0.30), (0.46, 0.46), (0.52, 0.64))):
             bend = coat["phase"][k % 4] * 0.01
             path = [[sign * 0.24, dv], [sign * 0.7, (dv + tip) / 2 + bend], [sign * 1.28, tip]]
@@ -423,7 +471,6 @@ def _draw_lines(img, centre, radius, rot, coat, box, rn) -> None:
     crop = img[y0:y1, x0:x1]
     crop = _blend(crop, coat["fur"] * 0.3, m * 0.85)
     img[y0:y1, x0:x1] = _blend(crop, (245, 242, 232), wk * 0.8)
-
 
 
 def render_scene(seed: int, index: int, layout: str = "skeleton") -> SyntheticScene:
@@ -485,13 +532,24 @@ def _subset(index: int) -> str:
 def _labels(layout: str) -> pd.DataFrame:
     colours = ["#f0c419", "#e74c3c", "#3498db", "#2ecc71", "#9b59b6", "#e67e22"]
     if layout == "skeleton":
-        rows = [{"name": LABEL, "type": "skeleton", "color": colours[0], "parent": None,
-                 "svg": skeleton_svg(FACE, _SVG_POSITIONS)}]  # fmt: skip
-        rows += [{"name": kp, "type": "points", "color": colours[i + 1], "parent": LABEL,
-                  "svg": None} for i, kp in enumerate(FACE.keypoints)]  # fmt: skip
+        rows = [
+            {
+                "name": LABEL,
+                "type": "skeleton",
+                "color": colours[0],
+                "parent": None,
+                "svg": skeleton_svg(FACE, _SVG_POSITIONS),
+            }
+        ]
+        rows += [
+            {"name": kp, "type": "points", "color": colours[i + 1], "parent": LABEL, "svg": None}
+            for i, kp in enumerate(FACE.keypoints)
+        ]
     else:
-        rows = [{"name": kp, "type": "points", "color": colours[i + 1], "parent": None,
-                 "svg": None} for i, kp in enumerate(FACE.keypoints)]  # fmt: skip
+        rows = [
+            {"name": kp, "type": "points", "color": colours[i + 1], "parent": None, "svg": None}
+            for i, kp in enumerate(FACE.keypoints)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -502,17 +560,21 @@ def _scene_rows(scene: SyntheticScene, index: int, layout: str, next_id: int) ->
             if layout == "points" and scene.outside[i, j]:
                 continue  # the toy layout simply has no point for a cut-off keypoint
             x, y = scene.keypoints[i, j]
-            rows.append({
-                "image_index": index,
-                "instance_id": next_id + (i if layout == "skeleton" else j),
-                "label": LABEL if layout == "skeleton" else name,
-                "keypoint": name,
-                "point_index": j if layout == "skeleton" else 0,
-                "x": round(x, 2), "y": round(y, 2),
-                "occluded": bool(scene.occluded[i, j]), "outside": bool(scene.outside[i, j]),
-                "source": "manual" if layout == "skeleton" else "file",
-                "z_order": i,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "image_index": index,
+                    "instance_id": next_id + (i if layout == "skeleton" else j),
+                    "label": LABEL if layout == "skeleton" else name,
+                    "keypoint": name,
+                    "point_index": j if layout == "skeleton" else 0,
+                    "x": round(x, 2),
+                    "y": round(y, 2),
+                    "occluded": bool(scene.occluded[i, j]),
+                    "outside": bool(scene.outside[i, j]),
+                    "source": "manual" if layout == "skeleton" else "file",
+                    "z_order": i,
+                }
+            )
     return rows
 
 
@@ -528,12 +590,17 @@ def synthesize(n_images: int = 200, seed: int = 0, layout: str = "skeleton"):
         pictures.append(scene.image)
         width, height = scene.image.size
         skel = layout == "skeleton"
-        images.append({
-            "image_index": index, "image_id": index, "name": image_name(index),
-            "width": width, "height": height,
-            "subset": _subset(index) if skel else None,
-            "task_id": (SUBSETS.index(_subset(index)) + 1) if skel else None,
-        })  # fmt: skip
+        images.append(
+            {
+                "image_index": index,
+                "image_id": index,
+                "name": image_name(index),
+                "width": width,
+                "height": height,
+                "subset": _subset(index) if skel else None,
+                "task_id": (SUBSETS.index(_subset(index)) + 1) if skel else None,
+            }
+        )
         rows += _scene_rows(scene, index, layout, next_id)
         next_id += len(scene.keypoints) if skel else FACE.num_keypoints
     keypoints = tidy_keypoints(pd.DataFrame(rows, columns=list(rows[0]) if rows else None))
@@ -582,8 +649,10 @@ def generate(
     check_output(out, directory=not as_zip, overwrite=overwrite)  # before the drawing
     ann, pictures = synthesize(n_images, seed, layout)
     if as_zip:
-        with (atomic_path(out, overwrite=overwrite) as tmp,
-              zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf):  # fmt: skip
+        with (
+            atomic_path(out, overwrite=overwrite) as tmp,
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf,
+        ):
             _zip_add(zf, "annotations.xml", _xml_bytes(ann))
             for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
                 _zip_add(zf, image_relpath(img.name, img.subset), _jpeg_bytes(pic, quality))

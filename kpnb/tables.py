@@ -25,15 +25,39 @@ IMAGE_COLUMNS = ["image_index", "image_id", "name", "width", "height", "subset",
 log = logging.getLogger(__name__)
 
 KEYPOINT_COLUMNS = [
-    "image_index", "instance_id", "label", "keypoint", "point_index", "x", "y",
-    "visibility", "occluded", "outside", "source", "group_id", "z_order", "track_id", "keyframe",
-]  # fmt: skip
+    "image_index",
+    "instance_id",
+    "label",
+    "keypoint",
+    "point_index",
+    "x",
+    "y",
+    "visibility",
+    "occluded",
+    "outside",
+    "source",
+    "group_id",
+    "z_order",
+    "track_id",
+    "keyframe",
+]
 BOX_COLUMNS = [
-    "image_index", "box_id", "label", "xtl", "ytl", "xbr", "ybr",
-    "occluded", "source", "group_id", "z_order", "track_id",
-]  # fmt: skip
+    "image_index",
+    "box_id",
+    "label",
+    "xtl",
+    "ytl",
+    "xbr",
+    "ybr",
+    "occluded",
+    "source",
+    "group_id",
+    "z_order",
+    "track_id",
+]
 ATTRIBUTE_COLUMNS = ["instance_id", "point_index", "name", "value"]
 LABEL_COLUMNS = ["name", "type", "color", "parent"]
+
 
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
@@ -42,22 +66,56 @@ def _empty(columns: list[str]) -> pd.DataFrame:
 # Compact dtypes: a 400,000-image export has millions of point rows, so repeated strings
 # are categoricals and numbers are as narrow as they can safely be.
 _KEYPOINT_DTYPES = {
-    "image_index": "int32", "instance_id": "int64", "label": "category", "keypoint": "category",
-    "point_index": "int16", "x": "float32", "y": "float32", "visibility": "int8",
-    "occluded": "bool", "outside": "bool", "source": "category", "group_id": "int32",
-    "z_order": "int32", "track_id": "int32", "keyframe": "bool",
-}  # fmt: skip
+    "image_index": "int32",
+    "instance_id": "int64",
+    "label": "category",
+    "keypoint": "category",
+    "point_index": "int16",
+    "x": "float32",
+    "y": "float32",
+    "visibility": "int8",
+    "occluded": "bool",
+    "outside": "bool",
+    "source": "category",
+    "group_id": "int32",
+    "z_order": "int32",
+    "track_id": "int32",
+    "keyframe": "bool",
+}
 _IMAGE_DTYPES = {
-    "image_index": "int32", "image_id": "int64", "name": "object", "width": "Int32",
-    "height": "Int32", "subset": "category", "task_id": "Int64",
-}  # fmt: skip
+    "image_index": "int32",
+    "image_id": "int64",
+    "name": "object",
+    "width": "Int32",
+    "height": "Int32",
+    "subset": "category",
+    "task_id": "Int64",
+}
 _BOX_DTYPES = {
-    "image_index": "int32", "box_id": "int64", "label": "category", "xtl": "float32",
-    "ytl": "float32", "xbr": "float32", "ybr": "float32", "occluded": "bool",
-    "source": "category", "group_id": "int32", "z_order": "int32", "track_id": "int32",
-}  # fmt: skip
-_DEFAULTS = {"source": "manual", "group_id": 0, "z_order": 0, "track_id": -1, "keyframe": False,
-             "occluded": False, "outside": False, "subset": None, "task_id": None}  # fmt: skip
+    "image_index": "int32",
+    "box_id": "int64",
+    "label": "category",
+    "xtl": "float32",
+    "ytl": "float32",
+    "xbr": "float32",
+    "ybr": "float32",
+    "occluded": "bool",
+    "source": "category",
+    "group_id": "int32",
+    "z_order": "int32",
+    "track_id": "int32",
+}
+_DEFAULTS = {
+    "source": "manual",
+    "group_id": 0,
+    "z_order": 0,
+    "track_id": -1,
+    "keyframe": False,
+    "occluded": False,
+    "outside": False,
+    "subset": None,
+    "task_id": None,
+}
 
 
 def _tidy(df: pd.DataFrame, columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
@@ -90,9 +148,9 @@ def tidy_keypoints(df: pd.DataFrame) -> pd.DataFrame:
     """
     if "visibility" not in df.columns:
         df = df.assign(
-            visibility=np.broadcast_to(visibility_from_flags(
-                df.get("occluded", False), df.get("outside", False)
-            ), len(df)).copy()
+            visibility=np.broadcast_to(
+                visibility_from_flags(df.get("occluded", False), df.get("outside", False)), len(df)
+            ).copy()
             if len(df)
             else np.zeros(0, np.int8)
         )
@@ -170,8 +228,9 @@ class Annotations:
         if multi.any():
             names = names.where(~multi, (kp["point_index"].astype(int) + 1).astype(str))
         table = (
-            kp.groupby([kp["label"].astype(str), names.rename("keypoint"), "visibility"],
-                       sort=False)  # fmt: skip
+            kp.groupby(
+                [kp["label"].astype(str), names.rename("keypoint"), "visibility"], sort=False
+            )
             .size()
             .unstack("visibility", fill_value=0)
             .reindex(columns=[0, 1, 2], fill_value=0)
@@ -222,8 +281,10 @@ class Annotations:
         """``(image_index, group_id) -> (xtl, ytl, xbr, ybr)`` of boxes grouped with a shape:
         in CVAT, the object box of the skeleton that shares its ``group_id``."""
         boxes = self.boxes[self.boxes["group_id"] != 0]
-        return {(int(b.image_index), int(b.group_id)): (b.xtl, b.ytl, b.xbr, b.ybr)
-                for b in boxes.itertuples(index=False)}  # fmt: skip
+        return {
+            (int(b.image_index), int(b.group_id)): (b.xtl, b.ytl, b.xbr, b.ybr)
+            for b in boxes.itertuples(index=False)
+        }
 
     def describe_image(self, image_index: int) -> str:
         """``image id 7 'dir/a.jpg'`` (plus subset): how errors name an image, in the
@@ -286,14 +347,19 @@ class Annotations:
         for names in self.same_layouts():
             sk = self.skeletons[names[0]]
             edges = ", ".join(f"{sk.keypoints[a]}-{sk.keypoints[b]}" for a, b in sk.edges)
-            who = f"skeleton {names[0]!r}" if len(names) == 1 else (
-                f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})")
+            who = (
+                f"skeleton {names[0]!r}"
+                if len(names) == 1
+                else (f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})")
+            )
             lines.append(f"{who}: {len(sk.keypoints)} keypoints; edges: {edges or 'none'}")
             lines.append(f"  flip pairs: {sk.flip_summary()}")
         for label in self.multi_point_labels():
             sk = self.skeleton_for(label)
-            lines.append(f"points label {label!r}: each shape is one object of up to "
-                         f"{sk.num_keypoints} points, named 1..{sk.num_keypoints}")  # fmt: skip
+            lines.append(
+                f"points label {label!r}: each shape is one object of up to "
+                f"{sk.num_keypoints} points, named 1..{sk.num_keypoints}"
+            )
         lines.append("")
         lines.append("instances per label:")
         lines.append(self.label_counts().to_string())
@@ -303,8 +369,9 @@ class Annotations:
         skipped = self.meta.get("skipped")
         if skipped:
             lines.append("")
-            lines.append("other shapes (not keypoints): " +
-                         ", ".join(f"{k} {v}" for k, v in skipped.items()))  # fmt: skip
+            lines.append(
+                "other shapes (not keypoints): " + ", ".join(f"{k} {v}" for k, v in skipped.items())
+            )
         return "\n".join(lines)
 
     def image_index_of(self, spec: str | None) -> int:
@@ -326,12 +393,12 @@ class Annotations:
             by_name = images[stems == spec]
         if len(by_name) > 1:
             where = ", ".join(f"{r.name!r} (subset {r.subset})" for r in by_name.itertuples())
-            raise KpnbError(f"image {spec!r}: several images match ({where}); write "
-                             "SUBSET/NAME")  # fmt: skip
+            raise KpnbError(f"image {spec!r}: several images match ({where}); write SUBSET/NAME")
         if by_name.empty:
             first = ", ".join(repr(str(n)) for n in images["name"].head(5))
-            raise KpnbError(f"image {spec!r}: no image with that file name or id; "
-                             f"the first are {first}")  # fmt: skip
+            raise KpnbError(
+                f"image {spec!r}: no image with that file name or id; the first are {first}"
+            )
         return int(by_name["image_index"].iloc[0])
 
 
@@ -366,12 +433,20 @@ def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -
         keypoint[mask] = np.asarray(sk.keypoints, dtype=object)[kp.loc[mask, "point_index"]]
         skeletons[label] = sk
     new_kp = tidy_keypoints(kp.assign(keypoint=keypoint))
-    return Annotations(ann.images, new_kp, skeletons, ann.labels, ann.boxes, ann.attributes,
-                       {**ann.meta, "points_as_instances": list(labels)})  # fmt: skip
+    return Annotations(
+        ann.images,
+        new_kp,
+        skeletons,
+        ann.labels,
+        ann.boxes,
+        ann.attributes,
+        {**ann.meta, "points_as_instances": list(labels)},
+    )
 
 
-def merge_skeletons(ann: Annotations, labels: Sequence[str], name: str | None = None
-                    ) -> Annotations:  # fmt: skip
+def merge_skeletons(
+    ann: Annotations, labels: Sequence[str], name: str | None = None
+) -> Annotations:
     """Treat the instances of several skeleton `labels` sharing one layout as one skeleton
     (a COCO file with a category per species): their rows get label `name` (default: the
     first label). ``meta["merged_labels"]`` keeps which labels went in.
@@ -396,9 +471,15 @@ def merge_skeletons(ann: Annotations, labels: Sequence[str], name: str | None = 
     label = kp["label"].astype(object).where(~kp["label"].astype(str).isin(labels), name)
     skeletons = {k: v for k, v in ann.skeletons.items() if k not in labels}
     skeletons[name] = first
-    return Annotations(ann.images, tidy_keypoints(kp.assign(label=label)), skeletons,
-                       ann.labels, ann.boxes, ann.attributes,
-                       {**ann.meta, "merged_labels": labels})  # fmt: skip
+    return Annotations(
+        ann.images,
+        tidy_keypoints(kp.assign(label=label)),
+        skeletons,
+        ann.labels,
+        ann.boxes,
+        ann.attributes,
+        {**ann.meta, "merged_labels": labels},
+    )
 
 
 GROUPING_RULES = ("auto", "group_id", "box", "image")
@@ -410,15 +491,23 @@ def _containing_box(plain: pd.DataFrame, boxes: pd.DataFrame) -> np.ndarray:
     out = np.full(len(plain), -1, dtype=np.int64)
     if not len(boxes) or not len(plain):
         return out
-    pts = pd.DataFrame({"row": np.arange(len(plain)),
-                        "image_index": plain["image_index"].to_numpy(),
-                        "x": plain["x"].to_numpy(np.float64),
-                        "y": plain["y"].to_numpy(np.float64)})  # fmt: skip
+    pts = pd.DataFrame(
+        {
+            "row": np.arange(len(plain)),
+            "image_index": plain["image_index"].to_numpy(),
+            "x": plain["x"].to_numpy(np.float64),
+            "y": plain["y"].to_numpy(np.float64),
+        }
+    )
     bx = boxes[["image_index", "xtl", "ytl", "xbr", "ybr"]].reset_index(drop=True)
     bx = bx.assign(box=np.arange(len(bx)), area=(bx["xbr"] - bx["xtl"]) * (bx["ybr"] - bx["ytl"]))
     pairs = pts.merge(bx, on="image_index")
-    inside = ((pairs["x"] >= pairs["xtl"]) & (pairs["x"] <= pairs["xbr"])
-              & (pairs["y"] >= pairs["ytl"]) & (pairs["y"] <= pairs["ybr"]))  # fmt: skip
+    inside = (
+        (pairs["x"] >= pairs["xtl"])
+        & (pairs["x"] <= pairs["xbr"])
+        & (pairs["y"] >= pairs["ytl"])
+        & (pairs["y"] <= pairs["ybr"])
+    )
     best = pairs[inside].sort_values(["row", "area"]).drop_duplicates("row")
     out[best["row"].to_numpy()] = best["box"].to_numpy()
     return out
@@ -485,14 +574,18 @@ def points_to_skeleton(
     if group_by == "group_id":
         key = plain["group_id"].to_numpy(np.int64)
         if (key == 0).any():
-            log.warning("%d points have no group_id; each image's ungrouped points form one "
-                        "instance", int((key == 0).sum()))  # fmt: skip
+            log.warning(
+                "%d points have no group_id; each image's ungrouped points form one instance",
+                int((key == 0).sum()),
+            )
         inst_group = key
     elif group_by == "box":
         box = _containing_box(plain, boxes)
         if (box < 0).any():
-            log.warning("%d points lie in no <box>; each image's unboxed points form one "
-                        "instance", int((box < 0).sum()))  # fmt: skip
+            log.warning(
+                "%d points lie in no <box>; each image's unboxed points form one instance",
+                int((box < 0).sum()),
+            )
         key = box + 1
         # Give the containing boxes a group_id, so every stage finds them as instance boxes.
         gid = boxes["group_id"].to_numpy(np.int64).copy()
@@ -505,14 +598,18 @@ def points_to_skeleton(
     else:
         key = np.zeros(len(plain), np.int64)
         inst_group = key
-    log.info("points_to_skeleton %r: %d labels grouped into instances by %s", name,
-             len(labels), group_by)  # fmt: skip
+    log.info(
+        "points_to_skeleton %r: %d labels grouped into instances by %s", name, len(labels), group_by
+    )
     plain = plain.assign(_key=key, _group=inst_group)
     dup = plain.duplicated(["image_index", "_key", "label"])
     if dup.any():
         row = plain[dup].iloc[0]
-        how = {"image": "one object per image", "group_id": f"group_id {int(row['group_id'])}",
-               "box": "one box"}[group_by]  # fmt: skip
+        how = {
+            "image": "one object per image",
+            "group_id": f"group_id {int(row['group_id'])}",
+            "box": "one box",
+        }[group_by]
         raise KpnbError(
             f"{ann.describe_image(int(row['image_index']))} has two {row['label']!r} points in "
             f"{how} (grouping by {group_by}): with several objects per image, give each "
@@ -523,13 +620,15 @@ def points_to_skeleton(
     n = len(objects)
     base = int(kp["instance_id"].max()) + 1 if len(kp) else 0
     pos = {lab: i for i, lab in enumerate(labels)}
-    grid = pd.DataFrame({
-        "image_index": np.repeat(objects["image_index"].to_numpy(), k),
-        "_key": np.repeat(objects["_key"].to_numpy(), k),
-        "point_index": np.tile(np.arange(k), n),
-        "instance_id": base + np.repeat(np.arange(n), k),
-        "group_id": np.repeat(objects["_group"].to_numpy(), k),
-    })  # fmt: skip
+    grid = pd.DataFrame(
+        {
+            "image_index": np.repeat(objects["image_index"].to_numpy(), k),
+            "_key": np.repeat(objects["_key"].to_numpy(), k),
+            "point_index": np.tile(np.arange(k), n),
+            "instance_id": base + np.repeat(np.arange(n), k),
+            "group_id": np.repeat(objects["_group"].to_numpy(), k),
+        }
+    )
     grid["keypoint"] = np.array(labels, dtype=object)[grid["point_index"]] if k else []
     src = plain.assign(point_index=plain["label"].astype(str).map(pos)).drop(
         columns=["instance_id", "keypoint", "label", "group_id", "_group"]
@@ -544,13 +643,22 @@ def points_to_skeleton(
     for c, default in (("z_order", 0), ("track_id", -1)):
         merged[c] = merged[c].fillna(default)
     rest = kp[~kp.index.isin(plain.index)]
-    new_kp = tidy_keypoints(pd.concat([rest.astype({"label": object, "keypoint": object,
-                                                    "source": object}), merged],
-                                      ignore_index=True))  # fmt: skip
+    new_kp = tidy_keypoints(
+        pd.concat(
+            [rest.astype({"label": object, "keypoint": object, "source": object}), merged],
+            ignore_index=True,
+        )
+    )
     skeletons = {**ann.skeletons, name: Skeleton(tuple(labels))}
-    return Annotations(ann.images, new_kp, skeletons, ann.labels, new_boxes, ann.attributes,
-                       {**ann.meta, "points_as_skeleton": name,
-                        "points_grouping": group_by})  # fmt: skip
+    return Annotations(
+        ann.images,
+        new_kp,
+        skeletons,
+        ann.labels,
+        new_boxes,
+        ann.attributes,
+        {**ann.meta, "points_as_skeleton": name, "points_grouping": group_by},
+    )
 
 
 def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool = False):
@@ -574,8 +682,10 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
                 df.to_csv(tmp / f"{name}.csv", index=False)
             else:
                 df.to_parquet(tmp / f"{name}.parquet", index=False)
-        skeletons = {k: {"keypoints": list(s.keypoints), "edges": [list(e) for e in s.edges]}
-                     for k, s in ann.skeletons.items()}  # fmt: skip
+        skeletons = {
+            k: {"keypoints": list(s.keypoints), "edges": [list(e) for e in s.edges]}
+            for k, s in ann.skeletons.items()
+        }
         (tmp / "skeletons.json").write_text(json.dumps(skeletons, indent=2, ensure_ascii=False))
     return folder
 
@@ -597,12 +707,19 @@ def load_tables(folder) -> Annotations:
         return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
     stored = json.loads((folder / "skeletons.json").read_text())
-    skeletons = {k: Skeleton(tuple(v["keypoints"]), tuple(map(tuple, v["edges"])))
-                 for k, v in stored.items()}  # fmt: skip
+    skeletons = {
+        k: Skeleton(tuple(v["keypoints"]), tuple(map(tuple, v["edges"]))) for k, v in stored.items()
+    }
     kp = read("keypoints")
     kp["label"] = kp["label"].astype(str)
     kp["keypoint"] = kp["keypoint"].astype(str)
     images = read("images")
     images["name"] = images["name"].astype(str)
-    return Annotations(tidy_images(images), tidy_keypoints(kp), skeletons, read("labels"),
-                       tidy_boxes(read("boxes")), read("attributes"))  # fmt: skip
+    return Annotations(
+        tidy_images(images),
+        tidy_keypoints(kp),
+        skeletons,
+        read("labels"),
+        tidy_boxes(read("boxes")),
+        read("attributes"),
+    )

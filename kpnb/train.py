@@ -35,8 +35,16 @@ from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
 from kpnb.tables import Skeleton
 
-__all__ = ["TrainConfig", "OneCycle", "fit", "train_one_epoch", "select_device",
-           "seed_everything", "save_checkpoint", "load_checkpoint"]  # fmt: skip
+__all__ = [
+    "TrainConfig",
+    "OneCycle",
+    "fit",
+    "train_one_epoch",
+    "select_device",
+    "seed_everything",
+    "save_checkpoint",
+    "load_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +94,15 @@ class OneCycle:
     Under torchrun the ranks agree on the progress (the maximum) every step.
     """
 
-    def __init__(self, optimizer, lr: float, total_steps: int, pct_start: float = 0.3,
-                 minutes: float | None = None, device: torch.device | None = None):  # fmt: skip
+    def __init__(
+        self,
+        optimizer,
+        lr: float,
+        total_steps: int,
+        pct_start: float = 0.3,
+        minutes: float | None = None,
+        device: torch.device | None = None,
+    ):
         self.optimizer, self.lr, self.pct_start = optimizer, lr, pct_start
         self.total_steps, self.minutes, self.device = max(1, total_steps), minutes, device
         self.steps, self.seconds_before, self.progress = 0, 0.0, 0.0
@@ -131,8 +146,12 @@ class OneCycle:
         return self.progress >= 1.0
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "total_steps": self.total_steps,
-                "seconds": self.seconds(), "progress": self.progress}  # fmt: skip
+        return {
+            "steps": self.steps,
+            "total_steps": self.total_steps,
+            "seconds": self.seconds(),
+            "progress": self.progress,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.seconds_before = int(state["steps"]), float(state["seconds"])
@@ -212,17 +231,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     ckpt = read_checkpoint(path)
     missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in ckpt]
     if missing:
-        raise KpnbError(f"{path}: cannot resume from it (no {', '.join(missing)}); resume "
-                         "from the last.pth that kpnb train wrote")  # fmt: skip
+        raise KpnbError(
+            f"{path}: cannot resume from it (no {', '.join(missing)}); resume "
+            "from the last.pth that kpnb train wrote"
+        )
     return ckpt
 
 
 def _rng_state(loader) -> dict:
     np_state = np.random.get_state()
-    state = {"python": [random.getstate()[0], list(random.getstate()[1]), None],
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                       "pos": int(np_state[2]), "gauss": [int(np_state[3]), float(np_state[4])]},
-             "torch": torch.get_rng_state()}  # fmt: skip
+    state = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), None],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "gauss": [int(np_state[3]), float(np_state[4])],
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     generator = getattr(loader, "generator", None)
@@ -236,8 +262,15 @@ def _restore_rng(state: dict, loader) -> None:
         return
     random.setstate((state["python"][0], tuple(state["python"][1]), None))
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["gauss"][0], np_state["gauss"][1]))  # fmt: skip
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["gauss"][0],
+            np_state["gauss"][1],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -276,8 +309,10 @@ def _epoch_line(row: dict, epochs: int) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
     part = "" if row.get("complete", True) else " (stopped early: time budget)"
-    return (f"epoch {row['epoch'] + 1}/{epochs}  loss {f(row['loss'])}  AP {f(row.get('AP'))}  "
-            f"PCK@0.1 {f(row.get('PCK@0.1'))}  {row['seconds']:.0f} s{part}")  # fmt: skip
+    return (
+        f"epoch {row['epoch'] + 1}/{epochs}  loss {f(row['loss'])}  AP {f(row.get('AP'))}  "
+        f"PCK@0.1 {f(row.get('PCK@0.1'))}  {row['seconds']:.0f} s{part}"
+    )
 
 
 def fit(
@@ -323,8 +358,12 @@ def fit(
                 on_epoch_end(row)
         if run.scheduler.finished:
             if epoch < config.epochs - 1:
-                log.info("time budget of %s min used up after %d of %d epochs", config.max_minutes,
-                         epoch + 1, config.epochs)  # fmt: skip
+                log.info(
+                    "time budget of %s min used up after %d of %d epochs",
+                    config.max_minutes,
+                    epoch + 1,
+                    config.epochs,
+                )
             break
     return history
 
@@ -359,23 +398,32 @@ class _Run:
                 model, device_ids=[dev.index] if dev.type == "cuda" else None
             )
             train_loader = DataLoader(
-                train_loader.dataset, batch_size=train_loader.batch_size,
+                train_loader.dataset,
+                batch_size=train_loader.batch_size,
                 sampler=DistributedSampler(train_loader.dataset, seed=config.seed),
-                collate_fn=train_loader.collate_fn, num_workers=train_loader.num_workers,
+                collate_fn=train_loader.collate_fn,
+                num_workers=train_loader.num_workers,
                 pin_memory=train_loader.pin_memory,
-            )  # fmt: skip
+            )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = OneCycle(optimizer, config.lr, config.epochs * len(train_loader),
-                             config.pct_start, config.max_minutes, dev)  # fmt: skip
+        scheduler = OneCycle(
+            optimizer,
+            config.lr,
+            config.epochs * len(train_loader),
+            config.pct_start,
+            config.max_minutes,
+            dev,
+        )
         use_amp = (dev.type == "cuda") if config.amp is None else config.amp
         scaler = torch.amp.GradScaler(dev.type) if use_amp else None
         out = Path(out_dir) if out_dir is not None else None
         if out is not None and rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             _clean_leftovers(out)
-        return cls(model, train_loader, config, dev, optimizer, scheduler, scaler, out, rank,
-                   world, build)  # fmt: skip
+        return cls(
+            model, train_loader, config, dev, optimizer, scheduler, scaler, out, rank, world, build
+        )
 
     def resume(self, path) -> tuple[list[dict], int]:
         """Restore a ``last.pth``: weights, optimizer, schedule, scaler, best score, RNG."""
@@ -399,13 +447,23 @@ class _Run:
             self.train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-        row.update(train_one_epoch(self.model, self.optimizer, self.train_loader, self.device,
-                                   epoch, scheduler=self.scheduler, scaler=self.scaler,
-                                   grad_clip=self.config.grad_clip))  # fmt: skip
+        row.update(
+            train_one_epoch(
+                self.model,
+                self.optimizer,
+                self.train_loader,
+                self.device,
+                epoch,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                grad_clip=self.config.grad_clip,
+            )
+        )
         row["complete"] = row["steps"] == len(self.train_loader)
         if val_loader is not None and self.rank == 0:
-            scored = evaluate(_unwrap(self.model), val_loader, skeleton, self.config.sigmas,
-                              self.device)  # fmt: skip
+            scored = evaluate(
+                _unwrap(self.model), val_loader, skeleton, self.config.sigmas, self.device
+            )
             row.update(scored.metrics)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         return row
@@ -420,18 +478,25 @@ class _Run:
         if self.out is None:
             return
         model_state = {
-            "format": "kpnb-checkpoint", "model": _unwrap(self.model).state_dict(),
-            "skeleton": skeleton.to_dict(), "config": asdict(self.config), "build": self.build,
-            "epoch": epoch, "metrics": json_safe(row), "kpnb_version": version(),
-        }  # fmt: skip
+            "format": "kpnb-checkpoint",
+            "model": _unwrap(self.model).state_dict(),
+            "skeleton": skeleton.to_dict(),
+            "config": asdict(self.config),
+            "build": self.build,
+            "epoch": epoch,
+            "metrics": json_safe(row),
+            "kpnb_version": version(),
+        }
         if improved:  # before last.pth: no last.pth ever claims a best that is not saved
             save_checkpoint(self.out / "best.pth", **model_state)
         opt = self.optimizer
         resume_state = {
-            "optimizer": opt.state_dict(), "lr_scheduler": self.scheduler.state_dict(),
+            "optimizer": opt.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "best": self.best, "history": json_safe(history),
+            "best": self.best,
+            "history": json_safe(history),
             "rng": _rng_state(self.train_loader),
-        }  # fmt: skip
+        }
         save_checkpoint(self.out / "last.pth", **model_state, **resume_state)
         _write_history(self.out, history)

@@ -49,14 +49,15 @@ def make_sample(image: torch.Tensor, boxes, labels, keypoints, visibility):
     target = {
         "boxes": tv_tensors.BoundingBoxes(
             torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            format="XYXY", canvas_size=(h, w),
+            format="XYXY",
+            canvas_size=(h, w),
         ),
         "labels": torch.as_tensor(labels, dtype=torch.int64),
         "keypoints": tv_tensors.KeyPoints(
             torch.as_tensor(keypoints, dtype=torch.float32), canvas_size=(h, w)
         ),
         "visibility": torch.as_tensor(visibility, dtype=torch.uint8),
-    }  # fmt: skip
+    }
     return tv_tensors.Image(image), target
 
 
@@ -199,5 +200,11 @@ def train_transforms(
 
 def eval_transforms(size: int) -> v2.Compose:
     """Evaluation: ResizeMax + centred PadSquare to `size` and `FinalizeKeypoints`."""
-    return v2.Compose([ResizeMax(max_sz=size), PadSquare(shift=False), v2.Resize([size, size]),
-                       FinalizeKeypoints()])  # fmt: skip
+    return v2.Compose(
+        [
+            ResizeMax(max_sz=size),
+            PadSquare(shift=False),
+            v2.Resize([size, size]),
+            FinalizeKeypoints(),
+        ]
+    )

@@ -20,8 +20,9 @@ from pathlib import Path
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def run_series(notebooks: Path, out: Path, *,
-               timeout: int | None = None) -> list[tuple[str, float]]:  # fmt: skip
+def run_series(
+    notebooks: Path, out: Path, *, timeout: int | None = None
+) -> list[tuple[str, float]]:
     """Execute every ``NN_*.ipynb`` in `notebooks` in order; return (name, seconds) pairs.
 
     No cell has a time limit by default (`timeout` None): a slow machine takes longer but
@@ -42,9 +43,11 @@ def run_series(notebooks: Path, out: Path, *,
         start = time.perf_counter()
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(
-            nb, timeout=timeout, kernel_name="python3",
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
             resources={"metadata": {"path": str(path.parent)}},
-        )  # fmt: skip
+        )
         print(f"running {path.name} ...", flush=True)
         client.execute()
         dest = out / "notebooks" / path.name
@@ -69,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if metrics.is_file():  # notebook 04's validation metrics
         import json
 
-        shown = {k: v for k, v in json.loads(metrics.read_text())["metrics"].items()
-                 if k in ("AP", "PCK@0.1", "instances")}  # fmt: skip
+        shown = {
+            k: v
+            for k, v in json.loads(metrics.read_text())["metrics"].items()
+            if k in ("AP", "PCK@0.1", "instances")
+        }
         print(f"notebook 04 on its validation images: {shown}")
     print(f"outputs are in {args.out.resolve()}")
     return 0

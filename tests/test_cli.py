@@ -56,8 +56,17 @@ def test_info_and_convert(tmp_path, synthetic_export, capsys):
 
 def test_convert_errors_are_one_line(tmp_path, synthetic_export, capsys):
     # a skeleton export has no one-point labels to combine: one line, naming the flag
-    code = main(["convert", str(synthetic_export), str(tmp_path / "kp.json"), "--to", "coco",
-                 "--points-as-skeleton", "x"])  # fmt: skip
+    code = main(
+        [
+            "convert",
+            str(synthetic_export),
+            str(tmp_path / "kp.json"),
+            "--to",
+            "coco",
+            "--points-as-skeleton",
+            "x",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "no plain one-point <points> labels" in err and "Traceback" not in err
     assert not (tmp_path / "kp.json").exists()
@@ -76,48 +85,79 @@ def test_the_wheel_works_without_the_checkout(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     dist = tmp_path / "dist"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(dist), str(repo)], check=True, env=env,
-                   cwd=tmp_path)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(repo),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
     wheel = next(dist.glob("kpnb-*.whl"))
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    package = {p.relative_to(repo).as_posix() for p in (repo / "kpnb").rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts}  # fmt: skip
+    package = {
+        p.relative_to(repo).as_posix()
+        for p in (repo / "kpnb").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert package <= shipped, package - shipped
     assert any(n.endswith("licenses/LICENSE") for n in shipped)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    purelib = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()"
-                                   "['purelib'])"], capture_output=True, text=True,
-                                  check=True).stdout.strip())  # fmt: skip
+    purelib = Path(
+        subprocess.run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # the project venv's packages, listed in a .pth: its editable kpnb .pth is not processed
     theirs = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
     (purelib / "project-venv.pth").write_text("\n".join(dict.fromkeys(theirs)) + "\n")
-    subprocess.run([py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True,
-                   env=env, cwd=tmp_path)  # fmt: skip
+    subprocess.run(
+        [py, "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {**env, "KPNB_SMOKE": "1", "KPNB_CACHE": str(tmp_path / "cache"),
-           "KPNB_OUTPUTS": str(tmp_path / "outputs"), "PATH": f"{venv / 'bin'}:{env['PATH']}"}
+    env = {
+        **env,
+        "KPNB_SMOKE": "1",
+        "KPNB_CACHE": str(tmp_path / "cache"),
+        "KPNB_OUTPUTS": str(tmp_path / "outputs"),
+        "PATH": f"{venv / 'bin'}:{env['PATH']}",
+    }
 
     def run(*args):
-        return subprocess.run(args, capture_output=True, text=True, check=True, env=env,
-                              cwd=work).stdout  # fmt: skip
+        return subprocess.run(
+            args, capture_output=True, text=True, check=True, env=env, cwd=work
+        ).stdout
 
     where = run(str(py), "-c", "import kpnb; print(kpnb.__file__)")
     assert where.startswith(str(purelib)), where
-    assert "wrote 3 images" in run(str(venv / "bin" / "kpnb"), "synth", "--out", "d",
-                                   "--images", "3")  # fmt: skip
+    assert "wrote 3 images" in run(
+        str(venv / "bin" / "kpnb"), "synth", "--out", "d", "--images", "3"
+    )
     assert "images: 3" in run(str(venv / "bin" / "kpnb"), "info", "d")
     notebook = work / "00_setup.ipynb"
     notebook.write_bytes((repo / "notebooks" / "00_setup.ipynb").read_bytes())
-    run(str(py), "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-        str(notebook))  # fmt: skip
+    run(str(py), "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace", str(notebook))
     cells = json.loads(notebook.read_text())["cells"]
     assert not [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert all(c["execution_count"] for c in cells if c["cell_type"] == "code" and c["source"])
-
 
 
 def _failing(exc):

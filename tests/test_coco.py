@@ -73,13 +73,19 @@ def test_one_based_skeleton_is_detected(tmp_path):
         (lambda d: d["annotations"][0].update(image_id=99), "unknown image 99"),
         (lambda d: d["annotations"][0].update(category_id=3), "unknown category 3"),
         (lambda d: d["annotations"][0].update(keypoints=[1, 2, 2, 1]), "not a multiple of 3"),
-        (lambda d: d["annotations"][0]["keypoints"].__setitem__(2, 7),
-         "visibility 7 at keypoint 0"),
+        (
+            lambda d: d["annotations"][0]["keypoints"].__setitem__(2, 7),
+            "visibility 7 at keypoint 0",
+        ),
         (lambda d: d["annotations"][0]["keypoints"].__setitem__(2, -1), "visibility -1"),
-        (lambda d: d["images"].append(dict(d["images"][0], file_name="b.jpg")),
-         "image id .* is used twice .*give every image its own id"),
-        (lambda d: d["annotations"][0].update(keypoints=d["annotations"][0]["keypoints"] * 2),
-         "names 3 keypoints but an annotation holds 6"),
+        (
+            lambda d: d["images"].append(dict(d["images"][0], file_name="b.jpg")),
+            "image id .* is used twice .*give every image its own id",
+        ),
+        (
+            lambda d: d["annotations"][0].update(keypoints=d["annotations"][0]["keypoints"] * 2),
+            "names 3 keypoints but an annotation holds 6",
+        ),
         (lambda d: d.pop("images"), "not a COCO file"),
     ],
 )
@@ -147,8 +153,12 @@ def test_plain_points_are_written_as_cvat_does(points_export, caplog):
 def test_cvat_grouped_box_is_the_coco_bbox():
     ann = read_cvat(Path(__file__).parent / "data/pitfalls_images.xml")
     skeletons_only = Annotations(
-        ann.images, ann.keypoints[ann.keypoints["label"] != "landmark"].reset_index(drop=True),
-        ann.skeletons, ann.labels, ann.boxes, ann.attributes,
-    )  # fmt: skip
+        ann.images,
+        ann.keypoints[ann.keypoints["label"] != "landmark"].reset_index(drop=True),
+        ann.skeletons,
+        ann.labels,
+        ann.boxes,
+        ann.attributes,
+    )
     hand = [a for a in to_coco(skeletons_only)["annotations"] if a["category_id"] == 1][0]
     assert hand["bbox"] == [1.0, 2.0, 39.0, 28.0]  # from the <box> with group_id 3

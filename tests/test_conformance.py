@@ -47,61 +47,177 @@ class Case:
 
 
 CASES = [
-    Case(MMPOSE / "crowdpose/test_crowdpose.json", 2, 5,
-         ["skeleton 'person': 14 keypoints",
-          "flip pairs: left_shoulder<->right_shoulder, left_elbow<->right_elbow"],
-         ["person"], 5, [106848, 103319], "106848.jpg", "person", 14,
-         {"106848.jpg": 3, "103319.jpg": 2}, "106848.jpg"),
-    Case(MMPOSE / "animalpose/test_animalpose.json", 2, 2,
-         ["skeleton 'cat': 20 keypoints", "L_Eye<->R_Eye", "L_B_Paw<->R_B_Paw"],
-         ["cat"], 2, [110, 3105], "ca110.jpeg", "cat", 20,
-         {"ca110.jpeg": 1, "ho105.jpeg": 1}, "ho105.jpeg"),
-    Case(MMPOSE / "onehand10k/test_onehand10k.json", 4, 4,
-         ["skeleton 'hand': 21 keypoints", "no left/right pairs: the training flip is off"],
-         ["hand"], 4, [9, 33, 784, 1402], "9.jpg", "hand", 21,
-         {"9.jpg": 1, "33.jpg": 1, "784.jpg": 1, "1402.jpg": 1}, "784.jpg"),
-    Case(REAL / "talmolab-sleap-io/tests/data/coco/mixed_animals/annotations.json", 3, 6,
-         ["skeleton 'mouse': 17 keypoints", "skeleton 'fly': 13 keypoints"],
-         ["mouse", "fly"], 6, [1, 2, 3], "image_001.jpg", "fly", 13,
-         {"image_001.jpg": 1, "image_002.jpg": 1, "image_003.jpg": 1}, "image_002.jpg"),
-    Case(CONF / "opencv-cvat/site/content/en/docs/manual/advanced/"
-         "xml_format.example_cvat_for_images.xml", 1, 2,
-         ["skeleton 's1': 3 keypoints", "points label 'wheel': each shape is one object of up "
-          "to 4 points"],
-         ["s1", "wheel"], 2, [1], "filename000.jpg", "wheel", 4,
-         {"filename000.jpg": 1}, "filename000.jpg"),
-    Case(CONF / "opencv-cvat/site/content/en/docs/manual/advanced/"
-         "xml_format.example_cvat_for_video.xml", 4620, 6,
-         ["skeleton 's1': 3 keypoints"],
-         ["s1"], 6, [1, 2, 3, 4], "frame_000000.PNG", "s1", 3,
-         # v=0 everywhere on frames 1, 7, 14 (outside keyframes): nothing to learn there
-         {"frame_000000": 1, "frame_000001": 0, "frame_000006": 1}, "frame_000006"),
-    Case(CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/"
-         "export_project/annotations.xml", 6, 3,
-         ["subsets: Test 2, Train 2, Validation 2",
-          "points label 'label2': each shape is one object of up to 3 points"],
-         # img1.jpg is in each of the three subsets, one <points> shape in each
-         ["label2"], 3, [1, 2, 3, 4], "img0.jpg", "label2", 3,
-         {"img0.jpg": 0, "img1.jpg": 3}, "Train/img1.jpg"),
-    Case(CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/"
-         "export_task/train.xml", 2, 1,
-         ["points label 'label2': each shape is one object of up to 3 points"],
-         ["label2"], 1, [1, 2], "img0.jpg", "label2", 3,
-         {"img0.jpg": 0, "img1.jpg": 1}, "img1.jpg"),
-    Case(CONF / "cvat-ai-datumaro/tests/assets/cvat_dataset/for_images/train.xml", 2, 3,
-         ["skeleton 'skeleton': 4 keypoints; edges: 3-2, 1-4"],
-         ["skeleton", "label2"], 3, [1, 2], "img0.jpg", "skeleton", 4,
-         {"img0.jpg": 1, "img1.jpg": 1}, "img1.jpg"),
-    Case(CONF / "cvat-ai-datumaro/tests/assets/cvat_dataset/for_video/annotations.xml", 4, 5,
-         ["skeleton 'skeleton': 4 keypoints"],
-         ["skeleton", "klhg"], 5, [1, 2, 3, 4], "frame_000010.PNG", "skeleton", 4,
-         {"frame_000010": 1, "frame_000013": 1, "frame_000016": 1, "frame_000019": 0},
-         "frame_000010"),
-    Case(CONF / "cvat-ai-datumaro/tests/assets/coco_dataset/coco_person_keypoints/"
-         "annotations/person_keypoints_val.json", 1, 2,
-         ["skeleton 'a': 3 keypoints; edges: a_1-a_2, a_2-a_3"],
-         ["a", "b"], 2, [40], "b.jpg", "a", 3, {"b.jpg": 1}, "b.jpg"),
-]  # fmt: skip
+    Case(
+        MMPOSE / "crowdpose/test_crowdpose.json",
+        2,
+        5,
+        [
+            "skeleton 'person': 14 keypoints",
+            "flip pairs: left_shoulder<->right_shoulder, left_elbow<->right_elbow",
+        ],
+        ["person"],
+        5,
+        [106848, 103319],
+        "106848.jpg",
+        "person",
+        14,
+        {"106848.jpg": 3, "103319.jpg": 2},
+        "106848.jpg",
+    ),
+    Case(
+        MMPOSE / "animalpose/test_animalpose.json",
+        2,
+        2,
+        ["skeleton 'cat': 20 keypoints", "L_Eye<->R_Eye", "L_B_Paw<->R_B_Paw"],
+        ["cat"],
+        2,
+        [110, 3105],
+        "ca110.jpeg",
+        "cat",
+        20,
+        {"ca110.jpeg": 1, "ho105.jpeg": 1},
+        "ho105.jpeg",
+    ),
+    Case(
+        MMPOSE / "onehand10k/test_onehand10k.json",
+        4,
+        4,
+        ["skeleton 'hand': 21 keypoints", "no left/right pairs: the training flip is off"],
+        ["hand"],
+        4,
+        [9, 33, 784, 1402],
+        "9.jpg",
+        "hand",
+        21,
+        {"9.jpg": 1, "33.jpg": 1, "784.jpg": 1, "1402.jpg": 1},
+        "784.jpg",
+    ),
+    Case(
+        REAL / "talmolab-sleap-io/tests/data/coco/mixed_animals/annotations.json",
+        3,
+        6,
+        ["skeleton 'mouse': 17 keypoints", "skeleton 'fly': 13 keypoints"],
+        ["mouse", "fly"],
+        6,
+        [1, 2, 3],
+        "image_001.jpg",
+        "fly",
+        13,
+        {"image_001.jpg": 1, "image_002.jpg": 1, "image_003.jpg": 1},
+        "image_002.jpg",
+    ),
+    Case(
+        CONF / "opencv-cvat/site/content/en/docs/manual/advanced/"
+        "xml_format.example_cvat_for_images.xml",
+        1,
+        2,
+        [
+            "skeleton 's1': 3 keypoints",
+            "points label 'wheel': each shape is one object of up to 4 points",
+        ],
+        ["s1", "wheel"],
+        2,
+        [1],
+        "filename000.jpg",
+        "wheel",
+        4,
+        {"filename000.jpg": 1},
+        "filename000.jpg",
+    ),
+    Case(
+        CONF / "opencv-cvat/site/content/en/docs/manual/advanced/"
+        "xml_format.example_cvat_for_video.xml",
+        4620,
+        6,
+        ["skeleton 's1': 3 keypoints"],
+        ["s1"],
+        6,
+        [1, 2, 3, 4],
+        "frame_000000.PNG",
+        "s1",
+        3,
+        # v=0 everywhere on frames 1, 7, 14 (outside keyframes): nothing to learn there
+        {"frame_000000": 1, "frame_000001": 0, "frame_000006": 1},
+        "frame_000006",
+    ),
+    Case(
+        CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/"
+        "export_project/annotations.xml",
+        6,
+        3,
+        [
+            "subsets: Test 2, Train 2, Validation 2",
+            "points label 'label2': each shape is one object of up to 3 points",
+        ],
+        # img1.jpg is in each of the three subsets, one <points> shape in each
+        ["label2"],
+        3,
+        [1, 2, 3, 4],
+        "img0.jpg",
+        "label2",
+        3,
+        {"img0.jpg": 0, "img1.jpg": 3},
+        "Train/img1.jpg",
+    ),
+    Case(
+        CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/"
+        "export_task/train.xml",
+        2,
+        1,
+        ["points label 'label2': each shape is one object of up to 3 points"],
+        ["label2"],
+        1,
+        [1, 2],
+        "img0.jpg",
+        "label2",
+        3,
+        {"img0.jpg": 0, "img1.jpg": 1},
+        "img1.jpg",
+    ),
+    Case(
+        CONF / "cvat-ai-datumaro/tests/assets/cvat_dataset/for_images/train.xml",
+        2,
+        3,
+        ["skeleton 'skeleton': 4 keypoints; edges: 3-2, 1-4"],
+        ["skeleton", "label2"],
+        3,
+        [1, 2],
+        "img0.jpg",
+        "skeleton",
+        4,
+        {"img0.jpg": 1, "img1.jpg": 1},
+        "img1.jpg",
+    ),
+    Case(
+        CONF / "cvat-ai-datumaro/tests/assets/cvat_dataset/for_video/annotations.xml",
+        4,
+        5,
+        ["skeleton 'skeleton': 4 keypoints"],
+        ["skeleton", "klhg"],
+        5,
+        [1, 2, 3, 4],
+        "frame_000010.PNG",
+        "skeleton",
+        4,
+        {"frame_000010": 1, "frame_000013": 1, "frame_000016": 1, "frame_000019": 0},
+        "frame_000010",
+    ),
+    Case(
+        CONF / "cvat-ai-datumaro/tests/assets/coco_dataset/coco_person_keypoints/"
+        "annotations/person_keypoints_val.json",
+        1,
+        2,
+        ["skeleton 'a': 3 keypoints; edges: a_1-a_2, a_2-a_3"],
+        ["a", "b"],
+        2,
+        [40],
+        "b.jpg",
+        "a",
+        3,
+        {"b.jpg": 1},
+        "b.jpg",
+    ),
+]
 
 
 def _ids(case: Case) -> str:
@@ -151,15 +267,30 @@ def test_show_on_blank_images(case, tmp_path):
     ann = read_annotations(case.path)
     root = _blank_images(ann, tmp_path / "export", {case.show.rpartition("/")[2]})
     png = tmp_path / "shown.png"
-    assert main(["show", str(case.path), "--image", case.show, "--out", str(png),
-                 "--images-root", str(root), "--boxes"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "show",
+                str(case.path),
+                "--image",
+                case.show,
+                "--out",
+                str(png),
+                "--images-root",
+                str(root),
+                "--boxes",
+            ]
+        )
+        == 0
+    )
     subset, _, name = case.show.rpartition("/")
     rows = ann.images[ann.images["name"] == name]
     row = rows[rows["subset"] == subset].iloc[0] if subset else rows.iloc[0]
     shown = np.asarray(Image.open(png).convert("RGB"))
     assert shown.shape == (int(row["height"]), int(row["width"]), 3)
-    drawn = ann.keypoints[(ann.keypoints["image_index"] == row["image_index"])
-                          & (ann.keypoints["visibility"] > 0)]  # fmt: skip
+    drawn = ann.keypoints[
+        (ann.keypoints["image_index"] == row["image_index"]) & (ann.keypoints["visibility"] > 0)
+    ]
     inside = drawn[(drawn["x"] < row["width"]) & (drawn["y"] < row["height"])]
     # a labelled point inside the picture leaves colour on the grey canvas
     assert (np.abs(shown.astype(int) - 90).sum(-1) > 0).any() == (len(inside) > 0)
@@ -171,8 +302,9 @@ def test_training_dataset(case, tmp_path):
     names = set(case.trained)
     rows = ann.images[ann.images["name"].astype(str).isin(names)]
     root = _blank_images(ann, tmp_path / "export", names)
-    ds = KeypointDataset(ann, root, case.label, eval_transforms(64),
-                         indices=rows["image_index"].tolist())  # fmt: skip
+    ds = KeypointDataset(
+        ann, root, case.label, eval_transforms(64), indices=rows["image_index"].tolist()
+    )
     assert ds.skeleton.num_keypoints == case.keypoints
     kept: dict[str, int] = {}
     for item, name in zip(ds.items, rows["name"].astype(str), strict=True):
@@ -226,8 +358,15 @@ def test_mixed_categories_say_which_is_trained(capsys):
     from kpnb.cli.model_commands import _load_for_training
 
     path = REAL / "talmolab-sleap-io/tests/data/coco/mixed_animals/annotations.json"
-    args = SimpleNamespace(data=str(path), label=None, points_as_skeleton=None, group_by="auto",
-                           all_categories=True, flip_pairs=None, images_root=None)  # fmt: skip
+    args = SimpleNamespace(
+        data=str(path),
+        label=None,
+        points_as_skeleton=None,
+        group_by="auto",
+        all_categories=True,
+        flip_pairs=None,
+        images_root=None,
+    )
     ann, _, label = _load_for_training(args)
     out = capsys.readouterr().out
     # the layouts differ: --all-categories cannot merge them, and says what is left out
@@ -236,11 +375,15 @@ def test_mixed_categories_say_which_is_trained(capsys):
 
 
 def test_multi_point_shape_is_one_instance_everywhere(tmp_path):
-    path = CONF / "opencv-cvat/site/content/en/docs/manual/advanced/xml_format.example_cvat_for_images.xml"  # noqa: E501
+    path = (
+        CONF
+        / "opencv-cvat/site/content/en/docs/manual/advanced/xml_format.example_cvat_for_images.xml"
+    )  # noqa: E501
     ann = read_annotations(path)
     assert ann.skeleton_for("wheel").keypoints == ("1", "2", "3", "4")
-    wheel = [a for a in to_coco(ann)["annotations"] if a["category_id"] == 2 or
-             len(a["keypoints"]) == 12]  # fmt: skip
+    wheel = [
+        a for a in to_coco(ann)["annotations"] if a["category_id"] == 2 or len(a["keypoints"]) == 12
+    ]
     assert len(wheel) == 1 and wheel[0]["num_keypoints"] == 4
     assert wheel[0]["bbox"] == [574.9, 445.26, 595.26, 494.22]
     boxes = instance_boxes(ann, "wheel")
@@ -258,8 +401,13 @@ def test_info_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'kpnb info imported torch'\n"
     )
     root = Path(__file__).parent.parent
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=root, env={"PYTHONPATH": str(root), "PATH": ""})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": ""},
+    )
     assert done.returncode == 0, done.stderr
     assert "skeleton 'person': 14 keypoints" in done.stdout
 
@@ -286,8 +434,15 @@ def test_shared_layout_categories_train_as_one_and_info_says_it_once(tmp_path, c
     out = capsys.readouterr().out
     assert "3 skeletons with one layout ('cat', 'dog', 'cow'): 20 keypoints" in out
     assert out.count("20 keypoints") == 1
-    args = SimpleNamespace(data=str(path), label=None, points_as_skeleton=None, group_by="auto",
-                           all_categories=False, flip_pairs=None, images_root=None)  # fmt: skip
+    args = SimpleNamespace(
+        data=str(path),
+        label=None,
+        points_as_skeleton=None,
+        group_by="auto",
+        all_categories=False,
+        flip_pairs=None,
+        images_root=None,
+    )
     ann, _, label = _load_for_training(args)
     out = capsys.readouterr().out
     assert label == "cat" and "--all-categories trains the labels sharing its layout" in out
@@ -302,8 +457,25 @@ def test_cli_errors_name_flags_not_parameters(tmp_path, capsys):
     ann = read_annotations(MMPOSE / "onehand10k/test_onehand10k.json")
     _blank_images(ann, tmp_path, {"9.jpg"})  # three of four images missing
     args = ["evaluate", "ckpt.pth", str(MMPOSE / "onehand10k/test_onehand10k.json")]
-    assert main(["train", args[2], "--images-root", str(tmp_path), "--out", str(tmp_path / "r"),
-                 "--epochs", "1", "--weights", "none", "--workers", "0"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                args[2],
+                "--images-root",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r"),
+                "--epochs",
+                "1",
+                "--weights",
+                "none",
+                "--workers",
+                "0",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "are missing" in err and "pass --skip-missing to leave them out" in err
     assert "skip_missing" not in err and "33.jpg (image id 33)" in err
@@ -319,8 +491,18 @@ def test_train_fails_on_its_input_before_the_model(tmp_path, capsys, monkeypatch
     path = MMPOSE / "onehand10k/test_onehand10k.json"
     ann = read_annotations(path)
     _blank_images(ann, tmp_path)
-    common = ["train", str(path), "--images-root", str(tmp_path), "--out", str(tmp_path / "r"),
-              "--weights", "none", "--workers", "0"]  # fmt: skip
+    common = [
+        "train",
+        str(path),
+        "--images-root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "r"),
+        "--weights",
+        "none",
+        "--workers",
+        "0",
+    ]
     assert main(common + ["--sigmas", "0.1", "0.2"]) == 2
     assert "--sigmas: 2 values for 21 keypoints" in capsys.readouterr().err
     assert main(common + ["--flip-pairs", "wrist:nope"]) == 2
@@ -347,12 +529,30 @@ def test_show_reads_an_export_zip(tmp_path, monkeypatch):
 def test_show_names_the_image_and_skips_missing(tmp_path, capsys):
     path = MMPOSE / "onehand10k/test_onehand10k.json"
     out = tmp_path / "x.png"
-    assert main(["show", str(path), "--image", "784", "--out", str(out),
-                 "--images-root", str(tmp_path)]) == 2  # fmt: skip
+    assert (
+        main(
+            ["show", str(path), "--image", "784", "--out", str(out), "--images-root", str(tmp_path)]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "image id 784 '784.jpg': no such file" in err and "--images-root" in err
-    assert main(["show", str(path), "--image", "784.jpg", "--out", str(out),
-                 "--images-root", str(tmp_path), "--skip-missing"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "show",
+                str(path),
+                "--image",
+                "784.jpg",
+                "--out",
+                str(out),
+                "--images-root",
+                str(tmp_path),
+                "--skip-missing",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size == (540, 960)
     assert main(["show", str(path), "--image", "nope", "--out", str(out)]) == 2
     assert "no image with that file name or id" in capsys.readouterr().err
@@ -374,10 +574,18 @@ def test_grouping_rule_is_said():
 
     from kpnb.cli.model_commands import _load_for_training
 
-    xml = CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/export_task/train.xml"  # noqa: E501
-    args = SimpleNamespace(data=str(xml), label="label2", points_as_skeleton=None,
-                           group_by="auto", all_categories=False, flip_pairs=None,
-                           images_root=None)  # fmt: skip
+    xml = (
+        CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/export_task/train.xml"
+    )  # noqa: E501
+    args = SimpleNamespace(
+        data=str(xml),
+        label="label2",
+        points_as_skeleton=None,
+        group_by="auto",
+        all_categories=False,
+        flip_pairs=None,
+        images_root=None,
+    )
     ann, _, label = _load_for_training(args)  # a multi-point label trains as it is
     assert label == "label2" and ann.skeletons["label2"].keypoints == ("1", "2", "3")
 
@@ -390,8 +598,14 @@ def test_box_only_persons_are_ignored_ground_truth_in_oks_ap():
     gt_boxes = np.array([[0, 0, 40, 50], [100, 100, 140, 150]], np.float32)
     dets = np.concatenate([person, empty + [[[110, 110, 1]]]])
     scores = np.array([0.9, 0.95])  # the detection on the box-only person ranks first
-    result = ImageResult(gt_boxes, np.concatenate([person, empty]), gt_boxes, scores, dets,
-                         np.array([1500.0, 1500.0]))  # fmt: skip
+    result = ImageResult(
+        gt_boxes,
+        np.concatenate([person, empty]),
+        gt_boxes,
+        scores,
+        dets,
+        np.array([1500.0, 1500.0]),
+    )
     # kept as ignored ground truth: that detection is neither true nor false positive
     assert oks_ap([result], [0.05] * 3)["AP"] == pytest.approx(1.0)
     dropped = ImageResult(gt_boxes[:1], person, gt_boxes, scores, dets, np.array([1500.0]))

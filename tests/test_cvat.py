@@ -81,14 +81,26 @@ def test_spec_example_video_current_skeleton_track():
     frames = ann.images.set_index("image_index").loc[skel["image_index"], "image_id"]
     assert sorted(set(frames)) == [0, 1, 6, 7, 13, 14]
     assert skel.groupby("instance_id")["visibility"].apply(lambda v: int(v.max())).tolist() == [
-        2, 0, 2, 0, 2, 0]  # fmt: skip
+        2,
+        0,
+        2,
+        0,
+        2,
+        0,
+    ]
 
 
 def test_openvino_project_export_with_duplicate_names_across_subsets():
     ann = read_cvat(OPENVINO / "export_project/annotations.xml")
     assert ann.meta["meta_kind"] == "project"
-    assert ann.images["subset"].tolist() == ["Test", "Test", "Train", "Train", "Validation",
-                                             "Validation"]  # fmt: skip
+    assert ann.images["subset"].tolist() == [
+        "Test",
+        "Test",
+        "Train",
+        "Train",
+        "Validation",
+        "Validation",
+    ]
     assert ann.images["image_index"].tolist() == list(range(6))
     assert ann.images["name"].tolist().count("img0.jpg") == 3
     assert ann.images["task_id"].tolist() == [39] * 6
@@ -130,7 +142,9 @@ def test_sublabel_names_repeat_across_skeletons(pitfalls):
 def test_attributes_of_elements_and_instances(pitfalls):
     attrs = pitfalls.attributes.sort_values("point_index")
     assert attrs[["point_index", "name", "value"]].values.tolist() == [
-        [-1, "pose", "open"], [2, "nail", "painted"]]  # fmt: skip
+        [-1, "pose", "open"],
+        [2, "nail", "painted"],
+    ]
 
 
 def test_names_and_empty_images_are_kept(pitfalls):
@@ -178,8 +192,9 @@ def test_synthetic_export_reads_back_its_truth(synthetic_export):
     truth, _ = synthesize(40, seed=0)
     ann = read_cvat(synthetic_export)
     cols = ["image_index", "instance_id", "label", "keypoint", "point_index", "visibility"]
-    pd.testing.assert_frame_equal(ann.keypoints[cols], truth.keypoints[cols],
-                                  check_categorical=False)  # fmt: skip
+    pd.testing.assert_frame_equal(
+        ann.keypoints[cols], truth.keypoints[cols], check_categorical=False
+    )
     np.testing.assert_allclose(ann.keypoints[["x", "y"]], truth.keypoints[["x", "y"]], atol=1e-3)
     assert ann.skeletons == {"face": FACE}
 
@@ -275,8 +290,16 @@ def test_missing_sources(tmp_path):
 # -- writing ----------------------------------------------------------------------------
 def _instances(ann: Annotations) -> list:
     """Each instance as a comparable tuple (write_cvat orders shapes by z_order, so ids move)."""
-    cols = ["label", "keypoint", "point_index", "visibility", "occluded", "outside", "z_order",
-            "group_id"]  # fmt: skip
+    cols = [
+        "label",
+        "keypoint",
+        "point_index",
+        "visibility",
+        "occluded",
+        "outside",
+        "z_order",
+        "group_id",
+    ]
     kp = ann.keypoints.assign(x=ann.keypoints["x"].round(2), y=ann.keypoints["y"].round(2))
     out = []
     for (image, _), rows in kp.groupby(["image_index", "instance_id"], sort=False):
@@ -287,8 +310,10 @@ def _instances(ann: Annotations) -> list:
 
 def _compare(a: Annotations, b: Annotations) -> None:
     assert _instances(a) == _instances(b)
-    assert a.images[["name", "width", "height"]].values.tolist() == \
-        b.images[["name", "width", "height"]].values.tolist()  # fmt: skip
+    assert (
+        a.images[["name", "width", "height"]].values.tolist()
+        == b.images[["name", "width", "height"]].values.tolist()
+    )
     assert a.skeletons == b.skeletons
 
 
@@ -304,8 +329,11 @@ def test_write_then_read_fixtures(tmp_path):
         _compare(a, b)
 
 
-names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1,
-                max_size=8).map(str.strip).filter(bool)  # fmt: skip
+names = (
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8)
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 @st.composite
@@ -321,24 +349,45 @@ def annotations(draw):
             for j, name in enumerate(kp_names):
                 flag = draw(st.sampled_from(["visible", "occluded", "outside"]))
                 xy = draw(st.tuples(st.floats(-50, 500), st.floats(-50, 500)))
-                rows.append(dict(image_index=i, instance_id=inst, label=label, keypoint=name,
-                                 point_index=j, x=round(xy[0], 2), y=round(xy[1], 2),
-                                 occluded=flag == "occluded", outside=flag == "outside",
-                                 z_order=z))  # fmt: skip
+                rows.append(
+                    dict(
+                        image_index=i,
+                        instance_id=inst,
+                        label=label,
+                        keypoint=name,
+                        point_index=j,
+                        x=round(xy[0], 2),
+                        y=round(xy[1], 2),
+                        occluded=flag == "occluded",
+                        outside=flag == "outside",
+                        z_order=z,
+                    )
+                )
             inst += 1
-    images = [dict(image_index=i, image_id=i, name=f"{draw(names)}_{i}.jpg",
-                   width=draw(st.integers(1, 5000)), height=draw(st.integers(1, 5000)))
-              for i in range(n_images)]  # fmt: skip
+    images = [
+        dict(
+            image_index=i,
+            image_id=i,
+            name=f"{draw(names)}_{i}.jpg",
+            width=draw(st.integers(1, 5000)),
+            height=draw(st.integers(1, 5000)),
+        )
+        for i in range(n_images)
+    ]
     kp = pd.DataFrame(rows, columns=KEYPOINT_COLUMNS[:7] + ["occluded", "outside", "z_order"])
-    edges = draw(st.lists(st.tuples(st.integers(0, k - 1), st.integers(0, k - 1)), max_size=3,
-                          unique=True))  # fmt: skip
+    edges = draw(
+        st.lists(st.tuples(st.integers(0, k - 1), st.integers(0, k - 1)), max_size=3, unique=True)
+    )
     labels = pd.DataFrame(
         [{"name": label, "type": "skeleton"}]
         + [{"name": n, "type": "points", "parent": label} for n in kp_names]
     )
-    return Annotations(tidy_images(pd.DataFrame(images)), tidy_keypoints(kp),
-                       skeletons={label: Skeleton(tuple(kp_names), tuple(edges))},
-                       labels=labels)  # fmt: skip
+    return Annotations(
+        tidy_images(pd.DataFrame(images)),
+        tidy_keypoints(kp),
+        skeletons={label: Skeleton(tuple(kp_names), tuple(edges))},
+        labels=labels,
+    )
 
 
 @settings(
@@ -371,11 +420,14 @@ ALL_XML = sorted(FIXTURES.rglob("*.xml")) + sorted(DATA.glob("*.xml"))
 _SVG = escape(skeleton_svg(Skeleton(("a", "b", "c"), ((0, 1), (1, 2)))))
 HEAD = (
     '<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n<version>1.1</version>\n<meta><task>'
-    "<labels><label><name>s</name><type>skeleton</type><svg>" + _SVG + "</svg></label>"
-    + "".join(f"<label><name>{k}</name><type>points</type><parent>s</parent></label>"
-              for k in "abc")
+    "<labels><label><name>s</name><type>skeleton</type><svg>"
+    + _SVG
+    + "</svg></label>"
+    + "".join(
+        f"<label><name>{k}</name><type>points</type><parent>s</parent></label>" for k in "abc"
+    )
     + "</labels></task></meta>\n"
-)  # fmt: skip
+)
 IMG = '<image id="0" name="a.jpg" width="10" height="10">\n'
 ELEM = '<points label="{}" source="manual" outside="0" occluded="{}" points="{}">\n</points>\n'
 PLAIN = '<points label="p" source="manual" occluded="0" points="{}" z_order="0">\n</points>\n'
@@ -421,40 +473,57 @@ def test_elements_out_of_order_and_missing(tmp_path):
 
 
 def test_attributes_belong_to_their_element_skeleton_and_shape(tmp_path):
-    body = (IMG + '<skeleton label="s" source="manual" z_order="0">\n'
-            '<points label="b" source="manual" outside="0" occluded="0" points="3.00,4.00">\n'
-            '<attribute name="side">left</attribute>\n</points>\n'
-            '<attribute name="person">5 &lt; 6</attribute>\n</skeleton>\n'
-            '<points label="p" source="manual" occluded="0" points="1.00,1.00" z_order="0">\n'
-            '<attribute name="kind">x</attribute>\n<attribute name="more">y\r\nz</attribute>\n'
-            "<attribute name='n'><![CDATA[<b>]]></attribute>\n</points>\n"
-            '<box label="q" xtl="1" ytl="1" xbr="2" ybr="2"><attribute name="ignored">1'
-            "</attribute></box>\n</image>")  # fmt: skip
+    body = (
+        IMG + '<skeleton label="s" source="manual" z_order="0">\n'
+        '<points label="b" source="manual" outside="0" occluded="0" points="3.00,4.00">\n'
+        '<attribute name="side">left</attribute>\n</points>\n'
+        '<attribute name="person">5 &lt; 6</attribute>\n</skeleton>\n'
+        '<points label="p" source="manual" occluded="0" points="1.00,1.00" z_order="0">\n'
+        '<attribute name="kind">x</attribute>\n<attribute name="more">y\r\nz</attribute>\n'
+        "<attribute name='n'><![CDATA[<b>]]></attribute>\n</points>\n"
+        '<box label="q" xtl="1" ytl="1" xbr="2" ybr="2"><attribute name="ignored">1'
+        "</attribute></box>\n</image>"
+    )
     ann = read_cvat(_doc(tmp_path, body))
     assert ann.attributes[["point_index", "name", "value"]].values.tolist() == [
-        [1, "side", "left"], [-1, "person", "5 < 6"], [-1, "kind", "x"], [-1, "more", "y\nz"],
-        [-1, "n", "<b>"]]  # fmt: skip
+        [1, "side", "left"],
+        [-1, "person", "5 < 6"],
+        [-1, "kind", "x"],
+        [-1, "more", "y\nz"],
+        [-1, "n", "<b>"],
+    ]
 
 
 def test_xml_spellings_read_as_xml_defines_them(tmp_path):
-    body = ('<image id="0" name="a&amp;b&#10;c&#x41;.jpg" width="10" height="10">\n'
-            '<points label="p &quot;q&quot; é" source="manual" occluded="0" points="1,2"/>\n'
-            '<points label="two\nlines" occluded="0" points="1,2"/>\n'
-            "<points label='single' occluded='1' points='3,4'/>\n"
-            '<points label = "spaced" points = "5,6"/>\n'
-            "<!-- <points label='comment' points='7,8'/> -->\n"
-            '<points label=\'x points="9,9"\' points="1,2"/>\n</image>')  # fmt: skip
+    body = (
+        '<image id="0" name="a&amp;b&#10;c&#x41;.jpg" width="10" height="10">\n'
+        '<points label="p &quot;q&quot; é" source="manual" occluded="0" points="1,2"/>\n'
+        '<points label="two\nlines" occluded="0" points="1,2"/>\n'
+        "<points label='single' occluded='1' points='3,4'/>\n"
+        '<points label = "spaced" points = "5,6"/>\n'
+        "<!-- <points label='comment' points='7,8'/> -->\n"
+        '<points label=\'x points="9,9"\' points="1,2"/>\n</image>'
+    )
     ann = read_cvat(_doc(tmp_path, body))
     assert ann.images["name"].tolist() == ["a&b\ncA.jpg"]  # references kept, not normalised
     assert ann.keypoints["label"].astype(str).tolist() == [
-        'p "q" é', "two lines", "single", "spaced", 'x points="9,9"']
+        'p "q" é',
+        "two lines",
+        "single",
+        "spaced",
+        'x points="9,9"',
+    ]
     assert _xy(ann) == [[1, 2], [1, 2], [3, 4], [5, 6], [1, 2]]
     assert ann.keypoints["visibility"].tolist() == [2, 2, 1, 2, 2]
 
 
 def test_many_points_decimals_signs_and_long_numbers(tmp_path):
-    body = IMG + PLAIN.format("1.00,2.00;3.5,4;-0.00,6.25e1;12345678901234567890.5,1_0") + \
-        PLAIN.format("") + "</image>"  # fmt: skip
+    body = (
+        IMG
+        + PLAIN.format("1.00,2.00;3.5,4;-0.00,6.25e1;12345678901234567890.5,1_0")
+        + PLAIN.format("")
+        + "</image>"
+    )
     ann = read_cvat(_doc(tmp_path, body))
     x = ann.keypoints["x"].tolist()
     assert x[:3] == [1.0, 3.5, 0.0] and math.copysign(1, x[2]) < 0
@@ -464,12 +533,14 @@ def test_many_points_decimals_signs_and_long_numbers(tmp_path):
 
 
 def test_self_closing_project_boxes_skipped_and_empty_source(tmp_path):
-    body = ('<image id="0" name="a.jpg" subset="Train" task_id="4" width="1" height="1"/>\n'
-            '<image id="0" name="a.jpg" subset="Test" task_id="5" width="10" height="10">\n'
-            '<skeleton label="s" source="" z_order="0" group_id="1"/>\n'
-            '<points label="p" occluded="0" points="1,2" z_order="0" source=""/>\n'
-            '<box label="face" occluded="1" xtl="1" ytl="2" xbr="3" ybr="4" z_order="2"/>\n'
-            '<polygon label="r" points="1,2;3,4;5,6"/>\n<tag label="good"/>\n</image>')  # fmt: skip
+    body = (
+        '<image id="0" name="a.jpg" subset="Train" task_id="4" width="1" height="1"/>\n'
+        '<image id="0" name="a.jpg" subset="Test" task_id="5" width="10" height="10">\n'
+        '<skeleton label="s" source="" z_order="0" group_id="1"/>\n'
+        '<points label="p" occluded="0" points="1,2" z_order="0" source=""/>\n'
+        '<box label="face" occluded="1" xtl="1" ytl="2" xbr="3" ybr="4" z_order="2"/>\n'
+        '<polygon label="r" points="1,2;3,4;5,6"/>\n<tag label="good"/>\n</image>'
+    )
     ann = read_cvat(_doc(tmp_path, body))
     assert ann.images["subset"].tolist() == ["Train", "Test"]
     assert ann.images["task_id"].tolist() == [4, 5]
@@ -480,8 +551,12 @@ def test_self_closing_project_boxes_skipped_and_empty_source(tmp_path):
 
 
 def test_encodings(tmp_path):
-    text = HEAD.replace('<?xml version="1.0" encoding="utf-8"?>\n', "") + IMG + \
-        PLAIN.format("1,2").replace('"p"', '"café"') + "</image>\n</annotations>\n"  # fmt: skip
+    text = (
+        HEAD.replace('<?xml version="1.0" encoding="utf-8"?>\n', "")
+        + IMG
+        + PLAIN.format("1,2").replace('"p"', '"café"')
+        + "</image>\n</annotations>\n"
+    )
     for name, data in [
         ("le.xml", text.encode("utf-16-le")),  # no BOM, no declaration
         ("be.xml", text.encode("utf-16-be")),
@@ -495,9 +570,12 @@ def test_encodings(tmp_path):
 
 
 def test_doctype_with_declarations_is_refused_a_bare_one_is_not(tmp_path):
-    attlist = ('<?xml version="1.0"?>\n<!DOCTYPE annotations [\n'
-               '<!ATTLIST points occluded CDATA "1">\n]>\n<annotations>\n' + IMG
-               + '<points label="p" points="1,2"/>\n</image>\n</annotations>\n')  # fmt: skip
+    attlist = (
+        '<?xml version="1.0"?>\n<!DOCTYPE annotations [\n'
+        '<!ATTLIST points occluded CDATA "1">\n]>\n<annotations>\n'
+        + IMG
+        + '<points label="p" points="1,2"/>\n</image>\n</annotations>\n'
+    )
     with pytest.raises(CvatFormatError, match=r"line \d+: refused: the XML has a DOCTYPE"):
         read_cvat(_write(tmp_path, attlist))
     bare = attlist.replace('[\n<!ATTLIST points occluded CDATA "1">\n]', "")
@@ -505,14 +583,22 @@ def test_doctype_with_declarations_is_refused_a_bare_one_is_not(tmp_path):
 
 
 def test_video_tracks_past_the_last_keyframe(tmp_path):
-    track = ('<track id="{}" label="p" source="manual">\n' + "".join(
-        f'<points frame="{f}" keyframe="{int(f == 0)}" outside="0" occluded="0" '
-        f'points="{f},1" z_order="0"/>\n' for f in range(4)) + "</track>\n")  # fmt: skip
-    closed = ('<track id="7" label="p" source="manual">\n'
-              '<points frame="0" keyframe="1" outside="0" occluded="0" points="0,1"/>\n'
-              '<points frame="1" keyframe="0" outside="0" occluded="0" points="1,1"/>\n'
-              '<points frame="2" keyframe="1" outside="1" occluded="0" points="1,1"/>\n'
-              "</track>\n")  # fmt: skip
+    track = (
+        '<track id="{}" label="p" source="manual">\n'
+        + "".join(
+            f'<points frame="{f}" keyframe="{int(f == 0)}" outside="0" occluded="0" '
+            f'points="{f},1" z_order="0"/>\n'
+            for f in range(4)
+        )
+        + "</track>\n"
+    )
+    closed = (
+        '<track id="7" label="p" source="manual">\n'
+        '<points frame="0" keyframe="1" outside="0" occluded="0" points="0,1"/>\n'
+        '<points frame="1" keyframe="0" outside="0" occluded="0" points="1,1"/>\n'
+        '<points frame="2" keyframe="1" outside="1" occluded="0" points="1,1"/>\n'
+        "</track>\n"
+    )
     path = _doc(tmp_path, track.format(3) + closed)
     ann = read_cvat(path)
     assert ann.meta["past_last_keyframe"] == {3: 3}  # frames 1-3 repeat frame 0's pose
@@ -526,49 +612,84 @@ def test_video_tracks_past_the_last_keyframe(tmp_path):
 # -- bad values: each refused with file, line, element, attribute and the fix ------------
 _P = '<points label="p" occluded="0" points="{}" z_order="0"/>\n'
 BAD_VALUES = {
-    "nan coordinate": (IMG + _P.format("nan,1") + "</image>",
-                       r"line 6: <points> points='nan,1' is not 'x,y' pairs of finite"),
+    "nan coordinate": (
+        IMG + _P.format("nan,1") + "</image>",
+        r"line 6: <points> points='nan,1' is not 'x,y' pairs of finite",
+    ),
     "inf coordinate": (IMG + _P.format("1,2;inf,1") + "</image>", r"line 6: <points> points="),
     "overflowing coordinate": (IMG + _P.format("1e999,1") + "</image>", "finite numbers"),
-    "inf in a skeleton element": (IMG + SKEL.format(ELEM.format("a", 0, "-inf,1")) + "</image>",
-                                  r"line 7: skeleton element points='-inf,1'"),
+    "inf in a skeleton element": (
+        IMG + SKEL.format(ELEM.format("a", 0, "-inf,1")) + "</image>",
+        r"line 7: skeleton element points='-inf,1'",
+    ),
     "three numbers in a pair": (IMG + _P.format("1,2,3;4") + "</image>", "is not 'x,y' pairs"),
-    "a shape outside any image": (IMG + "</image>\n" + _P.format("1,2"),
-                                  r"line 7: <points> outside any <image> or <track>"),
+    "a shape outside any image": (
+        IMG + "</image>\n" + _P.format("1,2"),
+        r"line 7: <points> outside any <image> or <track>",
+    ),
     "a skeleton outside any image": (SKEL.format(""), r"line 5: <skeleton> outside any <image>"),
-    "20-digit z_order": (IMG + _P.format("1,2").replace('z_order="0"',
-                                                         'z_order="99999999999999999999"')
-                         + "</image>", r"line 6: <points> z_order='99999999999999999999' is "
-                         r"outside -2147483648\.\.2147483647"),  # fmt: skip
-    "inf group_id": (IMG + SKEL.replace('z_order="0"', 'group_id="inf"').format("") + "</image>",
-                     r"line 6: <skeleton> group_id='inf' is not a whole number"),
-    "fractional z_order": (IMG + _P.format("1,2").replace('"0"/', '"2.5"/') + "</image>",
-                           r"<points> z_order='2.5' is not a whole number"),
-    "20-digit image id": (IMG.replace('id="0"', 'id="12345678901234567890"') + "</image>",
-                          r"line 5: <image> id='12345678901234567890' is outside"),
-    "inf image id": (IMG.replace('id="0"', 'id="inf"') + "</image>",
-                     r"line 5: <image> id='inf' is not a whole number"),
-    "huge frame": ('<track id="0" label="p">\n<points frame="99999999999999999999" points="1,2"/>'
-                   "\n</track>", r"line 6: <points> frame='99999999999999999999' is outside"),
+    "20-digit z_order": (
+        IMG
+        + _P.format("1,2").replace('z_order="0"', 'z_order="99999999999999999999"')
+        + "</image>",
+        r"line 6: <points> z_order='99999999999999999999' is "
+        r"outside -2147483648\.\.2147483647",
+    ),
+    "inf group_id": (
+        IMG + SKEL.replace('z_order="0"', 'group_id="inf"').format("") + "</image>",
+        r"line 6: <skeleton> group_id='inf' is not a whole number",
+    ),
+    "fractional z_order": (
+        IMG + _P.format("1,2").replace('"0"/', '"2.5"/') + "</image>",
+        r"<points> z_order='2.5' is not a whole number",
+    ),
+    "20-digit image id": (
+        IMG.replace('id="0"', 'id="12345678901234567890"') + "</image>",
+        r"line 5: <image> id='12345678901234567890' is outside",
+    ),
+    "inf image id": (
+        IMG.replace('id="0"', 'id="inf"') + "</image>",
+        r"line 5: <image> id='inf' is not a whole number",
+    ),
+    "huge frame": (
+        '<track id="0" label="p">\n<points frame="99999999999999999999" points="1,2"/>\n</track>',
+        r"line 6: <points> frame='99999999999999999999' is outside",
+    ),
     "inf track id": ('<track id="inf" label="p">\n</track>', r"line 5: <track> id/task_id='inf'"),
-    "fractional width": (IMG.replace('width="10"', 'width="416.7"') + "</image>",
-                         r"line 5: <image> width='416.7' is not a whole number; CVAT writes"),
-    "huge width": (IMG.replace('width="10"', 'width="1' + "0" * 12 + '"') + "</image>",
-                   r"line 5: <image> width='1000000000000' is outside"),
-    "zero width": (IMG.replace('width="10"', 'width="0"') + "</image>",
-                   r"line 5: <image> width='0' is not a size of at least 1 pixel"),
-    "negative height": (IMG.replace('height="10"', 'height="-5"') + "</image>",
-                        r"line 5: <image> height='-5' is not a size of at least 1 pixel"),
-    "non-numeric box": (IMG + '<box label="b" xtl="x" ytl="1" xbr="2" ybr="2"/>\n</image>',
-                        r"line 6: <box> xtl,ytl / xbr,ybr points='x,1' is not"),
-    "points inside points": (IMG + '<points label="p" points="1,2">' + _P.format("1,2")
-                             + "</points>\n</image>", r"line 6: <points> inside <points>"),
+    "fractional width": (
+        IMG.replace('width="10"', 'width="416.7"') + "</image>",
+        r"line 5: <image> width='416.7' is not a whole number; CVAT writes",
+    ),
+    "huge width": (
+        IMG.replace('width="10"', 'width="1' + "0" * 12 + '"') + "</image>",
+        r"line 5: <image> width='1000000000000' is outside",
+    ),
+    "zero width": (
+        IMG.replace('width="10"', 'width="0"') + "</image>",
+        r"line 5: <image> width='0' is not a size of at least 1 pixel",
+    ),
+    "negative height": (
+        IMG.replace('height="10"', 'height="-5"') + "</image>",
+        r"line 5: <image> height='-5' is not a size of at least 1 pixel",
+    ),
+    "non-numeric box": (
+        IMG + '<box label="b" xtl="x" ytl="1" xbr="2" ybr="2"/>\n</image>',
+        r"line 6: <box> xtl,ytl / xbr,ybr points='x,1' is not",
+    ),
+    "points inside points": (
+        IMG + '<points label="p" points="1,2">' + _P.format("1,2") + "</points>\n</image>",
+        r"line 6: <points> inside <points>",
+    ),
     "image inside image": (IMG + IMG + "</image></image>", r"line 6: <image> inside another"),
-    "box inside a skeleton": (IMG + SKEL.format('<box label="b" xtl="1" ytl="1" xbr="2" ybr="2"'
-                                                "/>\n") + "</image>", r"line 7: <box> inside"),
-    "track inside image": (IMG + '<track id="0" label="p"></track></image>',
-                           r"line 6: <track> inside a shape or an <image>"),
-}  # fmt: skip
+    "box inside a skeleton": (
+        IMG + SKEL.format('<box label="b" xtl="1" ytl="1" xbr="2" ybr="2"/>\n') + "</image>",
+        r"line 7: <box> inside",
+    ),
+    "track inside image": (
+        IMG + '<track id="0" label="p"></track></image>',
+        r"line 6: <track> inside a shape or an <image>",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_VALUES))
@@ -585,8 +706,11 @@ def test_zip_with_two_annotations_files_is_refused_naming_both(tmp_path, synthet
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(synthetic_export / "annotations.xml", "annotations.xml")
         zf.write(synthetic_export / "annotations.xml", "old/annotations.xml")
-    with pytest.raises(CvatFormatError, match=r"2 annotations.xml members \('annotations.xml', "
-                       r"'old/annotations.xml'\)"):  # fmt: skip
+    with pytest.raises(
+        CvatFormatError,
+        match=r"2 annotations.xml members \('annotations.xml', "
+        r"'old/annotations.xml'\)",
+    ):
         read_cvat(archive)
 
 
@@ -595,8 +719,10 @@ def test_a_huge_whitespace_body_streams_in_bounded_memory(tmp_path):
     import tracemalloc
 
     archive = tmp_path / "spaces.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf, \
-            zf.open("annotations.xml", "w") as f:  # fmt: skip
+    with (
+        zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("annotations.xml", "w") as f,
+    ):
         f.write((HEAD + IMG).encode())
         block = b" " * (1 << 20)
         for _ in range(64):  # 64 MB of spaces inside one <image>
@@ -624,12 +750,41 @@ def small_export(tmp_path_factory):
 
 
 _ALPHABET = b"<>/=\"' &;#.,-0123456789abxz\n!?e\xff\x00"
-_ATTRS = [b"points", b"z_order", b"group_id", b"id", b"width", b"height", b"label",
-          b"occluded", b"outside", b"source"]  # fmt: skip
-_VALUES = st.one_of(st.sampled_from(["nan,1", "inf", "1e999", "99999999999999999999", "-1",
-                                     "0", "416.7", "", "1,2;3", "1,2,3", " 7 ", "&#38;", "1_0",
-                                     "abc", "2", "1;2"]),
-                    st.text(max_size=6))  # fmt: skip
+_ATTRS = [
+    b"points",
+    b"z_order",
+    b"group_id",
+    b"id",
+    b"width",
+    b"height",
+    b"label",
+    b"occluded",
+    b"outside",
+    b"source",
+]
+_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "nan,1",
+            "inf",
+            "1e999",
+            "99999999999999999999",
+            "-1",
+            "0",
+            "416.7",
+            "",
+            "1,2;3",
+            "1,2,3",
+            " 7 ",
+            "&#38;",
+            "1_0",
+            "abc",
+            "2",
+            "1;2",
+        ]
+    ),
+    st.text(max_size=6),
+)
 
 
 def _consistent(ann) -> None:
@@ -640,11 +795,22 @@ def _consistent(ann) -> None:
     assert (ann.images["width"].dropna() >= 1).all() and (ann.images["height"].dropna() >= 1).all()
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(edits=st.lists(st.tuples(st.floats(0, 1), st.sampled_from(["insert", "delete", "attr"]),
-                                st.binary(min_size=1, max_size=3), st.sampled_from(_ATTRS),
-                                _VALUES), min_size=1, max_size=3))  # fmt: skip
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.floats(0, 1),
+            st.sampled_from(["insert", "delete", "attr"]),
+            st.binary(min_size=1, max_size=3),
+            st.sampled_from(_ATTRS),
+            _VALUES,
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_mutated_exports_read_right_or_are_refused(tmp_path, small_export, edits):
     import kpnb.cvat.parse
 
@@ -683,9 +849,13 @@ def test_mutated_exports_read_right_or_are_refused(tmp_path, small_export, edits
 
 # -- writing an export that had no <meta> ------------------------------------------------
 def test_write_without_meta_declares_every_label(tmp_path):
-    body = (IMG + SKEL.format(ELEM.format("a", 0, "1,2")) + PLAIN.format("3,4")
-            + '<box label="face" xtl="1" ytl="2" xbr="3" ybr="4"/>\n</image>')  # fmt: skip
-    text = '<annotations>\n<version>1.1</version>\n' + body + "\n</annotations>\n"
+    body = (
+        IMG
+        + SKEL.format(ELEM.format("a", 0, "1,2"))
+        + PLAIN.format("3,4")
+        + '<box label="face" xtl="1" ytl="2" xbr="3" ybr="4"/>\n</image>'
+    )
+    text = "<annotations>\n<version>1.1</version>\n" + body + "\n</annotations>\n"
     ann = read_cvat(_write(tmp_path, text))
     assert ann.meta["name"] is None and len(ann.labels) == 0
     out = write_cvat(ann, tmp_path / "out.xml").read_text()

@@ -55,9 +55,15 @@ def test_targets_match_the_tables(ann, synthetic_export):
 def test_model_accepts_targets_including_an_all_negative_batch(ann, synthetic_export):
     torch.manual_seed(0)
     ds = KeypointDataset(ann, synthetic_export, "face", train_transforms(128, [0, 2, 1, 4, 3]))
-    model = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_keypoints=5,
-                                      min_size=128, max_size=128, rpn_post_nms_top_n_train=64,
-                                      box_batch_size_per_image=32)  # fmt: skip
+    model = keypointrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_keypoints=5,
+        min_size=128,
+        max_size=128,
+        rpn_post_nms_top_n_train=64,
+        box_batch_size_per_image=32,
+    )
     model.train()
     positives = [ds[i] for i in range(4) if len(ds[i][1]["boxes"])][:2]
     negatives = [ds[i] for i in range(len(ds)) if len(ds.items[i].boxes) == 0][:2]
@@ -113,8 +119,7 @@ def test_split_by_subset_else_seeded(ann, points_export):
 
 
 def test_make_loaders(ann, synthetic_export):
-    train, val = make_loaders(ann, synthetic_export, "face", size=96, batch_size=4,
-                              num_workers=0)  # fmt: skip
+    train, val = make_loaders(ann, synthetic_export, "face", size=96, batch_size=4, num_workers=0)
     images, targets = next(iter(train))
     assert len(images) == 4 and images[0].shape == (3, 96, 96)
     assert len(val.dataset) == 8
@@ -136,13 +141,20 @@ def _one_image(tmp_path, rows, boxes=(), size=(200, 100), area=None):
 
     from kpnb.coco import read_coco
 
-    doc = {"images": [{"id": 5, "file_name": "a.png", "width": size[0], "height": size[1]}],
-           "categories": [{"id": 1, "name": "p", "keypoints": ["left_eye", "right_eye"],
-                           "skeleton": [[1, 2]]}],
-           "annotations": [dict({"id": 10 + i, "image_id": 5, "category_id": 1,
-                                 "keypoints": kps}, **({"bbox": boxes[i]} if boxes else {}),
-                                **({"area": area[i]} if area else {}))
-                           for i, kps in enumerate(rows)]}  # fmt: skip
+    doc = {
+        "images": [{"id": 5, "file_name": "a.png", "width": size[0], "height": size[1]}],
+        "categories": [
+            {"id": 1, "name": "p", "keypoints": ["left_eye", "right_eye"], "skeleton": [[1, 2]]}
+        ],
+        "annotations": [
+            dict(
+                {"id": 10 + i, "image_id": 5, "category_id": 1, "keypoints": kps},
+                **({"bbox": boxes[i]} if boxes else {}),
+                **({"area": area[i]} if area else {}),
+            )
+            for i, kps in enumerate(rows)
+        ],
+    }
     (tmp_path / "kp.json").write_text(json.dumps(doc))
     Image.new("RGB", size).save(tmp_path / "a.png")
     return read_coco(tmp_path / "kp.json")
@@ -167,8 +179,12 @@ def test_seed_shaped_boxes_are_object_sized_and_check_export_flags_degenerate(tm
 
 
 def test_box_only_instances_are_targets_with_the_files_area(tmp_path):
-    ann = _one_image(tmp_path, [[20, 20, 2, 30, 20, 2], [0, 0, 0, 0, 0, 0]],
-                     boxes=[[10, 10, 30, 20], [100, 40, 50, 40]], area=[123.0, 800.0])  # fmt: skip
+    ann = _one_image(
+        tmp_path,
+        [[20, 20, 2, 30, 20, 2], [0, 0, 0, 0, 0, 0]],
+        boxes=[[10, 10, 30, 20], [100, 40, 50, 40]],
+        area=[123.0, 800.0],
+    )
     ds = KeypointDataset(ann, tmp_path, "p", eval_transforms(100))
     _, target = ds[0]
     assert len(target["boxes"]) == 2 and (target["keypoints"][1, :, 2] == 0).all()
@@ -187,15 +203,30 @@ def test_flip_pairs_reach_the_training_flip(ann, synthetic_export, caplog):
 
     train, _ = make_loaders(ann, synthetic_export, "face", size=64, num_workers=0)
     assert flip_of(train).flip_perm.tolist() == [0, 2, 1, 4, 3]
-    train, _ = make_loaders(ann, synthetic_export, "face", size=64, num_workers=0,
-                            flip_pairs=[("left_eye", "right_eye")])  # fmt: skip
+    train, _ = make_loaders(
+        ann,
+        synthetic_export,
+        "face",
+        size=64,
+        num_workers=0,
+        flip_pairs=[("left_eye", "right_eye")],
+    )
     assert flip_of(train).flip_perm.tolist() == [0, 2, 1, 3, 4]
     with caplog.at_level("WARNING", logger="kpnb.dataset"):
-        make_loaders(ann, synthetic_export, "face", size=64, num_workers=0,
-                     flip_pairs=[("left_eye", "right_eye")])  # fmt: skip
+        make_loaders(
+            ann,
+            synthetic_export,
+            "face",
+            size=64,
+            num_workers=0,
+            flip_pairs=[("left_eye", "right_eye")],
+        )
     assert "['left_ear', 'right_ear'] say left or right but have no partner" in caplog.text
-    unnamed = ann.__class__(ann.images, ann.keypoints, {"face": ann.skeletons["face"].__class__(
-        ("a", "b", "c", "d", "e"))})  # fmt: skip
+    unnamed = ann.__class__(
+        ann.images,
+        ann.keypoints,
+        {"face": ann.skeletons["face"].__class__(("a", "b", "c", "d", "e"))},
+    )
     with caplog.at_level("INFO", logger="kpnb.dataset"):
         train, _ = make_loaders(unnamed, synthetic_export, "face", size=64, num_workers=0)
     assert flip_of(train) is None and "the training flip is off" in caplog.text

@@ -78,8 +78,11 @@ def test_zip_bomb_ratio_refused_from_the_header(tmp_path, no_decompression):
     archive = _zip(tmp_path, {"annotations.xml": b"<annotations/>", "big.bin": ZEROS})
     assert archive.stat().st_size < 100_000
     start = time.perf_counter()
-    with pytest.raises(DatasetUnavailableError, match=r"'big.bin' unpacks .* limit 200x.*"
-                       r"KPNB_MAX_UNZIP_RATIO") as exc:  # fmt: skip
+    with pytest.raises(
+        DatasetUnavailableError,
+        match=r"'big.bin' unpacks .* limit 200x.*"
+        r"KPNB_MAX_UNZIP_RATIO",
+    ) as exc:
         safe_extract(archive, tmp_path / "out")
     assert time.perf_counter() - start < 1.0
     assert str(archive) in str(exc.value)
@@ -89,8 +92,11 @@ def test_zip_bomb_ratio_refused_from_the_header(tmp_path, no_decompression):
 def test_zip_bomb_total_size_refused_and_limit_can_be_raised(tmp_path, monkeypatch):
     archive = _zip(tmp_path, {"a.bin": os.urandom(600_000), "b.bin": os.urandom(600_000)})
     monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", "1000000")
-    with pytest.raises(DatasetUnavailableError, match=r"1,200,000 bytes.*1,000,000.*"
-                       "KPNB_MAX_UNZIP_BYTES"):  # fmt: skip
+    with pytest.raises(
+        DatasetUnavailableError,
+        match=r"1,200,000 bytes.*1,000,000.*"
+        "KPNB_MAX_UNZIP_BYTES",
+    ):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # the parameter wins over the environment; the ratio limit likewise
@@ -130,8 +136,10 @@ def test_coco_zip_is_read_within_the_limits(tmp_path, synthetic_export, monkeypa
 
 
 # -- members that escape, link, or repeat -------------------------------------------------
-@pytest.mark.parametrize("name", ["../evil.txt", "toy/../../evil.txt", "/tmp/kpnb-evil.txt",
-                                  "..\\evil.txt", "C:/evil.txt"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["../evil.txt", "toy/../../evil.txt", "/tmp/kpnb-evil.txt", "..\\evil.txt", "C:/evil.txt"],
+)
 def test_zip_slip_is_refused(tmp_path, name, no_decompression):
     archive = _zip(tmp_path, {"toy/annotations.xml": b"<annotations/>", name: b"gotcha"})
     with pytest.raises(DatasetUnavailableError, match="outside the target folder"):
@@ -168,8 +176,9 @@ def test_duplicate_and_file_folder_members_are_refused(tmp_path, no_decompressio
 
 def test_corrupt_member_leaves_nothing_half_extracted(tmp_path):
     body = b"<annotations>" + b"A" * 5000 + b"</annotations>"
-    archive = _zip(tmp_path, {"first.txt": b"fine", "annotations.xml": body},
-                   compression=zipfile.ZIP_STORED)  # fmt: skip
+    archive = _zip(
+        tmp_path, {"first.txt": b"fine", "annotations.xml": body}, compression=zipfile.ZIP_STORED
+    )
     raw = bytearray(archive.read_bytes())
     raw[raw.index(b"AAAA")] = ord("B")  # the CRC no longer matches
     archive.write_bytes(bytes(raw))
@@ -238,9 +247,11 @@ def test_a_file_never_becomes_a_folder_nor_the_reverse(tmp_path, synthetic_expor
     ann = read_annotations(synthetic_export)
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
-    for write in (lambda: generate(target, 2, overwrite=True),
-                  lambda: save_tables(ann, target, overwrite=True),
-                  lambda: generate(target / "sub", 2)):  # fmt: skip
+    for write in (
+        lambda: generate(target, 2, overwrite=True),
+        lambda: save_tables(ann, target, overwrite=True),
+        lambda: generate(target / "sub", 2),
+    ):
         with pytest.raises(OutputExistsError, match="precious.txt: is a file, not a folder"):
             write()
     assert target.read_text() == "keep me"
@@ -296,18 +307,25 @@ def test_outputs_respect_the_umask(tmp_path, synthetic_export, mask):
         os.umask(old)
     for folder in (out, tables):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask, folder
-    for file in (out / "annotations.xml", zipped, tables / "keypoints.csv", coco,
-                 tmp_path / "plain.txt"):  # fmt: skip
+    for file in (
+        out / "annotations.xml",
+        zipped,
+        tables / "keypoints.csv",
+        coco,
+        tmp_path / "plain.txt",
+    ):
         assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~mask, file
 
 
 # -- downloads ------------------------------------------------------------------------------
 def test_cache_is_keyed_by_the_whole_url(http_server, tmp_path):
     exports = {n: _zip_folder(generate(tmp_path / f"e{n}", n, seed=n)) for n in (2, 3, 4, 5)}
-    urls = {2: http_server.put("a/data.zip", exports[2]),
-            3: http_server.put("b/data.zip", exports[3]),
-            4: http_server.put("data.zip?v=1", exports[4]),
-            5: http_server.put("data.zip?v=2", exports[5])}  # fmt: skip
+    urls = {
+        2: http_server.put("a/data.zip", exports[2]),
+        3: http_server.put("b/data.zip", exports[3]),
+        4: http_server.put("data.zip?v=1", exports[4]),
+        5: http_server.put("data.zip?v=2", exports[5]),
+    }
     cache = tmp_path / "cache"
     roots = {n: get_dataset(url, cache, progress=False) for n, url in urls.items()}
     for n, root in roots.items():
@@ -397,13 +415,20 @@ def _png_declaring(width: int, height: int) -> bytes:
     """A 100-byte PNG whose header says `width` x `height` (its data is one tiny row)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_png_decompression_bomb_is_refused(tmp_path, capsys):
@@ -417,8 +442,11 @@ def test_png_decompression_bomb_is_refused(tmp_path, capsys):
     ds = KeypointDataset(ann, root, next(iter(ann.skeletons)))
     index = next(i for i, item in enumerate(ds.items) if item.path.name == bomb.name)
     start = time.perf_counter()
-    with pytest.raises(ImageError, match=r"img_00001.jpg: .*more than 64,000,000 pixels.*"
-                       "KPNB_MAX_PIXELS"):  # fmt: skip
+    with pytest.raises(
+        ImageError,
+        match=r"img_00001.jpg: .*more than 64,000,000 pixels.*"
+        "KPNB_MAX_PIXELS",
+    ):
         ds[index]
     assert time.perf_counter() - start < 1.0
     png = tmp_path / "drawn.png"
@@ -428,20 +456,25 @@ def test_png_decompression_bomb_is_refused(tmp_path, capsys):
 
 
 # -- command line values ---------------------------------------------------------------------
-@pytest.mark.parametrize("argv, flag", [
-    (["synth", "--out", "x", "--images", "-1"], "--images"),
-    (["synth", "--out", "x", "--seed", "x"], "--seed"),
-    (["train", "synthetic", "--out", "r", "--size", "0"], "--size"),
-    (["train", "synthetic", "--out", "r", "--epochs", "-3"], "--epochs"),
-    (["train", "synthetic", "--out", "r", "--batch-size", "0"], "--batch-size"),
-    (["train", "synthetic", "--out", "r", "--lr", "-1"], "--lr"),
-    (["train", "synthetic", "--out", "r", "--lr", "nan"], "--lr"),
-    (["evaluate", "c.pth", "synthetic", "--sigmas", "0.1", "0"], "--sigmas"),
-    (["evaluate", "c.pth", "synthetic", "--workers", "-1"], "--workers"),
-    (["predict", "c.pth", "a.jpg", "--out", "p.xml", "--score-threshold", "2"],
-     "--score-threshold"),
-    (["data", "synthetic", "--images", "-5"], "--images"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["synth", "--out", "x", "--images", "-1"], "--images"),
+        (["synth", "--out", "x", "--seed", "x"], "--seed"),
+        (["train", "synthetic", "--out", "r", "--size", "0"], "--size"),
+        (["train", "synthetic", "--out", "r", "--epochs", "-3"], "--epochs"),
+        (["train", "synthetic", "--out", "r", "--batch-size", "0"], "--batch-size"),
+        (["train", "synthetic", "--out", "r", "--lr", "-1"], "--lr"),
+        (["train", "synthetic", "--out", "r", "--lr", "nan"], "--lr"),
+        (["evaluate", "c.pth", "synthetic", "--sigmas", "0.1", "0"], "--sigmas"),
+        (["evaluate", "c.pth", "synthetic", "--workers", "-1"], "--workers"),
+        (
+            ["predict", "c.pth", "a.jpg", "--out", "p.xml", "--score-threshold", "2"],
+            "--score-threshold",
+        ),
+        (["data", "synthetic", "--images", "-5"], "--images"),
+    ],
+)
 def test_bad_flag_values_are_refused_by_the_parser(argv, flag, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

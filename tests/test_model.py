@@ -56,8 +56,9 @@ def weights_server(coco_like_weights, http_server):
     return http_server.put(path.name, path.read_bytes())
 
 
-def test_coco_weights_download_then_swap_the_keypoint_head(weights_server, coco_like_weights,
-                                                           tmp_path, monkeypatch):  # fmt: skip
+def test_coco_weights_download_then_swap_the_keypoint_head(
+    weights_server, coco_like_weights, tmp_path, monkeypatch
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(kmodel, "COCO_URL", weights_server)
     _, state = coco_like_weights
@@ -70,8 +71,7 @@ def test_coco_weights_download_then_swap_the_keypoint_head(weights_server, coco_
     assert three.roi_heads.box_predictor.cls_score.out_features == 3
 
 
-def test_bad_hash_is_refused_and_not_cached(coco_like_weights, http_server, tmp_path,
-                                           monkeypatch):  # fmt: skip
+def test_bad_hash_is_refused_and_not_cached(coco_like_weights, http_server, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     # same bytes, but the name promises another hash: torch.hub's check must refuse them
     path, _ = coco_like_weights
@@ -105,21 +105,28 @@ def test_local_pth_path(coco_like_weights, tmp_path):
 
 
 def _norms(model):
-    return {type(m) for m in model.backbone.body.modules()
-            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}  # fmt: skip
+    return {
+        type(m)
+        for m in model.backbone.body.modules()
+        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))
+    }
 
 
 def _trains(model, stage):
-    return all(p.requires_grad for n, p in model.backbone.body.named_parameters()
-               if n.startswith(stage))  # fmt: skip
+    return all(
+        p.requires_grad for n, p in model.backbone.body.named_parameters() if n.startswith(stage)
+    )
 
 
 def test_pretrained_is_built_as_torchvision_does(coco_like_weights):
     path, _ = coco_like_weights
     m = build_model(4, weights=path)
     assert _norms(m) == {FrozenBatchNorm2d}
-    assert not any(p.requires_grad for n, p in m.backbone.body.named_parameters()
-                   if n.startswith(("conv1", "layer1")))  # fmt: skip
+    assert not any(
+        p.requires_grad
+        for n, p in m.backbone.body.named_parameters()
+        if n.startswith(("conv1", "layer1"))
+    )
     assert all(_trains(m, s) for s in ("layer2", "layer3", "layer4"))
     assert m.kpnb_build["norm"] == "frozen" and m.kpnb_build["trainable_backbone_layers"] == 3
     five = build_model(4, weights=path, trainable_backbone_layers=5)
@@ -152,8 +159,9 @@ def _calls_code():
     return None
 
 
-@pytest.mark.parametrize("payload", [_Payload, _calls_code, _Payload()],
-                         ids=["class", "function", "object"])  # fmt: skip
+@pytest.mark.parametrize(
+    "payload", [_Payload, _calls_code, _Payload()], ids=["class", "function", "object"]
+)
 def test_a_checkpoint_holding_code_is_refused(tmp_path, payload):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "skeleton": {"keypoints": ["a"], "edges": []}, "x": payload}, path)
@@ -167,8 +175,11 @@ def test_empty_garbage_and_foreign_files_are_one_line_errors(tmp_path):
     empty.write_bytes(b"")
     garbage.write_bytes(b"\x80\x04not a pickle at all" * 10)
     torch.save({"weights": torch.zeros(2)}, foreign)
-    for path, what in [(empty, "empty file"), (garbage, "not a checkpoint"),
-                       (foreign, "not a kpnb checkpoint")]:  # fmt: skip
+    for path, what in [
+        (empty, "empty file"),
+        (garbage, "not a checkpoint"),
+        (foreign, "not a kpnb checkpoint"),
+    ]:
         with pytest.raises(ValueError, match=what) as exc:
             load_checkpoint_model(path)
         assert "\n" not in str(exc.value) and "weights_only" not in str(exc.value)

@@ -23,8 +23,12 @@ nbclient = pytest.importorskip("nbclient")
 FOLDER = Path(__file__).parents[1] / "notebooks"
 # Each notebook once (about a minute of CPU in all): the layout-dependent branches of 02
 # (heat maps) and 03 (flip pairs) on the one-keypoint export.
-CASES = [("00_setup", "five labels"), ("01_cvat_to_pandas", "five labels"),
-         ("02_visualize", "nose only"), ("03_augment_and_dataset", "nose only")]  # fmt: skip
+CASES = [
+    ("00_setup", "five labels"),
+    ("01_cvat_to_pandas", "five labels"),
+    ("02_visualize", "nose only"),
+    ("03_augment_and_dataset", "nose only"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,9 @@ def toy_layouts(tmp_path_factory) -> dict[str, Path]:
 
 def _with_dataset(nb, dataset: Path):
     (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    source, n = re.subn(r"^DATASET = .*$", f"DATASET = {str(dataset)!r}", params.source,
-                        flags=re.MULTILINE)  # fmt: skip
+    source, n = re.subn(
+        r"^DATASET = .*$", f"DATASET = {str(dataset)!r}", params.source, flags=re.MULTILINE
+    )
     assert n == 1, f"the parameter cell sets DATASET once:\n{params.source}"
     params.source = source
     return nb
@@ -55,15 +60,21 @@ def test_notebook_runs_on_the_toy_layout(stem, layout, toy_layouts, tmp_path, mo
     monkeypatch.setenv("KPNB_OUTPUTS", str(tmp_path / "outputs"))
     monkeypatch.setenv("KPNB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "agg")
-    nb = _with_dataset(nbformat.read(FOLDER / f"{stem}.ipynb", as_version=4),
-                       toy_layouts[layout])
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(FOLDER)}})  # fmt: skip
+    nb = _with_dataset(nbformat.read(FOLDER / f"{stem}.ipynb", as_version=4), toy_layouts[layout])
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(FOLDER)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, on the first error
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]  # fmt: skip
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
-    logs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.outputs if o.get("name") == "stderr")  # fmt: skip
+    logs = "".join(
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.get("name") == "stderr"
+    )
     if "open_export(DATASET" in "".join(c.source for c in nb.cells):
         assert "became one instance of a skeleton 'object'" in logs

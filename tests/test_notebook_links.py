@@ -28,7 +28,7 @@ def _colab_target(url: str) -> str:
     """The notebook file a Colab URL opens, if it is built from REPO and BRANCH."""
     prefix = f"{COLAB}{REPO}/blob/{BRANCH}/notebooks/"
     assert url.startswith(prefix), f"{url} is not built from kpnb.config ({prefix}...)"
-    return url[len(prefix):]
+    return url[len(prefix) :]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -42,7 +42,7 @@ def test_badge_opens_this_notebook_on_colab(path):
 def test_next_link_opens_the_next_notebook_on_colab(path):
     last = _markdown(path)[-1]
     assert "**Next:**" in last, "the last cell ends with a Next link"
-    links = LINK.findall(last[last.index("**Next:**"):])
+    links = LINK.findall(last[last.index("**Next:**") :])
     assert links, "the Next line has no link"
     target = _colab_target(links[0])
     assert (FOLDER / target).is_file(), f"{target} does not exist"

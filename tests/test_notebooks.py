@@ -9,8 +9,14 @@ import pytest
 from kpnb.config import BRANCH, REPO, REPO_URL
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
-EXPECTED = ["00_setup", "01_cvat_to_pandas", "02_visualize", "03_augment_and_dataset",
-            "04_finetune_keypoint_rcnn", "05_your_own_export"]  # fmt: skip
+EXPECTED = [
+    "00_setup",
+    "01_cvat_to_pandas",
+    "02_visualize",
+    "03_augment_and_dataset",
+    "04_finetune_keypoint_rcnn",
+    "05_your_own_export",
+]
 
 
 def _load(path):
@@ -45,8 +51,10 @@ def test_kernel_parameters_and_executed_outputs(path):
     nb = _load(path)
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     code = [c for c in nb["cells"] if c["cell_type"] == "code" and _source(c).strip()]
-    assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code) or \
-        path.stem == "00_setup"  # fmt: skip
+    assert (
+        any("parameters" in c.get("metadata", {}).get("tags", []) for c in code)
+        or path.stem == "00_setup"
+    )
     assert all(c["execution_count"] is not None for c in code), "commit notebooks executed"
     counts = [c["execution_count"] for c in code]
     assert counts == sorted(counts), "cells were run out of order"
@@ -58,16 +66,21 @@ def test_kernel_parameters_and_executed_outputs(path):
 def test_cells_stay_short_and_few_outputs_are_ignored(path):
     code = [c for c in _load(path)["cells"] if c["cell_type"] == "code"]
     for c in code[1:]:  # the set-up cell is the same everywhere
-        logic = [ln for ln in _source(c).splitlines()
-                 if ln.strip() and not ln.strip().startswith("#")]  # fmt: skip
+        logic = [
+            ln for ln in _source(c).splitlines() if ln.strip() and not ln.strip().startswith("#")
+        ]
         assert len(logic) <= 15, f"a cell of {len(logic)} lines belongs in kpnb:\n{_source(c)}"
     with_output = [c for c in code if c["outputs"]]
     ignored = [c for c in with_output if "NBVAL_IGNORE_OUTPUT" in _source(c)]
     assert len(ignored) <= max(1, len(with_output) // 4)
 
 
-NBVAL_MARKERS = {"# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP", "# NBVAL_CHECK_OUTPUT",
-                 "# NBVAL_RAISES_EXCEPTION"}  # fmt: skip
+NBVAL_MARKERS = {
+    "# NBVAL_IGNORE_OUTPUT",
+    "# NBVAL_SKIP",
+    "# NBVAL_CHECK_OUTPUT",
+    "# NBVAL_RAISES_EXCEPTION",
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -90,8 +103,13 @@ def test_smoke_runs_write_apart_from_full_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("KPNB_OUTPUTS", "CI")}
     where = {}
     for smoke in ("0", "1"):
-        where[smoke] = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True,
-                                      env={**env, "KPNB_SMOKE": smoke}, capture_output=True,
-                                      check=True).stdout.strip()  # fmt: skip
+        where[smoke] = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            text=True,
+            env={**env, "KPNB_SMOKE": smoke},
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
     assert where["0"] == str(tmp_path.resolve() / "outputs")
     assert where["1"] == str(tmp_path.resolve() / "outputs" / "smoke")

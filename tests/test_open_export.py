@@ -65,8 +65,10 @@ def test_root_holds_the_images_whatever_path_is_given(tmp_path, form):
 def _write(tmp_path, body: str):
     path = tmp_path / "export" / "annotations.xml"
     path.parent.mkdir()
-    path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n'
-                    f"<version>1.1</version>\n{body}</annotations>\n")  # fmt: skip
+    path.write_text(
+        f'<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n'
+        f"<version>1.1</version>\n{body}</annotations>\n"
+    )
     return path.parent
 
 
@@ -78,7 +80,12 @@ def test_an_export_without_keypoints_is_refused_with_its_path(tmp_path):
 
 def test_two_objects_in_one_image_are_refused_with_its_path(tmp_path):
     point = '<points label="nose" occluded="0" source="manual" points="{}" z_order="0"></points>\n'
-    folder = _write(tmp_path, '<image id="0" name="a.jpg" width="8" height="8">\n'
-                    + point.format("1,1") + point.format("5,5") + "</image>\n")  # fmt: skip
+    folder = _write(
+        tmp_path,
+        '<image id="0" name="a.jpg" width="8" height="8">\n'
+        + point.format("1,1")
+        + point.format("5,5")
+        + "</image>\n",
+    )
     with pytest.raises(ValueError, match=r"export.*two 'nose' points"):
         open_export(folder)

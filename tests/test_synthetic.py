@@ -192,8 +192,9 @@ def test_appearance_never_moves_a_keypoint(monkeypatch):
     """The backdrop draws from its own random stream (the original drew it first from the
     geometry's): drawing it differently leaves sizes, faces and keypoints where they were."""
     before = [render_scene(5, i) for i in range(6)]
-    monkeypatch.setattr(synthetic, "_background",
-                        lambda rng, w, h: np.full((h, w, 3), 128, np.float32))  # fmt: skip
+    monkeypatch.setattr(
+        synthetic, "_background", lambda rng, w, h: np.full((h, w, 3), 128, np.float32)
+    )
     after = [render_scene(5, i) for i in range(6)]
     for a, b in zip(before, after, strict=True):
         assert a.image.size == b.image.size

@@ -49,8 +49,9 @@ def test_fit_writes_safe_checkpoints_and_history_and_resumes(tiny, tmp_path, cap
     skeleton, train, val = tiny
     model = _model()
     with caplog.at_level(logging.INFO, logger="kpnb.train"):
-        history = fit(model, train, val, skeleton, TrainConfig(epochs=1, size=SIZE),
-                      out_dir=tmp_path)  # fmt: skip
+        history = fit(
+            model, train, val, skeleton, TrainConfig(epochs=1, size=SIZE), out_dir=tmp_path
+        )
     assert [h["epoch"] for h in history] == [0]
     assert {"loss", "loss_keypoint", "AP", "PCK@0.1", "mean_px_error", "lr"} <= set(history[0])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
@@ -76,8 +77,9 @@ def test_fit_writes_safe_checkpoints_and_history_and_resumes(tiny, tmp_path, cap
     assert _no_nan((tmp_path / "history.json").read_text())[0]["epoch"] == 0
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     cfg = TrainConfig(epochs=2, size=SIZE)
-    resumed = fit(_model(), train, val, skeleton, cfg, out_dir=tmp_path,
-                  resume=tmp_path / "last.pth")  # fmt: skip
+    resumed = fit(
+        _model(), train, val, skeleton, cfg, out_dir=tmp_path, resume=tmp_path / "last.pth"
+    )
     assert [h["epoch"] for h in resumed] == [0, 1]
 
 
@@ -106,23 +108,46 @@ def test_resume_after_a_kill_writes_best_again_and_cleans_leftovers(tiny, tmp_pa
     mine = [tmp_path / "notes.tmp", tmp_path / ".data.csv.x.tmp"]  # not kpnb's: they stay
     for p in mine:
         p.write_text("user file")
-    fit(_model(), train, val, skeleton, TrainConfig(epochs=2, size=SIZE), out_dir=tmp_path,
-        resume=tmp_path / "last.pth")  # fmt: skip
+    fit(
+        _model(),
+        train,
+        val,
+        skeleton,
+        TrainConfig(epochs=2, size=SIZE),
+        out_dir=tmp_path,
+        resume=tmp_path / "last.pth",
+    )
     model, ckpt = load_checkpoint_model(tmp_path / "best.pth")
     assert ckpt["epoch"] == 1 and not leftover.exists() and all(p.exists() for p in mine)
 
 
 def _save_with_code(path):
-    torch.save({"model": {}, "optimizer": {}, "lr_scheduler": {}, "epoch": 0,
-                "skeleton": {"keypoints": ["a"], "edges": []}, "hook": print}, path)  # fmt: skip
+    torch.save(
+        {
+            "model": {},
+            "optimizer": {},
+            "lr_scheduler": {},
+            "epoch": 0,
+            "skeleton": {"keypoints": ["a"], "edges": []},
+            "hook": print,
+        },
+        path,
+    )
 
 
 def test_resume_refuses_a_checkpoint_that_holds_code(tiny, tmp_path):
     skeleton, train, val = tiny
     _save_with_code(tmp_path / "last.pth")
     with pytest.raises(ValueError, match="refused"):
-        fit(_model(), train, val, skeleton, TrainConfig(epochs=1, size=SIZE),
-            out_dir=tmp_path, resume=tmp_path / "last.pth")  # fmt: skip
+        fit(
+            _model(),
+            train,
+            val,
+            skeleton,
+            TrainConfig(epochs=1, size=SIZE),
+            out_dir=tmp_path,
+            resume=tmp_path / "last.pth",
+        )
     torch.save({"model": {}}, tmp_path / "weights_only.pth")
     with pytest.raises(ValueError, match="cannot resume"):
         load_checkpoint(tmp_path / "weights_only.pth")
@@ -179,21 +204,49 @@ def test_torchrun_two_cpu_processes_with_gloo(points_export, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", "29517", "-m", "kpnb", "train",
-         str(points_export), "--points-as-skeleton", "face", "--epochs", "1", "--size",
-         str(SIZE), "--batch-size", "2", "--workers", "0", "--weights", "none",
-         "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "29517",
+            "-m",
+            "kpnb",
+            "train",
+            str(points_export),
+            "--points-as-skeleton",
+            "face",
+            "--epochs",
+            "1",
+            "--size",
+            str(SIZE),
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--weights",
+            "none",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and "AP" in history[0]  # rank 0 evaluated and wrote
     assert proc.stdout.count("trained 1 epochs") == 1  # only rank 0 reports
 
 
-def test_cli_train_evaluate_predict_on_the_runs_own_split(points_export, tmp_path, capsys,
-                                                          monkeypatch):  # fmt: skip
+def test_cli_train_evaluate_predict_on_the_runs_own_split(
+    points_export, tmp_path, capsys, monkeypatch
+):
     seeds = []
     real_split = kdataset.split_indices
 
@@ -203,9 +256,29 @@ def test_cli_train_evaluate_predict_on_the_runs_own_split(points_export, tmp_pat
 
     monkeypatch.setattr(kdataset, "split_indices", recording)
     run = tmp_path / "run"
-    assert main(["train", str(points_export), "--points-as-skeleton", "face", "--epochs", "1",
-                 "--size", str(SIZE), "--workers", "0", "--seed", "7", "--weights", "none",
-                 "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                str(points_export),
+                "--points-as-skeleton",
+                "face",
+                "--epochs",
+                "1",
+                "--size",
+                str(SIZE),
+                "--workers",
+                "0",
+                "--seed",
+                "7",
+                "--weights",
+                "none",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     # no --size, --label, --points-as-skeleton, seed: all come from the checkpoint
     assert main(["evaluate", str(run / "best.pth"), str(points_export), "--workers", "0"]) == 0
     out = capsys.readouterr().out
@@ -215,10 +288,25 @@ def test_cli_train_evaluate_predict_on_the_runs_own_split(points_export, tmp_pat
     images = sorted((points_export / "images").glob("*.jpg"))[:3]
     xml, coco = tmp_path / "preds.xml", tmp_path / "preds.json"
     threshold = ["--score-threshold", "0", "--workers", "1"]
-    assert main(["predict", str(run / "best.pth"), *map(str, images), "--out", str(xml),
-                 "--viz", str(tmp_path / "viz"), *threshold]) == 0  # fmt: skip
-    assert main(["predict", str(run / "best.pth"), *map(str, images), "--out", str(coco),
-                 *threshold]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(run / "best.pth"),
+                *map(str, images),
+                "--out",
+                str(xml),
+                "--viz",
+                str(tmp_path / "viz"),
+                *threshold,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["predict", str(run / "best.pth"), *map(str, images), "--out", str(coco), *threshold])
+        == 0
+    )
     back = read_cvat(xml)
     assert list(back.images["name"]) == [p.name for p in images]
     assert set(back.keypoints["source"].astype(str)) <= {"auto"}
@@ -228,8 +316,19 @@ def test_cli_train_evaluate_predict_on_the_runs_own_split(points_export, tmp_pat
 
 
 def test_cli_resume_without_checkpoint_is_clear(synthetic_export, tmp_path, capsys):
-    code = main(["train", str(synthetic_export), "--epochs", "1", "--out", str(tmp_path / "r"),
-                 "--resume", "--weights", "none"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            str(synthetic_export),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--resume",
+            "--weights",
+            "none",
+        ]
+    )
     assert code == 2 and "nothing to resume" in capsys.readouterr().err
 
 

@@ -82,8 +82,9 @@ def test_flip_swaps_named_pairs_against_the_generator_truth(raw_dataset):
         before = target["keypoints"].as_subclass(torch.Tensor)
         after = f_target["keypoints"].as_subclass(torch.Tensor)
         for j, name in enumerate(FACE.keypoints):
-            partner = FACE.keypoints.index(name.replace("left", "@").replace("right", "left")
-                                           .replace("@", "right"))  # fmt: skip
+            partner = FACE.keypoints.index(
+                name.replace("left", "@").replace("right", "left").replace("@", "right")
+            )
             assert torch.allclose(after[:, j, 0], w - before[:, partner, 0])
             assert torch.allclose(after[:, j, 1], before[:, partner, 1])
             assert (f_target["visibility"][:, j] == target["visibility"][:, partner]).all()

@@ -24,7 +24,6 @@ __all__ = ["main", "get_args_parser"]
 log = logging.getLogger("kpnb")
 
 
-
 # -- the parser ---------------------------------------------------------------------------
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``kpnb`` parser with every registered subcommand."""
@@ -71,8 +70,14 @@ def _cli_message(msg: str) -> str:
     return msg
 
 
-_INPUT_ERRORS = (KpnbError, FileNotFoundError, PermissionError, IsADirectoryError,
-                 NotADirectoryError, FileExistsError)  # fmt: skip
+_INPUT_ERRORS = (
+    KpnbError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

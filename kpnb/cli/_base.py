@@ -53,9 +53,12 @@ def fraction(text: str) -> float:
 
 
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an existing OUT: replace the files kpnb writes there, keep "
-                   "all others (default: refuse an existing file or non-empty folder)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an existing OUT: replace the files kpnb writes there, keep "
+        "all others (default: refuse an existing file or non-empty folder)",
+    )
 
 
 def _command(name: str, help: str, example: str):

@@ -28,8 +28,9 @@ log = logging.getLogger("kpnb")
 )
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (or .zip with --zip)")
-    p.add_argument("--images", type=nonnegative_int, default=200,
-                   help="number of images (default: 200)")  # fmt: skip
+    p.add_argument(
+        "--images", type=nonnegative_int, default=200, help="number of images (default: 200)"
+    )
     p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--layout",
@@ -47,8 +48,9 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     from kpnb.synthetic import generate
 
-    out = generate(args.out, args.images, args.seed, args.layout, as_zip=args.zip,
-                   overwrite=args.overwrite)  # fmt: skip
+    out = generate(
+        args.out, args.images, args.seed, args.layout, as_zip=args.zip, overwrite=args.overwrite
+    )
     print(f"wrote {args.images} images ({args.layout} layout, seed {args.seed}) to {out}")
     return 0
 
@@ -63,8 +65,9 @@ def run_synth(args: argparse.Namespace) -> int:
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="'synthetic', a registered name, a URL of an export zip, or a path")
     p.add_argument("--root", type=Path, help="cache folder (default: $KPNB_CACHE or ~/.cache/kpnb)")
-    p.add_argument("--images", type=nonnegative_int, default=200,
-                   help="synthetic: image count (default: 200)")  # fmt: skip
+    p.add_argument(
+        "--images", type=nonnegative_int, default=200, help="synthetic: image count (default: 200)"
+    )
     p.add_argument("--seed", type=nonnegative_int, default=0, help="synthetic: seed (default: 0)")
     p.add_argument("--sha256", help="expected checksum of a URL's file")
 
@@ -73,8 +76,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def run_data(args: argparse.Namespace) -> int:
     from kpnb.data import get_dataset
 
-    path = get_dataset(args.spec, args.root, n_images=args.images, seed=args.seed,
-                       sha256=args.sha256)  # fmt: skip
+    path = get_dataset(
+        args.spec, args.root, n_images=args.images, seed=args.seed, sha256=args.sha256
+    )
     print(path)
     return 0
 
@@ -98,8 +102,6 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 # -- convert ------------------------------------------------------------------------------
 @_command(
     "convert",
@@ -119,8 +121,6 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
         help="COCO only: leave plain <points> labels out (default: written as CVAT does, "
         "one annotation per shape with empty keypoint names)",
     )
-
-
 
 
 @add_convert_arguments.runner
@@ -160,16 +160,20 @@ def run_convert(args: argparse.Namespace) -> int:
 )
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="export folder, zip or annotation file")
-    p.add_argument("--image", help="image to draw: its file name, SUBSET/NAME in project "
-                   "exports, or its CVAT/COCO image id (default: the first image)")  # fmt: skip
+    p.add_argument(
+        "--image",
+        help="image to draw: its file name, SUBSET/NAME in project "
+        "exports, or its CVAT/COCO image id (default: the first image)",
+    )
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--images-root", type=Path, help="folder holding images/ (default: source)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="draw on a blank canvas of the declared size when the file is missing")
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="draw on a blank canvas of the declared size when the file is missing",
+    )
     p.add_argument("--boxes", action="store_true", help="draw each instance's box too")
     p.add_argument("--label", help="draw only this label (default: every label)")
-
-
 
 
 @add_show_arguments.runner
@@ -180,8 +184,14 @@ def run_show(args: argparse.Namespace) -> int:
     source = get_dataset(args.source)  # a zip is extracted once (checked) into the cache
     ann = read_annotations(source)
     root = args.images_root or (source if source.is_dir() else source.parent)
-    img = show_sample(ann, ann.image_index_of(args.image), root, label=args.label,
-                      boxes=args.boxes, skip_missing=args.skip_missing)  # fmt: skip
+    img = show_sample(
+        ann,
+        ann.image_index_of(args.image),
+        root,
+        label=args.label,
+        boxes=args.boxes,
+        skip_missing=args.skip_missing,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     img.save(args.out)
     print(f"wrote {args.out} ({img.width}x{img.height})")

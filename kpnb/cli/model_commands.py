@@ -35,19 +35,35 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
         "per species); the labels used are printed",
     )
     _points_args(p)
-    p.add_argument("--images-root", type=Path,
-                   help="folder holding the images (default: beside the annotations)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="leave out images whose files are missing instead of failing")
-    p.add_argument("--flip-pairs", nargs="+", metavar="LEFT:RIGHT",
-                   help="left/right keypoint pairs for the training flip, e.g. "
-                   "'L_Eye:R_Eye' (default: paired from the names)")  # fmt: skip
-    p.add_argument("--size", type=positive_int, default=None if run else 256,
-                   help=f"square image size ({run or 'default: 256'})")  # fmt: skip
-    p.add_argument("--batch-size", type=positive_int, default=2,
-                   help="images per step (default: 2)")  # fmt: skip
-    p.add_argument("--workers", type=nonnegative_int,
-                   help="data loader workers (default: cores - 1)")  # fmt: skip
+    p.add_argument(
+        "--images-root",
+        type=Path,
+        help="folder holding the images (default: beside the annotations)",
+    )
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="leave out images whose files are missing instead of failing",
+    )
+    p.add_argument(
+        "--flip-pairs",
+        nargs="+",
+        metavar="LEFT:RIGHT",
+        help="left/right keypoint pairs for the training flip, e.g. "
+        "'L_Eye:R_Eye' (default: paired from the names)",
+    )
+    p.add_argument(
+        "--size",
+        type=positive_int,
+        default=None if run else 256,
+        help=f"square image size ({run or 'default: 256'})",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=2, help="images per step (default: 2)"
+    )
+    p.add_argument(
+        "--workers", type=nonnegative_int, help="data loader workers (default: cores - 1)"
+    )
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
 
 
@@ -77,14 +93,18 @@ def _load_for_training(args):
     ann = read_annotations(root)
     if args.points_as_skeleton:
         ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
-        print(f"points grouped into {args.points_as_skeleton!r} instances by "
-              f"{ann.meta['points_grouping']}")  # fmt: skip
+        print(
+            f"points grouped into {args.points_as_skeleton!r} instances by "
+            f"{ann.meta['points_grouping']}"
+        )
     multi = ann.multi_point_labels()
     if multi and (args.label is None or args.label in multi):
         ann = points_as_instances(ann, [args.label] if args.label else multi)
     if not ann.skeletons:
-        raise KpnbError(f"{args.data}: no skeleton label; for one <points> shape per keypoint, "
-                         "pass --points-as-skeleton NAME")  # fmt: skip
+        raise KpnbError(
+            f"{args.data}: no skeleton label; for one <points> shape per keypoint, "
+            "pass --points-as-skeleton NAME"
+        )
     label = args.label or next(iter(ann.skeletons))
     if label not in ann.skeletons:
         raise KpnbError(f"--label {label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
@@ -94,17 +114,22 @@ def _load_for_training(args):
         ann = merge_skeletons(ann, layout, label)
         print(f"training labels {layout} as one skeleton {label!r}")
     else:
-        print(f"training label {label!r}" + (f"; not used: {others}" if others else "")
-              + (" (--all-categories trains the labels sharing its layout: "
-                 f"{[n for n in layout if n != label]})" if len(layout) > 1 else ""))  # fmt: skip
+        print(
+            f"training label {label!r}"
+            + (f"; not used: {others}" if others else "")
+            + (
+                " (--all-categories trains the labels sharing its layout: "
+                f"{[n for n in layout if n != label]})"
+                if len(layout) > 1
+                else ""
+            )
+        )
     pairs = _flip_pairs(args)
     if pairs is not None:
         paired = ann.skeletons[label].with_flip_pairs(pairs)
         ann = replace(ann, skeletons={**ann.skeletons, label: paired})
     image_root = args.images_root or (root if root.is_dir() else root.parent)
     return ann, image_root, label
-
-
 
 
 @_command(
@@ -117,9 +142,12 @@ def _load_for_training(args):
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
     p.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
-    p.add_argument("--minutes", type=positive_float,
-                   help="time budget: the schedule fits it and training stops when it is used "
-                   "up (default: none)")  # fmt: skip
+    p.add_argument(
+        "--minutes",
+        type=positive_float,
+        help="time budget: the schedule fits it and training stops when it is used "
+        "up (default: none)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints/history")
     p.add_argument(
         "--weights",
@@ -127,16 +155,26 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="coco (download torchvision's COCO weights), none, or a .pth path "
         "(default: coco, falling back to random with a warning when offline)",
     )
-    p.add_argument("--preset", choices=("auto", "cpu", "torchvision"), default="auto",
-                   help="model sizes: auto (torchvision's on CUDA, cpu elsewhere), cpu (images "
-                   "kept at --size, fewer proposals) or torchvision (640-800 px)")  # fmt: skip
     p.add_argument(
-        "--lr", type=positive_float, default=1e-4,
+        "--preset",
+        choices=("auto", "cpu", "torchvision"),
+        default="auto",
+        help="model sizes: auto (torchvision's on CUDA, cpu elsewhere), cpu (images "
+        "kept at --size, fewer proposals) or torchvision (640-800 px)",
+    )
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=1e-4,
         help="peak one-cycle learning rate (default: 1e-4)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
-    p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the run and of the split (default: 0)")  # fmt: skip
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the run and of the split (default: 0)",
+    )
     p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
 
@@ -152,21 +190,35 @@ def run_train(args: argparse.Namespace) -> int:
     skeleton = ann.skeletons[label]
     # Everything that can fail on the input fails here, before the model is built.
     if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
-        raise KpnbError(f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
-                         f"keypoints {list(skeleton.keypoints)}")  # fmt: skip
+        raise KpnbError(
+            f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
+            f"keypoints {list(skeleton.keypoints)}"
+        )
     if args.epochs < 1:
         raise KpnbError(f"--epochs must be >= 1, got {args.epochs}")
-    train_loader, val_loader = make_loaders(ann, root, label, size=args.size,
-                                            batch_size=args.batch_size, num_workers=args.workers,
-                                            seed=args.seed,
-                                            skip_missing=args.skip_missing)  # fmt: skip
+    train_loader, val_loader = make_loaders(
+        ann,
+        root,
+        label,
+        size=args.size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        seed=args.seed,
+        skip_missing=args.skip_missing,
+    )
     if not any(len(item.boxes) for item in train_loader.dataset.items):
-        raise KpnbError(f"{args.data}: no instance of {label!r} in the training images; "
-                         "nothing to learn")  # fmt: skip
+        raise KpnbError(
+            f"{args.data}: no instance of {label!r} in the training images; nothing to learn"
+        )
     print(f"flip: {skeleton.flip_summary()}")
     weights = None if str(args.weights).lower() == "none" else args.weights
-    model = build_model(skeleton.num_keypoints, weights=weights, size=args.size,
-                        preset=args.preset, allow_random=args.weights == "coco")  # fmt: skip
+    model = build_model(
+        skeleton.num_keypoints,
+        weights=weights,
+        size=args.size,
+        preset=args.preset,
+        allow_random=args.weights == "coco",
+    )
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -174,18 +226,32 @@ def run_train(args: argparse.Namespace) -> int:
         size=args.size,
         max_minutes=args.minutes,
         sigmas=args.sigmas,
-        extra={"label": label, "data": str(args.data),
-               "points_as_skeleton": args.points_as_skeleton},  # fmt: skip
+        extra={
+            "label": label,
+            "data": str(args.data),
+            "points_as_skeleton": args.points_as_skeleton,
+        },
     )
     resume = args.out / "last.pth" if args.resume else None
     if resume is not None and not resume.is_file():
         raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
-    history = fit(model, train_loader, val_loader, skeleton, config, out_dir=args.out,
-                  device=args.device, resume=resume)  # fmt: skip
+    history = fit(
+        model,
+        train_loader,
+        val_loader,
+        skeleton,
+        config,
+        out_dir=args.out,
+        device=args.device,
+        resume=resume,
+    )
     if history and int(os.environ.get("RANK", 0)) == 0:
         last = history[-1]
-        shown = {k: round(v, 4) for k, v in last.items()
-                 if k in ("loss", "AP", "PCK@0.1") and v is not None}  # fmt: skip
+        shown = {
+            k: round(v, 4)
+            for k, v in last.items()
+            if k in ("loss", "AP", "PCK@0.1") and v is not None
+        }
         print(f"trained {len(history)} epochs on {len(train_loader.dataset)} images: {shown}")
         print(f"checkpoints and history in {args.out}")
     return 0
@@ -230,12 +296,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ann, root, label = _load_for_training(args)
     skeleton = ckpt["skeleton_obj"]
     if ann.skeletons[label].keypoints != skeleton.keypoints:
-        raise KpnbError(f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
-                         f"{label!r}'s {list(ann.skeletons[label].keypoints)}")  # fmt: skip
+        raise KpnbError(
+            f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
+            f"{label!r}'s {list(ann.skeletons[label].keypoints)}"
+        )
     # the run's own split (its seed), so these are exactly the images it validated on
     indices = None if args.all else split_indices(ann, seed=args.seed)[1]
-    ds = KeypointDataset(ann, root, label, eval_transforms(args.size), indices=indices,
-                         skip_missing=args.skip_missing)  # fmt: skip
+    ds = KeypointDataset(
+        ann,
+        root,
+        label,
+        eval_transforms(args.size),
+        indices=indices,
+        skip_missing=args.skip_missing,
+    )
     workers = default_workers() if args.workers is None else args.workers
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=workers)
     result = evaluate(model, loader, skeleton, args.sigmas)
@@ -251,6 +325,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def pd_table(metrics: dict) -> str:
     """`metrics` as aligned lines; a missing value (None) shows as n/a."""
+
     def cell(v):
         return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -276,18 +351,25 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=fraction, default=0.5, help="default: 0.5")
     p.add_argument("--label", default=None, help="label name to write (default: checkpoint's)")
     p.add_argument("--images-root", type=Path, help="IMAGES are relative to this folder")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="leave out image files that do not exist instead of failing")
-    p.add_argument("--annotations", type=Path, metavar="EXPORT",
-                   help=".json out: take image ids from this export's images (matched by "
-                   "file name), so the results load against it in pycocotools")  # fmt: skip
-    p.add_argument("--batch-size", type=positive_int, default=4,
-                   help="images per batch (default: 4)")  # fmt: skip
-    p.add_argument("--workers", type=nonnegative_int,
-                   help="image loading workers (default: cores - 1)")  # fmt: skip
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="leave out image files that do not exist instead of failing",
+    )
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        metavar="EXPORT",
+        help=".json out: take image ids from this export's images (matched by "
+        "file name), so the results load against it in pycocotools",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=4, help="images per batch (default: 4)"
+    )
+    p.add_argument(
+        "--workers", type=nonnegative_int, help="image loading workers (default: cores - 1)"
+    )
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-
-
 
 
 def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None) -> list[int]:
@@ -315,9 +397,11 @@ def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None)
         found = by_name.get(rel) if rel else None
         found = found if found is not None else by_base.get(path.name)
         if found is None:
-            raise KpnbError(f"--annotations {source}: no image named {rel or path.name!r} in "
-                             "it; predict images of that export, or leave --annotations "
-                             "out")  # fmt: skip
+            raise KpnbError(
+                f"--annotations {source}: no image named {rel or path.name!r} in "
+                "it; predict images of that export, or leave --annotations "
+                "out"
+            )
         ids.append(int(found))
     return ids
 
@@ -337,8 +421,9 @@ def run_predict(args: argparse.Namespace) -> int:
         args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing and not args.skip_missing:
-        raise FileNotFoundError(f"no such image files: {', '.join(missing[:10])}; "
-                                "pass --skip-missing to leave them out")  # fmt: skip
+        raise FileNotFoundError(
+            f"no such image files: {', '.join(missing[:10])}; pass --skip-missing to leave them out"
+        )
     if missing:
         log.warning("left out %d missing image files, e.g. %s", len(missing), missing[0])
         args.images = [p for p in args.images if p.is_file()]
@@ -349,9 +434,16 @@ def run_predict(args: argparse.Namespace) -> int:
     skeleton = ckpt["skeleton_obj"]
     label = args.label or (ckpt.get("config") or {}).get("extra", {}).get("label") or "object"
     with tqdm(total=len(args.images), desc="predict", unit="img", file=sys.stderr) as bar:
-        preds = predict(model, [str(p) for p in args.images], skeleton, label,
-                        score_threshold=args.score_threshold, batch_size=args.batch_size,
-                        num_workers=args.workers, on_batch=bar.update)  # fmt: skip
+        preds = predict(
+            model,
+            [str(p) for p in args.images],
+            skeleton,
+            label,
+            score_threshold=args.score_threshold,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            on_batch=bar.update,
+        )
     sizes = [image_size(p) for p in args.images]
     write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids)
     if args.viz:
@@ -365,5 +457,3 @@ def run_predict(args: argparse.Namespace) -> int:
             picture.save(args.viz / f"{path.stem}.png")
     print(f"{preds['instance_id'].nunique()} instances in {len(args.images)} images -> {args.out}")
     return 0
-
-

@@ -21,8 +21,15 @@ from kpnb.cvat.svg import skeleton_svg
 from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, write_cvat
 from kpnb.tables import Annotations
 
-__all__ = ["CvatAnnotations", "CvatFormatError", "read_cvat", "write_cvat", "skeleton_svg",
-           "iter_cvat_lines", "FIXED_DUMPED"]  # fmt: skip
+__all__ = [
+    "CvatAnnotations",
+    "CvatFormatError",
+    "read_cvat",
+    "write_cvat",
+    "skeleton_svg",
+    "iter_cvat_lines",
+    "FIXED_DUMPED",
+]
 
 #: What `read_cvat` returns: the tidy tables shared by every kpnb stage.
 CvatAnnotations = Annotations

@@ -25,17 +25,31 @@ def build_tables(ps: Reader, keyframes_only: bool = False) -> Annotations:
     frozen = _past_last_keyframe(inst, elem, images)
     if keyframes_only:
         keypoints, attributes = _keyframes_only(keypoints, attributes, inst, elem)
-    boxes = pd.DataFrame(columns.box_columns(ps.boxes, name)) if ps.boxes else \
-        pd.DataFrame(columns=["image_index"])  # fmt: skip
+    boxes = (
+        pd.DataFrame(columns.box_columns(ps.boxes, name))
+        if ps.boxes
+        else pd.DataFrame(columns=["image_index"])
+    )
     meta = {
-        "source": name, "format": "video" if ps.frame_index else "images",
-        "meta_kind": ps.meta_kind, "version": ps.version, "dumped": ps.dumped,
-        "name": ps.meta_fields.get("name"), "skipped": dict(ps.skipped),
-        "past_last_keyframe": frozen, "keyframes_only": keyframes_only,
-    }  # fmt: skip
-    return Annotations(images=images, keypoints=tidy_keypoints(keypoints), skeletons=skeletons,
-                       labels=labels, boxes=tidy_boxes(boxes), attributes=attributes,
-                       meta=meta)  # fmt: skip
+        "source": name,
+        "format": "video" if ps.frame_index else "images",
+        "meta_kind": ps.meta_kind,
+        "version": ps.version,
+        "dumped": ps.dumped,
+        "name": ps.meta_fields.get("name"),
+        "skipped": dict(ps.skipped),
+        "past_last_keyframe": frozen,
+        "keyframes_only": keyframes_only,
+    }
+    return Annotations(
+        images=images,
+        keypoints=tidy_keypoints(keypoints),
+        skeletons=skeletons,
+        labels=labels,
+        boxes=tidy_boxes(boxes),
+        attributes=attributes,
+        meta=meta,
+    )
 
 
 def _skeletons(labels: list[dict], inst: dict, elem: dict, source: str) -> dict[str, Skeleton]:
@@ -48,8 +62,9 @@ def _skeletons(labels: list[dict], inst: dict, elem: dict, source: str) -> dict[
     skeletons: dict[str, Skeleton] = {}
     for lab in labels:
         if lab.get("type") == "skeleton" or lab.get("svg") or lab["name"] in sublabels:
-            sk = parse_skeleton_svg(lab["name"], lab.get("svg"), sublabels.get(lab["name"], []),
-                                    source)  # fmt: skip
+            sk = parse_skeleton_svg(
+                lab["name"], lab.get("svg"), sublabels.get(lab["name"], []), source
+            )
             if sk is not None:
                 skeletons[lab["name"]] = sk
     if len(elem["instance"]):
@@ -69,22 +84,49 @@ def _images_table(ps: Reader) -> pd.DataFrame:
     sizes: dict = {}
     if ps.frame_index:
         # project exports describe each task's frames; task and job exports the one at top
-        tasks = ps.tasks if ps.meta_kind == "project" and ps.tasks else {
-            None: {**ps.meta_fields, **ps.meta_size}}  # fmt: skip
+        tasks = (
+            ps.tasks
+            if ps.meta_kind == "project" and ps.tasks
+            else {None: {**ps.meta_fields, **ps.meta_size}}
+        )
         for task_id, t in tasks.items():
             for f in _task_frames(t, ps.name):
                 if (task_id, f) not in ps.frame_index:
                     ps.frame_index[(task_id, f)] = len(records)
-                    records.append(({"id": str(f), "name": f"frame_{f:06d}",
-                                     "subset": t.get("subset"), "task_id": task_id}, None))
-            sizes[task_id] = (t.get("width") or ps.meta_size.get("width"),
-                              t.get("height") or ps.meta_size.get("height"))  # fmt: skip
-        records = [({**a, "width": sizes.get(a.get("task_id"), (None, None))[0],
-                     "height": sizes.get(a.get("task_id"), (None, None))[1]}, line)
-                   for a, line in records]  # fmt: skip
-    cols = columns.image_columns(records, ps.name) if records else {
-        c: [] for c in ("image_index", "image_id", "name", "width", "height", "subset",
-                        "task_id")}  # fmt: skip
+                    records.append(
+                        (
+                            {
+                                "id": str(f),
+                                "name": f"frame_{f:06d}",
+                                "subset": t.get("subset"),
+                                "task_id": task_id,
+                            },
+                            None,
+                        )
+                    )
+            sizes[task_id] = (
+                t.get("width") or ps.meta_size.get("width"),
+                t.get("height") or ps.meta_size.get("height"),
+            )
+        records = [
+            (
+                {
+                    **a,
+                    "width": sizes.get(a.get("task_id"), (None, None))[0],
+                    "height": sizes.get(a.get("task_id"), (None, None))[1],
+                },
+                line,
+            )
+            for a, line in records
+        ]
+    cols = (
+        columns.image_columns(records, ps.name)
+        if records
+        else {
+            c: []
+            for c in ("image_index", "image_id", "name", "width", "height", "subset", "task_id")
+        }
+    )
     df = pd.DataFrame(cols)
     df = df.astype({"width": "Int32", "height": "Int32", "task_id": "Int64"})
     return tidy_images(df)
@@ -99,9 +141,13 @@ def _task_frames(t: dict, source: str) -> range:
         return range(0)
     ff = t.get("frame_filter") or ""
     step = ff[5:] if ff.startswith("step=") else "1"
-    start, stop, step = values.integers([start, stop, step], [None] * 3,
-                                        "<meta> start_frame/stop_frame/frame_filter step",
-                                        source, bounds=(0, values.INT32[1]))  # fmt: skip
+    start, stop, step = values.integers(
+        [start, stop, step],
+        [None] * 3,
+        "<meta> start_frame/stop_frame/frame_filter step",
+        source,
+        bounds=(0, values.INT32[1]),
+    )
     return range(int(start), int(stop) + 1, max(int(step), 1))
 
 
@@ -118,8 +164,9 @@ def _past_last_keyframe(inst: dict, elem: dict, images: pd.DataFrame) -> dict[in
     if not tracked.any():
         return {}
     frame = images["image_id"].to_numpy()[inst["image_index"]]
-    df = pd.DataFrame({"track": inst["track_id"], "frame": frame,
-                       "key": _instance_keyframes(inst, elem)})[tracked]  # fmt: skip
+    df = pd.DataFrame(
+        {"track": inst["track_id"], "frame": frame, "key": _instance_keyframes(inst, elem)}
+    )[tracked]
     last = df[df["key"]].groupby("track")["frame"].max()
     past = df["frame"] > df["track"].map(last).fillna(-1).to_numpy()
     counts = df[past].groupby("track").size()
@@ -147,8 +194,14 @@ def _categorical(codes: np.ndarray, categories) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, categories=pd.Index(categories))
 
 
-def _element_rows(elem: dict, start: np.ndarray, label_codes: np.ndarray, labels,
-                  skeletons: dict[str, Skeleton], source_name: str) -> np.ndarray:  # fmt: skip
+def _element_rows(
+    elem: dict,
+    start: np.ndarray,
+    label_codes: np.ndarray,
+    labels,
+    skeletons: dict[str, Skeleton],
+    source_name: str,
+) -> np.ndarray:
     """The keypoint-table row of each skeleton element: its instance's block start plus its
     keypoint's position, found by name (CVAT writes elements in any order)."""
     ei = elem["instance"]
@@ -164,10 +217,12 @@ def _element_rows(elem: dict, start: np.ndarray, label_codes: np.ndarray, labels
         i = int(np.flatnonzero(kp_pos < 0)[0])
         label = labels[elem_label[i]]
         raise at_line(
-            source_name, int(elem["line"][i]), f"skeleton {label!r} has no "
+            source_name,
+            int(elem["line"][i]),
+            f"skeleton {label!r} has no "
             f"keypoint {names[name_codes[i]]!r} (its <svg> defines "
             f"{list(skeletons[label].keypoints) if label in skeletons else []}); fix the "
-            "label definition in CVAT and export again"
+            "label definition in CVAT and export again",
         )
     rows = start[ei] + kp_pos
     if len(rows) > 1:
@@ -176,15 +231,18 @@ def _element_rows(elem: dict, start: np.ndarray, label_codes: np.ndarray, labels
         if len(repeat):
             i = int(repeat.min())
             raise at_line(
-                source_name, int(elem["line"][i]), f"skeleton element "
+                source_name,
+                int(elem["line"][i]),
+                f"skeleton element "
                 f"{names[name_codes[i]]!r} appears twice in one skeleton instance; "
-                "remove the duplicate in CVAT and export again"
+                "remove the duplicate in CVAT and export again",
             )
     return rows
 
 
-def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Skeleton],
-                    source_name: str) -> pd.DataFrame:  # fmt: skip
+def _keypoint_table(
+    inst: dict, elem: dict, plain: dict, skeletons: dict[str, Skeleton], source_name: str
+) -> pd.DataFrame:
     """One row per point, ordered by (instance, point index), built column by column.
 
     Each instance owns a block of rows: K for a skeleton instance (definition order, a
@@ -194,11 +252,13 @@ def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Sk
     n_inst = len(inst["label"])
     label_codes, labels = inst["label_code"], inst["labels"]  # sorted, as factorize sorts
     is_skel = inst["kind"] == SKELETON
-    k_of_label = np.array([skeletons[lab].num_keypoints if lab in skeletons else 0
-                           for lab in labels], dtype=np.int64)  # fmt: skip
+    k_of_label = np.array(
+        [skeletons[lab].num_keypoints if lab in skeletons else 0 for lab in labels], dtype=np.int64
+    )
     plain_inst = plain["instance"]
-    count = np.where(is_skel, k_of_label[label_codes] if n_inst else 0,
-                     np.bincount(plain_inst, minlength=n_inst))  # fmt: skip
+    count = np.where(
+        is_skel, k_of_label[label_codes] if n_inst else 0, np.bincount(plain_inst, minlength=n_inst)
+    )
     total = int(count.sum())
     start = np.cumsum(count) - count
     row_inst = np.repeat(np.arange(n_inst), count)
@@ -235,8 +295,9 @@ def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Sk
     visibility = np.where(filled, np.where(outside, 0, np.where(occluded, 1, 2)), 0)
 
     # keypoint names: a skeleton's keypoint at its position, a points shape's own label
-    kp_names = sorted({n for lab in labels if lab in skeletons for n in skeletons[lab].keypoints}
-                      | set(labels))  # fmt: skip
+    kp_names = sorted(
+        {n for lab in labels if lab in skeletons for n in skeletons[lab].keypoints} | set(labels)
+    )
     kp_index = {n: i for i, n in enumerate(kp_names)}
     width = max([1, *k_of_label.tolist()])
     name_table = np.full((len(labels), width), -1, np.int64)
@@ -248,18 +309,25 @@ def _keypoint_table(inst: dict, elem: dict, plain: dict, skeletons: dict[str, Sk
     skel_row = is_skel[row_inst]
     keypoint_codes = name_table[row_label, np.where(skel_row, point_index, 0)]
 
-    return pd.DataFrame({
-        "image_index": inst["image_index"][row_inst].astype(np.int32),
-        "instance_id": row_inst, "label": _categorical(row_label, labels),
-        "keypoint": _categorical(keypoint_codes, kp_names),
-        "point_index": point_index.astype(np.int16),
-        "x": x.astype(np.float32), "y": y.astype(np.float32),
-        "visibility": visibility.astype(np.int8), "occluded": occluded, "outside": outside,
-        "source": _categorical(source_codes, sources),
-        "group_id": inst["group_id"][row_inst].astype(np.int32),
-        "z_order": inst["z_order"][row_inst].astype(np.int32),
-        "track_id": inst["track_id"][row_inst].astype(np.int32), "keyframe": keyframe,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_index": inst["image_index"][row_inst].astype(np.int32),
+            "instance_id": row_inst,
+            "label": _categorical(row_label, labels),
+            "keypoint": _categorical(keypoint_codes, kp_names),
+            "point_index": point_index.astype(np.int16),
+            "x": x.astype(np.float32),
+            "y": y.astype(np.float32),
+            "visibility": visibility.astype(np.int8),
+            "occluded": occluded,
+            "outside": outside,
+            "source": _categorical(source_codes, sources),
+            "group_id": inst["group_id"][row_inst].astype(np.int32),
+            "z_order": inst["z_order"][row_inst].astype(np.int32),
+            "track_id": inst["track_id"][row_inst].astype(np.int32),
+            "keyframe": keyframe,
+        }
+    )
 
 
 def _attribute_table(attrs: list[tuple], inst: dict, skeletons) -> pd.DataFrame:
@@ -272,4 +340,3 @@ def _attribute_table(attrs: list[tuple], inst: dict, skeletons) -> pd.DataFrame:
         rows.append((inst_id, point, name, value))
     df = pd.DataFrame(rows, columns=["instance_id", "point_index", "name", "value"])
     return df.astype({"instance_id": "int64", "point_index": "int16"})
-

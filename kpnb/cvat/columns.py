@@ -17,13 +17,31 @@ import numpy as np
 from kpnb.cvat import values
 from kpnb.cvat.errors import at_line
 
-_GET = {k: methodcaller("get", k) for k in (
-    "label", "source", "group_id", "z_order", "occluded", "outside", "keyframe", "points",
-    "xtl", "ytl", "xbr", "ybr", "id", "name", "width", "height", "subset", "task_id",
-)}  # fmt: skip
+_GET = {
+    k: methodcaller("get", k)
+    for k in (
+        "label",
+        "source",
+        "group_id",
+        "z_order",
+        "occluded",
+        "outside",
+        "keyframe",
+        "points",
+        "xtl",
+        "ytl",
+        "xbr",
+        "ybr",
+        "id",
+        "name",
+        "width",
+        "height",
+        "subset",
+        "task_id",
+    )
+}
 _TAGS = ("points", "skeleton")  # by instance kind
-PLAIN_DTYPES = {"instance": np.int64, "point_index": np.int64, "x": np.float64,
-                "y": np.float64}  # fmt: skip
+PLAIN_DTYPES = {"instance": np.int64, "point_index": np.int64, "x": np.float64, "y": np.float64}
 
 
 def get(key: str, attrs: list[dict]) -> list:
@@ -55,7 +73,7 @@ def split_geometry(attrs: tuple[list, ...], by_name: bool = False) -> tuple[list
         names = a[::2]
         if "points" in names:
             i = 2 * names.index("points")
-            sets.append(tuple(a[:i + 1] + a[i + 2:]))
+            sets.append(tuple(a[: i + 1] + a[i + 2 :]))
             points.append(a[i + 1])
         else:
             sets.append(tuple(a))
@@ -145,40 +163,72 @@ class Chunks:
         """(label, source, group_id, z_order, occluded, outside) of one attribute set."""
         lines, kind = chunk
         tag = _TAGS[kind[i]]
-        return (d.get("label") or "", d.get("source") or "manual",
-                self._one_int(d, "group_id", f"<{tag}> group_id", lines[i]),
-                self._one_int(d, "z_order", f"<{tag}> z_order", lines[i]),
-                d.get("occluded") in values.TRUE, d.get("outside") in values.TRUE)  # fmt: skip
+        return (
+            d.get("label") or "",
+            d.get("source") or "manual",
+            self._one_int(d, "group_id", f"<{tag}> group_id", lines[i]),
+            self._one_int(d, "z_order", f"<{tag}> z_order", lines[i]),
+            d.get("occluded") in values.TRUE,
+            d.get("outside") in values.TRUE,
+        )
 
     def _elem_set(self, d: dict, i: int, lines) -> tuple:
         """(name, source, occluded, outside, keyframe) of one element attribute set."""
         if d.get("label") is None:
-            raise at_line(self.source, lines[i], "skeleton element <points> has no label "
-                          "attribute; CVAT names each element after its sublabel: export again")
-        return (d["label"], d.get("source") or None, d.get("occluded") in values.TRUE,
-                d.get("outside") in values.TRUE, d.get("keyframe") in values.TRUE)  # fmt: skip
+            raise at_line(
+                self.source,
+                lines[i],
+                "skeleton element <points> has no label "
+                "attribute; CVAT names each element after its sublabel: export again",
+            )
+        return (
+            d["label"],
+            d.get("source") or None,
+            d.get("occluded") in values.TRUE,
+            d.get("outside") in values.TRUE,
+            d.get("keyframe") in values.TRUE,
+        )
 
     def _instances(self, recs: list[tuple], base: int) -> None:
         attrs, lines, image, kind = zip(*recs, strict=True)
         kind = np.array(kind, np.int8)
         sets, points = self.inst_sets.split_add(attrs, (lines, kind))
-        self.inst.append({"image_index": np.array(image, np.int64), "set": sets, "kind": kind,
-                          "line": np.array(lines, np.int64)})  # fmt: skip
+        self.inst.append(
+            {
+                "image_index": np.array(image, np.int64),
+                "set": sets,
+                "kind": kind,
+                "line": np.array(lines, np.int64),
+            }
+        )
         plain = (kind == 0).tolist()
         pts = [p or "" for p in compress(points, plain)]
         xy, counts = values.coordinates(pts, list(compress(lines, plain)), "<points>", self.source)
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         owners = np.flatnonzero(kind == 0) + base
-        self.plain.append({"instance": np.repeat(owners, counts), "x": xy[:, 0], "y": xy[:, 1],
-                           "point_index": np.arange(len(xy)) - starts})  # fmt: skip
+        self.plain.append(
+            {
+                "instance": np.repeat(owners, counts),
+                "x": xy[:, 0],
+                "y": xy[:, 1],
+                "point_index": np.arange(len(xy)) - starts,
+            }
+        )
 
     def _elements(self, recs: list[tuple]) -> None:
         attrs, lines, inst = zip(*recs, strict=True)
         sets, points = self.elem_sets.split_add(attrs, lines)
         pts = [p or "" for p in points]
         xy, _ = values.coordinates(pts, lines, "skeleton element", self.source, one_each=True)
-        self.elem.append({"instance": np.array(inst, np.int64), "set": sets,
-                          "x": xy[:, 0], "y": xy[:, 1], "line": np.array(lines, np.int64)})
+        self.elem.append(
+            {
+                "instance": np.array(inst, np.int64),
+                "set": sets,
+                "x": xy[:, 0],
+                "y": xy[:, 1],
+                "line": np.array(lines, np.int64),
+            }
+        )
 
     def finish(self, tracked: list[tuple]) -> tuple[dict, dict, dict]:
         """All chunks as one column dict each; `tracked`: (instance, track id, keyframe).
@@ -210,8 +260,11 @@ class Chunks:
 def _strings(cols: dict, key: str, per_set: np.ndarray, sets: np.ndarray) -> None:
     """``cols[key]``: the strings of each record's set; ``cols[key + "_code"]`` and
     ``cols[key + "s"]``: codes into the sorted distinct strings the records use."""
-    cats, code_of_set = np.unique(per_set, return_inverse=True) if len(per_set) else \
-        (np.zeros(0, object), np.zeros(0, np.int64))  # fmt: skip
+    cats, code_of_set = (
+        np.unique(per_set, return_inverse=True)
+        if len(per_set)
+        else (np.zeros(0, object), np.zeros(0, np.int64))
+    )
     codes = code_of_set.reshape(-1)[sets] if len(sets) else np.zeros(0, np.int64)
     used = np.bincount(codes, minlength=len(cats)) > 0
     if not used.all():
@@ -222,8 +275,13 @@ def _strings(cols: dict, key: str, per_set: np.ndarray, sets: np.ndarray) -> Non
 
 
 _INST_CHUNK = {"image_index": np.int64, "set": np.int64, "kind": np.int8, "line": np.int64}
-_ELEM_CHUNK = {"instance": np.int64, "set": np.int64, "x": np.float64, "y": np.float64,
-               "line": np.int64}  # fmt: skip
+_ELEM_CHUNK = {
+    "instance": np.int64,
+    "set": np.int64,
+    "x": np.float64,
+    "y": np.float64,
+    "line": np.int64,
+}
 
 
 def _concat(chunks: list[dict], dtypes: dict) -> dict[str, np.ndarray]:
@@ -235,14 +293,22 @@ def _concat(chunks: list[dict], dtypes: dict) -> dict[str, np.ndarray]:
 def image_columns(recs: list[tuple], source: str) -> dict[str, np.ndarray]:
     """``<image>`` (and video frame) records -> checked columns; a missing id is the index."""
     attrs, lines = list(map(itemgetter(0), recs)), list(map(itemgetter(1), recs))
-    ids = values.integers(get("id", attrs), lines, "<image> id", source, default=-1,
-                          bounds=(0, values.INT32[1]))  # fmt: skip
+    ids = values.integers(
+        get("id", attrs), lines, "<image> id", source, default=-1, bounds=(0, values.INT32[1])
+    )
     missing = ids < 0
     ids[missing] = np.flatnonzero(missing)
-    task = values.integers(get("task_id", attrs), lines, "<image> task_id", source, default=-1,
-                           bounds=(0, values.INT32[1]))  # fmt: skip
+    task = values.integers(
+        get("task_id", attrs),
+        lines,
+        "<image> task_id",
+        source,
+        default=-1,
+        bounds=(0, values.INT32[1]),
+    )
     return {
-        "image_index": np.arange(len(recs)), "image_id": ids,
+        "image_index": np.arange(len(recs)),
+        "image_id": ids,
         "name": np.array([v or "" for v in get("name", attrs)], dtype=object),
         "width": values.sides(get("width", attrs), lines, "<image> width", source),
         "height": values.sides(get("height", attrs), lines, "<image> height", source),
@@ -257,13 +323,19 @@ def box_columns(recs: list[tuple], source: str) -> dict[str, np.ndarray]:
     n = len(recs)
     xtl, ytl, xbr, ybr = (get(k, attrs) for k in ("xtl", "ytl", "xbr", "ybr"))
     corners = [f"{a},{b}" for a, b in zip(xtl, ytl, strict=True)] + [
-        f"{a},{b}" for a, b in zip(xbr, ybr, strict=True)]  # fmt: skip
-    xy, _ = values.coordinates(corners, lines + lines, "<box> xtl,ytl / xbr,ybr", source,
-                               one_each=True)  # fmt: skip
+        f"{a},{b}" for a, b in zip(xbr, ybr, strict=True)
+    ]
+    xy, _ = values.coordinates(
+        corners, lines + lines, "<box> xtl,ytl / xbr,ybr", source, one_each=True
+    )
     return {
         "image_index": np.fromiter(map(itemgetter(2), recs), np.int64, n),
-        "box_id": np.arange(n), "label": strings(get("label", attrs), ""),
-        "xtl": xy[:n, 0], "ytl": xy[:n, 1], "xbr": xy[n:, 0], "ybr": xy[n:, 1],
+        "box_id": np.arange(n),
+        "label": strings(get("label", attrs), ""),
+        "xtl": xy[:n, 0],
+        "ytl": xy[:n, 1],
+        "xbr": xy[n:, 0],
+        "ybr": xy[n:, 1],
         "occluded": values.flags(get("occluded", attrs)),
         "source": strings(get("source", attrs), "manual"),
         "group_id": values.integers(get("group_id", attrs), lines, "<box> group_id", source),

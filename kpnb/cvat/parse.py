@@ -19,10 +19,27 @@ from kpnb.cvat.columns import Chunks
 from kpnb.cvat.errors import CvatFormatError, at_line
 
 _SKIPPED = frozenset(("polygon", "polyline", "ellipse", "mask", "cuboid", "tag"))
-_META_TEXT = frozenset((
-    "name", "type", "color", "parent", "svg", "width", "height", "id", "subset", "start_frame",
-    "stop_frame", "frame_filter", "size", "mode", "version", "dumped", "subsets",
-))  # fmt: skip
+_META_TEXT = frozenset(
+    (
+        "name",
+        "type",
+        "color",
+        "parent",
+        "svg",
+        "width",
+        "height",
+        "id",
+        "subset",
+        "start_frame",
+        "stop_frame",
+        "frame_filter",
+        "size",
+        "mode",
+        "version",
+        "dumped",
+        "subsets",
+    )
+)
 _READ = 1 << 16  # bytes per expat feed: expat is fastest fed tens of KB at a time
 _CHUNK = 1 << 10  # records per conversion to columns: few enough to stay in the CPU's cache
 POINTS, SKELETON = 0, 1  # instance kinds
@@ -155,16 +172,22 @@ class Reader:
         """Refuse a shape anywhere but in an <image> or <track> (CVAT writes it nowhere else)."""
         if self.shape is not None or self.elem:
             inside = self.shape or "points"
-            raise self.error(f"<{tag}> inside <{inside}>: shapes do not nest in CVAT XML; "
-                             "the file is damaged: export it again")  # fmt: skip
+            raise self.error(
+                f"<{tag}> inside <{inside}>: shapes do not nest in CVAT XML; "
+                "the file is damaged: export it again"
+            )
         if self.image < 0 and self.track is None:
-            raise self.error(f"<{tag}> outside any <image> or <track>: CVAT writes every shape "
-                             "inside the image it is on; the file is damaged: export it again")
+            raise self.error(
+                f"<{tag}> outside any <image> or <track>: CVAT writes every shape "
+                "inside the image it is on; the file is damaged: export it again"
+            )
 
     def _start_image(self, attrs: dict) -> None:
         if self.image >= 0 or self.track is not None or self.shape is not None:
-            raise self.error("<image> inside another element: images sit directly in "
-                             "<annotations>; the file is damaged: export it again")  # fmt: skip
+            raise self.error(
+                "<image> inside another element: images sit directly in "
+                "<annotations>; the file is damaged: export it again"
+            )
         self.image = len(self.images)
         self.images.append((attrs, self.p.CurrentLineNumber))
 
@@ -202,15 +225,22 @@ class Reader:
         if frame is None:
             raise self.error(f"<{tag}> inside <track> has no frame attribute")
         line = self.p.CurrentLineNumber
-        f = int(values.integers([frame], [line], f"<{tag}> frame", self.name,
-                                 bounds=(0, values.INT32[1]))[0])  # fmt: skip
+        f = int(
+            values.integers(
+                [frame], [line], f"<{tag}> frame", self.name, bounds=(0, values.INT32[1])
+            )[0]
+        )
         task_id = self.track["task_id"]
         key = (task_id, f)
         idx = self.frame_index.get(key)
         if idx is None:
             idx = self.frame_index[key] = len(self.images)
-            made = {"id": str(f), "name": f"frame_{f:06d}", "subset": self.track["subset"],
-                    "task_id": task_id}  # fmt: skip
+            made = {
+                "id": str(f),
+                "name": f"frame_{f:06d}",
+                "subset": self.track["subset"],
+                "task_id": task_id,
+            }
             self.images.append((made, line))
         return idx
 
@@ -286,8 +316,9 @@ class Reader:
             attrs = self._track_attrs(attrs, track["label"])
         else:
             image = self.image
-        self.boxes.append((attrs, self.p.CurrentLineNumber, image,
-                           -1 if track is None else track["id"]))  # fmt: skip
+        self.boxes.append(
+            (attrs, self.p.CurrentLineNumber, image, -1 if track is None else track["id"])
+        )
 
     def _end_attribute(self) -> None:
         value = "".join(self.text)
@@ -304,16 +335,26 @@ class Reader:
 
     def _start_track(self, attrs: dict) -> None:
         if self.image >= 0 or self.shape is not None or self.skel >= 0:
-            raise self.error("<track> inside a shape or an <image>; tracks sit directly in "
-                             "<annotations>: the file is damaged, export it again")  # fmt: skip
+            raise self.error(
+                "<track> inside a shape or an <image>; tracks sit directly in "
+                "<annotations>: the file is damaged, export it again"
+            )
         line = self.p.CurrentLineNumber
-        ints = values.integers([attrs.get("id"), attrs.get("task_id")], [line, line],
-                                "<track> id/task_id", self.name, default=-1)  # fmt: skip
+        ints = values.integers(
+            [attrs.get("id"), attrs.get("task_id")],
+            [line, line],
+            "<track> id/task_id",
+            self.name,
+            default=-1,
+        )
         info = {
-            "id": int(ints[0]), "label": attrs.get("label", ""), "source": attrs.get("source"),
-            "group_id": attrs.get("group_id"), "subset": attrs.get("subset"),
+            "id": int(ints[0]),
+            "label": attrs.get("label", ""),
+            "source": attrs.get("source"),
+            "group_id": attrs.get("group_id"),
+            "subset": attrs.get("subset"),
             "task_id": None if ints[1] < 0 else str(int(ints[1])),
-        }  # fmt: skip
+        }
         if self.track is None:
             self.track = info
             self.legacy_frames = {}

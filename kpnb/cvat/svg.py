@@ -48,8 +48,9 @@ def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source:
         try:
             root = fromstring("<root>" + svg + "</root>")
         except Exception as exc:  # unescaped names in data-label-name make the svg unparsable
-            log.warning("%s: skeleton %r: unreadable <svg> (%s); using <parent> order",
-                        source, name, exc)  # fmt: skip
+            log.warning(
+                "%s: skeleton %r: unreadable <svg> (%s); using <parent> order", source, name, exc
+            )
             root = None
         if root is not None:
             circles = [c for c in root.iter("circle") if c.get("data-label-name") is not None]
@@ -64,8 +65,11 @@ def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source:
                     else:
                         dropped.append((a, b))
                 if dropped:
-                    log.warning("%s: skeleton %r: edges %s refer to no node; left out",
-                                source, name, dropped)  # fmt: skip
+                    log.warning(
+                        "%s: skeleton %r: edges %s refer to no node; left out",
+                        source,
+                        name,
+                        dropped,
+                    )
                 return Skeleton(tuple(names), tuple(dict.fromkeys(edges)))
     return Skeleton(tuple(sublabels), ()) if sublabels else None
-

@@ -41,8 +41,16 @@ def _whole(value: str) -> int:
     return int(f)
 
 
-def integers(values: list, lines: list[int], what: str, source: str, *, default: int = 0,
-             bounds: tuple[int, int] = INT32, fix: str = "") -> np.ndarray:  # fmt: skip
+def integers(
+    values: list,
+    lines: list[int],
+    what: str,
+    source: str,
+    *,
+    default: int = 0,
+    bounds: tuple[int, int] = INT32,
+    fix: str = "",
+) -> np.ndarray:
     """Integer attribute strings (None or "" -> `default`) as int64, each within `bounds`."""
     conv: dict = {None: default, "": default}
     lo, hi = bounds
@@ -53,8 +61,9 @@ def integers(values: list, lines: list[int], what: str, source: str, *, default:
         except ValueError as exc:
             _refuse(values, lines, v, what, source, str(exc), fix)
         if not lo <= i <= hi:
-            _refuse(values, lines, v, what, source,
-                    f"is outside {lo}..{hi}, the range CVAT stores", fix)  # fmt: skip
+            _refuse(
+                values, lines, v, what, source, f"is outside {lo}..{hi}, the range CVAT stores", fix
+            )
         conv[v] = i
     if len(distinct) == 1:
         return np.full(len(values), conv[distinct.pop()], np.int64)
@@ -77,8 +86,9 @@ def _refuse(values, lines, v, what, source, reason, fix):
     raise at_line(source, lines[i], f"{what}={v!r} {reason}" + (f"; {fix}" if fix else ""))
 
 
-def coordinates(strings: list[str], lines: list[int], what: str, source: str,
-                one_each: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def coordinates(
+    strings: list[str], lines: list[int], what: str, source: str, one_each: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """``points`` strings (``"x0,y0;x1,y1"``) -> ``[N, 2]`` float64 and the pairs per string.
 
     Every piece must be one ``x,y`` of finite numbers; `one_each`: exactly one per string
@@ -93,8 +103,12 @@ def coordinates(strings: list[str], lines: list[int], what: str, source: str,
         joined = ";".join(filter(None, strings))
     if one_each and (counts != 1).any():
         i = int(np.flatnonzero(counts != 1)[0])
-        raise at_line(source, lines[i], f"{what} points={strings[i]!r} must be one 'x,y' "
-                      "(a skeleton element is one point); fix the value or export again")
+        raise at_line(
+            source,
+            lines[i],
+            f"{what} points={strings[i]!r} must be one 'x,y' "
+            "(a skeleton element is one point); fix the value or export again",
+        )
     flat = _parse_pairs(joined) if joined else np.zeros(0)
     if flat is None or len(flat) != 2 * int(counts.sum()) or not np.isfinite(flat).all():
         _find_bad_piece(strings, lines, what, source)
@@ -124,8 +138,9 @@ def _pairs_shape(text: str) -> bool:
     if len(at) % 2 == 0 or at[0] == 0 or at[-1] == len(buf) - 1:
         return False
     seps = buf[at]
-    return bool((seps[0::2] == _COMMA).all() and (seps[1::2] == _SEMI).all()
-                and (np.diff(at) > 1).all())  # fmt: skip
+    return bool(
+        (seps[0::2] == _COMMA).all() and (seps[1::2] == _SEMI).all() and (np.diff(at) > 1).all()
+    )
 
 
 def _find_bad_piece(strings: list[str], lines: list[int], what: str, source: str) -> None:
@@ -137,5 +152,9 @@ def _find_bad_piece(strings: list[str], lines: list[int], what: str, source: str
             except ValueError:
                 ok = False
             if not ok:
-                raise at_line(source, line, f"{what} points={s!r} is not 'x,y' pairs of finite "
-                              "numbers; fix the value in CVAT or export the task again")
+                raise at_line(
+                    source,
+                    line,
+                    f"{what} points={s!r} is not 'x,y' pairs of finite "
+                    "numbers; fix the value in CVAT or export the task again",
+                )

@@ -40,8 +40,9 @@ def _declared_labels(ann: Annotations) -> pd.DataFrame:
         known.add(name)
         if name in ann.skeletons:
             extra.append({"name": name, "type": "skeleton"})
-            extra += [{"name": k, "type": "points", "parent": name}
-                      for k in ann.skeletons[name].keypoints]  # fmt: skip
+            extra += [
+                {"name": k, "type": "points", "parent": name} for k in ann.skeletons[name].keypoints
+            ]
         else:
             extra.append({"name": name, "type": "points"})
     for name in dict.fromkeys(ann.boxes["label"].astype(str)) if len(ann.boxes) else ():
@@ -50,8 +51,11 @@ def _declared_labels(ann: Annotations) -> pd.DataFrame:
             extra.append({"name": name, "type": "rectangle"})
     if not extra:
         return labels
-    return pd.concat([labels, pd.DataFrame(extra)], ignore_index=True) if len(labels) else \
-        pd.DataFrame(extra)  # fmt: skip
+    return (
+        pd.concat([labels, pd.DataFrame(extra)], ignore_index=True)
+        if len(labels)
+        else pd.DataFrame(extra)
+    )
 
 
 def _label_lines(ann: Annotations, indent: str) -> list[str]:
@@ -155,10 +159,10 @@ def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, 
     image = kp["image_index"].to_numpy()
     group = kp.groupby([image, kp["instance_id"].to_numpy()], sort=False).ngroup().to_numpy()
     order = np.lexsort((np.arange(n), group, image))
-    cols = {c: kp[c].to_numpy(dtype=object)[order].tolist()
-            for c in ("label", "keypoint", "source")}  # fmt: skip
-    for c in ("x", "y", "occluded", "outside", "point_index", "z_order", "group_id",
-              "instance_id"):  # fmt: skip
+    cols = {
+        c: kp[c].to_numpy(dtype=object)[order].tolist() for c in ("label", "keypoint", "source")
+    }
+    for c in ("x", "y", "occluded", "outside", "point_index", "z_order", "group_id", "instance_id"):
         cols[c] = kp[c].to_numpy()[order].tolist()
     group, image = group[order], image[order]
     starts = np.flatnonzero(np.diff(group, prepend=-1))
@@ -169,12 +173,17 @@ def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, 
     return cols, blocks
 
 
-def _shape_lines(ann: Annotations, cols: dict, blocks: list[tuple[int, int]],
-                 boxes: list, attrs: dict) -> list[str]:  # fmt: skip
+def _shape_lines(
+    ann: Annotations, cols: dict, blocks: list[tuple[int, int]], boxes: list, attrs: dict
+) -> list[str]:
     """The shapes of one image, sorted by z_order as CVAT writes them."""
     shapes: list[tuple[int, list[str]]] = []
-    label_of, source_of, z_of, group_of = cols["label"], cols["source"], cols["z_order"], \
-        cols["group_id"]  # fmt: skip
+    label_of, source_of, z_of, group_of = (
+        cols["label"],
+        cols["source"],
+        cols["z_order"],
+        cols["group_id"],
+    )
     xs, ys, occluded, outside = cols["x"], cols["y"], cols["occluded"], cols["outside"]
     for s, e in blocks:
         inst_id = cols["instance_id"][s]
