@@ -8,8 +8,8 @@
   is kept as ignored (COCOeval's ``num_keypoints == 0``) and OKS uses the file's ``area``.
 * PCK@0.05/0.1/0.2: the share of labelled ground-truth points whose matched prediction
   lies within alpha x the longer side of the ground-truth box. Each ground-truth instance
-  is matched to the best-scoring unused prediction with box IoU >= 0.5; points of an
-  unmatched instance count as misses.
+  is matched to the best-scoring unused prediction with box IoU >= 0.5
+  (`match_instances`); points of an unmatched instance count as misses.
 * Mean pixel error per keypoint over matched, labelled points.
 
 Keypoint R-CNN always predicts v=1 (it does not learn visibility), so predictions carry
@@ -35,8 +35,8 @@ from torch.utils.data import Dataset
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
 __all__ = ["DEFAULT_SIGMA", "COCO_SIGMAS", "default_sigmas", "EvalResult", "keypoint_metrics",
-           "oks_ap", "evaluate", "predict", "collect_predictions", "predictions_to_annotations",
-           "predictions_to_coco", "json_safe"]  # fmt: skip
+           "oks_ap", "match_instances", "evaluate", "predict", "collect_predictions",
+           "predictions_to_annotations", "predictions_to_coco", "json_safe"]  # fmt: skip
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
@@ -188,21 +188,35 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
-def _match(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
-    """For each ground-truth instance, the index of its prediction or -1."""
+def match_instances(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
+    """Which prediction belongs to which ground-truth instance, as PCK and pixel errors
+    (and `kpnb.viz.compare_predictions`) count them: for each ground-truth instance of
+    `r`, the index into ``r.boxes`` of its prediction, or -1 when none matched.
+
+    Predictions are taken in descending score; each goes to the free ground-truth
+    instance its box overlaps most, if that box IoU is at least `iou_threshold`, and is
+    otherwise left unmatched. So a duplicate detection of an already matched instance
+    stays unmatched, as in COCO's matching.
+
+    Example:
+        >>> gt = np.array([[0, 0, 10, 10]], np.float32)
+        >>> boxes = np.array([[0, 0, 10, 9], [0, 0, 10, 10]], np.float32)  # two detections
+        >>> r = ImageResult(gt, np.zeros((1, 1, 3)), boxes, np.array([0.6, 0.9]),
+        ...                 np.zeros((2, 1, 3)))
+        >>> match_instances(r)  # the higher-scoring one; the duplicate stays unmatched
+        [1]
+    """
     match = [-1] * len(r.gt_boxes)
     if not len(r.gt_boxes) or not len(r.boxes):
         return match
     iou = _iou(r.gt_boxes, r.boxes)
-    used = set()
     for p in np.argsort(-r.scores, kind="stable"):
         free = [g for g in range(len(match)) if match[g] < 0]
         if not free:
             break
         g = max(free, key=lambda g: iou[g, p])
-        if iou[g, p] >= iou_threshold and p not in used:
+        if iou[g, p] >= iou_threshold:
             match[g] = int(p)
-            used.add(int(p))
     return match
 
 
@@ -216,7 +230,7 @@ def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
     metrics = oks_ap(results, sigmas)
     dists, norms, labelled = [], [], []
     for r in results:
-        for g, p in enumerate(_match(r)):
+        for g, p in enumerate(match_instances(r)):
             gt = r.gt_keypoints[g]
             box = r.gt_boxes[g]
             size = max(box[2] - box[0], box[3] - box[1], 1e-6)

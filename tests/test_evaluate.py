@@ -9,7 +9,14 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kpnb.evaluate import ImageResult, collect_predictions, evaluate, keypoint_metrics, predict
+from kpnb.evaluate import (
+    ImageResult,
+    collect_predictions,
+    evaluate,
+    keypoint_metrics,
+    match_instances,
+    predict,
+)
 from kpnb.tables import Skeleton
 
 SK = Skeleton(("a", "b", "c"))
@@ -105,6 +112,36 @@ def test_pck_counts_unmatched_instances_as_misses():
     assert m["matched_instances"] == 1 and m["instances"] == 2
     assert res.per_keypoint.loc["a", "mean_px_error"] == pytest.approx(8)
     assert res.per_keypoint.loc["c", "labelled"] == 1 and res.per_keypoint.loc["c", "matched"] == 0
+
+
+def _boxes_result(gt_boxes, boxes, scores):
+    gt_boxes, boxes = np.array(gt_boxes, np.float32), np.array(boxes, np.float32).reshape(-1, 4)
+    return ImageResult(gt_boxes, np.zeros((len(gt_boxes), 3, 3), np.float32), boxes,
+                       np.array(scores, np.float32), np.zeros((len(boxes), 3, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "expected"),
+    [
+        # the best-scoring detection of each object wins; its duplicate stays unmatched
+        ([[0, 0, 100, 100], [2, 0, 100, 100], [200, 200, 300, 300]], [0.6, 0.9, 0.7], [1, 2]),
+        # a detection overlapping too little (IoU 1/3) matches nothing
+        ([[50, 0, 150, 100]], [0.9], [-1, -1]),
+        # scores decide, not overlap: the better-scoring detection takes the object even
+        # though a weaker one overlaps it more (COCO's order)
+        ([[0, 0, 100, 100], [0, 0, 100, 90]], [0.5, 0.9], [1, -1]),
+        ([], [], [-1, -1]),
+    ],
+)
+def test_match_instances_pairs_each_object_with_one_detection(boxes, scores, expected):
+    gt = [[0, 0, 100, 100], [200, 200, 300, 300]]
+    assert match_instances(_boxes_result(gt, boxes, scores)) == expected
+
+
+def test_match_instances_threshold_and_no_ground_truth():
+    r = _boxes_result([[0, 0, 100, 100]], [[50, 0, 150, 100]], [0.9])  # IoU 1/3
+    assert match_instances(r, iou_threshold=0.3) == [0]
+    assert match_instances(_boxes_result(np.zeros((0, 4)), [[0, 0, 1, 1]], [0.9])) == []
 
 
 def test_no_predictions_and_bad_sigmas():
