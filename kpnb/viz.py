@@ -16,6 +16,7 @@ import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes
 
 from kpnb.tables import Annotations, Skeleton
+
+if TYPE_CHECKING:
+    from kpnb.evaluate import ImageResult
 
 __all__ = [
     "keypoint_colors", "color_swatch", "draw_instances", "draw_target", "show_sample", "image_grid",
@@ -432,8 +436,9 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
 
 
 def keypoint_legend(fig: Figure, colors: Mapping[str, RGB], occluded: bool = True,
-                    ncols: int | None = None) -> None:  # fmt: skip
-    """Add a legend under `fig`: one disc per keypoint colour, and the occluded style."""
+                    ncols: int | None = None, extra: Sequence[Line2D] = ()) -> None:  # fmt: skip
+    """Add a legend under `fig`: one disc per keypoint colour, the occluded style, and any
+    `extra` handles (other marker or line styles the figure uses)."""
     dark = np.array(OUTLINE) / 255
     handles = [Line2D([], [], ls="", marker="o", markersize=10, markerfacecolor=np.array(c) / 255,
                       markeredgecolor=dark, markeredgewidth=1.5, label=name)
@@ -442,6 +447,7 @@ def keypoint_legend(fig: Figure, colors: Mapping[str, RGB], occluded: bool = Tru
         handles.append(Line2D([], [], ls="", marker="s", markersize=10, markerfacecolor="none",
                               markeredgecolor="0.35", markeredgewidth=2,
                               label="occluded (any colour)"))  # fmt: skip
+    handles += list(extra)
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols or min(len(handles), 6),
                frameon=False, fontsize=10, title="keypoints", title_fontsize=10)  # fmt: skip
 
@@ -591,69 +597,177 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box",
 
 
 # -- predictions and training --------------------------------------------------------------
-def draw_predictions(image, ground_truth, predictions, skeleton: Skeleton,
-                     score_threshold: float = 0.0) -> Image.Image:  # fmt: skip
-    """Ground truth and predictions overlaid, with a red line from each labelled ground
-    truth point to the matching point of the nearest predicted instance.
+ERROR_LINE: RGB = (255, 255, 255)  # error lines: white dashes on a dark halo, no keypoint's colour
+
+
+def _dashed(draw: ImageDraw.ImageDraw, a, b, fill: RGB, width: int, dash: float) -> None:
+    """A dashed line from `a` to `b` (PIL draws solid lines only)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    length = float(np.hypot(*(b - a)))
+    if not np.isfinite(length) or length == 0:
+        return
+    step = (b - a) / length
+    for s in np.arange(0.0, length, 2 * dash):
+        draw.line([tuple(a + step * s), tuple(a + step * min(s + dash, length))], fill=fill,
+                  width=width)  # fmt: skip
+
+
+def _matched(result: ImageResult, k: int, iou_threshold: float):
+    """Ground truth ``[N, K, 3]``, each instance's matched prediction ``[N, K, 3]`` (NaN
+    where none matched) and how many predictions matched nothing (`match_instances`)."""
+    from kpnb.evaluate import match_instances
+
+    gt = np.asarray(result.gt_keypoints, np.float32).reshape(-1, k, 3)
+    pred = np.asarray(result.keypoints, np.float32).reshape(-1, k, 3)
+    match = match_instances(result, iou_threshold)
+    paired = np.full_like(gt, np.nan)
+    for g, p in enumerate(match):
+        if p >= 0:
+            paired[g] = pred[p]
+    return gt, paired, len(pred) - sum(p >= 0 for p in match)
+
+
+def draw_predictions(image, result: ImageResult, skeleton: Skeleton, *,
+                     iou_threshold: float = 0.5) -> Image.Image:  # fmt: skip
+    """The errors picture: each ground-truth instance next to the prediction the metrics
+    matched it with (`kpnb.evaluate.match_instances`, box IoU >= `iou_threshold`).
+
+    Labelled ground-truth points are discs (occluded ones hollow squares) and the matched
+    prediction's points crosses, both in the keypoint's colour; a white dashed line on a
+    dark halo joins each labelled point to its prediction. Predictions that match no
+    ground truth (duplicates, false detections) are not drawn, and no skeleton edges are,
+    so error lines cannot be mistaken for them.
 
     Args:
-        ground_truth: ``[N, K, 3]`` (x, y, v).
-        predictions: ``[M, K, 3]``; the third channel is a keypoint score, and points
-            scoring below `score_threshold` are left out.
+        image: PIL image or ``[3, H, W]`` tensor, in the frame of `result`.
+        result: one image's ground truth and predictions (`collect_predictions`).
     """
-    gt = np.asarray(ground_truth, np.float32).reshape(-1, skeleton.num_keypoints, 3)
-    pred = np.asarray(predictions, np.float32).reshape(-1, skeleton.num_keypoints, 3)
-    shown = pred.copy()
-    shown[..., 2] = np.where(pred[..., 2] >= score_threshold, 2, 0)
-    base = draw_instances(image, gt, skeleton, show_names=False, edge_color=(0, 200, 0),
-                          colors=dict.fromkeys(skeleton.keypoints, (0, 200, 0)))  # fmt: skip
-    out = draw_instances(base, shown, skeleton, show_names=False)
-    draw = ImageDraw.Draw(out)
-    for g in gt:
-        if not len(pred):
-            break
-        labelled = g[:, 2] > 0
-        if not labelled.any():
-            continue
-        d = np.nanmean(np.linalg.norm(pred[:, labelled, :2] - g[None, labelled, :2], axis=-1), 1)
-        p = pred[int(np.argmin(d))]
-        for j in np.flatnonzero(labelled):
-            draw.line([tuple(g[j, :2]), tuple(p[j, :2])], fill=(255, 0, 0), width=1)
-    return out
+    k = skeleton.num_keypoints
+    gt, paired, _ = _matched(result, k, iou_threshold)
+    points = Skeleton(skeleton.keypoints)  # the names without edges
+    canvas = _to_pil(_as_tensor(image))
+    r = max(2, round(0.7 * marker_radius(*canvas.size)))  # smaller: the lines must show
+    draw = ImageDraw.Draw(canvas)
+    width, halo = max(1, round(r / 3)), max(1, round(r / 4))
+    for g, p in zip(gt, paired, strict=True):
+        for j in np.flatnonzero((g[:, 2] > 0) & np.isfinite(p[:, 0])):
+            for fill, wd in ((OUTLINE, width + 2 * halo), (ERROR_LINE, width)):
+                _dashed(draw, g[j, :2], p[j, :2], fill, wd, dash=max(3, 1.5 * r))
+    out = draw_instances(canvas, gt, points, show_names=False, radius=r)
+    shown = paired.copy()
+    shown[..., 2] = np.where(np.isfinite(shown[..., 0]), 1, 0)  # drawn as crosses
+    return draw_instances(out, np.nan_to_num(shown), points, show_names=False, radius=r,
+                          occluded_marker="x")  # fmt: skip
 
 
-def compare_predictions(image, ground_truth, predictions, skeleton: Skeleton,
-                        title: str | None = None) -> Figure:  # fmt: skip
-    """Ground truth and predictions side by side, and overlaid with error lines."""
-    gt_img = draw_instances(image, ground_truth, skeleton, show_names=False)
-    pred = np.asarray(predictions, np.float32).reshape(-1, skeleton.num_keypoints, 3).copy()
+def compare_predictions(image, result: ImageResult, skeleton: Skeleton, *, title: str | None = None,
+                        iou_threshold: float = 0.5) -> Figure:  # fmt: skip
+    """Ground truth, the matched predictions, and the errors (`draw_predictions`), side by
+    side with a legend of keypoint colours and marker styles.
+
+    Only predictions the metrics matched to a ground-truth instance are drawn: the
+    top-scoring detections of a young model are often duplicates of one object. The
+    titles count what is left out (unmatched predictions, objects nothing matched). A
+    small image (the CPU schedule's 96-192 px) is enlarged by a whole factor first, so
+    the markers stay small beside the objects at the grid's scale.
+    """
+    image, result = _enlarged(image, result)
+    k = skeleton.num_keypoints
+    gt, paired, unmatched = _matched(result, k, iou_threshold)
+    found = np.isfinite(paired[:, 0, 0])
+    pred = paired[found].copy()
     pred[..., 2] = 2
-    pred_img = draw_instances(image, pred, skeleton, show_names=False)
-    both = draw_predictions(image, ground_truth, predictions, skeleton)
-    return image_grid([gt_img, pred_img, both], ["ground truth", "prediction", "errors"],
-                      ncols=3, title=title)  # fmt: skip
+    colors = keypoint_colors(skeleton.keypoints)
+    pictures = [draw_instances(image, gt, skeleton, show_names=False, colors=colors),
+                draw_instances(image, pred, skeleton, show_names=False, colors=colors),
+                draw_predictions(image, result, skeleton, iou_threshold=iou_threshold)]
+    n_found = int(found.sum())
+    missed = len(gt) - n_found
+    titles = [f"ground truth: {_count(len(gt), 'object')}",
+              f"{_count(n_found, 'matched prediction')}"
+              + (f" ({unmatched} unmatched not shown)" if unmatched else ""),
+              "errors" + (f" ({_count(missed, 'object')} not found)" if missed else "")]
+    fig = image_grid(pictures, titles, ncols=3, title=title)
+    dark = np.array(OUTLINE) / 255
+    styles = [Line2D([], [], ls="", marker="x", markersize=9, markeredgewidth=2.5,
+                     color="0.35", label="prediction (errors panel)"),
+              Line2D([], [], ls=(0, (2, 1.5)), lw=2, color="white",
+                     path_effects=[_halo(dark)], label="error: point to prediction")]  # fmt: skip
+    keypoint_legend(fig, colors, ncols=4, extra=styles)
+    return fig
+
+
+def _enlarged(image, result: ImageResult, target: int = 320):
+    """`image` and `result` scaled by the whole factor that brings the longer side near
+    `target` px (unchanged when it is already that large)."""
+    from dataclasses import replace
+
+    t = _as_tensor(image)
+    f = max(1, target // max(t.shape[-2:]))
+    if f == 1:
+        return t, result
+    big = torch.nn.functional.interpolate(t[None].float(), scale_factor=f, mode="bilinear")
+    big = big[0].round().clamp(0, 255).to(torch.uint8)
+
+    def points(kps):
+        kps = np.array(kps, np.float32)
+        kps[..., :2] *= f
+        return kps
+
+    return big, replace(result, gt_boxes=np.asarray(result.gt_boxes) * f,
+                        gt_keypoints=points(result.gt_keypoints),
+                        boxes=np.asarray(result.boxes) * f, keypoints=points(result.keypoints))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _halo(colour):
+    from matplotlib import patheffects
+
+    return patheffects.withStroke(linewidth=4, foreground=colour)
+
+
+_LOSS_PARTS = {"loss": "total", "loss_keypoint": "keypoint", "loss_classifier": "classifier",
+               "loss_box_reg": "box", "loss_objectness": "objectness",
+               "loss_rpn_box_reg": "RPN box"}  # fmt: skip
 
 
 def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
-    """Training curves: losses (left) and validation metrics (right) per epoch."""
-    df = pd.DataFrame(history)
-    fig = _figure(10, 4)
-    ax_loss, ax_metric = fig.subplots(1, 2)
-    loss_cols = [c for c in df.columns if "loss" in c]
-    metric_cols = [c for c in df.columns if c.startswith(("AP", "PCK", "pck", "ap"))]
-    for c in loss_cols:
-        ax_loss.plot(df["epoch"], df[c], marker="o", label=c)
-    for c in metric_cols:
-        ax_metric.plot(df["epoch"], df[c], marker="o", label=c)
-    ax_loss.set_title("Training losses")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_metric.set_title("Validation metrics")
-    ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylabel("score (0-1)")
-    for ax in (ax_loss, ax_metric):
+    """Training curves per epoch (1-based, integer ticks) on three panels: the training
+    losses (the total in bold), OKS AP (AP, AP50, AP75) and PCK (at 0.05, 0.1, 0.2).
+
+    Missing values (None: nothing to measure) leave gaps. An epoch a time budget cut
+    short (``complete`` False) is said so in the title.
+    """
+    df = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
+    epoch = pd.to_numeric(df["epoch"]) + 1
+    fig = _figure(11, 3.6)
+    axes = fig.subplots(1, 3)
+    panels = [("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
+              ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
+              ("Validation PCK", "share of points (0-1)",
+               [c for c in df.columns if c.startswith("PCK@")])]  # fmt: skip
+    for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
+        for c in cols:
+            values = pd.to_numeric(df[c], errors="coerce")
+            bold = c in ("loss", "AP")
+            ax.plot(epoch, values, marker="o", lw=2.5 if bold else 1.3,
+                    label=_LOSS_PARTS.get(c, c))  # fmt: skip
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if len(epoch):  # whole epochs only, at most about ten ticks
+            first, last = int(epoch.min()), int(epoch.max())
+            ax.set_xticks(range(first, last + 1, max(1, -(-(last - first + 1) // 10))))
+            ax.set_xlim(first - 0.5, last + 0.5)
+        if name != "Training loss":
+            ax.set_ylim(-0.03, 1.03)
         if ax.lines:
             ax.legend(fontsize=8)
+    if "complete" in df and not df["complete"].fillna(True).astype(bool).all():
+        fig.suptitle("Training curves (the last epoch was cut short by the time budget)")
     return fig
 
 

@@ -143,18 +143,77 @@ def test_distribution_figures_have_titles_and_axis_labels(synthetic_export):
         viz.plot_keypoint_heatmap(ann, "face", normalize="pixels")
 
 
-def test_history_and_prediction_figures():
-    history = [{"epoch": e, "loss": 1 / (e + 1), "loss_keypoint": 2 / (e + 1), "AP": e / 10,
-                "PCK@0.1": e / 5} for e in range(3)]  # fmt: skip
-    _assert_labelled(viz.plot_history(history))
+def _history(n, **extra):
+    return [{"epoch": e, "lr": 1e-4, "loss": 1 / (e + 1), "loss_keypoint": 2 / (e + 1),
+             "AP": e / 10, "AP50": None, "APm": 0.1, "PCK@0.1": e / 5, "seconds": 3.0, **extra}
+            for e in range(n)]  # fmt: skip
+
+
+def _lines(ax):
+    return [line.get_label() for line in ax.lines]
+
+
+def test_history_has_whole_epochs_and_a_panel_per_kind_of_number():
+    fig = viz.plot_history(_history(3))
+    _assert_labelled(fig)
+    loss, ap, pck = fig.axes
+    assert list(loss.get_xticks()) == [1, 2, 3]  # 1-based, as the log lines count them
+    assert _lines(loss) == ["total", "keypoint"]
+    assert _lines(ap) == ["AP", "AP50"] and _lines(pck) == ["PCK@0.1"]  # no lr, no APm
+    assert np.isnan(ap.lines[1].get_ydata()).all()  # None: a gap, not a zero
+    assert fig._suptitle is None
+    one = viz.plot_history(_history(1, complete=False))
+    assert [list(ax.get_xticks()) for ax in one.axes] == [[1]] * 3
+    assert "time budget" in one._suptitle.get_text()
+    ticks = viz.plot_history(_history(40)).axes[0].get_xticks()
+    assert len(ticks) <= 11 and all(float(t).is_integer() for t in ticks)
+
+
+def _prediction_result():
+    """One object (a, b labelled, c absent), its detection, a duplicate of it scoring lower
+    with its points elsewhere, and a false detection."""
+    from kpnb.evaluate import ImageResult
+
+    gt_box = np.array([[10, 20, 90, 40]], np.float32)
     gt = np.array([[[20, 30, 2], [50, 30, 2], [80, 30, 0]]], np.float32)
-    pred = np.array([[[22, 31, 0.9], [55, 30, 0.8], [80, 30, 0.1]]], np.float32)
-    img = np.asarray(viz.draw_predictions(_canvas(), gt, pred, SK))
-    red = (img == (255, 0, 0)).all(-1)  # the error lines' colour, no keypoint's
-    assert red[30, 51:55].all()  # from b's ground truth (50, 30) to its prediction (55, 30)
-    assert not red[:, 60:].any()  # c is absent in the ground truth: no error line
-    fig = viz.compare_predictions(_canvas(), gt, pred, SK, title="t")
+    match = [[20, 50, 0.9], [50, 50, 0.9], [80, 50, 0.9]]
+    duplicate = [[35, 10, 0.9], [45, 10, 0.9], [55, 10, 0.9]]
+    false = [[92, 55, 0.9], [94, 55, 0.9], [96, 55, 0.9]]
+    boxes = np.array([[10, 20, 90, 42], [11, 20, 90, 40], [90, 50, 99, 59]], np.float32)
+    return ImageResult(gt_box, gt, boxes, np.array([0.9, 0.8, 0.7], np.float32),
+                       np.array([match, duplicate, false], np.float32))
+
+
+def test_errors_picture_draws_matched_predictions_with_dashed_lines():
+    img = np.asarray(viz.draw_predictions(_canvas(), _prediction_result(), SK))
+    colours = viz.keypoint_colors(SK.keypoints)
+    white = (img == viz.ERROR_LINE).all(-1)
+    assert white[36:45, 20].any() and not white[36:45, 20].all()  # a's error line, dashed
+    assert white[36:45, 50].any()
+    assert not white[33:47, 80].any()  # c is absent in the ground truth: no error line
+    assert not white[30, 26:44].any()  # no skeleton edge between a and b
+    assert tuple(img[30, 20]) == colours["a"]  # the ground-truth disc
+    assert (img[48:53, 18:23] == colours["a"]).all(-1).any()  # the matched prediction's cross
+    assert img[5:16, 30:60].max() == 0  # the duplicate is not drawn
+    assert img[50:60, 88:100].max() == 0  # nor the false detection
+
+
+def test_compare_predictions_shows_what_the_metrics_matched_with_a_legend():
+    fig = viz.compare_predictions(_canvas(), _prediction_result(), SK, title="t")
     assert len(fig.axes) == 3
+    truth, predicted, errors = (ax.get_title() for ax in fig.axes)
+    assert truth == "ground truth: 1 object"
+    assert predicted == "1 matched prediction (2 unmatched not shown)"
+    shown = fig.axes[1].images[0].get_array()
+    assert shown.shape[:2] == (180, 300)  # enlarged 3x: small markers at the grid's scale
+    assert shown[15:48, 90:180].max() == 0  # the duplicate is not among the predictions
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert {"a", "b", "c", "prediction (errors panel)", "error: point to prediction"} <= set(labels)
+    missed = _prediction_result()
+    missed.boxes[:2] += 50  # nothing overlaps the object any more
+    assert fig.axes and "1 object not found" in viz.compare_predictions(
+        _canvas(), missed, SK).axes[2].get_title()
 
 
 def test_no_pyplot_figures_are_left_open(synthetic_export):
