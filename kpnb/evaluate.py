@@ -8,8 +8,8 @@
   is kept as ignored (COCOeval's ``num_keypoints == 0``) and OKS uses the file's ``area``.
 * PCK@0.05/0.1/0.2: the share of labelled ground-truth points whose matched prediction
   lies within alpha x the longer side of the ground-truth box. Each ground-truth instance
-  is matched to the best-scoring unused prediction with box IoU >= 0.5; points of an
-  unmatched instance count as misses.
+  is matched to the best-scoring unused prediction with box IoU >= 0.5
+  (`match_instances`); points of an unmatched instance count as misses.
 * Mean pixel error per keypoint over matched, labelled points.
 
 Keypoint R-CNN always predicts v=1 (it does not learn visibility), so predictions carry
@@ -35,19 +35,69 @@ from torch.utils.data import Dataset
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
 
-__all__ = ["DEFAULT_SIGMA", "COCO_SIGMAS", "default_sigmas", "EvalResult", "keypoint_metrics",
-           "oks_ap", "evaluate", "predict", "collect_predictions", "predictions_to_annotations",
-           "predictions_to_coco", "json_safe", "write_predictions"]  # fmt: skip
+__all__ = [
+    "DEFAULT_SIGMA",
+    "COCO_SIGMAS",
+    "default_sigmas",
+    "EvalResult",
+    "keypoint_metrics",
+    "oks_ap",
+    "match_instances",
+    "evaluate",
+    "predict",
+    "collect_predictions",
+    "predictions_to_annotations",
+    "predictions_to_coco",
+    "json_safe",
+    "write_predictions",
+]
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
 #: COCO's per-keypoint OKS sigmas (pycocotools), by person keypoint name.
-COCO_SIGMAS = dict(zip(
-    ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-     "left_knee", "right_knee", "left_ankle", "right_ankle"],
-    [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087, .087,
-     .089, .089], strict=True))  # fmt: skip
+COCO_SIGMAS = dict(
+    zip(
+        [
+            "nose",
+            "left_eye",
+            "right_eye",
+            "left_ear",
+            "right_ear",
+            "left_shoulder",
+            "right_shoulder",
+            "left_elbow",
+            "right_elbow",
+            "left_wrist",
+            "right_wrist",
+            "left_hip",
+            "right_hip",
+            "left_knee",
+            "right_knee",
+            "left_ankle",
+            "right_ankle",
+        ],
+        [
+            0.026,
+            0.025,
+            0.025,
+            0.035,
+            0.035,
+            0.079,
+            0.079,
+            0.072,
+            0.072,
+            0.062,
+            0.062,
+            0.107,
+            0.107,
+            0.087,
+            0.087,
+            0.089,
+            0.089,
+        ],
+        strict=True,
+    )
+)
 
 
 def default_sigmas(names: Sequence[str]) -> list[float]:
@@ -129,10 +179,18 @@ def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
             xywh = _xywh(box)
             area = xywh[2] * xywh[3] if area is None or not np.isfinite(area) else float(area)
             # num_keypoints 0 (a box-only person): COCOeval keeps it as ignored ground truth
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "bbox": xywh,
-                         "area": area, "iscrowd": 0,
-                         "num_keypoints": int((kps[:, 2] > 0).sum()),
-                         "keypoints": kps.reshape(-1).tolist()})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": xywh,
+                    "area": area,
+                    "iscrowd": 0,
+                    "num_keypoints": int((kps[:, 2] > 0).sum()),
+                    "keypoints": kps.reshape(-1).tolist(),
+                }
+            )
         for box, score, kps in zip(r.boxes, r.scores, r.keypoints, strict=True):
             flat = np.concatenate([kps[:, :2], np.ones((len(kps), 1))], axis=1)
             dets.append(
@@ -144,9 +202,13 @@ def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
                     "keypoints": flat.reshape(-1).tolist(),
                 }
             )
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": 1, "name": "object", "keypoints": [str(j) for j in range(k)],
-                          "skeleton": []}]}  # fmt: skip
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [
+            {"id": 1, "name": "object", "keypoints": [str(j) for j in range(k)], "skeleton": []}
+        ],
+    }
     return gt, dets
 
 
@@ -189,26 +251,41 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
-def _match(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
-    """For each ground-truth instance, the index of its prediction or -1."""
+def match_instances(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
+    """Which prediction belongs to which ground-truth instance, as PCK and pixel errors
+    (and `kpnb.viz.compare_predictions`) count them: for each ground-truth instance of
+    `r`, the index into ``r.boxes`` of its prediction, or -1 when none matched.
+
+    Predictions are taken in descending score; each goes to the free ground-truth
+    instance its box overlaps most, if that box IoU is at least `iou_threshold`, and is
+    otherwise left unmatched. So a duplicate detection of an already matched instance
+    stays unmatched, as in COCO's matching.
+
+    Example:
+        >>> gt = np.array([[0, 0, 10, 10]], np.float32)
+        >>> boxes = np.array([[0, 0, 10, 9], [0, 0, 10, 10]], np.float32)  # two detections
+        >>> r = ImageResult(gt, np.zeros((1, 1, 3)), boxes, np.array([0.6, 0.9]),
+        ...                 np.zeros((2, 1, 3)))
+        >>> match_instances(r)  # the higher-scoring one; the duplicate stays unmatched
+        [1]
+    """
     match = [-1] * len(r.gt_boxes)
     if not len(r.gt_boxes) or not len(r.boxes):
         return match
     iou = _iou(r.gt_boxes, r.boxes)
-    used = set()
     for p in np.argsort(-r.scores, kind="stable"):
         free = [g for g in range(len(match)) if match[g] < 0]
         if not free:
             break
         g = max(free, key=lambda g: iou[g, p])
-        if iou[g, p] >= iou_threshold and p not in used:
+        if iou[g, p] >= iou_threshold:
             match[g] = int(p)
-            used.add(int(p))
     return match
 
 
-def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
-                     sigmas: Sequence[float] | None = None) -> EvalResult:  # fmt: skip
+def keypoint_metrics(
+    results: Sequence[ImageResult], skeleton: Skeleton, sigmas: Sequence[float] | None = None
+) -> EvalResult:
     """OKS AP, PCK@0.05/0.1/0.2 and mean pixel error (see the module docstring)."""
     k = skeleton.num_keypoints
     sigmas = default_sigmas(skeleton.keypoints) if sigmas is None else [float(s) for s in sigmas]
@@ -217,7 +294,7 @@ def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
     metrics = oks_ap(results, sigmas)
     dists, norms, labelled = [], [], []
     for r in results:
-        for g, p in enumerate(_match(r)):
+        for g, p in enumerate(match_instances(r)):
             gt = r.gt_keypoints[g]
             box = r.gt_boxes[g]
             size = max(box[2] - box[0], box[3] - box[1], 1e-6)
@@ -241,9 +318,15 @@ def keypoint_metrics(results: Sequence[ImageResult], skeleton: Skeleton,
     metrics["mean_px_error"] = float(d[found].mean()) if found.any() else None
     metrics["matched_instances"] = int(np.isfinite(d).all(axis=1).sum()) if len(d) else 0
     metrics["instances"] = len(d)
-    table = pd.DataFrame({"labelled": m.sum(0), "matched": found.sum(0),
-                          "mean_px_error": np.where(found.sum(0) > 0, per_err, np.nan), **rows},
-                         index=pd.Index(skeleton.keypoints, name="keypoint"))  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "labelled": m.sum(0),
+            "matched": found.sum(0),
+            "mean_px_error": np.where(found.sum(0) > 0, per_err, np.nan),
+            **rows,
+        },
+        index=pd.Index(skeleton.keypoints, name="keypoint"),
+    )
     return EvalResult(metrics, table, sigmas)
 
 
@@ -253,15 +336,19 @@ def _to_numpy_result(target: dict, output: dict) -> ImageResult:
         kps[..., 2] = output["keypoints_scores"].detach().cpu().numpy()
     area = target.get("area")
     return ImageResult(
-        target["boxes"].cpu().numpy(), target["keypoints"].cpu().numpy(),
-        output["boxes"].detach().cpu().numpy(), output["scores"].detach().cpu().numpy(), kps,
+        target["boxes"].cpu().numpy(),
+        target["keypoints"].cpu().numpy(),
+        output["boxes"].detach().cpu().numpy(),
+        output["scores"].detach().cpu().numpy(),
+        kps,
         None if area is None else area.cpu().numpy(),
-    )  # fmt: skip
+    )
 
 
 @torch.inference_mode()
-def collect_predictions(model, loader, device: str | torch.device | None = None,
-                        label: int = 1) -> list[ImageResult]:  # fmt: skip
+def collect_predictions(
+    model, loader, device: str | torch.device | None = None, label: int = 1
+) -> list[ImageResult]:
     """Run `model` over `loader` (images, targets) and keep both sides per image.
 
     Images go to `device`, by default the model's own (`model_device`).
@@ -277,8 +364,13 @@ def collect_predictions(model, loader, device: str | torch.device | None = None,
     return results
 
 
-def evaluate(model, loader, skeleton: Skeleton, sigmas: Sequence[float] | None = None,
-             device: str | torch.device | None = None) -> EvalResult:  # fmt: skip
+def evaluate(
+    model,
+    loader,
+    skeleton: Skeleton,
+    sigmas: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+) -> EvalResult:
     """`keypoint_metrics` of `model` on a validation loader (on the model's device)."""
     return keypoint_metrics(collect_predictions(model, loader, device), skeleton, sigmas)
 
@@ -311,15 +403,34 @@ def _collate_images(batch):
     return [im for im, _ in batch], [name for _, name in batch]
 
 
-_COLUMNS = ["image_index", "image_name", "instance_id", "label", "keypoint", "point_index",
-            "x", "y", "visibility", "score", "keypoint_score"]  # fmt: skip
+_COLUMNS = [
+    "image_index",
+    "image_name",
+    "instance_id",
+    "label",
+    "keypoint",
+    "point_index",
+    "x",
+    "y",
+    "visibility",
+    "score",
+    "keypoint_score",
+]
 
 
 @torch.inference_mode()
-def predict(model, images: Sequence, skeleton: Skeleton, label: str = "object", *,
-            score_threshold: float = 0.5, batch_size: int = 2,
-            device: str | torch.device | None = None, num_workers: int | None = None,
-            on_batch: Callable[[int], None] | None = None) -> pd.DataFrame:  # fmt: skip
+def predict(
+    model,
+    images: Sequence,
+    skeleton: Skeleton,
+    label: str = "object",
+    *,
+    score_threshold: float = 0.5,
+    batch_size: int = 2,
+    device: str | torch.device | None = None,
+    num_workers: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
     """Keypoints of every detected instance as a tidy table in original image pixels.
 
     Images stream: a DataLoader (with `num_workers` workers for paths; default
@@ -346,8 +457,13 @@ def predict(model, images: Sequence, skeleton: Skeleton, label: str = "object", 
     device = model_device(model) if device is None else torch.device(device)
     paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
     workers = (default_workers() if paths_only else 0) if num_workers is None else num_workers
-    loader = DataLoader(_Images(images), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate_images, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        _Images(images),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate_images,
+        pin_memory=device.type == "cuda",
+    )
     k = skeleton.num_keypoints
     frames, start, instance = [], 0, 0
     for batch, names in loader:
@@ -358,17 +474,30 @@ def predict(model, images: Sequence, skeleton: Skeleton, label: str = "object", 
             n = int(keep.sum())
             if n:
                 kps = out["keypoints"][keep].float().cpu().numpy()
-                frames.append(pd.DataFrame({
-                    "image_index": start + offset, "image_name": names[offset],
-                    "instance_id": np.repeat(np.arange(instance, instance + n), k),
-                    "label": label, "keypoint": np.tile(np.array(skeleton.keypoints), n),
-                    "point_index": np.tile(np.arange(k), n),
-                    "x": kps[..., 0].reshape(-1).astype(float),
-                    "y": kps[..., 1].reshape(-1).astype(float), "visibility": 2,
-                    "score": np.repeat(out["scores"][keep].float().cpu().numpy(), k).astype(float),
-                    "keypoint_score": out["keypoints_scores"][keep].float().cpu().numpy()
-                    .reshape(-1).astype(float),
-                }))  # fmt: skip
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "image_index": start + offset,
+                            "image_name": names[offset],
+                            "instance_id": np.repeat(np.arange(instance, instance + n), k),
+                            "label": label,
+                            "keypoint": np.tile(np.array(skeleton.keypoints), n),
+                            "point_index": np.tile(np.arange(k), n),
+                            "x": kps[..., 0].reshape(-1).astype(float),
+                            "y": kps[..., 1].reshape(-1).astype(float),
+                            "visibility": 2,
+                            "score": np.repeat(out["scores"][keep].float().cpu().numpy(), k).astype(
+                                float
+                            ),
+                            "keypoint_score": out["keypoints_scores"][keep]
+                            .float()
+                            .cpu()
+                            .numpy()
+                            .reshape(-1)
+                            .astype(float),
+                        }
+                    )
+                )
                 instance += n
         start += len(batch)
         if on_batch is not None:
@@ -378,9 +507,13 @@ def predict(model, images: Sequence, skeleton: Skeleton, label: str = "object", 
     return pd.concat(frames, ignore_index=True)[_COLUMNS]
 
 
-def predictions_to_annotations(preds: pd.DataFrame, names: Sequence[str],
-                               sizes: Sequence[tuple[int, int]], skeleton: Skeleton,
-                               label: str) -> Annotations:  # fmt: skip
+def predictions_to_annotations(
+    preds: pd.DataFrame,
+    names: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    skeleton: Skeleton,
+    label: str,
+) -> Annotations:
     """`predict`'s table as `Annotations`, ready for `kpnb.cvat.write_cvat` (CVAT imports the
     file as pre-annotations: ``source="auto"``, every point visible).
 
@@ -388,18 +521,24 @@ def predictions_to_annotations(preds: pd.DataFrame, names: Sequence[str],
         names: image file names, in `predict`'s image order.
         sizes: ``(width, height)`` of each image.
     """
-    images = pd.DataFrame({"image_index": range(len(names)), "image_id": range(len(names)),
-                           "name": list(names), "width": [w for w, _ in sizes],
-                           "height": [h for _, h in sizes]})  # fmt: skip
+    images = pd.DataFrame(
+        {
+            "image_index": range(len(names)),
+            "image_id": range(len(names)),
+            "name": list(names),
+            "width": [w for w, _ in sizes],
+            "height": [h for _, h in sizes],
+        }
+    )
     kp = preds.drop(columns=["image_name", "score", "keypoint_score"]).assign(source="auto")
-    labels = pd.DataFrame([{"name": label, "type": "skeleton"}]
-                          + [{"name": k, "type": "points", "parent": label}
-                             for k in skeleton.keypoints])  # fmt: skip
+    labels = pd.DataFrame(
+        [{"name": label, "type": "skeleton"}]
+        + [{"name": k, "type": "points", "parent": label} for k in skeleton.keypoints]
+    )
     return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
 
 
-def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = None
-                        ) -> list[dict]:  # fmt: skip
+def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = None) -> list[dict]:
     """`predict`'s table as a COCO results list. `image_ids`: the annotation file's id of
     each image, in `predict`'s order (default 1..N)."""
     results = []
@@ -407,14 +546,26 @@ def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = N
         flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
         index = int(rows["image_index"].iloc[0])
         image_id = int(image_ids[index]) if image_ids is not None else index + 1
-        results.append({"image_id": image_id, "category_id": 1,
-                        "keypoints": flat, "score": float(rows["score"].iloc[0])})  # fmt: skip
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": 1,
+                "keypoints": flat,
+                "score": float(rows["score"].iloc[0]),
+            }
+        )
     return results
 
 
-def write_predictions(preds: pd.DataFrame, paths: Sequence, sizes: Sequence[tuple[int, int]],
-                      skeleton: Skeleton, label: str, out: str | os.PathLike,
-                      image_ids: Sequence[int] | None = None) -> Path:  # fmt: skip
+def write_predictions(
+    preds: pd.DataFrame,
+    paths: Sequence,
+    sizes: Sequence[tuple[int, int]],
+    skeleton: Skeleton,
+    label: str,
+    out: str | os.PathLike,
+    image_ids: Sequence[int] | None = None,
+) -> Path:
     """`predict`'s table to `out`: ``.json`` COCO results (with `image_ids`, the annotation
     file's ids), else CVAT for images 1.1 pre-annotations CVAT imports."""
     import json

@@ -2,8 +2,8 @@
 
 Every function returns a PIL image or a matplotlib ``Figure`` and keeps no global state
 (no ``plt.show()``, no pyplot figure manager), so notebooks display the result and tests
-can check it. Boxes use torchvision's ``draw_bounding_boxes``; points and edges are drawn
-with PIL (torchvision's ``draw_keypoints`` has no outlines and ignores the edge colour), so
+can check it. Boxes, points and edges are drawn with PIL (torchvision's ``draw_keypoints`` has
+no outlines and ignores the edge colour; PIL also keeps ``kpnb show`` free of torch), so
 every marker gets a dark outline and every edge a dark halo and they stand out on any
 picture. Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans (works
 offline). Picture grids save as palette PNGs, a fraction of the size of full-colour ones.
@@ -16,26 +16,40 @@ import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import draw_bounding_boxes
 
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton
 
+if TYPE_CHECKING:
+    from kpnb.evaluate import ImageResult
+
 __all__ = [
-    "keypoint_colors", "color_swatch", "draw_instances", "draw_target", "show_sample", "image_grid",
-    "sample_grid", "before_after", "plot_label_counts", "plot_keypoint_visibility",
-    "plot_instances_per_image", "plot_image_sizes", "plot_keypoint_heatmap",
-    "draw_predictions", "compare_predictions", "plot_history",
-]  # fmt: skip
+    "keypoint_colors",
+    "color_swatch",
+    "draw_instances",
+    "draw_target",
+    "show_sample",
+    "image_grid",
+    "sample_grid",
+    "before_after",
+    "plot_label_counts",
+    "plot_keypoint_visibility",
+    "plot_instances_per_image",
+    "plot_image_sizes",
+    "plot_keypoint_heatmap",
+    "draw_predictions",
+    "compare_predictions",
+    "plot_history",
+]
 
 RGB = tuple[int, int, int]
 _PALETTE_SIZE = 48
@@ -90,8 +104,15 @@ def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figur
     for i, (name, rgb) in enumerate(colours.items()):
         c = np.array(rgb) / 255
         ax.scatter([0], [i], s=170, color=c, edgecolors=np.array(OUTLINE) / 255, linewidths=2)
-        ax.scatter([1], [i], s=150, marker="s", facecolors="none",
-                   edgecolors=np.array(OUTLINE) / 255, linewidths=4.5)  # fmt: skip
+        ax.scatter(
+            [1],
+            [i],
+            s=150,
+            marker="s",
+            facecolors="none",
+            edgecolors=np.array(OUTLINE) / 255,
+            linewidths=4.5,
+        )
         ax.scatter([1], [i], s=150, marker="s", facecolors="none", edgecolors=c, linewidths=2.5)
         ax.text(1.6, i, name, va="center", fontsize=11)
     for x, head in ((0, "visible"), (1, "occluded")):
@@ -107,18 +128,20 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_PATH), size)
 
 
-def _as_tensor(image) -> torch.Tensor:
-    """A uint8 ``[3, H, W]`` tensor from a PIL image or a tensor (uint8 or float 0-1)."""
+def _as_pil(image) -> Image.Image:
+    """An RGB PIL image from a PIL image, a ``[H, W, 3]`` uint8 array, or a ``[3, H, W]``
+    tensor (uint8, or float in 0-1). torch is imported only when a tensor comes in."""
     if isinstance(image, Image.Image):
-        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (3, 4):
+        return Image.fromarray(image[..., :3].astype(np.uint8))
+    import torch
+
     t = torch.as_tensor(image).detach().cpu()
     if t.is_floating_point():
         t = (t.clamp(0, 1) * 255).round().to(torch.uint8)
-    return t[:3] if t.shape[0] >= 3 else t.expand(3, -1, -1)
-
-
-def _to_pil(t: torch.Tensor) -> Image.Image:
-    return Image.fromarray(t.permute(1, 2, 0).numpy())
+    t = t[:3] if t.shape[0] >= 3 else t.expand(3, -1, -1)
+    return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy())
 
 
 def _instances(keypoints, skeleton: Skeleton | None) -> tuple[np.ndarray, list[str]]:
@@ -148,8 +171,9 @@ def _disc(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill) -> None
     draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
 
 
-def _occluded_marker(draw: ImageDraw.ImageDraw, x: float, y: float, r: int, colour: RGB,
-                     outline: RGB, style: str) -> None:  # fmt: skip
+def _occluded_marker(
+    draw: ImageDraw.ImageDraw, x: float, y: float, r: int, colour: RGB, outline: RGB, style: str
+) -> None:
     """A hollow square (or an x) in the keypoint colour with a dark edge: an occluded point
     must not look like a filled disc, nor like a drawn eye."""
     t, o = max(2, round(r * 0.45)), max(1, round(r / 3))
@@ -204,15 +228,15 @@ def draw_instances(
         raise KpnbError(
             f"occluded_marker must be one of {OCCLUDED_MARKERS}, got {occluded_marker!r}"
         )
-    canvas = _as_tensor(image)
+    out = _as_pil(image).copy()
     arr, names = _instances(keypoints, skeleton)
-    h, w = canvas.shape[-2:]
+    w, h = out.size
     r = radius or marker_radius(w, h)
     colors = dict(colors or keypoint_colors(names))
     if boxes is not None and len(boxes):
-        box_tensor = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
-        canvas = draw_bounding_boxes(canvas, box_tensor, colors="yellow", width=max(1, r // 2))
-    out = _to_pil(canvas)
+        box_draw = ImageDraw.Draw(out)
+        for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4).tolist():
+            box_draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=max(1, r // 2))
     if not len(arr):
         return out
     draw = ImageDraw.Draw(out)
@@ -239,16 +263,22 @@ def draw_instances(
 def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwargs) -> Image.Image:
     """Draw a v2 sample's target (``boxes``, ``keypoints`` ``[N, K, 2]``, ``visibility``) or a
     model target (``keypoints`` ``[N, K, 3]``) on its image, boxes included."""
-    kps = torch.as_tensor(target["keypoints"]).detach().cpu().float()
+    kps = _numpy(target["keypoints"])
     if kps.shape[-1] == 2:
-        vis = torch.as_tensor(target["visibility"]).float()[..., None]
-        kps = torch.cat([kps, vis], dim=-1)
-    boxes = torch.as_tensor(target["boxes"]).detach().cpu().float()
-    return draw_instances(image, kps.numpy(), skeleton, boxes=boxes.numpy(), **kwargs)
+        kps = np.concatenate([kps, _numpy(target["visibility"])[..., None]], axis=-1)
+    return draw_instances(image, kps, skeleton, boxes=_numpy(target["boxes"]), **kwargs)
 
 
-def _write_names(img: Image.Image, arr: np.ndarray, names, colors, r: int,
-                 font_size: int | None = None) -> Image.Image:  # fmt: skip
+def _numpy(x) -> np.ndarray:
+    """A float32 numpy copy of a tensor (any device, tv_tensor subclass) or an array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, np.float32)
+
+
+def _write_names(
+    img: Image.Image, arr: np.ndarray, names, colors, r: int, font_size: int | None = None
+) -> Image.Image:
     """Each labelled point's name on a translucent dark label (text a lighter tint of the
     point's colour), placed beside the point on the first side where it overlaps no marker
     or earlier label and stays on the image."""
@@ -265,12 +295,24 @@ def _write_names(img: Image.Image, arr: np.ndarray, names, colors, r: int,
                 continue
             left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
             tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-            spots = [(x + gap, y - gap - th), (x + gap, y + gap), (x - gap - tw, y - gap - th),
-                     (x - gap - tw, y + gap), (x - tw / 2, y - gap - th), (x - tw / 2, y + gap)]
-            inside = [s for s in spots if 0 <= s[0] and s[0] + tw <= img.width
-                      and 0 <= s[1] and s[1] + th <= img.height] or spots  # fmt: skip
-            free = [s for s in inside if not any(_overlaps((*s, s[0] + tw, s[1] + th), b)
-                                                 for b in taken)]  # fmt: skip
+            spots = [
+                (x + gap, y - gap - th),
+                (x + gap, y + gap),
+                (x - gap - tw, y - gap - th),
+                (x - gap - tw, y + gap),
+                (x - tw / 2, y - gap - th),
+                (x - tw / 2, y + gap),
+            ]
+            inside = [
+                s
+                for s in spots
+                if 0 <= s[0] and s[0] + tw <= img.width and 0 <= s[1] and s[1] + th <= img.height
+            ] or spots
+            free = [
+                s
+                for s in inside
+                if not any(_overlaps((*s, s[0] + tw, s[1] + th), b) for b in taken)
+            ]
             sx, sy = (free or inside)[0]
             box = (sx, sy, sx + tw, sy + th)
             taken.append(box)
@@ -400,8 +442,13 @@ class _PaletteCanvas(FigureCanvasAgg):
             info = PngImagePlugin.PngInfo()
             for key, value in metadata.items():
                 info.add_text(key, str(value))
-        small.save(filename_or_obj, format="png", optimize=True, pnginfo=info,
-                   dpi=(self.figure.dpi, self.figure.dpi))  # fmt: skip
+        small.save(
+            filename_or_obj,
+            format="png",
+            optimize=True,
+            pnginfo=info,
+            dpi=(self.figure.dpi, self.figure.dpi),
+        )
 
 
 def _rgb_keys(rgb: np.ndarray) -> np.ndarray:
@@ -409,8 +456,13 @@ def _rgb_keys(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 3,
-               cell: float = 3.2, title: str | None = None) -> Figure:  # fmt: skip
+def image_grid(
+    images: Sequence,
+    titles: Sequence[str] | None = None,
+    ncols: int = 3,
+    cell: float = 3.2,
+    title: str | None = None,
+) -> Figure:
     """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles.
 
     The figure saves and displays as a palette PNG (see `_PaletteCanvas`), so a grid of
@@ -424,7 +476,7 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
         ax.set_axis_off()
         if i < n:
             img = images[i]
-            ax.imshow(img if isinstance(img, Image.Image) else _to_pil(_as_tensor(img)))
+            ax.imshow(_as_pil(img))
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=10)
     if title:
@@ -432,23 +484,63 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
     return fig
 
 
-def keypoint_legend(fig: Figure, colors: Mapping[str, RGB], occluded: bool = True,
-                    ncols: int | None = None) -> None:  # fmt: skip
-    """Add a legend under `fig`: one disc per keypoint colour, and the occluded style."""
+def keypoint_legend(
+    fig: Figure,
+    colors: Mapping[str, RGB],
+    occluded: bool = True,
+    ncols: int | None = None,
+    extra: Sequence[Line2D] = (),
+) -> None:
+    """Add a legend under `fig`: one disc per keypoint colour, the occluded style, and any
+    `extra` handles (other marker or line styles the figure uses)."""
     dark = np.array(OUTLINE) / 255
-    handles = [Line2D([], [], ls="", marker="o", markersize=10, markerfacecolor=np.array(c) / 255,
-                      markeredgecolor=dark, markeredgewidth=1.5, label=name)
-               for name, c in colors.items()]  # fmt: skip
+    handles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            markersize=10,
+            markerfacecolor=np.array(c) / 255,
+            markeredgecolor=dark,
+            markeredgewidth=1.5,
+            label=name,
+        )
+        for name, c in colors.items()
+    ]
     if occluded:
-        handles.append(Line2D([], [], ls="", marker="s", markersize=10, markerfacecolor="none",
-                              markeredgecolor="0.35", markeredgewidth=2,
-                              label="occluded (any colour)"))  # fmt: skip
-    fig.legend(handles=handles, loc="outside lower center", ncols=ncols or min(len(handles), 6),
-               frameon=False, fontsize=10, title="keypoints", title_fontsize=10)  # fmt: skip
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="s",
+                markersize=10,
+                markerfacecolor="none",
+                markeredgecolor="0.35",
+                markeredgewidth=2,
+                label="occluded (any colour)",
+            )
+        )
+    handles += list(extra)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=ncols or min(len(handles), 6),
+        frameon=False,
+        fontsize=10,
+        title="keypoints",
+        title_fontsize=10,
+    )
 
 
-def sample_grid(ann: Annotations, indices: Sequence[int] | None = None, image_root=None,
-                ncols: int = 3, **kwargs) -> Figure:  # fmt: skip
+def sample_grid(
+    ann: Annotations,
+    indices: Sequence[int] | None = None,
+    image_root=None,
+    ncols: int = 3,
+    **kwargs,
+) -> Figure:
     """A grid (default 3x3, the first nine images) of `show_sample` pictures, with a
     colour legend; names are sized to stay readable at the grid's scale.
 
@@ -458,8 +550,9 @@ def sample_grid(ann: Annotations, indices: Sequence[int] | None = None, image_ro
         indices = ann.images["image_index"].tolist()[: ncols * 3]
     indices = [int(i) for i in indices]
     kp = ann.keypoints[ann.keypoints["image_index"].isin(indices)]
-    labels = ([kwargs["label"]] if kwargs.get("label")
-              else list(dict.fromkeys(kp["label"].astype(str))))  # fmt: skip
+    labels = (
+        [kwargs["label"]] if kwargs.get("label") else list(dict.fromkeys(kp["label"].astype(str)))
+    )
     names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
     colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
     meta = ann.images.set_index("image_index").loc[indices]
@@ -475,8 +568,9 @@ def sample_grid(ann: Annotations, indices: Sequence[int] | None = None, image_ro
     return fig
 
 
-def before_after(pairs: Sequence[tuple], names: Sequence[str] = ("before", "after"),
-                 title: str | None = None) -> Figure:  # fmt: skip
+def before_after(
+    pairs: Sequence[tuple], names: Sequence[str] = ("before", "after"), title: str | None = None
+) -> Figure:
     """Rows of (before, after) pictures, e.g. a sample and its augmented version."""
     images = [img for pair in pairs for img in pair]
     titles = [names[i % 2] for i in range(len(images))]
@@ -498,8 +592,11 @@ def plot_label_counts(ann: Annotations) -> Figure:
     counts = ann.label_counts()
     fig, ax = _bar_figure("Instances per label", "label", "instances")
     colours = keypoint_colors(counts.index)
-    ax.bar(counts.index.astype(str), counts.values,
-           color=[np.array(colours[n]) / 255 for n in counts.index])  # fmt: skip
+    ax.bar(
+        counts.index.astype(str),
+        counts.values,
+        color=[np.array(colours[n]) / 255 for n in counts.index],
+    )
     ax.tick_params(axis="x", rotation=45)
     return fig
 
@@ -507,8 +604,10 @@ def plot_label_counts(ann: Annotations) -> Figure:
 def plot_keypoint_visibility(ann: Annotations) -> Figure:
     """Points per keypoint name, stacked by visibility (visible, occluded, absent)."""
     table = ann.keypoint_counts()
-    labels = [f"{lab}/{kp}" if table.index.get_level_values(0).nunique() > 1 else kp
-              for lab, kp in table.index]  # fmt: skip
+    labels = [
+        f"{lab}/{kp}" if table.index.get_level_values(0).nunique() > 1 else kp
+        for lab, kp in table.index
+    ]
     fig, ax = _bar_figure("Keypoints by visibility", "keypoint", "points", 7.2)
     bottom = np.zeros(len(table))
     for col, colour in (("visible", "#2e7d32"), ("occluded", "#f9a825"), ("absent", "#9e9e9e")):
@@ -532,17 +631,27 @@ def plot_image_sizes(ann: Annotations) -> Figure:
     """Image widths against heights, sized by how many images share them."""
     sizes = ann.images.groupby(["width", "height"]).size().reset_index(name="n")
     fig, ax = _bar_figure("Image sizes", "width (px)", "height (px)")
-    ax.scatter(sizes["width"].astype(float), sizes["height"].astype(float),
-               s=20 + 200 * sizes["n"] / sizes["n"].max(), alpha=0.7)  # fmt: skip
+    ax.scatter(
+        sizes["width"].astype(float),
+        sizes["height"].astype(float),
+        s=20 + 200 * sizes["n"] / sizes["n"].max(),
+        alpha=0.7,
+    )
     for r in sizes.itertuples(index=False):
-        ax.annotate(str(r.n), (float(r.width), float(r.height)), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            str(r.n),
+            (float(r.width), float(r.height)),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_aspect("equal", adjustable="datalim")
     return fig
 
 
-def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box",
-                          bins: int = 24) -> Figure:  # fmt: skip
+def plot_keypoint_heatmap(
+    ann: Annotations, label: str, normalize: str = "box", bins: int = 24
+) -> Figure:
     """Where each keypoint of `label` falls: one 2-D histogram per keypoint.
 
     `normalize` ``"box"`` centres each instance's keypoint extent and scales its longer
@@ -572,13 +681,20 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box",
     u, v = np.asarray(u, float), np.asarray(v, float)
     masks = [(kp["keypoint"] == name).to_numpy() for name in names]
     # one colour scale for every panel, so the shared colour bar reads on all of them
-    peak = max([np.histogram2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]])[0].max()
-                for m in masks if m.any()] or [1.0])  # fmt: skip
+    peak = max(
+        [
+            np.histogram2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]])[0].max()
+            for m in masks
+            if m.any()
+        ]
+        or [1.0]
+    )
     norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
     image = None
     for ax, name, m in zip(axes.flat, names, masks, strict=False):
-        *_, image = ax.hist2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]], cmap="magma",
-                              norm=norm)  # fmt: skip
+        *_, image = ax.hist2d(
+            u[m], v[m], bins=bins, range=[[0, 1], [0, 1]], cmap="magma", norm=norm
+        )
         ax.set_ylim(1, 0)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(f"x / {normalize} width", fontsize=8)
@@ -592,69 +708,219 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box",
 
 
 # -- predictions and training --------------------------------------------------------------
-def draw_predictions(image, ground_truth, predictions, skeleton: Skeleton,
-                     score_threshold: float = 0.0) -> Image.Image:  # fmt: skip
-    """Ground truth and predictions overlaid, with a red line from each labelled ground
-    truth point to the matching point of the nearest predicted instance.
+ERROR_LINE: RGB = (255, 255, 255)  # error lines: white dashes on a dark halo, no keypoint's colour
+
+
+def _dashed(draw: ImageDraw.ImageDraw, a, b, fill: RGB, width: int, dash: float) -> None:
+    """A dashed line from `a` to `b` (PIL draws solid lines only)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    length = float(np.hypot(*(b - a)))
+    if not np.isfinite(length) or length == 0:
+        return
+    step = (b - a) / length
+    for s in np.arange(0.0, length, 2 * dash):
+        draw.line(
+            [tuple(a + step * s), tuple(a + step * min(s + dash, length))], fill=fill, width=width
+        )
+
+
+def _matched(result: ImageResult, k: int, iou_threshold: float):
+    """Ground truth ``[N, K, 3]``, each instance's matched prediction ``[N, K, 3]`` (NaN
+    where none matched) and how many predictions matched nothing (`match_instances`)."""
+    from kpnb.evaluate import match_instances
+
+    gt = np.asarray(result.gt_keypoints, np.float32).reshape(-1, k, 3)
+    pred = np.asarray(result.keypoints, np.float32).reshape(-1, k, 3)
+    match = match_instances(result, iou_threshold)
+    paired = np.full_like(gt, np.nan)
+    for g, p in enumerate(match):
+        if p >= 0:
+            paired[g] = pred[p]
+    return gt, paired, len(pred) - sum(p >= 0 for p in match)
+
+
+def draw_predictions(
+    image, result: ImageResult, skeleton: Skeleton, *, iou_threshold: float = 0.5
+) -> Image.Image:
+    """The errors picture: each ground-truth instance next to the prediction the metrics
+    matched it with (`kpnb.evaluate.match_instances`, box IoU >= `iou_threshold`).
+
+    Labelled ground-truth points are discs (occluded ones hollow squares) and the matched
+    prediction's points crosses, both in the keypoint's colour; a white dashed line on a
+    dark halo joins each labelled point to its prediction. Predictions that match no
+    ground truth (duplicates, false detections) are not drawn, and no skeleton edges are,
+    so error lines cannot be mistaken for them.
 
     Args:
-        ground_truth: ``[N, K, 3]`` (x, y, v).
-        predictions: ``[M, K, 3]``; the third channel is a keypoint score, and points
-            scoring below `score_threshold` are left out.
+        image: PIL image or ``[3, H, W]`` tensor, in the frame of `result`.
+        result: one image's ground truth and predictions (`collect_predictions`).
     """
-    gt = np.asarray(ground_truth, np.float32).reshape(-1, skeleton.num_keypoints, 3)
-    pred = np.asarray(predictions, np.float32).reshape(-1, skeleton.num_keypoints, 3)
-    shown = pred.copy()
-    shown[..., 2] = np.where(pred[..., 2] >= score_threshold, 2, 0)
-    base = draw_instances(image, gt, skeleton, show_names=False, edge_color=(0, 200, 0),
-                          colors=dict.fromkeys(skeleton.keypoints, (0, 200, 0)))  # fmt: skip
-    out = draw_instances(base, shown, skeleton, show_names=False)
-    draw = ImageDraw.Draw(out)
-    for g in gt:
-        if not len(pred):
-            break
-        labelled = g[:, 2] > 0
-        if not labelled.any():
-            continue
-        d = np.nanmean(np.linalg.norm(pred[:, labelled, :2] - g[None, labelled, :2], axis=-1), 1)
-        p = pred[int(np.argmin(d))]
-        for j in np.flatnonzero(labelled):
-            draw.line([tuple(g[j, :2]), tuple(p[j, :2])], fill=(255, 0, 0), width=1)
-    return out
+    k = skeleton.num_keypoints
+    gt, paired, _ = _matched(result, k, iou_threshold)
+    points = Skeleton(skeleton.keypoints)  # the names without edges
+    canvas = _as_pil(image)
+    r = max(2, round(0.7 * marker_radius(*canvas.size)))  # smaller: the lines must show
+    draw = ImageDraw.Draw(canvas)
+    width, halo = max(1, round(r / 3)), max(1, round(r / 4))
+    for g, p in zip(gt, paired, strict=True):
+        for j in np.flatnonzero((g[:, 2] > 0) & np.isfinite(p[:, 0])):
+            for fill, wd in ((OUTLINE, width + 2 * halo), (ERROR_LINE, width)):
+                _dashed(draw, g[j, :2], p[j, :2], fill, wd, dash=max(3, 1.5 * r))
+    out = draw_instances(canvas, gt, points, show_names=False, radius=r)
+    shown = paired.copy()
+    shown[..., 2] = np.where(np.isfinite(shown[..., 0]), 1, 0)  # drawn as crosses
+    return draw_instances(
+        out, np.nan_to_num(shown), points, show_names=False, radius=r, occluded_marker="x"
+    )
 
 
-def compare_predictions(image, ground_truth, predictions, skeleton: Skeleton,
-                        title: str | None = None) -> Figure:  # fmt: skip
-    """Ground truth and predictions side by side, and overlaid with error lines."""
-    gt_img = draw_instances(image, ground_truth, skeleton, show_names=False)
-    pred = np.asarray(predictions, np.float32).reshape(-1, skeleton.num_keypoints, 3).copy()
+def compare_predictions(
+    image,
+    result: ImageResult,
+    skeleton: Skeleton,
+    *,
+    title: str | None = None,
+    iou_threshold: float = 0.5,
+) -> Figure:
+    """Ground truth, the matched predictions, and the errors (`draw_predictions`), side by
+    side with a legend of keypoint colours and marker styles.
+
+    Only predictions the metrics matched to a ground-truth instance are drawn: the
+    top-scoring detections of a young model are often duplicates of one object. The
+    titles count what is left out (unmatched predictions, objects nothing matched). A
+    small image (the CPU schedule's 96-192 px) is enlarged by a whole factor first, so
+    the markers stay small beside the objects at the grid's scale.
+    """
+    image, result = _enlarged(image, result)
+    k = skeleton.num_keypoints
+    gt, paired, unmatched = _matched(result, k, iou_threshold)
+    found = np.isfinite(paired[:, 0, 0])
+    pred = paired[found].copy()
     pred[..., 2] = 2
-    pred_img = draw_instances(image, pred, skeleton, show_names=False)
-    both = draw_predictions(image, ground_truth, predictions, skeleton)
-    return image_grid([gt_img, pred_img, both], ["ground truth", "prediction", "errors"],
-                      ncols=3, title=title)  # fmt: skip
+    colors = keypoint_colors(skeleton.keypoints)
+    pictures = [
+        draw_instances(image, gt, skeleton, show_names=False, colors=colors),
+        draw_instances(image, pred, skeleton, show_names=False, colors=colors),
+        draw_predictions(image, result, skeleton, iou_threshold=iou_threshold),
+    ]
+    n_found = int(found.sum())
+    missed = len(gt) - n_found
+    titles = [
+        f"ground truth: {_count(len(gt), 'object')}",
+        f"{_count(n_found, 'matched prediction')}"
+        + (f" ({unmatched} unmatched not shown)" if unmatched else ""),
+        "errors" + (f" ({_count(missed, 'object')} not found)" if missed else ""),
+    ]
+    fig = image_grid(pictures, titles, ncols=3, title=title)
+    dark = np.array(OUTLINE) / 255
+    styles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="x",
+            markersize=9,
+            markeredgewidth=2.5,
+            color="0.35",
+            label="prediction (errors panel)",
+        ),
+        Line2D(
+            [],
+            [],
+            ls=(0, (2, 1.5)),
+            lw=2,
+            color="white",
+            path_effects=[_halo(dark)],
+            label="error: point to prediction",
+        ),
+    ]
+    keypoint_legend(fig, colors, ncols=4, extra=styles)
+    return fig
+
+
+def _enlarged(image, result: ImageResult, target: int = 320):
+    """`image` and `result` scaled by the whole factor that brings the longer side near
+    `target` px (unchanged when it is already that large)."""
+    from dataclasses import replace
+
+    img = _as_pil(image)
+    f = max(1, target // max(img.size))
+    if f == 1:
+        return img, result
+    big = img.resize((img.width * f, img.height * f), Image.Resampling.BILINEAR)
+
+    def points(kps):
+        kps = np.array(kps, np.float32)
+        kps[..., :2] *= f
+        return kps
+
+    return big, replace(
+        result,
+        gt_boxes=np.asarray(result.gt_boxes) * f,
+        gt_keypoints=points(result.gt_keypoints),
+        boxes=np.asarray(result.boxes) * f,
+        keypoints=points(result.keypoints),
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _halo(colour):
+    from matplotlib import patheffects
+
+    return patheffects.withStroke(linewidth=4, foreground=colour)
+
+
+_LOSS_PARTS = {
+    "loss": "total",
+    "loss_keypoint": "keypoint",
+    "loss_classifier": "classifier",
+    "loss_box_reg": "box",
+    "loss_objectness": "objectness",
+    "loss_rpn_box_reg": "RPN box",
+}
 
 
 def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
-    """Training curves: losses (left) and validation metrics (right) per epoch."""
-    df = pd.DataFrame(history)
-    fig = _figure(10, 4)
-    ax_loss, ax_metric = fig.subplots(1, 2)
-    loss_cols = [c for c in df.columns if "loss" in c]
-    metric_cols = [c for c in df.columns if c.startswith(("AP", "PCK", "pck", "ap"))]
-    for c in loss_cols:
-        ax_loss.plot(df["epoch"], df[c], marker="o", label=c)
-    for c in metric_cols:
-        ax_metric.plot(df["epoch"], df[c], marker="o", label=c)
-    ax_loss.set_title("Training losses")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_metric.set_title("Validation metrics")
-    ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylabel("score (0-1)")
-    for ax in (ax_loss, ax_metric):
+    """Training curves per epoch (1-based, integer ticks) on three panels: the training
+    losses (the total in bold), OKS AP (AP, AP50, AP75) and PCK (at 0.05, 0.1, 0.2).
+
+    Missing values (None: nothing to measure) leave gaps. An epoch a time budget cut
+    short (``complete`` False) is said so in the title.
+    """
+    df = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
+    epoch = pd.to_numeric(df["epoch"]) + 1
+    fig = _figure(11, 3.6)
+    axes = fig.subplots(1, 3)
+    panels = [
+        ("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
+        ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
+        (
+            "Validation PCK",
+            "share of points (0-1)",
+            [c for c in df.columns if c.startswith("PCK@")],
+        ),
+    ]
+    for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
+        for c in cols:
+            values = pd.to_numeric(df[c], errors="coerce")
+            bold = c in ("loss", "AP")
+            ax.plot(epoch, values, marker="o", lw=2.5 if bold else 1.3, label=_LOSS_PARTS.get(c, c))
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if len(epoch):  # whole epochs only, at most about ten ticks
+            first, last = int(epoch.min()), int(epoch.max())
+            ax.set_xticks(range(first, last + 1, max(1, -(-(last - first + 1) // 10))))
+            ax.set_xlim(first - 0.5, last + 0.5)
+        if name != "Training loss":
+            ax.set_ylim(-0.03, 1.03)
         if ax.lines:
             ax.legend(fontsize=8)
+    if "complete" in df and not df["complete"].fillna(True).astype(bool).all():
+        fig.suptitle("Training curves (the last epoch was cut short by the time budget)")
     return fig
 
 

@@ -392,24 +392,31 @@ def test_multi_point_shape_is_one_instance_everywhere(tmp_path):
     assert report.loc["instances", "detail"] == "1 instances of 4 keypoints"
 
 
-def test_info_does_not_import_torch():
+def test_info_and_show_do_not_import_torch(tmp_path):
+    """``kpnb info`` and ``kpnb show`` start fast: neither imports torch (15 s when busy)."""
     path = MMPOSE / "crowdpose/test_crowdpose.json"
+    ann = read_annotations(path)
+    root = _blank_images(ann, tmp_path / "export", set(ann.images["name"].astype(str)))
+    png = tmp_path / "shown.png"
     code = (
         "import sys\n"
         "from kpnb.cli import main\n"
         f"assert main(['info', {str(path)!r}]) == 0\n"
-        "assert 'torch' not in sys.modules, 'kpnb info imported torch'\n"
+        f"assert main(['show', {str(path)!r}, '--images-root', {str(root)!r}, "
+        f"'--out', {str(png)!r}, '--boxes']) == 0\n"
+        "assert 'torch' not in sys.modules, 'kpnb info or show imported torch'\n"
     )
-    root = Path(__file__).parent.parent
+    here = Path(__file__).parent.parent
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=root,
-        env={"PYTHONPATH": str(root), "PATH": ""},
+        cwd=here,
+        env={"PYTHONPATH": str(here), "PATH": ""},
     )
     assert done.returncode == 0, done.stderr
     assert "skeleton 'person': 14 keypoints" in done.stdout
+    assert png.is_file()
 
 
 # -- the command line, as a user of these files meets it ----------------------------------

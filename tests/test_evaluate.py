@@ -9,7 +9,14 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kpnb.evaluate import ImageResult, collect_predictions, evaluate, keypoint_metrics, predict
+from kpnb.evaluate import (
+    ImageResult,
+    collect_predictions,
+    evaluate,
+    keypoint_metrics,
+    match_instances,
+    predict,
+)
 from kpnb.tables import Skeleton
 
 SK = Skeleton(("a", "b", "c"))
@@ -59,17 +66,34 @@ def _pycocotools_ap(results, sigmas):
         images.append({"id": i})
         for b, k in zip(r.gt_boxes, r.gt_keypoints, strict=True):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "iscrowd": 0,
-                         "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h,
-                         "keypoints": [float(v) for v in k.reshape(-1)],
-                         "num_keypoints": int((k[:, 2] > 0).sum())})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": [float(b[0]), float(b[1]), w, h],
+                    "area": w * h,
+                    "keypoints": [float(v) for v in k.reshape(-1)],
+                    "num_keypoints": int((k[:, 2] > 0).sum()),
+                }
+            )
         for b, s, k in zip(r.boxes, r.scores, r.keypoints, strict=True):
-            dets.append({"image_id": i, "category_id": 1, "score": float(s),
-                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                         "keypoints": [float(v) for v in k.reshape(-1)]})  # fmt: skip
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": 1,
+                    "score": float(s),
+                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                    "keypoints": [float(v) for v in k.reshape(-1)],
+                }
+            )
     gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns,
-                  "categories": [{"id": 1, "name": "x", "keypoints": ["a", "b", "c"]}]}  # fmt: skip
+    gt.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "x", "keypoints": ["a", "b", "c"]}],
+    }
     gt.createIndex()
     ev = COCOeval(gt, gt.loadRes(dets), iouType="keypoints")
     ev.params.kpt_oks_sigmas = np.array(sigmas)
@@ -94,8 +118,10 @@ def test_perturbed_predictions_equal_pycocotools(noise, sigmas):
 
 def test_pck_counts_unmatched_instances_as_misses():
     boxes = np.array([[0, 0, 100, 100], [200, 200, 300, 300]], np.float32)
-    kps = np.array([[[10, 10, 2], [50, 50, 2], [90, 90, 0]],
-                    [[210, 210, 2], [250, 250, 2], [290, 290, 2]]], np.float32)  # fmt: skip
+    kps = np.array(
+        [[[10, 10, 2], [50, 50, 2], [90, 90, 0]], [[210, 210, 2], [250, 250, 2], [290, 290, 2]]],
+        np.float32,
+    )
     pred = kps[:1].copy()
     pred[0, 0, :2] += [8, 0]  # 8 px off: inside 0.1 x 100, outside 0.05 x 100
     r = ImageResult(boxes, kps, boxes[:1], np.array([0.9]), pred)
@@ -105,6 +131,41 @@ def test_pck_counts_unmatched_instances_as_misses():
     assert m["matched_instances"] == 1 and m["instances"] == 2
     assert res.per_keypoint.loc["a", "mean_px_error"] == pytest.approx(8)
     assert res.per_keypoint.loc["c", "labelled"] == 1 and res.per_keypoint.loc["c", "matched"] == 0
+
+
+def _boxes_result(gt_boxes, boxes, scores):
+    gt_boxes, boxes = np.array(gt_boxes, np.float32), np.array(boxes, np.float32).reshape(-1, 4)
+    return ImageResult(
+        gt_boxes,
+        np.zeros((len(gt_boxes), 3, 3), np.float32),
+        boxes,
+        np.array(scores, np.float32),
+        np.zeros((len(boxes), 3, 3), np.float32),
+    )
+
+
+@pytest.mark.parametrize(
+    ("boxes", "scores", "expected"),
+    [
+        # the best-scoring detection of each object wins; its duplicate stays unmatched
+        ([[0, 0, 100, 100], [2, 0, 100, 100], [200, 200, 300, 300]], [0.6, 0.9, 0.7], [1, 2]),
+        # a detection overlapping too little (IoU 1/3) matches nothing
+        ([[50, 0, 150, 100]], [0.9], [-1, -1]),
+        # scores decide, not overlap: the better-scoring detection takes the object even
+        # though a weaker one overlaps it more (COCO's order)
+        ([[0, 0, 100, 100], [0, 0, 100, 90]], [0.5, 0.9], [1, -1]),
+        ([], [], [-1, -1]),
+    ],
+)
+def test_match_instances_pairs_each_object_with_one_detection(boxes, scores, expected):
+    gt = [[0, 0, 100, 100], [200, 200, 300, 300]]
+    assert match_instances(_boxes_result(gt, boxes, scores)) == expected
+
+
+def test_match_instances_threshold_and_no_ground_truth():
+    r = _boxes_result([[0, 0, 100, 100]], [[50, 0, 150, 100]], [0.9])  # IoU 1/3
+    assert match_instances(r, iou_threshold=0.3) == [0]
+    assert match_instances(_boxes_result(np.zeros((0, 4)), [[0, 0, 1, 1]], [0.9])) == []
 
 
 def test_no_predictions_and_bad_sigmas():
@@ -117,8 +178,15 @@ def test_no_predictions_and_bad_sigmas():
 
 
 def test_metrics_over_no_instances_are_null_in_json(tmp_path):
-    empty = [ImageResult(np.zeros((0, 4)), np.zeros((0, 3, 3)), np.zeros((0, 4)), np.zeros(0),
-                         np.zeros((0, 3, 3)))]  # fmt: skip
+    empty = [
+        ImageResult(
+            np.zeros((0, 4)),
+            np.zeros((0, 3, 3)),
+            np.zeros((0, 4)),
+            np.zeros(0),
+            np.zeros((0, 3, 3)),
+        )
+    ]
     result = keypoint_metrics(empty, SK)
     assert result.metrics["AP"] is None and result.metrics["PCK@0.1"] is None
     assert result.metrics["mean_px_error"] is None and result.metrics["instances"] == 0
@@ -139,9 +207,16 @@ class _Recorder(torch.nn.Module):
     def forward(self, images):
         self.seen += [im.device for im in images]
         k = SK.num_keypoints
-        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                 "labels": torch.zeros(0, dtype=torch.int64), "keypoints": torch.zeros(0, k, 3),
-                 "keypoints_scores": torch.zeros(0, k)} for _ in images]  # fmt: skip
+        return [
+            {
+                "boxes": torch.zeros(0, 4),
+                "scores": torch.zeros(0),
+                "labels": torch.zeros(0, dtype=torch.int64),
+                "keypoints": torch.zeros(0, k, 3),
+                "keypoints_scores": torch.zeros(0, k),
+            }
+            for _ in images
+        ]
 
 
 def test_inference_follows_the_models_device():
@@ -169,13 +244,18 @@ def test_predict_streams_paths_in_order_through_workers(tmp_path):
             seen.extend(tuple(im.shape) for im in images)
             out = super().forward(images)
             for o in out:  # one detection per image, at its own size
-                o.update(boxes=torch.tensor([[0.0, 0, 2, 2]]), scores=torch.tensor([0.9]),
-                         labels=torch.tensor([1]), keypoints=torch.ones(1, 3, 3),
-                         keypoints_scores=torch.ones(1, 3))  # fmt: skip
+                o.update(
+                    boxes=torch.tensor([[0.0, 0, 2, 2]]),
+                    scores=torch.tensor([0.9]),
+                    labels=torch.tensor([1]),
+                    keypoints=torch.ones(1, 3, 3),
+                    keypoints_scores=torch.ones(1, 3),
+                )
             return out
 
-    table = predict(Boxes("cpu"), paths, SK, "face", batch_size=2, num_workers=2,
-                    on_batch=batches.append)  # fmt: skip
+    table = predict(
+        Boxes("cpu"), paths, SK, "face", batch_size=2, num_workers=2, on_batch=batches.append
+    )
     assert seen == [(3, 8, 10), (3, 9, 12), (3, 7, 7)] and batches == [2, 1]
     assert list(table["image_name"].unique()) == ["im0.png", "im1.png", "im2.png"]
     assert list(table["instance_id"].unique()) == [0, 1, 2] and set(table["label"]) == {"face"}

@@ -49,8 +49,9 @@ def test_markers_grow_with_the_image():
     kps = np.array([[[0.5, 0.5, 2], [0, 0, 0], [0, 0, 0]]], np.float32)
 
     def drawn(w, h):
-        img = np.asarray(viz.draw_instances(Image.new("RGB", (w, h)), kps * [w, h, 1], SK,
-                                            show_names=False))  # fmt: skip
+        img = np.asarray(
+            viz.draw_instances(Image.new("RGB", (w, h)), kps * [w, h, 1], SK, show_names=False)
+        )
         return int((img.max(-1) > 0).sum())
 
     assert viz.marker_radius(640, 480) > viz.marker_radius(160, 120)
@@ -60,8 +61,9 @@ def test_markers_grow_with_the_image():
 def test_edge_between_labelled_points_is_drawn_over_a_dark_halo():
     canvas = Image.new("RGB", (100, 60), (255, 255, 255))
     kps = np.array([[[20, 30, 2], [50, 30, 2], [80, 30, 0]]], np.float32)
-    img = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=False, radius=3,
-                                        edge_color=(255, 255, 0)))  # fmt: skip
+    img = np.asarray(
+        viz.draw_instances(canvas, kps, SK, show_names=False, radius=3, edge_color=(255, 255, 0))
+    )
     column = [tuple(p) for p in img[20:40, 35]]
     assert (255, 255, 0) in column  # the a-b edge in its colour
     assert column.count(viz.OUTLINE) >= 2  # with the halo on both sides
@@ -71,8 +73,9 @@ def test_edge_between_labelled_points_is_drawn_over_a_dark_halo():
 @pytest.mark.parametrize("style", ["square", "x"])
 def test_occluded_point_cannot_pass_for_a_visible_one(style):
     kps = np.array([[[20, 30, 1], [50, 30, 0], [80, 30, 2]]], np.float32)  # no edge at a
-    img = np.asarray(viz.draw_instances(_canvas(), kps, SK, show_names=False, radius=4,
-                                        occluded_marker=style))  # fmt: skip
+    img = np.asarray(
+        viz.draw_instances(_canvas(), kps, SK, show_names=False, radius=4, occluded_marker=style)
+    )
     colour = viz.keypoint_colors(SK.keypoints)["a"]
     box = img[30 - 9 : 30 + 10, 20 - 9 : 20 + 10]
     assert (box == colour).all(-1).sum() > 10  # drawn in its colour...
@@ -83,8 +86,9 @@ def test_occluded_point_cannot_pass_for_a_visible_one(style):
         assert tuple(img[30, 20]) == colour  # the crossing
         assert tuple(img[30, 24]) != colour and tuple(img[26, 24]) == colour  # arms, not a disc
     # and unlike a visible disc, which is solid in its colour around the centre
-    visible = np.asarray(viz.draw_instances(_canvas(), kps * [1, 1, 0] + [0, 0, 2], SK,
-                                            show_names=False, radius=4))  # fmt: skip
+    visible = np.asarray(
+        viz.draw_instances(_canvas(), kps * [1, 1, 0] + [0, 0, 2], SK, show_names=False, radius=4)
+    )
     assert (visible[28:33, 18:23] == colour).all()
     assert not (img[28:33, 18:23] == colour).all()
 
@@ -97,8 +101,7 @@ def test_unknown_occluded_marker():
 def test_names_do_not_cover_other_points():
     kps = np.array([[[30, 50, 2], [46, 36, 2], [0, 0, 0]]], np.float32)  # b up-right of a
     canvas = Image.new("RGB", (120, 80), (0, 0, 0))
-    named = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=True, radius=3,
-                                          font_size=12))  # fmt: skip
+    named = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=True, radius=3, font_size=12))
     plain = np.asarray(viz.draw_instances(canvas, kps, SK, show_names=False, radius=3))
     assert (named != plain).any(-1).sum() > 40  # names are written
     colours = viz.keypoint_colors(SK.keypoints)
@@ -134,27 +137,110 @@ def _assert_labelled(fig):
 
 def test_distribution_figures_have_titles_and_axis_labels(synthetic_export):
     ann = read_cvat(synthetic_export)
-    for fig in (viz.plot_label_counts(ann), viz.plot_keypoint_visibility(ann),
-                viz.plot_instances_per_image(ann), viz.plot_image_sizes(ann),
-                viz.plot_keypoint_heatmap(ann, "face"),
-                viz.plot_keypoint_heatmap(ann, "face", normalize="image")):  # fmt: skip
+    for fig in (
+        viz.plot_label_counts(ann),
+        viz.plot_keypoint_visibility(ann),
+        viz.plot_instances_per_image(ann),
+        viz.plot_image_sizes(ann),
+        viz.plot_keypoint_heatmap(ann, "face"),
+        viz.plot_keypoint_heatmap(ann, "face", normalize="image"),
+    ):
         _assert_labelled(fig)
     with pytest.raises(ValueError, match="normalize"):
         viz.plot_keypoint_heatmap(ann, "face", normalize="pixels")
 
 
-def test_history_and_prediction_figures():
-    history = [{"epoch": e, "loss": 1 / (e + 1), "loss_keypoint": 2 / (e + 1), "AP": e / 10,
-                "PCK@0.1": e / 5} for e in range(3)]  # fmt: skip
-    _assert_labelled(viz.plot_history(history))
+def _history(n, **extra):
+    return [
+        {
+            "epoch": e,
+            "lr": 1e-4,
+            "loss": 1 / (e + 1),
+            "loss_keypoint": 2 / (e + 1),
+            "AP": e / 10,
+            "AP50": None,
+            "APm": 0.1,
+            "PCK@0.1": e / 5,
+            "seconds": 3.0,
+            **extra,
+        }
+        for e in range(n)
+    ]
+
+
+def _lines(ax):
+    return [line.get_label() for line in ax.lines]
+
+
+def test_history_has_whole_epochs_and_a_panel_per_kind_of_number():
+    fig = viz.plot_history(_history(3))
+    _assert_labelled(fig)
+    loss, ap, pck = fig.axes
+    assert list(loss.get_xticks()) == [1, 2, 3]  # 1-based, as the log lines count them
+    assert _lines(loss) == ["total", "keypoint"]
+    assert _lines(ap) == ["AP", "AP50"] and _lines(pck) == ["PCK@0.1"]  # no lr, no APm
+    assert np.isnan(ap.lines[1].get_ydata()).all()  # None: a gap, not a zero
+    assert fig._suptitle is None
+    one = viz.plot_history(_history(1, complete=False))
+    assert [list(ax.get_xticks()) for ax in one.axes] == [[1]] * 3
+    assert "time budget" in one._suptitle.get_text()
+    ticks = viz.plot_history(_history(40)).axes[0].get_xticks()
+    assert len(ticks) <= 11 and all(float(t).is_integer() for t in ticks)
+
+
+def _prediction_result():
+    """One object (a, b labelled, c absent), its detection, a duplicate of it scoring lower
+    with its points elsewhere, and a false detection."""
+    from kpnb.evaluate import ImageResult
+
+    gt_box = np.array([[10, 20, 90, 40]], np.float32)
     gt = np.array([[[20, 30, 2], [50, 30, 2], [80, 30, 0]]], np.float32)
-    pred = np.array([[[22, 31, 0.9], [55, 30, 0.8], [80, 30, 0.1]]], np.float32)
-    img = np.asarray(viz.draw_predictions(_canvas(), gt, pred, SK))
-    red = (img == (255, 0, 0)).all(-1)  # the error lines' colour, no keypoint's
-    assert red[30, 51:55].all()  # from b's ground truth (50, 30) to its prediction (55, 30)
-    assert not red[:, 60:].any()  # c is absent in the ground truth: no error line
-    fig = viz.compare_predictions(_canvas(), gt, pred, SK, title="t")
+    match = [[20, 50, 0.9], [50, 50, 0.9], [80, 50, 0.9]]
+    duplicate = [[35, 10, 0.9], [45, 10, 0.9], [55, 10, 0.9]]
+    false = [[92, 55, 0.9], [94, 55, 0.9], [96, 55, 0.9]]
+    boxes = np.array([[10, 20, 90, 42], [11, 20, 90, 40], [90, 50, 99, 59]], np.float32)
+    return ImageResult(
+        gt_box,
+        gt,
+        boxes,
+        np.array([0.9, 0.8, 0.7], np.float32),
+        np.array([match, duplicate, false], np.float32),
+    )
+
+
+def test_errors_picture_draws_matched_predictions_with_dashed_lines():
+    img = np.asarray(viz.draw_predictions(_canvas(), _prediction_result(), SK))
+    colours = viz.keypoint_colors(SK.keypoints)
+    white = (img == viz.ERROR_LINE).all(-1)
+    assert white[36:45, 20].any() and not white[36:45, 20].all()  # a's error line, dashed
+    assert white[36:45, 50].any()
+    assert not white[33:47, 80].any()  # c is absent in the ground truth: no error line
+    assert not white[30, 26:44].any()  # no skeleton edge between a and b
+    assert tuple(img[30, 20]) == colours["a"]  # the ground-truth disc
+    assert (img[48:53, 18:23] == colours["a"]).all(-1).any()  # the matched prediction's cross
+    assert img[5:16, 30:60].max() == 0  # the duplicate is not drawn
+    assert img[50:60, 88:100].max() == 0  # nor the false detection
+
+
+def test_compare_predictions_shows_what_the_metrics_matched_with_a_legend():
+    fig = viz.compare_predictions(_canvas(), _prediction_result(), SK, title="t")
     assert len(fig.axes) == 3
+    truth, predicted, errors = (ax.get_title() for ax in fig.axes)
+    assert truth == "ground truth: 1 object"
+    assert predicted == "1 matched prediction (2 unmatched not shown)"
+    shown = fig.axes[1].images[0].get_array()
+    assert shown.shape[:2] == (180, 300)  # enlarged 3x: small markers at the grid's scale
+    assert shown[15:48, 90:180].max() == 0  # the duplicate is not among the predictions
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert {"a", "b", "c", "prediction (errors panel)", "error: point to prediction"} <= set(labels)
+    missed = _prediction_result()
+    missed.boxes[:2] += 50  # nothing overlaps the object any more
+    assert (
+        fig.axes
+        and "1 object not found"
+        in viz.compare_predictions(_canvas(), missed, SK).axes[2].get_title()
+    )
 
 
 def test_no_pyplot_figures_are_left_open(synthetic_export):
@@ -203,8 +289,9 @@ def test_sample_grid_has_a_colour_legend_and_saves_small(synthetic_export):
     fig = viz.sample_grid(ann)
     assert len(fig.legends) == 1
     legend = fig.legends[0]
-    entries = {t.get_text(): h
-               for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}  # fmt: skip
+    entries = {
+        t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
     colours = viz.keypoint_colors(ann.skeletons["face"].keypoints)
     assert set(colours) < set(entries) and any("occluded" in k for k in entries)
     for name, rgb in colours.items():
