@@ -329,10 +329,10 @@ def get_dataset(
     root = Path(root) if root is not None else cache_dir()
     spec_str = str(spec)
     if spec_str == "synthetic":
-        folder = root / f"synthetic-seed{seed}-n{n_images}"
-        if not (folder / "annotations.xml").is_file():
-            from kpnb.synthetic import generate
+        from kpnb.synthetic import STYLE_VERSION, generate
 
+        folder = root / f"synthetic-v{STYLE_VERSION}-seed{seed}-n{n_images}"
+        if not (folder / "annotations.xml").is_file():
             generate(folder, n_images, seed)
         return folder
     if spec_str in REGISTRY or spec_str.startswith(("http://", "https://")):

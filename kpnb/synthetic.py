@@ -36,8 +36,11 @@ from kpnb.cvat import skeleton_svg, write_cvat
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints, visibility_from_flags
 
-__all__ = ["FACE", "SyntheticScene", "render_scene", "synthesize", "generate"]
+__all__ = ["FACE", "STYLE_VERSION", "SyntheticScene", "render_scene", "synthesize", "generate"]
 
+#: Raised whenever the drawing or the geometry changes: cached copies (`kpnb.data.get_dataset`)
+#: are keyed by it, so an old drawing is never taken for the current one.
+STYLE_VERSION = 2
 LABEL = "face"
 FACE = Skeleton(
     ("nose", "left_eye", "right_eye", "left_ear", "right_ear"),

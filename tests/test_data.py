@@ -17,6 +17,7 @@ from kpnb.data import (
     register_dataset,
     safe_extract,
 )
+from kpnb.synthetic import STYLE_VERSION
 
 
 def _zip_bytes(folder: Path, prefix: str = "toy/") -> bytes:
@@ -141,6 +142,16 @@ def test_cli_data(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("KPNB_CACHE", str(tmp_path))
     assert main(["data", "synthetic", "--images", "3"]) == 0
-    assert "synthetic-seed0-n3" in capsys.readouterr().out
+    assert f"synthetic-v{STYLE_VERSION}-seed0-n3" in capsys.readouterr().out
     assert main(["data", "http://127.0.0.1:9/x.zip"]) == 2
     assert "Offline?" in capsys.readouterr().err
+
+
+def test_synthetic_cache_is_keyed_by_the_drawing_version(tmp_path, monkeypatch):
+    """A cached copy drawn by an older generator is never taken for the current drawing."""
+    from kpnb import synthetic
+
+    first = get_dataset("synthetic", tmp_path, n_images=2)
+    monkeypatch.setattr(synthetic, "STYLE_VERSION", synthetic.STYLE_VERSION + 1)
+    second = get_dataset("synthetic", tmp_path, n_images=2)
+    assert first != second and (second / "annotations.xml").is_file()

@@ -8,7 +8,7 @@ import pytest
 from kpnb.cvat import read_cvat
 from kpnb.data import open_export
 from kpnb.images import find_image
-from kpnb.synthetic import FACE, generate
+from kpnb.synthetic import FACE, STYLE_VERSION, generate
 
 
 def test_skeleton_export_is_used_as_it_is(synthetic_export, caplog):
@@ -48,7 +48,8 @@ def test_skeleton_name_is_a_parameter(points_export):
 
 def test_dataset_kwargs_reach_get_dataset(tmp_path):
     root, ann, label = open_export("synthetic", root=tmp_path, n_images=5, seed=3)
-    assert root == tmp_path / "synthetic-seed3-n5" and len(ann.images) == 5 and label == "face"
+    assert root == tmp_path / f"synthetic-v{STYLE_VERSION}-seed3-n5" and len(ann.images) == 5
+    assert label == "face"
 
 
 @pytest.mark.parametrize("form", ["zip", "annotations.xml"])
