@@ -225,8 +225,11 @@ def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
     names = ["AP", "AP50", "AP75", "APm", "APl"]
     if not gt_dict["annotations"]:
         return dict.fromkeys(names, None)
-    if not dets:
-        return dict.fromkeys(names, 0.0)
+    if not dets:  # 0 where there was ground truth to find, None (as COCOeval) where none
+        areas = [a["area"] for a in gt_dict["annotations"] if a["num_keypoints"] > 0]
+        ranges = [(0, 1e10)] * 3 + [(32**2, 96**2), (96**2, 1e10)]  # COCOeval's areaRng
+        return {n: 0.0 if any(lo <= a <= hi for a in areas) else None
+                for n, (lo, hi) in zip(names, ranges, strict=True)}  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints; a library must not
         gt = COCO()
         gt.dataset = gt_dict

@@ -177,6 +177,19 @@ def test_no_predictions_and_bad_sigmas():
         keypoint_metrics(empty, SK, [0.1, 0.1])
 
 
+def test_no_predictions_leave_empty_area_ranges_missing():
+    """Nothing detected: AP is 0 where there was something to find, and an area range with
+    no ground truth stays None (missing), as it does when there are detections."""
+    boxes = np.array([[0, 0, 20, 20]], np.float32)  # area 400 < 32²: small, in AP only
+    kps = np.array([[[5, 5, 2], [10, 10, 2], [15, 15, 2]]], np.float32)
+    r = ImageResult(boxes, kps, np.zeros((0, 4)), np.zeros(0), np.zeros((0, 3, 3)))
+    m = keypoint_metrics([r], SK).metrics
+    assert m["AP"] == 0.0 and m["APm"] is None and m["APl"] is None
+    r.gt_area = np.array([50.0**2], np.float32)  # medium by its own area
+    m = keypoint_metrics([r], SK).metrics
+    assert m["APm"] == 0.0 and m["APl"] is None
+
+
 def test_metrics_over_no_instances_are_null_in_json(tmp_path):
     empty = [
         ImageResult(
