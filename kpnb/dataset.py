@@ -490,7 +490,7 @@ def check_export(
 
     Checks image files, a skeleton label and its instances, visible points, the boxes the
     model will train with (degenerate ones flagged), left/right pairs for the flip,
-    subsets for the split, and shapes kpnb does not use.
+    subsets for the split; every row can fail. Shapes kpnb does not use are logged.
     """
     from kpnb.skeleton import unpaired_sides
 
@@ -527,7 +527,8 @@ def check_export(
         sk = view.skeletons[label]
         kp = view.keypoints[view.keypoints["label"] == label]
         n_inst = kp["instance_id"].nunique()
-        add("instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints")
+        edges = f"{len(sk.edges)} edges" if sk.edges else "no edges (pictures show points only)"
+        add("instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}")
         visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
         add("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)")
         boxes = instance_boxes(view, label)
@@ -548,14 +549,6 @@ def check_export(
         add("instance boxes", bad.empty, detail)
         lonely = unpaired_sides(sk.keypoints, sk.pairs)
         add("flip pairs", not lonely, sk.flip_summary())
-        add(
-            "edges",
-            bool(sk.edges) or sk.num_keypoints == 1,
-            f"{len(sk.edges)} edges"
-            if sk.edges
-            else "no edges: pictures show points without "
-            "lines (training does not need them; draw them in CVAT's skeleton editor)",
-        )
     try:
         train, val = split_indices(ann)
     except ValueError:
@@ -567,5 +560,6 @@ def check_export(
         f"{len(train)} / {len(val)} images ({'by subset' if has_subsets else 'seeded random'})",
     )
     skipped = ann.meta.get("skipped") or {}
-    add("other shapes", True, ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "none")
+    if skipped:  # not a problem (kpnb trains on keypoints), but worth knowing
+        log.info("shapes kpnb does not use: %s", ", ".join(f"{k}: {v}" for k, v in skipped.items()))
     return pd.DataFrame(rows).set_index("check")

@@ -232,13 +232,14 @@ def test_flip_pairs_reach_the_training_flip(ann, synthetic_export, caplog):
     assert flip_of(train) is None and "the training flip is off" in caplog.text
 
 
-def test_check_export_edges_row_fails_without_edges(ann, synthetic_export):
+def test_check_export_rows_can_all_fail_and_say_what_they_found(ann, synthetic_export):
     from dataclasses import replace
 
     from kpnb.dataset import check_export
     from kpnb.skeleton import Skeleton
 
-    assert check_export(ann, synthetic_export, "face").loc["edges", "ok"]
+    report = check_export(ann, synthetic_export, "face")
+    assert report["ok"].all() and "5 edges" in report.loc["instances", "detail"]
+    assert "other shapes" not in report.index and "edges" not in report.index  # never failed
     bare = replace(ann, skeletons={"face": Skeleton(ann.skeletons["face"].keypoints)})
-    row = check_export(bare, synthetic_export, "face").loc["edges"]
-    assert not row["ok"] and "no edges" in row["detail"]
+    assert "no edges" in check_export(bare, synthetic_export, "face").loc["instances", "detail"]
