@@ -103,13 +103,17 @@ def detect_format(source: str | os.PathLike) -> str:
     raise KpnbError(f"{path}: unknown annotation file type {suffix!r}; expected .xml, .json, .zip")
 
 
-def read_annotations(source: str | os.PathLike) -> Annotations:
-    """Read a CVAT export (xml, folder, zip), a COCO keypoints export, or saved tables."""
+def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False) -> Annotations:
+    """Read a CVAT export (xml, folder, zip), a COCO keypoints export, or saved tables.
+
+    `keyframes_only`: CVAT video tracks keep only their keyframes (see `kpnb.cvat.read_cvat`);
+    other formats have no tracks.
+    """
     fmt = detect_format(source)
     if fmt == "cvat":
         from kpnb.cvat import read_cvat
 
-        return read_cvat(source)
+        return read_cvat(source, keyframes_only=keyframes_only)
     if fmt == "coco":
         from kpnb.coco import read_coco
 

@@ -366,6 +366,15 @@ class Annotations:
         lines.append("")
         lines.append("points per keypoint and visibility:")
         lines.append(self.keypoint_counts().to_string())
+        frozen = {t: n for t, n in (self.meta.get("past_last_keyframe") or {}).items() if n}
+        if frozen:
+            only = bool(self.meta.get("keyframes_only"))
+            what = "dropped (keyframes only)" if only else "kept (--keyframes-only drops them)"
+            lines.append("")
+            lines.append(
+                f"video tracks: {sum(frozen.values())} shapes on {len(frozen)} tracks lie past "
+                f"their track's last keyframe, where CVAT repeats the last pose; {what}"
+            )
         skipped = self.meta.get("skipped")
         if skipped:
             lines.append("")

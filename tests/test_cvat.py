@@ -898,3 +898,20 @@ def test_attribute_order_may_differ_between_elements_of_one_chunk(tmp_path):
     assert kp["occluded"].tolist() == [False, True, False, False]
     assert kp["source"].astype(str).tolist() == ["manual", "auto", "manual", "file"]
     assert kp["z_order"].tolist() == [0, 2, 1, 0] and kp["group_id"].tolist() == [0, 0, 0, 7]
+
+
+def test_info_flags_frozen_track_poses_and_keyframes_only_drops_them(tmp_path, capsys):
+    from kpnb.cli import main
+
+    track = "".join(
+        f'<points frame="{f}" keyframe="{int(f == 0)}" outside="0" occluded="0" points="{f},1"/>'
+        for f in range(4)
+    )
+    path = _doc(tmp_path, f'<track id="3" label="p" source="manual">{track}</track>\n')
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 shapes on 1 tracks lie past their track's last keyframe" in out
+    assert "--keyframes-only drops them" in out
+    assert main(["info", str(path), "--keyframes-only"]) == 0
+    out = capsys.readouterr().out
+    assert "points: 1" in out and "dropped (keyframes only)" in out

@@ -95,3 +95,12 @@ def _points_args(p: argparse.ArgumentParser) -> None:
 def _positive(name: str, value) -> None:
     if value is not None and not value > 0:
         raise KpnbError(f"--{name} must be > 0, got {value}")
+
+
+def _keyframes_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keyframes-only",
+        action="store_true",
+        help="CVAT video: keep only keyframes (drop the poses CVAT repeats after a track's "
+        "last keyframe and the interpolated ones)",
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kpnb.cli._base import (
     _command,
+    _keyframes_arg,
     _overwrite_arg,
     _points_args,
     nonnegative_int,
@@ -90,6 +91,7 @@ def run_data(args: argparse.Namespace) -> int:
     "kpnb info data/synthetic\n  kpnb info my_task_export.zip",
 )
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    _keyframes_arg(p)
     p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
 
 
@@ -97,7 +99,7 @@ def add_info_arguments(p: argparse.ArgumentParser) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from kpnb.data import read_annotations
 
-    ann = read_annotations(args.source)
+    ann = read_annotations(args.source, keyframes_only=args.keyframes_only)
     print(ann.summary())
     return 0
 
@@ -111,6 +113,7 @@ def run_info(args: argparse.Namespace) -> int:
     "  kpnb convert data/synthetic --to parquet out/tables",
 )
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    _keyframes_arg(p)
     p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
     p.add_argument("out", type=Path, help="output file (coco, cvat) or folder (csv, parquet)")
     p.add_argument("--to", required=True, choices=("coco", "cvat", "csv", "parquet"))
@@ -130,7 +133,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     folder = args.to in ("csv", "parquet")
     check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
-    ann = read_annotations(args.source)
+    ann = read_annotations(args.source, keyframes_only=args.keyframes_only)
     if args.points_as_skeleton:
         from kpnb.tables import points_to_skeleton
 
@@ -159,6 +162,7 @@ def run_convert(args: argparse.Namespace) -> int:
     "  kpnb show export.zip --image frame_000012 --out frame.png --boxes",
 )
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
+    _keyframes_arg(p)
     p.add_argument("source", type=Path, help="export folder, zip or annotation file")
     p.add_argument(
         "--image",
@@ -182,7 +186,7 @@ def run_show(args: argparse.Namespace) -> int:
     from kpnb.viz import show_sample
 
     source = get_dataset(args.source)  # a zip is extracted once (checked) into the cache
-    ann = read_annotations(source)
+    ann = read_annotations(source, keyframes_only=args.keyframes_only)
     root = args.images_root or (source if source.is_dir() else source.parent)
     img = show_sample(
         ann,

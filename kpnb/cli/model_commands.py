@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kpnb.cli._base import (
     _command,
+    _keyframes_arg,
     _points_args,
     _positive,
     fraction,
@@ -27,6 +28,7 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
     """DATA and how to read it; `from_checkpoint`: defaults are the training run's."""
     run = "default: the checkpoint's" if from_checkpoint else None
     p.add_argument("data", help="CVAT or COCO export (folder, zip, file), or 'synthetic'")
+    _keyframes_arg(p)
     p.add_argument("--label", help=f"skeleton label to learn ({run or 'default: the first'})")
     p.add_argument(
         "--all-categories",
@@ -90,7 +92,7 @@ def _load_for_training(args):
     from kpnb.tables import merge_skeletons, points_as_instances, points_to_skeleton
 
     root = get_dataset(args.data)
-    ann = read_annotations(root)
+    ann = read_annotations(root, keyframes_only=args.keyframes_only)
     if args.points_as_skeleton:
         ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
         print(
