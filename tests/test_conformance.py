@@ -359,6 +359,7 @@ def test_mixed_categories_say_which_is_trained(capsys):
 
     path = REAL / "talmolab-sleap-io/tests/data/coco/mixed_animals/annotations.json"
     args = SimpleNamespace(
+        keyframes_only=False,
         data=str(path),
         label=None,
         points_as_skeleton=None,
@@ -442,6 +443,7 @@ def test_shared_layout_categories_train_as_one_and_info_says_it_once(tmp_path, c
     assert "3 skeletons with one layout ('cat', 'dog', 'cow'): 20 keypoints" in out
     assert out.count("20 keypoints") == 1
     args = SimpleNamespace(
+        keyframes_only=False,
         data=str(path),
         label=None,
         points_as_skeleton=None,
@@ -585,6 +587,7 @@ def test_grouping_rule_is_said():
         CONF / "openvinotoolkit-datumaro/tests/assets/cvat_dataset/for_images/export_task/train.xml"
     )  # noqa: E501
     args = SimpleNamespace(
+        keyframes_only=False,
         data=str(xml),
         label="label2",
         points_as_skeleton=None,
