@@ -2,7 +2,7 @@
 
 `read_cvat` streams an ``annotations.xml`` (or a folder or export ``.zip`` holding one)
 into tables; `write_cvat` writes CVAT for images 1.1 that CVAT itself imports.
-../shared/notes/cvat-format.md (in the project repository) lists the layouts handled.
+The layouts handled are listed, with real examples, in ``tests/data/conformance/README.md``.
 
 One job per module: `source` finds the XML, `parse` is the one (expat) reader, `values`
 and `columns` check and convert its records in bulk, `build` makes the tables, `write`
