@@ -21,6 +21,7 @@ import pandas as pd
 from kpnb._io import atomic_path
 from kpnb.errors import KpnbError
 from kpnb.tables import (
+    KEYPOINT_COLUMNS,
     Annotations,
     Skeleton,
     points_to_skeleton,
@@ -293,22 +294,8 @@ def read_coco(source: str | os.PathLike) -> Annotations:
 
 def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
     """The keypoint table from per-annotation ``[K, 3]`` arrays, in one vectorised step."""
-    columns = [
-        "image_index",
-        "instance_id",
-        "label",
-        "keypoint",
-        "point_index",
-        "x",
-        "y",
-        "visibility",
-        "occluded",
-        "outside",
-        "group_id",
-        "source",
-    ]
     if not chunks:
-        return pd.DataFrame({c: [] for c in columns})
+        return pd.DataFrame({c: [] for c in KEYPOINT_COLUMNS})  # the tidy table's own list
     counts = np.array([len(c[4]) for c in chunks])
     xyv = np.concatenate([c[4] for c in chunks])
     point = np.concatenate([np.arange(n) for n in counts])
