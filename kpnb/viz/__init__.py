@@ -1,14 +1,65 @@
-"""Pictures of annotations, augmentations, distributions, predictions and training
-(`kpnb.viz.draw`, moved here unchanged from ``kpnb/viz.py``)."""
+"""Pictures of annotations, augmentations, distributions, predictions and training.
 
-from kpnb.viz.draw import *  # noqa: F403
-from kpnb.viz.draw import (  # noqa: F401
-    ERROR_LINE,
+Every function returns a PIL image or a matplotlib ``Figure`` and keeps no global state
+(no ``plt.show()``, no pyplot figure manager), so notebooks display the result and tests
+can check it. Importing it does not import torch (``kpnb show`` starts fast); a tensor
+passed in, or a prediction figure, brings torch in when it is used.
+
+One job per module, each importing only from those above it:
+
+* `kpnb.viz.draw`: colours and markers; keypoints, boxes and names drawn on one picture
+  (`draw_instances`, `draw_target`, `show_sample`).
+* `kpnb.viz.grids`: pictures in a grid saved as a palette PNG (`image_grid`,
+  `sample_grid`, `before_after`) and colour legends (`keypoint_legend`, `color_swatch`).
+* `kpnb.viz.plots`: dataset statistics, keypoint heat maps, training curves, `save_figure`.
+* `kpnb.viz.predictions`: predictions against the ground truth, matched as the metrics
+  match them (`draw_predictions`, `compare_predictions`).
+"""
+
+from kpnb.viz.draw import (
     OCCLUDED_MARKERS,
     OUTLINE,
     RGB,
-    __all__,
-    keypoint_legend,
+    draw_instances,
+    draw_target,
+    keypoint_colors,
     marker_radius,
+    show_sample,
+)
+from kpnb.viz.grids import before_after, color_swatch, image_grid, keypoint_legend, sample_grid
+from kpnb.viz.plots import (
+    plot_history,
+    plot_image_sizes,
+    plot_instances_per_image,
+    plot_keypoint_heatmap,
+    plot_keypoint_visibility,
+    plot_label_counts,
     save_figure,
 )
+from kpnb.viz.predictions import ERROR_LINE, compare_predictions, draw_predictions
+
+__all__ = [
+    "RGB",
+    "OUTLINE",
+    "OCCLUDED_MARKERS",
+    "ERROR_LINE",
+    "keypoint_colors",
+    "marker_radius",
+    "color_swatch",
+    "keypoint_legend",
+    "draw_instances",
+    "draw_target",
+    "show_sample",
+    "image_grid",
+    "sample_grid",
+    "before_after",
+    "plot_label_counts",
+    "plot_keypoint_visibility",
+    "plot_instances_per_image",
+    "plot_image_sizes",
+    "plot_keypoint_heatmap",
+    "draw_predictions",
+    "compare_predictions",
+    "plot_history",
+    "save_figure",
+]

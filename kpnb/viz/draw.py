@@ -1,12 +1,10 @@
-"""Pictures of annotations, augmentations, distributions, predictions and training.
+"""Keypoints, boxes and names drawn on one picture with PIL, and the colours they use.
 
-Every function returns a PIL image or a matplotlib ``Figure`` and keeps no global state
-(no ``plt.show()``, no pyplot figure manager), so notebooks display the result and tests
-can check it. Boxes, points and edges are drawn with PIL (torchvision's ``draw_keypoints`` has
-no outlines and ignores the edge colour; PIL also keeps ``kpnb show`` free of torch), so
-every marker gets a dark outline and every edge a dark halo and they stand out on any
-picture. Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans (works
-offline). Picture grids save as palette PNGs, a fraction of the size of full-colour ones.
+Boxes, points and edges are drawn with PIL (torchvision's ``draw_keypoints`` has no
+outlines and ignores the edge colour; PIL also keeps ``kpnb show`` free of torch), so every
+marker gets a dark outline and every edge a dark halo and they stand out on any picture.
+Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans (works offline).
+The other `kpnb.viz` modules build on this one.
 """
 
 from __future__ import annotations
@@ -16,39 +14,23 @@ import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import PowerNorm
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
 
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton
 
-if TYPE_CHECKING:
-    from kpnb.evaluate import ImageResult
-
 __all__ = [
+    "RGB",
+    "OUTLINE",
+    "OCCLUDED_MARKERS",
     "keypoint_colors",
-    "color_swatch",
+    "marker_radius",
     "draw_instances",
     "draw_target",
     "show_sample",
-    "image_grid",
-    "sample_grid",
-    "before_after",
-    "plot_label_counts",
-    "plot_keypoint_visibility",
-    "plot_instances_per_image",
-    "plot_image_sizes",
-    "plot_keypoint_heatmap",
-    "draw_predictions",
-    "compare_predictions",
-    "plot_history",
 ]
 
 RGB = tuple[int, int, int]
@@ -89,39 +71,6 @@ def keypoint_colors(names: Sequence[str]) -> dict[str, RGB]:
 
 def _distance(a: RGB, b: RGB) -> float:
     return float(np.sqrt(sum((int(x) - int(y)) ** 2 for x, y in zip(a, b, strict=True))))
-
-
-def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figure:
-    """A legend of `keypoint_colors(names)`: each name with its marker as `draw_instances`
-    draws it, visible (a filled disc) and occluded (a hollow square)."""
-    colours = keypoint_colors(names)
-    fig = _figure(4.8, 0.42 * len(colours) + 1.0)
-    ax = fig.add_subplot()
-    for i, (name, rgb) in enumerate(colours.items()):
-        c = np.array(rgb) / 255
-        ax.scatter([0], [i], s=170, color=c, edgecolors=np.array(OUTLINE) / 255, linewidths=2)
-        ax.scatter(
-            [1],
-            [i],
-            s=150,
-            marker="s",
-            facecolors="none",
-            edgecolors=np.array(OUTLINE) / 255,
-            linewidths=4.5,
-        )
-        ax.scatter([1], [i], s=150, marker="s", facecolors="none", edgecolors=c, linewidths=2.5)
-        ax.text(1.6, i, name, va="center", fontsize=11)
-    for x, head in ((0, "visible"), (1, "occluded")):
-        ax.text(x, -0.9, head, ha="center", va="bottom", fontsize=9, color="0.3")
-    ax.set_xlim(-0.6, 5.0)
-    ax.set_ylim(len(colours) - 0.5, -1.2)
-    ax.set_axis_off()
-    ax.set_title(title)
-    return fig
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont:
@@ -167,6 +116,11 @@ def marker_radius(width: int, height: int) -> int:
     return max(3, round(min(width, height) / 50))
 
 
+def _halo_width(r: int) -> int:
+    """The dark rim around a marker of radius `r` and on each side of an edge."""
+    return max(1, round(r / 3))
+
+
 def _disc(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill) -> None:
     draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
 
@@ -176,7 +130,7 @@ def _occluded_marker(
 ) -> None:
     """A hollow square (or an x) in the keypoint colour with a dark edge: an occluded point
     must not look like a filled disc, nor like a drawn eye."""
-    t, o = max(2, round(r * 0.45)), max(1, round(r / 3))
+    t, o = max(2, round(r * 0.45)), _halo_width(r)
     if style == "square":
         s, e = r + o, r + 2 * o
         draw.rectangle([x - e, y - e, x + e, y + e], outline=outline, width=t + 2 * o)
@@ -230,34 +184,54 @@ def draw_instances(
         )
     out = _as_pil(image).copy()
     arr, names = _instances(keypoints, skeleton)
-    w, h = out.size
-    r = radius or marker_radius(w, h)
+    r = radius or marker_radius(*out.size)
     colors = dict(colors or keypoint_colors(names))
     if boxes is not None and len(boxes):
-        box_draw = ImageDraw.Draw(out)
-        for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4).tolist():
-            box_draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=max(1, r // 2))
+        _draw_boxes(ImageDraw.Draw(out), boxes, width=max(1, r // 2))
     if not len(arr):
         return out
     draw = ImageDraw.Draw(out)
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
-    width, halo = max(2, round(r * 0.6)), max(1, round(r / 3))
-    for inst, v in zip(xy, vis, strict=True):  # edges: a dark halo, then the edge colour
-        edges = [e for e in (skeleton.edges if skeleton else ()) if v[e[0]] > 0 and v[e[1]] > 0]
-        for fill, wd in ((outline_color, width + 2 * halo), (edge_color, width)):
-            for a, b in edges:
+    edges = skeleton.edges if skeleton else ()
+    _draw_edges(draw, xy, vis, edges, r, edge_color, outline_color)
+    _draw_points(draw, xy, vis, names, colors, r, outline_color, occluded_marker)
+    if show_names:
+        out = _write_names(out, arr, names, colors, r, font_size)
+    return out
+
+
+def _draw_boxes(draw: ImageDraw.ImageDraw, boxes, width: int) -> None:
+    """Yellow outlines of ``[N, 4]`` xyxy boxes."""
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4).tolist():
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=width)
+
+
+def _draw_edges(
+    draw: ImageDraw.ImageDraw, xy, vis, edges, r: int, colour: RGB, outline: RGB
+) -> None:
+    """Each instance's skeleton edges between labelled points: a dark halo, then `colour`."""
+    width, halo = max(2, round(r * 0.6)), _halo_width(r)
+    for inst, v in zip(xy, vis, strict=True):
+        shown = [e for e in edges if v[e[0]] > 0 and v[e[1]] > 0]
+        for fill, wd in ((outline, width + 2 * halo), (colour, width)):
+            for a, b in shown:
                 draw.line([tuple(inst[a]), tuple(inst[b])], fill=fill, width=wd)
+
+
+def _draw_points(
+    draw: ImageDraw.ImageDraw, xy, vis, names, colors, r: int, outline: RGB, occluded: str
+) -> None:
+    """Visible points as outlined discs, occluded ones as `_occluded_marker`, absent ones
+    not at all."""
+    halo = _halo_width(r)
     for inst, v in zip(xy, vis, strict=True):
         for (x, y), vj, name in zip(inst, v, names, strict=True):
             colour = colors.get(name, (255, 0, 0))
             if vj == 2:
-                _disc(draw, x, y, r + halo, outline_color)
+                _disc(draw, x, y, r + halo, outline)
                 _disc(draw, x, y, r, colour)
             elif vj == 1:
-                _occluded_marker(draw, x, y, r, colour, outline_color, occluded_marker)
-    if show_names:
-        out = _write_names(out, arr, names, colors, r, font_size)
-    return out
+                _occluded_marker(draw, x, y, r, colour, outline, occluded)
 
 
 def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwargs) -> Image.Image:
@@ -404,529 +378,3 @@ def show_sample(
             arr, box = _label_arrays(ann, rows, skeleton.num_keypoints)
             img = draw_instances(img, arr, skeleton, boxes=box if boxes else None, **kwargs)
     return img
-
-
-class _PaletteCanvas(FigureCanvasAgg):
-    """Agg canvas whose PNGs use a 256-colour palette.
-
-    A grid of photographs in full-colour PNG is over a megabyte in a notebook; the palette
-    version is a few times smaller and looks the same at notebook width. The palette keeps
-    every keypoint colour, the outline and white exactly (an adaptive palette alone would
-    merge two keypoint colours and the legend would lie); the rest adapts to the picture.
-    Other formats (``.jpg``, ``.pdf``) are written as usual.
-    """
-
-    def print_png(self, filename_or_obj, *, metadata=None, pil_kwargs=None, **_ignored):
-        FigureCanvasAgg.draw(self)
-        rgb = Image.fromarray(np.asarray(self.buffer_rgba())[..., :3])
-        reserved = list(dict.fromkeys([*_palette(), OUTLINE, (255, 255, 255), (255, 255, 0)]))
-        adaptive = rgb.quantize(256 - len(reserved), method=Image.Quantize.FASTOCTREE)
-        colours = adaptive.getpalette()[: 3 * (256 - len(reserved))]
-        palette = Image.new("P", (1, 1))
-        palette.putpalette(colours + [c for rgb_ in reserved for c in rgb_])
-        small = rgb.quantize(palette=palette, dither=Image.Dither.NONE)
-        # PIL maps through a coarse colour cache; put reserved colours back exactly
-        keys = _rgb_keys(np.asarray(rgb))
-        wanted = _rgb_keys(np.array(reserved, np.uint8))
-        order = np.argsort(wanted)
-        slot = np.clip(np.searchsorted(wanted[order], keys), 0, len(wanted) - 1)
-        exact = wanted[order][slot] == keys
-        index = np.asarray(small).copy()
-        index[exact] = (256 - len(reserved) + order[slot])[exact]
-        small = Image.fromarray(index, mode="P")
-        small.putpalette(palette.getpalette())
-        info = None
-        if metadata:
-            from PIL import PngImagePlugin
-
-            info = PngImagePlugin.PngInfo()
-            for key, value in metadata.items():
-                info.add_text(key, str(value))
-        small.save(
-            filename_or_obj,
-            format="png",
-            optimize=True,
-            pnginfo=info,
-            dpi=(self.figure.dpi, self.figure.dpi),
-        )
-
-
-def _rgb_keys(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-def image_grid(
-    images: Sequence,
-    titles: Sequence[str] | None = None,
-    ncols: int = 3,
-    cell: float = 3.2,
-    title: str | None = None,
-) -> Figure:
-    """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles.
-
-    The figure saves and displays as a palette PNG (see `_PaletteCanvas`), so a grid of
-    photographs stays small in a notebook."""
-    n = len(images)
-    nrows = max(1, -(-n // ncols))
-    fig = _figure(cell * ncols, cell * nrows + (0.4 if title else 0))
-    _PaletteCanvas(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < n:
-            img = images[i]
-            ax.imshow(_as_pil(img))
-            if titles is not None:
-                ax.set_title(str(titles[i]), fontsize=10)
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def keypoint_legend(
-    fig: Figure,
-    colors: Mapping[str, RGB],
-    occluded: bool = True,
-    ncols: int | None = None,
-    extra: Sequence[Line2D] = (),
-) -> None:
-    """Add a legend under `fig`: one disc per keypoint colour, the occluded style, and any
-    `extra` handles (other marker or line styles the figure uses)."""
-    dark = np.array(OUTLINE) / 255
-    handles = [
-        Line2D(
-            [],
-            [],
-            ls="",
-            marker="o",
-            markersize=10,
-            markerfacecolor=np.array(c) / 255,
-            markeredgecolor=dark,
-            markeredgewidth=1.5,
-            label=name,
-        )
-        for name, c in colors.items()
-    ]
-    if occluded:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="s",
-                markersize=10,
-                markerfacecolor="none",
-                markeredgecolor="0.35",
-                markeredgewidth=2,
-                label="occluded (any colour)",
-            )
-        )
-    handles += list(extra)
-    fig.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncols=ncols or min(len(handles), 6),
-        frameon=False,
-        fontsize=10,
-        title="keypoints",
-        title_fontsize=10,
-    )
-
-
-def sample_grid(
-    ann: Annotations,
-    indices: Sequence[int] | None = None,
-    image_root=None,
-    ncols: int = 3,
-    **kwargs,
-) -> Figure:
-    """A grid (default 3x3, the first nine images) of `show_sample` pictures, with a
-    colour legend; names are sized to stay readable at the grid's scale.
-
-    `kwargs` go to `show_sample` / `draw_instances` (e.g. ``show_names=False``).
-    """
-    if indices is None:
-        indices = ann.images["image_index"].tolist()[: ncols * 3]
-    indices = [int(i) for i in indices]
-    kp = ann.keypoints[ann.keypoints["image_index"].isin(indices)]
-    labels = (
-        [kwargs["label"]] if kwargs.get("label") else list(dict.fromkeys(kp["label"].astype(str)))
-    )
-    names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
-    colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
-    meta = ann.images.set_index("image_index").loc[indices]
-    images = []
-    for i, (w, h) in zip(indices, meta[["width", "height"]].to_numpy(int), strict=True):
-        # a cell is about 300 px wide: scale text so it shows at about 10 px
-        size = kwargs.get("font_size") or max(11, round(10 * max(w, h) / 300))
-        extra = {k: v for k, v in kwargs.items() if k != "font_size"}
-        images.append(show_sample(ann, i, image_root, colors=colors, font_size=size, **extra))
-    fig = image_grid(images, meta["name"].astype(str).tolist(), ncols, title="Annotated samples")
-    if colors:
-        keypoint_legend(fig, colors)
-    return fig
-
-
-def before_after(
-    pairs: Sequence[tuple], names: Sequence[str] = ("before", "after"), title: str | None = None
-) -> Figure:
-    """Rows of (before, after) pictures, e.g. a sample and its augmented version."""
-    images = [img for pair in pairs for img in pair]
-    titles = [names[i % 2] for i in range(len(images))]
-    return image_grid(images, titles, ncols=2, title=title)
-
-
-# -- distributions -------------------------------------------------------------------------
-def _bar_figure(title: str, xlabel: str, ylabel: str, width: float = 6.4):
-    fig = _figure(width, 4.0)
-    ax = fig.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    return fig, ax
-
-
-def plot_label_counts(ann: Annotations) -> Figure:
-    """Instances per label."""
-    counts = ann.label_counts()
-    fig, ax = _bar_figure("Instances per label", "label", "instances")
-    colours = keypoint_colors(counts.index)
-    ax.bar(
-        counts.index.astype(str),
-        counts.values,
-        color=[np.array(colours[n]) / 255 for n in counts.index],
-    )
-    ax.tick_params(axis="x", rotation=45)
-    return fig
-
-
-def plot_keypoint_visibility(ann: Annotations) -> Figure:
-    """Points per keypoint name, stacked by visibility (visible, occluded, absent)."""
-    table = ann.keypoint_counts()
-    labels = [
-        f"{lab}/{kp}" if table.index.get_level_values(0).nunique() > 1 else kp
-        for lab, kp in table.index
-    ]
-    fig, ax = _bar_figure("Keypoints by visibility", "keypoint", "points", 7.2)
-    bottom = np.zeros(len(table))
-    for col, colour in (("visible", "#2e7d32"), ("occluded", "#f9a825"), ("absent", "#9e9e9e")):
-        ax.bar(labels, table[col].to_numpy(), bottom=bottom, label=col, color=colour)
-        bottom += table[col].to_numpy()
-    ax.legend()
-    ax.tick_params(axis="x", rotation=45)
-    return fig
-
-
-def plot_instances_per_image(ann: Annotations) -> Figure:
-    """How many images hold 0, 1, 2... instances."""
-    counts = ann.instances_per_image().value_counts().sort_index()
-    fig, ax = _bar_figure("Instances per image", "instances in the image", "images")
-    ax.bar(counts.index.astype(int), counts.values, color="#1565c0")
-    ax.set_xticks(counts.index.astype(int))
-    return fig
-
-
-def plot_image_sizes(ann: Annotations) -> Figure:
-    """Image widths against heights, sized by how many images share them."""
-    sizes = ann.images.groupby(["width", "height"]).size().reset_index(name="n")
-    fig, ax = _bar_figure("Image sizes", "width (px)", "height (px)")
-    ax.scatter(
-        sizes["width"].astype(float),
-        sizes["height"].astype(float),
-        s=20 + 200 * sizes["n"] / sizes["n"].max(),
-        alpha=0.7,
-    )
-    for r in sizes.itertuples(index=False):
-        ax.annotate(
-            str(r.n),
-            (float(r.width), float(r.height)),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    ax.set_aspect("equal", adjustable="datalim")
-    return fig
-
-
-def plot_keypoint_heatmap(
-    ann: Annotations, label: str, normalize: str = "box", bins: int = 24
-) -> Figure:
-    """Where each keypoint of `label` falls: one 2-D histogram per keypoint.
-
-    `normalize` ``"box"`` centres each instance's keypoint extent and scales its longer
-    side to 1 (so the shape keeps its aspect), ``"image"`` divides by the image size.
-    Only labelled points (v > 0) count.
-    """
-    if normalize not in ("box", "image"):
-        raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")
-    kp = ann.keypoints[(ann.keypoints["label"] == label) & (ann.keypoints["visibility"] > 0)]
-    kp = kp.assign(x=kp["x"].astype(float), y=kp["y"].astype(float))
-    if normalize == "box":
-        g = kp.groupby("instance_id")
-        x0, x1 = g["x"].transform("min"), g["x"].transform("max")
-        y0, y1 = g["y"].transform("min"), g["y"].transform("max")
-        side = np.maximum(x1 - x0, y1 - y0).where(lambda s: s > 0, 1)
-        u = (kp["x"] - (x0 + x1) / 2) / side + 0.5
-        v = (kp["y"] - (y0 + y1) / 2) / side + 0.5
-    else:
-        sizes = ann.images.set_index("image_index").loc[kp["image_index"]]
-        u = kp["x"].to_numpy() / sizes["width"].to_numpy(float)
-        v = kp["y"].to_numpy() / sizes["height"].to_numpy(float)
-    names = list(ann.skeleton_for(label).keypoints)
-    ncols = min(5, len(names))
-    nrows = -(-len(names) // ncols)
-    fig = _figure(2.6 * ncols, 2.6 * nrows + 0.5)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    u, v = np.asarray(u, float), np.asarray(v, float)
-    masks = [(kp["keypoint"] == name).to_numpy() for name in names]
-    # one colour scale for every panel, so the shared colour bar reads on all of them
-    peak = max(
-        [
-            np.histogram2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]])[0].max()
-            for m in masks
-            if m.any()
-        ]
-        or [1.0]
-    )
-    norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
-    image = None
-    for ax, name, m in zip(axes.flat, names, masks, strict=False):
-        *_, image = ax.hist2d(
-            u[m], v[m], bins=bins, range=[[0, 1], [0, 1]], cmap="magma", norm=norm
-        )
-        ax.set_ylim(1, 0)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel(f"x / {normalize} width", fontsize=8)
-        ax.set_ylabel(f"y / {normalize} height", fontsize=8)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.set_axis_off()
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
-    fig.suptitle(f"Where the keypoints of {label!r} fall (normalised by {normalize})")
-    return fig
-
-
-# -- predictions and training --------------------------------------------------------------
-ERROR_LINE: RGB = (255, 255, 255)  # error lines: white dashes on a dark halo, no keypoint's colour
-
-
-def _dashed(draw: ImageDraw.ImageDraw, a, b, fill: RGB, width: int, dash: float) -> None:
-    """A dashed line from `a` to `b` (PIL draws solid lines only)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    length = float(np.hypot(*(b - a)))
-    if not np.isfinite(length) or length == 0:
-        return
-    step = (b - a) / length
-    for s in np.arange(0.0, length, 2 * dash):
-        draw.line(
-            [tuple(a + step * s), tuple(a + step * min(s + dash, length))], fill=fill, width=width
-        )
-
-
-def _matched(result: ImageResult, k: int, iou_threshold: float):
-    """Ground truth ``[N, K, 3]``, each instance's matched prediction ``[N, K, 3]`` (NaN
-    where none matched) and how many predictions matched nothing (`match_instances`)."""
-    from kpnb.evaluate import match_instances
-
-    gt = np.asarray(result.gt_keypoints, np.float32).reshape(-1, k, 3)
-    pred = np.asarray(result.keypoints, np.float32).reshape(-1, k, 3)
-    match = match_instances(result, iou_threshold)
-    paired = np.full_like(gt, np.nan)
-    for g, p in enumerate(match):
-        if p >= 0:
-            paired[g] = pred[p]
-    return gt, paired, len(pred) - sum(p >= 0 for p in match)
-
-
-def draw_predictions(
-    image, result: ImageResult, skeleton: Skeleton, *, iou_threshold: float = 0.5
-) -> Image.Image:
-    """The errors picture: each ground-truth instance next to the prediction the metrics
-    matched it with (`kpnb.evaluate.match_instances`, box IoU >= `iou_threshold`).
-
-    Labelled ground-truth points are discs (occluded ones hollow squares) and the matched
-    prediction's points crosses, both in the keypoint's colour; a white dashed line on a
-    dark halo joins each labelled point to its prediction. Predictions that match no
-    ground truth (duplicates, false detections) are not drawn, and no skeleton edges are,
-    so error lines cannot be mistaken for them.
-
-    Args:
-        image: PIL image or ``[3, H, W]`` tensor, in the frame of `result`.
-        result: one image's ground truth and predictions (`collect_predictions`).
-    """
-    k = skeleton.num_keypoints
-    gt, paired, _ = _matched(result, k, iou_threshold)
-    points = Skeleton(skeleton.keypoints)  # the names without edges
-    canvas = _as_pil(image)
-    r = max(2, round(0.7 * marker_radius(*canvas.size)))  # smaller: the lines must show
-    draw = ImageDraw.Draw(canvas)
-    width, halo = max(1, round(r / 3)), max(1, round(r / 4))
-    for g, p in zip(gt, paired, strict=True):
-        for j in np.flatnonzero((g[:, 2] > 0) & np.isfinite(p[:, 0])):
-            for fill, wd in ((OUTLINE, width + 2 * halo), (ERROR_LINE, width)):
-                _dashed(draw, g[j, :2], p[j, :2], fill, wd, dash=max(3, 1.5 * r))
-    out = draw_instances(canvas, gt, points, show_names=False, radius=r)
-    shown = paired.copy()
-    shown[..., 2] = np.where(np.isfinite(shown[..., 0]), 1, 0)  # drawn as crosses
-    return draw_instances(
-        out, np.nan_to_num(shown), points, show_names=False, radius=r, occluded_marker="x"
-    )
-
-
-def compare_predictions(
-    image,
-    result: ImageResult,
-    skeleton: Skeleton,
-    *,
-    title: str | None = None,
-    iou_threshold: float = 0.5,
-) -> Figure:
-    """Ground truth, the matched predictions, and the errors (`draw_predictions`), side by
-    side with a legend of keypoint colours and marker styles.
-
-    Only predictions the metrics matched to a ground-truth instance are drawn: the
-    top-scoring detections of a young model are often duplicates of one object. The
-    titles count what is left out (unmatched predictions, objects nothing matched). A
-    small image (the CPU schedule's 96-192 px) is enlarged by a whole factor first, so
-    the markers stay small beside the objects at the grid's scale.
-    """
-    image, result = _enlarged(image, result)
-    k = skeleton.num_keypoints
-    gt, paired, unmatched = _matched(result, k, iou_threshold)
-    found = np.isfinite(paired[:, 0, 0])
-    pred = paired[found].copy()
-    pred[..., 2] = 2
-    colors = keypoint_colors(skeleton.keypoints)
-    pictures = [
-        draw_instances(image, gt, skeleton, show_names=False, colors=colors),
-        draw_instances(image, pred, skeleton, show_names=False, colors=colors),
-        draw_predictions(image, result, skeleton, iou_threshold=iou_threshold),
-    ]
-    n_found = int(found.sum())
-    missed = len(gt) - n_found
-    titles = [
-        f"ground truth: {_count(len(gt), 'object')}",
-        f"{_count(n_found, 'matched prediction')}"
-        + (f" ({unmatched} unmatched not shown)" if unmatched else ""),
-        "errors" + (f" ({_count(missed, 'object')} not found)" if missed else ""),
-    ]
-    fig = image_grid(pictures, titles, ncols=3, title=title)
-    dark = np.array(OUTLINE) / 255
-    styles = [
-        Line2D(
-            [],
-            [],
-            ls="",
-            marker="x",
-            markersize=9,
-            markeredgewidth=2.5,
-            color="0.35",
-            label="prediction (errors panel)",
-        ),
-        Line2D(
-            [],
-            [],
-            ls=(0, (2, 1.5)),
-            lw=2,
-            color="white",
-            path_effects=[_halo(dark)],
-            label="error: point to prediction",
-        ),
-    ]
-    keypoint_legend(fig, colors, ncols=4, extra=styles)
-    return fig
-
-
-def _enlarged(image, result: ImageResult, target: int = 320):
-    """`image` and `result` scaled by the whole factor that brings the longer side near
-    `target` px (unchanged when it is already that large)."""
-    from dataclasses import replace
-
-    img = _as_pil(image)
-    f = max(1, target // max(img.size))
-    if f == 1:
-        return img, result
-    big = img.resize((img.width * f, img.height * f), Image.Resampling.BILINEAR)
-
-    def points(kps):
-        kps = np.array(kps, np.float32)
-        kps[..., :2] *= f
-        return kps
-
-    return big, replace(
-        result,
-        gt_boxes=np.asarray(result.gt_boxes) * f,
-        gt_keypoints=points(result.gt_keypoints),
-        boxes=np.asarray(result.boxes) * f,
-        keypoints=points(result.keypoints),
-    )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _halo(colour):
-    from matplotlib import patheffects
-
-    return patheffects.withStroke(linewidth=4, foreground=colour)
-
-
-_LOSS_PARTS = {
-    "loss": "total",
-    "loss_keypoint": "keypoint",
-    "loss_classifier": "classifier",
-    "loss_box_reg": "box",
-    "loss_objectness": "objectness",
-    "loss_rpn_box_reg": "RPN box",
-}
-
-
-def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
-    """Training curves per epoch (1-based, integer ticks) on three panels: the training
-    losses (the total in bold), OKS AP (AP, AP50, AP75) and PCK (at 0.05, 0.1, 0.2).
-
-    Missing values (None: nothing to measure) leave gaps. An epoch a time budget cut
-    short (``complete`` False) is said so in the title.
-    """
-    df = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
-    epoch = pd.to_numeric(df["epoch"]) + 1
-    fig = _figure(11, 3.6)
-    axes = fig.subplots(1, 3)
-    panels = [
-        ("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
-        ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
-        (
-            "Validation PCK",
-            "share of points (0-1)",
-            [c for c in df.columns if c.startswith("PCK@")],
-        ),
-    ]
-    for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
-        for c in cols:
-            values = pd.to_numeric(df[c], errors="coerce")
-            bold = c in ("loss", "AP")
-            ax.plot(epoch, values, marker="o", lw=2.5 if bold else 1.3, label=_LOSS_PARTS.get(c, c))
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        if len(epoch):  # whole epochs only, at most about ten ticks
-            first, last = int(epoch.min()), int(epoch.max())
-            ax.set_xticks(range(first, last + 1, max(1, -(-(last - first + 1) // 10))))
-            ax.set_xlim(first - 0.5, last + 0.5)
-        if name != "Training loss":
-            ax.set_ylim(-0.03, 1.03)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    if "complete" in df and not df["complete"].fillna(True).astype(bool).all():
-        fig.suptitle("Training curves (the last epoch was cut short by the time budget)")
-    return fig
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Save a figure (PNG by suffix), creating folders as needed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path

@@ -1,0 +1,225 @@
+"""Figures of pictures: grids of images and annotated samples, and keypoint colour legends.
+
+A grid is a matplotlib ``Figure`` built without pyplot (no ``plt.show()``, no figure
+manager), so notebooks display it and tests can check it. Grids save and display as
+256-colour palette PNGs (`_PaletteCanvas`), a fraction of the size of full-colour ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from PIL import Image
+
+from kpnb.tables import Annotations
+from kpnb.viz.draw import OUTLINE, RGB, _as_pil, _palette, keypoint_colors, show_sample
+
+__all__ = ["color_swatch", "image_grid", "keypoint_legend", "sample_grid", "before_after"]
+
+
+def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figure:
+    """A legend of `keypoint_colors(names)`: each name with its marker as `draw_instances`
+    draws it, visible (a filled disc) and occluded (a hollow square)."""
+    colours = keypoint_colors(names)
+    fig = _figure(4.8, 0.42 * len(colours) + 1.0)
+    ax = fig.add_subplot()
+    for i, (name, rgb) in enumerate(colours.items()):
+        c = np.array(rgb) / 255
+        ax.scatter([0], [i], s=170, color=c, edgecolors=np.array(OUTLINE) / 255, linewidths=2)
+        ax.scatter(
+            [1],
+            [i],
+            s=150,
+            marker="s",
+            facecolors="none",
+            edgecolors=np.array(OUTLINE) / 255,
+            linewidths=4.5,
+        )
+        ax.scatter([1], [i], s=150, marker="s", facecolors="none", edgecolors=c, linewidths=2.5)
+        ax.text(1.6, i, name, va="center", fontsize=11)
+    for x, head in ((0, "visible"), (1, "occluded")):
+        ax.text(x, -0.9, head, ha="center", va="bottom", fontsize=9, color="0.3")
+    ax.set_xlim(-0.6, 5.0)
+    ax.set_ylim(len(colours) - 0.5, -1.2)
+    ax.set_axis_off()
+    ax.set_title(title)
+    return fig
+
+
+class _PaletteCanvas(FigureCanvasAgg):
+    """Agg canvas whose PNGs use a 256-colour palette.
+
+    A grid of photographs in full-colour PNG is over a megabyte in a notebook; the palette
+    version is a few times smaller and looks the same at notebook width. The palette keeps
+    every keypoint colour, the outline and white exactly (an adaptive palette alone would
+    merge two keypoint colours and the legend would lie); the rest adapts to the picture.
+    Other formats (``.jpg``, ``.pdf``) are written as usual.
+    """
+
+    def print_png(self, filename_or_obj, *, metadata=None, pil_kwargs=None, **_ignored):
+        FigureCanvasAgg.draw(self)
+        rgb = Image.fromarray(np.asarray(self.buffer_rgba())[..., :3])
+        reserved = list(dict.fromkeys([*_palette(), OUTLINE, (255, 255, 255), (255, 255, 0)]))
+        adaptive = rgb.quantize(256 - len(reserved), method=Image.Quantize.FASTOCTREE)
+        colours = adaptive.getpalette()[: 3 * (256 - len(reserved))]
+        palette = Image.new("P", (1, 1))
+        palette.putpalette(colours + [c for rgb_ in reserved for c in rgb_])
+        small = rgb.quantize(palette=palette, dither=Image.Dither.NONE)
+        # PIL maps through a coarse colour cache; put reserved colours back exactly
+        keys = _rgb_keys(np.asarray(rgb))
+        wanted = _rgb_keys(np.array(reserved, np.uint8))
+        order = np.argsort(wanted)
+        slot = np.clip(np.searchsorted(wanted[order], keys), 0, len(wanted) - 1)
+        exact = wanted[order][slot] == keys
+        index = np.asarray(small).copy()
+        index[exact] = (256 - len(reserved) + order[slot])[exact]
+        small = Image.fromarray(index, mode="P")
+        small.putpalette(palette.getpalette())
+        info = None
+        if metadata:
+            from PIL import PngImagePlugin
+
+            info = PngImagePlugin.PngInfo()
+            for key, value in metadata.items():
+                info.add_text(key, str(value))
+        small.save(
+            filename_or_obj,
+            format="png",
+            optimize=True,
+            pnginfo=info,
+            dpi=(self.figure.dpi, self.figure.dpi),
+        )
+
+
+def _rgb_keys(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def image_grid(
+    images: Sequence,
+    titles: Sequence[str] | None = None,
+    ncols: int = 3,
+    cell: float = 3.2,
+    title: str | None = None,
+) -> Figure:
+    """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles.
+
+    The figure saves and displays as a palette PNG (see `_PaletteCanvas`), so a grid of
+    photographs stays small in a notebook."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig = _figure(cell * ncols, cell * nrows + (0.4 if title else 0))
+    _PaletteCanvas(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            img = images[i]
+            ax.imshow(_as_pil(img))
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=10)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def keypoint_legend(
+    fig: Figure,
+    colors: Mapping[str, RGB],
+    occluded: bool = True,
+    ncols: int | None = None,
+    extra: Sequence[Line2D] = (),
+) -> None:
+    """Add a legend under `fig`: one disc per keypoint colour, the occluded style, and any
+    `extra` handles (other marker or line styles the figure uses)."""
+    dark = np.array(OUTLINE) / 255
+    handles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            markersize=10,
+            markerfacecolor=np.array(c) / 255,
+            markeredgecolor=dark,
+            markeredgewidth=1.5,
+            label=name,
+        )
+        for name, c in colors.items()
+    ]
+    if occluded:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="s",
+                markersize=10,
+                markerfacecolor="none",
+                markeredgecolor="0.35",
+                markeredgewidth=2,
+                label="occluded (any colour)",
+            )
+        )
+    handles += list(extra)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=ncols or min(len(handles), 6),
+        frameon=False,
+        fontsize=10,
+        title="keypoints",
+        title_fontsize=10,
+    )
+
+
+def sample_grid(
+    ann: Annotations,
+    indices: Sequence[int] | None = None,
+    image_root=None,
+    ncols: int = 3,
+    **kwargs,
+) -> Figure:
+    """A grid (default 3x3, the first nine images) of `show_sample` pictures, with a
+    colour legend; names are sized to stay readable at the grid's scale.
+
+    `kwargs` go to `show_sample` / `draw_instances` (e.g. ``show_names=False``).
+    """
+    if indices is None:
+        indices = ann.images["image_index"].tolist()[: ncols * 3]
+    indices = [int(i) for i in indices]
+    kp = ann.keypoints[ann.keypoints["image_index"].isin(indices)]
+    labels = (
+        [kwargs["label"]] if kwargs.get("label") else list(dict.fromkeys(kp["label"].astype(str)))
+    )
+    names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
+    colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
+    meta = ann.images.set_index("image_index").loc[indices]
+    images = []
+    for i, (w, h) in zip(indices, meta[["width", "height"]].to_numpy(int), strict=True):
+        # a cell is about 300 px wide: scale text so it shows at about 10 px
+        size = kwargs.get("font_size") or max(11, round(10 * max(w, h) / 300))
+        extra = {k: v for k, v in kwargs.items() if k != "font_size"}
+        images.append(show_sample(ann, i, image_root, colors=colors, font_size=size, **extra))
+    fig = image_grid(images, meta["name"].astype(str).tolist(), ncols, title="Annotated samples")
+    if colors:
+        keypoint_legend(fig, colors)
+    return fig
+
+
+def before_after(
+    pairs: Sequence[tuple], names: Sequence[str] = ("before", "after"), title: str | None = None
+) -> Figure:
+    """Rows of (before, after) pictures, e.g. a sample and its augmented version."""
+    images = [img for pair in pairs for img in pair]
+    titles = [names[i % 2] for i in range(len(images))]
+    return image_grid(images, titles, ncols=2, title=title)

@@ -1,0 +1,218 @@
+"""Charts of a dataset (labels, visibility, instances, image sizes, keypoint heat maps) and
+of a training run (`plot_history`), each a matplotlib ``Figure`` built without pyplot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+
+from kpnb.errors import KpnbError
+from kpnb.tables import Annotations
+from kpnb.viz.draw import keypoint_colors
+from kpnb.viz.grids import _figure
+
+__all__ = [
+    "plot_label_counts",
+    "plot_keypoint_visibility",
+    "plot_instances_per_image",
+    "plot_image_sizes",
+    "plot_keypoint_heatmap",
+    "plot_history",
+    "save_figure",
+]
+
+
+# -- distributions -------------------------------------------------------------------------
+def _bar_figure(title: str, xlabel: str, ylabel: str, width: float = 6.4):
+    fig = _figure(width, 4.0)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig, ax
+
+
+def plot_label_counts(ann: Annotations) -> Figure:
+    """Instances per label."""
+    counts = ann.label_counts()
+    fig, ax = _bar_figure("Instances per label", "label", "instances")
+    colours = keypoint_colors(counts.index)
+    ax.bar(
+        counts.index.astype(str),
+        counts.values,
+        color=[np.array(colours[n]) / 255 for n in counts.index],
+    )
+    ax.tick_params(axis="x", rotation=45)
+    return fig
+
+
+def plot_keypoint_visibility(ann: Annotations) -> Figure:
+    """Points per keypoint name, stacked by visibility (visible, occluded, absent)."""
+    table = ann.keypoint_counts()
+    labels = [
+        f"{lab}/{kp}" if table.index.get_level_values(0).nunique() > 1 else kp
+        for lab, kp in table.index
+    ]
+    fig, ax = _bar_figure("Keypoints by visibility", "keypoint", "points", 7.2)
+    bottom = np.zeros(len(table))
+    for col, colour in (("visible", "#2e7d32"), ("occluded", "#f9a825"), ("absent", "#9e9e9e")):
+        ax.bar(labels, table[col].to_numpy(), bottom=bottom, label=col, color=colour)
+        bottom += table[col].to_numpy()
+    ax.legend()
+    ax.tick_params(axis="x", rotation=45)
+    return fig
+
+
+def plot_instances_per_image(ann: Annotations) -> Figure:
+    """How many images hold 0, 1, 2... instances."""
+    counts = ann.instances_per_image().value_counts().sort_index()
+    fig, ax = _bar_figure("Instances per image", "instances in the image", "images")
+    ax.bar(counts.index.astype(int), counts.values, color="#1565c0")
+    ax.set_xticks(counts.index.astype(int))
+    return fig
+
+
+def plot_image_sizes(ann: Annotations) -> Figure:
+    """Image widths against heights, sized by how many images share them."""
+    sizes = ann.images.groupby(["width", "height"]).size().reset_index(name="n")
+    fig, ax = _bar_figure("Image sizes", "width (px)", "height (px)")
+    ax.scatter(
+        sizes["width"].astype(float),
+        sizes["height"].astype(float),
+        s=20 + 200 * sizes["n"] / sizes["n"].max(),
+        alpha=0.7,
+    )
+    for r in sizes.itertuples(index=False):
+        ax.annotate(
+            str(r.n),
+            (float(r.width), float(r.height)),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set_aspect("equal", adjustable="datalim")
+    return fig
+
+
+def plot_keypoint_heatmap(
+    ann: Annotations, label: str, normalize: str = "box", bins: int = 24
+) -> Figure:
+    """Where each keypoint of `label` falls: one 2-D histogram per keypoint.
+
+    `normalize` ``"box"`` centres each instance's keypoint extent and scales its longer
+    side to 1 (so the shape keeps its aspect), ``"image"`` divides by the image size.
+    Only labelled points (v > 0) count.
+    """
+    if normalize not in ("box", "image"):
+        raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")
+    kp = ann.keypoints[(ann.keypoints["label"] == label) & (ann.keypoints["visibility"] > 0)]
+    kp = kp.assign(x=kp["x"].astype(float), y=kp["y"].astype(float))
+    if normalize == "box":
+        g = kp.groupby("instance_id")
+        x0, x1 = g["x"].transform("min"), g["x"].transform("max")
+        y0, y1 = g["y"].transform("min"), g["y"].transform("max")
+        side = np.maximum(x1 - x0, y1 - y0).where(lambda s: s > 0, 1)
+        u = (kp["x"] - (x0 + x1) / 2) / side + 0.5
+        v = (kp["y"] - (y0 + y1) / 2) / side + 0.5
+    else:
+        sizes = ann.images.set_index("image_index").loc[kp["image_index"]]
+        u = kp["x"].to_numpy() / sizes["width"].to_numpy(float)
+        v = kp["y"].to_numpy() / sizes["height"].to_numpy(float)
+    names = list(ann.skeleton_for(label).keypoints)
+    ncols = min(5, len(names))
+    nrows = -(-len(names) // ncols)
+    fig = _figure(2.6 * ncols, 2.6 * nrows + 0.5)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    u, v = np.asarray(u, float), np.asarray(v, float)
+    masks = [(kp["keypoint"] == name).to_numpy() for name in names]
+    # one colour scale for every panel, so the shared colour bar reads on all of them
+    peak = max(
+        [
+            np.histogram2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]])[0].max()
+            for m in masks
+            if m.any()
+        ]
+        or [1.0]
+    )
+    norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
+    image = None
+    for ax, name, m in zip(axes.flat, names, masks, strict=False):
+        *_, image = ax.hist2d(
+            u[m], v[m], bins=bins, range=[[0, 1], [0, 1]], cmap="magma", norm=norm
+        )
+        ax.set_ylim(1, 0)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"x / {normalize} width", fontsize=8)
+        ax.set_ylabel(f"y / {normalize} height", fontsize=8)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_axis_off()
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
+    fig.suptitle(f"Where the keypoints of {label!r} fall (normalised by {normalize})")
+    return fig
+
+
+# -- training ------------------------------------------------------------------------------
+_LOSS_PARTS = {
+    "loss": "total",
+    "loss_keypoint": "keypoint",
+    "loss_classifier": "classifier",
+    "loss_box_reg": "box",
+    "loss_objectness": "objectness",
+    "loss_rpn_box_reg": "RPN box",
+}
+
+
+def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
+    """Training curves per epoch (1-based, integer ticks) on three panels: the training
+    losses (the total in bold), OKS AP (AP, AP50, AP75) and PCK (at 0.05, 0.1, 0.2).
+
+    Missing values (None: nothing to measure) leave gaps. An epoch a time budget cut
+    short (``complete`` False) is said so in the title.
+    """
+    df = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
+    epoch = pd.to_numeric(df["epoch"]) + 1
+    fig = _figure(11, 3.6)
+    axes = fig.subplots(1, 3)
+    panels = [
+        ("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
+        ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
+        (
+            "Validation PCK",
+            "share of points (0-1)",
+            [c for c in df.columns if c.startswith("PCK@")],
+        ),
+    ]
+    for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
+        for c in cols:
+            values = pd.to_numeric(df[c], errors="coerce")
+            bold = c in ("loss", "AP")
+            ax.plot(epoch, values, marker="o", lw=2.5 if bold else 1.3, label=_LOSS_PARTS.get(c, c))
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if len(epoch):  # whole epochs only, at most about ten ticks
+            first, last = int(epoch.min()), int(epoch.max())
+            ax.set_xticks(range(first, last + 1, max(1, -(-(last - first + 1) // 10))))
+            ax.set_xlim(first - 0.5, last + 0.5)
+        if name != "Training loss":
+            ax.set_ylim(-0.03, 1.03)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if "complete" in df and not df["complete"].fillna(True).astype(bool).all():
+        fig.suptitle("Training curves (the last epoch was cut short by the time budget)")
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a figure (PNG by suffix), creating folders as needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
