@@ -225,7 +225,7 @@ def test_failed_overwrite_keeps_the_user_files(tmp_path, monkeypatch):
     def failing(img, quality):
         raise OSError("disk full")
 
-    monkeypatch.setattr(synthetic.cats, "_jpeg_bytes", failing)
+    monkeypatch.setattr(synthetic.export, "_jpeg_bytes", failing)
     with pytest.raises(OSError, match="disk full"):
         generate(out, 2, overwrite=True)
     assert all(p.read_bytes() == b for p, b in before.items())

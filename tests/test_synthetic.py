@@ -138,7 +138,7 @@ def test_points_layout_is_the_toy_layout(points_export):
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = synthetic.cats._jpeg_bytes
+    real = synthetic.export._jpeg_bytes
 
     def failing(img, quality):
         calls["n"] += 1
@@ -146,7 +146,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(img, quality)
 
-    monkeypatch.setattr(synthetic.cats, "_jpeg_bytes", failing)
+    monkeypatch.setattr(synthetic.export, "_jpeg_bytes", failing)
     with pytest.raises(OSError):
         generate(tmp_path / "out", 5)
     with pytest.raises(OSError):
@@ -193,7 +193,7 @@ def test_appearance_never_moves_a_keypoint(monkeypatch):
     geometry's): drawing it differently leaves sizes, faces and keypoints where they were."""
     before = [render_scene(5, i) for i in range(6)]
     monkeypatch.setattr(
-        synthetic.cats, "_background", lambda rng, w, h: np.full((h, w, 3), 128, np.float32)
+        synthetic.scene, "_background", lambda rng, w, h: np.full((h, w, 3), 128, np.float32)
     )
     after = [render_scene(5, i) for i in range(6)]
     for a, b in zip(before, after, strict=True):

@@ -1,0 +1,194 @@
+"""The synthetic dataset as tables and as a CVAT export on disk (a folder or a zip).
+
+Written exactly as CVAT exports a project ("CVAT for images 1.1" + ``images/<subset>/``),
+with fixed zip timestamps, so the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from kpnb._io import atomic_path, check_output
+from kpnb.cvat import skeleton_svg, write_cvat
+from kpnb.synthetic.cats import _KEYPOINTS_UV, FACE
+from kpnb.synthetic.scene import SyntheticScene, _check_layout, render_scene
+from kpnb.tables import Annotations, tidy_images, tidy_keypoints
+
+__all__ = ["LABEL", "SUBSETS", "synthesize", "generate", "image_name", "image_relpath"]
+
+LABEL = "face"
+# Where the circles sit in the label's svg (CVAT's skeleton editor canvas is 0-100).
+_SVG_POSITIONS = 50 + 40 * _KEYPOINTS_UV * np.array([1.0, 1.0])
+SUBSETS = ("Train", "Validation")
+
+
+def image_name(index: int) -> str:
+    return f"img_{index:05d}.jpg"
+
+
+def _subset(index: int) -> str:
+    return SUBSETS[1] if index % 5 == 4 else SUBSETS[0]
+
+
+def _labels(layout: str) -> pd.DataFrame:
+    colours = ["#f0c419", "#e74c3c", "#3498db", "#2ecc71", "#9b59b6", "#e67e22"]
+    if layout == "skeleton":
+        rows = [
+            {
+                "name": LABEL,
+                "type": "skeleton",
+                "color": colours[0],
+                "parent": None,
+                "svg": skeleton_svg(FACE, _SVG_POSITIONS),
+            }
+        ]
+        rows += [
+            {"name": kp, "type": "points", "color": colours[i + 1], "parent": LABEL, "svg": None}
+            for i, kp in enumerate(FACE.keypoints)
+        ]
+    else:
+        rows = [
+            {"name": kp, "type": "points", "color": colours[i + 1], "parent": None, "svg": None}
+            for i, kp in enumerate(FACE.keypoints)
+        ]
+    return pd.DataFrame(rows)
+
+
+def _scene_rows(scene: SyntheticScene, index: int, layout: str, next_id: int) -> list[dict]:
+    rows = []
+    for i in range(len(scene.keypoints)):
+        for j, name in enumerate(FACE.keypoints):
+            if layout == "points" and scene.outside[i, j]:
+                continue  # the toy layout simply has no point for a cut-off keypoint
+            x, y = scene.keypoints[i, j]
+            rows.append(
+                {
+                    "image_index": index,
+                    "instance_id": next_id + (i if layout == "skeleton" else j),
+                    "label": LABEL if layout == "skeleton" else name,
+                    "keypoint": name,
+                    "point_index": j if layout == "skeleton" else 0,
+                    "x": round(x, 2),
+                    "y": round(y, 2),
+                    "occluded": bool(scene.occluded[i, j]),
+                    "outside": bool(scene.outside[i, j]),
+                    "source": "manual" if layout == "skeleton" else "file",
+                    "z_order": i,
+                }
+            )
+    return rows
+
+
+def synthesize(n_images: int = 200, seed: int = 0, layout: str = "skeleton"):
+    """Draw the dataset in memory: ``(Annotations, list of PIL images)``.
+
+    The tables hold the positions as written to the file (two decimals).
+    """
+    _check_layout(layout)
+    images, rows, pictures, next_id = [], [], [], 0
+    for index in range(n_images):
+        scene = render_scene(seed, index, layout)
+        pictures.append(scene.image)
+        width, height = scene.image.size
+        skel = layout == "skeleton"
+        images.append(
+            {
+                "image_index": index,
+                "image_id": index,
+                "name": image_name(index),
+                "width": width,
+                "height": height,
+                "subset": _subset(index) if skel else None,
+                "task_id": (SUBSETS.index(_subset(index)) + 1) if skel else None,
+            }
+        )
+        rows += _scene_rows(scene, index, layout, next_id)
+        next_id += len(scene.keypoints) if skel else FACE.num_keypoints
+    keypoints = tidy_keypoints(pd.DataFrame(rows, columns=list(rows[0]) if rows else None))
+    ann = Annotations(
+        images=tidy_images(pd.DataFrame(images)),
+        keypoints=keypoints,
+        skeletons={LABEL: FACE} if layout == "skeleton" else {},
+        labels=_labels(layout),
+        meta={"name": f"kpnb-synthetic-{layout}", "source": "kpnb.synthetic", "seed": seed},
+    )
+    return ann, pictures
+
+
+def image_relpath(name: str, subset: str | None) -> str:
+    """Where CVAT puts an image in an export: ``images/<subset>/<name>`` for projects."""
+    return f"images/{subset}/{name}" if isinstance(subset, str) and subset else f"images/{name}"
+
+
+def generate(
+    out: str | os.PathLike,
+    n_images: int = 200,
+    seed: int = 0,
+    layout: str = "skeleton",
+    *,
+    as_zip: bool = False,
+    quality: int = 90,
+    overwrite: bool = False,
+) -> Path:
+    """Write a synthetic CVAT export: ``out/annotations.xml`` and ``out/images/...jpg``.
+
+    With `as_zip`, writes the same files into the zip `out` (``.zip`` added if missing),
+    laid out like CVAT's "export dataset with images". The output appears atomically:
+    an interrupted run leaves nothing behind. An existing zip or non-empty folder `out` is
+    refused unless `overwrite`; then only the files written here are replaced.
+
+    Raises:
+        kpnb._io.OutputExistsError: `out` exists (see `overwrite`) or is a file where a
+            folder is written.
+
+    Example:
+        >>> root = generate("data/synthetic", n_images=20, seed=0)  # doctest: +SKIP
+    """
+    out = Path(out)
+    if as_zip and out.suffix.lower() != ".zip":
+        out = out.with_name(out.name + ".zip")
+    check_output(out, directory=not as_zip, overwrite=overwrite)  # before the drawing
+    ann, pictures = synthesize(n_images, seed, layout)
+    if as_zip:
+        with (
+            atomic_path(out, overwrite=overwrite) as tmp,
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf,
+        ):
+            _zip_add(zf, "annotations.xml", _xml_bytes(ann))
+            for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
+                _zip_add(zf, image_relpath(img.name, img.subset), _jpeg_bytes(pic, quality))
+        return out
+    with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
+        write_cvat(ann, tmp / "annotations.xml")
+        for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
+            path = tmp / image_relpath(img.name, img.subset)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_jpeg_bytes(pic, quality))
+    return out
+
+
+def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _xml_bytes(ann: Annotations) -> bytes:
+    from kpnb.cvat import iter_cvat_lines
+
+    return "".join(line + "\n" for line in iter_cvat_lines(ann)).encode("utf-8")
+
+
+def _zip_add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # fixed: byte-identical zips
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data)
