@@ -22,6 +22,7 @@ __all__ = ["color_swatch", "image_grid", "keypoint_legend", "sample_grid", "befo
 
 
 def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
+    """A pyplot-free figure with constrained layout: every `kpnb.viz` figure starts here."""
     return Figure(figsize=(width, height), layout="constrained")
 
 
