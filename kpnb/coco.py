@@ -20,11 +20,11 @@ import pandas as pd
 
 from kpnb._io import atomic_path
 from kpnb.errors import KpnbError
+from kpnb.grouping import points_to_skeleton
 from kpnb.tables import (
     KEYPOINT_COLUMNS,
     Annotations,
     Skeleton,
-    points_to_skeleton,
     tidy_boxes,
     tidy_images,
     tidy_keypoints,
@@ -393,7 +393,7 @@ def to_coco(
 
     Args:
         points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
-            skeleton of that name (see `kpnb.tables.points_to_skeleton`).
+            skeleton of that name (see `kpnb.grouping.points_to_skeleton`).
         skeletons_only: leave plain ``<points>`` labels out (logged, with their counts).
     """
     if points_as_skeleton is not None:
