@@ -272,7 +272,8 @@ def _box_keys(plain: pd.DataFrame, ann: Annotations) -> tuple[np.ndarray, np.nda
     fresh = used[gid[used] == 0]
     top = int(max(gid.max(initial=0), kp["group_id"].max() if len(kp) else 0))
     gid[fresh] = top + 1 + np.arange(len(fresh))
-    inst_group = np.where(box >= 0, gid[np.maximum(box, 0)], 0)
+    inst_group = np.zeros(len(box), np.int64)
+    inst_group[box >= 0] = gid[box[box >= 0]]  # (with no boxes at all, gid is empty)
     return box + 1, inst_group, tidy_boxes(boxes.assign(group_id=gid))
 
 
@@ -284,7 +285,7 @@ def _check_one_point_per_label(ann: Annotations, plain: pd.DataFrame, group_by: 
         how = {
             "image": "one object per image",
             "group_id": f"group_id {int(row['group_id'])}",
-            "box": "one box",
+            "box": "one box" if row["_key"] else "no <box>",
         }[group_by]
         raise KpnbError(
             f"{ann.describe_image(int(row['image_index']))} has two {row['label']!r} points in "

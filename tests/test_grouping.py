@@ -77,6 +77,19 @@ def test_points_grouped_by_group_id_box_or_image():
     assert one.meta["points_grouping"] == "image" and one.keypoints["instance_id"].nunique() == 1
 
 
+def test_box_rule_places_unboxed_points_one_object_per_image(caplog):
+    # Asking for boxes where an image has none: its points form one object, with a
+    # warning, the same as points outside every box (this crashed with an IndexError).
+    rows = [(0, 0, "head", 0, 10, 10, 0), (0, 1, "tail", 0, 20, 10, 0)]
+    with caplog.at_level("WARNING", logger="kpnb.grouping"):
+        out = points_to_skeleton(_points(rows), "fish", group_by="box")
+    assert "2 points lie in no <box>" in caplog.text
+    assert out.meta["points_grouping"] == "box" and out.keypoints["instance_id"].nunique() == 1
+    assert (out.keypoints["group_id"] == 0).all() and out.boxes.empty
+    with pytest.raises(ValueError, match=r"two 'head' points in no <box> \(grouping by box\)"):
+        points_to_skeleton(_points([*rows, (0, 2, "head", 0, 30, 10, 0)]), "fish", group_by="box")
+
+
 def test_multi_point_shapes_are_instances():
     rows = [(0, 0, "wheel", i, 10 * i, 5, 0) for i in range(4)]
     rows += [(0, 1, "wheel", i, 50 + i, 5, 0) for i in range(4)]
