@@ -29,6 +29,7 @@ _SUBMODULES = {
     "synthetic",
     "data",
     "tables",
+    "grouping",
     "skeleton",
     "images",
     "errors",

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,11 @@ import pandas as pd
 
 from kpnb._io import atomic_path
 from kpnb.errors import KpnbError
+from kpnb.grouping import points_to_skeleton
 from kpnb.tables import (
     KEYPOINT_COLUMNS,
     Annotations,
     Skeleton,
-    points_to_skeleton,
     tidy_boxes,
     tidy_images,
     tidy_keypoints,
@@ -135,31 +136,66 @@ def read_coco(source: str | os.PathLike) -> Annotations:
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
-    images, chunks, boxes, attrs, skeletons, labels, extra = [], [], [], [], {}, [], []
-    next_instance = 0
+    rows = _CocoRows()
     for path, raw in _coco_files(source):
         where = str(source if path == source else f"{source}!{path}")
-        try:
-            doc = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise CocoFormatError(
-                f"{where}: line {exc.lineno}: not valid JSON ({exc.msg}); export it again"
-            ) from None
-        if not isinstance(doc, dict) or "annotations" not in doc or "images" not in doc:
-            raise CocoFormatError(f"{where}: no 'images'/'annotations': not a COCO file")
-        subset = _subset_of(path)
+        doc = _document(raw, where)
+        image_of = rows.add_images(doc["images"], _subset_of(path), where)
+        cats = {c["id"]: c for c in doc.get("categories", [])}
+        sizes = _keypoint_counts(doc, cats, where)
+        rows.add_categories(cats, sizes, where)
+        for ann in doc["annotations"]:
+            rows.add_annotation(ann, image_of, cats, sizes, where)
+    return rows.annotations(source)
+
+
+def _document(raw: bytes, where: str) -> dict:
+    """The parsed COCO document, refusing bad JSON and files without images/annotations."""
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CocoFormatError(
+            f"{where}: line {exc.lineno}: not valid JSON ({exc.msg}); export it again"
+        ) from None
+    if not isinstance(doc, dict) or "annotations" not in doc or "images" not in doc:
+        raise CocoFormatError(f"{where}: no 'images'/'annotations': not a COCO file")
+    return doc
+
+
+_BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
+
+
+@dataclass
+class _CocoRows:
+    """What `read_coco` collects over the files of one export, as plain rows.
+
+    Images are numbered across files (``image_index``); instance ids number the
+    annotations with keypoints, in file order; a ``bbox`` becomes box ``group_id``
+    1, 2... in file order.
+    """
+
+    images: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)  # (image, instance, label, group, [K, 3])
+    boxes: list = field(default_factory=list)
+    attrs: list = field(default_factory=list)
+    skeletons: dict = field(default_factory=dict)
+    labels: list = field(default_factory=list)
+    extra: list = field(default_factory=list)  # the file's id, area, iscrowd, segmentation
+
+    def add_images(self, entries: list, subset: str | None, where: str) -> dict:
+        """Append one file's images; returns its image id -> ``image_index``."""
         image_of = {}
-        for img in doc["images"]:
+        for img in entries:
             if img.get("id") in image_of:
-                first = images[image_of[img["id"]]]["name"]
+                first = self.images[image_of[img["id"]]]["name"]
                 raise _fix(
                     where,
                     f"image id {img['id']} is used twice ({first!r} and {img.get('file_name')!r})",
                     "give every image its own id; kpnb does not merge their annotations",
                 )
-            idx = len(images)
+            idx = len(self.images)
             image_of[img.get("id")] = idx
-            images.append(
+            self.images.append(
                 {
                     "image_index": idx,
                     "image_id": img["id"],
@@ -169,127 +205,119 @@ def read_coco(source: str | os.PathLike) -> Annotations:
                     "subset": subset,
                 }
             )
-        cats = {c["id"]: c for c in doc.get("categories", [])}
-        sizes = _keypoint_counts(doc, cats, where)
+        return image_of
+
+    def add_categories(self, cats: dict, sizes: dict, where: str) -> None:
+        """A label per category name (first file wins) and a skeleton per category with
+        keypoints: K names (numbered ``1..`` where the file names fewer), lenient edges."""
         for cat in cats.values():
             name, k = str(cat["name"]), sizes.get(cat["id"], 0)
-            if name not in {lab["name"] for lab in labels}:
-                labels.append({"name": name, "type": "skeleton" if k else "any"})
-            if k and name not in skeletons:
+            if name not in {lab["name"] for lab in self.labels}:
+                self.labels.append({"name": name, "type": "skeleton" if k else "any"})
+            if k and name not in self.skeletons:
                 names = [str(n) for n in cat.get("keypoints") or []][:k]
                 names += [str(i + 1) for i in range(len(names), k)]
                 edges = _skeleton_edges(cat.get("skeleton") or [], k, f"{where}: category {name!r}")
-                skeletons[name] = Skeleton(tuple(names), edges)
-        for ann in doc["annotations"]:
-            aid = ann.get("id")
-            if ann.get("image_id") not in image_of:
-                raise _fix(
-                    where,
-                    f"annotation {aid} refers to unknown image {ann.get('image_id')}",
-                    "list that image in 'images'",
-                )
-            cat = cats.get(ann.get("category_id"))
-            if cat is None:
-                raise _fix(
-                    where,
-                    f"annotation {aid} has unknown category {ann.get('category_id')}",
-                    "list it in 'categories'",
-                )
-            image, label = image_of[ann["image_id"]], str(cat["name"])
-            group = 0
-            if ann.get("bbox"):
-                x, y, w, h = (float(v) for v in ann["bbox"])
-                group = len(boxes) + 1
-                boxes.append(
-                    {
-                        "image_index": image,
-                        "box_id": aid,
-                        "label": label,
-                        "xtl": x,
-                        "ytl": y,
-                        "xbr": x + w,
-                        "ybr": y + h,
-                        "group_id": group,
-                        "occluded": bool((ann.get("attributes") or {}).get("occluded")),
-                        "source": "file",
-                    }
-                )
-            kps = ann.get("keypoints") or []
-            if not kps:
-                continue
-            k = sizes[cat["id"]]
-            try:
-                triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
-            except (TypeError, ValueError):
-                raise _fix(
-                    where,
-                    f"annotation {aid}: keypoints are not [x, y, v] numbers",
-                    "write 3 numbers per keypoint",
-                ) from None
-            if len(triples) < k:  # fewer than others: the missing ones are absent
-                triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
-            elif len(triples) > k:
-                raise _fix(
-                    where,
-                    f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
-                    "write one [x, y, v] per keypoint of its category",
-                )
-            v = triples[:, 2]
-            bad = ~np.isin(v, (0, 1, 2))
-            if bad.any():
-                raise _fix(
-                    where,
-                    f"annotation {aid}: visibility {v[bad][0]:g} at keypoint "
-                    f"{int(np.flatnonzero(bad)[0])}",
-                    "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
-                )
-            chunks.append((image, next_instance, label, group, triples))
-            for key, value in (ann.get("attributes") or {}).items():
-                attrs.append((next_instance, -1, str(key), str(value)))
-            extra.append(
-                (
-                    next_instance,
-                    aid,
-                    ann.get("area"),
-                    int(ann.get("iscrowd") or 0),
-                    ann.get("segmentation"),
-                )
+                self.skeletons[name] = Skeleton(tuple(names), edges)
+
+    def add_annotation(self, ann: dict, image_of: dict, cats: dict, sizes: dict, where: str):
+        """One annotation: its ``bbox`` a box grouped with it, its keypoints one instance."""
+        aid = ann.get("id")
+        if ann.get("image_id") not in image_of:
+            raise _fix(
+                where,
+                f"annotation {aid} refers to unknown image {ann.get('image_id')}",
+                "list that image in 'images'",
             )
-            next_instance += 1
-    kp = _keypoint_rows(chunks, skeletons)
-    img_df = pd.DataFrame(
-        images, columns=["image_index", "image_id", "name", "width", "height", "subset"]
-    )
-    img_df[["width", "height"]] = img_df[["width", "height"]].astype("Int32")
-    box_df = tidy_boxes(
-        pd.DataFrame(
-            boxes,
-            columns=[
-                "image_index",
-                "box_id",
-                "label",
-                "xtl",
-                "ytl",
-                "xbr",
-                "ybr",
-                "group_id",
-                "occluded",
-                "source",
-            ],
+        cat = cats.get(ann.get("category_id"))
+        if cat is None:
+            raise _fix(
+                where,
+                f"annotation {aid} has unknown category {ann.get('category_id')}",
+                "list it in 'categories'",
+            )
+        image, label = image_of[ann["image_id"]], str(cat["name"])
+        group = self._add_box(ann, image, label) if ann.get("bbox") else 0
+        kps = ann.get("keypoints") or []
+        if not kps:
+            return
+        triples = _triples(kps, sizes[cat["id"]], aid, where)
+        instance = len(self.chunks)
+        self.chunks.append((image, instance, label, group, triples))
+        for key, value in (ann.get("attributes") or {}).items():
+            self.attrs.append((instance, -1, str(key), str(value)))
+        self.extra.append(
+            (instance, aid, ann.get("area"), int(ann.get("iscrowd") or 0), ann.get("segmentation"))
         )
-    )
-    coco_extra = pd.DataFrame(
-        extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
-    )
-    return Annotations(
-        tidy_images(img_df),
-        tidy_keypoints(kp),
-        skeletons,
-        pd.DataFrame(labels, columns=["name", "type"]),
-        box_df,
-        pd.DataFrame(attrs, columns=["instance_id", "point_index", "name", "value"]),
-        {"source": str(source), "format": "coco", "coco_annotations": coco_extra},
-    )
+
+    def _add_box(self, ann: dict, image: int, label: str) -> int:
+        """Append the annotation's ``[x, y, w, h]`` bbox as an xyxy box; its ``group_id``."""
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        group = len(self.boxes) + 1
+        self.boxes.append(
+            {
+                "image_index": image,
+                "box_id": ann.get("id"),
+                "label": label,
+                "xtl": x,
+                "ytl": y,
+                "xbr": x + w,
+                "ybr": y + h,
+                "group_id": group,
+                "occluded": bool((ann.get("attributes") or {}).get("occluded")),
+                "source": "file",
+            }
+        )
+        return group
+
+    def annotations(self, source: Path) -> Annotations:
+        """The collected rows as tidy tables."""
+        img_df = pd.DataFrame(
+            self.images, columns=["image_index", "image_id", "name", "width", "height", "subset"]
+        )
+        img_df[["width", "height"]] = img_df[["width", "height"]].astype("Int32")
+        coco_extra = pd.DataFrame(
+            self.extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
+        )
+        return Annotations(
+            tidy_images(img_df),
+            tidy_keypoints(_keypoint_rows(self.chunks, self.skeletons)),
+            self.skeletons,
+            pd.DataFrame(self.labels, columns=["name", "type"]),
+            tidy_boxes(pd.DataFrame(self.boxes, columns=_BOX_FIELDS)),
+            pd.DataFrame(self.attrs, columns=["instance_id", "point_index", "name", "value"]),
+            {"source": str(source), "format": "coco", "coco_annotations": coco_extra},
+        )
+
+
+def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
+    """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), padding a short list
+    with absent points and refusing a long one, non-numbers and visibilities not 0/1/2."""
+    try:
+        triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
+    except (TypeError, ValueError):
+        raise _fix(
+            where,
+            f"annotation {aid}: keypoints are not [x, y, v] numbers",
+            "write 3 numbers per keypoint",
+        ) from None
+    if len(triples) < k:  # fewer than others: the missing ones are absent
+        triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
+    elif len(triples) > k:
+        raise _fix(
+            where,
+            f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
+            "write one [x, y, v] per keypoint of its category",
+        )
+    v = triples[:, 2]
+    bad = ~np.isin(v, (0, 1, 2))
+    if bad.any():
+        raise _fix(
+            where,
+            f"annotation {aid}: visibility {v[bad][0]:g} at keypoint {int(np.flatnonzero(bad)[0])}",
+            "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
+        )
+    return triples
 
 
 def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
@@ -393,7 +421,7 @@ def to_coco(
 
     Args:
         points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
-            skeleton of that name (see `kpnb.tables.points_to_skeleton`).
+            skeleton of that name (see `kpnb.grouping.points_to_skeleton`).
         skeletons_only: leave plain ``<points>`` labels out (logged, with their counts).
     """
     if points_as_skeleton is not None:
@@ -410,6 +438,26 @@ def to_coco(
         kp = kp[~kp["label"].astype(str).isin(plain)]
         plain = []
     cat_ids = _category_ids(ann, list(ann.skeletons) + plain)
+    images, image_ids = _images(ann)
+    return {
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {
+            "contributor": "",
+            "date_created": "",
+            "description": "kpnb",
+            "url": "",
+            "version": "",
+            "year": "",
+        },
+        "categories": _categories(ann, cat_ids),
+        "images": images,
+        "annotations": _annotations(ann, kp, cat_ids, image_ids),
+    }
+
+
+def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
+    """One COCO category per label: keypoint names and 1-based edges for a skeleton,
+    both empty for a plain ``<points>`` label (as datumaro writes them)."""
     categories = []
     for name, cid in cat_ids.items():
         sk = ann.skeletons.get(name)
@@ -423,6 +471,12 @@ def to_coco(
                 "skeleton": edges,
             }
         )
+    return categories
+
+
+def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
+    """The COCO ``images`` and ``image_index -> image id``: a COCO file's own ids when
+    unique, else 1..N; video frames get CVAT's ``.PNG`` file names."""
     imgs = ann.images
     from_coco = ann.meta.get("format") == "coco" and imgs["image_id"].is_unique
     ids = imgs["image_id"].to_numpy(np.int64) if from_coco else np.arange(1, len(imgs) + 1)
@@ -444,20 +498,7 @@ def to_coco(
         }
         for i, w, h, n in zip(ids.tolist(), widths, heights, imgs["name"].tolist(), strict=True)
     ]
-    return {
-        "licenses": [{"name": "", "id": 0, "url": ""}],
-        "info": {
-            "contributor": "",
-            "date_created": "",
-            "description": "kpnb",
-            "url": "",
-            "version": "",
-            "year": "",
-        },
-        "categories": categories,
-        "images": images,
-        "annotations": _annotations(ann, kp, cat_ids, image_ids),
-    }
+    return images, image_ids
 
 
 def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: dict) -> list:
@@ -499,18 +540,8 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
     bx = np.round(np.concatenate([np.stack([x0, y0], axis=1), wh], axis=1), 2)
     area = np.round(bx[:, 2] * bx[:, 3], 4).tolist()
     bx = bx.tolist()
-    # [x, y, v] interleaved once for every point; each annotation takes its slice.
-    flat = np.empty(3 * len(x), dtype=object)
-    flat[0::3] = np.round(np.nan_to_num(x), 2).tolist()
-    flat[1::3] = np.round(np.nan_to_num(y), 2).tolist()
-    flat[2::3] = v.tolist()
-    flat = flat.tolist()
+    flat = _interleaved(x, y, v)
     n_on = n_on.tolist()
-    first = inst[starts].tolist()
-    extra = ann.meta.get("coco_annotations")
-    kept = {}
-    if isinstance(extra, pd.DataFrame) and len(extra):
-        kept = {int(r[0]): r[1:] for r in extra.itertuples(index=False)}
     out = [
         {
             "id": n,
@@ -537,6 +568,26 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
             strict=True,
         )
     ]
+    _restore_file_fields(out, inst[starts].tolist(), ann.meta.get("coco_annotations"))
+    return out
+
+
+def _interleaved(x: np.ndarray, y: np.ndarray, v: np.ndarray) -> list:
+    """``[x, y, v]`` interleaved once for every point (NaN written as 0, 2 decimals); each
+    annotation takes its slice."""
+    flat = np.empty(3 * len(x), dtype=object)
+    flat[0::3] = np.round(np.nan_to_num(x), 2).tolist()
+    flat[1::3] = np.round(np.nan_to_num(y), 2).tolist()
+    flat[2::3] = v.tolist()
+    return flat.tolist()
+
+
+def _restore_file_fields(out: list[dict], first: list[int], extra) -> None:
+    """Give the entries of `out` (instance ids `first`) what `read_coco` kept from the
+    file (``meta["coco_annotations"]``): annotation id, area, iscrowd, segmentation."""
+    kept = {}
+    if isinstance(extra, pd.DataFrame) and len(extra):
+        kept = {int(r[0]): r[1:] for r in extra.itertuples(index=False)}
     for n, entry in enumerate(out if kept else ()):
         original = kept.get(first[n])
         if original is not None:
@@ -550,7 +601,6 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
             entry["iscrowd"] = int(iscrowd)
             if segmentation is not None:
                 entry["segmentation"] = segmentation
-    return out
 
 
 def write_coco(ann: Annotations, path: str | os.PathLike, **kwargs) -> Path:

@@ -376,7 +376,7 @@ def open_export(
     instances is used as it is (the first one, in file order); an export with no skeleton
     instances but plain ``<points>`` shapes (one shape per keypoint label, one object per
     image, like the toy set) gets a skeleton `skeleton_name` made of its point labels by
-    `kpnb.tables.points_to_skeleton`, and a log line says so.
+    `kpnb.grouping.points_to_skeleton`, and a log line says so.
 
     Args:
         spec: anything `get_dataset` takes (``"synthetic"``, a registered name, a URL, a
@@ -397,7 +397,7 @@ def open_export(
         >>> ann.skeletons[label].keypoints  # doctest: +SKIP
         ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear')
     """
-    from kpnb.tables import points_to_skeleton
+    from kpnb.grouping import points_to_skeleton
 
     found = get_dataset(spec, **dataset_kwargs)
     ann = read_annotations(found)
@@ -419,7 +419,7 @@ def open_export(
         label = skeleton_name
         log.info(
             "%s has no skeleton: each image's plain <points> (%s) became one instance of "
-            "a skeleton %r (kpnb.tables.points_to_skeleton)",
+            "a skeleton %r (kpnb.grouping.points_to_skeleton)",
             found,
             ", ".join(ann.skeletons[label].keypoints),
             label,

@@ -83,7 +83,7 @@ def _instance_boxes(
 def _training_view(ann: Annotations, label: str) -> Annotations:
     """`ann` with `label` usable as a skeleton: a multi-coordinate ``<points>`` label
     becomes one instance per shape (points ``1..n``)."""
-    from kpnb.tables import points_as_instances
+    from kpnb.grouping import points_as_instances
 
     if label not in ann.skeletons and label in ann.multi_point_labels():
         return points_as_instances(ann, [label])
@@ -96,7 +96,7 @@ def _not_a_skeleton(ann: Annotations, label: str) -> ValueError:
     if one_point:
         hint = (
             f"; one-point <points> labels {one_point} need combining first: "
-            "kpnb.tables.points_to_skeleton(annotations, name)"
+            "kpnb.grouping.points_to_skeleton(annotations, name)"
         )
     usable = list(ann.skeletons) + ann.multi_point_labels()
     return ValueError(
@@ -110,7 +110,7 @@ class KeypointDataset(Dataset):
     Args:
         annotations: tables from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
             `kpnb.synthetic.synthesize`. For the seed tutorial's one-point-per-label
-            layout, first make a skeleton with `kpnb.tables.points_to_skeleton`.
+            layout, first make a skeleton with `kpnb.grouping.points_to_skeleton`.
         image_root: the export folder (holding ``images/``).
         skeleton_label: which skeleton to learn; its instances are the objects. A
             multi-coordinate ``<points>`` label works too: each shape is one object.
@@ -520,7 +520,7 @@ def check_export(
         f"{label!r} of {usable}"
         if usable
         else f"none: for one <points> shape per keypoint ({one_point}) use "
-        "kpnb.tables.points_to_skeleton",
+        "kpnb.grouping.points_to_skeleton",
     )
     if label in usable:
         view = _with_pairs(_training_view(ann, label), label, flip_pairs)

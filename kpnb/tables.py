@@ -1,7 +1,9 @@
 """The tidy annotation tables every kpnb stage shares (`Skeleton` lives in `kpnb.skeleton`).
 
 `kpnb.cvat`, `kpnb.coco` and `kpnb.synthetic` produce an `Annotations`; `kpnb.dataset`
-and `kpnb.viz` read one. Nothing here knows about files or tensors.
+and `kpnb.viz` read one. Nothing here knows about tensors; `save_tables`/`load_tables`
+are the tables' own file format. Turning labels into instances (one-point labels into a
+skeleton, multi-point shapes, merged layouts) is `kpnb.grouping`.
 
 Frames: coordinates are pixels, x to the right and y down, in the original image.
 Visibility is always explicit, COCO-style: 0 absent (not labelled or outside the
@@ -10,8 +12,6 @@ frame), 1 labelled but occluded, 2 visible. A missing point is NaN, never (0, 0)
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,6 @@ from kpnb.errors import KpnbError
 from kpnb.skeleton import Skeleton
 
 IMAGE_COLUMNS = ["image_index", "image_id", "name", "width", "height", "subset", "task_id"]
-log = logging.getLogger(__name__)
 
 KEYPOINT_COLUMNS = [
     "image_index",
@@ -409,265 +408,6 @@ class Annotations:
                 f"image {spec!r}: no image with that file name or id; the first are {first}"
             )
         return int(by_name["image_index"].iloc[0])
-
-
-def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -> Annotations:
-    """Make each multi-coordinate ``<points>`` shape one instance of a skeleton named after
-    its label, with points ``1..n`` (see `Annotations.skeleton_for`).
-
-    Training needs a fixed point count, so every shape of such a label must hold the same
-    number of points.
-
-    Raises:
-        ValueError: shapes of one label hold different numbers of points (names the image).
-    """
-    labels = ann.multi_point_labels() if labels is None else list(labels)
-    if not labels:
-        return ann
-    kp = ann.keypoints
-    skeletons = dict(ann.skeletons)
-    keypoint = kp["keypoint"].astype(object).to_numpy().copy()
-    for label in labels:
-        mask = (kp["label"] == label).to_numpy()
-        sizes = kp.loc[mask].groupby("instance_id")["point_index"].size()
-        sk = ann.skeleton_for(label)
-        short = sizes[sizes != sk.num_keypoints]
-        if len(short):
-            row = kp.loc[mask & (kp["instance_id"] == short.index[0]).to_numpy()].iloc[0]
-            raise KpnbError(
-                f"label {label!r}: {ann.describe_image(int(row['image_index']))} has a <points> "
-                f"shape with {int(short.iloc[0])} points where others have {sk.num_keypoints}; "
-                "give every shape of a label the same points (or use a skeleton label in CVAT)"
-            )
-        keypoint[mask] = np.asarray(sk.keypoints, dtype=object)[kp.loc[mask, "point_index"]]
-        skeletons[label] = sk
-    new_kp = tidy_keypoints(kp.assign(keypoint=keypoint))
-    return Annotations(
-        ann.images,
-        new_kp,
-        skeletons,
-        ann.labels,
-        ann.boxes,
-        ann.attributes,
-        {**ann.meta, "points_as_instances": list(labels)},
-    )
-
-
-def merge_skeletons(
-    ann: Annotations, labels: Sequence[str], name: str | None = None
-) -> Annotations:
-    """Treat the instances of several skeleton `labels` sharing one layout as one skeleton
-    (a COCO file with a category per species): their rows get label `name` (default: the
-    first label). ``meta["merged_labels"]`` keeps which labels went in.
-
-    Raises:
-        ValueError: a label is not a skeleton, or the layouts differ (names them).
-    """
-    labels = list(dict.fromkeys(labels))
-    missing = [lab for lab in labels if lab not in ann.skeletons]
-    if missing:
-        raise KpnbError(f"{missing} are not skeleton labels; skeletons: {list(ann.skeletons)}")
-    first = ann.skeletons[labels[0]]
-    other = [lab for lab in labels if ann.skeletons[lab].keypoints != first.keypoints]
-    if other:
-        raise KpnbError(
-            f"labels {other} have other keypoints than {labels[0]!r} "
-            f"({len(ann.skeletons[other[0]].keypoints)} vs {first.num_keypoints}); only labels "
-            "sharing one layout can be trained as one skeleton"
-        )
-    name = name or labels[0]
-    kp = ann.keypoints
-    label = kp["label"].astype(object).where(~kp["label"].astype(str).isin(labels), name)
-    skeletons = {k: v for k, v in ann.skeletons.items() if k not in labels}
-    skeletons[name] = first
-    return Annotations(
-        ann.images,
-        tidy_keypoints(kp.assign(label=label)),
-        skeletons,
-        ann.labels,
-        ann.boxes,
-        ann.attributes,
-        {**ann.meta, "merged_labels": labels},
-    )
-
-
-GROUPING_RULES = ("auto", "group_id", "box", "image")
-
-
-def _containing_box(plain: pd.DataFrame, boxes: pd.DataFrame) -> np.ndarray:
-    """For each point row, the position in `boxes` of the smallest box of its image that
-    contains it, or -1."""
-    out = np.full(len(plain), -1, dtype=np.int64)
-    if not len(boxes) or not len(plain):
-        return out
-    pts = pd.DataFrame(
-        {
-            "row": np.arange(len(plain)),
-            "image_index": plain["image_index"].to_numpy(),
-            "x": plain["x"].to_numpy(np.float64),
-            "y": plain["y"].to_numpy(np.float64),
-        }
-    )
-    bx = boxes[["image_index", "xtl", "ytl", "xbr", "ybr"]].reset_index(drop=True)
-    bx = bx.assign(box=np.arange(len(bx)), area=(bx["xbr"] - bx["xtl"]) * (bx["ybr"] - bx["ytl"]))
-    pairs = pts.merge(bx, on="image_index")
-    inside = (
-        (pairs["x"] >= pairs["xtl"])
-        & (pairs["x"] <= pairs["xbr"])
-        & (pairs["y"] >= pairs["ytl"])
-        & (pairs["y"] <= pairs["ybr"])
-    )
-    best = pairs[inside].sort_values(["row", "area"]).drop_duplicates("row")
-    out[best["row"].to_numpy()] = best["box"].to_numpy()
-    return out
-
-
-def points_to_skeleton(
-    ann: Annotations,
-    name: str = "object",
-    labels: Sequence[str] | None = None,
-    *,
-    group_by: str = "auto",
-) -> Annotations:
-    """Combine plain one-point ``<points>`` shapes (one label per keypoint) into instances
-    of a skeleton `name` whose keypoints are the point labels.
-
-    Which points form one object (`group_by`):
-
-    * ``"group_id"``: points sharing a CVAT ``group_id`` (a box with that ``group_id`` is
-      the instance box);
-    * ``"box"``: points inside the same ``<box>`` (the smallest one containing them; that
-      box becomes the instance box);
-    * ``"image"``: all of an image's points (the seed tutorial's one object per image);
-    * ``"auto"`` (default): ``group_id`` if any of the points has one, else ``box`` if the
-      images have boxes, else ``image``.
-
-    ``meta["points_grouping"]`` records the rule used and it is logged. A label missing
-    from an instance is an absent point (v=0). Multi-coordinate ``<points>`` labels are
-    instances already (see `points_as_instances`) and are left alone. Existing skeletons
-    are kept.
-
-    Raises:
-        ValueError: an instance would get two points of one label (names the image and
-            the rule), or there are no one-point labels.
-    """
-    if group_by not in GROUPING_RULES:
-        raise KpnbError(f"unknown grouping {group_by!r}; choose one of {GROUPING_RULES}")
-    kp = ann.keypoints
-    multi = ann.multi_point_labels()
-    if labels is None:
-        labels = [lab for lab in ann.plain_labels() if lab not in multi]
-    labels = list(labels)
-    if not labels:
-        raise KpnbError(
-            f"no plain one-point <points> labels to combine (skeletons: {list(ann.skeletons)}"
-            + (f", multi-point labels {multi}, which are instances already" if multi else "")
-            + "); points_to_skeleton is for exports with one <points> shape per keypoint label"
-        )
-    several = [lab for lab in labels if lab in multi]
-    if several:
-        raise KpnbError(
-            f"labels {several} have <points> shapes with several points: each such shape is "
-            "one object already; leave them out of points_to_skeleton"
-        )
-    plain = kp[kp["label"].astype(str).isin(labels)]
-    boxes = ann.boxes
-    if group_by == "auto":
-        if (plain["group_id"] != 0).any():
-            group_by = "group_id"
-        elif len(boxes) and boxes["image_index"].isin(plain["image_index"]).any():
-            group_by = "box"
-        else:
-            group_by = "image"
-    new_boxes = boxes
-    if group_by == "group_id":
-        key = plain["group_id"].to_numpy(np.int64)
-        if (key == 0).any():
-            log.warning(
-                "%d points have no group_id; each image's ungrouped points form one instance",
-                int((key == 0).sum()),
-            )
-        inst_group = key
-    elif group_by == "box":
-        box = _containing_box(plain, boxes)
-        if (box < 0).any():
-            log.warning(
-                "%d points lie in no <box>; each image's unboxed points form one instance",
-                int((box < 0).sum()),
-            )
-        key = box + 1
-        # Give the containing boxes a group_id, so every stage finds them as instance boxes.
-        gid = boxes["group_id"].to_numpy(np.int64).copy()
-        used = np.unique(box[box >= 0])
-        fresh = used[gid[used] == 0]
-        top = int(max(gid.max(initial=0), kp["group_id"].max() if len(kp) else 0))
-        gid[fresh] = top + 1 + np.arange(len(fresh))
-        new_boxes = tidy_boxes(boxes.assign(group_id=gid))
-        inst_group = np.where(box >= 0, gid[np.maximum(box, 0)], 0)
-    else:
-        key = np.zeros(len(plain), np.int64)
-        inst_group = key
-    log.info(
-        "points_to_skeleton %r: %d labels grouped into instances by %s", name, len(labels), group_by
-    )
-    plain = plain.assign(_key=key, _group=inst_group)
-    dup = plain.duplicated(["image_index", "_key", "label"])
-    if dup.any():
-        row = plain[dup].iloc[0]
-        how = {
-            "image": "one object per image",
-            "group_id": f"group_id {int(row['group_id'])}",
-            "box": "one box",
-        }[group_by]
-        raise KpnbError(
-            f"{ann.describe_image(int(row['image_index']))} has two {row['label']!r} points in "
-            f"{how} (grouping by {group_by}): with several objects per image, give each "
-            "object's points a CVAT group (or a <box> around them)"
-        )
-    objects = plain.drop_duplicates(["image_index", "_key"]).sort_values(["image_index", "_key"])
-    k = len(labels)
-    n = len(objects)
-    base = int(kp["instance_id"].max()) + 1 if len(kp) else 0
-    pos = {lab: i for i, lab in enumerate(labels)}
-    grid = pd.DataFrame(
-        {
-            "image_index": np.repeat(objects["image_index"].to_numpy(), k),
-            "_key": np.repeat(objects["_key"].to_numpy(), k),
-            "point_index": np.tile(np.arange(k), n),
-            "instance_id": base + np.repeat(np.arange(n), k),
-            "group_id": np.repeat(objects["_group"].to_numpy(), k),
-        }
-    )
-    grid["keypoint"] = np.array(labels, dtype=object)[grid["point_index"]] if k else []
-    src = plain.assign(point_index=plain["label"].astype(str).map(pos)).drop(
-        columns=["instance_id", "keypoint", "label", "group_id", "_group"]
-    )
-    merged = grid.merge(src, on=["image_index", "_key", "point_index"], how="left")
-    merged = merged.drop(columns=["_key"])
-    merged["label"] = name
-    merged["visibility"] = merged["visibility"].fillna(0)
-    for c in ("occluded", "outside", "keyframe"):
-        merged[c] = merged[c].astype("boolean").fillna(False)
-    merged["source"] = merged["source"].astype(object).where(merged["source"].notna(), "manual")
-    for c, default in (("z_order", 0), ("track_id", -1)):
-        merged[c] = merged[c].fillna(default)
-    rest = kp[~kp.index.isin(plain.index)]
-    new_kp = tidy_keypoints(
-        pd.concat(
-            [rest.astype({"label": object, "keypoint": object, "source": object}), merged],
-            ignore_index=True,
-        )
-    )
-    skeletons = {**ann.skeletons, name: Skeleton(tuple(labels))}
-    return Annotations(
-        ann.images,
-        new_kp,
-        skeletons,
-        ann.labels,
-        new_boxes,
-        ann.attributes,
-        {**ann.meta, "points_as_skeleton": name, "points_grouping": group_by},
-    )
 
 
 def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool = False):

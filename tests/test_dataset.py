@@ -10,8 +10,8 @@ from torchvision.models.detection import keypointrcnn_resnet50_fpn
 
 from kpnb.cvat import read_cvat
 from kpnb.dataset import KeypointDataset, collate_fn, make_loaders, split_indices
+from kpnb.grouping import points_to_skeleton
 from kpnb.synthetic import synthesize
-from kpnb.tables import points_to_skeleton
 from kpnb.transforms import eval_transforms, train_transforms
 
 

@@ -135,7 +135,7 @@ def run_convert(args: argparse.Namespace) -> int:
     check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
     ann = read_annotations(args.source, keyframes_only=args.keyframes_only)
     if args.points_as_skeleton:
-        from kpnb.tables import points_to_skeleton
+        from kpnb.grouping import points_to_skeleton
 
         ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
     if args.to == "coco":

@@ -89,7 +89,7 @@ def _load_for_training(args):
     from dataclasses import replace
 
     from kpnb.data import get_dataset, read_annotations
-    from kpnb.tables import merge_skeletons, points_as_instances, points_to_skeleton
+    from kpnb.grouping import merge_skeletons, points_as_instances, points_to_skeleton
 
     root = get_dataset(args.data)
     ann = read_annotations(root, keyframes_only=args.keyframes_only)
