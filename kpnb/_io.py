@@ -306,6 +306,28 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
     ``..`` parts and names that occur twice. Only the central directory is read.
     """
     infos = zf.infolist()
+    _check_totals(archive, infos, limits)
+    seen: dict[str, str] = {}
+    out = []
+    for info in infos:
+        clean = _clean_name(archive, info)
+        if clean is None:
+            continue
+        if clean.rstrip("/") in seen:
+            raise ZipLimitError(
+                f"{archive}: member {info.filename!r} occurs twice (also as "
+                f"{seen[clean.rstrip('/')]!r}); which one is meant is "
+                "ambiguous, refusing this archive"
+            )
+        seen[clean.rstrip("/")] = info.filename
+        _check_ratio(archive, info, limits)
+        out.append((info, clean))
+    _check_no_file_is_a_folder(archive, out)
+    return out
+
+
+def _check_totals(archive, infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
+    """Refuse more members or more unpacked bytes in all than `limits` allow."""
     if len(infos) > limits.max_members:
         raise ZipLimitError(
             f"{archive}: {len(infos):,} members, more than the limit of "
@@ -319,38 +341,35 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
             f"{limits.max_bytes:,}; if the file is trusted and the disk has "
             "room, raise KPNB_MAX_UNZIP_BYTES"
         )
-    seen: dict[str, str] = {}
-    out = []
-    for info in infos:
-        raw = info.filename
-        name = raw.replace("\\", "/")
-        mode = info.external_attr >> 16
-        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-            raise ZipLimitError(
-                f"{archive}: member {raw!r} is {kind}; refusing this archive "
-                "(a dataset zip holds only files and folders)"
-            )
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
-            raise ZipLimitError(
-                f"{archive}: member {raw!r} would be written outside the "
-                "target folder; refusing this archive"
-            )
-        if not parts:
-            continue
-        clean = "/".join(parts) + ("/" if info.is_dir() else "")
-        if clean.rstrip("/") in seen:
-            raise ZipLimitError(
-                f"{archive}: member {raw!r} occurs twice (also as "
-                f"{seen[clean.rstrip('/')]!r}); which one is meant is "
-                "ambiguous, refusing this archive"
-            )
-        seen[clean.rstrip("/")] = raw
-        _check_ratio(archive, info, limits)
-        out.append((info, clean))
-    files = {clean for info, clean in out if not clean.endswith("/")}
-    for info, clean in out:
+
+
+def _clean_name(archive, info: zipfile.ZipInfo) -> str | None:
+    """The member's relative ``/`` name (a folder ends in ``/``; None: names nothing, such
+    as ``./``), refusing links, special files and names that lead outside the target."""
+    raw = info.filename
+    name = raw.replace("\\", "/")
+    mode = info.external_attr >> 16
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise ZipLimitError(
+            f"{archive}: member {raw!r} is {kind}; refusing this archive "
+            "(a dataset zip holds only files and folders)"
+        )
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        raise ZipLimitError(
+            f"{archive}: member {raw!r} would be written outside the "
+            "target folder; refusing this archive"
+        )
+    if not parts:
+        return None
+    return "/".join(parts) + ("/" if info.is_dir() else "")
+
+
+def _check_no_file_is_a_folder(archive, members: list[tuple[zipfile.ZipInfo, str]]) -> None:
+    """Refuse a member lying inside a path that another member holds as a file."""
+    files = {clean for info, clean in members if not clean.endswith("/")}
+    for info, clean in members:
         parts = clean.rstrip("/").split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in files:
@@ -359,7 +378,6 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
                     f"{'/'.join(parts[:i])!r}, which the zip also holds as a "
                     "file; refusing this archive"
                 )
-    return out
 
 
 def check_member(archive, info: zipfile.ZipInfo, limits: ZipLimits | None = None) -> None:

@@ -22,7 +22,8 @@ import shutil
 import urllib.parse
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kpnb._io import OutputExistsError, ZipLimitError, atomic_path, check_zip, zip_limits
@@ -367,61 +368,131 @@ __all__ += ["open_export"]
 
 
 def open_export(
-    spec: str | os.PathLike = "synthetic", *, skeleton_name: str = "object", **dataset_kwargs
+    spec: str | os.PathLike = "synthetic",
+    *,
+    label: str | None = None,
+    skeleton_name: str | None = "object",
+    points_as_skeleton: str | None = None,
+    group_by: str = "auto",
+    all_categories: bool = False,
+    flip_pairs: Sequence[tuple[str, str]] | None = None,
+    keyframes_only: bool = False,
+    images_root: str | os.PathLike | None = None,
+    **dataset_kwargs,
 ) -> tuple[Path, Annotations, str]:
-    """Get a dataset, read it, and pick the skeleton label to work on: what notebooks 00-03 do.
+    """Get a dataset, read it, and pick the skeleton label to learn: the one way notebooks
+    00-05 and ``kpnb train``/``evaluate`` open an export.
 
-    The notebooks run unchanged on the synthetic set, the seed tutorial's toy set and your
-    own export because this function adapts to what it finds: a skeleton label with
-    instances is used as it is (the first one, in file order); an export with no skeleton
-    instances but plain ``<points>`` shapes (one shape per keypoint label, one object per
-    image, like the toy set) gets a skeleton `skeleton_name` made of its point labels by
-    `kpnb.grouping.points_to_skeleton`, and a log line says so.
+    Multi-coordinate ``<points>`` labels (one shape per object) become skeletons
+    (`kpnb.grouping.points_as_instances`). The label is `label`, else the first skeleton label
+    with instances (file order). With no skeleton instances, plain one-point ``<points>``
+    (one per keypoint label, one object per image: the seed tutorial's toy set) become a
+    skeleton `skeleton_name` (`kpnb.grouping.points_to_skeleton`) and a log line says so.
 
     Args:
         spec: anything `get_dataset` takes (``"synthetic"``, a registered name, a URL, a
             folder, zip or ``annotations.xml``).
-        skeleton_name: the name for the skeleton built from plain points.
+        label: the skeleton label to learn (default: chosen as above).
+        skeleton_name: the name for the skeleton made of plain points; None: make none,
+            take the first skeleton declared, refuse an export without (the CLI does).
+        points_as_skeleton, group_by: first combine the one-point labels into instances
+            of skeleton `points_as_skeleton`, grouped by `group_by`.
+        all_categories: merge the skeleton labels sharing `label`'s layout into `label`
+            (`kpnb.grouping.merge_skeletons`; a COCO category per species).
+        flip_pairs: ``(left, right)`` keypoint names for the training flip of `label`.
+        keyframes_only: CVAT video tracks keep only their keyframes.
+        images_root: the folder holding the images (default: beside the annotations).
         **dataset_kwargs: passed to `get_dataset` (``n_images``, ``seed``, ``root``...).
 
     Returns:
-        ``(root, annotations, label)``: the folder holding the export's images, the
-        tables, and the skeleton label to learn (a key of ``annotations.skeletons``).
+        ``(root, annotations, label)``: the images' folder, the tables, the label to learn.
 
     Raises:
-        ValueError: the export holds no keypoints at all, or its plain points do not form
-            one object per image (the message says which image and label).
+        ValueError: no keypoints (no skeleton, when `skeleton_name` is None), `label` is
+            no skeleton, or plain points do not form one object per image (names both).
 
     Example:
         >>> root, ann, label = open_export("synthetic", n_images=20)  # doctest: +SKIP
         >>> ann.skeletons[label].keypoints  # doctest: +SKIP
         ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear')
     """
+    found = get_dataset(spec, **dataset_kwargs)
+    ann = read_annotations(found, keyframes_only=keyframes_only)
+    ann = _as_instances(ann, label, points_as_skeleton, group_by)
+    ann, label = _pick_label(ann, spec, found, label, skeleton_name)
+    if all_categories:
+        ann = _merge_layout(ann, label)
+    if flip_pairs is not None:
+        paired = ann.skeletons[label].with_flip_pairs(flip_pairs)
+        ann = replace(ann, skeletons={**ann.skeletons, label: paired})
+    root = found if found.is_dir() else found.parent
+    return (root if images_root is None else Path(images_root)), ann, label
+
+
+def _as_instances(
+    ann: Annotations, label: str | None, points_as_skeleton: str | None, group_by: str
+) -> Annotations:
+    """`ann` with plain points made instances: the one-point labels into skeleton
+    `points_as_skeleton` when given, the multi-point ones (`label`, or all when None)."""
+    from kpnb.grouping import points_as_instances, points_to_skeleton
+
+    if points_as_skeleton:
+        ann = points_to_skeleton(ann, points_as_skeleton, group_by=group_by)
+    multi = ann.multi_point_labels()
+    if multi and (label is None or label in multi):
+        ann = points_as_instances(ann, [label] if label else multi)
+    return ann
+
+
+def _pick_label(
+    ann: Annotations, spec, found: Path, label: str | None, skeleton_name: str | None
+) -> tuple[Annotations, str]:
+    """`label` checked, else the first skeleton label with instances; with none, a skeleton
+    `skeleton_name` made of the plain points, else the first declared skeleton label."""
+    if label is None:
+        used = set(ann.keypoints["label"].astype(str))
+        label = next((name for name in ann.skeletons if name in used), None)
+        if label is None and skeleton_name is not None:
+            return _skeleton_from_points(ann, found, skeleton_name), skeleton_name
+    if not ann.skeletons:
+        raise KpnbError(
+            f"{spec}: no skeleton label; for one <points> shape per keypoint, "
+            "pass points_as_skeleton=NAME"
+        )
+    label = label or next(iter(ann.skeletons))
+    if label not in ann.skeletons:
+        raise KpnbError(f"label={label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
+    return ann, label
+
+
+def _skeleton_from_points(ann: Annotations, found: Path, name: str) -> Annotations:
+    """`ann`'s plain one-point labels as one instance per image of a skeleton `name`."""
     from kpnb.grouping import points_to_skeleton
 
-    found = get_dataset(spec, **dataset_kwargs)
-    ann = read_annotations(found)
-    root = found if found.is_dir() else found.parent
-    used = set(ann.keypoints["label"].astype(str))
-    label = next((name for name in ann.skeletons if name in used), None)
-    if label is None:
-        plain = sorted(used - set(ann.skeletons))
-        if not plain:
-            raise KpnbError(
-                f"{found}: no keypoints in this export ({len(ann.images)} images, skeletons "
-                f"{list(ann.skeletons) or 'none'}); annotate some points in CVAT and export "
-                "again, choosing 'CVAT for images' with the annotations included"
-            )
-        try:
-            ann = points_to_skeleton(ann, skeleton_name)
-        except ValueError as exc:
-            raise KpnbError(f"{found}: {exc}") from None
-        label = skeleton_name
-        log.info(
-            "%s has no skeleton: each image's plain <points> (%s) became one instance of "
-            "a skeleton %r (kpnb.grouping.points_to_skeleton)",
-            found,
-            ", ".join(ann.skeletons[label].keypoints),
-            label,
+    plain = sorted(set(ann.keypoints["label"].astype(str)) - set(ann.skeletons))
+    if not plain:
+        raise KpnbError(
+            f"{found}: no keypoints in this export ({len(ann.images)} images, skeletons "
+            f"{list(ann.skeletons) or 'none'}); annotate some points in CVAT and export "
+            "again, choosing 'CVAT for images' with the annotations included"
         )
-    return root, ann, label
+    try:
+        ann = points_to_skeleton(ann, name)
+    except ValueError as exc:
+        raise KpnbError(f"{found}: {exc}") from None
+    log.info(
+        "%s has no skeleton: each image's plain <points> (%s) became one instance of "
+        "a skeleton %r (kpnb.grouping.points_to_skeleton)",
+        found,
+        ", ".join(ann.skeletons[name].keypoints),
+        name,
+    )
+    return ann
+
+
+def _merge_layout(ann: Annotations, label: str) -> Annotations:
+    """The skeleton labels sharing `label`'s layout merged into `label` (a no-op alone)."""
+    from kpnb.grouping import merge_skeletons
+
+    layout = next(names for names in ann.same_layouts() if label in names)
+    return merge_skeletons(ann, layout, label) if len(layout) > 1 else ann

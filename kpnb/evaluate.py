@@ -452,22 +452,9 @@ def predict(
         The keypoints table's columns (``visibility`` is 2: the model does not predict it)
         plus ``score`` (instance) and ``keypoint_score``, and ``image_name``.
     """
-    from torch.utils.data import DataLoader
-
-    from kpnb.dataset import default_workers
-
     model.eval()
     device = model_device(model) if device is None else torch.device(device)
-    paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
-    workers = (default_workers() if paths_only else 0) if num_workers is None else num_workers
-    loader = DataLoader(
-        _Images(images),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate_images,
-        pin_memory=device.type == "cuda",
-    )
-    k = skeleton.num_keypoints
+    loader = _image_loader(images, batch_size, num_workers, device)
     frames, start, instance = [], 0, 0
     for batch, names in loader:
         batch = [t.to(device, non_blocking=True) for t in batch]
@@ -476,31 +463,9 @@ def predict(
             keep = out["scores"] >= score_threshold
             n = int(keep.sum())
             if n:
-                kps = out["keypoints"][keep].float().cpu().numpy()
-                frames.append(
-                    pd.DataFrame(
-                        {
-                            "image_index": start + offset,
-                            "image_name": names[offset],
-                            "instance_id": np.repeat(np.arange(instance, instance + n), k),
-                            "label": label,
-                            "keypoint": np.tile(np.array(skeleton.keypoints), n),
-                            "point_index": np.tile(np.arange(k), n),
-                            "x": kps[..., 0].reshape(-1).astype(float),
-                            "y": kps[..., 1].reshape(-1).astype(float),
-                            "visibility": 2,
-                            "score": np.repeat(out["scores"][keep].float().cpu().numpy(), k).astype(
-                                float
-                            ),
-                            "keypoint_score": out["keypoints_scores"][keep]
-                            .float()
-                            .cpu()
-                            .numpy()
-                            .reshape(-1)
-                            .astype(float),
-                        }
-                    )
-                )
+                found = {key: out[key][keep].float().cpu().numpy() for key in _OUTPUTS}
+                where = (start + offset, names[offset], instance)
+                frames.append(_instances_frame(found, where, skeleton, label))
                 instance += n
         start += len(batch)
         if on_batch is not None:
@@ -508,6 +473,53 @@ def predict(
     if not frames:
         return pd.DataFrame({c: [] for c in _COLUMNS})
     return pd.concat(frames, ignore_index=True)[_COLUMNS]
+
+
+#: The model outputs `predict` keeps, per detected instance.
+_OUTPUTS = ("keypoints", "scores", "keypoints_scores")
+
+
+def _image_loader(images: Sequence, batch_size: int, num_workers: int | None, device):
+    """A DataLoader of `images` in batches; paths load in workers (default
+    `kpnb.dataset.default_workers`), images already in memory in this process."""
+    from torch.utils.data import DataLoader
+
+    from kpnb.dataset import default_workers
+
+    paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
+    workers = (default_workers() if paths_only else 0) if num_workers is None else num_workers
+    return DataLoader(
+        _Images(images),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate_images,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def _instances_frame(
+    found: dict[str, np.ndarray], where: tuple[int, str, int], skeleton: Skeleton, label: str
+) -> pd.DataFrame:
+    """One image's kept detections (`found`: `_OUTPUTS` as arrays) as `predict`'s rows;
+    `where` is ``(image index, image name, first instance id)``."""
+    image_index, image_name, first = where
+    kps = found["keypoints"]
+    n, k = len(kps), skeleton.num_keypoints
+    return pd.DataFrame(
+        {
+            "image_index": image_index,
+            "image_name": image_name,
+            "instance_id": np.repeat(np.arange(first, first + n), k),
+            "label": label,
+            "keypoint": np.tile(np.array(skeleton.keypoints), n),
+            "point_index": np.tile(np.arange(k), n),
+            "x": kps[..., 0].reshape(-1).astype(float),
+            "y": kps[..., 1].reshape(-1).astype(float),
+            "visibility": 2,
+            "score": np.repeat(found["scores"], k).astype(float),
+            "keypoint_score": found["keypoints_scores"].reshape(-1).astype(float),
+        }
+    )
 
 
 def predictions_to_annotations(

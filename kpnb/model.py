@@ -185,6 +185,59 @@ def _network(
     return model
 
 
+def _pretrained_state(
+    weights: str | os.PathLike | None, allow_random: bool
+) -> tuple[dict | None, bool]:
+    """``(state dict or None, whether it is COCO's)`` for `weights`; with `allow_random`,
+    unreachable weights log a warning and give None (random weights) instead of raising."""
+    if weights is None:
+        return None, False
+    coco = str(weights).lower() == "coco"
+    try:
+        return (_coco_state_dict() if coco else _load_path(Path(weights))), coco
+    except WeightsUnavailableError as exc:
+        if not allow_random:
+            raise
+        log.warning("%s -- continuing from random weights", exc)
+        return None, False
+
+
+def _backbone_choice(pretrained: bool, norm: str | None, trainable: int | None) -> tuple[str, int]:
+    """``(norm, trainable stages)``: the given ones checked, else torchvision's defaults
+    (frozen norm and 3 stages with pretrained weights, batch norm and all 5 without)."""
+    norm = norm or ("frozen" if pretrained else "batch")
+    if norm not in ("frozen", "batch"):
+        raise KpnbError(f"norm must be 'frozen' or 'batch', got {norm!r}")
+    trainable = (3 if pretrained else 5) if trainable is None else int(trainable)
+    if not 0 <= trainable <= 5:
+        raise KpnbError(f"trainable_backbone_layers must be 0..5, got {trainable}")
+    return norm, trainable
+
+
+def _from_state(
+    state: dict,
+    num_keypoints: int,
+    num_classes: int,
+    norm: str,
+    norm_eps: float | None,
+    trainable: int,
+    options: dict,
+) -> KeypointRCNN:
+    """The network shaped like `state` with `state` loaded, then given a keypoint predictor
+    of `num_keypoints` and a box predictor of `num_classes` where those differ."""
+    state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
+    state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    model = _network(int(state_k), int(state_c), norm, norm_eps, trainable, options)
+    model.load_state_dict(state)
+    if state_k != num_keypoints:
+        in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
+        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
+    if state_c != num_classes:
+        in_features = model.roi_heads.box_predictor.cls_score.in_features
+        model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+    return model
+
+
 def build_model(
     num_keypoints: int,
     num_classes: int = 2,
@@ -223,39 +276,14 @@ def build_model(
     """
     preset = _resolve_preset(preset)
     options = {**(cpu_preset(size) if preset in PRESETS[:1] else {}), **kwargs}
-    state = None
-    if weights is not None:
-        try:
-            if str(weights).lower() == "coco":
-                state = _coco_state_dict()
-                norm_eps = 0.0 if norm_eps is None else norm_eps
-            else:
-                state = _load_path(Path(weights))
-        except WeightsUnavailableError as exc:
-            if not allow_random:
-                raise
-            log.warning("%s -- continuing from random weights", exc)
-    pretrained = state is not None
-    norm = norm or ("frozen" if pretrained else "batch")
-    if norm not in ("frozen", "batch"):
-        raise KpnbError(f"norm must be 'frozen' or 'batch', got {norm!r}")
-    trainable = trainable_backbone_layers
-    trainable = (3 if pretrained else 5) if trainable is None else int(trainable)
-    if not 0 <= trainable <= 5:
-        raise KpnbError(f"trainable_backbone_layers must be 0..5, got {trainable}")
-    if pretrained:
-        state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
-        state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
-        model = _network(int(state_k), int(state_c), norm, norm_eps, trainable, options)
-        model.load_state_dict(state)
-        if state_k != num_keypoints:
-            in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
-            model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
-        if state_c != num_classes:
-            in_features = model.roi_heads.box_predictor.cls_score.in_features
-            model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
-    else:
+    state, coco = _pretrained_state(weights, allow_random)
+    if coco and norm_eps is None:
+        norm_eps = 0.0
+    norm, trainable = _backbone_choice(state is not None, norm, trainable_backbone_layers)
+    if state is None:
         model = _network(num_keypoints, num_classes, norm, norm_eps, trainable, options)
+    else:
+        model = _from_state(state, num_keypoints, num_classes, norm, norm_eps, trainable, options)
     model.kpnb_build = {
         "num_keypoints": int(num_keypoints),
         "num_classes": int(num_classes),

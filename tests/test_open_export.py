@@ -90,3 +90,34 @@ def test_two_objects_in_one_image_are_refused_with_its_path(tmp_path):
     )
     with pytest.raises(ValueError, match=r"export.*two 'nose' points"):
         open_export(folder)
+
+
+def test_command_line_options_are_the_same_call(points_export, tmp_path):
+    """What ``kpnb train`` passes: explicit grouping, no silent skeleton, flips, image root."""
+    root, ann, label = open_export(
+        points_export,
+        skeleton_name=None,
+        points_as_skeleton="face",
+        group_by="image",
+        flip_pairs=[("left_ear", "right_ear")],
+        images_root=tmp_path,
+    )
+    assert root == tmp_path and label == "face"
+    assert ann.meta["points_grouping"] == "image"
+    assert ann.skeletons["face"].flip_pairs == [(3, 4)]  # left_ear, right_ear only
+
+
+def test_without_skeleton_name_plain_points_are_refused_naming_the_flag(points_export):
+    from kpnb.cli import _cli_message
+
+    with pytest.raises(ValueError, match="no skeleton label") as exc:
+        open_export(points_export, skeleton_name=None)
+    assert _cli_message(str(exc.value)).endswith("pass --points-as-skeleton NAME")
+
+
+def test_an_unknown_label_is_refused_naming_the_skeletons(synthetic_export):
+    from kpnb.cli import _cli_message
+
+    with pytest.raises(ValueError, match=r"label='hand' is not a skeleton; skeletons: \['face'\]"):
+        open_export(synthetic_export, label="hand")
+    assert _cli_message("label='hand' is not a skeleton").startswith("--label 'hand'")

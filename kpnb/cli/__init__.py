@@ -57,6 +57,8 @@ _FLAGS = (
     ("as image_root", "with --images-root"),
     ("kpnb.grouping.points_to_skeleton(annotations, name)", "--points-as-skeleton NAME"),
     ("kpnb.grouping.points_to_skeleton", "--points-as-skeleton NAME"),
+    ("points_as_skeleton=NAME", "--points-as-skeleton NAME"),
+    ("label=", "--label "),
     ("pass flip_pairs", "pass --flip-pairs"),
     ("flip_pairs=", "--flip-pairs"),
     ("skeletons_only=True", "--skeletons-only"),

@@ -82,56 +82,47 @@ def _flip_pairs(args) -> list[tuple[str, str]] | None:
 
 
 def _load_for_training(args):
-    """(annotations, image root, skeleton label) for DATA, as train and evaluate see it.
+    """(annotations, image root, skeleton label) for DATA, as train and evaluate see it:
+    `kpnb.data.open_export` with the flags; prints which labels are used."""
+    from kpnb.data import open_export
 
-    Says which labels are used; with --flip-pairs the label's skeleton carries them.
-    """
-    from dataclasses import replace
-
-    from kpnb.data import get_dataset, read_annotations
-    from kpnb.grouping import merge_skeletons, points_as_instances, points_to_skeleton
-
-    root = get_dataset(args.data)
-    ann = read_annotations(root, keyframes_only=args.keyframes_only)
+    root, ann, label = open_export(
+        args.data,
+        label=args.label,
+        skeleton_name=None,  # no silent skeleton: plain points need --points-as-skeleton
+        points_as_skeleton=args.points_as_skeleton,
+        group_by=args.group_by,
+        all_categories=args.all_categories,
+        flip_pairs=_flip_pairs(args),
+        keyframes_only=args.keyframes_only,
+        images_root=args.images_root,
+    )
     if args.points_as_skeleton:
-        ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
         print(
             f"points grouped into {args.points_as_skeleton!r} instances by "
             f"{ann.meta['points_grouping']}"
         )
-    multi = ann.multi_point_labels()
-    if multi and (args.label is None or args.label in multi):
-        ann = points_as_instances(ann, [args.label] if args.label else multi)
-    if not ann.skeletons:
-        raise KpnbError(
-            f"{args.data}: no skeleton label; for one <points> shape per keypoint, "
-            "pass --points-as-skeleton NAME"
-        )
-    label = args.label or next(iter(ann.skeletons))
-    if label not in ann.skeletons:
-        raise KpnbError(f"--label {label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
+    print(_labels_used(ann, label))
+    return ann, root, label
+
+
+def _labels_used(ann, label: str) -> str:
+    """The line saying which skeleton labels train, and which share `label`'s layout."""
+    merged = ann.meta.get("merged_labels")
+    if merged:
+        return f"training labels {merged} as one skeleton {label!r}"
     layout = next(names for names in ann.same_layouts() if label in names)
     others = [n for n in ann.skeletons if n != label]
-    if args.all_categories and len(layout) > 1:
-        ann = merge_skeletons(ann, layout, label)
-        print(f"training labels {layout} as one skeleton {label!r}")
-    else:
-        print(
-            f"training label {label!r}"
-            + (f"; not used: {others}" if others else "")
-            + (
-                " (--all-categories trains the labels sharing its layout: "
-                f"{[n for n in layout if n != label]})"
-                if len(layout) > 1
-                else ""
-            )
+    return (
+        f"training label {label!r}"
+        + (f"; not used: {others}" if others else "")
+        + (
+            " (--all-categories trains the labels sharing its layout: "
+            f"{[n for n in layout if n != label]})"
+            if len(layout) > 1
+            else ""
         )
-    pairs = _flip_pairs(args)
-    if pairs is not None:
-        paired = ann.skeletons[label].with_flip_pairs(pairs)
-        ann = replace(ann, skeletons={**ann.skeletons, label: paired})
-    image_root = args.images_root or (root if root.is_dir() else root.parent)
-    return ann, image_root, label
+    )
 
 
 @_command(
@@ -184,20 +175,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from kpnb.dataset import make_loaders
     from kpnb.model import build_model
-    from kpnb.train import TrainConfig, fit
+    from kpnb.train import fit
 
     for name in ("size", "epochs", "minutes", "batch_size", "lr"):
         _positive(name.replace("_", "-"), getattr(args, name))
     ann, root, label = _load_for_training(args)
     skeleton = ann.skeletons[label]
     # Everything that can fail on the input fails here, before the model is built.
-    if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
-        raise KpnbError(
-            f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
-            f"keypoints {list(skeleton.keypoints)}"
-        )
-    if args.epochs < 1:
-        raise KpnbError(f"--epochs must be >= 1, got {args.epochs}")
+    _check_train_flags(args, skeleton)
     train_loader, val_loader = make_loaders(
         ann,
         root,
@@ -213,6 +198,9 @@ def run_train(args: argparse.Namespace) -> int:
             f"{args.data}: no instance of {label!r} in the training images; nothing to learn"
         )
     print(f"flip: {skeleton.flip_summary()}")
+    resume = args.out / "last.pth" if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
     weights = None if str(args.weights).lower() == "none" else args.weights
     model = build_model(
         skeleton.num_keypoints,
@@ -221,7 +209,36 @@ def run_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         allow_random=args.weights == "coco",
     )
-    config = TrainConfig(
+    history = fit(
+        model,
+        train_loader,
+        val_loader,
+        skeleton,
+        _train_config(args, label),
+        out_dir=args.out,
+        device=args.device,
+        resume=resume,
+    )
+    _report_training(args, history, len(train_loader.dataset))
+    return 0
+
+
+def _check_train_flags(args, skeleton) -> None:
+    """Refuse --sigmas of the wrong length and --epochs below 1, naming the flag."""
+    if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
+        raise KpnbError(
+            f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
+            f"keypoints {list(skeleton.keypoints)}"
+        )
+    if args.epochs < 1:
+        raise KpnbError(f"--epochs must be >= 1, got {args.epochs}")
+
+
+def _train_config(args, label: str):
+    """The `kpnb.train.TrainConfig` of the flags; `extra` lets evaluate redo the run's data."""
+    from kpnb.train import TrainConfig
+
+    return TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
         seed=args.seed,
@@ -234,19 +251,10 @@ def run_train(args: argparse.Namespace) -> int:
             "points_as_skeleton": args.points_as_skeleton,
         },
     )
-    resume = args.out / "last.pth" if args.resume else None
-    if resume is not None and not resume.is_file():
-        raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
-    history = fit(
-        model,
-        train_loader,
-        val_loader,
-        skeleton,
-        config,
-        out_dir=args.out,
-        device=args.device,
-        resume=resume,
-    )
+
+
+def _report_training(args, history: list[dict], n_images: int) -> None:
+    """Print the last epoch's loss, AP and PCK (on rank 0 only under torchrun)."""
     if history and int(os.environ.get("RANK", 0)) == 0:
         last = history[-1]
         shown = {
@@ -254,9 +262,8 @@ def run_train(args: argparse.Namespace) -> int:
             for k, v in last.items()
             if k in ("loss", "AP", "PCK@0.1") and v is not None
         }
-        print(f"trained {len(history)} epochs on {len(train_loader.dataset)} images: {shown}")
+        print(f"trained {len(history)} epochs on {n_images} images: {shown}")
         print(f"checkpoints and history in {args.out}")
-    return 0
 
 
 def _checkpoint_run(args, ckpt) -> None:

@@ -80,45 +80,7 @@ def _skeletons(labels: list[dict], inst: dict, elem: dict, source: str) -> dict[
 
 def _images_table(ps: Reader) -> pd.DataFrame:
     """`<image>`s, or for video every frame of the task(s), sized by ``<original_size>``."""
-    records = list(ps.images)
-    sizes: dict = {}
-    if ps.frame_index:
-        # project exports describe each task's frames; task and job exports the one at top
-        tasks = (
-            ps.tasks
-            if ps.meta_kind == "project" and ps.tasks
-            else {None: {**ps.meta_fields, **ps.meta_size}}
-        )
-        for task_id, t in tasks.items():
-            for f in _task_frames(t, ps.name):
-                if (task_id, f) not in ps.frame_index:
-                    ps.frame_index[(task_id, f)] = len(records)
-                    records.append(
-                        (
-                            {
-                                "id": str(f),
-                                "name": f"frame_{f:06d}",
-                                "subset": t.get("subset"),
-                                "task_id": task_id,
-                            },
-                            None,
-                        )
-                    )
-            sizes[task_id] = (
-                t.get("width") or ps.meta_size.get("width"),
-                t.get("height") or ps.meta_size.get("height"),
-            )
-        records = [
-            (
-                {
-                    **a,
-                    "width": sizes.get(a.get("task_id"), (None, None))[0],
-                    "height": sizes.get(a.get("task_id"), (None, None))[1],
-                },
-                line,
-            )
-            for a, line in records
-        ]
+    records = _video_frames(ps) if ps.frame_index else list(ps.images)
     cols = (
         columns.image_columns(records, ps.name)
         if records
@@ -130,6 +92,41 @@ def _images_table(ps: Reader) -> pd.DataFrame:
     df = pd.DataFrame(cols)
     df = df.astype({"width": "Int32", "height": "Int32", "task_id": "Int64"})
     return tidy_images(df)
+
+
+def _video_frames(ps: Reader) -> list[tuple[dict, int | None]]:
+    """``(attributes, line)`` of every frame of a video's task(s): the annotated ones, then
+    each frame the meta describes but no shape is on (added to ``ps.frame_index``), each
+    sized by its task."""
+    records = list(ps.images)
+    sizes: dict = {}
+    # project exports describe each task's frames; task and job exports the one at top
+    tasks = (
+        ps.tasks
+        if ps.meta_kind == "project" and ps.tasks
+        else {None: {**ps.meta_fields, **ps.meta_size}}
+    )
+    for task_id, t in tasks.items():
+        for f in _task_frames(t, ps.name):
+            if (task_id, f) not in ps.frame_index:
+                ps.frame_index[(task_id, f)] = len(records)
+                attrs = {"id": str(f), "name": f"frame_{f:06d}", "subset": t.get("subset")}
+                records.append(({**attrs, "task_id": task_id}, None))
+        sizes[task_id] = (
+            t.get("width") or ps.meta_size.get("width"),
+            t.get("height") or ps.meta_size.get("height"),
+        )
+    return [
+        (
+            {
+                **a,
+                "width": sizes.get(a.get("task_id"), (None, None))[0],
+                "height": sizes.get(a.get("task_id"), (None, None))[1],
+            },
+            line,
+        )
+        for a, line in records
+    ]
 
 
 def _task_frames(t: dict, source: str) -> range:
@@ -249,52 +246,108 @@ def _keypoint_table(
     missing element stays NaN with visibility 0), one per coordinate for a points shape.
     Points are scattered into their blocks, so no sort, concat or per-row Python is needed.
     """
-    n_inst = len(inst["label"])
-    label_codes, labels = inst["label_code"], inst["labels"]  # sorted, as factorize sorts
-    is_skel = inst["kind"] == SKELETON
+    labels = inst["labels"]  # sorted, as factorize sorts; inst["label_code"] indexes them
     k_of_label = np.array(
         [skeletons[lab].num_keypoints if lab in skeletons else 0 for lab in labels], dtype=np.int64
     )
-    plain_inst = plain["instance"]
-    count = np.where(
-        is_skel, k_of_label[label_codes] if n_inst else 0, np.bincount(plain_inst, minlength=n_inst)
+    start, row_inst, point_index = _blocks(inst, plain, k_of_label)
+    pts = _plain_points(inst, plain, start, row_inst)
+    # source: the element's own where it has one, else its instance's
+    sources, source_codes = inst["sources"], inst["source_code"][row_inst]
+    if len(elem["instance"]):
+        rows = _element_rows(elem, start, inst["label_code"], labels, skeletons, source_name)
+        _scatter_elements(elem, rows, pts)
+        sources, source_codes = _element_sources(elem["source"], rows, sources, source_codes)
+    filled, outside, occluded = pts["filled"], pts["outside"], pts["occluded"]
+    visibility = np.where(filled, np.where(outside, 0, np.where(occluded, 1, 2)), 0)
+    row_label = inst["label_code"][row_inst]
+    keypoint_codes, kp_names = _keypoint_codes(inst, skeletons, k_of_label, row_inst, point_index)
+    return pd.DataFrame(
+        {
+            "image_index": inst["image_index"][row_inst].astype(np.int32),
+            "instance_id": row_inst,
+            "label": _categorical(row_label, labels),
+            "keypoint": _categorical(keypoint_codes, kp_names),
+            "point_index": point_index.astype(np.int16),
+            "x": pts["x"].astype(np.float32),
+            "y": pts["y"].astype(np.float32),
+            "visibility": visibility.astype(np.int8),
+            "occluded": occluded,
+            "outside": outside,
+            "source": _categorical(source_codes, sources),
+            "group_id": inst["group_id"][row_inst].astype(np.int32),
+            "z_order": inst["z_order"][row_inst].astype(np.int32),
+            "track_id": inst["track_id"][row_inst].astype(np.int32),
+            "keyframe": pts["keyframe"],
+        }
     )
-    total = int(count.sum())
+
+
+def _blocks(inst: dict, plain: dict, k_of_label: np.ndarray):
+    """``(start, row_inst, point_index)``: each instance's first row (K rows for a skeleton
+    instance, one per coordinate for a points shape), and each row's instance and point."""
+    n_inst = len(inst["label"])
+    count = np.where(
+        inst["kind"] == SKELETON,
+        k_of_label[inst["label_code"]] if n_inst else 0,
+        np.bincount(plain["instance"], minlength=n_inst),
+    )
     start = np.cumsum(count) - count
     row_inst = np.repeat(np.arange(n_inst), count)
-    point_index = np.arange(total) - start[row_inst]
-    x = np.full(total, np.nan)
-    y = np.full(total, np.nan)
-    occluded = np.zeros(total, bool)
-    outside = np.zeros(total, bool)
-    filled = np.zeros(total, bool)
-    keyframe = inst["keyframe"][row_inst]
-    # source: the element's own where it has one, else its instance's
-    src_codes, sources = inst["source_code"], inst["sources"]
-    source_codes = src_codes[row_inst]
+    point_index = np.arange(int(count.sum())) - start[row_inst]
+    return start, row_inst, point_index
 
+
+def _plain_points(inst: dict, plain: dict, start: np.ndarray, row_inst: np.ndarray) -> dict:
+    """The point columns (``x``, ``y``, ``occluded``, ``outside``, ``filled``, ``keyframe``)
+    with the points shapes' coordinates scattered in; skeleton rows still empty."""
+    total = len(row_inst)
+    pts = {
+        "x": np.full(total, np.nan),
+        "y": np.full(total, np.nan),
+        "occluded": np.zeros(total, bool),
+        "outside": np.zeros(total, bool),
+        "filled": np.zeros(total, bool),
+        "keyframe": inst["keyframe"][row_inst],
+    }
+    plain_inst = plain["instance"]
     rows = start[plain_inst] + plain["point_index"]
-    x[rows], y[rows], filled[rows] = plain["x"], plain["y"], True
-    occluded[rows] = inst["occluded"][plain_inst]
-    outside[rows] = inst["outside"][plain_inst]
+    pts["x"][rows], pts["y"][rows], pts["filled"][rows] = plain["x"], plain["y"], True
+    pts["occluded"][rows] = inst["occluded"][plain_inst]
+    pts["outside"][rows] = inst["outside"][plain_inst]
+    return pts
 
-    ei = elem["instance"]
-    if len(ei):
-        rows = _element_rows(elem, start, label_codes, labels, skeletons, source_name)
-        x[rows], y[rows], filled[rows] = elem["x"], elem["y"], True
-        occluded[rows], outside[rows] = elem["occluded"], elem["outside"]
-        keyframe[rows] |= elem["keyframe"]
-        own = elem["source"]
-        has_own = pd.notna(own)
-        if has_own.any():
-            own_codes, own_sources = pd.factorize(own[has_own])
-            merged = pd.Index(sources).append(pd.Index(own_sources)).unique().sort_values()
-            source_codes = merged.get_indexer(np.asarray(sources, object))[source_codes]
-            source_codes[rows[has_own]] = merged.get_indexer(own_sources)[own_codes]
-            sources = merged
-    visibility = np.where(filled, np.where(outside, 0, np.where(occluded, 1, 2)), 0)
 
-    # keypoint names: a skeleton's keypoint at its position, a points shape's own label
+def _scatter_elements(elem: dict, rows: np.ndarray, pts: dict) -> None:
+    """Write the skeleton elements into their `rows` of the point columns `pts`."""
+    pts["x"][rows], pts["y"][rows], pts["filled"][rows] = elem["x"], elem["y"], True
+    pts["occluded"][rows], pts["outside"][rows] = elem["occluded"], elem["outside"]
+    pts["keyframe"][rows] |= elem["keyframe"]
+
+
+def _element_sources(own: np.ndarray, rows: np.ndarray, sources, source_codes: np.ndarray):
+    """``(sources, codes)`` with the elements' own ``source`` (where set) at their `rows`,
+    over the sorted union of the instances' and the elements' sources."""
+    has_own = pd.notna(own)
+    if not has_own.any():
+        return sources, source_codes
+    own_codes, own_sources = pd.factorize(own[has_own])
+    merged = pd.Index(sources).append(pd.Index(own_sources)).unique().sort_values()
+    source_codes = merged.get_indexer(np.asarray(sources, object))[source_codes]
+    source_codes[rows[has_own]] = merged.get_indexer(own_sources)[own_codes]
+    return merged, source_codes
+
+
+def _keypoint_codes(
+    inst: dict,
+    skeletons: dict[str, Skeleton],
+    k_of_label: np.ndarray,
+    row_inst: np.ndarray,
+    point_index: np.ndarray,
+) -> tuple[np.ndarray, list[str]]:
+    """``(codes, names)`` of the keypoint column: a skeleton row's keypoint at its position,
+    a points shape's own label; `names` sorted."""
+    labels, label_codes = inst["labels"], inst["label_code"]
     kp_names = sorted(
         {n for lab in labels if lab in skeletons for n in skeletons[lab].keypoints} | set(labels)
     )
@@ -305,29 +358,8 @@ def _keypoint_table(
         name_table[li, :] = kp_index[label]
         if label in skeletons:
             name_table[li, : k_of_label[li]] = [kp_index[n] for n in skeletons[label].keypoints]
-    row_label = label_codes[row_inst]
-    skel_row = is_skel[row_inst]
-    keypoint_codes = name_table[row_label, np.where(skel_row, point_index, 0)]
-
-    return pd.DataFrame(
-        {
-            "image_index": inst["image_index"][row_inst].astype(np.int32),
-            "instance_id": row_inst,
-            "label": _categorical(row_label, labels),
-            "keypoint": _categorical(keypoint_codes, kp_names),
-            "point_index": point_index.astype(np.int16),
-            "x": x.astype(np.float32),
-            "y": y.astype(np.float32),
-            "visibility": visibility.astype(np.int8),
-            "occluded": occluded,
-            "outside": outside,
-            "source": _categorical(source_codes, sources),
-            "group_id": inst["group_id"][row_inst].astype(np.int32),
-            "z_order": inst["z_order"][row_inst].astype(np.int32),
-            "track_id": inst["track_id"][row_inst].astype(np.int32),
-            "keyframe": keyframe,
-        }
-    )
+    skel_row = (inst["kind"] == SKELETON)[row_inst]
+    return name_table[label_codes[row_inst], np.where(skel_row, point_index, 0)], kp_names
 
 
 def _attribute_table(attrs: list[tuple], inst: dict, skeletons) -> pd.DataFrame:
