@@ -389,10 +389,10 @@ def to_coco(
     (v > 0), ``bbox`` from a box grouped with the instance or else the box kpnb trains
     with (`kpnb.boxes.boxes_from_points`: the labelled points' extent plus a margin, at
     least a tenth of the image's shorter side, inside the image; CVAT writes the bare
-    extent, 0 x 0 for one point), ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>`` shape is one
-    annotation with one triple per coordinate. What came from a COCO file keeps its image
-    and annotation ids, ``area``, ``iscrowd`` and ``segmentation``; otherwise images are
-    numbered 1..N (unannotated ones kept) and video frames get CVAT's ``.PNG`` name.
+    extent, 0 x 0 for one point), ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>``
+    shape is one annotation with one triple per coordinate. What came from a COCO file
+    keeps its image and annotation ids, ``area``, ``iscrowd`` and ``segmentation``; otherwise
+    images are numbered 1..N (unannotated ones kept) and video frames get CVAT's ``.PNG`` name.
 
     Args:
         points_as_skeleton: first combine one-point ``<points>`` labels into instances of a

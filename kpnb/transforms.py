@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import torch
 
-# From cjm_torchvision_tfms: what torchvision v2 lacks. Its RandomIoUCrop needs a box in
-# every sample and has no square padding; cjm's IoU crop and PadSquare (fill colour,
-# random placement) fill those gaps. Resizing is torchvision's own.
+# cjm_torchvision_tfms only for what torchvision v2 lacks: an IoU crop centred on a box
+# (v2.RandomIoUCrop samples crops anywhere in the image) and padding to a square (fill
+# colour, random placement). Resizing is torchvision's own.
 from cjm_torchvision_tfms.core import CustomRandomIoUCrop, PadSquare
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -185,7 +185,8 @@ class CentredPadSquare(PadSquare):
 
     ``PadSquare(shift=False)`` pads ``diff // 2`` on both sides, one pixel short of a
     square when the difference is odd; its random placement (``shift=True``) pads exactly,
-    so this is that path with the random split fixed at one half.
+    so this is that path with the random split fixed at one half (cjm 0.0.26 keeps the
+    split in ``pad_split``; `tests/test_transforms.py` pins the centring).
     """
 
     def __init__(self):
