@@ -132,7 +132,9 @@ class KeypointDataset(Dataset):
         skip_missing: leave out images whose file is missing instead of failing.
         box_margin: fraction of an instance's keypoint extent added around it when no box
             is grouped with it.
-        min_box: such a box is at least this fraction of the image's shorter side.
+        min_box: such a box is at least this fraction of the image's shorter side
+            (the rule is `kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the
+            box of the defaults).
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
     ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
