@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from kpnb.boxes import boxes_from_points
 from kpnb.coco import to_coco
 from kpnb.synthetic import synthesize
 from kpnb.tables import Annotations, tidy_images, tidy_keypoints
@@ -55,6 +56,10 @@ def baseline_annotations(ann) -> list[dict]:
     cat_ids = {name: i + 1 for i, name in enumerate(ann.skeletons)}
     image_ids = {int(i): n + 1 for n, i in enumerate(ann.images["image_index"])}
     grouped = ann.grouped_boxes()
+    sizes = {
+        int(r.image_index): (float(r.width), float(r.height))
+        for r in ann.images.itertuples(index=False)
+    }
     annotations = []
     for _, rows in kp.groupby("instance_id", sort=False):
         first = rows.iloc[0]
@@ -63,11 +68,8 @@ def baseline_annotations(ann) -> list[dict]:
         key = (int(first["image_index"]), int(first["group_id"]))
         if first["group_id"] and key in grouped:
             x0, y0, x1, y1 = grouped[key]
-        elif (v > 0).any():
-            x0, y0 = xy[v > 0].min(axis=0)
-            x1, y1 = xy[v > 0].max(axis=0)
-        else:
-            x0 = y0 = x1 = y1 = 0.0
+        else:  # the box rule itself is kpnb's (it used to be the bare extent)
+            x0, y0, x1, y1 = boxes_from_points(xy[None], v[None], *sizes[key[0]])[0]
         flat = []
         for (x, y), vis in zip(np.nan_to_num(xy), v, strict=True):
             flat += [round(float(x), 2), round(float(y), 2), int(vis)]

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from kpnb._io import atomic_path
+from kpnb.boxes import boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.grouping import points_to_skeleton
 from kpnb.tables import (
@@ -413,11 +414,13 @@ def to_coco(
     One category per skeleton label (``keypoints`` names, 1-based ``skeleton``) and per
     plain ``<points>`` label (``keypoints`` and ``skeleton`` empty, as datumaro writes
     them); one annotation per instance: ``[x, y, v]`` per point, ``num_keypoints``
-    (v > 0), ``bbox`` from a box grouped with the instance or else the extent of its
-    non-absent points, ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>`` shape is one
-    annotation with one triple per coordinate. What came from a COCO file keeps its image
-    and annotation ids, ``area``, ``iscrowd`` and ``segmentation``; otherwise images are
-    numbered 1..N (unannotated ones kept) and video frames get CVAT's ``.PNG`` name.
+    (v > 0), ``bbox`` from a box grouped with the instance or else the box kpnb trains
+    with (`kpnb.boxes.boxes_from_points`: the labelled points' extent plus a margin, at
+    least a tenth of the image's shorter side, inside the image; CVAT writes the bare
+    extent, 0 x 0 for one point), ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>``
+    shape is one annotation with one triple per coordinate. What came from a COCO file
+    keeps its image and annotation ids, ``area``, ``iscrowd`` and ``segmentation``; otherwise
+    images are numbered 1..N (unannotated ones kept) and video frames get CVAT's ``.PNG`` name.
 
     Args:
         points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
@@ -512,16 +515,12 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
     x = kp["x"].to_numpy(np.float64)
     y = kp["y"].to_numpy(np.float64)
     v = kp["visibility"].to_numpy(np.int64)
-    on = v > 0
-    big = np.inf
-    x0 = np.minimum.reduceat(np.where(on, x, big), starts)
-    y0 = np.minimum.reduceat(np.where(on, y, big), starts)
-    x1 = np.maximum.reduceat(np.where(on, x, -big), starts)
-    y1 = np.maximum.reduceat(np.where(on, y, -big), starts)
-    n_on = np.add.reduceat(on.astype(np.int64), starts)
-    none = n_on == 0
-    x0[none] = y0[none] = x1[none] = y1[none] = 0.0
+    n_on = np.add.reduceat((v > 0).astype(np.int64), starts)
     image = kp["image_index"].to_numpy(np.int64)[starts]
+    size = ann.images.set_index("image_index").reindex(image)[["width", "height"]]
+    size = size.to_numpy(np.float64, na_value=np.nan)
+    xy = np.stack([x, y], axis=1)
+    x0, y0, x1, y1 = boxes_from_points(xy, v, size[:, 0], size[:, 1], starts=starts).T
     group = kp["group_id"].to_numpy(np.int64)[starts]
     grouped = ann.grouped_boxes()
     for i in np.flatnonzero(group):

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kpnb.boxes import BOX_MARGIN, MIN_BOX, boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.images import find_image, load_image
 from kpnb.tables import Annotations, Skeleton
@@ -47,37 +48,48 @@ class _Item:
     area: np.ndarray | None = None  # [N] the file's own areas (COCO), NaN where none
 
 
-def _instance_boxes(
-    xy: np.ndarray,
-    vis: np.ndarray,
-    width: float,
-    height: float,
-    margin: float,
-    min_fraction: float = 0.1,
-) -> np.ndarray:
-    """Boxes for instances that have no box of their own: the extent of the labelled
-    (v > 0) points, grown by `margin` of its size (at least 2 px), then widened around its
-    centre to at least `min_fraction` of the image's shorter side, and clipped to the image.
+def _side(value) -> float:
+    """An image side from the tables; unknown (NA) is ``inf``: no clipping, no minimum."""
+    return float(value) if pd.notna(value) else np.inf
 
-    Keypoint R-CNN ignores points outside boxes and cannot learn from a 4 px box around
-    one point (the seed layout): the minimum keeps such boxes object-sized.
-    """
-    labelled = vis > 0
-    big = np.float32(np.inf)
-    lo = np.where(labelled[..., None], xy, big).min(axis=1)
-    hi = np.where(labelled[..., None], xy, -big).max(axis=1)
-    none = ~labelled.any(axis=1)  # no point to build on: an empty box (dropped, or replaced)
-    lo[none] = hi[none] = 0
-    pad = np.where(none[:, None], 0, np.maximum((hi - lo) * margin, 2.0))
-    lo, hi = lo - pad, hi + pad
-    side = min(width, height)
-    if np.isfinite(side) and min_fraction > 0:
-        need = np.where(none[:, None], 0, np.maximum(min_fraction * side - (hi - lo), 0) / 2)
-        lo, hi = lo - need, hi + need
-    boxes = np.concatenate([lo, hi], axis=1)
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    return boxes.astype(np.float32)
+
+def _image_instances(
+    rows: pd.DataFrame,
+    k: int,
+    image_index: int,
+    size: tuple[float, float],
+    grouped: dict,
+    margin: float,
+    min_box: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One image's instances of a label (`rows` sorted by instance, `k` points each):
+    ``xy [N, K, 2]``, ``vis [N, K]``, ``boxes [N, 4]`` float32 xyxy and ``own [N]``, True
+    where the box is the instance's own (grouped with it) rather than made from its points
+    by `kpnb.boxes.boxes_from_points`. `size` is ``(width, height)``."""
+    n = len(rows) // k
+    xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
+    vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
+    boxes = boxes_from_points(xy, vis, *size, margin=margin, min_fraction=min_box)
+    boxes = boxes.astype(np.float32)
+    own = np.zeros(n, bool)
+    for i, g in enumerate(rows["group_id"].to_numpy()[::k]):
+        box = grouped.get((image_index, int(g))) if g else None
+        if box is not None:
+            boxes[i], own[i] = box, True
+    return xy, vis, boxes, own
+
+
+def _file_areas(ann: Annotations) -> dict[int, float]:
+    """``instance_id -> area`` as a COCO file gave it (empty for other sources)."""
+    extra = ann.meta.get("coco_annotations")
+    if not isinstance(extra, pd.DataFrame) or not len(extra):
+        return {}
+    area = pd.to_numeric(extra["area"], errors="coerce").tolist()
+    return dict(zip(extra["instance_id"].tolist(), area, strict=True))
+
+
+def _readable(path: Path | None) -> bool:
+    return path is not None and os.access(path, os.R_OK) and path.stat().st_size > 0
 
 
 def _training_view(ann: Annotations, label: str) -> Annotations:
@@ -120,7 +132,9 @@ class KeypointDataset(Dataset):
         skip_missing: leave out images whose file is missing instead of failing.
         box_margin: fraction of an instance's keypoint extent added around it when no box
             is grouped with it.
-        min_box: such a box is at least this fraction of the image's shorter side.
+        min_box: such a box is at least this fraction of the image's shorter side
+            (the rule is `kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the
+            box of the defaults).
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
     ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
@@ -144,8 +158,8 @@ class KeypointDataset(Dataset):
         *,
         indices: Sequence[int] | None = None,
         skip_missing: bool = False,
-        box_margin: float = 0.1,
-        min_box: float = 0.1,
+        box_margin: float = BOX_MARGIN,
+        min_box: float = MIN_BOX,
     ):
         annotations = _training_view(annotations, skeleton_label)
         if skeleton_label not in annotations.skeletons:
@@ -173,61 +187,47 @@ class KeypointDataset(Dataset):
         self.skipped = len(missing)
 
     def _build(self, ann: Annotations, images: pd.DataFrame, margin: float, min_box: float):
-        k = self.skeleton.num_keypoints
+        """An `_Item` per image of `images` whose file is there, and the missing names."""
         kp = ann.keypoints[ann.keypoints["label"] == self.label]
         kp = kp.sort_values(["image_index", "instance_id", "point_index"])
         per_image = {i: g for i, g in kp.groupby("image_index", sort=False)}
-        grouped = ann.grouped_boxes()
-        extra = ann.meta.get("coco_annotations")
-        areas = {}
-        if isinstance(extra, pd.DataFrame) and len(extra):
-            areas = dict(
-                zip(
-                    extra["instance_id"].tolist(),
-                    pd.to_numeric(extra["area"], errors="coerce").tolist(),
-                    strict=True,
-                )
-            )
+        grouped, areas = ann.grouped_boxes(), _file_areas(ann)
         items, missing = [], []
         for img in images.itertuples(index=False):
             path = find_image(self.root, str(img.name), img.subset)
-            if path is None or not os.access(path, os.R_OK) or path.stat().st_size == 0:
+            if not _readable(path):
                 missing.append(f"{str(img.name)} (image id {int(img.image_id)})")
                 continue
             rows = per_image.get(img.image_index)
-            n = 0 if rows is None else rows["instance_id"].nunique()
-            xy = np.zeros((n, k, 2), np.float32)
-            vis = np.zeros((n, k), np.uint8)
-            boxes = np.zeros((n, 4), np.float32)
-            area = None
-            if n:
-                if len(rows) != n * k:
-                    raise KpnbError(
-                        f"label {self.label!r}: {ann.describe_image(int(img.image_index))} has "
-                        f"{len(rows)} points for {n} instances, not {k} each"
-                    )
-                xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
-                vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
-                w = float(img.width) if pd.notna(img.width) else np.inf
-                h = float(img.height) if pd.notna(img.height) else np.inf
-                boxes = _instance_boxes(xy, vis, w, h, margin, min_box)
-                groups = rows["group_id"].to_numpy()[::k]
-                has_box = np.zeros(n, bool)
-                for i, g in enumerate(groups):
-                    if g and (img.image_index, int(g)) in grouped:
-                        boxes[i] = grouped[(img.image_index, int(g))]
-                        has_box[i] = True
-                xy = np.nan_to_num(xy)  # absent points: any finite value, v=0 says ignore
-                # An instance teaches something with a labelled point, or with its own box
-                # (a box-only target, like COCO's persons with num_keypoints 0).
-                keep = (vis > 0).any(axis=1) | has_box
-                xy, vis, boxes = xy[keep], vis[keep], boxes[keep]
-                if areas:
-                    ids = rows["instance_id"].to_numpy()[::k][keep]
-                    area = np.array([areas.get(int(i), np.nan) for i in ids], np.float32)
-            size = (int(img.height), int(img.width)) if pd.notna(img.height) else (0, 0)
-            items.append(_Item(path, int(img.image_id), size, boxes, xy, vis, area))
+            items.append(self._item(ann, img, path, rows, grouped, areas, margin, min_box))
         return items, missing
+
+    def _item(self, ann, img, path, rows, grouped, areas, margin, min_box) -> _Item:
+        """The arrays of one image: its instances that teach something."""
+        k = self.skeleton.num_keypoints
+        size = (int(img.height), int(img.width)) if pd.notna(img.height) else (0, 0)
+        if rows is None:
+            empty = np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.uint8)
+            return _Item(path, int(img.image_id), size, np.zeros((0, 4), np.float32), *empty)
+        n = rows["instance_id"].nunique()
+        if len(rows) != n * k:
+            raise KpnbError(
+                f"label {self.label!r}: {ann.describe_image(int(img.image_index))} has "
+                f"{len(rows)} points for {n} instances, not {k} each"
+            )
+        wh = (_side(img.width), _side(img.height))
+        xy, vis, boxes, own = _image_instances(
+            rows, k, img.image_index, wh, grouped, margin, min_box
+        )
+        # An instance teaches something with a labelled point, or with its own box
+        # (a box-only target, like COCO's persons with num_keypoints 0).
+        keep = (vis > 0).any(axis=1) | own
+        area = None
+        if areas:
+            ids = rows["instance_id"].to_numpy()[::k][keep]
+            area = np.array([areas.get(int(i), np.nan) for i in ids], np.float32)
+        xy = np.nan_to_num(xy[keep])  # absent points: any finite value, v=0 says ignore
+        return _Item(path, int(img.image_id), size, boxes[keep], xy, vis[keep], area)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -356,6 +356,32 @@ def _with_pairs(ann: Annotations, label: str, flip_pairs) -> Annotations:
     return replace(ann, skeletons=skeletons)
 
 
+def _training_skeleton(
+    ann: Annotations, label: str, flip_pairs: Sequence[tuple] | None
+) -> tuple[Annotations, list[int] | None]:
+    """`ann` ready to train `label` on, and the flip permutation (``None``: flip off,
+    logged; left/right names without a partner are warned about)."""
+    from kpnb.skeleton import unpaired_sides
+
+    ann = _training_view(ann, label)
+    if label not in ann.skeletons:
+        raise _not_a_skeleton(ann, label)
+    ann = _with_pairs(ann, label, flip_pairs)
+    skeleton = ann.skeletons[label]
+    flip = skeleton.flip_indices if skeleton.flip_pairs else None
+    if flip is None:
+        log.info("%r: %s", label, skeleton.flip_summary())
+    lonely = unpaired_sides(skeleton.keypoints, skeleton.pairs)
+    if lonely:
+        log.warning(
+            "%r: keypoints %s say left or right but have no partner; the flip "
+            "leaves them in place (pass flip_pairs to pair them)",
+            label,
+            lonely,
+        )
+    return ann, flip
+
+
 def make_loaders(
     ann: Annotations,
     image_root: str | os.PathLike,
@@ -375,41 +401,16 @@ def make_loaders(
     The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or
     indices, else derived from the names); with no pairs the flip is off and logged so.
     """
-    from kpnb.skeleton import unpaired_sides
-
-    ann = _training_view(ann, skeleton_label)
-    if skeleton_label not in ann.skeletons:
-        raise _not_a_skeleton(ann, skeleton_label)
-    ann = _with_pairs(ann, skeleton_label, flip_pairs)
-    skeleton = ann.skeletons[skeleton_label]
-    flip = skeleton.flip_indices if skeleton.flip_pairs else None
-    if flip is None:
-        log.info("%r: %s", skeleton_label, skeleton.flip_summary())
-    lonely = unpaired_sides(skeleton.keypoints, skeleton.pairs)
-    if lonely:
-        log.warning(
-            "%r: keypoints %s say left or right but have no partner; the flip "
-            "leaves them in place (pass flip_pairs to pair them)",
-            skeleton_label,
-            lonely,
-        )
+    ann, flip = _training_skeleton(ann, skeleton_label, flip_pairs)
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
-    train_ds = KeypointDataset(
-        ann,
-        image_root,
-        skeleton_label,
-        train_transforms(size, flip, policy=policy),
-        indices=train_idx,
-        skip_missing=skip_missing,
-    )
-    val_ds = KeypointDataset(
-        ann,
-        image_root,
-        skeleton_label,
-        eval_transforms(size),
-        indices=val_idx,
-        skip_missing=skip_missing,
-    )
+
+    def dataset(transforms: Callable, indices: list[int]) -> KeypointDataset:
+        return KeypointDataset(
+            ann, image_root, skeleton_label, transforms, indices=indices, skip_missing=skip_missing
+        )
+
+    train_ds = dataset(train_transforms(size, flip, policy=policy), train_idx)
+    val_ds = dataset(eval_transforms(size), val_idx)
     workers = default_workers() if num_workers is None else num_workers
     gen = torch.Generator().manual_seed(seed)
     # pinned memory lets the copies to a GPU run asynchronously (non_blocking in fit)
@@ -433,51 +434,112 @@ DEGENERATE_FRACTION = 0.02
 
 
 def instance_boxes(
-    ann: Annotations, label: str, *, box_margin: float = 0.1, min_box: float = 0.1
+    ann: Annotations, label: str, *, box_margin: float = BOX_MARGIN, min_box: float = MIN_BOX
 ) -> pd.DataFrame:
     """The box every instance of `label` trains with, as the Dataset computes it: one row
     per instance with ``image_index``, ``instance_id``, ``xtl ytl xbr ybr``, ``source``
     (``"grouped"``: its own box; ``"points"``: made from its points) and ``degenerate``."""
     ann = _training_view(ann, label)
-    sk = ann.skeletons[label]
-    k = sk.num_keypoints
+    k = ann.skeletons[label].num_keypoints
     kp = ann.keypoints[ann.keypoints["label"] == label]
     kp = kp.sort_values(["image_index", "instance_id", "point_index"])
     grouped = ann.grouped_boxes()
     sizes = ann.images.set_index("image_index")[["width", "height"]]
     out = []
     for image, rows in kp.groupby("image_index", sort=False):
-        n = len(rows) // k
-        xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
-        vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
-        w, h = sizes.loc[image, "width"], sizes.loc[image, "height"]
-        w = float(w) if pd.notna(w) else np.inf
-        h = float(h) if pd.notna(h) else np.inf
-        boxes = _instance_boxes(xy, vis, w, h, box_margin, min_box)
-        source = ["points"] * n
-        for i, g in enumerate(rows["group_id"].to_numpy()[::k]):
-            if g and (image, int(g)) in grouped:
-                boxes[i], source[i] = grouped[(image, int(g))], "grouped"
+        w, h = _side(sizes.loc[image, "width"]), _side(sizes.loc[image, "height"])
+        _, _, boxes, own = _image_instances(rows, k, image, (w, h), grouped, box_margin, min_box)
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        side = min(w, h)
         limit = (
-            max(DEGENERATE_PX, DEGENERATE_FRACTION * min(w, h))
-            if np.isfinite(min(w, h))
-            else DEGENERATE_PX
+            max(DEGENERATE_PX, DEGENERATE_FRACTION * side) if np.isfinite(side) else DEGENERATE_PX
         )
-        for i in range(n):
-            out.append(
-                (
-                    int(image),
-                    int(rows["instance_id"].iloc[i * k]),
-                    *boxes[i].tolist(),
-                    source[i],
-                    bool(min(bw[i], bh[i]) < limit),
-                )
-            )
+        ids = rows["instance_id"].to_numpy()[::k]
+        for i in range(len(boxes)):
+            source = "grouped" if own[i] else "points"
+            degenerate = bool(min(bw[i], bh[i]) < limit)
+            out.append((int(image), int(ids[i]), *boxes[i].tolist(), source, degenerate))
     return pd.DataFrame(
         out,
         columns=["image_index", "instance_id", "xtl", "ytl", "xbr", "ybr", "source", "degenerate"],
     )
+
+
+def _row(check: str, ok: bool, detail: str) -> dict:
+    return {"check": check, "ok": bool(ok), "detail": detail}
+
+
+def _check_images(ann: Annotations, root: Path) -> dict:
+    missing = [
+        str(r.name)
+        for r in ann.images.itertuples(index=False)
+        if find_image(root, str(r.name), r.subset) is None
+    ]
+    found = f"{len(ann.images) - len(missing)} of {len(ann.images)} found"
+    return _row(
+        "image files", not missing, found + (f"; missing e.g. {missing[:3]}" if missing else "")
+    )
+
+
+def _check_label(ann: Annotations, label: str | None) -> dict:
+    usable = list(ann.skeletons) + ann.multi_point_labels()
+    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
+    detail = (
+        f"{label!r} of {usable}"
+        if usable
+        else f"none: for one <points> shape per keypoint ({one_point}) use "
+        "kpnb.grouping.points_to_skeleton"
+    )
+    return _row("skeleton label", label in usable, detail)
+
+
+def _check_boxes(view: Annotations, label: str) -> dict:
+    boxes = instance_boxes(view, label)
+    bad = boxes[boxes["degenerate"]]
+    grouped = int((boxes["source"] == "grouped").sum())
+    detail = (
+        f"{grouped} of {len(boxes)} instances have their own box, "
+        f"{len(boxes) - grouped} get one from their points"
+    )
+    if len(bad):
+        first = bad.iloc[0]
+        detail += (
+            f"; {len(bad)} degenerate (thinner than {DEGENERATE_PX:g} px or "
+            f"{DEGENERATE_FRACTION:.0%} of the image), e.g. "
+            f"{view.describe_image(int(first['image_index']))}: "
+            f"{first['xbr'] - first['xtl']:.1f} x {first['ybr'] - first['ytl']:.1f} px"
+        )
+    return _row("instance boxes", bad.empty, detail)
+
+
+def _check_skeleton(ann: Annotations, label: str, flip_pairs) -> list[dict]:
+    """Instances, labelled points, boxes and flip pairs of the skeleton `label`."""
+    from kpnb.skeleton import unpaired_sides
+
+    view = _with_pairs(_training_view(ann, label), label, flip_pairs)
+    sk = view.skeletons[label]
+    kp = view.keypoints[view.keypoints["label"] == label]
+    n_inst = kp["instance_id"].nunique()
+    edges = f"{len(sk.edges)} edges" if sk.edges else "no edges (pictures show points only)"
+    visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
+    return [
+        _row(
+            "instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}"
+        ),
+        _row("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)"),
+        _check_boxes(view, label),
+        _row("flip pairs", not unpaired_sides(sk.keypoints, sk.pairs), sk.flip_summary()),
+    ]
+
+
+def _check_split(ann: Annotations) -> dict:
+    try:
+        train, val = split_indices(ann)
+    except ValueError:
+        train, val = list(ann.images["image_index"]), []
+    how = "by subset" if ann.images["subset"].notna().any() else "seeded random"
+    detail = f"{len(train)} / {len(val)} images ({how})"
+    return _row("train/validation split", len(val) > 0 and len(train) > 0, detail)
 
 
 def check_export(
@@ -492,73 +554,12 @@ def check_export(
     model will train with (degenerate ones flagged), left/right pairs for the flip,
     subsets for the split; every row can fail. Shapes kpnb does not use are logged.
     """
-    from kpnb.skeleton import unpaired_sides
-
-    root = Path(image_root)
-    rows = []
-
-    def add(check: str, ok: bool, detail: str) -> None:
-        rows.append({"check": check, "ok": bool(ok), "detail": detail})
-
-    missing = [
-        str(r.name)
-        for r in ann.images.itertuples(index=False)
-        if find_image(root, str(r.name), r.subset) is None
-    ]
-    add(
-        "image files",
-        not missing,
-        f"{len(ann.images) - len(missing)} of {len(ann.images)} found"
-        + (f"; missing e.g. {missing[:3]}" if missing else ""),
-    )
     usable = list(ann.skeletons) + ann.multi_point_labels()
     label = skeleton_label or next(iter(usable), None)
-    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
-    add(
-        "skeleton label",
-        label in usable,
-        f"{label!r} of {usable}"
-        if usable
-        else f"none: for one <points> shape per keypoint ({one_point}) use "
-        "kpnb.grouping.points_to_skeleton",
-    )
+    rows = [_check_images(ann, Path(image_root)), _check_label(ann, label)]
     if label in usable:
-        view = _with_pairs(_training_view(ann, label), label, flip_pairs)
-        sk = view.skeletons[label]
-        kp = view.keypoints[view.keypoints["label"] == label]
-        n_inst = kp["instance_id"].nunique()
-        edges = f"{len(sk.edges)} edges" if sk.edges else "no edges (pictures show points only)"
-        add("instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}")
-        visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
-        add("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)")
-        boxes = instance_boxes(view, label)
-        bad = boxes[boxes["degenerate"]]
-        grouped = int((boxes["source"] == "grouped").sum())
-        detail = (
-            f"{grouped} of {len(boxes)} instances have their own box, "
-            f"{len(boxes) - grouped} get one from their points"
-        )
-        if len(bad):
-            first = bad.iloc[0]
-            detail += (
-                f"; {len(bad)} degenerate (thinner than {DEGENERATE_PX:g} px or "
-                f"{DEGENERATE_FRACTION:.0%} of the image), e.g. "
-                f"{view.describe_image(int(first['image_index']))}: "
-                f"{first['xbr'] - first['xtl']:.1f} x {first['ybr'] - first['ytl']:.1f} px"
-            )
-        add("instance boxes", bad.empty, detail)
-        lonely = unpaired_sides(sk.keypoints, sk.pairs)
-        add("flip pairs", not lonely, sk.flip_summary())
-    try:
-        train, val = split_indices(ann)
-    except ValueError:
-        train, val = list(ann.images["image_index"]), []
-    has_subsets = ann.images["subset"].notna().any()
-    add(
-        "train/validation split",
-        len(val) > 0 and len(train) > 0,
-        f"{len(train)} / {len(val)} images ({'by subset' if has_subsets else 'seeded random'})",
-    )
+        rows += _check_skeleton(ann, label, flip_pairs)
+    rows.append(_check_split(ann))
     skipped = ann.meta.get("skipped") or {}
     if skipped:  # not a problem (kpnb trains on keypoints), but worth knowing
         log.info("shapes kpnb does not use: %s", ", ".join(f"{k}: {v}" for k, v in skipped.items()))

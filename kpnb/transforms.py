@@ -18,11 +18,16 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from cjm_torchvision_tfms.core import CustomRandomIoUCrop, PadSquare, ResizeMax
+
+# cjm_torchvision_tfms only for what torchvision v2 lacks: an IoU crop centred on a box
+# (v2.RandomIoUCrop samples crops anywhere in the image) and padding to a square (fill
+# colour, random placement). Resizing is torchvision's own.
+from cjm_torchvision_tfms.core import CustomRandomIoUCrop, PadSquare
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from kpnb.boxes import boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.skeleton import flip_indices
 
@@ -36,6 +41,8 @@ __all__ = [
     "KeypointHorizontalFlip",
     "IoUCropIfBoxes",
     "FinalizeKeypoints",
+    "CentredPadSquare",
+    "square",
     "train_transforms",
     "eval_transforms",
     "make_sample",
@@ -115,8 +122,12 @@ class IoUCropIfBoxes(v2.Transform):
 class FinalizeKeypoints(v2.Transform):
     """The last step of every pipeline: make the target valid for Keypoint R-CNN.
 
-    * a point that left the canvas gets visibility 0 (its coordinates are kept);
-    * each box grows to enclose its visible points and is clipped to the canvas;
+    * a point that left the canvas ``[0, W] x [0, H]`` (edges included, so a point at
+      ``x = 0`` survives the flip to ``x = W``) gets visibility 0 (its coordinates are kept);
+    * each box grows to enclose its visible points and is clipped to the canvas. The box
+      from points (`kpnb.boxes.boxes_from_points`, margin included) was made once on the
+      annotation and moved with the image; here only its tight form (no margin) is used,
+      so augmentation never inflates a box and the box trained with is the one exported;
     * instances whose labelled points all left the canvas, or with a box thinner than
       `min_size` pixels, are dropped, keeping boxes, labels, keypoints and visibility
       aligned. An instance that came without labelled points (a box-only target, like
@@ -136,17 +147,24 @@ class FinalizeKeypoints(v2.Transform):
         xy = kps.as_subclass(torch.Tensor)
         vis = target["visibility"].clone()
         box_only = ~(vis > 0).any(dim=-1)
-        inside = (xy[..., 0] >= 0) & (xy[..., 0] < w) & (xy[..., 1] >= 0) & (xy[..., 1] < h)
+        inside = (xy[..., 0] >= 0) & (xy[..., 0] <= w) & (xy[..., 1] >= 0) & (xy[..., 1] <= h)
         vis[~inside] = 0
         boxes = target["boxes"].as_subclass(torch.Tensor).clone()
         visible = vis > 0
         if len(boxes):
-            big = torch.tensor(float("inf"))
-            lo = torch.where(visible[..., None], xy, big).amin(dim=1)
-            hi = torch.where(visible[..., None], xy, -big).amax(dim=1)
+            tight = boxes_from_points(
+                xy.detach().cpu().numpy(),
+                visible.cpu().numpy(),
+                w,
+                h,
+                margin=0,
+                min_pad=0,
+                min_fraction=0,
+            )
+            tight = torch.from_numpy(tight).to(boxes)
             has = visible.any(dim=1)
-            boxes[has, :2] = torch.minimum(boxes[has, :2], lo[has])
-            boxes[has, 2:] = torch.maximum(boxes[has, 2:], hi[has])
+            boxes[has, :2] = torch.minimum(boxes[has, :2], tight[has, :2])
+            boxes[has, 2:] = torch.maximum(boxes[has, 2:], tight[has, 2:])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         keep = visible.any(dim=1) | box_only
@@ -162,6 +180,30 @@ class FinalizeKeypoints(v2.Transform):
         return image, target
 
 
+class CentredPadSquare(PadSquare):
+    """cjm's `PadSquare`, centred: half the padding on each side, the odd pixel last.
+
+    ``PadSquare(shift=False)`` pads ``diff // 2`` on both sides, one pixel short of a
+    square when the difference is odd; its random placement (``shift=True``) pads exactly,
+    so this is that path with the random split fixed at one half (cjm 0.0.26 keeps the
+    split in ``pad_split``; `tests/test_transforms.py` pins the centring).
+    """
+
+    def __init__(self):
+        super().__init__(shift=True)
+
+    def forward(self, *inputs):
+        self.pad_split = 0.5
+        return v2.Transform.forward(self, *inputs)
+
+
+def square(size: int, *, random_placement: bool) -> list[v2.Transform]:
+    """Resize the long side to exactly `size` (torchvision >= 0.20: ``size=None``), then
+    pad the short side to a `size` x `size` square, randomly placed or centred."""
+    pad = PadSquare(shift=True) if random_placement else CentredPadSquare()
+    return [v2.Resize(size=None, max_size=size), pad]
+
+
 POLICIES = ("iou_crop", "flip_only", "none")
 
 
@@ -172,8 +214,8 @@ def train_transforms(
     policy: str = "iou_crop",
     jitter: float = 0.25,
 ) -> v2.Compose:
-    """The training pipeline: IoU crop, ResizeMax + PadSquare to `size`, colour jitter,
-    the keypoint-aware flip, then `FinalizeKeypoints`.
+    """The training pipeline: IoU crop, `square` to `size` (randomly placed), colour
+    jitter, the keypoint-aware flip, then `FinalizeKeypoints`.
 
     Args:
         size: side of the square training image, in pixels.
@@ -187,8 +229,7 @@ def train_transforms(
     steps: list = []
     if policy == "iou_crop":
         steps.append(IoUCropIfBoxes())
-    # ResizeMax can round the long side a pixel short; the last Resize makes it exact.
-    steps += [ResizeMax(max_sz=size), PadSquare(shift=policy != "none"), v2.Resize([size, size])]
+    steps += square(size, random_placement=policy != "none")
     if policy == "iou_crop" and jitter:
         # No hue jitter: its RGB<->HSV round trip costs more than the rest of the pipeline.
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
@@ -199,12 +240,5 @@ def train_transforms(
 
 
 def eval_transforms(size: int) -> v2.Compose:
-    """Evaluation: ResizeMax + centred PadSquare to `size` and `FinalizeKeypoints`."""
-    return v2.Compose(
-        [
-            ResizeMax(max_sz=size),
-            PadSquare(shift=False),
-            v2.Resize([size, size]),
-            FinalizeKeypoints(),
-        ]
-    )
+    """Evaluation: `square` to `size` (centred) and `FinalizeKeypoints`."""
+    return v2.Compose([*square(size, random_placement=False), FinalizeKeypoints()])

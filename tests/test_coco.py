@@ -9,6 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 from shared_paths import FIXTURES
 
+from kpnb.boxes import boxes_from_points
 from kpnb.coco import CocoFormatError, read_coco, to_coco, write_coco
 from kpnb.cvat import read_cvat
 from kpnb.synthetic import FACE
@@ -108,12 +109,15 @@ def test_to_coco_follows_cvat_export_rules(synthetic_export, tmp_path):
     assert cat["keypoints"] == list(FACE.keypoints)
     assert sorted(map(tuple, cat["skeleton"])) == sorted((a + 1, b + 1) for a, b in FACE.edges)
     assert [im["id"] for im in doc["images"]] == list(range(1, 41))  # sequential, all kept
+    sizes = {im["id"]: (im["width"], im["height"]) for im in doc["images"]}
     for a in doc["annotations"]:
         kps = np.array(a["keypoints"]).reshape(-1, 3)
         vis = kps[:, 2] > 0
         assert a["num_keypoints"] == int(vis.sum())
+        # not CVAT's bare extent of the points: the box kpnb trains with (kpnb.boxes)
         x, y, w, h = a["bbox"]
-        assert np.isclose(x, kps[vis, 0].min()) and np.isclose(x + w, kps[vis, 0].max(), atol=0.02)
+        rule = boxes_from_points(kps[None, :, :2], kps[None, :, 2], *sizes[a["image_id"]])[0]
+        assert [x, y, x + w, y + h] == pytest.approx(rule.tolist(), abs=0.03)
         assert a["area"] == pytest.approx(w * h, abs=0.01) and a["iscrowd"] == 0
     # outside points keep their coordinates, as CVAT's exporter does
     flat = np.concatenate([np.array(a["keypoints"]).reshape(-1, 3) for a in doc["annotations"]])

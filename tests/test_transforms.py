@@ -5,6 +5,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from kpnb.cvat import read_cvat
@@ -15,6 +18,7 @@ from kpnb.transforms import (
     KeypointHorizontalFlip,
     eval_transforms,
     make_sample,
+    square,
     train_transforms,
 )
 
@@ -32,7 +36,7 @@ def _check(image, target):
     assert len(boxes) == len(xy) == len(vis) == len(target["labels"])
     shown = vis > 0
     x, y = xy[..., 0], xy[..., 1]
-    assert ((x[shown] >= 0) & (x[shown] < w) & (y[shown] >= 0) & (y[shown] < h)).all()
+    assert ((x[shown] >= 0) & (x[shown] <= w) & (y[shown] >= 0) & (y[shown] <= h)).all()
     for b, pts, v in zip(boxes, xy, vis, strict=True):
         p = pts[v > 0]
         assert len(p), "an instance without visible points survived"
@@ -128,3 +132,43 @@ def test_finalize_keeps_box_only_targets_while_their_box_lasts():
     _, target = FinalizeKeypoints()(*sample)
     assert target["boxes"].as_subclass(torch.Tensor).tolist() == [[0, 0, 5, 5], [4, 2, 12, 8]]
     assert target["visibility"].tolist() == [[2, 2], [0, 0]]
+
+
+FILL = (123, 117, 104)  # cjm PadSquare's padding colour
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    size=st.integers(64, 512),
+    w=st.integers(1, 4000),
+    h=st.integers(1, 4000),
+    random_placement=st.booleans(),
+)
+def test_square_is_exact_and_moves_boxes_and_points_with_the_picture(size, w, h, random_placement):
+    """``Resize(size=None, max_size=size)`` + PadSquare: exactly `size` x `size`, with the
+    picture where its box and corner points say (no stretching Resize needed)."""
+    exact_short = size * min(w, h) / max(w, h)
+    assume(exact_short >= 1)  # a 1 x 4000 strip at 64 px has no short side left
+    image = torch.full((3, h, w), 255, dtype=torch.uint8)
+    sample = make_sample(image, [[0, 0, w, h]], [1], [[[0, 0], [w, h]]], [[2, 2]])
+    steps = v2.Compose(square(size, random_placement=random_placement))
+    out, target = steps(*sample)
+    assert tuple(out.shape[-2:]) == (size, size)
+    content = (out[0] != FILL[0]).nonzero()
+    (y0, x0), (y1, x1) = content.min(0).values.tolist(), (content.max(0).values + 1).tolist()
+    assert max(x1 - x0, y1 - y0) == size and 0 <= exact_short - min(x1 - x0, y1 - y0) < 1
+    box = target["boxes"].as_subclass(torch.Tensor)[0].tolist()
+    assert box == pytest.approx([x0, y0, x1, y1], abs=1e-3)
+    corners = target["keypoints"].as_subclass(torch.Tensor)[0].reshape(-1).tolist()
+    assert corners == pytest.approx([x0, y0, x1, y1], abs=1e-3)
+    if not random_placement:  # centred: the odd pixel of padding goes last
+        assert (x0, y0) == ((size - (x1 - x0)) // 2, (size - (y1 - y0)) // 2)
+
+
+def test_eval_square_is_centred_and_deterministic():
+    image = tv_tensors.Image(torch.full((3, 171, 256), 255, dtype=torch.uint8))
+    steps = v2.Compose(square(256, random_placement=False))
+    first, second = steps(image), steps(image)
+    assert torch.equal(first, second) and first.shape[-2:] == (256, 256)
+    rows = (first[0] != FILL[0]).any(1).nonzero().flatten()
+    assert (rows.min().item(), 255 - rows.max().item()) == (42, 43)
