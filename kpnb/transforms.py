@@ -107,14 +107,33 @@ class IoUCropIfBoxes(v2.Transform):
     """cjm's `CustomRandomIoUCrop` where there is a box; images with none pass unchanged.
 
     The IoU crop samples its centre from the boxes, so it cannot run on a negative image.
+    Nor on an image no crop shape fits: cjm (0.0.26) draws crop sides of ``min_scale`` to
+    ``max_scale`` of the image's in a ``while True`` loop until their aspect ratio lies in
+    ``[min_aspect_ratio, max_aspect_ratio]``, which never happens for a panorama beyond
+    about 6.7:1 (training would hang), and divides by a crop height of 0 on an image under
+    4 px high. Those images pass unchanged.
     """
 
     def __init__(self, **kwargs):
         super().__init__()
         self.crop = CustomRandomIoUCrop(**kwargs)
 
+    def croppable(self, height: int, width: int) -> bool:
+        """Whether some crop of this image has an allowed aspect ratio (and a side >= 1)."""
+        c = self.crop
+        if min(height, width) * c.min_scale < 1:
+            return False
+        # the loop's sampled ratio spans (narrowest, widest); a 10% margin on the overlap
+        # keeps the chance of a draw landing in it far from zero
+        widest = width * c.max_scale / (height * c.min_scale)
+        narrowest = width * c.min_scale / (height * c.max_scale)
+        return widest > c.min_aspect_ratio * 1.1 and narrowest < c.max_aspect_ratio / 1.1
+
     def forward(self, image, target):
         if len(target["boxes"]) == 0:
+            return image, target
+        height, width = v2.functional.get_size(image)
+        if not self.croppable(height, width):
             return image, target
         return self.crop(image, target)
 

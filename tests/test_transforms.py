@@ -1,6 +1,7 @@
 """Augmentation invariants over many seeded samples, and the left/right flip."""
 
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from kpnb.dataset import KeypointDataset
 from kpnb.synthetic import FACE, PUPIL, render_scene
 from kpnb.transforms import (
     FinalizeKeypoints,
+    IoUCropIfBoxes,
     KeypointHorizontalFlip,
     eval_transforms,
     make_sample,
@@ -172,3 +174,43 @@ def test_eval_square_is_centred_and_deterministic():
     assert torch.equal(first, second) and first.shape[-2:] == (256, 256)
     rows = (first[0] != FILL[0]).any(1).nonzero().flatten()
     assert (rows.min().item(), 255 - rows.max().item()) == (42, 43)
+
+
+@pytest.mark.parametrize("height, width", [(20, 600), (600, 20), (3, 40), (1, 1)])
+def test_iou_crop_passes_images_no_crop_fits_instead_of_hanging(height, width):
+    """cjm's crop loops forever on a panorama beyond ~6.7:1 and divides by zero under 4 px;
+    such images pass unchanged (the test would hang or raise on the bare cjm crop)."""
+    crop = IoUCropIfBoxes()
+    image = tv_tensors.Image(torch.zeros(3, height, width, dtype=torch.uint8))
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(
+            [[0, 0, width, height]], format="XYXY", canvas_size=(height, width)
+        ),
+        "labels": torch.tensor([1]),
+    }
+    assert not crop.croppable(height, width)
+
+    def hung(*_):
+        raise TimeoutError("the IoU crop did not return in 10 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # a hang becomes a failure, not a stuck CI run
+    try:
+        out, _ = crop(image, target)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert out.shape == image.shape
+
+
+def test_iou_crop_still_crops_ordinary_images():
+    crop = IoUCropIfBoxes()
+    assert crop.croppable(480, 640) and crop.croppable(100, 600) and crop.croppable(600, 100)
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.zeros(3, 480, 640, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes([[100, 100, 300, 300]], format="XYXY", canvas_size=(480, 640))
+    shapes = {
+        tuple(crop(image, {"boxes": boxes, "labels": torch.tensor([1])})[0].shape)
+        for _ in range(20)
+    }
+    assert any(s != (3, 480, 640) for s in shapes)
