@@ -27,7 +27,11 @@ from torch import nn
 from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNN, KeypointRCNNPredictor
+from torchvision.models.detection.keypoint_rcnn import (
+    KeypointRCNN,
+    KeypointRCNNHeads,
+    KeypointRCNNPredictor,
+)
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kpnb.errors import KpnbError
@@ -36,6 +40,7 @@ __all__ = [
     "WeightsUnavailableError",
     "build_model",
     "cpu_preset",
+    "tiny_preset",
     "default_preset",
     "load_checkpoint_model",
     "read_checkpoint",
@@ -46,8 +51,14 @@ log = logging.getLogger(__name__)
 COCO_WEIGHTS = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1
 #: Where the COCO weights come from (torchvision's own URL; tests point it at 127.0.0.1).
 COCO_URL = COCO_WEIGHTS.url
-#: ``preset`` values: the CPU compromise, or torchvision's own defaults.
-PRESETS = ("cpu", "torchvision")
+#: ``preset`` values: the CPU compromise, torchvision's own defaults, or the tiny network
+#: of tests and smoke runs (see `cpu_preset` and `TINY_HEAD`).
+PRESETS = ("cpu", "torchvision", "tiny")
+#: The ``"tiny"`` preset's keypoint head: 2 convolutions of 128 channels instead of
+#: torchvision's 8 of 512, about 40x fewer operations per RoI. On a CPU that head is most of
+#: a training step, so the tiny network trains several times faster: for tests, smoke runs
+#: and a first look at an export, not for accuracy (COCO's keypoint head is not loaded).
+TINY_HEAD = (128, 128)
 
 
 class WeightsUnavailableError(KpnbError, RuntimeError):
@@ -68,9 +79,35 @@ def cpu_preset(size: int = 256) -> dict:
         "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 300,
         "rpn_post_nms_top_n_test": 100,
-        "box_batch_size_per_image": 128,
+        # RoIs sampled per image, a quarter of them positive; every positive RoI goes through
+        # the keypoint head's 8 convolutions of 512 channels, the bulk of a CPU step. 32
+        # (8 positives) halves a 192 px step against 128 (bench_train.py)
+        "box_batch_size_per_image": 32,
         "box_detections_per_img": 20,
     }
+
+
+def tiny_preset(size: int = 256) -> dict:
+    """The CPU preset cut further for tests and smoke runs: 16 RoIs and 100 proposals per
+    image in training (the keypoint head itself is swapped for `TINY_HEAD` by `build_model`).
+    """
+    return {
+        **cpu_preset(size),
+        "rpn_pre_nms_top_n_train": 200,
+        "rpn_post_nms_top_n_train": 100,
+        "box_batch_size_per_image": 16,
+    }
+
+
+def _preset_options(preset: str, size: int) -> dict:
+    return {"cpu": cpu_preset, "tiny": tiny_preset}.get(preset, lambda _: {})(size)
+
+
+def _tiny_head(model: KeypointRCNN, num_keypoints: int) -> None:
+    """Swap the keypoint head for the small `TINY_HEAD` one (random weights)."""
+    in_channels = model.backbone.out_channels
+    model.roi_heads.keypoint_head = KeypointRCNNHeads(in_channels, TINY_HEAD)
+    model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(TINY_HEAD[-1], num_keypoints)
 
 
 def default_preset() -> str:
@@ -261,8 +298,9 @@ def build_model(
         allow_random: when the weights cannot be had, log one line and continue from
             random weights instead of raising.
         preset: ``"auto"`` (``"torchvision"`` on CUDA, else ``"cpu"``), ``"cpu"`` (see
-            `cpu_preset`) or ``"torchvision"``/``None`` (images upscaled to 640-800 px).
-        size: image size the CPU preset keeps.
+            `cpu_preset`), ``"torchvision"``/``None`` (images upscaled to 640-800 px) or
+            ``"tiny"`` (`tiny_preset` and the small `TINY_HEAD`: tests and smoke runs).
+        size: image size the CPU and tiny presets keep.
         trainable_backbone_layers: backbone stages that train (0-5); default 3 with
             pretrained weights, as torchvision does, and all 5 from random weights.
         norm: ``"frozen"`` (FrozenBatchNorm2d) or ``"batch"`` (BatchNorm2d); default frozen
@@ -275,7 +313,7 @@ def build_model(
         WeightsUnavailableError: the weights are unreachable and `allow_random` is False.
     """
     preset = _resolve_preset(preset)
-    options = {**(cpu_preset(size) if preset in PRESETS[:1] else {}), **kwargs}
+    options = {**_preset_options(preset, size), **kwargs}
     state, coco = _pretrained_state(weights, allow_random)
     if coco and norm_eps is None:
         norm_eps = 0.0
@@ -284,6 +322,8 @@ def build_model(
         model = _network(num_keypoints, num_classes, norm, norm_eps, trainable, options)
     else:
         model = _from_state(state, num_keypoints, num_classes, norm, norm_eps, trainable, options)
+    if preset == "tiny":
+        _tiny_head(model, num_keypoints)
     model.kpnb_build = {
         "num_keypoints": int(num_keypoints),
         "num_classes": int(num_classes),

@@ -184,3 +184,27 @@ def test_empty_garbage_and_foreign_files_are_one_line_errors(tmp_path):
             load_checkpoint_model(path)
         assert "\n" not in str(exc.value) and "weights_only" not in str(exc.value)
     assert read_checkpoint(foreign)["weights"].shape == (2,)
+
+
+def test_tiny_preset_has_a_small_keypoint_head_and_rebuilds_from_its_checkpoint(tmp_path):
+    from kpnb.model import TINY_HEAD
+
+    tiny = build_model(5, weights=None, size=64, preset="tiny")
+    full = build_model(5, weights=None, size=64, preset="cpu")
+    count = lambda m: sum(p.numel() for p in m.roi_heads.keypoint_head.parameters())  # noqa: E731
+    assert count(tiny) * 20 < count(full)
+    assert tiny.roi_heads.keypoint_predictor.kps_score_lowres.in_channels == TINY_HEAD[-1]
+    assert tiny.roi_heads.fg_bg_sampler.batch_size_per_image == 16
+    assert full.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+    torch.save(
+        {
+            "model": tiny.state_dict(),
+            "skeleton": {"keypoints": list("abcde")},
+            "build": tiny.kpnb_build,
+        },
+        tmp_path / "t.pth",
+    )
+    again, _ = load_checkpoint_model(tmp_path / "t.pth", device="cpu")
+    assert again.kpnb_build["preset"] == "tiny"
+    for a, b in zip(tiny.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -150,10 +150,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("auto", "cpu", "torchvision"),
+        choices=("auto", "cpu", "torchvision", "tiny"),
         default="auto",
         help="model sizes: auto (torchvision's on CUDA, cpu elsewhere), cpu (images "
-        "kept at --size, fewer proposals) or torchvision (640-800 px)",
+        "kept at --size, fewer proposals), torchvision (640-800 px) or tiny (the cpu "
+        "preset with a small keypoint head: smoke runs, not accuracy)",
     )
     p.add_argument(
         "--lr",
