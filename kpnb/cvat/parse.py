@@ -73,8 +73,6 @@ class Reader:
         p.UnparsedEntityDeclHandler = _forbid_entities
         p.ExternalEntityRefHandler = _forbid_external
         p.StartDoctypeDeclHandler = self._doctype
-        p.StartElementHandler = self.start
-        p.EndElementHandler = self.end
         self.p = p
         self.root_seen = False
         self.text: list[str] = []
@@ -110,6 +108,8 @@ class Reader:
         self.track: dict | None = None
         self.nested: dict | None = None  # legacy layout: element track in a skeleton track
         self.legacy_frames: dict[int, int] = {}
+        self.start, self.end = self._body_handlers()
+        p.StartElementHandler, p.EndElementHandler = self.start, self.end
 
     # -- errors ---------------------------------------------------------------------------
     def error(self, msg: str) -> CvatFormatError:
@@ -120,38 +120,59 @@ class Reader:
             raise _Refused("the XML has a DOCTYPE with declarations")
 
     # -- body callbacks (the hot path) ---------------------------------------------------
-    def start(self, tag: str, attrs: list) -> None:
-        # `attrs` is expat's ordered list [name, value, ...]; the records keep it as it is
-        # (`kpnb.cvat.columns` reads it by name, once per distinct attribute set)
-        if tag == "points":
-            if self.skel >= 0 and not self.elem and self.shape is None:
-                self.elems.append((attrs, self.p.CurrentLineNumber, self.skel))
-                self.elem = True
-            elif self.image >= 0 and self.shape is None and not self.elem:
-                self.insts.append((attrs, self.p.CurrentLineNumber, self.image, POINTS))
-                self.shape = tag
-            else:
-                self._points_elsewhere(_as_dict(attrs))
-        elif tag == "attribute":
-            if self.attr_name is not None:
-                raise self.error("<attribute> inside <attribute>")
-            self.attr_name = _as_dict(attrs).get("name", "")
-            self.text = []
-            self.p.CharacterDataHandler = self.text.append
-        elif tag == "skeleton":
-            self._start_skeleton(attrs)
-        elif tag == "image":
-            self._start_image(_as_dict(attrs))
-        else:
-            self._start_other(tag, _as_dict(attrs))
+    def _body_handlers(self):
+        """The body's start and end callbacks as closures over what they touch per element
+        (the record lists' appends, the parser): one call per element of a 400,000-image
+        export, so each attribute look-up saved is measurable (`benchmarks/bench_parse.py`).
+        """
+        reader, p = self, self.p
+        add_inst, add_elem = self.insts.append, self.elems.append  # cleared, never replaced
 
-    def end(self, tag: str) -> None:
-        if tag == "points":
-            if self.elem:
-                self.elem = False
-            elif self.nested is None:
-                self.shape = None
-        elif tag == "attribute":
+        def start(tag: str, attrs: list) -> None:
+            # `attrs` is expat's ordered list [name, value, ...]; the records keep it as it
+            # is (`kpnb.cvat.columns` reads it by name, once per distinct attribute set)
+            if tag == "points":
+                if reader.shape is None and not reader.elem:
+                    skel = reader.skel
+                    if skel >= 0:
+                        add_elem((attrs, p.CurrentLineNumber, skel))
+                        reader.elem = True
+                        return
+                    image = reader.image
+                    if image >= 0:
+                        add_inst((attrs, p.CurrentLineNumber, image, POINTS))
+                        reader.shape = "points"
+                        return
+                reader._points_elsewhere(_as_dict(attrs))
+            elif tag == "attribute":
+                reader._start_attribute(attrs)
+            elif tag == "skeleton":
+                reader._start_skeleton(attrs)
+            elif tag == "image":
+                reader._start_image(_as_dict(attrs))
+            else:
+                reader._start_other(tag, _as_dict(attrs))
+
+        def end(tag: str) -> None:
+            if tag == "points":
+                if reader.elem:
+                    reader.elem = False
+                elif reader.nested is None:
+                    reader.shape = None
+            else:
+                reader._end_other(tag)
+
+        return start, end
+
+    def _start_attribute(self, attrs: list) -> None:
+        if self.attr_name is not None:
+            raise self.error("<attribute> inside <attribute>")
+        self.attr_name = _as_dict(attrs).get("name", "")
+        self.text = []
+        self.p.CharacterDataHandler = self.text.append
+
+    def _end_other(self, tag: str) -> None:
+        if tag == "attribute":
             self._end_attribute()
         elif tag == "skeleton":
             self.skel = -1
