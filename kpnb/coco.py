@@ -287,7 +287,12 @@ class _CocoRows:
             pd.DataFrame(self.labels, columns=["name", "type"]),
             tidy_boxes(pd.DataFrame(self.boxes, columns=_BOX_FIELDS)),
             pd.DataFrame(self.attrs, columns=["instance_id", "point_index", "name", "value"]),
-            {"source": str(source), "format": "coco", "coco_annotations": coco_extra},
+            {
+                "source": str(source),
+                "path": str(source),
+                "format": "coco",
+                "coco_annotations": coco_extra,
+            },
         )
 
 

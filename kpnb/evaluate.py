@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
+from torchvision.ops import box_iou
 
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
@@ -245,13 +246,14 @@ def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes ``[N, 4]`` x ``[M, 4]``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
+    """Pairwise IoU of xyxy boxes ``[N, 4]`` x ``[M, 4]`` (torchvision's `box_iou`); two
+    empty boxes overlap 0, not NaN (a NaN would break the matching's max)."""
+    return np.nan_to_num(
+        box_iou(
+            torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+        ).numpy(),
+        nan=0.0,
+    )
 
 
 def match_instances(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:

@@ -168,6 +168,15 @@ def test_match_instances_threshold_and_no_ground_truth():
     assert match_instances(_boxes_result(np.zeros((0, 4)), [[0, 0, 1, 1]], [0.9])) == []
 
 
+def test_match_instances_skips_an_empty_ground_truth_box():
+    """A degenerate (zero-area) object and detection overlap nothing, not even each other,
+    and do not hide the real object from its detection."""
+    r = _boxes_result(
+        [[5, 5, 5, 5], [0, 0, 100, 100]], [[0, 0, 100, 100], [5, 5, 5, 5]], [0.9, 0.8]
+    )
+    assert match_instances(r) == [-1, 0]
+
+
 def test_no_predictions_and_bad_sigmas():
     gt = _gt(n_images=2)
     empty = [ImageResult(b, k, np.zeros((0, 4)), np.zeros(0), np.zeros((0, 3, 3))) for b, k in gt]

@@ -66,4 +66,6 @@ def read_cvat(source: str | os.PathLike, *, keyframes_only: bool = False) -> Ann
     reader = Reader(src.name)
     with src.open() as stream:
         reader.parse(stream)
-    return build_tables(reader, keyframes_only=keyframes_only)
+    ann = build_tables(reader, keyframes_only=keyframes_only)
+    ann.meta["path"] = str(src.path)  # the file or zip on disk (``source`` may name a member)
+    return ann

@@ -301,10 +301,12 @@ def _overlaps(a, b) -> bool:
 
 
 def _export_root(ann: Annotations) -> Path:
-    source = ann.meta.get("source")
-    if not source:
+    """The folder of the export the tables were read from (``meta["path"]``, the file or
+    zip on disk that `read_cvat`/`read_coco` record)."""
+    path = ann.meta.get("path")
+    if not path:
         raise KpnbError("these annotations do not say where their export is; pass image_root")
-    path = Path(str(source).split("!")[0])
+    path = Path(str(path))
     return path if path.is_dir() else path.parent
 
 
