@@ -323,7 +323,20 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
         _check_ratio(archive, info, limits)
         out.append((info, clean))
     _check_no_file_is_a_folder(archive, out)
+    _check_total_ratio(archive, infos, limits)
     return out
+
+
+def _check_total_ratio(archive, infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
+    """Refuse members that each pass (under `RATIO_FLOOR`) but add up to a bomb."""
+    total = sum(i.file_size for i in infos)
+    packed = max(sum(i.compress_size for i in infos), 1)
+    if total > RATIO_FLOOR and total > limits.max_ratio * packed:
+        raise ZipLimitError(
+            f"{archive}: {len(infos):,} members unpack {packed:,} bytes to {total:,} "
+            f"({total / packed:.0f}x, limit {limits.max_ratio:g}x): a zip bomb or not a "
+            "dataset; if the file is trusted, raise KPNB_MAX_UNZIP_RATIO"
+        )
 
 
 def _check_totals(archive, infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:

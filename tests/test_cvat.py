@@ -714,9 +714,11 @@ def test_zip_with_two_annotations_files_is_refused_naming_both(tmp_path, synthet
         read_cvat(archive)
 
 
-def test_a_huge_whitespace_body_streams_in_bounded_memory(tmp_path):
+def test_a_huge_whitespace_body_streams_in_bounded_memory(tmp_path, monkeypatch):
     import time
     import tracemalloc
+
+    monkeypatch.setenv("KPNB_MAX_UNZIP_RATIO", "10000")  # trusted: 64 MB of spaces pack ~1000x
 
     archive = tmp_path / "spaces.zip"
     with (
@@ -915,3 +917,47 @@ def test_info_flags_frozen_track_poses_and_keyframes_only_drops_them(tmp_path, c
     assert main(["info", str(path), "--keyframes-only"]) == 0
     out = capsys.readouterr().out
     assert "points: 1" in out and "dropped (keyframes only)" in out
+
+
+# -- export zips: read within kpnb's unzip limits ---------------------------------------------
+def _zip_xml(path: Path, body: bytes, compression=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        zf.writestr("annotations.xml", body)
+    return path
+
+
+def test_zip_member_bomb_is_refused_before_decompressing(tmp_path, monkeypatch):
+    # 32 MiB of whitespace inside a valid document packs ~1000x: refused from the header
+    body = b"<annotations>" + b" " * 2**25 + b"</annotations>"
+    archive = _zip_xml(tmp_path / "bomb.zip", body)
+    opened = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(
+        zipfile.ZipFile, "open", lambda self, *a, **k: opened.append(a) or real_open(self, *a, **k)
+    )
+    with pytest.raises(CvatFormatError, match=r"bomb.zip: member 'annotations.xml' unpacks.*200x"):
+        read_cvat(archive)
+    assert opened == []
+    monkeypatch.setenv("KPNB_MAX_UNZIP_RATIO", "5000")  # trusted: the documented way to raise it
+    assert len(read_cvat(archive).images) == 0
+
+
+def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    archive = _zip_xml(tmp_path / "x.zip", b"<annotations>" + b"<image/>" * 100 + b"</annotations>")
+    monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", "500")
+    with pytest.raises(
+        CvatFormatError, match=r"x.zip: member 'annotations.xml'.*KPNB_MAX_UNZIP_BYTES"
+    ):
+        read_cvat(archive)
+
+
+def test_damaged_zip_member_names_the_member(tmp_path):
+    body = b"<annotations>" + b"<!-- " + b"A" * 5000 + b" --></annotations>"
+    archive = _zip_xml(tmp_path / "crc.zip", body, zipfile.ZIP_STORED)
+    raw = bytearray(archive.read_bytes())
+    raw[raw.index(b"AAAA")] = ord("B")  # the CRC no longer matches
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(
+        CvatFormatError, match=r"crc.zip!annotations.xml: the zip member is damaged"
+    ):
+        read_cvat(archive)

@@ -155,3 +155,18 @@ def test_synthetic_cache_is_keyed_by_the_drawing_version(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "STYLE_VERSION", synthetic.STYLE_VERSION + 1)
     second = get_dataset("synthetic", tmp_path, n_images=2)
     assert first != second and (second / "annotations.xml").is_file()
+
+
+def test_many_small_members_adding_up_to_a_bomb_are_refused(tmp_path):
+    # each member is under RATIO_FLOOR (exempt on its own); together they pack ~1000x
+    import zipfile
+
+    from kpnb.data import DatasetUnavailableError, safe_extract
+
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(4):
+            zf.writestr(f"part{i}.bin", bytes(2**20))
+    with pytest.raises(DatasetUnavailableError, match=r"4 members unpack .* limit 200x"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
+from kpnb._io import ZipLimitError, check_member
 from kpnb.cvat.errors import CvatFormatError
+
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)  # what a corrupt member raises on read
 
 
 class Source:
@@ -35,12 +39,33 @@ class Source:
 
 
 class _ZipMember:
+    """One zip member as a stream, within kpnb's unzip limits (ratio and size, checked from
+    its header before a byte is decompressed); a damaged member is a `CvatFormatError`."""
+
     def __init__(self, path: Path, member: str):
+        self.name = f"{path}!{member}"
         self.zf = zipfile.ZipFile(path)
-        self.fh = self.zf.open(member)
+        try:
+            info = self.zf.getinfo(member)
+            check_member(path, info)
+            self.fh = self.zf.open(info)
+        except ZipLimitError as exc:
+            self.zf.close()
+            raise CvatFormatError(str(exc)) from None
+        except _DAMAGED as exc:
+            self.zf.close()
+            raise self._damaged(exc) from None
 
     def read(self, n: int = -1) -> bytes:
-        return self.fh.read(n)
+        try:
+            return self.fh.read(n)
+        except _DAMAGED as exc:  # zipfile checks the CRC as the member's end is read
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: Exception) -> CvatFormatError:
+        return CvatFormatError(
+            f"{self.name}: the zip member is damaged ({exc}); download or export it again"
+        )
 
     def __enter__(self):
         return self
