@@ -157,9 +157,14 @@ def read_coco(source: str | os.PathLike) -> Annotations:
     keeps the first names (the triples' count).
 
     Raises:
-        CocoFormatError: malformed JSON, two images with one id, an unknown image or
-            category, a keypoint list that is not triples, a visibility other than
-            0/1/2: named by file and id, with the fix.
+        CocoFormatError: malformed JSON; ``images``/``annotations``/``categories`` not
+            lists of objects; ids (image, annotation, image_id, category_id, category)
+            that are not ints, or repeat; an image without a ``file_name`` or with a
+            width/height not a whole number >= 1; a ``bbox`` not 4 finite numbers with
+            w, h >= 0; ``iscrowd`` not 0/1; an unknown image or category; a keypoint
+            list that is not triples; a visibility other than 0/1/2; a keypoint
+            coordinate that is NaN, infinite or past float32 (whatever its v): named by
+            file, record, field and value, with the fix.
     """
     source = Path(source)
     if not source.exists():
