@@ -160,11 +160,11 @@ def read_coco(source: str | os.PathLike) -> Annotations:
         CocoFormatError: malformed JSON; ``images``/``annotations``/``categories`` not
             lists of objects; ids (image, annotation, image_id, category_id, category)
             that are not ints, or repeat; an image without a ``file_name`` or with a
-            width/height not a whole number >= 1; a ``bbox`` not 4 finite numbers with
-            w, h >= 0; ``iscrowd`` not 0/1; an unknown image or category; a keypoint
-            list that is not triples; a visibility other than 0/1/2; a keypoint
-            coordinate that is NaN, infinite or past float32 (whatever its v): named by
-            file, record, field and value, with the fix.
+            width/height not a whole number >= 1 (0 is unknown, as datumaro writes it);
+            a ``bbox`` not 4 finite numbers with w, h >= 0; ``iscrowd`` not 0/1; an
+            unknown image or category; a keypoint list that is not triples; a visibility
+            other than 0/1/2; a keypoint coordinate that is NaN, infinite or past float32
+            (whatever its v): named by file, record, field and value, with the fix.
     """
     source = Path(source)
     if not source.exists():
@@ -293,14 +293,17 @@ class _CocoRows:
                     f"image {iid}: {_not(img, 'file_name', 'a non-empty string')}",
                     "write the image's file name (its path under the images folder)",
                 )
+            size = {}
             for key in ("width", "height"):
-                size = img.get(key)
-                if size is not None and not _whole(size, 1, _MAX_SIDE):
+                size[key] = img.get(key)
+                if size[key] == 0 and type(size[key]) is int:
+                    size[key] = None  # unknown: datumaro (CVAT) and to_coco write 0 for it
+                elif size[key] is not None and not _whole(size[key], 1, _MAX_SIDE):
                     raise _fix(
                         where,
-                        f"image {iid} ({name!r}): {key} {_show(size)} is not a whole number "
-                        "of pixels >= 1",
-                        f"write the image's real {key} in pixels, or leave the field out",
+                        f"image {iid} ({name!r}): {key} {_show(size[key])} is not a whole "
+                        "number of pixels >= 1",
+                        f"write the image's real {key} in pixels, or 0 or nothing if unknown",
                     )
             idx = len(self.images)
             image_of[iid] = idx
@@ -309,8 +312,8 @@ class _CocoRows:
                     "image_index": idx,
                     "image_id": iid,
                     "name": name,
-                    "width": img.get("width"),
-                    "height": img.get("height"),
+                    "width": size["width"],
+                    "height": size["height"],
                     "subset": subset,
                 }
             )

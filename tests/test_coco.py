@@ -238,8 +238,8 @@ HOSTILE = {
     "file_name missing": (_drop("images", 0, "file_name"), r"image 1: file_name is missing"),
     "file_name empty": (_image(0, file_name=""), r'image 1: file_name "" is not a non-empty'),
     "file_name number": (_image(1, file_name=5), r"image 2: file_name 5 is not a non-empty"),
-    "width 0": (_image(0, width=0), r"image 1 \('a.png'\): width 0 is not a whole number"),
-    "width -5": (_image(0, width=-5), r"image 1 .*: width -5 is not"),
+    "width -5": (_image(0, width=-5), r"image 1 \('a.png'\): width -5 is not a whole number"),
+    "height -1": (_image(1, height=-1), r"image 2 .*: height -1 is not"),
     "width 2.5": (_image(0, width=2.5), r"image 1 .*: width 2.5 is not"),
     "width 1e10": (_image(0, width=1e10), r"image 1 .*: width 10000000000.0 is not"),
     "width 2**31": (_image(1, width=2**31), r"image 2 .*: width 2147483648 is not"),
@@ -299,14 +299,20 @@ def test_hostile_values_are_refused_by_file_record_and_field(tmp_path, case):
 
 
 def test_legitimate_values_next_to_the_hostile_ones_are_read(tmp_path):
-    """What COCO allows stays allowed: no size, iscrowd as a bool, an empty bbox, and an
+    """What COCO allows stays allowed: no size, or 0 (datumaro's "unknown", which to_coco
+    writes too, so its own files read back), iscrowd as a bool, an empty bbox, and an
     absent point written 0, 0, 0 (NaN in the table, never seen by the dataset as a value)."""
     doc = _small_doc()
     del doc["images"][0]["width"]
+    doc["images"][1]["height"] = 0
     doc["annotations"][0]["iscrowd"] = True
     doc["annotations"][1]["bbox"] = []
     ann = read_coco(_write(tmp_path / "kp.json", doc))
     assert ann.images["width"].isna().tolist() == [True, False]
+    assert ann.images["height"].isna().tolist() == [False, True]
+    written = to_coco(ann)["images"]
+    assert [(i["width"], i["height"]) for i in written] == [(0, 10), (10, 0)]
+    assert read_coco(write_coco(ann, tmp_path / "back.json")).images["width"].isna().any()
     assert ann.meta["coco_annotations"]["iscrowd"].tolist() == [1, 0]
     assert len(ann.boxes) == 1
     kp = ann.keypoints
