@@ -113,6 +113,33 @@ def _fix(where: str, what: str, fix: str) -> CocoFormatError:
     return CocoFormatError(f"{where}: {what}; {fix}")
 
 
+_INT64 = (-(2**63), 2**63 - 1)  # image and annotation ids are int64 columns
+_MAX_SIDE = 2**31 - 1  # width and height are Int32 columns
+_MAX_COORD = float(np.finfo(np.float32).max)  # coordinates are float32 columns
+
+
+def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> bool:
+    """Whether a JSON value is a whole number in ``[lo, hi]``: an int, not a bool, a float
+    (``1.5``, nor ``3.0``) or a string; the COCO files kpnb is checked against (CVAT/datumaro,
+    mmpose's MS-COCO-style sets, sleap-io) all write ints."""
+    return type(value) is int and lo <= value <= hi
+
+
+def _show(value) -> str:
+    """A JSON value as it stood in the file, cut short for a one-line message."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _field(record: dict, key: str) -> str:
+    return _show(record[key]) if key in record else "missing"
+
+
+def _not(record: dict, key: str, wanted: str) -> str:
+    """``"<key> is missing"`` or ``"<key> <value> is not <wanted>"``, for a message."""
+    return f"{key} {_show(record[key])} is not {wanted}" if key in record else f"{key} is missing"
+
+
 def read_coco(source: str | os.PathLike) -> Annotations:
     """Read COCO keypoints JSON (a file, an export folder or zip with several subsets).
 
@@ -130,9 +157,14 @@ def read_coco(source: str | os.PathLike) -> Annotations:
     keeps the first names (the triples' count).
 
     Raises:
-        CocoFormatError: malformed JSON, two images with one id, an unknown image or
-            category, a keypoint list that is not triples, a visibility other than
-            0/1/2: named by file and id, with the fix.
+        CocoFormatError: malformed JSON; ``images``/``annotations``/``categories`` not
+            lists of objects; ids (image, annotation, image_id, category_id, category)
+            that are not ints, or repeat; an image without a ``file_name`` or with a
+            width/height not a whole number >= 1 (0 is unknown, as datumaro writes it);
+            a ``bbox`` not 4 finite numbers with w, h >= 0; ``iscrowd`` not 0/1; an
+            unknown image or category; a keypoint list that is not triples; a visibility
+            other than 0/1/2; a keypoint coordinate that is NaN, infinite or past float32
+            (whatever its v): named by file, record, field and value, with the fix.
     """
     source = Path(source)
     if not source.exists():
@@ -142,11 +174,13 @@ def read_coco(source: str | os.PathLike) -> Annotations:
         where = str(source if path == source else f"{source}!{path}")
         doc = _document(raw, where)
         image_of = rows.add_images(doc["images"], _subset_of(path), where)
-        cats = {c["id"]: c for c in doc.get("categories", [])}
+        cats = _categories_by_id(doc.get("categories", []), where)
         sizes = _keypoint_counts(doc, cats, where)
         rows.add_categories(cats, sizes, where)
-        for ann in doc["annotations"]:
-            rows.add_annotation(ann, image_of, cats, sizes, where)
+        first = len(rows.chunks)
+        for index, ann in enumerate(doc["annotations"]):
+            rows.add_annotation(ann, index, image_of, cats, sizes, where)
+        rows.check_points(first, where)
     return rows.annotations(source)
 
 
@@ -160,7 +194,57 @@ def _document(raw: bytes, where: str) -> dict:
         ) from None
     if not isinstance(doc, dict) or "annotations" not in doc or "images" not in doc:
         raise CocoFormatError(f"{where}: no 'images'/'annotations': not a COCO file")
+    for key in ("images", "annotations", "categories"):
+        entries = doc.get(key, [])
+        if type(entries) is not list:
+            raise _fix(
+                where,
+                f"'{key}' is {_show(entries)}, not a list",
+                f"write '{key}' as [{{...}}, ...]",
+            )
+        bad = next((i for i, e in enumerate(entries) if type(e) is not dict), None)
+        if bad is not None:
+            raise _fix(
+                where,
+                f"{key}[{bad}] is {_show(entries[bad])}, not an object",
+                "write each entry as {...} with its fields",
+            )
     return doc
+
+
+def _categories_by_id(entries: list, where: str) -> dict:
+    """The file's categories by id, refusing ids that are not unique whole numbers, names
+    that are not text and ``keypoints`` that are not a list."""
+    cats: dict = {}
+    for n, cat in enumerate(entries):
+        cid, name = cat.get("id"), cat.get("name")
+        if not _whole(cid):
+            raise _fix(
+                where,
+                f"categories[{n}] ({_field(cat, 'name')}): {_not(cat, 'id', 'a whole number')}",
+                "give each category a whole-number id, e.g. 1",
+            )
+        if cid in cats:
+            raise _fix(
+                where,
+                f"category id {cid} is used twice ({_field(cats[cid], 'name')} and "
+                f"{_field(cat, 'name')})",
+                "give every category its own id",
+            )
+        if type(name) is not str or not name:
+            raise _fix(
+                where,
+                f"category {cid}: {_not(cat, 'name', 'a non-empty string')}",
+                'write the label\'s name, e.g. "person"',
+            )
+        if cat.get("keypoints") is not None and type(cat["keypoints"]) is not list:
+            raise _fix(
+                where,
+                f"category {cid} ({name!r}): keypoints {_show(cat['keypoints'])} is not a list",
+                'write the keypoint names as a list, e.g. ["nose", "left_eye"]',
+            )
+        cats[cid] = cat
+    return cats
 
 
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
@@ -186,23 +270,50 @@ class _CocoRows:
     def add_images(self, entries: list, subset: str | None, where: str) -> dict:
         """Append one file's images; returns its image id -> ``image_index``."""
         image_of = {}
-        for img in entries:
-            if img.get("id") in image_of:
-                first = self.images[image_of[img["id"]]]["name"]
+        for n, img in enumerate(entries):
+            iid, name = img.get("id"), img.get("file_name")
+            if not _whole(iid):  # checked before the duplicate test: 1 and 1.5 are not one id
                 raise _fix(
                     where,
-                    f"image id {img['id']} is used twice ({first!r} and {img.get('file_name')!r})",
+                    f"images[{n}] ({_field(img, 'file_name')}): "
+                    + _not(img, "id", "a whole number"),
+                    "give each image its own whole-number id, e.g. 1, 2, 3, and use it as "
+                    "the annotations' image_id",
+                )
+            if iid in image_of:
+                first = self.images[image_of[iid]]["name"]
+                raise _fix(
+                    where,
+                    f"image id {iid} is used twice ({first!r} and {_field(img, 'file_name')})",
                     "give every image its own id; kpnb does not merge their annotations",
                 )
+            if type(name) is not str or not name:
+                raise _fix(
+                    where,
+                    f"image {iid}: {_not(img, 'file_name', 'a non-empty string')}",
+                    "write the image's file name (its path under the images folder)",
+                )
+            size = {}
+            for key in ("width", "height"):
+                size[key] = img.get(key)
+                if size[key] == 0 and type(size[key]) is int:
+                    size[key] = None  # unknown: datumaro (CVAT) and to_coco write 0 for it
+                elif size[key] is not None and not _whole(size[key], 1, _MAX_SIDE):
+                    raise _fix(
+                        where,
+                        f"image {iid} ({name!r}): {key} {_show(size[key])} is not a whole "
+                        "number of pixels >= 1",
+                        f"write the image's real {key} in pixels, or 0 or nothing if unknown",
+                    )
             idx = len(self.images)
-            image_of[img.get("id")] = idx
+            image_of[iid] = idx
             self.images.append(
                 {
                     "image_index": idx,
-                    "image_id": img["id"],
-                    "name": img["file_name"],
-                    "width": img.get("width"),
-                    "height": img.get("height"),
+                    "image_id": iid,
+                    "name": name,
+                    "width": size["width"],
+                    "height": size["height"],
                     "subset": subset,
                 }
             )
@@ -221,9 +332,13 @@ class _CocoRows:
                 edges = _skeleton_edges(cat.get("skeleton") or [], k, f"{where}: category {name!r}")
                 self.skeletons[name] = Skeleton(tuple(names), edges)
 
-    def add_annotation(self, ann: dict, image_of: dict, cats: dict, sizes: dict, where: str):
-        """One annotation: its ``bbox`` a box grouped with it, its keypoints one instance."""
+    def add_annotation(
+        self, ann: dict, index: int, image_of: dict, cats: dict, sizes: dict, where: str
+    ):
+        """One annotation (``annotations[index]``): its ``bbox`` a box grouped with it, its
+        keypoints one instance; ids, ``bbox``, ``iscrowd`` and ``attributes`` checked."""
         aid = ann.get("id")
+        _check_annotation(ann, index, where)
         if ann.get("image_id") not in image_of:
             raise _fix(
                 where,
@@ -238,7 +353,8 @@ class _CocoRows:
                 "list it in 'categories'",
             )
         image, label = image_of[ann["image_id"]], str(cat["name"])
-        group = self._add_box(ann, image, label) if ann.get("bbox") else 0
+        box = ann.get("bbox")
+        group = 0 if box is None or box == [] else self._add_box(ann, image, label, where)
         kps = ann.get("keypoints") or []
         if not kps:
             return
@@ -251,9 +367,57 @@ class _CocoRows:
             (instance, aid, ann.get("area"), int(ann.get("iscrowd") or 0), ann.get("segmentation"))
         )
 
-    def _add_box(self, ann: dict, image: int, label: str) -> int:
-        """Append the annotation's ``[x, y, w, h]`` bbox as an xyxy box; its ``group_id``."""
-        x, y, w, h = (float(v) for v in ann["bbox"])
+    def check_points(self, first: int, where: str) -> None:
+        """Refuse, in one step over a file's instances (``chunks[first:]``), visibilities
+        other than 0/1/2 and coordinates that are not finite float32 numbers."""
+        chunks = self.chunks[first:]
+        if not chunks:
+            return
+        xyv = np.concatenate([c[4] for c in chunks])
+        v = xyv[:, 2]
+        with np.errstate(invalid="ignore"):  # NaN compares False: refused as not finite
+            placed = (np.abs(xyv[:, :2]) <= _MAX_COORD).all(axis=1)
+        bad = ~(placed & ((v == 0) | (v == 1) | (v == 2)))
+        if not bad.any():
+            return
+        row = int(np.flatnonzero(bad)[0])
+        ends = np.cumsum([len(c[4]) for c in chunks])
+        n = int(np.searchsorted(ends, row, side="right"))
+        point, aid = row - (int(ends[n - 1]) if n else 0), self.extra[first + n][1]
+        x, y, vis = xyv[row]
+        if not placed[row]:
+            raise _fix(
+                where,
+                f"annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={vis:g}), "
+                "not a finite number (NaN, Infinity, or too large, such as 1e400)",
+                "write real pixel coordinates; an absent keypoint is written 0, 0, 0 in "
+                "COCO (refused whatever its v)",
+            )
+        raise _fix(
+            where,
+            f"annotation {aid}: visibility {vis:g} at keypoint {point}",
+            "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
+        )
+
+    def _add_box(self, ann: dict, image: int, label: str, where: str) -> int:
+        """Append the annotation's ``[x, y, w, h]`` bbox as an xyxy box; its ``group_id``.
+        Refuses a bbox that is not 4 finite numbers with w, h >= 0."""
+        box = ann["bbox"]
+        fine = type(box) is list and len(box) == 4
+        fine = fine and all(type(v) in (int, float) for v in box)
+        if fine:
+            try:
+                x, y, w, h = (float(v) for v in box)
+            except OverflowError:  # an int with 400 digits
+                x = y = w = h = math.nan
+            fine = w >= 0 and h >= 0 and all(abs(v) <= _MAX_COORD for v in (x, y, x + w, y + h))
+        if not fine:
+            raise _fix(
+                where,
+                f"annotation {ann['id']}: bbox {_show(box)} is not [x, y, w, h]: 4 finite "
+                "numbers with w, h >= 0",
+                "write the box as [x, y, width, height] in pixels, or leave bbox out",
+            )
         group = len(self.boxes) + 1
         self.boxes.append(
             {
@@ -296,16 +460,44 @@ class _CocoRows:
         )
 
 
-def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
-    """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), padding a short list
-    with absent points and refusing a long one, non-numbers and visibilities not 0/1/2."""
-    try:
-        triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
-    except (TypeError, ValueError):
+def _check_annotation(ann: dict, index: int, where: str) -> None:
+    """Refuse an annotation whose ids are not whole numbers, whose ``iscrowd`` is not 0/1
+    or whose ``attributes`` are not an object (`_CocoRows._add_box` checks the bbox)."""
+    for key in ("id", "image_id", "category_id"):
+        if not _whole(ann.get(key)):
+            who = f"annotation {ann['id']}" if _whole(ann.get("id")) else f"annotations[{index}]"
+            raise _fix(
+                where,
+                f"{who}: {_not(ann, key, 'a whole number')}",
+                f"write the {key} as a whole number, e.g. 1"
+                + (" (each annotation its own)" if key == "id" else ""),
+            )
+    crowd = ann.get("iscrowd")
+    if crowd is not None and (type(crowd) not in (int, bool) or crowd not in (0, 1)):
         raise _fix(
             where,
-            f"annotation {aid}: keypoints are not [x, y, v] numbers",
-            "write 3 numbers per keypoint",
+            f"annotation {ann['id']}: iscrowd {_show(crowd)} is not 0 or 1",
+            "write iscrowd 0 (one object) or 1 (a crowd)",
+        )
+    if ann.get("attributes") is not None and type(ann["attributes"]) is not dict:
+        raise _fix(
+            where,
+            f"annotation {ann['id']}: attributes {_show(ann['attributes'])} is not an object",
+            'write attributes as {"name": value, ...} or leave them out',
+        )
+
+
+def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
+    """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), padding a short list
+    with absent points and refusing a long one and non-numbers (`_CocoRows.check_points`
+    then checks the values of a whole file at once)."""
+    try:
+        triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
+    except (TypeError, ValueError, OverflowError):
+        raise _fix(
+            where,
+            f"annotation {aid}: keypoints {_show(kps)} are not [x, y, v] numbers",
+            "write 3 finite numbers per keypoint",
         ) from None
     if len(triples) < k:  # fewer than others: the missing ones are absent
         triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
@@ -314,14 +506,6 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
             where,
             f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
             "write one [x, y, v] per keypoint of its category",
-        )
-    v = triples[:, 2]
-    bad = ~np.isin(v, (0, 1, 2))
-    if bad.any():
-        raise _fix(
-            where,
-            f"annotation {aid}: visibility {v[bad][0]:g} at keypoint {int(np.flatnonzero(bad)[0])}",
-            "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
         )
     return triples
 
@@ -362,9 +546,15 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
     than the triples: then the first names are kept, with a warning)."""
     named = {cid: len(c.get("keypoints") or []) for cid, c in cats.items()}
     seen: dict = {}
-    for ann in doc["annotations"]:
+    for n, ann in enumerate(doc["annotations"]):
         cid, kps = ann.get("category_id"), ann.get("keypoints") or []
-        if cid in named and kps:
+        if type(kps) is not list:
+            raise _fix(
+                where,
+                f"annotations[{n}] (id {_field(ann, 'id')}): keypoints {_show(kps)} is not a list",
+                "write the keypoints as [x1, y1, v1, x2, y2, v2, ...]",
+            )
+        if type(cid) is int and cid in named and kps:  # a bad id: refused by add_annotation
             if len(kps) % 3:
                 raise _fix(
                     where,

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,165 @@ def test_cvat_grouped_box_is_the_coco_bbox():
     )
     hand = [a for a in to_coco(skeletons_only)["annotations"] if a["category_id"] == 1][0]
     assert hand["bbox"] == [1.0, 2.0, 39.0, 28.0]  # from the <box> with group_id 3
+
+
+# -- hostile values: each refused with a CocoFormatError naming file, record, field, value --
+
+BIG = "__1e400__"  # stands for the literal 1e400, which json.loads reads as inf
+
+
+def _small_doc() -> dict:
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 10, "height": 10},
+            {"id": 2, "file_name": "b.png", "width": 10, "height": 10},
+        ],
+        "categories": [{"id": 1, "name": "p", "keypoints": ["a", "b"], "skeleton": [[1, 2]]}],
+        "annotations": [
+            {
+                "id": 7,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [1, 1, 4, 4],
+                "area": 16,
+                "iscrowd": 0,
+                "keypoints": [1, 2, 2, 3, 4, 2],
+            },
+            {"id": 8, "image_id": 2, "category_id": 1, "keypoints": [0, 0, 0, 3, 4, 1]},
+        ],
+    }
+
+
+def _write(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc).replace(f'"{BIG}"', "1e400"))  # NaN/Infinity as json writes
+    return path
+
+
+def _image(n, **fields):
+    return lambda d: d["images"][n].update(fields)
+
+
+def _drop(key, n, field):
+    return lambda d: d[key][n].pop(field)
+
+
+def _ann(n, **fields):
+    return lambda d: d["annotations"][n].update(fields)
+
+
+def _point(n, i, value):
+    return lambda d: d["annotations"][n]["keypoints"].__setitem__(i, value)
+
+
+NAN, INF = float("nan"), float("inf")
+HOSTILE = {
+    # finding 2: keypoint coordinates json accepts but no image has, whatever v says
+    "x NaN": (_point(0, 0, NAN), r"annotation 7: keypoint 0 is at x=nan, y=2 \(v=2\)"),
+    "y Infinity": (_point(1, 4, INF), r"annotation 8: keypoint 1 is at x=3, y=inf \(v=1\)"),
+    "x -Infinity": (_point(1, 3, -INF), r"annotation 8: keypoint 1 is at x=-inf"),
+    "x 1e400": (_point(0, 3, BIG), r"annotation 7: keypoint 1 is at x=inf"),
+    "x NaN at v=0": (_point(1, 0, NAN), r"annotation 8: keypoint 0 is at x=nan.*whatever its v"),
+    "x past float32": (_point(0, 0, 1e39), r"annotation 7: keypoint 0 is at x=1e\+39"),
+    "x null": (_point(0, 1, None), r"annotation 7: keypoint 0 is at x=1, y=nan"),
+    "x 400 digits": (_point(0, 0, 10**400), r"annotation 7: keypoints \[1000.* are not \[x, y"),
+    # findings 3 and 4: image records
+    "image id missing": (_drop("images", 1, "id"), r'images\[1\] \("b.png"\): id is missing'),
+    "image id 1.5": (_image(1, id=1.5), r'images\[1\] \("b.png"\): id 1.5 is not a whole'),
+    "image id 2.0": (_image(1, id=2.0), r"images\[1\] .*: id 2.0 is not a whole number"),
+    "image id text": (_image(0, id="1"), r'images\[0\] .*: id "1" is not a whole number'),
+    "image id list": (_image(0, id=[1]), r"images\[0\] .*: id \[1\] is not a whole number"),
+    "image id bool": (_image(0, id=True), r"images\[0\] .*: id true is not a whole number"),
+    "file_name missing": (_drop("images", 0, "file_name"), r"image 1: file_name is missing"),
+    "file_name empty": (_image(0, file_name=""), r'image 1: file_name "" is not a non-empty'),
+    "file_name number": (_image(1, file_name=5), r"image 2: file_name 5 is not a non-empty"),
+    "width -5": (_image(0, width=-5), r"image 1 \('a.png'\): width -5 is not a whole number"),
+    "height -1": (_image(1, height=-1), r"image 2 .*: height -1 is not"),
+    "width 2.5": (_image(0, width=2.5), r"image 1 .*: width 2.5 is not"),
+    "width 1e10": (_image(0, width=1e10), r"image 1 .*: width 10000000000.0 is not"),
+    "width 2**31": (_image(1, width=2**31), r"image 2 .*: width 2147483648 is not"),
+    "width text": (_image(0, width="x"), r'image 1 .*: width "x" is not'),
+    "height NaN": (_image(0, height=NAN), r"image 1 .*: height NaN is not"),
+    # annotation records
+    "ann id missing": (_drop("annotations", 1, "id"), r"annotations\[1\]: id is missing"),
+    "ann id 7.5": (_ann(0, id=7.5), r"annotations\[0\]: id 7.5 is not a whole number"),
+    "image_id text": (_ann(0, image_id="1"), r'annotation 7: image_id "1" is not a whole'),
+    "image_id 1.0": (_ann(0, image_id=1.0), r"annotation 7: image_id 1.0 is not a whole"),
+    "category_id list": (_ann(1, category_id=[1]), r"annotation 8: category_id \[1\] is not"),
+    "bbox NaN": (_ann(0, bbox=[NAN, 0, 1, 1]), r"annotation 7: bbox \[NaN, 0, 1, 1\] is not"),
+    "bbox 1e400": (_ann(0, bbox=[0, 0, BIG, 1]), r"annotation 7: bbox \[0, 0, Infinity, 1\]"),
+    "bbox text": (_ann(0, bbox="x"), r'annotation 7: bbox "x" is not \[x, y, w, h\]'),
+    "bbox item text": (_ann(0, bbox=[0, 0, 5, "x"]), r'annotation 7: bbox \[0, 0, 5, "x"\]'),
+    "bbox w < 0": (_ann(1, bbox=[0, 0, -5, 1]), r"annotation 8: bbox \[0, 0, -5, 1\] .*w, h >= 0"),
+    "bbox 3 numbers": (_ann(0, bbox=[0, 0, 5]), r"annotation 7: bbox \[0, 0, 5\] is not"),
+    "iscrowd text": (_ann(0, iscrowd="yes"), r'annotation 7: iscrowd "yes" is not 0 or 1'),
+    "iscrowd 2": (_ann(1, iscrowd=2), r"annotation 8: iscrowd 2 is not 0 or 1"),
+    "attributes list": (_ann(0, attributes=[1]), r"annotation 7: attributes \[1\] is not an"),
+    "keypoints number": (_ann(1, keypoints=5), r"annotations\[1\] \(id 8\): keypoints 5 is not"),
+    # categories and the document's lists
+    "category id missing": (_drop("categories", 0, "id"), r'categories\[0\] \("p"\): id is'),
+    "category id twice": (
+        lambda d: d["categories"].append({"id": 1, "name": "q"}),
+        r'category id 1 is used twice \("p" and "q"\)',
+    ),
+    "category name null": (
+        lambda d: d["categories"][0].update(name=None),
+        r"category 1: name null is not a non-empty string",
+    ),
+    "category keypoints text": (
+        lambda d: d["categories"][0].update(keypoints="ab"),
+        r"category 1 \('p'\): keypoints \"ab\" is not a list",
+    ),
+    "annotations a dict": (lambda d: d.update(annotations={"a": 1}), r"'annotations' is \{"),
+    "images null": (lambda d: d.update(images=None), r"'images' is null, not a list"),
+    "categories text": (lambda d: d.update(categories="p"), r"'categories' is \"p\", not a"),
+    "annotation a string": (
+        lambda d: d["annotations"].append("x"),
+        r'annotations\[2\] is "x", not an object',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_values_are_refused_by_file_record_and_field(tmp_path, case):
+    mutate, match = HOSTILE[case]
+    doc = _small_doc()
+    mutate(doc)
+    path = _write(tmp_path / "kp.json", doc)
+    with pytest.raises(CocoFormatError) as caught:
+        read_coco(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and re.search(match, message), message
+    assert "; " in message.split(": ", 2)[-1]  # and says what to do
+
+
+def test_legitimate_values_next_to_the_hostile_ones_are_read(tmp_path):
+    """What COCO allows stays allowed: no size, or 0 (datumaro's "unknown", which to_coco
+    writes too, so its own files read back), iscrowd as a bool, an empty bbox, and an
+    absent point written 0, 0, 0 (NaN in the table, never seen by the dataset as a value)."""
+    doc = _small_doc()
+    del doc["images"][0]["width"]
+    doc["images"][1]["height"] = 0
+    doc["annotations"][0]["iscrowd"] = True
+    doc["annotations"][1]["bbox"] = []
+    ann = read_coco(_write(tmp_path / "kp.json", doc))
+    assert ann.images["width"].isna().tolist() == [True, False]
+    assert ann.images["height"].isna().tolist() == [False, True]
+    written = to_coco(ann)["images"]
+    assert [(i["width"], i["height"]) for i in written] == [(0, 10), (10, 0)]
+    assert read_coco(write_coco(ann, tmp_path / "back.json")).images["width"].isna().any()
+    assert ann.meta["coco_annotations"]["iscrowd"].tolist() == [1, 0]
+    assert len(ann.boxes) == 1
+    kp = ann.keypoints
+    assert kp["visibility"].tolist() == [2, 2, 0, 1]
+    assert kp["x"].isna().tolist() == [False, False, True, False]
+    assert np.isfinite(kp["x"].dropna()).all() and np.isfinite(kp["y"].dropna()).all()
+
+
+def test_ids_1_and_1_5_are_not_taken_for_two_distinct_images(tmp_path):
+    """Review finding 4: the duplicate-id test compared raw ids and cast after, so 1 and 1.5
+    both became image 1; now 1.5 is refused before any comparison."""
+    doc = _small_doc()
+    doc["images"][1]["id"] = 1.5
+    doc["annotations"][1]["image_id"] = 1.5
+    with pytest.raises(CocoFormatError, match=r"images\[1\] \(\"b.png\"\): id 1.5 is not"):
+        read_coco(_write(tmp_path / "kp.json", doc))

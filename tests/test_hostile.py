@@ -8,6 +8,7 @@ corrupt downloads; image names that climb out of the export; PNG decompression b
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
@@ -133,6 +134,51 @@ def test_coco_zip_is_read_within_the_limits(tmp_path, synthetic_export, monkeypa
     monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", str(len(doc) - 1))
     with pytest.raises(CocoFormatError, match="KPNB_MAX_UNZIP_BYTES"):
         read_coco(archive)
+
+
+def _edit_first(doc: dict, edit: str) -> None:
+    first = doc["annotations"][0]
+    if edit == "nan keypoint":
+        first["keypoints"][0] = float("nan")  # json.dumps writes the literal NaN
+    elif edit == "infinite keypoint":
+        first["keypoints"][4] = float("inf")  # Infinity
+    elif edit == "width text":
+        doc["images"][0]["width"] = "x"
+    elif edit == "no file_name":
+        del doc["images"][0]["file_name"]
+    elif edit == "bbox text":
+        first["bbox"] = "x"
+    elif edit == "annotations a dict":
+        doc["annotations"] = {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "nan keypoint",
+        "infinite keypoint",
+        "width text",
+        "no file_name",
+        "bbox text",
+        "annotations a dict",
+    ],
+)
+def test_hostile_coco_values_are_one_line_errors(tmp_path, synthetic_export, edit, capsys):
+    """Review findings 2-3: kpnb's own COCO export edited as an accident or an attacker
+    would; `kpnb info` (plain file and zip member) says which file and record, no
+    traceback, and read_coco refuses it so no dataset is built on NaN targets."""
+    doc = write_coco(read_annotations(synthetic_export), tmp_path / "kp.json")
+    edited = json.loads(doc.read_text())
+    _edit_first(edited, edit)
+    member = "annotations/person_keypoints_Train.json"
+    doc.write_text(json.dumps(edited))
+    archive = _zip(tmp_path, {member: doc.read_bytes()})
+    with pytest.raises(CocoFormatError, match=re.escape(str(doc))):
+        read_coco(doc)
+    for source, named in ((doc, str(doc)), (archive, f"{archive}!{member}")):
+        assert main(["info", str(source)]) == 2
+        err = _one_line_error(capsys)
+        assert named in err, err
 
 
 # -- members that escape, link, or repeat -------------------------------------------------
