@@ -198,9 +198,23 @@ def _load_path(path: Path) -> dict:
     except ValueError as exc:
         raise WeightsUnavailableError(str(exc)) from None
     state = blob["model"] if isinstance(blob.get("model"), dict) else blob
-    if "roi_heads.keypoint_predictor.kps_score_lowres.weight" not in state:
+    heads = {
+        "roi_heads.keypoint_predictor.kps_score_lowres.weight": 4,
+        "roi_heads.box_predictor.cls_score.weight": 2,
+    }
+    if not all(torch.is_tensor(state.get(k)) and state[k].ndim == n for k, n in heads.items()):
         raise WeightsUnavailableError(f"{path}: not Keypoint R-CNN weights (no keypoint head)")
+    odd = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if odd:
+        raise WeightsUnavailableError(f"{path}: not a state dict ({odd[0]!r} is no tensor)")
     return state
+
+
+def _misfit(exc: RuntimeError) -> str:
+    """The first concrete line of a ``load_state_dict`` error (the first is a header)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = lines[1] if len(lines) > 1 else (lines or [type(exc).__name__])[0]
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def _network(
@@ -343,7 +357,16 @@ def build_model(
     if state is None:
         model = _network(num_keypoints, num_classes, norm, norm_eps, trainable, options)
     else:
-        model = _from_state(state, num_keypoints, num_classes, norm, norm_eps, trainable, options)
+        try:
+            model = _from_state(
+                state, num_keypoints, num_classes, norm, norm_eps, trainable, options
+            )
+        except RuntimeError as exc:  # load_state_dict: keys missing, unexpected or misshaped
+            raise WeightsUnavailableError(
+                f"{weights}: these weights do not fit ResNet-50 FPN Keypoint R-CNN "
+                f"({_misfit(exc)}); pass torchvision's COCO weights or a best.pth of a run "
+                "whose preset had the same heads (a 'tiny' run's keypoint head is smaller)"
+            ) from None
     if preset == "tiny":
         _tiny_head(model, num_keypoints)
     model.kpnb_build = {
@@ -385,7 +408,7 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise _bad_checkpoint(
-            path, f"its weights do not fit the model it describes ({_short(exc)})"
+            path, f"its weights do not fit the model it describes ({_misfit(exc)})"
         ) from None
     model.to(select_device(device)).eval()
     ckpt["skeleton_obj"] = skeleton

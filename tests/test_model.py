@@ -337,3 +337,26 @@ def test_cli_reports_a_crafted_checkpoint_in_one_line(tmp_path, capsys, command)
     assert err.startswith(f"kpnb {command}: error: {path}: ") and "'edges'" in err
     assert "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "p.xml").exists()
+
+
+def test_weights_that_do_not_fit_are_one_line_naming_the_file(tmp_path):
+    """--weights X.pth: a file with the head keys but not the network (say, a tiny run's)."""
+    kps = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
+    cls = "roi_heads.box_predictor.cls_score.weight"
+    heads_only = tmp_path / "heads.pth"
+    torch.save({"model": {kps: torch.zeros(1, 3, 1, 1), cls: torch.zeros(2, 1)}}, heads_only)
+    with pytest.raises(
+        WeightsUnavailableError, match=r"heads.pth: these weights do not fit.*Missing"
+    ) as exc:
+        build_model(3, weights=heads_only, allow_random=True)  # a file that is there: no fallback
+    assert "\n" not in str(exc.value)
+    for name, state in {
+        "flat.pth": {kps: 1, cls: torch.zeros(2, 1)},
+        "vector.pth": {kps: torch.zeros(3), cls: torch.zeros(2, 1)},
+    }.items():
+        torch.save(state, tmp_path / name)
+        with pytest.raises(WeightsUnavailableError, match=f"{name}: not Keypoint R-CNN weights"):
+            build_model(3, weights=tmp_path / name)
+    torch.save({kps: torch.zeros(1, 3, 1, 1), cls: torch.zeros(2, 1), "x": [1]}, tmp_path / "l.pth")
+    with pytest.raises(WeightsUnavailableError, match=r"l.pth: not a state dict \('x' is no"):
+        build_model(3, weights=tmp_path / "l.pth")
