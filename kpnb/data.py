@@ -6,7 +6,8 @@ reader (CVAT or COCO) from what that folder holds. Downloads go through pooch in
 checksummed where the checksum is known, written under a temporary name until complete,
 extracted by `safe_extract` (every member checked to stay inside its folder, sizes and
 compression ratios limited; ``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO`` and
-``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call. A download that
+``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call, where a given
+checksum is checked again against the one recorded beside the extraction. A download that
 fails a check (checksum, CRC, limits, no annotations) is deleted, so the next call fetches
 it again.
 """
@@ -305,6 +306,73 @@ def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
         ) from None
 
 
+def _hex(sha256: str | None) -> str | None:
+    """`sha256` as 64 lower-case hex digits (a ``sha256:`` prefix is allowed), or None."""
+    if sha256 is None:
+        return None
+    digest = str(sha256).strip().lower().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise KpnbError(f"sha256={sha256!r} is not a sha256 checksum (64 hex digits)")
+    return digest
+
+
+def _cached_download(url: str, sha256: str | None, root: Path, progress: bool) -> Path:
+    """The export at `url`, from the cache when there, else downloaded and unpacked.
+
+    Each extraction has a marker beside it, ``datasets/<folder>.sha256``, holding the
+    sha256 of the zip it came from (written atomically once the extraction is complete).
+    A known `sha256` is checked against the marker on every call, so a file cached by a
+    call without a checksum is never passed off as the one with it; hashing the kept zip
+    instead would reread gigabytes on each call. An extraction without a marker (made
+    before markers, or a process stopped between the two) is checked against its zip.
+    """
+    folder, fname = _cache_name(url)
+    extracted = root / "datasets" / folder
+    marker = extracted.with_name(folder + ".sha256")
+    archive = root / "downloads" / folder / fname
+    if extracted.is_dir():
+        if sha256 is None:
+            return _dataset_root(extracted)
+        cached = _read_marker(marker)
+        if cached is None and archive.is_file():
+            cached = _write_marker(marker, _sha256(archive))
+        if cached == sha256:
+            return _dataset_root(extracted)
+        _discard_entry(extracted, marker, archive)
+        if cached is not None:
+            raise DatasetUnavailableError(
+                f"{url}: the cached download has sha256 {cached}, not the expected "
+                f"{sha256}; that cache entry was deleted, run again to download it afresh "
+                "(if the checksum is right, the file at the URL has changed)"
+            )
+        # neither marker nor zip: nothing to check the extraction against, so fetch again
+    archive = _download(url, sha256, archive.parent, fname, progress)
+    _extract_verified(archive, extracted, discard=True)
+    _write_marker(marker, sha256 or _sha256(archive))  # pooch has checked a known sha256
+    return _dataset_root(extracted)
+
+
+def _read_marker(marker: Path) -> str | None:
+    """The sha256 a marker holds; None when it is missing or not a checksum."""
+    try:
+        return _hex(marker.read_text())
+    except (OSError, UnicodeDecodeError, KpnbError):
+        return None
+
+
+def _write_marker(marker: Path, digest: str) -> str:
+    with atomic_path(marker) as tmp:
+        tmp.write_text(digest + "\n")
+    return digest
+
+
+def _discard_entry(extracted: Path, marker: Path, archive: Path) -> None:
+    """Delete kpnb's cache entry of one URL: its extraction, marker and download."""
+    shutil.rmtree(extracted, ignore_errors=True)
+    marker.unlink(missing_ok=True)
+    _discard(archive)
+
+
 def get_dataset(
     spec: str | os.PathLike = "synthetic",
     root: str | os.PathLike | None = None,
@@ -322,18 +390,22 @@ def get_dataset(
             of an export zip, or a local folder, zip or annotations file.
         root: cache folder (default: ``$KPNB_CACHE`` or ``~/.cache/kpnb``).
         n_images, seed: the synthetic dataset's size and seed.
-        sha256: expected checksum of a URL's file.
+        sha256: expected checksum of a URL's (or local zip's) file, checked on every
+            call, also against a cached copy.
 
     Raises:
         DatasetUnavailableError: a download failed or the machine is offline (the message
             says what to do), a checksum did not match, or an archive is broken, unsafe,
             over the limits of `safe_extract` or holds no annotations; a download failing
-            so is deleted, so the next call fetches it again.
+            so (or a cached one with another checksum) is deleted, so the next call
+            fetches it again.
         FileNotFoundError: a local path does not exist.
     """
     root = Path(root) if root is not None else cache_dir()
     spec_str = str(spec)
     if spec_str == "synthetic":
+        if sha256 is not None:
+            raise KpnbError("sha256= checks a downloaded or local file; 'synthetic' is drawn")
         from kpnb.synthetic import STYLE_VERSION, generate
 
         folder = root / f"synthetic-v{STYLE_VERSION}-seed{seed}-n{n_images}"
@@ -342,20 +414,22 @@ def get_dataset(
         return folder
     if spec_str in REGISTRY or spec_str.startswith(("http://", "https://")):
         remote = REGISTRY.get(spec_str) or RemoteDataset(spec_str, sha256)
-        folder, fname = _cache_name(remote.url)
-        extracted = root / "datasets" / folder
-        if not extracted.is_dir():
-            archive = _download(
-                remote.url, remote.sha256 or sha256, root / "downloads" / folder, fname, progress
-            )
-            _extract_verified(archive, extracted, discard=True)
-        return _dataset_root(extracted)
+        return _cached_download(remote.url, _hex(remote.sha256 or sha256), root, progress)
     path = Path(spec).expanduser()
     if not path.exists():
         known = ", ".join(["synthetic", *REGISTRY])
         raise FileNotFoundError(f"{path}: no such file or folder (named datasets: {known})")
-    if path.is_file() and path.suffix.lower() == ".zip":
-        extracted = root / "local" / f"{path.stem}-{_sha256(path)[:12]}"
+    is_zip = path.is_file() and path.suffix.lower() == ".zip"
+    digest = _sha256(path) if path.is_file() and (is_zip or sha256 is not None) else None
+    if sha256 is not None and digest != _hex(sha256):
+        if digest is None:
+            raise KpnbError(f"{path}: sha256= checks a file, and this is a folder; drop it")
+        raise DatasetUnavailableError(
+            f"{path}: sha256 is {digest}, not the expected {_hex(sha256)}; "
+            "the file is not the one you meant (or the checksum is out of date)"
+        )
+    if is_zip:
+        extracted = root / "local" / f"{path.stem}-{digest[:12]}"
         if not extracted.is_dir():
             _extract_verified(path, extracted, discard=False)
         return _dataset_root(extracted)

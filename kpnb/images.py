@@ -14,7 +14,9 @@ what that costs per sample.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from PIL import Image, ImageOps
 from kpnb.errors import KpnbError
 
 __all__ = ["ImageError", "MAX_PIXELS", "find_image", "load_image", "image_size", "max_pixels"]
+
+log = logging.getLogger(__name__)
 
 #: The default pixel limit (width x height): 64 megapixels, an 8k x 8k photo.
 MAX_PIXELS = 64_000_000
@@ -90,30 +94,66 @@ def find_image(root: str | os.PathLike, name: str, subset: str | None = None) ->
     return None
 
 
+def _follow_limit(limit: int) -> None:
+    """Raise PIL's own bomb limit to kpnb's `limit` when it is lower; never lower it.
+
+    PIL refuses images over ``Image.MAX_IMAGE_PIXELS`` (about 89 MP) while opening them and
+    again while decoding (GIF frames, TIFF tiles), so below that value ``KPNB_MAX_PIXELS``
+    could not take effect and PIL's error would contradict kpnb's. Setting PIL's value for
+    the length of one call and restoring it afterwards would race between threads (one
+    thread restoring while another decodes), and would have to last for the whole decode.
+    So kpnb raises it once, to the limit the user asked kpnb for (``KPNB_MAX_PIXELS`` or
+    ``limit=``): setting that limit says such files are trusted. It is never lowered, and
+    ``None`` (a user who turned PIL's check off) is left alone; with kpnb's default limit
+    (64 MP, under PIL's) PIL's value does not change at all.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < limit:
+        log.debug("raising PIL's Image.MAX_IMAGE_PIXELS from %d to kpnb's %d", current, limit)
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _too_large(path: Path, limit: int, size: str) -> ImageError:
+    return ImageError(
+        f"{path}: the image{size} has more than {limit:,} pixels; raise the limit with "
+        "KPNB_MAX_PIXELS=<pixels> if the file is trusted"
+    )
+
+
 def _open(path: Path, limit: int | None) -> Image.Image:
+    """`path` opened (header only) after checking its pixel count against `limit`."""
     limit = max_pixels() if limit is None else limit
+    _follow_limit(limit)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        img = None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL's limit is at least kpnb's here, so the image is over kpnb's limit too
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(path, limit, f" ({int(pixels[1]):,} pixels)" if pixels else "") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for broken files
         raise ImageError(f"{path}: cannot read the image ({exc})") from None
-    if img is None or img.width * img.height > limit:
-        size = "" if img is None else f" ({img.width}x{img.height})"
-        raise ImageError(
-            f"{path}: the image{size} has more than {limit:,} pixels; raise the limit with "
-            "KPNB_MAX_PIXELS=<pixels> if the file is trusted"
-        )
+    if img.width * img.height > limit:
+        img.close()
+        raise _too_large(path, limit, f" ({img.width}x{img.height})")
     return img
 
 
 def image_size(path: str | os.PathLike, *, limit: int | None = None) -> tuple[int, int]:
-    """``(width, height)`` as CVAT shows the image (after EXIF rotation), from the header."""
-    with _open(Path(path), limit) as img:
+    """``(width, height)`` as CVAT shows the image (after EXIF rotation), from the header.
+
+    Raises:
+        ImageError: the file cannot be read (also a truncated one, whose EXIF lies past
+            the end) or has more than `limit` pixels (default `max_pixels()`).
+    """
+    path = Path(path)
+    with _open(path, limit) as img:
         w, h = img.size
-        orientation = img.getexif().get(0x0112, 1)
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"{path}: cannot read the image ({exc})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -141,5 +181,5 @@ def load_image(path: str | os.PathLike, *, limit: int | None = None) -> np.ndarr
                 grey = np.rint(grey * 255).astype(np.uint8)
                 return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
             return np.array(img.convert("RGB"), dtype=np.uint8)  # writable, for torch
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError(f"{path}: cannot decode the image ({exc})") from None

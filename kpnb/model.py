@@ -16,6 +16,8 @@ every checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 import logging
 import os
@@ -196,9 +198,23 @@ def _load_path(path: Path) -> dict:
     except ValueError as exc:
         raise WeightsUnavailableError(str(exc)) from None
     state = blob["model"] if isinstance(blob.get("model"), dict) else blob
-    if "roi_heads.keypoint_predictor.kps_score_lowres.weight" not in state:
+    heads = {
+        "roi_heads.keypoint_predictor.kps_score_lowres.weight": 4,
+        "roi_heads.box_predictor.cls_score.weight": 2,
+    }
+    if not all(torch.is_tensor(state.get(k)) and state[k].ndim == n for k, n in heads.items()):
         raise WeightsUnavailableError(f"{path}: not Keypoint R-CNN weights (no keypoint head)")
+    odd = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if odd:
+        raise WeightsUnavailableError(f"{path}: not a state dict ({odd[0]!r} is no tensor)")
     return state
+
+
+def _misfit(exc: RuntimeError) -> str:
+    """The first concrete line of a ``load_state_dict`` error (the first is a header)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = lines[1] if len(lines) > 1 else (lines or [type(exc).__name__])[0]
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def _network(
@@ -275,6 +291,19 @@ def _from_state(
     return model
 
 
+@functools.cache
+def _options() -> frozenset[str]:
+    """The keyword options ``KeypointRCNN`` takes (its own, FasterRCNN's, the transform's):
+    torchvision passes unknown ones on and drops them silently, so a typo would be lost."""
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    names = set()
+    for cls in (KeypointRCNN, FasterRCNN, GeneralizedRCNNTransform):
+        names |= set(inspect.signature(cls.__init__).parameters)
+    return frozenset(names - {"self", "backbone", "num_classes", "num_keypoints", "kwargs"})
+
+
 def build_model(
     num_keypoints: int,
     num_classes: int = 2,
@@ -311,8 +340,15 @@ def build_model(
 
     Raises:
         WeightsUnavailableError: the weights are unreachable and `allow_random` is False.
+        KpnbError: an unknown preset, norm or ``KeypointRCNN`` option, or stages not 0-5.
     """
     preset = _resolve_preset(preset)
+    unknown = sorted(set(kwargs) - _options())
+    if unknown:
+        raise KpnbError(
+            f"unknown KeypointRCNN options {unknown}; see torchvision's KeypointRCNN and "
+            "FasterRCNN for the options there are"
+        )
     options = {**_preset_options(preset, size), **kwargs}
     state, coco = _pretrained_state(weights, allow_random)
     if coco and norm_eps is None:
@@ -321,7 +357,16 @@ def build_model(
     if state is None:
         model = _network(num_keypoints, num_classes, norm, norm_eps, trainable, options)
     else:
-        model = _from_state(state, num_keypoints, num_classes, norm, norm_eps, trainable, options)
+        try:
+            model = _from_state(
+                state, num_keypoints, num_classes, norm, norm_eps, trainable, options
+            )
+        except RuntimeError as exc:  # load_state_dict: keys missing, unexpected or misshaped
+            raise WeightsUnavailableError(
+                f"{weights}: these weights do not fit ResNet-50 FPN Keypoint R-CNN "
+                f"({_misfit(exc)}); pass torchvision's COCO weights or a best.pth of a run "
+                "whose preset had the same heads (a 'tiny' run's keypoint head is smaller)"
+            ) from None
     if preset == "tiny":
         _tiny_head(model, num_keypoints)
     model.kpnb_build = {
@@ -340,35 +385,149 @@ def build_model(
 def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | None = None):
     """The model of a kpnb checkpoint, rebuilt as it was trained, ready for inference.
 
-    Returns ``(model, checkpoint)``; ``checkpoint["skeleton_obj"]`` is the `Skeleton`.
-    `device` defaults to the best available one (CUDA, MPS, else the CPU).
+    Returns ``(model, checkpoint)``; ``checkpoint["skeleton_obj"]`` is the `Skeleton` and
+    ``checkpoint["config"]`` a dict (its ``"extra"`` a dict too). `device` defaults to the
+    best available one (CUDA, MPS, else the CPU).
+
+    Raises:
+        KpnbError: one line naming the file and what is wrong: unreadable, holding code
+            (see `read_checkpoint`), or a structure kpnb does not write (a skeleton, build
+            record or config of the wrong shape, weights that do not fit the model).
     """
     from kpnb.config import select_device
-    from kpnb.tables import Skeleton
 
+    path = Path(path)
     ckpt = read_checkpoint(path)
-    if not isinstance(ckpt.get("model"), dict) or "skeleton" not in ckpt:
-        raise KpnbError(
-            f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
-            "pass a best.pth or last.pth written by kpnb train"
-        )
-    skeleton = Skeleton.from_dict(ckpt["skeleton"])
-    build = dict(ckpt.get("build") or {})
-    if not build:  # checkpoints from before the build record: the CPU preset of their size
-        config = ckpt.get("config") or {}
-        build = {
-            "num_keypoints": skeleton.num_keypoints,
-            "size": config.get("size", 256),
-            "preset": config.get("preset") or "torchvision",
-        }
+    skeleton, build = _checked_checkpoint(path, ckpt)
     kwargs = build.pop("kwargs", None) or {}
-    model = build_model(**build, **kwargs, weights=None)
+    try:
+        model = build_model(**build, **kwargs, weights=None)
+    except (KpnbError, TypeError) as exc:  # TypeError: kwargs repeating an argument
+        raise _bad_checkpoint(path, f"its build record does not build a model ({exc})") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise KpnbError(
-            f"{path}: its weights do not fit the model it describes ({_short(exc)})"
+        raise _bad_checkpoint(
+            path, f"its weights do not fit the model it describes ({_misfit(exc)})"
         ) from None
     model.to(select_device(device)).eval()
     ckpt["skeleton_obj"] = skeleton
     return model, ckpt
+
+
+#: The types of a checkpoint's build record (`build_model`'s arguments, ``model.kpnb_build``).
+_BUILD_TYPES: dict[str, tuple[type, ...]] = {
+    "num_keypoints": (int,),
+    "num_classes": (int,),
+    "preset": (str,),
+    "size": (int,),
+    "trainable_backbone_layers": (int, type(None)),
+    "norm": (str, type(None)),
+    "norm_eps": (float, int, type(None)),
+    "kwargs": (dict, type(None)),
+}
+#: The types of the config entries kpnb reads back (``kpnb evaluate``/``predict``).
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "size": (int, type(None)),
+    "seed": (int, type(None)),
+    "preset": (str, type(None)),
+    "extra": (dict, type(None)),
+}
+_EXTRA_TYPES: dict[str, tuple[type, ...]] = {
+    "label": (str, type(None)),
+    "points_as_skeleton": (str, type(None)),
+}
+
+
+def _bad_checkpoint(path: Path, what: str) -> KpnbError:
+    return KpnbError(
+        f"{path}: not a usable kpnb checkpoint: {what}; pass a best.pth or last.pth "
+        "written by kpnb train (this file is damaged or was made by something else)"
+    )
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_types(path: Path, where: str, record: dict, types: dict, *, known: bool) -> None:
+    """Each entry of `record` of its type in `types` (a bool is no int); with `known`,
+    no other entries."""
+    for key, value in record.items():
+        if key not in types:
+            if known:
+                raise _bad_checkpoint(
+                    path, f"{where} has an unknown entry {_brief(key)} (known: {list(types)})"
+                )
+            continue
+        allowed = types[key]
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise _bad_checkpoint(path, f"{where}[{key!r}] must be {names}, not {_brief(value)}")
+
+
+def _checked_checkpoint(path: Path, ckpt: dict) -> tuple:
+    """``(skeleton, build record)`` of a checkpoint dict, its structure checked: the one
+    place that does, so every reader of a checkpoint may trust its fields afterwards.
+
+    ``torch.load(weights_only=True)`` guarantees plain data, not kpnb's layout; a file
+    edited or made elsewhere could hold anything there. ``ckpt["config"]`` is made a dict
+    (with a dict ``"extra"``) in place.
+    """
+    from kpnb.tables import Skeleton
+
+    state = ckpt.get("model")
+    if not isinstance(state, dict) or "skeleton" not in ckpt:
+        raise KpnbError(
+            f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
+            "pass a best.pth or last.pth written by kpnb train"
+        )
+    odd = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if odd:
+        raise _bad_checkpoint(path, f"its weights ('model') hold {_brief(odd[0])}, not a tensor")
+    try:
+        skeleton = Skeleton.from_dict(ckpt["skeleton"])
+    except KpnbError as exc:
+        raise _bad_checkpoint(path, f"its skeleton is wrong: {exc}") from None
+    config = ckpt.get("config")
+    if not isinstance(config, (dict, type(None))):
+        raise _bad_checkpoint(path, f"its config must be a dict, not {_brief(config)}")
+    config = dict(config or {})
+    _check_types(path, "config", config, _CONFIG_TYPES, known=False)
+    config["extra"] = dict(config.get("extra") or {})
+    _check_types(path, "config['extra']", config["extra"], _EXTRA_TYPES, known=False)
+    ckpt["config"] = config
+    build = ckpt.get("build")
+    if not isinstance(build, (dict, type(None))):
+        raise _bad_checkpoint(path, f"its build record must be a dict, not {_brief(build)}")
+    if not build:  # checkpoints from before the build record: the preset of their size
+        build = {
+            "num_keypoints": skeleton.num_keypoints,
+            "size": config.get("size") or 256,
+            "preset": config.get("preset") or "torchvision",
+        }
+    build = dict(build)
+    _check_types(path, "build", build, _BUILD_TYPES, known=True)
+    for key in ("size", "num_classes"):
+        if key in build and build[key] < (2 if key == "num_classes" else 1):
+            raise _bad_checkpoint(path, f"build[{key!r}] = {build[key]} is too small")
+    if build.get("num_keypoints") != skeleton.num_keypoints:
+        raise _bad_checkpoint(
+            path,
+            f"build['num_keypoints'] = {build.get('num_keypoints')!r}, but its skeleton has "
+            f"{skeleton.num_keypoints} keypoints",
+        )
+    for key, value in (build.get("kwargs") or {}).items():
+        if not isinstance(key, str) or not _plain_option(value):
+            raise _bad_checkpoint(
+                path, f"build['kwargs'] holds {_brief(key)}: {_brief(value)}, not an option value"
+            )
+    return skeleton, build
+
+
+def _plain_option(value) -> bool:
+    """A KeypointRCNN option a checkpoint can hold: a number, None, or a list of numbers."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain_option(v) and not isinstance(v, (list, tuple)) for v in value)
+    return value is None or isinstance(value, (int, float))

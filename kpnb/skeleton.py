@@ -120,6 +120,27 @@ def unpaired_sides(names: Sequence[str], pairs: Sequence[tuple] | None = None) -
     return [str(n) for i, n in enumerate(names) if _side_key(n)[0] and i not in paired]
 
 
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pair_list(value, what: str, *, names: bool) -> tuple[tuple, ...]:
+    """`value` as a tuple of 2-tuples of ints (or, with `names`, of names); a `KpnbError`
+    naming `what` otherwise. Ranges are checked by `Skeleton` itself."""
+    kinds = (int, str) if names else (int,)
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and all(isinstance(i, kinds) and not isinstance(i, bool) for i in pair)
+        for pair in value
+    )
+    if not ok:
+        of = "indices or names" if names else "keypoint indices"
+        raise KpnbError(f"skeleton {what!r} must be a list of pairs of {of}, not {_brief(value)}")
+    return tuple(tuple(pair) for pair in value)
+
+
 @dataclass(frozen=True)
 class Skeleton:
     """A keypoint layout: names in definition order and 0-based edges between them.
@@ -161,15 +182,26 @@ class Skeleton:
 
     @classmethod
     def from_dict(cls, data: dict) -> Skeleton:
-        """The inverse of `to_dict`; raises ValueError on anything else."""
-        if not isinstance(data, dict) or not isinstance(data.get("keypoints"), (list, tuple)):
-            raise KpnbError(f"not a skeleton dict (keypoints, edges): {str(data)[:80]}")
+        """The inverse of `to_dict`; a `KpnbError` saying what is wrong on anything else.
+
+        A checkpoint's skeleton comes from a file that may have been edited, so every part
+        is checked: ``keypoints`` a non-empty list of names, ``edges`` (optional) a list of
+        index pairs in range, ``pairs`` (optional) a list of pairs of indices or names.
+        """
+        if not isinstance(data, dict):
+            raise KpnbError(f"a skeleton is a dict of 'keypoints' and 'edges', not {_brief(data)}")
+        names = data.get("keypoints")
+        if (
+            not isinstance(names, (list, tuple))
+            or not names
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise KpnbError(f"skeleton 'keypoints' must be a list of names, not {_brief(names)}")
+        edges = data.get("edges")
+        edges = () if edges is None else _pair_list(edges, "edges", names=False)
         pairs = data.get("pairs")
-        return cls(
-            tuple(data["keypoints"]),
-            tuple(map(tuple, data.get("edges") or ())),
-            None if pairs is None else tuple(map(tuple, pairs)),
-        )
+        pairs = None if pairs is None else _pair_list(pairs, "pairs", names=True)
+        return cls(tuple(names), edges, pairs)
 
     @property
     def flip_indices(self) -> list[int]:

@@ -17,6 +17,7 @@ from kpnb.data import (
     register_dataset,
     safe_extract,
 )
+from kpnb.errors import KpnbError
 from kpnb.synthetic import STYLE_VERSION
 
 
@@ -69,6 +70,69 @@ def test_checksum_mismatch_is_clear_and_leaves_nothing(server, tmp_path):
     assert "discarded" in str(exc.value)
     assert not list((tmp_path / "downloads").rglob("*.zip"))
     assert not (tmp_path / "datasets").exists()
+
+
+def _tampered(server) -> tuple[str, str]:
+    """The URL of an export whose server first serves another (tampered) zip, and the
+    sha256 of the genuine one."""
+    genuine = (server.root / "toy.zip").read_bytes()
+    tampered = io.BytesIO()
+    with zipfile.ZipFile(tampered, "w") as zf:
+        zf.writestr("toy/annotations.xml", "<annotations><!-- TAMPERED --></annotations>")
+    url = server.put("data.zip", tampered.getvalue())
+    return url, hashlib.sha256(genuine).hexdigest()
+
+
+def test_a_cached_download_is_checked_against_a_later_sha256(server, tmp_path):
+    """A zip cached by a call without a checksum is not returned for one with a checksum
+    it does not have: the error names the URL and both hashes, the entry is deleted."""
+    url, genuine = _tampered(server)
+    first = get_dataset(url, tmp_path, progress=False)
+    assert "TAMPERED" in (first / "annotations.xml").read_text()
+    tampered = hashlib.sha256((server.root / "data.zip").read_bytes()).hexdigest()
+    with pytest.raises(DatasetUnavailableError) as exc:
+        get_dataset(url, tmp_path, sha256=genuine, progress=False)
+    msg = str(exc.value)
+    assert url in msg and genuine in msg and tampered in msg and "\n" not in msg
+    assert not list((tmp_path / "datasets").iterdir())  # extraction and marker gone
+    assert not list((tmp_path / "downloads").iterdir())
+    server.put("data.zip", (server.root / "toy.zip").read_bytes())  # the server is fixed
+    root = get_dataset(url, tmp_path, sha256=genuine.upper(), progress=False)
+    assert len(read_annotations(root).images) == 40
+
+
+def test_a_cached_extraction_is_checked_each_call_even_without_its_zip(server, tmp_path):
+    url = server.url + "/toy.zip"
+    root = get_dataset(url, tmp_path, sha256=server.sha256, progress=False)
+    shutil.rmtree(tmp_path / "downloads")  # the zip may be deleted to save space
+    assert get_dataset(url, tmp_path, sha256=server.sha256, progress=False) == root
+    with pytest.raises(DatasetUnavailableError, match="not the expected " + "1" * 64):
+        get_dataset(url, tmp_path, sha256="1" * 64, progress=False)
+    assert not root.exists()
+
+
+def test_an_extraction_without_marker_is_checked_against_its_zip(server, tmp_path):
+    """Extractions made before the marker (or by a process stopped before writing it)."""
+    url, genuine = _tampered(server)
+    get_dataset(url, tmp_path, progress=False)
+    for marker in (tmp_path / "datasets").glob("*.sha256"):
+        marker.unlink()
+    with pytest.raises(DatasetUnavailableError, match="not the expected " + genuine):
+        get_dataset(url, tmp_path, sha256=genuine, progress=False)
+    assert not list((tmp_path / "datasets").iterdir())
+
+
+def test_sha256_is_checked_for_local_files_and_must_be_a_checksum(server, tmp_path):
+    archive = tmp_path / "mine.zip"
+    archive.write_bytes((server.root / "toy.zip").read_bytes())
+    assert get_dataset(archive, tmp_path / "c", sha256="sha256:" + server.sha256).is_dir()
+    with pytest.raises(DatasetUnavailableError, match=f"mine.zip: sha256 is {server.sha256}"):
+        get_dataset(archive, tmp_path / "c", sha256="2" * 64)
+    with pytest.raises(KpnbError, match="is not a sha256 checksum"):
+        get_dataset(server.url + "/toy.zip", tmp_path, sha256="abc", progress=False)
+    with pytest.raises(KpnbError, match="this is a folder"):
+        get_dataset(tmp_path, sha256=server.sha256)
+    assert not server.hits
 
 
 def test_connection_dropped_half_way_leaves_nothing_that_looks_complete(server, tmp_path):

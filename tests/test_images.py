@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import warnings
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -84,3 +88,57 @@ def test_load_image_names_an_undecodable_file(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ImageError, match="bad.jpg"):
         load_image(tmp_path / "bad.jpg")
+
+
+def _png(path, width: int, height: int, *, complete: bool = True):
+    """A black 1-bit grey PNG written by hand: a 10000x10000 one is 12 KB and 0.1 s, its
+    header readable without decoding 100 MP. `complete=False` cuts it inside IDAT."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = zlib.compress(bytes(1 + (width + 7) // 8) * height)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(
+        b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    )
+    data += chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    path.write_bytes(data if complete else data[: 33 + 8 + len(rows) // 2])
+    return path
+
+
+def test_kpnb_max_pixels_can_raise_the_limit_above_pils(tmp_path, monkeypatch):
+    """KPNB_MAX_PIXELS is the one limit: PIL's own (89.5 MP) gives way to a higher one."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    big = _png(tmp_path / "big.png", 10_000, 10_000)  # 100 MP, over PIL's limit
+    with pytest.raises(ImageError, match=r"big.png: the image .*more than 64,000,000 pixels"):
+        image_size(big)
+    monkeypatch.setenv("KPNB_MAX_PIXELS", "300000000")
+    assert image_size(big) == (10_000, 10_000)
+    assert Image.MAX_IMAGE_PIXELS == 300_000_000  # PIL follows, so it never contradicts kpnb
+
+
+def test_pils_limit_follows_kpnbs_when_decoding_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # a user's (or PIL's) low limit
+    Image.new("L", (50, 50)).save(tmp_path / "mid.png")  # 2500 px: PIL alone warns
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")  # 10000 px: PIL alone refuses
+    monkeypatch.setenv("KPNB_MAX_PIXELS", "5000")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        assert load_image(tmp_path / "mid.png").shape == (50, 50, 3)
+    with pytest.raises(
+        ImageError, match=r"big.png: the image \(10,000 pixels\) has more than 5,000"
+    ):
+        load_image(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # higher than kpnb's: left alone
+    with pytest.raises(ImageError, match="more than 5,000 pixels"):
+        image_size(tmp_path / "big.png")
+    assert Image.MAX_IMAGE_PIXELS == 6_000
+
+
+def test_image_size_of_a_truncated_image_names_the_file(tmp_path):
+    cut = _png(tmp_path / "cut.png", 2_000, 2_000, complete=False)
+    with pytest.raises(ImageError, match=r"cut.png: cannot read the image \(.*truncated"):
+        image_size(cut)
+    with pytest.raises(ImageError, match="cut.png: cannot decode"):
+        load_image(cut)
