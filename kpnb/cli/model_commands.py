@@ -378,7 +378,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also draw each image's predictions into this folder, as NNNN_STEM.png: NNNN "
         "is the image's position among the images predicted (from 0000), so two images "
-        "with the same name never overwrite each other",
+        "with the same name never overwrite each other; a non-empty DIR is refused "
+        "unless --overwrite",
     )
     p.add_argument("--score-threshold", type=fraction, default=0.5, help="default: 0.5")
     p.add_argument("--label", default=None, help="label name to write (default: checkpoint's)")
