@@ -10,6 +10,10 @@ Checkpoints hold only tensors, plain containers, numbers and strings, so they lo
 the arguments that rebuild the network), ``last.pth`` adds what `resume` needs (optimizer,
 schedule, epoch, history, random states). ``best.pth`` is written before ``last.pth``, so a
 run killed at any moment and resumed always ends with a loadable ``best.pth``.
+
+The output folder is kpnb's: a non-empty one is refused before any work (`check_run_folder`)
+unless ``overwrite=True`` (replace only the files in `RUN_FILES`, keep the others) or the
+run resumes from the ``last.pth`` in it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from kpnb._io import atomic_path
+from kpnb._io import OutputExistsError, atomic_path, check_output
 from kpnb.config import seed_everything, select_device, version
 from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
@@ -39,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "OneCycle",
     "fit",
+    "check_run_folder",
     "train_one_epoch",
     "select_device",
     "seed_everything",
@@ -279,6 +284,34 @@ def _restore_rng(state: dict, loader) -> None:
         generator.set_state(state["loader"])
 
 
+def check_run_folder(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: str | os.PathLike | None = None,
+) -> None:
+    """Refuse (`kpnb._io.OutputExistsError`) an `out` that `fit` must not write into.
+
+    A missing or empty folder is fine; a non-empty one only with `overwrite` (then only the
+    files in `RUN_FILES` are replaced) or when `resume` is the ``last.pth`` inside it (the
+    run continues in its own folder). A file at `out`, or a folder where one of
+    `RUN_FILES` goes, is always refused. Cheap: call it before loading data.
+    """
+    out = Path(out)
+    own = resume is not None and Path(resume).resolve().parent == out.resolve()
+    try:
+        check_output(out, directory=True, overwrite=overwrite or own)
+    except OutputExistsError as exc:
+        if (out / "last.pth").is_file():
+            raise OutputExistsError(
+                f"{exc}; or continue the run in it with resume={str(out / 'last.pth')!r} "
+                "(on the command line: --resume)"
+            ) from None
+        raise
+    for name in RUN_FILES:
+        check_output(out / name)  # a folder where a run file goes
+
+
 def _write_history(out: Path, history: list[dict]) -> None:
     with atomic_path(out / "history.json") as tmp:
         tmp.write_text(json.dumps(json_safe(history), indent=2, allow_nan=False))
@@ -304,6 +337,16 @@ def _best_loads(path: Path) -> bool:
         return False
 
 
+def _stored_best(value) -> tuple[int, float] | None:
+    """`_Run.best` from a ``last.pth``: ``[kind, value]``, or a bare number (the monitored
+    metric, as earlier kpnb versions stored it); None when nothing was saved."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return (int(value[0]), float(value[1]))
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return (1, float(value))
+    return None
+
+
 def _epoch_line(row: dict, epochs: int) -> str:
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
@@ -325,6 +368,7 @@ def fit(
     out_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train `model`; returns the history (one dict per epoch, also written to `out_dir`).
@@ -333,11 +377,14 @@ def fit(
     a validation loader is given, and one logged line (loss, AP, PCK@0.1, seconds).
     With `config.max_minutes` the schedule is fitted to that time and training stops
     when it is used up, after evaluating the epoch it stopped in. `out_dir` receives
-    ``best.pth`` when `config.monitor` improves and ``last.pth`` every epoch (see the
-    module docstring); `resume` is such a ``last.pth``. On CUDA, mixed precision is on
+    ``best.pth`` when the epoch is the best so far (`_Run.save` says how that is judged)
+    and ``last.pth`` every epoch (see the module docstring); `resume` is such a
+    ``last.pth``. A non-empty `out_dir` is refused before training unless `overwrite` or
+    `resume` is its own ``last.pth`` (`check_run_folder`). On CUDA, mixed precision is on
     unless `config.amp` is False.
     """
-
+    if out_dir is not None:
+        check_run_folder(out_dir, overwrite=overwrite, resume=resume)
     run = _Run.start(model, train_loader, config, device, out_dir)
     history: list[dict] = []
     start_epoch = 0
@@ -383,7 +430,8 @@ class _Run:
     rank: int
     world: int
     build: dict
-    best: float = -math.inf
+    best: tuple[int, float] | None = None  # see `score`; None: nothing saved yet
+    fallback_logged: bool = False
 
     @classmethod
     def start(cls, model, train_loader, config: TrainConfig, device, out_dir) -> _Run:
@@ -433,9 +481,9 @@ class _Run:
         self.scheduler.load_state_dict(ckpt["lr_scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.best = ckpt.get("best", -math.inf)
+        self.best = _stored_best(ckpt.get("best"))
         if self.out is not None and not _best_loads(self.out / "best.pth"):
-            self.best = -math.inf  # best.pth is missing or broken: the next epoch writes it
+            self.best = None  # best.pth is missing or broken: the next epoch writes it
         _restore_rng(ckpt.get("rng") or {}, self.train_loader)
         start = int(ckpt["epoch"]) + 1
         log.info("resumed from %s at epoch %d", path, start + 1)
@@ -468,13 +516,38 @@ class _Run:
         row["seconds"] = round(time.perf_counter() - t0, 1)
         return row
 
+    def score(self, row: dict) -> tuple[int, float]:
+        """How good an epoch is: ``(1, metric)`` when it has the monitored metric
+        (`config.monitor`, higher is better), else ``(0, -training loss)``.
+
+        The metric is missing without a validation loader, and None when validation has
+        nothing to measure (no ground truth: `kpnb.evaluate.oks_ap` gives None). Compared
+        as tuples, an epoch with the metric beats every epoch without it, and among those
+        without, the lower training loss wins; so ``best.pth`` is always written by the
+        first finished epoch, whatever the metric.
+        """
+        value = row.get(self.config.monitor)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            return (1, float(value))
+        loss = row.get("loss")
+        if not self.fallback_logged and self.rank == 0:
+            self.fallback_logged = True
+            log.info(
+                "epoch %d has no %s (%s): best.pth keeps the epoch with the lowest training "
+                "loss until an epoch has it",
+                row.get("epoch", 0) + 1,
+                self.config.monitor,
+                "no validation images" if self.config.monitor not in row else "nothing to measure",
+            )
+        return (0, -float(loss) if loss is not None else -math.inf)
+
     def save(self, epoch: int, row: dict, history: list[dict], skeleton: Skeleton) -> None:
-        """``best.pth`` when the monitored metric improved, then ``last.pth`` and history."""
-        score = row.get(self.config.monitor, -row["loss"])
-        if score is None or (isinstance(score, float) and math.isnan(score)):
-            score = -math.inf
-        improved = score > self.best
-        self.best = max(self.best, score)
+        """``best.pth`` when the epoch is the best so far (see `score`; always for the
+        first), then ``last.pth`` and the history."""
+        score = self.score(row)
+        improved = self.best is None or score > self.best
+        if improved:
+            self.best = score
         if self.out is None:
             return
         model_state = {
@@ -494,7 +567,7 @@ class _Run:
             "optimizer": opt.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "best": self.best,
+            "best": list(self.best) if self.best is not None else None,
             "history": json_safe(history),
             "rng": _rng_state(self.train_loader),
         }

@@ -2,8 +2,10 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from kpnb import cli
 from kpnb.cli import main
@@ -177,3 +179,114 @@ def test_only_input_errors_become_one_line(monkeypatch, capsys):
     monkeypatch.setitem(cli._COMMANDS, "info", oom)
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         main(["info", "x"])
+
+
+# -- outputs of predict and train ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained tiny-preset checkpoint: enough for predict's plumbing."""
+    import torch
+
+    from kpnb.model import build_model
+    from kpnb.tables import Skeleton
+    from kpnb.train import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(3, weights=None, preset="tiny", size=64)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pth"
+    return save_checkpoint(
+        path,
+        model=model.state_dict(),
+        skeleton=Skeleton(("a", "b", "c"), ((0, 1),)).to_dict(),
+        build=model.kpnb_build,
+        config={"size": 64, "extra": {"label": "thing"}},
+    )
+
+
+@pytest.fixture
+def same_stem_images(tmp_path, synthetic_export):
+    """Two different images both named x.jpg, in folders a/ and b/."""
+    import shutil
+
+    sources = sorted((synthetic_export / "images").rglob("*.jpg"))[:2]
+    images = []
+    for folder, source in zip("ab", sources, strict=True):
+        (tmp_path / folder).mkdir()
+        images.append(Path(shutil.copy(source, tmp_path / folder / "x.jpg")))
+    return images
+
+
+def _predict(ckpt, images, out, *extra):
+    argv = ["predict", str(ckpt), *map(str, images), "--out", str(out), "--workers", "0"]
+    return main([*argv, *extra])
+
+
+def test_predict_viz_names_are_unique_and_existing_outputs_are_kept(
+    tiny_checkpoint, same_stem_images, tmp_path, capsys
+):
+    viz, out = tmp_path / "viz", tmp_path / "preds.json"
+    assert _predict(tiny_checkpoint, same_stem_images, out, "--viz", str(viz)) == 0
+    assert sorted(p.name for p in viz.iterdir()) == ["0000_x.png", "0001_x.png"]
+    first, second = (Image.open(viz / n).convert("RGB") for n in ("0000_x.png", "0001_x.png"))
+    assert first.tobytes() != second.tobytes()  # each image drew its own picture
+    stamp = out.read_bytes()
+    (viz / "mine.txt").write_text("my notes")
+    assert _predict(tiny_checkpoint, same_stem_images, out, "--viz", str(viz)) == 2
+    assert f"{out}: the file exists" in capsys.readouterr().err and out.read_bytes() == stamp
+    out.unlink()
+    assert _predict(tiny_checkpoint, same_stem_images, out, "--viz", str(viz)) == 2
+    assert f"{viz}: the folder is not empty" in capsys.readouterr().err and not out.exists()
+    args = ("--viz", str(viz), "--overwrite")
+    assert _predict(tiny_checkpoint, same_stem_images[::-1], out, *args) == 0
+    assert sorted(p.name for p in viz.iterdir()) == ["0000_x.png", "0001_x.png", "mine.txt"]
+    assert (viz / "mine.txt").read_text() == "my notes"
+    assert Image.open(viz / "0000_x.png").convert("RGB").tobytes() == second.tobytes()
+    assert isinstance(json.loads(out.read_text()), list)
+
+
+def test_predict_viz_failure_leaves_the_folder_as_it_was(
+    tiny_checkpoint, same_stem_images, tmp_path, monkeypatch
+):
+    import kpnb.viz
+
+    viz = tmp_path / "viz"
+    viz.mkdir()
+    (viz / "0000_x.png").write_bytes(b"my picture")
+    real, drawn = kpnb.viz.draw_instances, []
+
+    def fails_on_the_second(*args, **kwargs):
+        if drawn:
+            raise OSError("disk full")
+        drawn.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kpnb.viz, "draw_instances", fails_on_the_second)
+    with pytest.raises(OSError, match="disk full"):
+        _predict(
+            tiny_checkpoint, same_stem_images, tmp_path / "p.json", "--viz", str(viz), "--overwrite"
+        )
+    assert drawn and [p.name for p in viz.iterdir()] == ["0000_x.png"]
+    assert (viz / "0000_x.png").read_bytes() == b"my picture"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_train_passes_overwrite_and_resume_to_fit(points_export, tmp_path, monkeypatch, capsys):
+    import kpnb.train
+
+    calls = []
+
+    def fake_fit(*args, out_dir=None, resume=None, overwrite=False, **kwargs):
+        kpnb.train.check_run_folder(out_dir, overwrite=overwrite, resume=resume)
+        calls.append((resume, overwrite))
+        return []
+
+    monkeypatch.setattr(kpnb.train, "fit", fake_fit)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pth").write_bytes(b"a run's")
+    argv = ["train", str(points_export), "--points-as-skeleton", "face", "--out", str(run)]
+    argv += ["--weights", "none", "--preset", "tiny", "--size", "64", "--workers", "0"]
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err and not calls
+    assert main([*argv, "--overwrite"]) == 0 and calls[-1] == (None, True)
+    assert main([*argv, "--resume"]) == 0 and calls[-1] == (run / "last.pth", False)
+    assert (run / "last.pth").read_bytes() == b"a run's"

@@ -564,7 +564,7 @@ def test_show_names_the_image_and_skips_missing(tmp_path, capsys):
         == 0
     )
     assert Image.open(out).size == (540, 960)
-    assert main(["show", str(path), "--image", "nope", "--out", str(out)]) == 2
+    assert main(["show", str(path), "--image", "nope", "--out", str(out), "--overwrite"]) == 2
     assert "no image with that file name or id" in capsys.readouterr().err
 
 

@@ -527,3 +527,90 @@ def test_bad_flag_values_are_refused_by_the_parser(argv, flag, capsys, tmp_path,
     err = capsys.readouterr().err
     assert f"error: argument {flag}: must be" in err or f"error: argument {flag}: '" in err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+# -- show, predict, train, evaluate outputs ----------------------------------------------------
+def test_show_refuses_an_existing_file_and_replaces_it_with_overwrite(
+    tmp_path, synthetic_export, capsys
+):
+    png = tmp_path / "s.png"
+    png.write_bytes(b"my picture")
+    assert main(["show", str(synthetic_export), "--image", "2", "--out", str(png)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("kpnb show: error: ") and f"{png}: the file exists" in err
+    assert "--overwrite" in err and png.read_bytes() == b"my picture"
+    argv = ["show", str(synthetic_export), "--image", "2", "--out", str(png), "--overwrite"]
+    assert main(argv) == 0
+    assert png.read_bytes().startswith(b"\x89PNG") and not _leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("folder.png", "is a folder"), ("s.nope", "not an image format"), ("s", "no extension")],
+)
+def test_show_bad_out_is_refused_before_reading(tmp_path, name, message, capsys):
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "folder.png" / "keep.txt").write_text("mine")
+    # the export does not exist: the refusal names --out, so it came before reading
+    assert main(["show", str(tmp_path / "no_export"), "--out", str(tmp_path / name)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("kpnb show: error: ") and message in err and "no_export" not in err
+    assert (tmp_path / "folder.png" / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png"]
+
+
+def test_show_failed_save_keeps_the_old_file(tmp_path, synthetic_export, capsys, monkeypatch):
+    from PIL import Image
+
+    xbm = tmp_path / "s.xbm"  # PIL knows XBM but cannot write a colour picture as one
+    xbm.write_bytes(b"my picture")
+    argv = ["show", str(synthetic_export), "--image", "2", "--overwrite", "--out"]
+    assert main([*argv, str(xbm)]) == 2
+    assert "cannot write the picture as XBM" in _one_line_error(capsys)
+    assert xbm.read_bytes() == b"my picture" and not _leftovers(tmp_path)
+    png = tmp_path / "s.png"
+    png.write_bytes(b"my picture")
+
+    def half_written(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", half_written)
+    assert main([*argv, str(png)]) == 2
+    assert "disk full" in _one_line_error(capsys)
+    assert png.read_bytes() == b"my picture" and not _leftovers(tmp_path)
+
+
+def test_predict_evaluate_train_refuse_existing_outputs_before_work(tmp_path, capsys):
+    # no checkpoint and no export exist: each refusal comes before either is opened
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    out = tmp_path / "preds.xml"
+    out.write_text("my predictions")
+    viz = tmp_path / "viz"
+    viz.mkdir()
+    (viz / "a.png").write_text("my drawing")
+    ckpt = str(tmp_path / "run" / "best.pth")
+    assert main(["predict", ckpt, str(image), "--out", str(out)]) == 2
+    assert f"{out}: the file exists" in _one_line_error(capsys)
+    new = tmp_path / "new.xml"
+    assert main(["predict", ckpt, str(image), "--out", str(new), "--viz", str(viz)]) == 2
+    assert f"{viz}: the folder is not empty" in _one_line_error(capsys) and not new.exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("my metrics")
+    assert main(["evaluate", ckpt, str(tmp_path / "no_export")]) == 2
+    assert f"{run / 'metrics.json'}: the file exists" in _one_line_error(capsys)
+    (run / "best.pth").write_bytes(b"my weights")
+    argv = ["train", str(tmp_path / "no_export"), "--out", str(run), "--weights", "none"]
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert f"{run}: the folder is not empty" in err and "--overwrite" in err
+    assert "--resume" not in err  # no last.pth: nothing to resume
+    (run / "last.pth").write_bytes(b"my other weights")
+    assert "--resume" in (main(argv) == 2 and _one_line_error(capsys))
+    assert out.read_text() == "my predictions" and (viz / "a.png").read_text() == "my drawing"
+    assert (run / "metrics.json").read_text() == "my metrics"
+    assert (run / "best.pth").read_bytes() == b"my weights"
+    assert (run / "last.pth").read_bytes() == b"my other weights"
+    assert not _leftovers(tmp_path)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from kpnb import dataset as kdataset
 from kpnb import train as ktrain
+from kpnb._io import OutputExistsError
 from kpnb.cli import main
 from kpnb.cvat import read_cvat
 from kpnb.dataset import KeypointDataset, collate_fn, split_indices
@@ -119,6 +120,76 @@ def test_resume_after_a_kill_writes_best_again_and_cleans_leftovers(tiny, tmp_pa
     )
     model, ckpt = load_checkpoint_model(tmp_path / "best.pth")
     assert ckpt["epoch"] == 1 and not leftover.exists() and all(p.exists() for p in mine)
+
+
+def test_fit_refuses_a_folder_with_files_it_did_not_make(tiny, tmp_path):
+    skeleton, train, val = tiny
+    (tmp_path / "best.pth").write_bytes(b"my weights")
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(OutputExistsError, match="the folder is not empty"):
+        fit(_model(), train, val, skeleton, TrainConfig(epochs=1, size=SIZE), out_dir=tmp_path)
+    assert (tmp_path / "best.pth").read_bytes() == b"my weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "notes.txt"]
+    fit(
+        _model(),
+        train,
+        val,
+        skeleton,
+        TrainConfig(epochs=1, size=SIZE),
+        out_dir=tmp_path,
+        overwrite=True,
+    )
+    load_checkpoint_model(tmp_path / "best.pth")  # kpnb's now; the user's other file stays
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+    (tmp_path / "history.csv").unlink()
+    (tmp_path / "history.csv").mkdir()  # a folder where a run file goes: refused up front
+    with pytest.raises(OutputExistsError, match="history.csv: is a folder"):
+        fit(_model(), train, val, skeleton, TrainConfig(epochs=1), out_dir=tmp_path, overwrite=True)
+
+
+def test_best_is_written_when_validation_has_nothing_to_measure(
+    tiny, synthetic_export, tmp_path, caplog
+):
+    """No ground truth in validation: AP is None, and best.pth still comes from epoch 1,
+    then from the epoch with the lowest training loss, also across a resume."""
+    skeleton, train, _ = tiny
+    ann = read_cvat(synthetic_export)
+    ds = KeypointDataset(ann, synthetic_export, "face", eval_transforms(SIZE))
+    empty = [i for i, item in enumerate(ds.items) if not len(item.boxes)][:2]
+    assert len(empty) == 2
+    val = DataLoader(Subset(ds, empty), batch_size=2, collate_fn=collate_fn)
+    with caplog.at_level(logging.INFO, logger="kpnb.train"):
+        history = fit(
+            _model(), train, val, skeleton, TrainConfig(epochs=1, size=SIZE), out_dir=tmp_path
+        )
+    assert history[0]["AP"] is None and "lowest training loss" in caplog.text
+    _, ckpt = load_checkpoint_model(tmp_path / "best.pth")
+    assert ckpt["epoch"] == 0
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert last["best"] == [0, -history[0]["loss"]]
+    resumed = fit(
+        _model(),
+        train,
+        val,
+        skeleton,
+        TrainConfig(epochs=3, size=SIZE),
+        out_dir=tmp_path,
+        resume=tmp_path / "last.pth",
+    )
+    losses = [row["loss"] for row in resumed]
+    _, ckpt = load_checkpoint_model(tmp_path / "best.pth")
+    assert ckpt["epoch"] == losses.index(min(losses))
+
+
+def test_an_epoch_with_the_metric_beats_one_without_and_old_bests_load():
+    run = ktrain._Run.__new__(ktrain._Run)
+    run.config, run.rank, run.fallback_logged = TrainConfig(), 0, False
+    none, nan, zero = ({"loss": 0.1, "AP": v} for v in (None, float("nan"), 0.0))
+    assert run.score(none) == run.score(nan) == (0, -0.1) < run.score(zero) == (1, 0.0)
+    assert run.score({"loss": 2.0}) < run.score(none)  # no validation: lower loss is better
+    assert ktrain._stored_best(0.25) == (1, 0.25)  # a last.pth of an earlier kpnb
+    assert ktrain._stored_best([0, -2.0]) == (0, -2.0)
+    assert ktrain._stored_best(-math.inf) is None and ktrain._stored_best(None) is None
 
 
 def _save_with_code(path):
@@ -289,6 +360,12 @@ def test_cli_train_evaluate_predict_on_the_runs_own_split(
     assert seeds == [7, 7] and f"validation images at {SIZE} px" in out and "PCK@0.1" in out
     metrics = _no_nan((run / "metrics.json").read_text())["metrics"]
     assert metrics["instances"] > 0
+    (run / "metrics.json").write_text("stale")  # an existing file: refused, then replaced
+    assert main(["evaluate", str(run / "best.pth"), str(points_export), "--workers", "0"]) == 2
+    assert (run / "metrics.json").read_text() == "stale"
+    argv = ["evaluate", str(run / "best.pth"), str(points_export), "--workers", "0"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert _no_nan((run / "metrics.json").read_text())["metrics"] == metrics
     images = sorted((points_export / "images").glob("*.jpg"))[:3]
     xml, coco = tmp_path / "preds.xml", tmp_path / "preds.json"
     threshold = ["--score-threshold", "0", "--workers", "1"]

@@ -257,7 +257,8 @@ def test_cli_show(tmp_path, synthetic_export):
     out = tmp_path / "s.png"
     assert main(["show", str(synthetic_export), "--image", "2", "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 0
-    assert main(["show", str(synthetic_export), "--image", "999", "--out", str(out)]) == 2
+    argv = ["show", str(synthetic_export), "--image", "999", "--out", str(out), "--overwrite"]
+    assert main(argv) == 2
 
 
 def test_heatmap_has_one_colour_bar_for_all_panels(synthetic_export):

@@ -14,7 +14,9 @@ from kpnb.cli._base import (
     _keyframes_arg,
     _overwrite_arg,
     _points_args,
+    image_format,
     nonnegative_int,
+    save_image,
 )
 
 log = logging.getLogger("kpnb")
@@ -169,7 +171,13 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
         help="image to draw: its file name, SUBSET/NAME in project "
         "exports, or its CVAT/COCO image id (default: the first image)",
     )
-    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="picture to write: .png (or .jpg, .webp, .tif); an existing file is refused "
+        "unless --overwrite",
+    )
     p.add_argument("--images-root", type=Path, help="folder holding images/ (default: source)")
     p.add_argument(
         "--skip-missing",
@@ -178,13 +186,17 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--boxes", action="store_true", help="draw each instance's box too")
     p.add_argument("--label", help="draw only this label (default: every label)")
+    _overwrite_arg(p)
 
 
 @add_show_arguments.runner
 def run_show(args: argparse.Namespace) -> int:
+    from kpnb._io import check_output
     from kpnb.data import get_dataset, read_annotations
     from kpnb.viz import show_sample
 
+    check_output(args.out, overwrite=args.overwrite)  # before reading: a folder, a file
+    image_format(args.out)  # and an extension PIL cannot write
     source = get_dataset(args.source)  # a zip is extracted once (checked) into the cache
     ann = read_annotations(source, keyframes_only=args.keyframes_only)
     root = args.images_root or (source if source.is_dir() else source.parent)
@@ -196,7 +208,6 @@ def run_show(args: argparse.Namespace) -> int:
         boxes=args.boxes,
         skip_missing=args.skip_missing,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(args.out)
+    save_image(img, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} ({img.width}x{img.height})")
     return 0

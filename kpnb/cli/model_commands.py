@@ -11,6 +11,7 @@ from pathlib import Path
 from kpnb.cli._base import (
     _command,
     _keyframes_arg,
+    _overwrite_arg,
     _points_args,
     _positive,
     fraction,
@@ -162,7 +163,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=1e-4,
         help="peak one-cycle learning rate (default: 1e-4)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/last.pth (an OUT that is not empty is refused unless "
+        "--resume or --overwrite)",
+    )
     p.add_argument(
         "--seed",
         type=nonnegative_int,
@@ -176,10 +182,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from kpnb.dataset import make_loaders
     from kpnb.model import build_model
-    from kpnb.train import fit
+    from kpnb.train import check_run_folder, fit
 
     for name in ("size", "epochs", "minutes", "batch_size", "lr"):
         _positive(name.replace("_", "-"), getattr(args, name))
+    resume = args.out / "last.pth" if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
+    check_run_folder(args.out, overwrite=args.overwrite, resume=resume)  # before the data
     ann, root, label = _load_for_training(args)
     skeleton = ann.skeletons[label]
     # Everything that can fail on the input fails here, before the model is built.
@@ -199,9 +209,6 @@ def run_train(args: argparse.Namespace) -> int:
             f"{args.data}: no instance of {label!r} in the training images; nothing to learn"
         )
     print(f"flip: {skeleton.flip_summary()}")
-    resume = args.out / "last.pth" if args.resume else None
-    if resume is not None and not resume.is_file():
-        raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
     weights = None if str(args.weights).lower() == "none" else args.weights
     model = build_model(
         skeleton.num_keypoints,
@@ -219,6 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
         out_dir=args.out,
         device=args.device,
         resume=resume,
+        overwrite=args.overwrite,
     )
     _report_training(args, history, len(train_loader.dataset))
     return 0
@@ -286,7 +294,12 @@ def _checkpoint_run(args, ckpt) -> None:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
     _dataset_args(p, from_checkpoint=True)
-    p.add_argument("--out", type=Path, help="JSON to write (default: CHECKPOINT's folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON to write (default: metrics.json in CHECKPOINT's folder); an existing "
+        "file is refused unless --overwrite",
+    )
     p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
     p.add_argument("--all", action="store_true", help="every image, not only validation ones")
 
@@ -295,12 +308,15 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
+    from kpnb._io import check_output
     from kpnb.dataset import KeypointDataset, collate_fn, default_workers, split_indices
     from kpnb.evaluate import evaluate
     from kpnb.model import load_checkpoint_model
     from kpnb.transforms import eval_transforms
 
     _positive("size", args.size)
+    out = args.out or args.checkpoint.with_name("metrics.json")
+    check_output(out, overwrite=args.overwrite)  # before the model and the data
     model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
     _checkpoint_run(args, ckpt)
     ann, root, label = _load_for_training(args)
@@ -323,7 +339,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     workers = default_workers() if args.workers is None else args.workers
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=workers)
     result = evaluate(model, loader, skeleton, args.sigmas)
-    out = args.out or args.checkpoint.with_name("metrics.json")
     result.to_json(out)
     print(f"{len(ds)} {'images' if args.all else 'validation images'} at {args.size} px")
     print(pd_table(result.metrics))
@@ -357,7 +372,15 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help=".xml: CVAT for images 1.1 to import into CVAT; .json: COCO results",
     )
-    p.add_argument("--viz", type=Path, help="also draw each image's predictions into this folder")
+    p.add_argument(
+        "--viz",
+        type=Path,
+        metavar="DIR",
+        help="also draw each image's predictions into this folder, as NNNN_STEM.png: NNNN "
+        "is the image's position among the images predicted (from 0000), so two images "
+        "with the same name never overwrite each other; a non-empty DIR is refused "
+        "unless --overwrite",
+    )
     p.add_argument("--score-threshold", type=fraction, default=0.5, help="default: 0.5")
     p.add_argument("--label", default=None, help="label name to write (default: checkpoint's)")
     p.add_argument("--images-root", type=Path, help="IMAGES are relative to this folder")
@@ -380,6 +403,14 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "--workers", type=nonnegative_int, help="image loading workers (default: cores - 1)"
     )
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    _overwrite_arg(p)
+
+
+def viz_names(paths: list[Path]) -> list[str]:
+    """``--viz`` file names, in order: ``NNNN_STEM.png`` with NNNN the position in `paths`
+    (4 digits or more), unique even when two images share a stem."""
+    width = max(4, len(str(max(len(paths) - 1, 0))))
+    return [f"{i:0{width}d}_{path.stem}.png" for i, path in enumerate(paths)]
 
 
 def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None) -> list[int]:
@@ -421,12 +452,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from kpnb._io import atomic_path, check_output
     from kpnb.evaluate import predict, write_predictions
     from kpnb.images import image_size, load_image
     from kpnb.model import load_checkpoint_model
 
     if args.out.suffix.lower() not in (".xml", ".json"):
         raise KpnbError(f"--out {args.out}: use .xml (CVAT) or .json (COCO results)")
+    check_output(args.out, overwrite=args.overwrite)  # both before the model is loaded
+    if args.viz is not None:
+        check_output(args.viz, directory=True, overwrite=args.overwrite)
     if args.images_root is not None:
         args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
     missing = [str(p) for p in args.images if not p.is_file()]
@@ -459,11 +494,12 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.viz:
         from kpnb.viz import draw_instances
 
-        args.viz.mkdir(parents=True, exist_ok=True)
-        for i, path in enumerate(args.images):
-            rows = preds[preds["image_index"] == i]
-            arr = rows[["x", "y"]].to_numpy().reshape(-1, skeleton.num_keypoints, 2)
-            picture = draw_instances(Image.fromarray(load_image(path)), arr, skeleton)
-            picture.save(args.viz / f"{path.stem}.png")
+        # drawn into a temporary folder, moved into DIR when all are done
+        with atomic_path(args.viz, directory=True, overwrite=args.overwrite) as tmp:
+            for i, (path, name) in enumerate(zip(args.images, viz_names(args.images), strict=True)):
+                rows = preds[preds["image_index"] == i]
+                arr = rows[["x", "y"]].to_numpy().reshape(-1, skeleton.num_keypoints, 2)
+                picture = draw_instances(Image.fromarray(load_image(path)), arr, skeleton)
+                picture.save(tmp / name, format="PNG")
     print(f"{preds['instance_id'].nunique()} instances in {len(args.images)} images -> {args.out}")
     return 0
