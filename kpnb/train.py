@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("best.pth", "last.pth", "history.json", "history.csv")
 
 
+#: Monitored metrics where a smaller value is the better epoch (the others: larger).
+LOWER_IS_BETTER = frozenset(("mean_px_error", "loss"))
+
+
 @dataclass
 class TrainConfig:
     """Everything that shapes a run; stored in every checkpoint."""
@@ -518,7 +522,8 @@ class _Run:
 
     def score(self, row: dict) -> tuple[int, float]:
         """How good an epoch is: ``(1, metric)`` when it has the monitored metric
-        (`config.monitor`, higher is better), else ``(0, -training loss)``.
+        (`config.monitor`; negated for the `LOWER_IS_BETTER` ones, such as
+        ``mean_px_error``), else ``(0, -training loss)``.
 
         The metric is missing without a validation loader, and None when validation has
         nothing to measure (no ground truth: `kpnb.evaluate.oks_ap` gives None). Compared
@@ -528,7 +533,8 @@ class _Run:
         """
         value = row.get(self.config.monitor)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return (1, float(value))
+            sign = -1.0 if self.config.monitor in LOWER_IS_BETTER else 1.0
+            return (1, sign * float(value))
         loss = row.get("loss")
         if not self.fallback_logged and self.rank == 0:
             self.fallback_logged = True

@@ -187,6 +187,8 @@ def test_an_epoch_with_the_metric_beats_one_without_and_old_bests_load():
     none, nan, zero = ({"loss": 0.1, "AP": v} for v in (None, float("nan"), 0.0))
     assert run.score(none) == run.score(nan) == (0, -0.1) < run.score(zero) == (1, 0.0)
     assert run.score({"loss": 2.0}) < run.score(none)  # no validation: lower loss is better
+    run.config = TrainConfig(monitor="mean_px_error")  # a pixel error: the smaller the better
+    assert run.score({"loss": 1, "mean_px_error": 3.0}) > run.score({"mean_px_error": 9.0})
     assert ktrain._stored_best(0.25) == (1, 0.25)  # a last.pth of an earlier kpnb
     assert ktrain._stored_best([0, -2.0]) == (0, -2.0)
     assert ktrain._stored_best(-math.inf) is None and ktrain._stored_best(None) is None
