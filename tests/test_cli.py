@@ -290,3 +290,22 @@ def test_train_passes_overwrite_and_resume_to_fit(points_export, tmp_path, monke
     assert main([*argv, "--overwrite"]) == 0 and calls[-1] == (None, True)
     assert main([*argv, "--resume"]) == 0 and calls[-1] == (run / "last.pth", False)
     assert (run / "last.pth").read_bytes() == b"a run's"
+
+
+def test_predict_takes_folders_of_images_in_name_order(
+    tiny_checkpoint, same_stem_images, tmp_path, capsys
+):
+    (tmp_path / "a" / "notes.txt").write_text("not an image")  # no image extension: left out
+    by_files, by_folders = tmp_path / "by_files", tmp_path / "by_folders"
+    files = same_stem_images[::-1]  # b/x.jpg, then a/x.jpg
+    assert _predict(tiny_checkpoint, files, tmp_path / "f.json", "--viz", str(by_files)) == 0
+    folders = [tmp_path / "b", tmp_path / "a"]
+    assert _predict(tiny_checkpoint, folders, tmp_path / "d.json", "--viz", str(by_folders)) == 0
+    names = sorted(p.name for p in by_folders.iterdir())
+    assert names == ["0000_x.png", "0001_x.png"]  # the two images, not the text file
+    for name in names:  # the same images in the same order as the files given one by one
+        assert (by_folders / name).read_bytes() == (by_files / name).read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _predict(tiny_checkpoint, [empty], tmp_path / "e.json") == 2
+    assert f"{empty}: a folder with no image files" in capsys.readouterr().err

@@ -365,7 +365,13 @@ def pd_table(metrics: dict) -> str:
 )
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("images", type=Path, nargs="+", help="image files")
+    p.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        help="image files, or folders: every image file in a folder and its subfolders, "
+        "in name order",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -447,6 +453,27 @@ def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None)
     return ids
 
 
+def _images_in_folders(paths: list[Path]) -> list[Path]:
+    """`paths` with each folder replaced by the image files under it (any extension PIL
+    opens, in sorted order); a folder holding none is an error naming it."""
+    from PIL import Image
+
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    out: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in readable and p.is_file())
+        if not found:
+            raise KpnbError(
+                f"{path}: a folder with no image files in it or its subfolders; pass image "
+                "files or a folder that holds them"
+            )
+        out.extend(found)
+    return out
+
+
 @add_predict_arguments.runner
 def run_predict(args: argparse.Namespace) -> int:
     from PIL import Image
@@ -464,6 +491,7 @@ def run_predict(args: argparse.Namespace) -> int:
         check_output(args.viz, directory=True, overwrite=args.overwrite)
     if args.images_root is not None:
         args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
+    args.images = _images_in_folders(args.images)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing and not args.skip_missing:
         raise FileNotFoundError(
