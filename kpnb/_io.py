@@ -23,6 +23,7 @@ import stat
 import tempfile
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,8 @@ MAX_UNZIP_RATIO = 200  # KPNB_MAX_UNZIP_RATIO: unpacked / packed size of one mem
 MAX_UNZIP_MEMBERS = 1_000_000  # KPNB_MAX_UNZIP_MEMBERS: files and folders in one zip
 #: Members smaller than this may compress better than the ratio (tiny text files do).
 RATIO_FLOOR = 2**20
+#: What reading a corrupt zip member raises (bad CRC, bad deflate data, cut short).
+ZIP_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)
 
 
 class ZipLimitError(KpnbError):

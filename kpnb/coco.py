@@ -86,9 +86,8 @@ def _coco_files(source: Path) -> list[tuple[Path, bytes]]:
         return [(f, f.read_bytes()) for f in files]
     if source.suffix.lower() == ".zip":
         import zipfile
-        import zlib
 
-        from kpnb._io import ZipLimitError, read_member, zip_limits
+        from kpnb._io import ZIP_DAMAGED, ZipLimitError, read_member, zip_limits
 
         try:
             limits = zip_limits()
@@ -102,7 +101,7 @@ def _coco_files(source: Path) -> list[tuple[Path, bytes]]:
                 return [(Path(i.filename), read_member(source, zf, i, limits)) for i in infos]
         except ZipLimitError as exc:
             raise CocoFormatError(str(exc)) from None
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        except ZIP_DAMAGED as exc:
             raise CocoFormatError(
                 f"{source}: not a readable zip ({exc}); export it again"
             ) from None

@@ -22,12 +22,18 @@ import re
 import shutil
 import urllib.parse
 import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kpnb._io import OutputExistsError, ZipLimitError, atomic_path, check_zip, zip_limits
+from kpnb._io import (
+    ZIP_DAMAGED,
+    OutputExistsError,
+    ZipLimitError,
+    atomic_path,
+    check_zip,
+    zip_limits,
+)
 from kpnb.config import cache_dir
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
@@ -190,7 +196,7 @@ def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, d
                         "corrupt"
                     )
                 out.write(block)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except ZIP_DAMAGED as exc:
         raise DatasetUnavailableError(
             f"{archive}: member {info.filename!r} is corrupt ({exc})"
         ) from None

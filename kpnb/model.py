@@ -204,10 +204,19 @@ def _load_path(path: Path) -> dict:
     }
     if not all(torch.is_tensor(state.get(k)) and state[k].ndim == n for k, n in heads.items()):
         raise WeightsUnavailableError(f"{path}: not Keypoint R-CNN weights (no keypoint head)")
-    odd = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if odd:
+    odd = _not_a_tensor(state)
+    if odd is not None:
         raise WeightsUnavailableError(f"{path}: not a state dict ({odd[0]!r} is no tensor)")
     return state
+
+
+def _not_a_tensor(state: dict) -> tuple | None:
+    """``(key,)`` of the first entry of a state dict that is no name or holds no tensor
+    (a tuple, since the key itself may be None); None: all are fine."""
+    return next(
+        ((k,) for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)),
+        None,
+    )
 
 
 def _misfit(exc: RuntimeError) -> str:
@@ -483,8 +492,8 @@ def _checked_checkpoint(path: Path, ckpt: dict) -> tuple:
             f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
             "pass a best.pth or last.pth written by kpnb train"
         )
-    odd = [k for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)]
-    if odd:
+    odd = _not_a_tensor(state)
+    if odd is not None:
         raise _bad_checkpoint(path, f"its weights ('model') hold {_brief(odd[0])}, not a tensor")
     try:
         skeleton = Skeleton.from_dict(ckpt["skeleton"])

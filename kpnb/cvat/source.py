@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import zipfile
-import zlib
 from pathlib import Path
 
-from kpnb._io import ZipLimitError, check_member
+from kpnb._io import ZIP_DAMAGED, ZipLimitError, check_member
 from kpnb.cvat.errors import CvatFormatError
-
-_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)  # what a corrupt member raises on read
 
 
 class Source:
@@ -52,14 +49,14 @@ class _ZipMember:
         except ZipLimitError as exc:
             self.zf.close()
             raise CvatFormatError(str(exc)) from None
-        except _DAMAGED as exc:
+        except ZIP_DAMAGED as exc:
             self.zf.close()
             raise self._damaged(exc) from None
 
     def read(self, n: int = -1) -> bytes:
         try:
             return self.fh.read(n)
-        except _DAMAGED as exc:  # zipfile checks the CRC as the member's end is read
+        except ZIP_DAMAGED as exc:  # zipfile checks the CRC as the member's end is read
             raise self._damaged(exc) from None
 
     def _damaged(self, exc: Exception) -> CvatFormatError:
