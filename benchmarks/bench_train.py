@@ -14,7 +14,7 @@ Two parts, both in one run:
 The reference row is a one-stage pose model (nano, from scratch, 2 threads) measured on the
 same split, budget and scoring code (issue 26); its library is not a dependency of kpnb.
 
-    python benchmarks/bench_train.py --minutes 12 [--presets fast cpu] [--images 200]
+    python benchmarks/bench_train.py --minutes 12 [--presets fast cpu] [--size 192]
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ def _timed(model) -> dict[str, list[float]]:
     return times
 
 
-def profile(preset: str, ann, root, label, steps: int) -> list[tuple[str, float]]:
-    """Median seconds of each part of a training step, then validation and predict."""
+def profile(preset: str, ann, root, label, steps: int, size: int | None) -> list[tuple[str, float]]:
+    """Median seconds of each part of a training step, then a validation pass."""
     torch.manual_seed(0)
     k = ann.skeletons[label].num_keypoints
-    model = build_model(k, weights=None, preset=preset)
+    model = build_model(k, weights=None, preset=preset, size=size)
     recipe, size = training_recipe(model), model.kpnb_build["size"]
     train, val = make_loaders(
         ann, root, label, size=size, batch_size=recipe["batch_size"], num_workers=0
@@ -115,11 +115,11 @@ def profile(preset: str, ann, root, label, steps: int) -> list[tuple[str, float]
     return out
 
 
-def learn(preset: str, ann, root, label, minutes: float) -> dict:
+def learn(preset: str, ann, root, label, minutes: float, size: int | None) -> dict:
     """Train `preset` from random weights for `minutes`; its scores, speed and size."""
     torch.manual_seed(0)
     skeleton = ann.skeletons[label]
-    model = build_model(skeleton.num_keypoints, weights=None, preset=preset)
+    model = build_model(skeleton.num_keypoints, weights=None, preset=preset, size=size)
     recipe, size = training_recipe(model), model.kpnb_build["size"]
     train, val = make_loaders(ann, root, label, size=size, batch_size=recipe["batch_size"])
     curve = []
@@ -169,14 +169,15 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["fast", "cpu"], choices=list(PRESETS))
     ap.add_argument("--images", type=int, default=200, help="synthetic images (160/40 split)")
     ap.add_argument("--steps", type=int, default=3, help="steps timed in the breakdown")
+    ap.add_argument("--size", type=int, help="image size for every preset (default: its own)")
     ap.add_argument("--skip-profile", action="store_true")
     args = ap.parse_args()
     logging.getLogger("kpnb").setLevel(logging.WARNING)
     root, ann, label = open_export("synthetic", n_images=args.images)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, synthetic {args.images}")
     if not args.skip_profile:
-        print("\n== where the time goes: one training step (median of", args.steps, "), seconds")
-        profiles = {p: profile(p, ann, root, label, args.steps) for p in args.presets}
+        print(f"\n== where the time goes: one training step (median of {args.steps}), seconds")
+        profiles = {p: profile(p, ann, root, label, args.steps, args.size) for p in args.presets}
         names = [name for name, _ in profiles[args.presets[0]]]
         print(f"{'part':44s}" + "".join(f"{p:>10s}" for p in args.presets))
         for i, name in enumerate(names):
@@ -184,7 +185,7 @@ def main() -> None:
     print(f"\n== what {args.minutes:g} minutes buy, from random weights, 40 validation images")
     cols = ["preset", "size", "batch", "lr", "params M", "steps", "epochs", "AP", "AP50"]
     cols += ["PCK@0.1", "matched", "img/s", "ckpt MB"]
-    rows = [learn(p, ann, root, label, args.minutes) for p in args.presets]
+    rows = [learn(p, ann, root, label, args.minutes, args.size) for p in args.presets]
     print(" ".join(f"{c:>9s}" for c in cols))
     for row in rows:
         cells = [

@@ -38,6 +38,7 @@ from torchvision.models.detection.keypoint_rcnn import (
     KeypointRCNNHeads,
     KeypointRCNNPredictor,
 )
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kpnb.errors import KpnbError
@@ -105,6 +106,7 @@ class Preset:
     `FINETUNE_LR`)."""
 
     backbone: str
+    fpn_channels: int  # torchvision's 256; fewer make every stage after the backbone cheaper
     keypoint_head: tuple[int, ...] | None  # conv channels; None: torchvision's 8 x 512
     options: Callable[[int], dict]
     size: int  # the loaders' image size unless one is given
@@ -122,40 +124,45 @@ FAST_HEAD = (128, 128, 128, 128)
 #: The networks `build_model` makes; ``benchmarks/bench_train.py`` measures them side by side.
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
-        "resnet50",
-        None,
-        cpu_preset,
-        256,
-        2,
-        1e-4,
-        "ResNet-50 FPN and COCO's 8x512 keypoint head at --size: the COCO fine-tune on a CPU",
+        backbone="resnet50",
+        fpn_channels=256,
+        keypoint_head=None,
+        options=cpu_preset,
+        size=256,
+        batch_size=2,
+        scratch_lr=1e-4,
+        about="ResNet-50 FPN, COCO's 8x512 keypoint head, --size px: the COCO fine-tune on a CPU",
     ),
     "fast": Preset(
-        "resnet18",
-        FAST_HEAD,
-        cpu_preset,
-        192,
-        8,
-        1e-3,
-        "ResNet-18 FPN, a 4x128 keypoint head, batch 8: learns from random weights on a CPU",
+        backbone="resnet18",
+        fpn_channels=128,
+        keypoint_head=FAST_HEAD,
+        options=cpu_preset,
+        size=192,
+        batch_size=8,
+        scratch_lr=1e-3,
+        about="ResNet-18, a 128-channel FPN, a 4x128 keypoint head, batch 8: learns from "
+        "random weights on a CPU",
     ),
     "torchvision": Preset(
-        "resnet50",
-        None,
-        lambda size: {},
-        256,
-        2,
-        1e-4,
-        "torchvision's own network and sizes (640-800 px): the COCO fine-tune on a GPU",
+        backbone="resnet50",
+        fpn_channels=256,
+        keypoint_head=None,
+        options=lambda size: {},
+        size=256,
+        batch_size=2,
+        scratch_lr=1e-4,
+        about="torchvision's own network and sizes (640-800 px): the COCO fine-tune on a GPU",
     ),
     "tiny": Preset(
-        "resnet50",
-        TINY_HEAD,
-        tiny_preset,
-        256,
-        2,
-        1e-4,
-        "the cpu preset with a 2x128 keypoint head and 16 RoIs: tests and smoke runs",
+        backbone="resnet50",
+        fpn_channels=256,
+        keypoint_head=TINY_HEAD,
+        options=tiny_preset,
+        size=256,
+        batch_size=2,
+        scratch_lr=1e-4,
+        about="the cpu preset with a 2x128 keypoint head and 16 RoIs: tests and smoke runs",
     ),
 }
 
@@ -297,19 +304,29 @@ def _misfit(exc: RuntimeError) -> str:
 def _network(
     num_keypoints: int,
     num_classes: int,
-    backbone_name: str,
+    preset: Preset,
     head: tuple[int, ...] | None,
     norm: str,
     norm_eps: float | None,
     trainable: int,
     options: dict,
 ) -> KeypointRCNN:
-    """A ResNet FPN Keypoint R-CNN as `keypointrcnn_resnet50_fpn` assembles it, with a
-    keypoint head of `head` conv channels (None: torchvision's 8 of 512)."""
+    """A ResNet FPN Keypoint R-CNN as `keypointrcnn_resnet50_fpn` assembles it, with the
+    preset's backbone and FPN width and a keypoint head of `head` conv channels (None:
+    torchvision's 8 of 512)."""
     norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
     backbone = resnet_fpn_backbone(
-        backbone_name=backbone_name, weights=None, norm_layer=norm_layer, trainable_layers=trainable
+        backbone_name=preset.backbone,
+        weights=None,
+        norm_layer=norm_layer,
+        trainable_layers=trainable,
     )
+    if preset.fpn_channels != backbone.out_channels:  # torchvision's builder fixes 256
+        in_channels = [block[0].in_channels for block in backbone.fpn.inner_blocks]
+        backbone.fpn = FeaturePyramidNetwork(
+            in_channels, preset.fpn_channels, extra_blocks=LastLevelMaxPool()
+        )
+        backbone.out_channels = preset.fpn_channels
     model = KeypointRCNN(backbone, num_classes, num_keypoints=num_keypoints, **options)
     if head is not None:
         model.roi_heads.keypoint_head = KeypointRCNNHeads(backbone.out_channels, head)
@@ -378,9 +395,7 @@ def _from_state(
     state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
     state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
     head = _state_head(state)
-    model = _network(
-        int(state_k), int(state_c), preset.backbone, head, norm, norm_eps, trainable, options
-    )
+    model = _network(int(state_k), int(state_c), preset, head, norm, norm_eps, trainable, options)
     model.load_state_dict(state)
     if head != preset.keypoint_head:  # COCO's 8x512 head under a small-head preset
         in_channels = model.backbone.out_channels
@@ -467,7 +482,7 @@ def build_model(
         model = _network(
             num_keypoints,
             num_classes,
-            spec.backbone,
+            spec,
             spec.keypoint_head,
             norm,
             norm_eps,

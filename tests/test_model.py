@@ -174,6 +174,7 @@ def test_fast_preset_is_resnet18_with_a_small_head_at_192_px(tmp_path):
     m = build_model(5, weights=None, preset="fast")
     assert m.transform.min_size == (192,) and m.kpnb_build["size"] == 192
     assert isinstance(m.backbone.body.layer1[0], torchvision.models.resnet.BasicBlock)
+    assert m.backbone.out_channels == 128 == m.roi_heads.keypoint_head[0].in_channels
     convs = [c for c in m.roi_heads.keypoint_head if isinstance(c, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == list(kmodel.FAST_HEAD)
     assert _k(m) == 5
