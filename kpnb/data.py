@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -576,3 +577,59 @@ def _merge_layout(ann: Annotations, label: str) -> Annotations:
 
     layout = next(names for names in ann.same_layouts() if label in names)
     return merge_skeletons(ann, layout, label) if len(layout) > 1 else ann
+
+
+__all__ += ["annotation_file", "first_record"]
+
+
+def annotation_file(ann: Annotations, expect: str | None = None, hint: str = "") -> Path:
+    """The annotation file `ann` was read from (CVAT ``.xml`` or COCO ``.json``), for a
+    reader who wants to look inside it.
+
+    Args:
+        expect: ``"cvat"`` or ``"coco"``: refuse the other format, in one line that says
+            which format the file is and, with `hint`, where to go instead.
+
+    Raises:
+        KpnbError: `ann` does not say where it came from, the file is not the expected
+            format, or it is a zip (open it with `open_export`, which unpacks it).
+    """
+    path = ann.meta.get("path")
+    if not path:
+        raise KpnbError("these annotations do not say which file they came from")
+    path = Path(str(path))
+    if path.is_dir():
+        path = path / "annotations.xml"
+    fmt = {".xml": "cvat", ".json": "coco"}.get(path.suffix.lower())
+    if fmt is None:
+        raise KpnbError(f"{path}: not an .xml or .json file; open the export with open_export")
+    if expect is not None and fmt != expect:
+        names = {"cvat": "CVAT XML", "coco": "a COCO keypoints file"}
+        raise KpnbError(f"{path.name} is {names[fmt]}, not {names[expect]}. {hint}".strip())
+    return path
+
+
+def first_record(path: str | os.PathLike, max_chars: int = 2_000_000) -> str:
+    """The first image of an annotation file that holds a keypoint, as the file writes it:
+    CVAT XML's first ``<image>`` (or ``<track>``) element with a ``<points>``, or a COCO
+    file's first annotation with keypoints beside its image entry. Only the first
+    `max_chars` of an XML file are read."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        found = next((a for a in doc.get("annotations", []) if a.get("keypoints")), None)
+        if found is None:
+            raise KpnbError(f"{path}: no annotation with keypoints")
+        image = next(i for i in doc.get("images", []) if i.get("id") == found.get("image_id"))
+        return f'"images": {json.dumps(image)}\n"annotations": {json.dumps(found)}'
+    with open(path, encoding="utf-8") as f:
+        head = f.read(max_chars)
+    at = head.find("<points")
+    if at < 0:
+        raise KpnbError(f"{path}: no <points> in its first {max_chars:,} characters")
+    tag = "image" if head.rfind("<image ", 0, at) > head.rfind("<track ", 0, at) else "track"
+    start = head.rfind(f"<{tag} ", 0, at)
+    end = head.find(f"</{tag}>", start)
+    if end < 0:
+        raise KpnbError(f"{path}: the <{tag}> holding the first point ends past {max_chars:,}")
+    return head[start : end + len(f"</{tag}>")]

@@ -234,3 +234,19 @@ def test_many_small_members_adding_up_to_a_bomb_are_refused(tmp_path):
     with pytest.raises(DatasetUnavailableError, match=r"4 members unpack .* limit 200x"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_annotation_file_and_first_record_of_cvat_and_coco(synthetic_export):
+    from kpnb.data import annotation_file, first_record, read_annotations
+    from kpnb.errors import KpnbError
+
+    xml = annotation_file(read_annotations(synthetic_export), expect="cvat")
+    assert xml == synthetic_export / "annotations.xml"
+    record = first_record(xml)
+    assert record.startswith("<image ") and record.endswith("</image>") and "<points" in record
+    coco = Path(__file__).parent / "data/real/open-mmlab-mmpose/tests/data/crowdpose"
+    ann = read_annotations(coco / "test_crowdpose.json")
+    assert annotation_file(ann) == coco / "test_crowdpose.json"
+    assert '"keypoints": [' in first_record(annotation_file(ann))
+    with pytest.raises(KpnbError, match=r"is a COCO keypoints file, not CVAT XML\. go on"):
+        annotation_file(ann, expect="cvat", hint="go on")

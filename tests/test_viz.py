@@ -314,3 +314,47 @@ def test_color_swatch_shows_both_markers():
     assert len(markers) == 2  # a disc and a square
     edges = {tuple(np.round(c.get_edgecolor()[0][:3] * 255).astype(int)) for c in collections}
     assert viz.OUTLINE in edges  # with the dark outline draw_instances gives them
+
+
+def test_showcase_image_is_a_lone_uncut_object(synthetic_export):
+    from kpnb.errors import KpnbError
+
+    ann = read_cvat(synthetic_export)
+    first = viz.showcase_image(ann, "face")
+    arr = ann.instance_array(first, "face")
+    assert arr.shape[0] == 1 and (arr[0, :, 2] == 2).all()
+    with pytest.raises(KpnbError, match="no labelled point of 'tail'"):
+        viz.showcase_image(ann, "tail")
+
+
+def test_image_grid_at_true_scale_draws_a_smaller_image_smaller():
+    big, small = Image.new("RGB", (200, 100)), Image.new("RGB", (50, 25))
+    same = viz.image_grid([big, small], ncols=2).axes[1]
+    true = viz.image_grid([big, small], ncols=2, true_scale=True).axes[1]
+    assert same.get_xlim() == (-0.5, 49.5)  # each image fills its cell
+    assert true.get_xlim() == (-0.5, 199.5) and true.get_ylim() == (99.5, -0.5)
+
+
+def test_visibility_plot_shows_shares_and_enlarges_the_not_visible(synthetic_export):
+    ann = read_cvat(synthetic_export)
+    left, right = viz.plot_keypoint_visibility(ann).axes
+    assert left.get_xlim() == (0.0, 100.0) and "%" in left.get_xlabel()
+    counts = ann.keypoint_counts()
+    shares = 100 * counts[["occluded", "absent"]].to_numpy() / counts[["total"]].to_numpy()
+    assert right.get_xlim()[1] < 100 and right.get_xlim()[1] >= shares.max()
+    texts = {t.get_text() for t in right.texts}
+    assert {str(int(n)) for n in counts[["occluded", "absent"]].to_numpy().ravel()} <= texts
+
+
+def test_heatmap_by_object_has_no_points_piled_on_its_edges(synthetic_export):
+    ann = read_cvat(synthetic_export)
+    fig = viz.plot_keypoint_heatmap(ann, "face")
+    panels = [ax for ax in fig.axes if ax.collections and not hasattr(ax, "_colorbar")]
+    assert panels[0].get_xlabel() == "(x - centre) / size"
+    for ax in panels:
+        counts = ax.collections[0].get_array().reshape(24, 24)
+        ring = np.concatenate([counts[0], counts[-1], counts[:, 0], counts[:, -1]])
+        assert counts.sum() > 0 and ring.sum() == 0
+    image = viz.plot_keypoint_heatmap(ann, "face", normalize="image")
+    assert image.axes[0].get_xlabel() == "x / image width"
+    assert image.axes[0].get_ylabel() == "y / image height"

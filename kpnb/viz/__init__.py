@@ -8,7 +8,8 @@ passed in, or a prediction figure, brings torch in when it is used.
 One job per module, each importing only from those above it:
 
 * `kpnb.viz.draw`: colours and markers; keypoints, boxes and names drawn on one picture
-  (`draw_instances`, `draw_target`, `show_sample`).
+  (`draw_instances`, `draw_target`, `show_sample`), and the one image all notebooks
+  show first (`showcase_image`).
 * `kpnb.viz.grids`: pictures in a grid saved as a palette PNG (`image_grid`,
   `sample_grid`, `before_after`) and colour legends (`keypoint_legend`, `color_swatch`).
 * `kpnb.viz.plots`: dataset statistics, keypoint heat maps, training curves, `save_figure`.
@@ -25,6 +26,7 @@ from kpnb.viz.draw import (
     keypoint_colors,
     marker_radius,
     show_sample,
+    showcase_image,
 )
 from kpnb.viz.grids import before_after, color_swatch, image_grid, keypoint_legend, sample_grid
 from kpnb.viz.plots import (
@@ -50,6 +52,7 @@ __all__ = [
     "draw_instances",
     "draw_target",
     "show_sample",
+    "showcase_image",
     "image_grid",
     "sample_grid",
     "before_after",

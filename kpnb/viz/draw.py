@@ -31,6 +31,7 @@ __all__ = [
     "draw_instances",
     "draw_target",
     "show_sample",
+    "showcase_image",
 ]
 
 RGB = tuple[int, int, int]
@@ -380,3 +381,37 @@ def show_sample(
             arr, box = _label_arrays(ann, rows, skeleton.num_keypoints)
             img = draw_instances(img, arr, skeleton, boxes=box if boxes else None, **kwargs)
     return img
+
+
+def showcase_image(ann: Annotations, label: str) -> int:
+    """The image every notebook shows first: the `image_index` whose object of `label` is
+    the clearest to look at, so all pictures of one export start from the same image.
+
+    Ranked, in order: an image holding one object of `label` (no crowding); the most
+    visible points (an uncut object: nothing outside the frame or hidden); the most labelled
+    points; the largest distance between its two closest labelled points (names and markers
+    do not overlap, and the object is large); the largest extent. Ties go to the first
+    image in file order.
+
+    Raises:
+        KpnbError: `label` has no labelled point in `ann`.
+    """
+    kp = ann.keypoints[(ann.keypoints["label"] == label)]
+    kp = kp[kp["visibility"] > 0]
+    if kp.empty:
+        raise KpnbError(f"no labelled point of {label!r}: nothing to show")
+    objects = kp.groupby("image_index")["instance_id"].nunique()
+    best, best_key = None, None
+    for (image, _), rows in kp.groupby(["image_index", "instance_id"], sort=True):
+        xy = rows[["x", "y"]].to_numpy(float)
+        gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1)[np.triu_indices(len(xy), 1)]
+        key = (
+            objects[image] == 1,
+            int((rows["visibility"] == 2).sum()),
+            len(rows),
+            float(gaps.min()) if len(gaps) else 0.0,
+            float(np.ptp(xy, axis=0).max()),
+        )
+        if best_key is None or key > best_key:
+            best, best_key = int(image), key
+    return best

@@ -111,21 +111,29 @@ def image_grid(
     ncols: int = 3,
     cell: float = 3.2,
     title: str | None = None,
+    true_scale: bool = False,
 ) -> Figure:
     """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles.
 
-    The figure saves and displays as a palette PNG (see `_PaletteCanvas`), so a grid of
-    photographs stays small in a notebook."""
+    Each image fills its cell, whatever its size; with `true_scale` every cell spans the
+    largest image's pixels instead, so a smaller image looks smaller (for a resize, whose
+    lesson is the size). The figure saves and displays as a palette PNG (see
+    `_PaletteCanvas`), so a grid of photographs stays small in a notebook."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig = _figure(cell * ncols, cell * nrows + (0.4 if title else 0))
     _PaletteCanvas(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    pictures = [_as_pil(img) for img in images]
+    width = max((p.width for p in pictures), default=1)
+    height = max((p.height for p in pictures), default=1)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i < n:
-            img = images[i]
-            ax.imshow(_as_pil(img))
+            ax.imshow(pictures[i])
+            if true_scale:  # the top-left corner fixed, the same pixels per inch everywhere
+                ax.set_xlim(-0.5, width - 0.5)
+                ax.set_ylim(height - 0.5, -0.5)
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=10)
     if title:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
@@ -29,6 +30,10 @@ __all__ = [
 
 
 # -- distributions -------------------------------------------------------------------------
+#: Visibility kinds and their colours, in the order they stack.
+_VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
+
+
 def _bar_figure(title: str, xlabel: str, ylabel: str, width: float = 6.4):
     fig = _figure(width, 4.0)
     ax = fig.add_subplot()
@@ -53,19 +58,46 @@ def plot_label_counts(ann: Annotations) -> Figure:
 
 
 def plot_keypoint_visibility(ann: Annotations) -> Figure:
-    """Points per keypoint name, stacked by visibility (visible, occluded, absent)."""
+    """Each keypoint name's points as shares by visibility, on two panels: left, visible,
+    occluded and absent stacked to 100 %; right, the occluded and absent shares alone on
+    their own scale, so a 1 % sliver shows as clearly as a 30 % one. Each bar on the right
+    carries its count."""
     table = ann.keypoint_counts()
     labels = [
         f"{lab}/{kp}" if table.index.get_level_values(0).nunique() > 1 else kp
         for lab, kp in table.index
     ]
-    fig, ax = _bar_figure("Keypoints by visibility", "keypoint", "points", 7.2)
-    bottom = np.zeros(len(table))
-    for col, colour in (("visible", "#2e7d32"), ("occluded", "#f9a825"), ("absent", "#9e9e9e")):
-        ax.bar(labels, table[col].to_numpy(), bottom=bottom, label=col, color=colour)
-        bottom += table[col].to_numpy()
-    ax.legend()
-    ax.tick_params(axis="x", rotation=45)
+    total = table["total"].to_numpy(float).clip(min=1)
+    shares = {c: 100 * table[c].to_numpy(float) / total for c in _VISIBILITY}
+    fig = _figure(max(9.0, 0.9 * len(labels) + 4), 4.2)
+    left, right = fig.subplots(1, 2, width_ratios=[1, 1])
+    y = np.arange(len(labels))
+    start = np.zeros(len(labels))
+    for col, colour in _VISIBILITY.items():
+        left.barh(y, shares[col], left=start, color=colour, label=col)
+        start += shares[col]
+    left.set_xlim(0, 100)
+    left.set_title("All points (share of each keypoint's points)")
+    left.set_xlabel("% of points")
+    width = 0.38
+    peak = max(1.0, *(shares[c].max() for c in ("occluded", "absent")))
+    for k, col in enumerate(("occluded", "absent")):
+        bars = right.barh(y + (k - 0.5) * width, shares[col], height=width, color=_VISIBILITY[col])
+        right.bar_label(bars, labels=[str(int(n)) for n in table[col]], padding=2, fontsize=8)
+    right.set_xlim(0, peak * 1.18)
+    right.set_title("Not visible, enlarged (count at each bar)")
+    right.set_xlabel("% of points")
+    for ax in (left, right):
+        ax.set_yticks(y, labels)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_ylabel("keypoint")
+    fig.legend(
+        handles=[Patch(color=c, label=n) for n, c in _VISIBILITY.items()],
+        loc="outside lower center",
+        ncols=3,
+        frameon=False,
+    )
+    fig.suptitle("Keypoints by visibility")
     return fig
 
 
@@ -101,60 +133,70 @@ def plot_image_sizes(ann: Annotations) -> Figure:
 
 
 def plot_keypoint_heatmap(
-    ann: Annotations, label: str, normalize: str = "box", bins: int = 24
+    ann: Annotations, label: str, normalize: str = "box", bins: int | None = None
 ) -> Figure:
     """Where each keypoint of `label` falls: one 2-D histogram per keypoint.
 
-    `normalize` ``"box"`` centres each instance's keypoint extent and scales its longer
-    side to 1 (so the shape keeps its aspect), ``"image"`` divides by the image size.
-    Only labelled points (v > 0) count.
+    `normalize` ``"box"`` puts each object in its own frame: the origin at the mean of its
+    labelled points, the unit its size (the root-mean-square distance of its points from
+    that mean), so the shape keeps its aspect and no point is pinned to an edge, as it is
+    by a min-max box, where the extreme points always land on the border. With more than
+    two keypoints it uses only objects with every keypoint labelled: a partly labelled
+    object's centre is not its centre. ``"image"`` divides x by the image width and y by
+    its height. Only labelled points (v > 0) count. `bins` per side: by default 24 for
+    ``"box"`` (the points cluster) and 10 for ``"image"`` (they spread over the frame).
     """
     if normalize not in ("box", "image"):
         raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")
+    names = list(ann.skeleton_for(label).keypoints)
     kp = ann.keypoints[(ann.keypoints["label"] == label) & (ann.keypoints["visibility"] > 0)]
     kp = kp.assign(x=kp["x"].astype(float), y=kp["y"].astype(float))
     if normalize == "box":
-        g = kp.groupby("instance_id")
-        x0, x1 = g["x"].transform("min"), g["x"].transform("max")
-        y0, y1 = g["y"].transform("min"), g["y"].transform("max")
-        side = np.maximum(x1 - x0, y1 - y0).where(lambda s: s > 0, 1)
-        u = (kp["x"] - (x0 + x1) / 2) / side + 0.5
-        v = (kp["y"] - (y0 + y1) / 2) / side + 0.5
+        g = kp.groupby(["image_index", "instance_id"])
+        if len(names) > 2:
+            kp = kp[g["x"].transform("size").to_numpy() == len(names)]
+            g = kp.groupby(["image_index", "instance_id"])
+        cx, cy = g["x"].transform("mean"), g["y"].transform("mean")
+        spread = np.sqrt(
+            ((kp["x"] - cx) ** 2 + (kp["y"] - cy) ** 2).groupby(g.ngroup()).transform("mean")
+        )
+        spread = spread.where(lambda s: s > 0, 1)
+        u = (kp["x"] - cx) / spread
+        v = (kp["y"] - cy) / spread
+        lim, xlabel, ylabel = (-1.8, 1.8), "(x - centre) / size", "(y - centre) / size"
     else:
         sizes = ann.images.set_index("image_index").loc[kp["image_index"]]
         u = kp["x"].to_numpy() / sizes["width"].to_numpy(float)
         v = kp["y"].to_numpy() / sizes["height"].to_numpy(float)
-    names = list(ann.skeleton_for(label).keypoints)
+        lim, xlabel, ylabel = (0.0, 1.0), "x / image width", "y / image height"
+    bins = bins or (24 if normalize == "box" else 10)
     ncols = min(5, len(names))
     nrows = -(-len(names) // ncols)
     fig = _figure(2.6 * ncols, 2.6 * nrows + 0.5)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     u, v = np.asarray(u, float), np.asarray(v, float)
     masks = [(kp["keypoint"] == name).to_numpy() for name in names]
+    extent = [lim, lim]
     # one colour scale for every panel, so the shared colour bar reads on all of them
     peak = max(
-        [
-            np.histogram2d(u[m], v[m], bins=bins, range=[[0, 1], [0, 1]])[0].max()
-            for m in masks
-            if m.any()
-        ]
+        [np.histogram2d(u[m], v[m], bins=bins, range=extent)[0].max() for m in masks if m.any()]
         or [1.0]
     )
     norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
     image = None
     for ax, name, m in zip(axes.flat, names, masks, strict=False):
-        *_, image = ax.hist2d(
-            u[m], v[m], bins=bins, range=[[0, 1], [0, 1]], cmap="magma", norm=norm
-        )
-        ax.set_ylim(1, 0)
+        *_, image = ax.hist2d(u[m], v[m], bins=bins, range=extent, cmap="magma", norm=norm)
+        ax.set_ylim(lim[1], lim[0])
+        ax.set_aspect("equal")
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel(f"x / {normalize} width", fontsize=8)
-        ax.set_ylabel(f"y / {normalize} height", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_axis_off()
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
-    fig.suptitle(f"Where the keypoints of {label!r} fall (normalised by {normalize})")
+    how = "each object's centre and size" if normalize == "box" else "the image size"
+    fig.suptitle(f"Where the keypoints of {label!r} fall (normalised by {how})")
     return fig
 
 
