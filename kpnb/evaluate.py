@@ -398,7 +398,7 @@ class _Images(Dataset):
         if isinstance(im, (str, os.PathLike)):
             name, im = Path(im).name, load_image(im)
         if isinstance(im, Image.Image):
-            im = np.asarray(im.convert("RGB"))
+            im = np.array(im.convert("RGB"))  # a copy: torch wants a writable array
         if isinstance(im, np.ndarray):
             im = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)
         return torch.as_tensor(im), name
