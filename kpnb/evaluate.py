@@ -398,7 +398,7 @@ class _Images(Dataset):
         if isinstance(im, (str, os.PathLike)):
             name, im = Path(im).name, load_image(im)
         if isinstance(im, Image.Image):
-            im = np.asarray(im.convert("RGB"))
+            im = np.array(im.convert("RGB"))  # a copy: torch wants a writable array
         if isinstance(im, np.ndarray):
             im = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)
         return torch.as_tensor(im), name
@@ -582,10 +582,15 @@ def write_predictions(
     label: str,
     out: str | os.PathLike,
     image_ids: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
 ) -> Path:
     """`predict`'s table to `out`: ``.json`` COCO results (with `image_ids`, the annotation
-    file's ids), else CVAT for images 1.1 pre-annotations CVAT imports."""
+    file's ids); else CVAT for images 1.1 pre-annotations for CVAT's "Upload annotations"
+    of an existing task: ``.xml``, or ``.zip`` holding ``annotations.xml`` (CVAT's loader
+    takes either). `names`: each image's name in the task (default: its file name; CVAT
+    matches a name to the task's image of that path, else of that file name)."""
     import json
+    import zipfile
 
     from kpnb._io import atomic_path
 
@@ -597,6 +602,14 @@ def write_predictions(
         return out
     from kpnb.cvat import write_cvat
 
-    ann = predictions_to_annotations(preds, [Path(p).name for p in paths], sizes, skeleton, label)
-    write_cvat(ann, out)
+    names = [Path(p).name for p in paths] if names is None else [str(n) for n in names]
+    ann = predictions_to_annotations(preds, names, sizes, skeleton, label)
+    if out.suffix.lower() != ".zip":
+        write_cvat(ann, out)
+        return out
+    from kpnb.cvat.write import iter_cvat_lines
+
+    text = "".join(line + "\n" for line in iter_cvat_lines(ann))
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("annotations.xml", text.encode("utf-8"))
     return out

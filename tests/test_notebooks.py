@@ -16,6 +16,7 @@ EXPECTED = [
     "03_augment_and_dataset",
     "04_finetune_keypoint_rcnn",
     "05_your_own_export",
+    "06_label_faster_with_your_model",
 ]
 
 

@@ -375,7 +375,7 @@ def pd_table(metrics: dict) -> str:
 # -- predict ------------------------------------------------------------------------------
 @_command(
     "predict",
-    "detect keypoints in images and write CVAT XML (pre-annotations) or COCO results",
+    "detect keypoints in images and write CVAT XML (pre-annotations to upload) or COCO results",
     "kpnb predict runs/demo/best.pth photos/*.jpg --out preds.xml --viz preds/",
 )
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -391,7 +391,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         required=True,
-        help=".xml: CVAT for images 1.1 to import into CVAT; .json: COCO results",
+        help=".xml or .zip: CVAT for images 1.1 for CVAT's 'Upload annotations' of the task "
+        "holding these images (matched by file name); .json: COCO results",
     )
     p.add_argument(
         "--viz",
@@ -468,6 +469,25 @@ def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None)
     return ids
 
 
+def task_names(paths: list[Path]) -> list[str]:
+    """The name each image gets in the upload file: its file name. CVAT's importer matches
+    a name (without extension) to the task image of that path, else to one whose path
+    ends with it, so a file name finds its image wherever it sits in the task; two images
+    of one name cannot both be matched, which is logged."""
+    from collections import Counter
+
+    names = [path.name for path in paths]
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    if repeated:
+        log.warning(
+            "%d image names repeat (e.g. %r): CVAT matches uploaded annotations to a "
+            "task's images by name, so it cannot tell these apart; predict them apart",
+            len(repeated),
+            repeated[0],
+        )
+    return names
+
+
 def _images_in_folders(paths: list[Path]) -> list[Path]:
     """`paths` with each folder replaced by the image files under it (any extension PIL
     opens, in sorted order); a folder holding none is an error naming it."""
@@ -499,8 +519,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from kpnb.images import image_size, load_image
     from kpnb.model import load_checkpoint_model
 
-    if args.out.suffix.lower() not in (".xml", ".json"):
-        raise KpnbError(f"--out {args.out}: use .xml (CVAT) or .json (COCO results)")
+    if args.out.suffix.lower() not in (".xml", ".zip", ".json"):
+        raise KpnbError(f"--out {args.out}: use .xml or .zip (CVAT) or .json (COCO results)")
     check_output(args.out, overwrite=args.overwrite)  # both before the model is loaded
     if args.viz is not None:
         check_output(args.viz, directory=True, overwrite=args.overwrite)
@@ -533,7 +553,8 @@ def run_predict(args: argparse.Namespace) -> int:
             on_batch=bar.update,
         )
     sizes = [image_size(p) for p in args.images]
-    write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids)
+    names = task_names(args.images)
+    write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids, names)
     if args.viz:
         from kpnb.viz import draw_instances
 

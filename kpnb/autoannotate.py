@@ -1,0 +1,147 @@
+"""A CVAT auto-annotation function made from a kpnb checkpoint: the model pre-annotates a task.
+
+CVAT runs such functions with cvat-sdk's ``cvat_sdk.auto_annotation`` driver, on your own
+machine (``cvat-cli task auto-annotate``) or behind CVAT's UI through an agent
+(``cvat-cli function create-native`` + ``function run-agent``). This module is such a
+function, parametrised the way the SDK documents it: a module-level ``create(...)`` that
+cvat-cli calls with its ``-p NAME=TYPE:VALUE`` parameters::
+
+    cvat-cli --server-host https://app.cvat.ai --auth USER task auto-annotate TASK_ID \\
+        --function-module kpnb.autoannotate -p checkpoint=str:runs/face/best.pth \\
+        -p point_threshold=float:0.0 --conf-threshold 0.5
+
+* Its spec is the checkpoint's skeleton: the skeleton label it was trained on and the
+  keypoint names, so the driver maps them by name onto the task's skeleton.
+* Each detection is a ``skeleton`` with one ``keypoint`` per skeleton point (the driver
+  wants every point of the task's skeleton); a point whose keypoint score is below
+  ``point_threshold`` is ``outside``, for the person correcting it to place or leave out.
+* Detections scoring below the driver's ``--conf-threshold`` are dropped (without one,
+  `kpnb.evaluate.predict`'s default 0.5).
+* The points are those of `kpnb.evaluate.predict` (the same code runs), in the image's
+  own pixels.
+
+cvat-sdk is optional (``pip install "kpnb[cvat]"``): importing this module does not need
+it, `create` says in one line what to install.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from kpnb.errors import KpnbError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from kpnb.skeleton import Skeleton
+
+__all__ = ["DEFAULT_POINT_THRESHOLD", "DEFAULT_SCORE_THRESHOLD", "KpnbFunction", "create"]
+
+#: Keypoint R-CNN's keypoint score is the heatmap's logit at its peak, not a probability;
+#: below 0 the peak is weaker than the map's background and the point is a guess.
+DEFAULT_POINT_THRESHOLD = 0.0
+#: Detections kept when the driver gives no confidence threshold (as `kpnb.evaluate.predict`).
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+INSTALL_HINT = 'the CVAT auto-annotation function needs cvat-sdk: pip install "kpnb[cvat]"'
+
+
+def _sdk():
+    """``cvat_sdk.auto_annotation``, or a one-line KpnbError saying what to install."""
+    try:
+        import cvat_sdk.auto_annotation as cvataa
+    except ImportError:
+        raise KpnbError(INSTALL_HINT) from None
+    return cvataa
+
+
+def skeleton_spec(label: str, skeleton: Skeleton):
+    """The SDK's ``DetectionFunctionSpec`` for one skeleton label: label id 0, keypoint
+    ids 0..K-1 in the skeleton's order (the order `predict` gives the points in)."""
+    cvataa = _sdk()
+    sublabels = [cvataa.keypoint_spec(name, j) for j, name in enumerate(skeleton.keypoints)]
+    return cvataa.DetectionFunctionSpec(labels=[cvataa.skeleton_label_spec(label, 0, sublabels)])
+
+
+def table_to_skeletons(preds: pd.DataFrame, point_threshold: float) -> list:
+    """`kpnb.evaluate.predict`'s rows of one image as the SDK's ``skeleton`` shapes: one
+    ``keypoint`` per row, ``outside`` where ``keypoint_score < point_threshold``."""
+    cvataa = _sdk()
+    shapes = []
+    for _, rows in preds.groupby("instance_id", sort=True):
+        rows = rows.sort_values("point_index")
+        elements = [
+            cvataa.keypoint(
+                int(r.point_index),
+                [float(r.x), float(r.y)],
+                outside=bool(r.keypoint_score < point_threshold),
+            )
+            for r in rows.itertuples(index=False)
+        ]
+        shapes.append(cvataa.skeleton(0, elements))
+    return shapes
+
+
+class KpnbFunction:
+    """A detection function for cvat-sdk's auto-annotation driver (see the module docstring).
+
+    Args:
+        model: a Keypoint R-CNN in eval mode (`kpnb.model.load_checkpoint_model`).
+        skeleton: the skeleton it predicts.
+        label: the skeleton label's name, as in the CVAT task.
+        point_threshold: keypoints scoring below this come out ``outside``.
+    """
+
+    def __init__(self, model, skeleton: Skeleton, label: str, point_threshold: float):
+        self.model, self.skeleton, self.label = model, skeleton, label
+        self.point_threshold = float(point_threshold)
+        self.spec = skeleton_spec(label, skeleton)
+
+    def predict(self, image: Image.Image, conf_threshold: float | None = None) -> pd.DataFrame:
+        """`kpnb.evaluate.predict` on one image, at the driver's confidence threshold."""
+        from kpnb.evaluate import predict
+
+        threshold = DEFAULT_SCORE_THRESHOLD if conf_threshold is None else conf_threshold
+        return predict(
+            self.model, [image], self.skeleton, self.label, score_threshold=threshold, batch_size=1
+        )
+
+    def detect(self, context, image: Image.Image) -> list:
+        """The skeletons found in `image` (the SDK's ``DetectionFunction.detect``)."""
+        preds = self.predict(image, context.conf_threshold)
+        return table_to_skeletons(preds, self.point_threshold)
+
+
+def create(
+    checkpoint: str,
+    point_threshold: float = DEFAULT_POINT_THRESHOLD,
+    label: str = "",
+    device: str = "",
+) -> KpnbFunction:
+    """The function cvat-cli builds from ``-p`` parameters (the SDK's pattern for
+    parametrised functions).
+
+    Args:
+        checkpoint: a ``best.pth``/``last.pth`` written by kpnb train
+            (``-p checkpoint=str:PATH``).
+        point_threshold: keypoints scoring below it are ``outside``
+            (``-p point_threshold=float:X``).
+        label: the task's skeleton label, when it is named unlike the export the model was
+            trained on (default: the checkpoint's).
+        device: cuda, mps or cpu (default: the best available).
+    """
+    _sdk()  # before loading a model: say what is missing first
+    from kpnb.model import load_checkpoint_model
+
+    model, ckpt = load_checkpoint_model(os.fspath(checkpoint), device or None)
+    extra = (ckpt.get("config") or {}).get("extra") or {}
+    name = label or extra.get("label")
+    if not name:
+        raise KpnbError(
+            f"{checkpoint}: the checkpoint does not name its skeleton label; pass it with "
+            "-p label=str:NAME (the skeleton label of your CVAT task)"
+        )
+    return KpnbFunction(model, ckpt["skeleton_obj"], str(name), point_threshold)
