@@ -253,6 +253,10 @@ def _num(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def render_run_table(record: dict) -> str:
     """The README's generated block (without its markers), made from a run record."""
     secs, runs, m = record["seconds"], record.get("runs", {}), record["metrics"]
@@ -260,7 +264,8 @@ def render_run_table(record: dict) -> str:
     early = sum(s for name, s in secs.items() if name[:2] in ("00", "01", "02", "03"))
     lines = [
         f"Recorded by `python -m kpnb.tutorial --record` on {record['date']}: "
-        f"{record['machine']} ({record['device']}), torch {v['torch']}, "
+        f"{'' if record['device'] == 'cpu' else record['device'].upper() + ' '}"
+        f"{record['machine']}, torch {v['torch']}, "
         f"torchvision {v['torchvision']}, kpnb {v['kpnb']}; full mode.",
         "",
         "| what | measured |",
@@ -276,7 +281,7 @@ def render_run_table(record: dict) -> str:
         detail = duration(secs[name])
         if run:
             detail += (
-                f": trained {run['epochs']} epochs ({run['steps']} steps, "
+                f": trained {_count(run['epochs'], 'epoch')} ({run['steps']} steps, "
                 f"{run['training_minutes']:.1f} min) from {run['weights']} weights, "
                 f"preset {run['preset']} at {run['size']} px"
             )
@@ -336,10 +341,10 @@ def record_run(out: Path, repo: Path = REPO) -> dict:
     record = _read_json(out / RECORD_NAME)
     if record is None:
         raise KpnbError(f"{out}: no {RECORD_NAME}; run `make tutorial` (full mode) first")
-    if record.get("smoke") or SMOKE:
+    if record.get("smoke"):
         raise KpnbError(
-            f"{out / RECORD_NAME} is a smoke run (KPNB_SMOKE or CI set): the repository shows "
-            "full runs only; run `make tutorial` without KPNB_SMOKE/CI, then --record"
+            f"{out / RECORD_NAME} is a smoke run (KPNB_SMOKE or CI was set): the repository "
+            "shows full runs only; run `make tutorial` without KPNB_SMOKE/CI, then --record"
         )
     missing = [n for n in record["seconds"] if not (out / "notebooks" / n).is_file()]
     if missing or "04_finetune_keypoint_rcnn.ipynb" not in record.get("runs", {}):
@@ -367,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out.resolve()
     if args.record:
+        if SMOKE:
+            print(
+                "error: --record makes a full run the repository's; unset KPNB_SMOKE/CI",
+                file=sys.stderr,
+            )
+            return 2
         try:
             record = record_run(out)
         except KpnbError as exc:
