@@ -189,3 +189,44 @@ def test_run_dependent_cells_are_tagged_not_commented(name):
     assert any("run_card(" in c.source for c in tagged), "the run card depends on the run"
     with_output = [c for c in code if c.outputs]
     assert len(tagged) <= max(1, len(with_output) // 4)
+
+
+def test_noting_weights_keeps_the_download_warning_for_the_run_card(caplog):
+    import logging
+
+    from kpnb.tutorial import noting_weights
+
+    with caplog.at_level(logging.INFO, logger="kpnb"):
+        with noting_weights("coco") as note:
+            logging.getLogger("kpnb.model").warning(
+                "COCO Keypoint R-CNN weights could not be downloaded (no network). Download "
+                "it on a connected machine -- continuing from random weights"
+            )
+    assert "could not be downloaded" not in caplog.text  # kept, not printed
+    assert note.weights == "random" and note.why.endswith("could not be downloaded: no network")
+    with noting_weights("coco") as note:
+        pass
+    assert note.weights == "COCO"
+    with noting_weights(None) as note:
+        pass
+    assert note.weights == "random" and "weights=None" in note.why
+
+
+def test_run_card_and_gather_record(tmp_path):
+    import torch
+
+    from kpnb.tutorial import WeightsNote, gather_record, run_card
+
+    model = torch.nn.Linear(1, 1)
+    model.kpnb_build = {"preset": "cpu", "size": 192}
+    history = [{"steps": 10, "seconds": 60.0}, {"steps": 10, "seconds": 90.0}]
+    table = run_card(history, model, WeightsNote("x.pth"), out_dir=tmp_path / "runs" / "face")
+    assert table.loc["steps", "value"] == "20" and table.loc["preset", "value"] == "cpu"
+    metrics = {"metrics": {"AP": 0.5, "PCK@0.1": 0.9, "instances": 3, "APm": None}}
+    (tmp_path / "runs" / "face" / "metrics.json").write_text(json.dumps(metrics))
+    record = gather_record(tmp_path, [("00_setup.ipynb", 30.04), ("04_x.ipynb", 600.0)])
+    card = record["runs"]["04_finetune_keypoint_rcnn.ipynb"]
+    assert card["training_minutes"] == 2.5 and card["epochs"] == 2 and card["weights"] == "x.pth"
+    assert record["metrics"]["AP"] == 0.5 and record["metrics"]["AP50"] is None
+    assert record["seconds"] == {"00_setup.ipynb": 30.0, "04_x.ipynb": 600.0}
+    assert record["total_seconds"] == 630.0
