@@ -1,80 +1,218 @@
-"""Seconds per Keypoint R-CNN training step on the CPU: kpnb's CPU and tiny presets vs
-torchvision's defaults, same batch of synthetic images, at 192, 256 and 384 px, side by side
-in one run.
+"""Learning per minute on this machine: kpnb's presets side by side on the synthetic split.
 
-torchvision's defaults upscale every image to 640-800 px and sample 512 RoIs per image;
-the CPU preset keeps the image size and samples 300 proposals and 32 RoIs per image; the
-tiny preset (tests, smoke runs) also has a 2x128 keypoint head instead of 8x512.
-Goal: the CPU preset at most 0.3x the default's time.
+Two parts, both in one run:
 
-    python benchmarks/bench_train.py [--steps 3] [--batch 2]
+1. **Where the time goes.** For each preset, one CPU training step of a batch is broken
+   down (data loading and augmentation, the model's resize/normalise transform, backbone
+   and FPN, RPN, box head, keypoint head, the rest of the RoI heads with their losses,
+   backward and optimizer step), then one validation pass and `predict`.
+2. **What a budget buys.** Each preset trains from random weights for ``--minutes`` with
+   its own recipe (`kpnb.model.PRESETS`: batch, learning rate, image size), then reports
+   steps and epochs done, OKS AP, AP50, PCK@0.1, objects matched on the 40 validation
+   images, `predict` images/s on them, and the size of ``best.pth``.
+
+The reference row is a one-stage pose model (nano, from scratch, 2 threads) measured on the
+same split, budget and scoring code (issue 26); its library is not a dependency of kpnb.
+
+    python benchmarks/bench_train.py --minutes 12 [--presets fast cpu] [--images 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from kpnb.cvat import read_cvat
-from kpnb.dataset import KeypointDataset, collate_fn
-from kpnb.model import build_model
-from kpnb.synthetic import generate
-from kpnb.transforms import eval_transforms
+from kpnb.data import open_export
+from kpnb.dataset import make_loaders
+from kpnb.evaluate import evaluate, predict
+from kpnb.model import PRESETS, build_model, training_recipe
+from kpnb.train import TrainConfig, fit
+
+#: Issue 26's measurement of a one-stage pose model (nano) in 12 minutes on this machine.
+ONE_STAGE = {"AP": 0.62, "AP50": 0.84, "PCK@0.1": 0.94, "matched": "59-60/61", "img/s": "110-150"}
+
+#: The model parts timed in a step, as (label, attribute path on KeypointRCNN).
+PARTS = (
+    ("transform", "transform"),
+    ("backbone+FPN", "backbone"),
+    ("RPN", "rpn"),
+    ("box RoIAlign", "roi_heads.box_roi_pool"),
+    ("box head", "roi_heads.box_head"),
+    ("keypoint RoIAlign", "roi_heads.keypoint_roi_pool"),
+    ("keypoint head", "roi_heads.keypoint_head"),
+    ("keypoint predictor", "roi_heads.keypoint_predictor"),
+    ("RoI heads (all)", "roi_heads"),
+)
 
 
-def seconds_per_step(model, images, targets, steps: int) -> float:
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    times = []
+def _module(model, path: str):
+    for name in path.split("."):
+        model = getattr(model, name)
+    return model
+
+
+def _timed(model) -> dict[str, list[float]]:
+    """Forward times of `PARTS`, recorded by hooks into the returned dict."""
+    times: dict[str, list[float]] = defaultdict(list)
+    for label, path in PARTS:
+        module, start = _module(model, path), {}
+
+        def pre(_m, _a, start=start):
+            start["t"] = time.perf_counter()
+
+        def post(_m, _a, _o, label=label, start=start):
+            times[label].append(time.perf_counter() - start["t"])
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+    return times
+
+
+def profile(preset: str, ann, root, label, steps: int) -> list[tuple[str, float]]:
+    """Median seconds of each part of a training step, then validation and predict."""
+    torch.manual_seed(0)
+    k = ann.skeletons[label].num_keypoints
+    model = build_model(k, weights=None, preset=preset)
+    recipe, size = training_recipe(model), model.kpnb_build["size"]
+    train, val = make_loaders(
+        ann, root, label, size=size, batch_size=recipe["batch_size"], num_workers=0
+    )
+    times = _timed(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"])
+    rows: dict[str, list[float]] = defaultdict(list)
+    batches = iter(train)
     for i in range(steps + 1):  # the first step warms up allocators and is not counted
-        t = time.perf_counter()
+        t0 = time.perf_counter()
+        images, targets = next(batches)
+        t1 = time.perf_counter()
+        model.train()
         loss = sum(model(images, targets).values())
+        t2 = time.perf_counter()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        t3 = time.perf_counter()
         if i:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+            rows["data (load, augment)"].append(t1 - t0)
+            rows["forward (all)"].append(t2 - t1)
+            rows["backward + step"].append(t3 - t2)
+    parts = {label: statistics.median(v[1 : steps + 1]) for label, v in times.items()}
+    model.eval()
+    t = time.perf_counter()
+    evaluate(model, val, ann.skeletons[label])
+    val_seconds = time.perf_counter() - t
+    out = [(name, statistics.median(v)) for name, v in rows.items()]
+    out[2:2] = [(f"  {name}", parts.get(name, 0.0)) for name, _ in PARTS]
+    out.append(("step (total)", sum(statistics.median(v) for v in rows.values())))
+    out.append((f"validation ({len(val.dataset)} images, random weights)", val_seconds))
+    return out
+
+
+def learn(preset: str, ann, root, label, minutes: float) -> dict:
+    """Train `preset` from random weights for `minutes`; its scores, speed and size."""
+    torch.manual_seed(0)
+    skeleton = ann.skeletons[label]
+    model = build_model(skeleton.num_keypoints, weights=None, preset=preset)
+    recipe, size = training_recipe(model), model.kpnb_build["size"]
+    train, val = make_loaders(ann, root, label, size=size, batch_size=recipe["batch_size"])
+    curve = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(epochs=None, size=size, max_minutes=minutes)
+        history = fit(
+            model,
+            train,
+            val,
+            skeleton,
+            config,
+            out_dir=tmp,
+            on_epoch_end=lambda row: curve.append(
+                ((time.perf_counter() - start) / 60, row.get("AP"), row.get("PCK@0.1"))
+            ),
+        )
+        ckpt_mb = (Path(tmp) / "best.pth").stat().st_size / 2**20
+    result = evaluate(model, val, skeleton)
+    paths = [item.path for item in val.dataset.items]
+    predict(model, paths[:4], skeleton)  # warm-up
+    t = time.perf_counter()
+    predict(model, paths, skeleton, batch_size=8)
+    per_second = len(paths) / (time.perf_counter() - t)
+    m = result.metrics
+    return {
+        "preset": preset,
+        "size": size,
+        "batch": recipe["batch_size"],
+        "lr": recipe["lr"],
+        "params M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "steps": sum(row["steps"] for row in history),
+        "epochs": len(history),
+        "AP": m["AP"],
+        "AP50": m["AP50"],
+        "PCK@0.1": m["PCK@0.1"],
+        "matched": f"{m['matched_instances']}/{m['instances']}",
+        "img/s": per_second,
+        "ckpt MB": ckpt_mb,
+        "curve": curve,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--minutes", type=float, default=12.0, help="training budget per preset")
+    ap.add_argument("--presets", nargs="+", default=["fast", "cpu"], choices=list(PRESETS))
+    ap.add_argument("--images", type=int, default=200, help="synthetic images (160/40 split)")
+    ap.add_argument("--steps", type=int, default=3, help="steps timed in the breakdown")
+    ap.add_argument("--skip-profile", action="store_true")
     args = ap.parse_args()
+    logging.getLogger("kpnb").setLevel(logging.WARNING)
+    root, ann, label = open_export("synthetic", n_images=args.images)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, synthetic {args.images}")
+    if not args.skip_profile:
+        print("\n== where the time goes: one training step (median of", args.steps, "), seconds")
+        profiles = {p: profile(p, ann, root, label, args.steps) for p in args.presets}
+        names = [name for name, _ in profiles[args.presets[0]]]
+        print(f"{'part':44s}" + "".join(f"{p:>10s}" for p in args.presets))
+        for i, name in enumerate(names):
+            print(f"{name:44s}" + "".join(f"{profiles[p][i][1]:10.3f}" for p in args.presets))
+    print(f"\n== what {args.minutes:g} minutes buy, from random weights, 40 validation images")
+    cols = ["preset", "size", "batch", "lr", "params M", "steps", "epochs", "AP", "AP50"]
+    cols += ["PCK@0.1", "matched", "img/s", "ckpt MB"]
+    rows = [learn(p, ann, root, label, args.minutes) for p in args.presets]
+    print(" ".join(f"{c:>9s}" for c in cols))
+    for row in rows:
+        cells = [
+            f"{row[c]:9.3f}"
+            if isinstance(row[c], float) and c in ("AP", "AP50", "PCK@0.1")
+            else f"{row[c]:9.4g}"
+            if isinstance(row[c], float)
+            else f"{row[c]!s:>9s}"
+            for c in cols
+        ]
+        print(" ".join(cells))
+    ref = ONE_STAGE
     print(
-        f"torch threads {torch.get_num_threads()}, batch {args.batch}, "
-        f"median of {args.steps} steps after one warm-up"
+        f"{'one-stage':>9s} (issue 26, 12 min): AP {ref['AP']}  AP50 {ref['AP50']}  "
+        f"PCK@0.1 {ref['PCK@0.1']}  matched {ref['matched']}  {ref['img/s']} img/s"
     )
+    print("\nlearning per minute (wall minutes: AP / PCK@0.1 after each epoch)")
+    for row in rows:
+        points = "  ".join(
+            f"{t:.1f}: {ap_ or 0:.2f}/{pck or 0:.2f}" for t, ap_, pck in row["curve"]
+        )
+        print(f"{row['preset']:>9s}  {points}")
+    best = max(rows, key=lambda r: r["AP"])
     print(
-        f"{'size':>5s} {'default s/step':>15s} {'cpu s/step':>11s} {'ratio':>7s} "
-        f"{'tiny s/step':>12s} {'ratio':>7s}"
+        f"\nbest AP: {best['preset']} {best['AP']:.3f} (goal >= 0.62), PCK@0.1 "
+        f"{best['PCK@0.1']:.3f} (goal >= 0.94), matched {best['matched']} (goal >= 59/61), "
+        f"{best['img/s']:.1f} img/s (goal >= 20)"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        root = generate(Path(tmp) / "syn", 12, seed=0)
-        ann = read_cvat(root)
-        for size in (192, 256, 384):
-            ds = KeypointDataset(ann, root, "face", eval_transforms(size))
-            items = [ds[i] for i in range(len(ds)) if len(ds.items[i].boxes)][: args.batch]
-            images, targets = (list(x) for x in collate_fn(items))
-            torch.manual_seed(0)
-            default = build_model(5, weights=None, preset=None)
-            t_default = seconds_per_step(default, images, targets, args.steps)
-            torch.manual_seed(0)
-            preset = build_model(5, weights=None, preset="cpu", size=size)
-            t_preset = seconds_per_step(preset, images, targets, args.steps)
-            torch.manual_seed(0)
-            tiny = build_model(5, weights=None, preset="tiny", size=size)
-            t_tiny = seconds_per_step(tiny, images, targets, args.steps)
-            print(
-                f"{size:5d} {t_default:15.2f} {t_preset:11.2f} {t_preset / t_default:6.2f}x "
-                f"{t_tiny:12.2f} {t_tiny / t_default:6.2f}x   (goal: cpu <= 0.3x)"
-            )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ loads the weights into that shape, then swaps the keypoint predictor for one wit
 (and the box predictor only when there is more than one object class). From random weights
 every stage trains and the norm layers are ordinary ``BatchNorm2d``.
 
-The preset follows the device: on a CPU the ``"cpu"`` preset keeps images small and
-samples fewer proposals, so a fine-tune is possible without a GPU; on CUDA the model keeps
-torchvision's own sizes (640-800 px), the sizes the COCO weights were trained at. The
+The preset (`PRESETS`) follows the device and the weights: on CUDA the model keeps
+torchvision's own sizes (640-800 px), the sizes the COCO weights were trained at; on a CPU
+the ``"cpu"`` preset keeps images small and samples fewer proposals, so a COCO fine-tune is
+possible without a GPU, and without pretrained weights the ``"fast"`` preset (ResNet-18 FPN,
+a small keypoint head) learns several times more per minute than ResNet-50. The
 arguments a model was built with are kept on it (``model.kpnb_build``) and written into
 every checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
 """
@@ -22,6 +24,8 @@ import io
 import logging
 import os
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,9 +45,12 @@ from kpnb.errors import KpnbError
 __all__ = [
     "WeightsUnavailableError",
     "build_model",
+    "PRESETS",
+    "Preset",
     "cpu_preset",
     "tiny_preset",
     "default_preset",
+    "training_recipe",
     "load_checkpoint_model",
     "read_checkpoint",
 ]
@@ -53,26 +60,16 @@ log = logging.getLogger(__name__)
 COCO_WEIGHTS = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1
 #: Where the COCO weights come from (torchvision's own URL; tests point it at 127.0.0.1).
 COCO_URL = COCO_WEIGHTS.url
-#: ``preset`` values: the CPU compromise, torchvision's own defaults, or the tiny network
-#: of tests and smoke runs (see `cpu_preset` and `TINY_HEAD`).
-PRESETS = ("cpu", "torchvision", "tiny")
-#: The ``"tiny"`` preset's keypoint head: 2 convolutions of 128 channels instead of
-#: torchvision's 8 of 512, about 40x fewer operations per RoI. On a CPU that head is most of
-#: a training step, so the tiny network trains several times faster: for tests, smoke runs
-#: and a first look at an export, not for accuracy (COCO's keypoint head is not loaded).
-TINY_HEAD = (128, 128)
-
-
-class WeightsUnavailableError(KpnbError, RuntimeError):
-    """Pretrained weights could not be had (offline, or a bad path); the message says how."""
+#: Peak AdamW learning rate when the weights are pretrained: small, so the new head's first
+#: large gradients do not wreck what the backbone learnt.
+FINETUNE_LR = 1e-4
 
 
 def cpu_preset(size: int = 256) -> dict:
     """Keyword arguments that make Keypoint R-CNN practical on a CPU.
 
     Images stay at `size` instead of being upscaled to 800 px, and fewer RPN proposals
-    and sampled RoIs reach the heavy 8-conv keypoint head. ``benchmarks/bench_train.py``
-    measures the effect.
+    and sampled RoIs reach the keypoint head. ``benchmarks/bench_train.py`` measures it.
     """
     return {
         "min_size": size,
@@ -82,8 +79,8 @@ def cpu_preset(size: int = 256) -> dict:
         "rpn_pre_nms_top_n_test": 300,
         "rpn_post_nms_top_n_test": 100,
         # RoIs sampled per image, a quarter of them positive; every positive RoI goes through
-        # the keypoint head's 8 convolutions of 512 channels, the bulk of a CPU step. 32
-        # (8 positives) halves a 192 px step against 128 (bench_train.py)
+        # the keypoint head, the bulk of a CPU step. 32 (8 positives) halves a 192 px step
+        # against torchvision's 512 (bench_train.py)
         "box_batch_size_per_image": 32,
         "box_detections_per_img": 20,
     }
@@ -91,8 +88,7 @@ def cpu_preset(size: int = 256) -> dict:
 
 def tiny_preset(size: int = 256) -> dict:
     """The CPU preset cut further for tests and smoke runs: 16 RoIs and 100 proposals per
-    image in training (the keypoint head itself is swapped for `TINY_HEAD` by `build_model`).
-    """
+    image in training (the keypoint head itself is `TINY_HEAD`)."""
     return {
         **cpu_preset(size),
         "rpn_pre_nms_top_n_train": 200,
@@ -101,30 +97,102 @@ def tiny_preset(size: int = 256) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A network (the ResNet under the FPN, the keypoint head, KeypointRCNN's options at an
+    image size) and the training recipe measured to suit it: batch size, and the peak
+    learning rate from random weights (pretrained weights always fine-tune at
+    `FINETUNE_LR`)."""
+
+    backbone: str
+    keypoint_head: tuple[int, ...] | None  # conv channels; None: torchvision's 8 x 512
+    options: Callable[[int], dict]
+    size: int  # the loaders' image size unless one is given
+    batch_size: int
+    scratch_lr: float
+    about: str
+
+
+#: The ``"tiny"`` preset's keypoint head: 2 convolutions of 128 channels instead of
+#: torchvision's 8 of 512, about 40x fewer operations per RoI (tests and smoke runs).
+TINY_HEAD = (128, 128)
+#: The ``"fast"`` preset's keypoint head: 4 convolutions of 128 channels.
+FAST_HEAD = (128, 128, 128, 128)
+
+#: The networks `build_model` makes; ``benchmarks/bench_train.py`` measures them side by side.
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset(
+        "resnet50",
+        None,
+        cpu_preset,
+        256,
+        2,
+        1e-4,
+        "ResNet-50 FPN and COCO's 8x512 keypoint head at --size: the COCO fine-tune on a CPU",
+    ),
+    "fast": Preset(
+        "resnet18",
+        FAST_HEAD,
+        cpu_preset,
+        192,
+        8,
+        1e-3,
+        "ResNet-18 FPN, a 4x128 keypoint head, batch 8: learns from random weights on a CPU",
+    ),
+    "torchvision": Preset(
+        "resnet50",
+        None,
+        lambda size: {},
+        256,
+        2,
+        1e-4,
+        "torchvision's own network and sizes (640-800 px): the COCO fine-tune on a GPU",
+    ),
+    "tiny": Preset(
+        "resnet50",
+        TINY_HEAD,
+        tiny_preset,
+        256,
+        2,
+        1e-4,
+        "the cpu preset with a 2x128 keypoint head and 16 RoIs: tests and smoke runs",
+    ),
+}
+
+
+class WeightsUnavailableError(KpnbError, RuntimeError):
+    """Pretrained weights could not be had (offline, or a bad path); the message says how."""
+
+
 def _preset_options(preset: str, size: int) -> dict:
-    return {"cpu": cpu_preset, "tiny": tiny_preset}.get(preset, lambda _: {})(size)
+    return PRESETS[preset].options(size)
 
 
-def _tiny_head(model: KeypointRCNN, num_keypoints: int) -> None:
-    """Swap the keypoint head for the small `TINY_HEAD` one (random weights)."""
-    in_channels = model.backbone.out_channels
-    model.roi_heads.keypoint_head = KeypointRCNNHeads(in_channels, TINY_HEAD)
-    model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(TINY_HEAD[-1], num_keypoints)
+def default_preset(pretrained: bool = True) -> str:
+    """What ``"auto"`` picks: ``"torchvision"`` on CUDA (COCO's image sizes); on a CPU,
+    ``"cpu"`` to fine-tune pretrained weights and ``"fast"`` to train from random ones."""
+    if torch.cuda.is_available():
+        return "torchvision"
+    return "cpu" if pretrained else "fast"
 
 
-def default_preset() -> str:
-    """``"torchvision"`` when CUDA is there (COCO's image sizes), else ``"cpu"``."""
-    return "torchvision" if torch.cuda.is_available() else PRESETS[0]
-
-
-def _resolve_preset(preset: str | None) -> str:
+def _resolve_preset(preset: str | None, pretrained: bool = True) -> str:
     if preset == "auto":
-        return default_preset()
+        return default_preset(pretrained)
     if preset is None:
         return "torchvision"
     if preset not in PRESETS:
         raise KpnbError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
     return preset
+
+
+def training_recipe(model) -> dict:
+    """``{"lr", "batch_size"}`` that suit `model`, from the preset and weights it was built
+    with: `FINETUNE_LR` for pretrained weights, else the preset's own rate."""
+    build = getattr(model, "kpnb_build", None) or {}
+    preset = PRESETS.get(build.get("preset"), PRESETS["torchvision"])
+    lr = FINETUNE_LR if build.get("pretrained", True) else preset.scratch_lr
+    return {"lr": lr, "batch_size": preset.batch_size}
 
 
 def _short(exc: BaseException) -> str:
@@ -229,17 +297,23 @@ def _misfit(exc: RuntimeError) -> str:
 def _network(
     num_keypoints: int,
     num_classes: int,
+    backbone_name: str,
+    head: tuple[int, ...] | None,
     norm: str,
     norm_eps: float | None,
     trainable: int,
     options: dict,
 ) -> KeypointRCNN:
-    """ResNet-50 FPN Keypoint R-CNN as `keypointrcnn_resnet50_fpn` assembles it."""
+    """A ResNet FPN Keypoint R-CNN as `keypointrcnn_resnet50_fpn` assembles it, with a
+    keypoint head of `head` conv channels (None: torchvision's 8 of 512)."""
     norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
     backbone = resnet_fpn_backbone(
-        backbone_name="resnet50", weights=None, norm_layer=norm_layer, trainable_layers=trainable
+        backbone_name=backbone_name, weights=None, norm_layer=norm_layer, trainable_layers=trainable
     )
     model = KeypointRCNN(backbone, num_classes, num_keypoints=num_keypoints, **options)
+    if head is not None:
+        model.roi_heads.keypoint_head = KeypointRCNNHeads(backbone.out_channels, head)
+        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(head[-1], num_keypoints)
     if norm_eps is not None:  # torchvision sets eps 0 for the COCO_V1 weights (overwrite_eps)
         for module in model.modules():
             if isinstance(module, FrozenBatchNorm2d):
@@ -276,21 +350,43 @@ def _backbone_choice(pretrained: bool, norm: str | None, trainable: int | None) 
     return norm, trainable
 
 
+def _state_head(state: dict) -> tuple[int, ...] | None:
+    """The keypoint head's conv channels in `state` (None: torchvision's 8 of 512)."""
+    prefix = "roi_heads.keypoint_head."
+    convs = sorted(
+        (int(k[len(prefix) :].split(".")[0]), v.shape[0])
+        for k, v in state.items()
+        if k.startswith(prefix) and k.endswith(".weight") and v.ndim == 4
+    )
+    head = tuple(int(c) for _, c in convs)
+    return None if head in ((), (512,) * 8) else head
+
+
 def _from_state(
     state: dict,
     num_keypoints: int,
     num_classes: int,
+    preset: Preset,
     norm: str,
     norm_eps: float | None,
     trainable: int,
     options: dict,
 ) -> KeypointRCNN:
-    """The network shaped like `state` with `state` loaded, then given a keypoint predictor
-    of `num_keypoints` and a box predictor of `num_classes` where those differ."""
+    """The network shaped like `state` with `state` loaded, then given the preset's keypoint
+    head where the state's differs (new weights), a keypoint predictor of `num_keypoints`
+    and a box predictor of `num_classes` where those differ."""
     state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
     state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
-    model = _network(int(state_k), int(state_c), norm, norm_eps, trainable, options)
+    head = _state_head(state)
+    model = _network(
+        int(state_k), int(state_c), preset.backbone, head, norm, norm_eps, trainable, options
+    )
     model.load_state_dict(state)
+    if head != preset.keypoint_head:  # COCO's 8x512 head under a small-head preset
+        in_channels = model.backbone.out_channels
+        channels = preset.keypoint_head or (512,) * 8
+        model.roi_heads.keypoint_head = KeypointRCNNHeads(in_channels, channels)
+        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(channels[-1], int(state_k))
     if state_k != num_keypoints:
         in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
         model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
@@ -320,7 +416,7 @@ def build_model(
     *,
     allow_random: bool = False,
     preset: str | None = "auto",
-    size: int = 256,
+    size: int | None = None,
     trainable_backbone_layers: int | None = None,
     norm: str | None = None,
     norm_eps: float | None = None,
@@ -335,10 +431,10 @@ def build_model(
             torchvision state dict or a kpnb checkpoint), or ``None`` for random weights.
         allow_random: when the weights cannot be had, log one line and continue from
             random weights instead of raising.
-        preset: ``"auto"`` (``"torchvision"`` on CUDA, else ``"cpu"``), ``"cpu"`` (see
-            `cpu_preset`), ``"torchvision"``/``None`` (images upscaled to 640-800 px) or
-            ``"tiny"`` (`tiny_preset` and the small `TINY_HEAD`: tests and smoke runs).
-        size: image size the CPU and tiny presets keep.
+        preset: a name in `PRESETS` (``None``: ``"torchvision"``) or ``"auto"``:
+            ``"torchvision"`` on CUDA; on a CPU ``"cpu"`` when the weights could be had,
+            else ``"fast"`` (ResNet-18, made to learn from random weights in minutes).
+        size: image size the cpu, fast and tiny presets keep (default: the preset's).
         trainable_backbone_layers: backbone stages that train (0-5); default 3 with
             pretrained weights, as torchvision does, and all 5 from random weights.
         norm: ``"frozen"`` (FrozenBatchNorm2d) or ``"batch"`` (BatchNorm2d); default frozen
@@ -351,37 +447,50 @@ def build_model(
         WeightsUnavailableError: the weights are unreachable and `allow_random` is False.
         KpnbError: an unknown preset, norm or ``KeypointRCNN`` option, or stages not 0-5.
     """
-    preset = _resolve_preset(preset)
+    if preset not in (*PRESETS, "auto", None):
+        raise KpnbError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
     unknown = sorted(set(kwargs) - _options())
     if unknown:
         raise KpnbError(
             f"unknown KeypointRCNN options {unknown}; see torchvision's KeypointRCNN and "
             "FasterRCNN for the options there are"
         )
-    options = {**_preset_options(preset, size), **kwargs}
     state, coco = _pretrained_state(weights, allow_random)
+    preset = _resolve_preset(preset, pretrained=state is not None)
+    spec = PRESETS[preset]
+    size = size or spec.size
+    options = {**_preset_options(preset, size), **kwargs}
     if coco and norm_eps is None:
         norm_eps = 0.0
     norm, trainable = _backbone_choice(state is not None, norm, trainable_backbone_layers)
     if state is None:
-        model = _network(num_keypoints, num_classes, norm, norm_eps, trainable, options)
+        model = _network(
+            num_keypoints,
+            num_classes,
+            spec.backbone,
+            spec.keypoint_head,
+            norm,
+            norm_eps,
+            trainable,
+            options,
+        )
     else:
         try:
             model = _from_state(
-                state, num_keypoints, num_classes, norm, norm_eps, trainable, options
+                state, num_keypoints, num_classes, spec, norm, norm_eps, trainable, options
             )
         except RuntimeError as exc:  # load_state_dict: keys missing, unexpected or misshaped
             raise WeightsUnavailableError(
-                f"{weights}: these weights do not fit ResNet-50 FPN Keypoint R-CNN "
-                f"({_misfit(exc)}); pass torchvision's COCO weights or a best.pth of a run "
-                "whose preset had the same heads (a 'tiny' run's keypoint head is smaller)"
+                f"{weights}: these weights do not fit the {preset!r} preset's network, "
+                f"{spec.backbone} FPN Keypoint R-CNN ({_misfit(exc)}); pass torchvision's "
+                "COCO weights (presets cpu, torchvision, tiny) or a best.pth of a run with "
+                "the same --preset"
             ) from None
-    if preset == "tiny":
-        _tiny_head(model, num_keypoints)
     model.kpnb_build = {
         "num_keypoints": int(num_keypoints),
         "num_classes": int(num_classes),
         "preset": preset,
+        "pretrained": state is not None,
         "size": int(size),
         "trainable_backbone_layers": trainable,
         "norm": norm,
@@ -409,6 +518,7 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
     ckpt = read_checkpoint(path)
     skeleton, build = _checked_checkpoint(path, ckpt)
     kwargs = build.pop("kwargs", None) or {}
+    build.pop("pretrained", None)  # how it was trained; its weights are in the file
     try:
         model = build_model(**build, **kwargs, weights=None)
     except (KpnbError, TypeError) as exc:  # TypeError: kwargs repeating an argument
@@ -429,6 +539,7 @@ _BUILD_TYPES: dict[str, tuple[type, ...]] = {
     "num_keypoints": (int,),
     "num_classes": (int,),
     "preset": (str,),
+    "pretrained": (bool,),
     "size": (int,),
     "trainable_backbone_layers": (int, type(None)),
     "norm": (str, type(None)),

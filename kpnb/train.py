@@ -18,6 +18,7 @@ run resumes from the ``last.pth`` in it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from kpnb._io import OutputExistsError, atomic_path, check_output
 from kpnb.config import seed_everything, select_device, version
 from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
+from kpnb.model import training_recipe
 from kpnb.tables import Skeleton
 
 __all__ = [
@@ -65,8 +67,9 @@ LOWER_IS_BETTER = frozenset(("mean_px_error", "loss"))
 class TrainConfig:
     """Everything that shapes a run; stored in every checkpoint."""
 
-    epochs: int = 10
-    lr: float = 1e-4  # AdamW peak; 1e-3 diverged from random init on CPU runs
+    epochs: int | None = 10  # None: as many as `max_minutes` allows (the budget decides)
+    lr: float | None = None  # AdamW peak; None: the model's `kpnb.model.training_recipe`
+    batch_size: int | None = None  # recorded by `fit` from the training loader
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
     pct_start: float = 0.3  # share of the one-cycle schedule spent warming up
@@ -107,13 +110,15 @@ class OneCycle:
         self,
         optimizer,
         lr: float,
-        total_steps: int,
+        total_steps: int | None,
         pct_start: float = 0.3,
         minutes: float | None = None,
         device: torch.device | None = None,
     ):
         self.optimizer, self.lr, self.pct_start = optimizer, lr, pct_start
-        self.total_steps, self.minutes, self.device = max(1, total_steps), minutes, device
+        # total_steps None: the time budget alone measures progress
+        self.total_steps = None if total_steps is None else max(1, total_steps)
+        self.minutes, self.device = minutes, device
         self.steps, self.seconds_before, self.progress = 0, 0.0, 0.0
         self._start = time.perf_counter()
         self._set(0.0)
@@ -123,7 +128,7 @@ class OneCycle:
         return self.seconds_before + time.perf_counter() - self._start
 
     def _measure(self) -> float:
-        p = self.steps / self.total_steps
+        p = 0.0 if self.total_steps is None else self.steps / self.total_steps
         if self.minutes:
             p = max(p, self.seconds() / (60 * self.minutes))
         import torch.distributed as dist
@@ -169,6 +174,45 @@ class OneCycle:
         self._set(self.progress)
 
 
+class _DisplayFile:
+    """A file for tqdm that shows its text in one Jupyter display, updated in place: the
+    bar stays live while it runs, and an emptied display is what a saved notebook keeps."""
+
+    def __init__(self):
+        from IPython.display import display
+
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        self.handle.update({"text/plain": text}, raw=True)
+
+    def flush(self) -> None:
+        pass
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def progress_bar(iterable, desc: str, *, enabled: bool = True):
+    """`iterable` with a tqdm bar that disappears when done (``leave=False``): in Jupyter
+    a display updated in place, so no frozen bar is saved with the notebook; in a
+    terminal the usual bar on stderr; off when stderr is no terminal (CI logs)."""
+    from tqdm import tqdm
+
+    if not enabled:
+        return iterable
+    if _in_notebook():
+        return tqdm(iterable, desc=desc, leave=False, file=_DisplayFile(), mininterval=1.0)
+    return tqdm(iterable, desc=desc, leave=False, disable=None, mininterval=1.0)
+
+
 def train_one_epoch(
     model,
     optimizer,
@@ -179,15 +223,17 @@ def train_one_epoch(
     scheduler=None,
     scaler=None,
     grad_clip: float = 10.0,
+    progress: bool = True,
 ) -> dict:
     """One pass over `loader` (shorter when the schedule finishes); the mean of each loss.
+    With `progress`, a bar of the steps that disappears when the epoch ends.
 
     Raises FloatingPointError on a non-finite loss.
     """
     model.train()
     sums: dict[str, torch.Tensor] = {}
     n = 0
-    for images, targets in loader:
+    for images, targets in progress_bar(loader, f"epoch {epoch + 1}", enabled=progress):
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         with torch.autocast(device.type, enabled=scaler is not None):
@@ -351,13 +397,14 @@ def _stored_best(value) -> tuple[int, float] | None:
     return None
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def _epoch_line(row: dict, epochs: int | None) -> str:
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
     part = "" if row.get("complete", True) else " (stopped early: time budget)"
+    of = f"/{epochs}" if epochs else ""
     return (
-        f"epoch {row['epoch'] + 1}/{epochs}  loss {f(row['loss'])}  AP {f(row.get('AP'))}  "
+        f"epoch {row['epoch'] + 1}{of}  loss {f(row['loss'])}  AP {f(row.get('AP'))}  "
         f"PCK@0.1 {f(row.get('PCK@0.1'))}  {row['seconds']:.0f} s{part}"
     )
 
@@ -387,14 +434,22 @@ def fit(
     `resume` is its own ``last.pth`` (`check_run_folder`). On CUDA, mixed precision is on
     unless `config.amp` is False.
     """
+    if config.epochs is None and not config.max_minutes:
+        raise KpnbError("TrainConfig: epochs=None trains until max_minutes; give one of them")
     if out_dir is not None:
         check_run_folder(out_dir, overwrite=overwrite, resume=resume)
+    config = replace(
+        config,
+        lr=config.lr or training_recipe(_unwrap(model))["lr"],
+        batch_size=train_loader.batch_size,
+    )
     run = _Run.start(model, train_loader, config, device, out_dir)
     history: list[dict] = []
     start_epoch = 0
     if resume is not None:
         history, start_epoch = run.resume(resume)
-    for epoch in range(start_epoch, config.epochs):
+    epochs = range(start_epoch, config.epochs) if config.epochs else itertools.count(start_epoch)
+    for epoch in epochs:
         if run.scheduler.finished:
             log.info("time budget of %s min used up: training stops", config.max_minutes)
             break
@@ -404,11 +459,14 @@ def fit(
             torch.distributed.barrier()
         if run.rank == 0:
             log.info(_epoch_line(row, config.epochs))
+            if epoch == start_epoch and config.max_minutes and row["complete"]:
+                fits = 60 * config.max_minutes / max(row["seconds"], 1e-9)
+                log.info("about %.0f epochs fit the %g-minute budget", fits, config.max_minutes)
             run.save(epoch, row, history, skeleton)
             if on_epoch_end is not None:
                 on_epoch_end(row)
         if run.scheduler.finished:
-            if epoch < config.epochs - 1:
+            if config.epochs and epoch < config.epochs - 1:
                 log.info(
                     "time budget of %s min used up after %d of %d epochs",
                     config.max_minutes,
@@ -462,7 +520,7 @@ class _Run:
         scheduler = OneCycle(
             optimizer,
             config.lr,
-            config.epochs * len(train_loader),
+            config.epochs * len(train_loader) if config.epochs else None,
             config.pct_start,
             config.max_minutes,
             dev,
@@ -509,6 +567,7 @@ class _Run:
                 scheduler=self.scheduler,
                 scaler=self.scaler,
                 grad_clip=self.config.grad_clip,
+                progress=self.rank == 0,
             )
         )
         row["complete"] = row["steps"] == len(self.train_loader)

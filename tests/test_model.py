@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.detection import keypointrcnn_resnet50_fpn
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -18,7 +19,12 @@ from kpnb.model import (
     cpu_preset,
     load_checkpoint_model,
     read_checkpoint,
+    training_recipe,
 )
+
+
+def _skeleton(k: int) -> dict:
+    return {"keypoints": [f"p{i}" for i in range(k)], "edges": []}
 
 
 def _k(model):
@@ -26,7 +32,7 @@ def _k(model):
 
 
 def test_random_model_has_k_outputs_and_the_cpu_preset():
-    m = build_model(5, weights=None, size=192)
+    m = build_model(5, weights=None, size=192, preset="cpu")
     assert _k(m) == 5
     assert m.transform.min_size == (192,) and m.transform.max_size == 192
     assert (
@@ -149,7 +155,37 @@ def test_the_preset_follows_the_device(monkeypatch, cuda, expected):
     monkeypatch.setattr(kmodel.torch.cuda, "is_available", lambda: cuda)
     m = build_model(4, weights=None, size=160)
     assert m.transform.min_size == expected
-    assert m.kpnb_build["preset"] == ("torchvision" if cuda else "cpu")
+    assert m.kpnb_build["preset"] == ("torchvision" if cuda else "fast")
+
+
+def test_auto_on_a_cpu_fine_tunes_with_cpu_and_trains_from_scratch_with_fast(
+    monkeypatch, coco_like_weights
+):
+    monkeypatch.setattr(kmodel.torch.cuda, "is_available", lambda: False)
+    tuned = build_model(4, weights=coco_like_weights[0], size=96)
+    scratch = build_model(4, weights=None)
+    assert tuned.kpnb_build["preset"] == "cpu" and tuned.kpnb_build["pretrained"] is True
+    assert scratch.kpnb_build["preset"] == "fast" and scratch.kpnb_build["pretrained"] is False
+    assert training_recipe(tuned) == {"lr": kmodel.FINETUNE_LR, "batch_size": 2}
+    assert training_recipe(scratch) == {"lr": 1e-3, "batch_size": 8}
+
+
+def test_fast_preset_is_resnet18_with_a_small_head_at_192_px(tmp_path):
+    m = build_model(5, weights=None, preset="fast")
+    assert m.transform.min_size == (192,) and m.kpnb_build["size"] == 192
+    assert isinstance(m.backbone.body.layer1[0], torchvision.models.resnet.BasicBlock)
+    convs = [c for c in m.roi_heads.keypoint_head if isinstance(c, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == list(kmodel.FAST_HEAD)
+    assert _k(m) == 5
+    # rebuilt from its checkpoint: the same network, the same weights
+    path = tmp_path / "best.pth"
+    torch.save({"model": m.state_dict(), "skeleton": _skeleton(5), "build": m.kpnb_build}, path)
+    again, _ = load_checkpoint_model(path, device="cpu")
+    assert again.kpnb_build["preset"] == "fast"
+    assert torch.equal(again.roi_heads.keypoint_head[0].weight, m.roi_heads.keypoint_head[0].weight)
+    # a fast run's weights do not fit the ResNet-50 presets: one clear error
+    with pytest.raises(WeightsUnavailableError, match="'cpu' preset"):
+        build_model(5, weights=path, preset="cpu")
 
 
 class _Payload:

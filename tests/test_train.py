@@ -21,7 +21,8 @@ from kpnb._io import OutputExistsError
 from kpnb.cli import main
 from kpnb.cvat import read_cvat
 from kpnb.dataset import KeypointDataset, collate_fn, split_indices
-from kpnb.model import build_model, load_checkpoint_model
+from kpnb.errors import KpnbError
+from kpnb.model import build_model, load_checkpoint_model, training_recipe
 from kpnb.train import OneCycle, TrainConfig, fit, load_checkpoint
 from kpnb.transforms import eval_transforms
 
@@ -234,6 +235,46 @@ def test_time_budget_ends_the_schedule_and_the_run(tiny, tmp_path, caplog):
     assert len(history) == 1 and history[0]["steps"] == 1 and not history[0]["complete"]
     assert "AP" in history[0] and "time budget" in caplog.text  # evaluated, then stopped
     assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 0
+
+
+def test_without_epochs_the_budget_decides_and_the_recipe_is_recorded(tiny, tmp_path):
+    skeleton, train, val = tiny
+    model = _model()
+    config = TrainConfig(epochs=None, size=SIZE, max_minutes=0.05)
+    history = fit(model, train, val, skeleton, config, out_dir=tmp_path)
+    assert not history[-1]["complete"]  # no epoch count: the budget ended it, mid-epoch
+    saved = torch.load(tmp_path / "last.pth", weights_only=True)["config"]
+    # lr None: the model's recipe (tiny from random weights); the loader's batch recorded
+    assert saved["epochs"] is None and saved["batch_size"] == 2
+    assert saved["lr"] == training_recipe(model)["lr"] == 1e-4
+    with pytest.raises(KpnbError, match="epochs=None"):
+        fit(_model(), train, val, skeleton, TrainConfig(epochs=None), overwrite=True)
+
+
+def test_one_cycle_on_time_alone_follows_the_clock(monkeypatch):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = OneCycle(opt, 1.0, None, minutes=1.0)
+    sched.seconds_before = 30.0  # half the budget used
+    sched.step()
+    assert sched.progress == pytest.approx(0.5, abs=0.01) and not sched.finished
+
+
+def test_the_progress_bar_is_off_in_logs_and_empties_its_notebook_display(monkeypatch):
+    # stderr is no terminal under pytest: tqdm is disabled, the loop is unchanged
+    assert list(ktrain.progress_bar(range(3), "epoch 1")) == [0, 1, 2]
+    shown = []
+
+    class Handle:
+        def update(self, data, raw):
+            shown.append(data["text/plain"])
+
+    monkeypatch.setattr(ktrain, "_in_notebook", lambda: True)
+    monkeypatch.setattr(
+        ktrain._DisplayFile, "__init__", lambda self: setattr(self, "handle", Handle())
+    )
+    assert list(ktrain.progress_bar(range(3), "epoch 1")) == [0, 1, 2]
+    assert any("epoch 1" in text for text in shown)  # it showed the bar while it ran
+    assert shown[-1] == ""  # and the saved display is empty
 
 
 def test_one_cycle_warms_up_then_decays():

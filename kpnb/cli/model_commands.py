@@ -58,11 +58,13 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
     p.add_argument(
         "--size",
         type=positive_int,
-        default=None if run else 256,
-        help=f"square image size ({run or 'default: 256'})",
+        help=f"square image size ({run or 'default: the preset’s, 192 for fast, else 256'})",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=2, help="images per step (default: 2)"
+        "--batch-size",
+        type=positive_int,
+        default=None if run is None else 2,
+        help="images per step (default: " + ("the preset's)" if run is None else "2)"),
     )
     p.add_argument(
         "--workers", type=nonnegative_int, help="data loader workers (default: cores - 1)"
@@ -135,7 +137,11 @@ def _labels_used(ann, label: str) -> str:
 )
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
-    p.add_argument("--epochs", type=positive_int, default=10, help="default: 10")
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="default: as many as --minutes allows, else 10",
+    )
     p.add_argument(
         "--minutes",
         type=positive_float,
@@ -151,17 +157,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("auto", "cpu", "torchvision", "tiny"),
+        choices=("auto", "cpu", "fast", "torchvision", "tiny"),
         default="auto",
-        help="model sizes: auto (torchvision's on CUDA, cpu elsewhere), cpu (images "
-        "kept at --size, fewer proposals), torchvision (640-800 px) or tiny (the cpu "
-        "preset with a small keypoint head: smoke runs, not accuracy)",
+        help="the network and its recipe: auto (torchvision on CUDA; on a CPU, cpu with "
+        "pretrained weights, else fast), cpu (ResNet-50 at --size, fewer proposals), fast "
+        "(ResNet-18, small keypoint head, batch 8, 192 px: learns from random weights on a "
+        "CPU), torchvision (640-800 px) or tiny (smoke runs, not accuracy)",
     )
     p.add_argument(
         "--lr",
         type=positive_float,
-        default=1e-4,
-        help="peak one-cycle learning rate (default: 1e-4)",
+        default=None,
+        help="peak one-cycle learning rate (default: 1e-4 to fine-tune pretrained "
+        "weights, the preset's own from random ones: 1e-3 for fast)",
     )
     p.add_argument(
         "--resume",
@@ -181,7 +189,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 @add_train_arguments.runner
 def run_train(args: argparse.Namespace) -> int:
     from kpnb.dataset import make_loaders
-    from kpnb.model import build_model
+    from kpnb.model import PRESETS, build_model, training_recipe
     from kpnb.train import check_run_folder, fit
 
     for name in ("size", "epochs", "minutes", "batch_size", "lr"):
@@ -192,8 +200,19 @@ def run_train(args: argparse.Namespace) -> int:
     check_run_folder(args.out, overwrite=args.overwrite, resume=resume)  # before the data
     ann, root, label = _load_for_training(args)
     skeleton = ann.skeletons[label]
-    # Everything that can fail on the input fails here, before the model is built.
+    # Everything that can fail on the flags fails here, before the model is built.
     _check_train_flags(args, skeleton)
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    model = build_model(
+        skeleton.num_keypoints,
+        weights=weights,
+        size=args.size,
+        preset=args.preset,
+        allow_random=args.weights == "coco",
+    )
+    # the preset's image size and batch unless given (kpnb.model.PRESETS)
+    args.size = model.kpnb_build["size"]
+    args.batch_size = args.batch_size or training_recipe(model)["batch_size"]
     train_loader, val_loader = make_loaders(
         ann,
         root,
@@ -208,14 +227,10 @@ def run_train(args: argparse.Namespace) -> int:
         raise KpnbError(
             f"{args.data}: no instance of {label!r} in the training images; nothing to learn"
         )
-    print(f"flip: {skeleton.flip_summary()}")
-    weights = None if str(args.weights).lower() == "none" else args.weights
-    model = build_model(
-        skeleton.num_keypoints,
-        weights=weights,
-        size=args.size,
-        preset=args.preset,
-        allow_random=args.weights == "coco",
+    build = model.kpnb_build
+    print(
+        f"flip: {skeleton.flip_summary()}\nmodel: preset {build['preset']} "
+        f"({PRESETS[build['preset']].about}), {args.size} px, batch {args.batch_size}"
     )
     history = fit(
         model,
@@ -239,7 +254,7 @@ def _check_train_flags(args, skeleton) -> None:
             f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
             f"keypoints {list(skeleton.keypoints)}"
         )
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         raise KpnbError(f"--epochs must be >= 1, got {args.epochs}")
 
 
@@ -248,7 +263,7 @@ def _train_config(args, label: str):
     from kpnb.train import TrainConfig
 
     return TrainConfig(
-        epochs=args.epochs,
+        epochs=args.epochs or (None if args.minutes else 10),
         lr=args.lr,
         seed=args.seed,
         size=args.size,
