@@ -107,6 +107,7 @@ def setup_notebook(seed: int = 0) -> bool:
     pd.set_option("display.max_columns", 20)
     pd.set_option("display.width", 120)
     pd.set_option("display.precision", 2)
+    pd.set_option("display.max_colwidth", None)  # a checklist's `detail` is never cut off
     _show_kpnb_logs()
     try:  # kpnb.viz returns Figures built without pyplot; inline mode registers their display
         from IPython import get_ipython

@@ -395,13 +395,16 @@ def make_loaders(
     policy: str = "iou_crop",
     skip_missing: bool = False,
     flip_pairs: Sequence[tuple] | None = None,
+    flip: str = "swap",
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders with the preset transforms (train shuffled, seeded).
 
     The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or
     indices, else derived from the names); with no pairs the flip is off and logged so.
+    ``flip="plain"`` uses torchvision's ``v2.RandomHorizontalFlip`` instead, which swaps
+    nothing, and ``flip="off"`` never flips (`kpnb.transforms.FLIPS`).
     """
-    ann, flip = _training_skeleton(ann, skeleton_label, flip_pairs)
+    ann, perm = _training_skeleton(ann, skeleton_label, flip_pairs)
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
 
     def dataset(transforms: Callable, indices: list[int]) -> KeypointDataset:
@@ -409,7 +412,7 @@ def make_loaders(
             ann, image_root, skeleton_label, transforms, indices=indices, skip_missing=skip_missing
         )
 
-    train_ds = dataset(train_transforms(size, flip, policy=policy), train_idx)
+    train_ds = dataset(train_transforms(size, perm, policy=policy, flip=flip), train_idx)
     val_ds = dataset(eval_transforms(size), val_idx)
     workers = default_workers() if num_workers is None else num_workers
     gen = torch.Generator().manual_seed(seed)

@@ -47,6 +47,7 @@ __all__ = [
     "eval_transforms",
     "make_sample",
     "POLICIES",
+    "FLIPS",
 ]
 
 
@@ -224,6 +225,11 @@ def square(size: int, *, random_placement: bool) -> list[v2.Transform]:
 
 
 POLICIES = ("iou_crop", "flip_only", "none")
+#: How the training flip treats left/right keypoints: ``"swap"`` mirrors and swaps the
+#: pairs (`KeypointHorizontalFlip`); ``"plain"`` is torchvision's own
+#: ``v2.RandomHorizontalFlip``, which mirrors and swaps nothing (notebook 04's exercise
+#: shows what that costs); ``"off"`` never flips.
+FLIPS = ("swap", "plain", "off")
 
 
 def train_transforms(
@@ -232,6 +238,7 @@ def train_transforms(
     *,
     policy: str = "iou_crop",
     jitter: float = 0.25,
+    flip: str = "swap",
 ) -> v2.Compose:
     """The training pipeline: IoU crop, `square` to `size` (randomly placed), colour
     jitter, the keypoint-aware flip, then `FinalizeKeypoints`.
@@ -242,9 +249,12 @@ def train_transforms(
             ``None`` disables the flip (a mirror without a swap would teach wrong labels).
         policy: ``"iou_crop"`` (default), ``"flip_only"`` (no crop, no jitter) or ``"none"``.
         jitter: strength of brightness/contrast/saturation jitter.
+        flip: one of `FLIPS`; ``"plain"`` mirrors without swapping, whatever `flip_perm`.
     """
     if policy not in POLICIES:
         raise KpnbError(f"unknown augmentation policy {policy!r}; choose one of {POLICIES}")
+    if flip not in FLIPS:
+        raise KpnbError(f"unknown flip {flip!r}; choose one of {FLIPS}")
     steps: list = []
     if policy == "iou_crop":
         steps.append(IoUCropIfBoxes())
@@ -252,7 +262,9 @@ def train_transforms(
     if policy == "iou_crop" and jitter:
         # No hue jitter: its RGB<->HSV round trip costs more than the rest of the pipeline.
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-    if flip_perm is not None and policy != "none":
+    if flip == "plain" and policy != "none":
+        steps.append(v2.RandomHorizontalFlip())
+    elif flip == "swap" and flip_perm is not None and policy != "none":
         steps.append(KeypointHorizontalFlip(flip_perm))
     steps.append(FinalizeKeypoints())
     return v2.Compose(steps)

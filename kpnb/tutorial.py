@@ -6,18 +6,56 @@ top to bottom in its own folder, like nbval does; executed copies go to
 under ``OUT`` (they read it from ``KPNB_OUTPUTS``); datasets are cached in ``OUT/data``
 unless ``KPNB_CACHE`` says otherwise. The synthetic dataset is made first, so the job
 also does something useful before any notebook exists.
+
+Each full run also writes ``OUT/run_record.json`` (`gather_record`): the machine, the
+versions, the seconds of every notebook, and what notebooks 04 and 05 wrote about their
+training runs (`run_card`) and notebook 04's validation metrics. ``--record`` then makes
+that run the one the repository shows: the executed notebooks go back into
+``notebooks/``, the record into ``notebooks/run_record.json``, and the README's run table
+(between the `README_START` and `README_END` markers) is generated from it. A smoke run
+is never recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
+import logging
+import math
 import os
+import re
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from kpnb.config import SMOKE
+from kpnb.errors import KpnbError
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_NOTEBOOKS = REPO / "notebooks"
+#: What a full run writes beside its outputs, and where ``--record`` keeps it.
+RECORD_NAME = "run_record.json"
+#: What `run_card` writes into a training run's folder (gathered into the record).
+CARD_NAME = "run_card.json"
+#: The README's generated block: `update_readme` replaces what lies between these lines.
+README_START = "<!-- run-record:start -->"
+README_END = "<!-- run-record:end -->"
+#: The training runs the record gathers: notebook -> its run folder under OUT/runs.
+RUNS = {"04_finetune_keypoint_rcnn.ipynb": "face", "05_your_own_export.ipynb": "my_export"}
+#: The metrics of notebook 04 the record keeps (from its ``metrics.json``).
+RECORD_METRICS = (
+    "AP",
+    "AP50",
+    "PCK@0.1",
+    "PCK@0.05",
+    "mean_px_error",
+    "matched_instances",
+    "instances",
+)
 
 
 def run_series(
@@ -59,26 +97,302 @@ def run_series(
     return timings
 
 
+# -- what a training run says about itself (notebooks 04 and 05) ---------------------------
+
+
+class WeightsNote:
+    """Which weights `build_model` really started from, and why (see `noting_weights`)."""
+
+    def __init__(self, asked):
+        self.asked = asked
+        self.weights = "random" if asked is None else str(asked)
+        self.why = "asked for (weights=None)" if asked is None else "asked for"
+        self.messages: list[str] = []
+
+    def __str__(self) -> str:
+        return f"{self.weights} ({self.why})"
+
+
+@contextmanager
+def noting_weights(weights) -> Iterator[WeightsNote]:
+    """Build a model inside this block to learn which weights it got, quietly.
+
+    `build_model` logs a long warning when COCO's weights cannot be downloaded (offline) and
+    it continues from random weights; in a notebook that warning would be the loudest output.
+    Here it is kept (``note.messages``) instead of printed, and `run_card` states the
+    outcome once, plainly. ``with noting_weights(WEIGHTS) as note: model = build_model(...)``
+    """
+    note = WeightsNote(weights)
+    logger = logging.getLogger("kpnb.model")
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            note.messages.append(record.getMessage())
+
+    keep, propagate = _Keep(logging.INFO), logger.propagate
+    logger.addHandler(keep)
+    logger.propagate = False
+    try:
+        yield note
+    finally:
+        logger.removeHandler(keep)
+        logger.propagate = propagate
+    failed = [m for m in note.messages if "continuing from random weights" in m]
+    if failed:
+        reason = re.search(r"\(([^()]*)\)", failed[0])
+        note.weights = "random"
+        note.why = "COCO weights could not be downloaded" + (
+            f": {reason.group(1)}" if reason else ""
+        )
+    elif isinstance(weights, str) and weights.lower() == "coco":
+        note.weights, note.why = "COCO", "torchvision's COCO person keypoints, fine-tuned"
+
+
+def machine() -> dict:
+    """Where this process trains: the device type and a readable name for the hardware."""
+    import torch
+
+    from kpnb.config import select_device
+
+    device = select_device().type
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = f"{device.upper()}, {torch.get_num_threads()} threads"
+    return {"device": device, "machine": name}
+
+
+def run_card(history: Sequence[dict], model, weights: WeightsNote, out_dir=None):
+    """Where a training run ran, how long it took and from which weights, as a table.
+
+    Also written as ``run_card.json`` into `out_dir` (the run's folder), where
+    ``python -m kpnb.tutorial`` gathers it into the run record.
+    """
+    import pandas as pd
+
+    build = dict(getattr(model, "kpnb_build", {}) or {})
+    seconds = sum(float(row.get("seconds", 0.0)) for row in history)
+    card = {
+        **machine(),
+        "weights": weights.weights,
+        "weights_why": weights.why,
+        "preset": build.get("preset"),
+        "size": build.get("size"),
+        "epochs": len(history),
+        "steps": int(sum(int(row.get("steps", 0)) for row in history)),
+        "training_minutes": round(seconds / 60, 2),
+        "smoke": SMOKE,
+    }
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
+    shown = {**card, "weights": str(weights)}
+    shown.pop("weights_why")
+    return pd.DataFrame({"value": [str(v) for v in shown.values()]}, index=list(shown))
+
+
+# -- the run record -------------------------------------------------------------------------
+
+
+def _versions() -> dict:
+    import platform
+
+    import torch
+    import torchvision
+
+    from kpnb.config import version
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "kpnb": version(),
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gather_record(out: Path, timings: Sequence[tuple[str, float]]) -> dict:
+    """The run record of a series run into `out`: see the module docstring."""
+    runs = {}
+    for notebook, folder in RUNS.items():
+        card = _read_json(out / "runs" / folder / CARD_NAME)
+        if card is not None:
+            runs[notebook] = card
+    metrics = _read_json(out / "runs" / RUNS["04_finetune_keypoint_rcnn.ipynb"] / "metrics.json")
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+        "smoke": SMOKE,
+        **machine(),
+        "versions": _versions(),
+        "seconds": {name: round(seconds, 1) for name, seconds in timings},
+        "total_seconds": round(sum(s for _, s in timings), 1),
+        "runs": runs,
+        "metrics": {k: (metrics or {}).get("metrics", {}).get(k) for k in RECORD_METRICS},
+    }
+
+
+def duration(seconds: float) -> str:
+    """Seconds as the README and the notebook intros say them: "38 s", "12.4 minutes"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} minutes"
+
+
+def claim_minutes(seconds: float) -> str:
+    """The rounded minutes of a notebook intro's "about N minutes on a 2-core CPU"."""
+    minutes = seconds / 60
+    return f"{minutes:.0f}" if minutes >= 3 else f"{max(minutes, 0.1):.1f}"
+
+
+def _num(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def render_run_table(record: dict) -> str:
+    """The README's generated block (without its markers), made from a run record."""
+    secs, runs, m = record["seconds"], record.get("runs", {}), record["metrics"]
+    v = record["versions"]
+    early = sum(s for name, s in secs.items() if name[:2] in ("00", "01", "02", "03"))
+    lines = [
+        f"Recorded by `python -m kpnb.tutorial --record` on {record['date']}: "
+        f"{'' if record['device'] == 'cpu' else record['device'].upper() + ' '}"
+        f"{record['machine']}, torch {v['torch']}, "
+        f"torchvision {v['torchvision']}, kpnb {v['kpnb']}; full mode.",
+        "",
+        "| what | measured |",
+        "|---|---|",
+        f"| `make tutorial` (notebooks 00-05) | {duration(record['total_seconds'])} |",
+        f"| notebooks 00-03 | {duration(early)} |",
+    ]
+    for name in sorted(secs):
+        if name[:2] in ("00", "01", "02", "03"):
+            continue
+        run = runs.get(name)
+        what = f"notebook {name[:2]}"
+        detail = duration(secs[name])
+        if run:
+            detail += (
+                f": trained {_count(run['epochs'], 'epoch')} ({run['steps']} steps, "
+                f"{run['training_minutes']:.1f} min) from {run['weights']} weights, "
+                f"preset {run['preset']} at {run['size']} px"
+            )
+        lines.append(f"| {what} | {detail} |")
+    card = runs.get("04_finetune_keypoint_rcnn.ipynb", {})
+    lines += [
+        "",
+        f"Notebook 04's model on its {m['instances']} validation objects "
+        f"(`outputs/runs/face/metrics.json`): OKS AP {_num(m['AP'])}, AP50 {_num(m['AP50'])}, "
+        f"PCK@0.1 {_num(m['PCK@0.1'])}, PCK@0.05 {_num(m['PCK@0.05'])}, mean error "
+        f"{_num(m['mean_px_error'], 1)} px; {m['matched_instances']} of {m['instances']} "
+        "objects matched.",
+    ]
+    if card.get("weights") == "random":
+        lines.append(
+            f"It trained from random weights ({card.get('weights_why')}); "
+            "with COCO weights it learns faster."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(text: str, record: dict) -> str:
+    """`text` (the README) with its marked block regenerated from `record`."""
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise KpnbError(
+            f"README.md: expected one {README_START} and one {README_END} line around the "
+            "run table; put them back"
+        )
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    return f"{head}{README_START}\n{render_run_table(record)}{README_END}{tail}"
+
+
+#: A notebook intro's time claim, which `record_run` keeps equal to the measured time.
+TIME_CLAIM = re.compile(r"about (\d+(?:\.\d+)?) minutes? on a 2-core CPU")
+
+
+def _update_claim(path: Path, seconds: float) -> None:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    intro = nb.cells[0]
+    intro.source = TIME_CLAIM.sub(
+        f"about {claim_minutes(seconds)} minutes on a 2-core CPU", intro.source
+    )
+    nbformat.write(nb, path)
+
+
+def record_run(out: Path, repo: Path = REPO) -> dict:
+    """Make the full run in `out` the one the repository shows (``--record``).
+
+    Copies the executed notebooks into ``repo/notebooks`` (their intro's time claim set to
+    the measured time when the run was on a CPU), the record into
+    ``notebooks/run_record.json``, and regenerates the README's run table. Refuses a smoke
+    run, or an `out` without a complete run.
+    """
+    record = _read_json(out / RECORD_NAME)
+    if record is None:
+        raise KpnbError(f"{out}: no {RECORD_NAME}; run `make tutorial` (full mode) first")
+    if record.get("smoke"):
+        raise KpnbError(
+            f"{out / RECORD_NAME} is a smoke run (KPNB_SMOKE or CI was set): the repository "
+            "shows full runs only; run `make tutorial` without KPNB_SMOKE/CI, then --record"
+        )
+    missing = [n for n in record["seconds"] if not (out / "notebooks" / n).is_file()]
+    if missing or "04_finetune_keypoint_rcnn.ipynb" not in record.get("runs", {}):
+        raise KpnbError(f"{out}: not a complete run (missing {missing or 'the run card'})")
+    for name, seconds in record["seconds"].items():
+        dest = repo / "notebooks" / name
+        shutil.copyfile(out / "notebooks" / name, dest)
+        if record["device"] == "cpu":
+            _update_claim(dest, seconds)
+    (repo / "notebooks" / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    readme = repo / "README.md"
+    readme.write_text(update_readme(readme.read_text(encoding="utf-8"), record), "utf-8")
+    return record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kpnb.tutorial", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="default: outputs")
     parser.add_argument("--notebooks", type=Path, default=REPO_NOTEBOOKS)
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="do not run: make the full run already in --out the one the repository shows",
+    )
     args = parser.parse_args(argv)
-    timings = run_series(args.notebooks, args.out.resolve())
+    out = args.out.resolve()
+    if args.record:
+        if SMOKE:
+            print(
+                "error: --record makes a full run the repository's; unset KPNB_SMOKE/CI",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            record = record_run(out)
+        except KpnbError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"recorded the run of {record['date']} into {REPO_NOTEBOOKS} and README.md")
+        return 0
+    timings = run_series(args.notebooks, out)
     for name, seconds in timings:
         print(f"{name:40s} {seconds:7.1f} s")
     print(f"{'total':40s} {sum(s for _, s in timings):7.1f} s")
-    metrics = args.out.resolve() / "runs" / "face" / "metrics.json"
-    if metrics.is_file():  # notebook 04's validation metrics
-        import json
-
-        shown = {
-            k: v
-            for k, v in json.loads(metrics.read_text())["metrics"].items()
-            if k in ("AP", "PCK@0.1", "instances")
-        }
-        print(f"notebook 04 on its validation images: {shown}")
-    print(f"outputs are in {args.out.resolve()}")
+    record = gather_record(out, timings)
+    (out / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"notebook 04 on its validation images: {record['metrics']}")
+    print(f"run record: {out / RECORD_NAME}; outputs are in {out}")
     return 0
 
 

@@ -243,3 +243,33 @@ def test_check_export_rows_can_all_fail_and_say_what_they_found(ann, synthetic_e
     assert "other shapes" not in report.index and "edges" not in report.index  # never failed
     bare = replace(ann, skeletons={"face": Skeleton(ann.skeletons["face"].keypoints)})
     assert "no edges" in check_export(bare, synthetic_export, "face").loc["instances", "detail"]
+
+
+def test_plain_flip_mirrors_without_swapping_and_off_never_flips(ann, synthetic_export):
+    """Notebook 04's exercise 2 compares the swapping flip with torchvision's plain one."""
+    from torchvision.transforms import v2
+
+    from kpnb.transforms import KeypointHorizontalFlip
+
+    def flips(flip):
+        train, _ = make_loaders(ann, synthetic_export, "face", size=64, num_workers=0, flip=flip)
+        steps = train.dataset.transforms.transforms
+        return [
+            type(t)
+            for t in steps
+            if isinstance(t, (KeypointHorizontalFlip, v2.RandomHorizontalFlip))
+        ]
+
+    assert flips("swap") == [KeypointHorizontalFlip]
+    assert flips("plain") == [v2.RandomHorizontalFlip]
+    assert flips("off") == []
+    with pytest.raises(ValueError, match="plain"):
+        flips("mirror")
+    # the plain flip moves the left eye to the image's other side and keeps calling it left
+    plain = v2.RandomHorizontalFlip(p=1.0)
+    image, target = KeypointDataset(ann, synthetic_export, "face").sample(0)
+    _, out = plain(image, target)
+    before = target["keypoints"].as_subclass(torch.Tensor)[0, 1, 0]
+    after = out["keypoints"].as_subclass(torch.Tensor)[0, 1, 0]
+    width = image.shape[-1]
+    assert abs(float(after) - (width - 1 - float(before))) < 1e-4  # v2 mirrors, index kept
