@@ -431,7 +431,7 @@ def predict(
     label: str = "object",
     *,
     score_threshold: float = 0.5,
-    batch_size: int = 2,
+    batch_size: int = 8,
     device: str | torch.device | None = None,
     num_workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
