@@ -15,6 +15,7 @@ The reference row is a one-stage pose model (nano, from scratch, 2 threads) meas
 same split, budget and scoring code (issue 26); its library is not a dependency of kpnb.
 
     python benchmarks/bench_train.py --minutes 12 [--presets fast cpu] [--size 192]
+    python benchmarks/bench_train.py --predict runs/face/best.pth   # predict images/s only
 """
 
 from __future__ import annotations
@@ -163,6 +164,27 @@ def learn(preset: str, ann, root, label, minutes: float, size: int | None) -> di
     }
 
 
+def predict_speed(checkpoint: Path, ann, root, label) -> None:
+    """`predict` images/s of a trained checkpoint on the 40 validation images, by batch."""
+    from kpnb.model import load_checkpoint_model
+
+    model, ckpt = load_checkpoint_model(checkpoint, device="cpu")
+    build = model.kpnb_build
+    _, val = make_loaders(ann, root, label, size=build["size"], batch_size=8)
+    paths = [item.path for item in val.dataset.items]
+    skeleton = ckpt["skeleton_obj"]
+    print(f"\n== predict, {checkpoint} (preset {build['preset']}, {build['size']} px)")
+    for batch in (1, 2, 8):
+        predict(model, paths[:batch], skeleton, batch_size=batch)  # warm-up
+        t = time.perf_counter()
+        found = predict(model, paths, skeleton, batch_size=batch)
+        seconds = time.perf_counter() - t
+        print(
+            f"batch {batch}: {len(paths) / seconds:5.1f} images/s "
+            f"({found['instance_id'].nunique()} objects at score >= 0.5)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=12.0, help="training budget per preset")
@@ -171,10 +193,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="steps timed in the breakdown")
     ap.add_argument("--size", type=int, help="image size for every preset (default: its own)")
     ap.add_argument("--skip-profile", action="store_true")
+    ap.add_argument(
+        "--predict", type=Path, metavar="CKPT", help="only time predict with a trained best.pth"
+    )
     args = ap.parse_args()
     logging.getLogger("kpnb").setLevel(logging.WARNING)
     root, ann, label = open_export("synthetic", n_images=args.images)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, synthetic {args.images}")
+    if args.predict:
+        predict_speed(args.predict, ann, root, label)
+        return
     if not args.skip_profile:
         print(f"\n== where the time goes: one training step (median of {args.steps}), seconds")
         profiles = {p: profile(p, ann, root, label, args.steps, args.size) for p in args.presets}
