@@ -270,7 +270,8 @@ def render_run_table(record: dict) -> str:
         "",
         "| what | measured |",
         "|---|---|",
-        f"| `make tutorial` (notebooks 00-05) | {duration(record['total_seconds'])} |",
+        f"| `make tutorial` (notebooks {min(secs)[:2]}-{max(secs)[:2]}) | "
+        f"{duration(record['total_seconds'])} |",
         f"| notebooks 00-03 | {duration(early)} |",
     ]
     for name in sorted(secs):
@@ -298,7 +299,7 @@ def render_run_table(record: dict) -> str:
     if card.get("weights") == "random":
         lines.append(
             f"It trained from random weights ({card.get('weights_why')}); "
-            "with COCO weights it learns faster."
+            "where COCO's weights can be downloaded (Colab), it fine-tunes them instead."
         )
     return "\n".join(lines) + "\n"
 
