@@ -419,7 +419,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "file name), so the results load against it in pycocotools",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=8, help="images per batch (default: 8)"
+        "--batch-size", type=positive_int, default=2, help="images per batch (default: 2)"
     )
     p.add_argument(
         "--workers", type=nonnegative_int, help="image loading workers (default: cores - 1)"
