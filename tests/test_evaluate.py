@@ -281,3 +281,27 @@ def test_predict_streams_paths_in_order_through_workers(tmp_path):
     assert seen == [(3, 8, 10), (3, 9, 12), (3, 7, 7)] and batches == [2, 1]
     assert list(table["image_name"].unique()) == ["im0.png", "im1.png", "im2.png"]
     assert list(table["instance_id"].unique()) == [0, 1, 2] and set(table["label"]) == {"face"}
+
+
+def test_predict_drops_low_scores_before_the_keypoint_head_and_restores_the_model():
+    """The box head's own threshold is raised to predict's while it runs (detections under
+    it never reach the keypoint head), then set back: evaluation keeps its 0.05."""
+    seen = []
+
+    class Heads(torch.nn.Module):
+        score_thresh = 0.05
+
+    class Thresholds(_Recorder):
+        def __init__(self):
+            super().__init__("cpu")
+            self.roi_heads = Heads()
+
+        def forward(self, images):
+            seen.append(self.roi_heads.score_thresh)
+            return super().forward(images)
+
+    model = Thresholds()
+    predict(model, [torch.zeros(3, 8, 8)], SK, score_threshold=0.5, num_workers=0)
+    predict(model, [torch.zeros(3, 8, 8)], SK, score_threshold=0.01, num_workers=0)
+    assert seen == [0.5, 0.05]  # never below the model's own
+    assert model.roi_heads.score_thresh == 0.05
