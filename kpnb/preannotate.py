@@ -58,7 +58,7 @@ def hold_out(ann: Annotations, n_labelled: int) -> tuple[Annotations, list[int],
     if not 2 <= n_labelled < n:
         raise KpnbError(
             f"n_labelled={n_labelled}: keep at least 2 images to train on and 1 to "
-            f"pre-annotate, out of {n}"
+            f"pre-annotate, out of {n}; set it (N_LABELLED in notebook 06) between 2 and {n - 1}"
         )
     images = ann.images.copy()
     order = images["image_index"].to_numpy()
