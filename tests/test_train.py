@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -241,8 +242,11 @@ def test_without_epochs_the_budget_decides_and_the_recipe_is_recorded(tiny, tmp_
     skeleton, train, val = tiny
     model = _model()
     config = TrainConfig(epochs=None, size=SIZE, max_minutes=0.05)
+    t0 = time.perf_counter()
     history = fit(model, train, val, skeleton, config, out_dir=tmp_path)
-    assert not history[-1]["complete"]  # no epoch count: the budget ended it, mid-epoch
+    # no epoch count: the budget alone ended it, once its 3 seconds were used (whether that
+    # fell mid-epoch or in validation depends on the machine's speed)
+    assert history and time.perf_counter() - t0 >= 0.05 * 60
     saved = torch.load(tmp_path / "last.pth", weights_only=True)["config"]
     # lr None: the model's recipe (tiny from random weights); the loader's batch recorded
     assert saved["epochs"] is None and saved["batch_size"] == 2
