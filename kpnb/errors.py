@@ -12,4 +12,12 @@ __all__ = ["KpnbError"]
 
 
 class KpnbError(ValueError):
-    """An input problem the user can fix; the message says what, where and how."""
+    """An input problem the user can fix; the message says what, where and how.
+
+    `param` names the Python parameter at fault (``"label"``, ``"images_root"``), so a
+    front end can name its own way of setting it: the CLI says ``--label``.
+    """
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
