@@ -870,14 +870,6 @@ def test_write_without_meta_declares_every_label(tmp_path):
     _compare(ann, back)
 
 
-def test_writing_an_image_without_a_size_says_what_to_fill(tmp_path):
-    ann = read_cvat(DATA / "pitfalls_images.xml")
-    ann.images.loc[0, "width"] = pd.NA
-    with pytest.raises(ValueError, match=r"has no width/height; CVAT needs both"):
-        write_cvat(ann, tmp_path / "out.xml")
-    assert not list(tmp_path.iterdir())  # nothing half-written
-
-
 def test_attribute_order_may_differ_between_elements_of_one_chunk(tmp_path):
     """The reader splits attribute lists by the first list's layout; a list in another order
     (or with an extra attribute) must still be read by name, value for value."""

@@ -126,6 +126,11 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
         help="COCO only: leave plain <points> labels out (default: written as CVAT does, "
         "one annotation per shape with empty keypoint names)",
     )
+    p.add_argument(
+        "--images-root",
+        type=Path,
+        help="CVAT only: the images' folder, to read the sizes a COCO file leaves 0",
+    )
 
 
 @add_convert_arguments.runner
@@ -147,7 +152,7 @@ def run_convert(args: argparse.Namespace) -> int:
     elif args.to == "cvat":
         from kpnb.cvat import write_cvat
 
-        write_cvat(ann, args.out)
+        write_cvat(ann, args.out, images_root=args.images_root)
     else:
         from kpnb.tables import save_tables
 

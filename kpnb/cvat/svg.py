@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from kpnb.cvat.errors import CvatFormatError
 from kpnb.tables import Skeleton
 
 log = logging.getLogger(__name__)
@@ -71,5 +73,15 @@ def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source:
                         name,
                         dropped,
                     )
-                return Skeleton(tuple(names), tuple(dict.fromkeys(edges)))
-    return Skeleton(tuple(sublabels), ()) if sublabels else None
+                return _skeleton(name, names, tuple(dict.fromkeys(edges)), source)
+    return _skeleton(name, sublabels, (), source) if sublabels else None
+
+
+def _skeleton(label: str, keypoints: list[str], edges: tuple, source: str) -> Skeleton:
+    twice = sorted(k for k, n in Counter(keypoints).items() if n > 1)
+    if twice:
+        raise CvatFormatError(
+            f"{source}: skeleton label {label!r} names keypoints {twice} more than once; "
+            "rename them in CVAT's skeleton editor and export again"
+        )
+    return Skeleton(tuple(keypoints), edges)

@@ -4,19 +4,46 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape as _escape
+from xml.sax.saxutils import quoteattr as _quoteattr
 
 import numpy as np
 import pandas as pd
 
 from kpnb._io import atomic_path
 from kpnb.cvat.svg import skeleton_svg
+from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
 
 # Written in <dumped> when the caller gives no time, so identical tables give identical bytes.
 FIXED_DUMPED = "2024-01-01 00:00:00.000000+00:00"
+
+
+# What XML 1.0 cannot hold at all, escaped or not: control characters but tab, newline and
+# carriage return, surrogates and U+FFFE/U+FFFF. A name holding one would make a file that
+# no XML reader, kpnb's and CVAT's included, can open.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(text: str) -> str:
+    bad = _NOT_XML.search(text)
+    if bad:
+        raise KpnbError(
+            f"{text!r} holds {bad.group()!r}, a character XML cannot hold, so it cannot be "
+            "written to CVAT XML: rename it (a label, keypoint, image or attribute name)"
+        )
+    return text
+
+
+def escape(value: str) -> str:
+    return _escape(_xml_safe(value))
+
+
+def quoteattr(value: str) -> str:
+    return _quoteattr(_xml_safe(value))
 
 
 def _fmt(v: float) -> str:
@@ -74,6 +101,8 @@ def _label_lines(ann: Annotations, indent: str) -> list[str]:
         lines.append(f"{i2}  <attributes>")
         lines.append(f"{i2}  </attributes>")
         if name in ann.skeletons:
+            for keypoint in ann.skeletons[name].keypoints:
+                _xml_safe(keypoint)  # named alone, before the svg that holds it
             svg = getattr(row, "svg", None)
             if not isinstance(svg, str) or not svg:
                 svg = skeleton_svg(ann.skeletons[name])
@@ -234,7 +263,31 @@ def _attribute_index(ann: Annotations) -> dict:
     return index
 
 
-def iter_cvat_lines(ann: Annotations, *, dumped: str = FIXED_DUMPED) -> Iterable[str]:
+def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
+    """An image's size read from its file, for a table that does not know it (a COCO file
+    with width 0): CVAT XML needs every image's size."""
+    if images_root is None:
+        raise KpnbError(
+            f"image {name!r} has no width/height, which CVAT XML needs: give images_root "
+            "(the folder holding the images) so kpnb reads the sizes from the files, or "
+            "write the sizes into the source file",
+            param="images_root",
+        )
+    from kpnb.images import find_image, image_size
+
+    path = find_image(images_root, name, subset)
+    if path is None:
+        raise KpnbError(
+            f"image {name!r} has no width/height and is not in {images_root}: CVAT XML needs "
+            "its size; give the folder holding the images",
+            param="images_root",
+        )
+    return image_size(path)
+
+
+def iter_cvat_lines(
+    ann: Annotations, *, dumped: str = FIXED_DUMPED, images_root=None
+) -> Iterable[str]:
     """The lines of a CVAT for images 1.1 document for `ann` (see `write_cvat`)."""
     yield '<?xml version="1.0" encoding="utf-8"?>'
     yield "<annotations>"
@@ -249,15 +302,15 @@ def iter_cvat_lines(ann: Annotations, *, dumped: str = FIXED_DUMPED) -> Iterable
     for img in ann.images.itertuples(index=False):
         extra = ""
         if project and isinstance(img.subset, str):
-            extra = f' subset={quoteattr(img.subset)} task_id="{int(img.task_id)}"'
-        if pd.isna(img.width) or pd.isna(img.height):
-            raise ValueError(
-                f"image {img.name!r} has no width/height; CVAT needs both: fill "
-                "images.width and images.height (e.g. from the image files) before writing"
-            )
+            extra = f" subset={quoteattr(img.subset)}"
+            if pd.notna(img.task_id):  # a COCO file's subset has none
+                extra += f' task_id="{int(img.task_id)}"'
+        width, height = img.width, img.height
+        if pd.isna(width) or pd.isna(height):
+            width, height = _size_from_file(str(img.name), images_root, img.subset)
         yield (
             f'  <image id="{int(img.image_id)}" name={quoteattr(str(img.name))}{extra} '
-            f'width="{int(img.width)}" height="{int(img.height)}">'
+            f'width="{int(width)}" height="{int(height)}">'
         )
         boxes = box_by_image.get(img.image_index, [])
         yield from _shape_lines(ann, cols, blocks.get(img.image_index, []), boxes, attrs)
@@ -266,7 +319,11 @@ def iter_cvat_lines(ann: Annotations, *, dumped: str = FIXED_DUMPED) -> Iterable
 
 
 def write_cvat(
-    annotations: Annotations, path: str | os.PathLike, *, dumped: str = FIXED_DUMPED
+    annotations: Annotations,
+    path: str | os.PathLike,
+    *,
+    dumped: str = FIXED_DUMPED,
+    images_root: str | os.PathLike | None = None,
 ) -> Path:
     """Write `annotations` as CVAT for images 1.1 XML at `path`, atomically.
 
@@ -274,15 +331,20 @@ def write_cvat(
     each ``<image>``); otherwise as a task export. Skeleton instances become
     ``<skeleton>`` with one ``<points>`` element per labelled keypoint (missing ones are
     left out, ``outside``/``occluded`` kept); other labels become ``<points>`` shapes.
-    Coordinates are written with two decimals, as CVAT does.
+    Coordinates are written with two decimals, as CVAT does. An image without a size
+    (a COCO file's width 0) gets the size of its file under `images_root`.
 
     Returns:
         The path written.
+
+    Raises:
+        KpnbError: an image has no size and no `images_root` is given, or a name holds a
+            character XML cannot hold (a control character).
     """
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for line in iter_cvat_lines(annotations, dumped=dumped):
+            for line in iter_cvat_lines(annotations, dumped=dumped, images_root=images_root):
                 f.write(line)
                 f.write("\n")
     return path
