@@ -1,10 +1,11 @@
 """The CVAT reader: one pass of expat callbacks collecting rows (`kpnb.cvat.build` makes the
 tables from them).
 
-Expat is fed 64 KB at a time, so memory grows with the rows, never with the file. Each value
-is converted and checked in the callback that meets it, so an error names its line. The
-guards are defusedxml's: no entity declarations (bombs), no external entities, and no DTD
-with declarations at all (its ATTLIST defaults would invent attributes).
+Expat is fed 64 KB at a time. The callbacks for shapes only append a row of raw attribute
+strings with its line; every 4,096 rows are converted to numpy columns at once, each value
+checked, a bad one named with its line. So memory grows with the columns, never with the
+file. The guards are defusedxml's: no entity declarations (bombs), no external entities,
+and no DTD with declarations at all (its ATTLIST defaults would invent attributes).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _META_TEXT = frozenset(
     "size mode version dumped subsets".split()
 )
 _DAMAGED = "the file is damaged: export it again"
-_CHUNK = 1 << 12  # rows per conversion to columns
+_CHUNK = 512  # rows per conversion to columns: few enough that their dicts die young
 _TAG = ("points", "skeleton")  # by kind
 
 
@@ -103,7 +104,7 @@ class Reader:
         p.ExternalEntityRefHandler = _refuse_external
         p.StartDoctypeDeclHandler = self._doctype
         p.StartElementHandler, p.EndElementHandler = self.start, self.end
-        self.stack: list[str] = []  # the open elements
+        self.stack: list = [None]  # the open elements, under a None for the root's parent
         self.text: list[str] = []
         # <meta>
         self.meta_at = -1  # the depth of the open <meta>, -1 outside it
@@ -127,7 +128,7 @@ class Reader:
         self.track: dict | None = None
         self.nested: dict | None = None  # legacy layout: an element track in a skeleton track
         self.legacy: dict[str, int] = {}  # legacy layout: frame -> the track's skeleton there
-        self.owner: tuple | None = None  # what an <attribute> here belongs to
+        self.owner: tuple | None = None  # what an <attribute> in the open <points> is of
         self.attr: tuple | None = None  # the open <attribute>: (owner, name)
 
     def error(self, msg: str) -> CvatFormatError:
@@ -156,16 +157,23 @@ class Reader:
 
     # -- the callbacks -----------------------------------------------------------------------
     def start(self, tag: str, attrs: dict) -> None:
-        parent = self.stack[-1] if self.stack else None
+        parent = self.stack[-1]
         self.stack.append(tag)
-        if parent is None:
+        if self.meta_at >= 0:
+            self._meta_start(tag, parent)
+        # the commonest elements first: skeleton elements, and points shapes in an <image>
+        elif tag == "points" and parent == "skeleton":
+            self.owner = (self.skeleton, attrs.get("label"))
+            self.elements.append((*self.owner, attrs, self.p.CurrentLineNumber))
+        elif tag == "points" and parent == "image":
+            line = self.p.CurrentLineNumber
+            self.owner = (self.instances.append((self.image, POINTS, attrs, -1, False, line)), None)
+        elif parent is None:
             if tag != "annotations":
                 raise self.error(
                     f"root element is <{tag}>, expected <annotations>: this is not a CVAT for "
                     "images/video 1.1 file; export from CVAT in one of those formats"
                 )
-        elif self.meta_at >= 0:
-            self._meta_start(tag, parent)
         elif tag == "points":
             self._points(attrs, parent)
         elif tag in SHAPES:
@@ -177,10 +185,8 @@ class Reader:
         elif tag == "attribute":
             if self.attr is not None:
                 raise self.error("<attribute> inside <attribute>; " + _DAMAGED)
-            self.attr = (
-                self.owner if parent in ("points", "skeleton") else None,
-                attrs.get("name"),
-            )
+            owner = {"points": self.owner, "skeleton": (self.skeleton, None)}.get(parent)
+            self.attr = (owner, attrs.get("name"))
             self._collect()
         elif parent == "annotations" and tag == "meta":
             self.meta_at = len(self.stack) - 1
@@ -192,10 +198,8 @@ class Reader:
         self.stack.pop()
         if self.meta_at >= 0:
             self._meta_end(tag)
-        elif tag == "points":  # back to the skeleton an element was in, if any
-            self.owner = (self.skeleton, None) if self.skeleton >= 0 else None
         elif tag == "skeleton":
-            self.skeleton, self.owner = -1, None
+            self.skeleton = -1
         elif tag == "image":
             self.image = -1
         elif tag == "track":
@@ -208,7 +212,7 @@ class Reader:
             value = self._collected()
             if owner is not None:
                 self.attributes.append((*owner, name or "", value))
-        elif tag == "version" and self.stack == ["annotations"]:
+        elif tag == "version" and self.stack == [None, "annotations"]:
             self.version = self._collected().strip()
 
     # -- the body ----------------------------------------------------------------------------
@@ -320,6 +324,13 @@ class Reader:
     def _element_columns(self, rows: list[tuple], first: int) -> dict[str, np.ndarray]:
         """Skeleton element rows -> checked columns."""
         inst, name, attrs, line = list(zip(*rows, strict=True)) or [()] * 4
+        if None in name:
+            raise at_line(
+                self.name,
+                line[name.index(None)],
+                "skeleton element <points> has no label attribute; CVAT names each element "
+                "after its sublabel: export again",
+            )
         text, occluded, outside, key, source = (
             [a.get(k) for a in attrs]
             for k in ("points", "occluded", "outside", "keyframe", "source")
@@ -338,41 +349,28 @@ class Reader:
         }
 
     def _points(self, attrs: dict, parent: str | None) -> None:
-        if parent == "skeleton":
-            return self._element(attrs, self.skeleton, attrs.get("label"))
+        """A <points> in a track (a shape, or in the legacy layout a skeleton's element), or
+        where none may be."""
         if parent == "track" and self.nested is not None:  # legacy: an element's track
             inst = self.legacy.get(attrs.get("frame"))
             if inst is None:
                 image = self._frame("points", attrs)
                 inst = self._instance(attrs, SKELETON, image, keyframe=False)
                 self.legacy[attrs.get("frame")] = inst
-            return self._element(attrs, inst, self.nested["label"])
-        if parent == "image":
-            self.owner = (self._instance(attrs, POINTS, self.image), None)
+            self.owner = (inst, self.nested["label"])
+            self.elements.append((*self.owner, attrs, self.p.CurrentLineNumber))
         elif parent == "track":
             self.owner = (self._instance(attrs, POINTS, self._frame("points", attrs)), None)
         else:
             raise self._misplaced("points", parent)
 
-    def _element(self, attrs: dict, inst: int, name: str | None) -> None:
-        """One skeleton element: one point, placed in its skeleton by `name` when built."""
-        if name is None:
-            raise self.error(
-                "skeleton element <points> has no label attribute; CVAT names each element "
-                "after its sublabel: export again"
-            )
-        self.elements.append((inst, name, attrs, self.p.CurrentLineNumber))
-        self.owner = (inst, name)
-
     def _shape(self, tag: str, attrs: dict, parent: str | None) -> None:
         """A <skeleton>, a <box> or a shape kpnb skips, in an <image> or a <track>."""
         if parent not in ("image", "track") or self.nested is not None:
             raise self._misplaced(tag, parent)
-        self.owner = None
         if tag == "skeleton":
             image = self.image if parent == "image" else self._frame(tag, attrs)
             self.skeleton = self._instance(attrs, SKELETON, image)
-            self.owner = (self.skeleton, None)
             if parent == "track":  # the legacy layout's element tracks follow
                 self.legacy[attrs.get("frame")] = self.skeleton
         elif tag == "box":
@@ -464,6 +462,8 @@ class Reader:
         except KpnbError:
             raise
         except (LookupError, ValueError) as exc:  # expat asks Python's codecs for the encoding
+            if isinstance(exc, ValueError) and "encoding" not in str(exc):
+                raise
             raise CvatFormatError(
                 f"{self.name}: the XML declares an encoding kpnb cannot read ({exc}); "
                 "save it as UTF-8 (CVAT writes UTF-8)"
