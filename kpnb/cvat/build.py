@@ -147,20 +147,20 @@ def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataF
     keypoint[skel_rows] = names[at] if len(at) else []
     return pd.DataFrame(
         {
-            "image_index": inst["image_index"][row_inst],
+            "image_index": inst["image_index"][row_inst].astype(np.int32),
             "instance_id": row_inst,
             "label": _categorical(inst["label"][row_inst]),
             "keypoint": _categorical(keypoint),
-            "point_index": point_index,
-            "x": x,
-            "y": y,
-            "visibility": np.where(filled & ~outside, np.where(occluded, 1, 2), 0),
+            "point_index": point_index.astype(np.int16),
+            "x": x.astype(np.float32),
+            "y": y.astype(np.float32),
+            "visibility": np.where(filled & ~outside, np.where(occluded, 1, 2), 0).astype(np.int8),
             "occluded": occluded,
             "outside": outside,
             "source": _categorical(src),
-            "group_id": inst["group_id"][row_inst],
-            "z_order": inst["z_order"][row_inst],
-            "track_id": inst["track_id"][row_inst],
+            "group_id": inst["group_id"][row_inst].astype(np.int32),
+            "z_order": inst["z_order"][row_inst].astype(np.int32),
+            "track_id": inst["track_id"][row_inst].astype(np.int32),
             "keyframe": keyframe,
         }
     )

@@ -44,33 +44,31 @@ _TAG = ("points", "skeleton")  # by kind
 
 class Rows:
     """Rows of raw attribute strings, appended one tuple per element (the cheapest thing a
-    callback can do) and turned into checked numpy columns by `convert` `_CHUNK` rows at a
-    time: values are converted in bulk, and memory holds columns, not a million tuples."""
+    callback can do) to `rows`, and turned into checked numpy columns by `convert` about
+    `_CHUNK` rows at a time (at the end of an image or track): values are converted in bulk,
+    and memory holds columns, not a million tuples and their attribute dicts."""
 
     def __init__(self, convert):
         self.convert = convert  # (rows, index of the first) -> dict of columns
         self.rows: list[tuple] = []
         self.chunks: list[dict] = []
-        self.n = 0  # rows appended
+        self.done = 0  # rows converted
 
-    def append(self, row: tuple) -> int:
-        """Append `row`; returns its index."""
-        self.rows.append(row)
-        self.n += 1
-        if len(self.rows) >= _CHUNK:
-            self.flush()
-        return self.n - 1
+    def next_index(self) -> int:
+        return self.done + len(self.rows)
 
-    def flush(self) -> None:
-        if self.rows:
-            self.chunks.append(self.convert(self.rows, self.n - len(self.rows)))
+    def flush(self, at_least: int = 0) -> None:
+        if len(self.rows) > at_least:
+            self.chunks.append(self.convert(self.rows, self.done))
+            self.done += len(self.rows)
             self.rows = []
 
     def columns(self) -> dict[str, np.ndarray]:
         self.flush()
         if not self.chunks:
             return self.convert([], 0)
-        return {k: np.concatenate([c[k] for c in self.chunks]) for k in self.chunks[0]}
+        chunks, self.chunks = self.chunks, []
+        return {k: np.concatenate([c.pop(k) for c in chunks]) for k in list(chunks[0])}
 
 
 class _Refused(Exception):
@@ -128,7 +126,6 @@ class Reader:
         self.track: dict | None = None
         self.nested: dict | None = None  # legacy layout: an element track in a skeleton track
         self.legacy: dict[str, int] = {}  # legacy layout: frame -> the track's skeleton there
-        self.owner: tuple | None = None  # what an <attribute> in the open <points> is of
         self.attr: tuple | None = None  # the open <attribute>: (owner, name)
 
     def error(self, msg: str) -> CvatFormatError:
@@ -163,11 +160,11 @@ class Reader:
             self._meta_start(tag, parent)
         # the commonest elements first: skeleton elements, and points shapes in an <image>
         elif tag == "points" and parent == "skeleton":
-            self.owner = (self.skeleton, attrs.get("label"))
-            self.elements.append((*self.owner, attrs, self.p.CurrentLineNumber))
+            line = self.p.CurrentLineNumber
+            self.elements.rows.append((self.skeleton, attrs.get("label"), attrs, line))
         elif tag == "points" and parent == "image":
             line = self.p.CurrentLineNumber
-            self.owner = (self.instances.append((self.image, POINTS, attrs, -1, False, line)), None)
+            self.instances.rows.append((self.image, POINTS, attrs, -1, False, line))
         elif parent is None:
             if tag != "annotations":
                 raise self.error(
@@ -185,8 +182,7 @@ class Reader:
         elif tag == "attribute":
             if self.attr is not None:
                 raise self.error("<attribute> inside <attribute>; " + _DAMAGED)
-            owner = {"points": self.owner, "skeleton": (self.skeleton, None)}.get(parent)
-            self.attr = (owner, attrs.get("name"))
+            self.attr = (self._owner(parent), attrs.get("name"))
             self._collect()
         elif parent == "annotations" and tag == "meta":
             self.meta_at = len(self.stack) - 1
@@ -196,17 +192,21 @@ class Reader:
 
     def end(self, tag: str) -> None:
         self.stack.pop()
+        if tag == "points":  # the commonest end, with nothing to close
+            return
         if self.meta_at >= 0:
             self._meta_end(tag)
         elif tag == "skeleton":
             self.skeleton = -1
         elif tag == "image":
             self.image = -1
+            self._flush()
         elif tag == "track":
             if self.nested is not None:
                 self.nested = None
             else:
                 self.track, self.legacy = None, {}
+                self._flush()
         elif tag == "attribute" and self.attr is not None:
             (owner, name), self.attr = self.attr, None
             value = self._collected()
@@ -214,6 +214,23 @@ class Reader:
                 self.attributes.append((*owner, name or "", value))
         elif tag == "version" and self.stack == [None, "annotations"]:
             self.version = self._collected().strip()
+
+    def _owner(self, parent: str) -> tuple | None:
+        """What an <attribute> in `parent` belongs to: (instance, element name or None), or
+        None for what kpnb does not model (boxes, tracks, skipped shapes). The open shape's
+        row is the last one: rows are converted only between images and tracks."""
+        if parent == "skeleton":
+            return (self.skeleton, None)
+        if parent != "points":
+            return None
+        if self.stack[-3] == "skeleton" or self.nested is not None:  # a skeleton element
+            return self.elements.rows[-1][:2]
+        return (self.instances.next_index() - 1, None)
+
+    def _flush(self) -> None:
+        """Convert the rows so far once a chunk's worth has gathered (between shapes)."""
+        self.instances.flush(at_least=_CHUNK)
+        self.elements.flush(at_least=_CHUNK)
 
     # -- the body ----------------------------------------------------------------------------
     def _misplaced(self, tag: str, parent: str | None) -> CvatFormatError:
@@ -286,9 +303,10 @@ class Reader:
                 keyframe = attrs.get("keyframe") in TRUE
         keyframe = bool(keyframe)
         line = self.p.CurrentLineNumber
-        return self.instances.append(
+        self.instances.rows.append(
             (image, kind, attrs, -1 if t is None else t["id"], keyframe, line)
         )
+        return self.instances.next_index() - 1
 
     def _instance_columns(self, rows: list[tuple], first: int) -> dict[str, np.ndarray]:
         """Instance rows -> checked columns, and the plain shapes' points (``pt_*``)."""
@@ -357,10 +375,10 @@ class Reader:
                 image = self._frame("points", attrs)
                 inst = self._instance(attrs, SKELETON, image, keyframe=False)
                 self.legacy[attrs.get("frame")] = inst
-            self.owner = (inst, self.nested["label"])
-            self.elements.append((*self.owner, attrs, self.p.CurrentLineNumber))
+            line = self.p.CurrentLineNumber
+            self.elements.rows.append((inst, self.nested["label"], attrs, line))
         elif parent == "track":
-            self.owner = (self._instance(attrs, POINTS, self._frame("points", attrs)), None)
+            self._instance(attrs, POINTS, self._frame("points", attrs))
         else:
             raise self._misplaced("points", parent)
 
