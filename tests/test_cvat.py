@@ -948,7 +948,5 @@ def test_damaged_zip_member_names_the_member(tmp_path):
     raw = bytearray(archive.read_bytes())
     raw[raw.index(b"AAAA")] = ord("B")  # the CRC no longer matches
     archive.write_bytes(bytes(raw))
-    with pytest.raises(
-        CvatFormatError, match=r"crc.zip!annotations.xml: the zip member is damaged"
-    ):
+    with pytest.raises(CvatFormatError, match=r"crc.zip!annotations.xml: .*damaged"):
         read_cvat(archive)

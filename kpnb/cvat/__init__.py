@@ -4,9 +4,9 @@
 into tables; `write_cvat` writes CVAT for images 1.1 that CVAT itself imports.
 The layouts handled are listed, with real examples, in ``tests/data/conformance/README.md``.
 
-One job per module: `source` finds the XML, `parse` is the one (expat) reader, `values`
-and `columns` check and convert its records in bulk, `build` makes the tables, `write`
-and `svg` write them back.
+One job per module: `source` finds the XML, `parse` is the one (expat) reader that collects
+its rows, `values` checks and converts their values, `build` makes the tables, `write` and
+`svg` write them back.
 """
 
 from __future__ import annotations

@@ -15,19 +15,7 @@ from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_key
 # the cap is checked before any row is made, so a made-up stop_frame cannot take all memory.
 MAX_FRAMES = 2_000_000
 MAX_POINTS = 2**15 - 1  # point_index is int16
-_BOX = [
-    "image_index",
-    "label",
-    "xtl",
-    "ytl",
-    "xbr",
-    "ybr",
-    "occluded",
-    "source",
-    "group_id",
-    "z_order",
-    "track_id",
-]
+_BOX = "image_index label xtl ytl xbr ybr occluded source group_id z_order track_id".split()
 
 
 def build_tables(r: Reader, keyframes_only: bool = False) -> Annotations:
