@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kpnb._io import atomic_path
 from kpnb.boxes import boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.grouping import points_to_skeleton
+from kpnb.io import atomic_path
 from kpnb.tables import (
     KEYPOINT_COLUMNS,
     Annotations,
@@ -87,7 +87,7 @@ def _coco_files(source: Path) -> list[tuple[Path, bytes]]:
     if source.suffix.lower() == ".zip":
         import zipfile
 
-        from kpnb._io import ZIP_DAMAGED, ZipLimitError, read_member, zip_limits
+        from kpnb.io import ZIP_DAMAGED, ZipLimitError, read_member, zip_limits
 
         try:
             limits = zip_limits()

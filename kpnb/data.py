@@ -22,21 +22,13 @@ import os
 import re
 import shutil
 import urllib.parse
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kpnb._io import (
-    ZIP_DAMAGED,
-    OutputExistsError,
-    ZipLimitError,
-    atomic_path,
-    check_zip,
-    zip_limits,
-)
 from kpnb.config import cache_dir
 from kpnb.errors import KpnbError
+from kpnb.io import OutputExistsError, Source, ZipLimitError, atomic_path, extract_zip, zip_limits
 from kpnb.tables import Annotations
 
 __all__ = [
@@ -78,38 +70,7 @@ def register_dataset(name: str, url: str, sha256: str | None = None) -> None:
 
 def detect_format(source: str | os.PathLike) -> str:
     """``"cvat"``, ``"coco"`` or ``"tables"`` for a file, export folder or zip."""
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir():
-        if (path / "skeletons.json").is_file():
-            return "tables"
-        if (path / "annotations.xml").is_file() or any(path.glob("*.xml")):
-            return "cvat"
-        if any(path.glob("annotations/*.json")) or any(path.glob("*.json")):
-            return "coco"
-        if any(path.rglob("annotations.xml")):
-            return "cvat"
-        raise FileNotFoundError(
-            f"{path}: holds no annotations.xml (CVAT) and no COCO .json; point at an export"
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".xml":
-        return "cvat"
-    if suffix == ".json":
-        return "coco"
-    if suffix == ".zip":
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except zipfile.BadZipFile as exc:
-            raise KpnbError(f"{path}: not a readable zip ({exc}); download it again") from exc
-        if any(n.lower().endswith(".xml") for n in names):
-            return "cvat"
-        if any(n.lower().endswith(".json") for n in names):
-            return "coco"
-        raise KpnbError(f"{path}: the zip holds no .xml or .json annotations")
-    raise KpnbError(f"{path}: unknown annotation file type {suffix!r}; expected .xml, .json, .zip")
+    return Source(source).format
 
 
 def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False) -> Annotations:
@@ -143,86 +104,29 @@ def safe_extract(
     """Extract a zip into the new folder `target`, refusing anything unsafe or too large.
 
     ``zipfile`` would silently rewrite ``../x`` and ``/etc/x`` and unpack a 2 MB zip bomb
-    to gigabytes; a dataset zip doing so is broken or hostile, so kpnb stops instead. From
-    the zip's directory, before anything is unpacked, it refuses: more than `max_members`
-    members, more than `max_bytes` in total, a member (over 1 MiB) unpacking to more than
-    `max_ratio` times its packed size, symbolic links and other special files, absolute
-    names, ``..`` parts, and names that occur twice. Each limit defaults to its
-    environment variable (``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO``,
-    ``KPNB_MAX_UNZIP_MEMBERS``), else 32 GiB, 200x and a million members: raise them there
-    for a trusted file. The members are unpacked into a temporary sibling that is renamed
-    to `target` when complete, so `target` appears complete or not at all.
+    to gigabytes; a dataset zip doing so is broken or hostile, so kpnb stops instead
+    (`kpnb.io.check_zip` lists what is refused, from the zip's directory, before anything
+    is unpacked). Each limit defaults to its environment variable (``KPNB_MAX_UNZIP_BYTES``,
+    ``KPNB_MAX_UNZIP_RATIO``, ``KPNB_MAX_UNZIP_MEMBERS``), else 32 GiB, 200x and a million
+    members: raise them there for a trusted file. `target` appears complete or not at all.
 
     Raises:
-        DatasetUnavailableError: the archive is not a zip, is corrupt (bad CRC), exceeds a
-            limit or holds a refused member; the message names the archive and member.
+        DatasetUnavailableError: the archive is not a zip, is damaged, exceeds a limit or
+            holds a refused member; the message names the archive and member.
         OutputExistsError: `target` exists and is not an empty folder.
     """
-    archive, target = Path(archive), Path(target)
     try:
-        limits = zip_limits(max_bytes, max_ratio, max_members)
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise DatasetUnavailableError(
-            f"{archive}: not a zip file ({exc}); is the file complete?"
-        ) from None
+        return extract_zip(archive, target, zip_limits(max_bytes, max_ratio, max_members))
     except ZipLimitError as exc:
         raise DatasetUnavailableError(str(exc)) from None
-    with zf:
-        try:
-            members = check_zip(archive, zf, limits)
-        except ZipLimitError as exc:
-            raise DatasetUnavailableError(str(exc)) from None
-        with atomic_path(target, directory=True) as tmp:
-            for info, name in members:
-                _extract_member(archive, zf, info, tmp / name)
-    return target
-
-
-def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
-    """Write one checked member, streamed and cut off at its declared size."""
-    if info.is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    try:
-        with zf.open(info) as src, open(dest, "xb") as out:
-            while block := src.read(2**20):
-                written += len(block)
-                if written > info.file_size:  # zipfile stops there already; be sure anyway
-                    raise DatasetUnavailableError(
-                        f"{archive}: member {info.filename!r} is "
-                        "larger than its header says; the zip is "
-                        "corrupt"
-                    )
-                out.write(block)
-    except ZIP_DAMAGED as exc:
-        raise DatasetUnavailableError(
-            f"{archive}: member {info.filename!r} is corrupt ({exc})"
-        ) from None
-    except FileExistsError:  # a case-insensitive disk: 'A.png' and 'a.png' are one file
-        raise DatasetUnavailableError(
-            f"{archive}: member {info.filename!r} names a file "
-            "written before (the names differ only in case); "
-            "refusing this archive"
-        ) from None
-    except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
-        if isinstance(exc, DatasetUnavailableError):
-            raise
-        raise DatasetUnavailableError(
-            f"{archive}: member {info.filename!r} cannot be unpacked ({exc})"
-        ) from None
 
 
 def _dataset_root(folder: Path) -> Path:
-    """The folder inside an extracted export that holds its annotations."""
-    for pattern in ("annotations.xml", "annotations/*.json"):
-        found = sorted(folder.rglob(pattern), key=lambda p: len(p.parts))
-        if found:
-            hit = found[0]
-            return hit.parent if hit.name == "annotations.xml" else hit.parent.parent
-    raise DatasetUnavailableError(f"{folder}: holds no annotations.xml or annotations/*.json")
+    """The folder inside an extracted export that holds its annotations (and images)."""
+    try:
+        return Source(folder).root
+    except (FileNotFoundError, KpnbError) as exc:
+        raise DatasetUnavailableError(str(exc)) from None
 
 
 def _cache_name(url: str) -> tuple[str, str]:

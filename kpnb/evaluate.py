@@ -150,7 +150,7 @@ class EvalResult:
     sigmas: list[float] = field(default_factory=list)
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        from kpnb._io import atomic_path
+        from kpnb.io import atomic_path
 
         doc = {
             "metrics": self.metrics,
@@ -623,7 +623,7 @@ def write_predictions(
     import json
     import zipfile
 
-    from kpnb._io import atomic_path
+    from kpnb.io import atomic_path
 
     out = Path(out)
 

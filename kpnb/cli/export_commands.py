@@ -130,8 +130,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 @add_convert_arguments.runner
 def run_convert(args: argparse.Namespace) -> int:
-    from kpnb._io import check_output
     from kpnb.data import read_annotations
+    from kpnb.io import check_output
 
     folder = args.to in ("csv", "parquet")
     check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
@@ -191,8 +191,8 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
 
 @add_show_arguments.runner
 def run_show(args: argparse.Namespace) -> int:
-    from kpnb._io import check_output
     from kpnb.data import get_dataset, read_annotations
+    from kpnb.io import check_output
     from kpnb.viz import show_sample
 
     check_output(args.out, overwrite=args.overwrite)  # before reading: a folder, a file

@@ -323,9 +323,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from kpnb._io import check_output
     from kpnb.dataset import KeypointDataset, collate_fn, default_workers, split_indices
     from kpnb.evaluate import evaluate
+    from kpnb.io import check_output
     from kpnb.model import load_checkpoint_model
     from kpnb.transforms import eval_transforms
 
@@ -514,9 +514,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from kpnb._io import atomic_path, check_output
     from kpnb.evaluate import predict, write_predictions
     from kpnb.images import image_size, load_image
+    from kpnb.io import atomic_path, check_output
     from kpnb.model import load_checkpoint_model
 
     if args.out.suffix.lower() not in (".xml", ".zip", ".json"):

@@ -11,8 +11,8 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import pandas as pd
 
-from kpnb._io import atomic_path
 from kpnb.cvat.svg import skeleton_svg
+from kpnb.io import atomic_path
 from kpnb.tables import Annotations
 
 # Written in <dumped> when the caller gives no time, so identical tables give identical bytes.
