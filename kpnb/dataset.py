@@ -130,6 +130,8 @@ class KeypointDataset(Dataset):
             keeps the original size.
         indices: image indices (``image_index``) to include; default all.
         skip_missing: leave out images whose file is missing instead of failing.
+        rescale_images: resize an image whose size differs from the annotations' to that
+            size (default: refuse it, `kpnb.images.load_image`).
         box_margin: fraction of an instance's keypoint extent added around it when no box
             is grouped with it.
         min_box: such a box is at least this fraction of the image's shorter side
@@ -160,7 +162,9 @@ class KeypointDataset(Dataset):
         skip_missing: bool = False,
         box_margin: float = BOX_MARGIN,
         min_box: float = MIN_BOX,
+        rescale_images: bool = False,
     ):
+        self.rescale_images = rescale_images
         annotations = _training_view(annotations, skeleton_label)
         if skeleton_label not in annotations.skeletons:
             raise _not_a_skeleton(annotations, skeleton_label)
@@ -235,13 +239,8 @@ class KeypointDataset(Dataset):
     def load_image(self, index: int) -> torch.Tensor:
         """The uint8 ``[3, H, W]`` image of item `index`."""
         item = self.items[index]
-        image = torch.from_numpy(load_image(item.path)).permute(2, 0, 1).contiguous()
-        if item.size != (0, 0) and tuple(image.shape[-2:]) != item.size:
-            raise KpnbError(
-                f"{item.path}: image is {image.shape[-1]}x{image.shape[-2]} but the annotations "
-                f"say {item.size[1]}x{item.size[0]}; re-export the images with the annotations"
-            )
-        return image
+        array = load_image(item.path, expect=item.size[::-1], rescale=self.rescale_images)
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
     def sample(self, index: int):
         """The untransformed v2 sample ``(Image, target)`` (for pictures and tests)."""

@@ -343,13 +343,15 @@ def show_sample(
     *,
     boxes: bool = False,
     skip_missing: bool = False,
+    rescale_images: bool = False,
     **kwargs,
 ) -> Image.Image:
     """Draw one image of an export with its instances (every label by default).
 
     A multi-coordinate ``<points>`` shape is one instance (points ``1..n``). `boxes` draws
     each instance's box (its grouped box, else its points' extent). With `skip_missing`
-    a missing file is drawn as a grey canvas of the size the annotations declare.
+    a missing file is drawn as a grey canvas of the size the annotations declare. An image
+    of another size than declared is refused, or resized to it with `rescale_images`.
 
     Raises:
         IndexError: no such image. FileNotFoundError: the file is missing (names the
@@ -364,7 +366,8 @@ def show_sample(
     root = Path(image_root) if image_root is not None else _export_root(ann)
     path = find_image(root, str(row["name"]), row["subset"])
     if path is not None:
-        img = Image.fromarray(load_image(path))
+        size = (row["width"], row["height"])
+        img = Image.fromarray(load_image(path, expect=size, rescale=rescale_images))
     elif skip_missing and pd.notna(row["width"]) and pd.notna(row["height"]):
         img = Image.new("RGB", (int(row["width"]), int(row["height"])), (96, 96, 96))
     else:
