@@ -100,7 +100,7 @@ def _refuse_special(path: Path) -> None:
     if kind:
         raise OutputExistsError(
             f"{path}: is {kind}, not a regular file; kpnb writes only regular files and "
-            "folders, and never replaces this (also not with --overwrite): choose another output"
+            "folders and never replaces anything else: choose another output"
         )
 
 
