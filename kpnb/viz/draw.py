@@ -306,7 +306,10 @@ def _export_root(ann: Annotations) -> Path:
     zip on disk that `read_cvat`/`read_coco` record)."""
     path = ann.meta.get("path")
     if not path:
-        raise KpnbError("these annotations do not say where their export is; pass image_root")
+        raise KpnbError(
+            "these annotations do not say where their export is; pass {image_root}",
+            param="image_root",
+        )
     path = Path(str(path))
     return path if path.is_dir() else path.parent
 
@@ -368,9 +371,10 @@ def show_sample(
     elif skip_missing and pd.notna(row["width"]) and pd.notna(row["height"]):
         img = Image.new("RGB", (int(row["width"]), int(row["height"])), (96, 96, 96))
     else:
-        raise FileNotFoundError(
+        raise KpnbError(
             f"{ann.describe_image(image_index)}: no such file under {root} (looked in "
-            f"images/ and beside it); pass the folder holding the images as image_root"
+            "images/ and beside it); pass the folder holding the images as {image_root}",
+            param="image_root",
         )
     kp = ann.keypoints[ann.keypoints["image_index"] == image_index]
     labels = [label] if label else list(dict.fromkeys(kp["label"].astype(str)))
