@@ -40,9 +40,8 @@ def test_the_scan_sees_a_bare_error(tmp_path):
 
 
 def test_parameters_are_a_field_spelled_by_each_front_end():
-    exc = KpnbError(
-        "{label} is not a skeleton; fix {image_root}", params={"label": "'hand'"}, param="image_root"
-    )
+    message = "{label} is not a skeleton; fix {image_root}"
+    exc = KpnbError(message, param="image_root", params={"label": "'hand'"})
     assert exc.param == "image_root" and set(exc.params) == {"image_root", "label"}
     assert str(exc) == "label='hand' is not a skeleton; fix image_root"
     assert cli_message(exc) == "--label 'hand' is not a skeleton; fix --images-root"
