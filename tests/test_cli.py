@@ -74,6 +74,7 @@ def test_convert_errors_are_one_line(tmp_path, synthetic_export, capsys):
     assert not (tmp_path / "kp.json").exists()
 
 
+@pytest.mark.slow
 def test_the_wheel_works_without_the_checkout(tmp_path):
     """Build the wheel, install it into a fresh venv that sees the project venv's other
     packages but not this checkout, and use it from outside the repository: synth, info,
