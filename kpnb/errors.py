@@ -37,10 +37,21 @@ class KpnbError(ValueError):
         param: str | tuple[str, ...] | None = None,
         params: dict[str, object] | None = None,
     ):
+        message = self._from_worker(message)
         names = (param,) if isinstance(param, str) else tuple(param or ())
         self.params: dict[str, object] = {**dict.fromkeys(names), **(params or {})}
         self.template = message
         super().__init__(self.render(python_spelling))
+
+    @classmethod
+    def _from_worker(cls, message: str) -> str:
+        """The error's own message when a DataLoader worker raised it: torch rebuilds it in
+        the main process as ``cls("Caught ... Original Traceback ...")``, 26 lines for one."""
+        if not message.startswith("Caught ") or "\nOriginal Traceback" not in message:
+            return message
+        mark = f"\n{cls.__module__}.{cls.__qualname__}: "
+        at = message.rfind(mark)
+        return message[at + len(mark) :].rstrip("\n") if at >= 0 else message
 
     @property
     def param(self) -> str | None:

@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from kpnb.cli import cli_message
 from kpnb.errors import KpnbError
+from kpnb.images import ImageError
 
 KPNB = Path(__file__).resolve().parents[1] / "kpnb"
 
@@ -59,3 +61,18 @@ def test_braces_that_name_no_parameter_stay_as_written():
     assert str(KpnbError("{not a field}")) == "{not a field}"
     with pytest.raises(ValueError):  # still a ValueError for callers that catch one
         raise KpnbError("x")
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise ImageError("img_1.png: cannot decode the image (truncated)")
+
+
+def test_an_error_in_a_loader_worker_reaches_the_user_as_its_own_one_line():
+    loader = torch.utils.data.DataLoader(_Unreadable(), num_workers=1)
+    with pytest.raises(ImageError) as exc:
+        next(iter(loader))
+    assert str(exc.value) == "img_1.png: cannot decode the image (truncated)"
