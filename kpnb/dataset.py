@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from kpnb.boxes import BOX_MARGIN, MIN_BOX, boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.images import find_image, load_image
-from kpnb.tables import Annotations, Skeleton
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
 __all__ = [

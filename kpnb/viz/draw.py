@@ -20,7 +20,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from kpnb.errors import KpnbError
-from kpnb.tables import Annotations, Skeleton
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations
 
 __all__ = [
     "RGB",
