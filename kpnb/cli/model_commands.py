@@ -535,6 +535,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if missing:
         log.warning("left out %d missing image files, e.g. %s", len(missing), missing[0])
         args.images = [p for p in args.images if p.is_file()]
+    if args.viz is not None:  # --overwrite replaces the whole folder: never one of the inputs'
+        viz = args.viz.resolve()
+        inside = next((p for p in args.images if viz in p.resolve().parents), None)
+        if inside is not None:
+            raise KpnbError(f"--viz {args.viz} holds the input image {inside}; draw elsewhere")
     image_ids = None
     if args.annotations is not None:
         image_ids = _export_image_ids(args.annotations, args.images, args.images_root)
