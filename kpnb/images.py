@@ -210,8 +210,8 @@ def load_image(
                 raise ImageError(
                     f"{path}: the image is {img.width}x{img.height} but the annotations say "
                     f"{want[0]}x{want[1]}; use the images the export was annotated on, or "
-                    "pass rescale_images=True to resize each image to its declared size",
-                    param="rescale_images",
+                    "pass {rescale_images} to resize each image to its declared size",
+                    params={"rescale_images": True},
                 )
             img = img.resize(want, Image.Resampling.BILINEAR)
     return np.array(img, dtype=np.uint8)  # writable, for torch

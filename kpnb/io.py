@@ -63,19 +63,16 @@ class OutputExistsError(KpnbError, FileExistsError):
     """An output path holds something kpnb will not replace; the message says what to do."""
 
 
-_FILE_HINT = "pass overwrite=True (on the command line: --overwrite) to replace it"
-_FOLDER_HINT = (
-    "pass overwrite=True (on the command line: --overwrite) to replace only the "
-    "files kpnb writes in it, keeping the others"
-)
+_FILE_HINT = "pass {overwrite} to replace it"
+_FOLDER_HINT = "pass {overwrite} to replace only the files kpnb writes in it, keeping the others"
 _MOVE_HINT = "move it away first"
 
 
 def _refuse(path: Path, what: str, hint: str = _MOVE_HINT) -> OutputExistsError:
-    return OutputExistsError(
-        f"{path}: {what}; kpnb does not overwrite what it did not make. "
-        f"Choose another output, or {hint}"
-    )
+    message = f"{path}: {what}; kpnb does not overwrite what it did not make. Choose another output"
+    if hint == _MOVE_HINT:
+        return OutputExistsError(f"{message}, or {hint}")
+    return OutputExistsError(f"{message}, or {hint}", params={"overwrite": True})
 
 
 def _special(path: Path) -> str | None:

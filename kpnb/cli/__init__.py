@@ -59,6 +59,8 @@ FLAGS = {
     "points_as_skeleton": "--points-as-skeleton",
     "flip_pairs": "--flip-pairs",
     "skeletons_only": "--skeletons-only",
+    "overwrite": "--overwrite",
+    "rescale_images": "--rescale-images",
 }
 
 
