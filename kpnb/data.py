@@ -6,10 +6,9 @@ reader (CVAT or COCO) from what that folder holds. Downloads go through pooch in
 checksummed where the checksum is known, written under a temporary name until complete,
 extracted by `safe_extract` (every member checked to stay inside its folder, sizes and
 compression ratios limited; ``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO`` and
-``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call, where a given
-checksum is checked again against the one recorded beside the extraction. A download that
-fails a check (checksum, CRC, limits, no annotations) is deleted, so the next call fetches
-it again.
+``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call, where pooch checks
+a given checksum again. A download that fails a check (checksum, CRC, limits, no
+annotations) is deleted, so the next call fetches it again.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from kpnb.config import cache_dir
 from kpnb.errors import KpnbError
-from kpnb.io import OutputExistsError, Source, ZipLimitError, atomic_path, extract_zip, zip_limits
+from kpnb.io import OutputExistsError, Source, ZipLimitError, extract_zip, zip_limits
 from kpnb.tables import Annotations
 
 __all__ = [
@@ -46,6 +45,10 @@ log = logging.getLogger(__name__)
 
 class DatasetUnavailableError(KpnbError, RuntimeError):
     """A dataset could not be fetched or unpacked; the message says what to do instead."""
+
+
+class _ChecksumMismatch(DatasetUnavailableError):
+    """The file at a URL is not the one its sha256 names."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
         ) from None
     except ValueError as exc:  # pooch: hash mismatch
         msg = " ".join(str(exc).split())
-        raise DatasetUnavailableError(f"{url}: {msg}; the download was discarded") from None
+        raise _ChecksumMismatch(f"{url}: {msg}; the download was discarded") from None
 
 
 def _sha256(path: Path) -> str:
@@ -230,58 +233,26 @@ def _hex(sha256: str | None) -> str | None:
 def _cached_download(url: str, sha256: str | None, root: Path, progress: bool) -> Path:
     """The export at `url`, from the cache when there, else downloaded and unpacked.
 
-    Each extraction has a marker beside it, ``datasets/<folder>.sha256``, holding the
-    sha256 of the zip it came from (written atomically once the extraction is complete).
-    A known `sha256` is checked against the marker on every call, so a file cached by a
-    call without a checksum is never passed off as the one with it; hashing the kept zip
-    instead would reread gigabytes on each call. An extraction without a marker (made
-    before markers, or a process stopped between the two) is checked against its zip.
+    With a known `sha256`, pooch checks the kept zip on every call (and downloads it again
+    when it differs), so an extraction is never passed off as one with that checksum; a
+    mismatch deletes the cache entry. Without one, an extraction is reused as it is.
     """
     folder, fname = _cache_name(url)
     extracted = root / "datasets" / folder
-    marker = extracted.with_name(folder + ".sha256")
     archive = root / "downloads" / folder / fname
-    if extracted.is_dir():
-        if sha256 is None:
-            return _dataset_root(extracted)
-        cached = _read_marker(marker)
-        if cached is None and archive.is_file():
-            cached = _write_marker(marker, _sha256(archive))
-        if cached == sha256:
-            return _dataset_root(extracted)
-        _discard_entry(extracted, marker, archive)
-        if cached is not None:
-            raise DatasetUnavailableError(
-                f"{url}: the cached download has sha256 {cached}, not the expected "
-                f"{sha256}; that cache entry was deleted, run again to download it afresh "
-                "(if the checksum is right, the file at the URL has changed)"
-            )
-        # neither marker nor zip: nothing to check the extraction against, so fetch again
-    archive = _download(url, sha256, archive.parent, fname, progress)
-    _extract_verified(archive, extracted, discard=True)
-    _write_marker(marker, sha256 or _sha256(archive))  # pooch has checked a known sha256
-    return _dataset_root(extracted)
-
-
-def _read_marker(marker: Path) -> str | None:
-    """The sha256 a marker holds; None when it is missing or not a checksum."""
+    if extracted.is_dir() and sha256 is None:
+        return _dataset_root(extracted)
+    before = archive.stat().st_mtime_ns if archive.is_file() else None
     try:
-        return _hex(marker.read_text())
-    except (OSError, UnicodeDecodeError, KpnbError):
-        return None
-
-
-def _write_marker(marker: Path, digest: str) -> str:
-    with atomic_path(marker) as tmp:
-        tmp.write_text(digest + "\n")
-    return digest
-
-
-def _discard_entry(extracted: Path, marker: Path, archive: Path) -> None:
-    """Delete kpnb's cache entry of one URL: its extraction, marker and download."""
-    shutil.rmtree(extracted, ignore_errors=True)
-    marker.unlink(missing_ok=True)
-    _discard(archive)
+        archive = _download(url, sha256, archive.parent, fname, progress)
+    except _ChecksumMismatch:
+        shutil.rmtree(extracted, ignore_errors=True)  # kpnb's own cache entry
+        _discard(archive)
+        raise
+    if not extracted.is_dir() or archive.stat().st_mtime_ns != before:  # a new download
+        shutil.rmtree(extracted, ignore_errors=True)
+        _extract_verified(archive, extracted, discard=True)
+    return _dataset_root(extracted)
 
 
 def get_dataset(
