@@ -621,9 +621,8 @@ def write_predictions(
     takes either). `names`: each image's name in the task (default: its file name; CVAT
     matches a name to the task's image of that path, else of that file name)."""
     import json
-    import zipfile
 
-    from kpnb.io import atomic_path
+    from kpnb.io import atomic_path, write_zip
 
     out = Path(out)
 
@@ -641,6 +640,4 @@ def write_predictions(
     from kpnb.cvat.write import iter_cvat_lines
 
     text = "".join(line + "\n" for line in iter_cvat_lines(ann))
-    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("annotations.xml", text.encode("utf-8"))
-    return out
+    return write_zip(out, [("annotations.xml", text.encode("utf-8"))])

@@ -75,25 +75,20 @@ def _refuse(path: Path, what: str, hint: str = _MOVE_HINT) -> OutputExistsError:
     return OutputExistsError(f"{message}, or {hint}", params={"overwrite": True})
 
 
-def _special(path: Path) -> str | None:
-    """What `path` is when it exists and is neither a regular file nor a folder."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    for test, kind in (
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return None
+_SPECIAL = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _refuse_special(path: Path) -> None:
-    kind = _special(path)
+    """Refuse `path` when it is (or links to) a device, FIFO or socket."""
+    try:
+        kind = _SPECIAL.get(stat.S_IFMT(path.stat().st_mode))
+    except OSError:  # missing, or a link to nothing
+        return
     if kind:
         raise OutputExistsError(
             f"{path}: is {kind}, not a regular file; kpnb writes only regular files and "
@@ -188,9 +183,8 @@ def atomic_path(
             if not overwrite and _nonempty_dir(path):
                 raise _refuse(path, "the folder is not empty", _FOLDER_HINT)
             _merge_into(tmp, path)
-    finally:
-        # what is left of the temporary (all of it on failure) is kpnb's own
-        if tmp.is_dir() and not tmp.is_symlink():
+    finally:  # what is left of the temporary (all of it on failure) is kpnb's own
+        if directory:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
@@ -255,12 +249,7 @@ MAX_UNZIP_MEMBERS = 1_000_000  # KPNB_MAX_UNZIP_MEMBERS: files and folders in on
 RATIO_FLOOR = 2**20
 #: What reading a corrupt zip member raises (bad CRC, bad deflate data, cut short).
 ZIP_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)
-_READABLE = {
-    zipfile.ZIP_STORED: "stored",
-    zipfile.ZIP_DEFLATED: "deflate",
-    zipfile.ZIP_BZIP2: "bzip2",
-    zipfile.ZIP_LZMA: "lzma",
-}
+_READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 
 class ZipLimitError(KpnbError):
@@ -425,41 +414,28 @@ def _clean_name(archive, info: zipfile.ZipInfo) -> str | None:
 
 
 class _Member:
-    """One zip member as a binary stream, cut off at its declared size; a damaged member is
-    an `error` naming ``zip!member``."""
+    """One zip member as a binary stream (zipfile stops at its declared size and checks its
+    CRC); a damaged member raises `error` naming ``zip!member``."""
 
     def __init__(self, archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo, error, owns: bool):
-        self.name, self.info, self.zf, self.error, self.owns = (
-            f"{archive}!{info.filename}",
-            info,
-            zf,
-            error,
-            owns,
-        )
-        self.size = 0
+        self.name, self.zf, self.error, self.owns = f"{archive}!{info.filename}", zf, error, owns
+        self.fh = None
+        self.fh = self._guard(zf.open, info)
+
+    def _guard(self, call, *args):
         try:
-            self.fh = zf.open(info)
+            return call(*args)
         except ZIP_DAMAGED as exc:
             self.close()
-            raise self._damaged(exc) from None
-
-    def _damaged(self, exc) -> KpnbError:
-        return self.error(
-            f"{self.name}: the zip member is damaged ({exc}); download or export it again"
-        )
+            raise self.error(
+                f"{self.name}: the zip member is damaged ({exc}); download or export it again"
+            ) from None
 
     def read(self, n: int = -1) -> bytes:
-        try:
-            block = self.fh.read(n)
-        except ZIP_DAMAGED as exc:  # zipfile checks the CRC as the member's end is read
-            raise self._damaged(exc) from None
-        self.size += len(block)
-        if self.size > self.info.file_size:  # zipfile stops there already; be sure anyway
-            raise self._damaged("larger than its header says")
-        return block
+        return self._guard(self.fh.read, n)
 
     def close(self) -> None:
-        if getattr(self, "fh", None) is not None:
+        if self.fh is not None:
             self.fh.close()
         if self.owns:
             self.zf.close()
@@ -540,9 +516,6 @@ def write_zip(
 
 
 # -- sources ------------------------------------------------------------------------------------
-_FORMATS = ("cvat", "coco", "tables")
-
-
 class Source:
     """An export as given: a file, a folder or a zip, and which of its files hold the
     annotations (`files`, in order) in which `format` (``"cvat"``, ``"coco"``, ``"tables"``).
@@ -564,7 +537,7 @@ class Source:
     ):
         self.path = Path(path)
         self.error = error
-        self.root: Path | None = None  # the images' folder, for folders
+        self.root: Path | None = None  # the images' folder: a folder's, a file's own (not a zip)
         self.zip = False
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such file or folder")
@@ -581,7 +554,7 @@ class Source:
                     f"{self.path}: unknown annotation file type {suffix!r}; expected .xml, "
                     ".json or .zip, or an export folder"
                 )
-            self.format, self.files = found, (self.path.name,)
+            self.format, self.files, self.root = found, (self.path.name,), self.path.parent
 
     def _in_folder(self, folder: Path, want: str | None) -> tuple[str, tuple[str, ...], Path]:
         if (folder / "skeletons.json").is_file() and want in (None, "tables"):
