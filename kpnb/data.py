@@ -186,12 +186,10 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
 
 
 def _sha256(path: Path) -> str:
-    """The file's sha256, read in 1 MiB chunks (a dataset zip may not fit in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, read in chunks by pooch (a dataset zip may not fit in memory)."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:

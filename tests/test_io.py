@@ -103,6 +103,19 @@ def test_source_of_coco_tables_and_nested_exports(tmp_path, synthetic_export):
         Source(tmp_path / "x.txt")
 
 
+def test_source_refuses_to_guess_between_two_annotation_files(tmp_path):
+    for name in ("a.xml", "b.xml"):
+        (tmp_path / "two" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "two" / name).write_text("<annotations/>")
+    with pytest.raises(KpnbError, match=r"several XML files \(a.xml, b.xml\)"):
+        Source(tmp_path / "two")
+    for sub in ("x", "y"):
+        (tmp_path / "deep" / sub).mkdir(parents=True)
+        (tmp_path / "deep" / sub / "annotations.xml").write_text("<annotations/>")
+    with pytest.raises(KpnbError, match=r"x/annotations.xml, y/annotations.xml"):
+        Source(tmp_path / "deep")
+
+
 def test_source_names_a_damaged_member_and_raises_the_readers_error(tmp_path):
     class ReaderError(KpnbError):
         pass
