@@ -4,7 +4,7 @@
 reader (CVAT or COCO) from what that folder holds. Downloads go through pooch into a cache
 (``$KPNB_CACHE``, default ``~/.cache/kpnb``) under a folder named by a hash of the whole URL:
 checksummed where the checksum is known, written under a temporary name until complete,
-extracted by `safe_extract` (every member checked to stay inside its folder, sizes and
+extracted by `kpnb.io.extract_zip` (every member checked to stay inside its folder, sizes and
 compression ratios limited; ``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO`` and
 ``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call, where pooch checks
 a given checksum again. A download that fails a check (checksum, CRC, limits, no
@@ -37,7 +37,6 @@ __all__ = [
     "register_dataset",
     "DatasetUnavailableError",
     "REGISTRY",
-    "safe_extract",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,34 +93,6 @@ def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False)
     from kpnb.tables import load_tables
 
     return load_tables(source)
-
-
-def safe_extract(
-    archive: str | os.PathLike,
-    target: str | os.PathLike,
-    *,
-    max_bytes: int | None = None,
-    max_ratio: float | None = None,
-    max_members: int | None = None,
-) -> Path:
-    """Extract a zip into the new folder `target`, refusing anything unsafe or too large.
-
-    ``zipfile`` would silently rewrite ``../x`` and ``/etc/x`` and unpack a 2 MB zip bomb
-    to gigabytes; a dataset zip doing so is broken or hostile, so kpnb stops instead
-    (`kpnb.io.check_zip` lists what is refused, from the zip's directory, before anything
-    is unpacked). Each limit defaults to its environment variable (``KPNB_MAX_UNZIP_BYTES``,
-    ``KPNB_MAX_UNZIP_RATIO``, ``KPNB_MAX_UNZIP_MEMBERS``), else 32 GiB, 200x and a million
-    members: raise them there for a trusted file. `target` appears complete or not at all.
-
-    Raises:
-        DatasetUnavailableError: the archive is not a zip, is damaged, exceeds a limit or
-            holds a refused member; the message names the archive and member.
-        OutputExistsError: `target` exists and is not an empty folder.
-    """
-    try:
-        return extract_zip(archive, target, zip_limits(max_bytes, max_ratio, max_members))
-    except ZipLimitError as exc:
-        raise DatasetUnavailableError(str(exc)) from None
 
 
 def _dataset_root(folder: Path) -> Path:
@@ -193,29 +164,26 @@ def _sha256(path: Path) -> str:
 
 
 def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
-    """Unpack `archive` to `extracted` and check it is an export; on failure keep neither.
-
-    `discard`: the archive is kpnb's own download, deleted when it fails, so the next run
-    fetches it again instead of reusing a broken file.
-    """
-    made = False
+    """Unpack `archive` to `extracted` (`kpnb.io.extract_zip`: bounded, nothing outside it)
+    and check it is an export; on failure keep neither. `discard`: the archive is kpnb's own
+    download, deleted when it fails, so the next run fetches it again."""
     try:
-        safe_extract(archive, extracted)
-        made = True
+        extract_zip(archive, extracted, zip_limits())
         _dataset_root(extracted)
+        return
     except OutputExistsError:
         if extracted.is_dir():  # another process unpacked the same archive meanwhile
             return
         raise
-    except DatasetUnavailableError as exc:
-        if made:  # unpacked just now by safe_extract, so kpnb's own to remove
-            shutil.rmtree(extracted)
-        if not discard:
-            raise
-        _discard(archive)
-        raise DatasetUnavailableError(
-            f"{exc}; the download was deleted, so the next run downloads it again"
-        ) from None
+    except (ZipLimitError, DatasetUnavailableError) as exc:
+        problem = str(exc)
+    shutil.rmtree(extracted, ignore_errors=True)  # unpacked just now, so kpnb's own
+    if not discard:
+        raise DatasetUnavailableError(problem)
+    _discard(archive)
+    raise DatasetUnavailableError(
+        f"{problem}; the download was deleted, so the next run downloads it again"
+    )
 
 
 def _hex(sha256: str | None) -> str | None:
@@ -276,7 +244,7 @@ def get_dataset(
     Raises:
         DatasetUnavailableError: a download failed or the machine is offline (the message
             says what to do), a checksum did not match, or an archive is broken, unsafe,
-            over the limits of `safe_extract` or holds no annotations; a download failing
+            over the limits of `kpnb.io.check_zip` or holds no annotations; a download failing
             so (or a cached one with another checksum) is deleted, so the next call
             fetches it again.
         FileNotFoundError: a local path does not exist.

@@ -177,6 +177,17 @@ def test_an_encrypted_or_imploded_member_is_one_clear_line_in_every_command(
     assert not out.exists()
 
 
+def test_many_small_members_adding_up_to_a_bomb_are_refused(tmp_path):
+    # each member is under RATIO_FLOOR (exempt on its own); together they pack ~1000x
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(4):
+            zf.writestr(f"part{i}.bin", bytes(2**20))
+    with pytest.raises(ZipLimitError, match=r"4 members unpack .* limit 200x"):
+        extract_zip(archive, tmp_path / "out", zip_limits())
+    assert not (tmp_path / "out").exists()
+
+
 def test_member_names_no_file_can_have_are_refused_by_name(tmp_path):
     long = "x" * 300 + ".jpg"
     archive = _zip(tmp_path, {"annotations.xml": b"<annotations/>", f"images/{long}": b"x"})
