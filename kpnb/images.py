@@ -109,18 +109,9 @@ def find_image(root: str | os.PathLike, name: str, subset: str | None = None) ->
 
 
 def _follow_limit(limit: int) -> None:
-    """Raise PIL's own bomb limit to kpnb's `limit` when it is lower; never lower it.
-
-    PIL refuses images over ``Image.MAX_IMAGE_PIXELS`` (about 89 MP) while opening them and
-    again while decoding (GIF frames, TIFF tiles), so below that value ``KPNB_MAX_PIXELS``
-    could not take effect and PIL's error would contradict kpnb's. Setting PIL's value for
-    the length of one call and restoring it afterwards would race between threads (one
-    thread restoring while another decodes), and would have to last for the whole decode.
-    So kpnb raises it once, to the limit the user asked kpnb for (``KPNB_MAX_PIXELS`` or
-    ``limit=``): setting that limit says such files are trusted. It is never lowered, and
-    ``None`` (a user who turned PIL's check off) is left alone; with kpnb's default limit
-    (64 MP, under PIL's) PIL's value does not change at all.
-    """
+    """Raise PIL's own bomb limit (``Image.MAX_IMAGE_PIXELS``, checked while opening and
+    decoding) to kpnb's `limit` when it is lower, so ``KPNB_MAX_PIXELS`` takes effect; never
+    lower it (setting it per call and restoring it would race between threads)."""
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and current < limit:
         log.debug("raising PIL's Image.MAX_IMAGE_PIXELS from %d to kpnb's %d", current, limit)
