@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from shared_paths import FIXTURES
 
 from kpnb.boxes import boxes_from_points
-from kpnb.coco import CocoFormatError, read_coco, to_coco, write_coco
+from kpnb.coco import CocoFormatError, category_ids, read_coco, to_coco, write_coco
 from kpnb.cvat import read_cvat
 from kpnb.synthetic import FACE
 from kpnb.tables import Annotations
@@ -329,3 +329,60 @@ def test_ids_1_and_1_5_are_not_taken_for_two_distinct_images(tmp_path):
     doc["annotations"][1]["image_id"] = 1.5
     with pytest.raises(CocoFormatError, match=r"images\[1\] \(\"b.png\"\): id 1.5 is not"):
         read_coco(_write(tmp_path / "kp.json", doc))
+
+
+# -- documents Python's json cannot hold, each a CocoFormatError naming the file ----------
+UNREADABLE = {
+    "deep nesting": (b'{"images": [], "annotations": [], "x": ' + b"[" * 100_000, "nested"),
+    "int of 5000 digits": (b'{"images": [{"id": ' + b"9" * 5000 + b"}]}", "4300 digits"),
+    "invalid UTF-8": (b'{"images": [{"file_name": "a\xff.png"}], "annotations": []}', "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_documents_json_cannot_read_are_named(tmp_path, case):
+    raw, fact = UNREADABLE[case]
+    path = tmp_path / "kp.json"
+    path.write_bytes(raw)
+    with pytest.raises(CocoFormatError, match=re.escape(f"{path}: ") + f".*{fact}"):
+        read_coco(path)
+
+
+@pytest.mark.parametrize("pairs", ["[[1e999, 2]]", "[[1.5, 2]]", '[["a", "b"]]', "[[1, 2, 3]]"])
+def test_skeleton_pairs_that_are_not_whole_numbers_are_named(tmp_path, pairs):
+    text = json.dumps(_small_doc()).replace("[[1, 2]]", pairs)
+    path = tmp_path / "kp.json"
+    path.write_text(text)
+    with pytest.raises(CocoFormatError, match=re.escape(f"{path}: category 'p': skeleton [[")):
+        read_coco(path)
+
+
+def _categories_doc() -> dict:
+    """Two categories with one keypoint layout and ids that are neither 1 nor contiguous
+    (as AP-10K's animal families are), on images whose ids do not start at 1."""
+    doc = _small_doc()
+    doc["images"][0]["id"], doc["images"][1]["id"] = 101, 205
+    doc["categories"] = [
+        {"id": 3, "name": "cat", "keypoints": ["a", "b"], "skeleton": [[1, 2]]},
+        {"id": 7, "name": "dog", "keypoints": ["a", "b"], "skeleton": [[1, 2]]},
+    ]
+    doc["annotations"][0].update(image_id=101, category_id=7)
+    doc["annotations"][1].update(image_id=205, category_id=3, bbox=[2, 3, 2, 2])
+    return doc
+
+
+def test_category_ids_are_kept_from_file_to_file(tmp_path):
+    path = _write(tmp_path / "person_keypoints_default.json", _categories_doc())
+    ann = read_coco(path)
+    assert ann.meta["coco_categories"] == {"cat": 3, "dog": 7}
+    doc = to_coco(ann)
+    assert {c["name"]: c["id"] for c in doc["categories"]} == {"cat": 3, "dog": 7}
+    assert [(a["id"], a["category_id"]) for a in doc["annotations"]] == [(7, 7), (8, 3)]
+    assert [im["id"] for im in doc["images"]] == [101, 205]
+
+
+def test_tables_from_cvat_get_cvats_category_ids(synthetic_export):
+    ann = read_cvat(synthetic_export)
+    ids = category_ids(ann, ["face", "made up"])
+    assert ids["face"] == 1 and ids["made up"] == len(ann.labels) + 1  # the next free id
+    assert [c["id"] for c in to_coco(ann)["categories"]] == [1]

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,8 +192,8 @@ def _document(raw: bytes, where: str) -> dict:
     except UnicodeDecodeError as exc:  # json takes UTF-8, -16 and -32
         what = f"byte {exc.start}: not UTF-8 text ({exc.reason})"
         raise _fix(where, what, "export it again") from None
-    except ValueError as exc:  # an int past Python's cap on digits (4300)
-        what = f"a number is too long ({str(exc).split(';')[0]})"
+    except ValueError:  # an int past Python's cap on digits
+        what = f"a number longer than {sys.get_int_max_str_digits()} digits"
         raise _fix(where, what, "export it again") from None
     except RecursionError:
         raise _fix(where, "JSON nested too deeply", "export it again") from None
