@@ -231,7 +231,6 @@ HOSTILE = {
     # findings 3 and 4: image records
     "image id missing": (_drop("images", 1, "id"), r'images\[1\] \("b.png"\): id is missing'),
     "image id 1.5": (_image(1, id=1.5), r'images\[1\] \("b.png"\): id 1.5 is not a whole'),
-    "image id 2.0": (_image(1, id=2.0), r"images\[1\] .*: id 2.0 is not a whole number"),
     "image id text": (_image(0, id="1"), r'images\[0\] .*: id "1" is not a whole number'),
     "image id list": (_image(0, id=[1]), r"images\[0\] .*: id \[1\] is not a whole number"),
     "image id bool": (_image(0, id=True), r"images\[0\] .*: id true is not a whole number"),
@@ -249,7 +248,6 @@ HOSTILE = {
     "ann id missing": (_drop("annotations", 1, "id"), r"annotations\[1\]: id is missing"),
     "ann id 7.5": (_ann(0, id=7.5), r"annotations\[0\]: id 7.5 is not a whole number"),
     "image_id text": (_ann(0, image_id="1"), r'annotation 7: image_id "1" is not a whole'),
-    "image_id 1.0": (_ann(0, image_id=1.0), r"annotation 7: image_id 1.0 is not a whole"),
     "category_id list": (_ann(1, category_id=[1]), r"annotation 8: category_id \[1\] is not"),
     "bbox NaN": (_ann(0, bbox=[NAN, 0, 1, 1]), r"annotation 7: bbox \[NaN, 0, 1, 1\] is not"),
     "bbox 1e400": (_ann(0, bbox=[0, 0, BIG, 1]), r"annotation 7: bbox \[0, 0, Infinity, 1\]"),
@@ -264,7 +262,7 @@ HOSTILE = {
     # categories and the document's lists
     "category id missing": (_drop("categories", 0, "id"), r'categories\[0\] \("p"\): id is'),
     "category id twice": (
-        lambda d: d["categories"].append({"id": 1, "name": "q"}),
+        lambda d: d["categories"].append({"id": 1.0, "name": "q"}),
         r'category id 1 is used twice \("p" and "q"\)',
     ),
     "category name null": (
@@ -386,3 +384,18 @@ def test_tables_from_cvat_get_cvats_category_ids(synthetic_export):
     ids = category_ids(ann, ["face", "made up"])
     assert ids["face"] == 1 and ids["made up"] == len(ann.labels) + 1  # the next free id
     assert [c["id"] for c in to_coco(ann)["categories"]] == [1]
+
+
+def test_whole_numbers_written_as_floats_are_read_as_ints(tmp_path):
+    """kpnb's one rule for whole numbers, as in CVAT XML: 2.0 is 2, 2.5 is refused."""
+    doc = _small_doc()
+    doc["images"][1].update(id=2.0, width=10.0, height=0.0)
+    doc["annotations"][1].update(id=8.0, image_id=2.0, category_id=1.0)
+    doc["categories"][0]["skeleton"] = [[1.0, 2.0]]
+    ann = read_coco(_write(tmp_path / "kp.json", doc))
+    assert ann.images["image_id"].tolist() == [1, 2]
+    assert ann.images["height"].isna().tolist() == [False, True]  # 0.0 is unknown, as 0
+    assert ann.skeletons["p"].edges == ((0, 1),)
+    out = to_coco(ann)
+    assert [a["id"] for a in out["annotations"]] == [7, 8]
+    assert all(type(a["id"]) is int for a in out["annotations"])

@@ -38,15 +38,14 @@ def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
     skeleton for 14 keypoints) are dropped with a warning, never a refusal; a skeleton
     that is not a list of pairs of whole numbers is refused.
     """
-    if type(edges) is not list or not all(
-        type(e) is list and len(e) == 2 and _whole(e[0]) and _whole(e[1]) for e in edges
-    ):
+    fine = type(edges) is list and all(type(e) is list and len(e) == 2 for e in edges)
+    pairs = [(_whole(a), _whole(b)) for a, b in edges] if fine else [(None, None)]
+    if any(None in pair for pair in pairs):
         raise _fix(
             where,
             f"skeleton {_show(edges)} is not a list of [a, b] keypoint numbers",
             "write the skeleton as pairs of keypoint numbers, e.g. [[1, 2], [2, 3]]",
         )
-    pairs = [(a, b) for a, b in edges]
     if not pairs:
         return ()
     base = 0 if min(min(p) for p in pairs) == 0 else 1
@@ -112,14 +111,15 @@ _MAX_SIDE = 2**31 - 1  # width and height are Int32 columns
 _MAX_COORD = float(np.finfo(np.float32).max)  # coordinates are float32 columns
 
 
-def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> bool:
-    """Whether a JSON value is a whole number in ``[lo, hi]``, written as an integer.
+def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> int | None:
+    """A JSON value as an int if it is a whole number in ``[lo, hi]``, else None.
 
-    kpnb's one rule for whole numbers, in COCO as in CVAT XML: as the file's own tool
-    reads it (datumaro takes JSON ints, CVAT ``int(text)``), so ``3.0``, ``"3"`` and
-    ``true`` are not whole numbers.
+    kpnb's one rule for whole numbers, in COCO as in CVAT XML (`kpnb.cvat.values`): a
+    number with no fraction, however written (``3`` or ``3.0``); not ``true`` nor ``"3"``.
     """
-    return type(value) is int and lo <= value <= hi
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    return value if type(value) is int and lo <= value <= hi else None
 
 
 def _show(value) -> str:
@@ -222,8 +222,8 @@ def _categories_by_id(entries: list, where: str) -> dict:
     that are not text and ``keypoints`` that are not a list."""
     cats: dict = {}
     for n, cat in enumerate(entries):
-        cid, name = cat.get("id"), cat.get("name")
-        if not _whole(cid):
+        cid, name = _whole(cat.get("id")), cat.get("name")
+        if cid is None:
             raise _fix(
                 where,
                 f"categories[{n}] ({_field(cat, 'name')}): {_not(cat, 'id', 'a whole number')}",
@@ -248,7 +248,7 @@ def _categories_by_id(entries: list, where: str) -> dict:
                 f"category {cid} ({name!r}): keypoints {_show(cat['keypoints'])} is not a list",
                 'write the keypoint names as a list, e.g. ["nose", "left_eye"]',
             )
-        cats[cid] = cat
+        cats[cid] = dict(cat, id=cid)
     return cats
 
 
@@ -277,8 +277,8 @@ class _CocoRows:
         """Append one file's images; returns its image id -> ``image_index``."""
         image_of = {}
         for n, img in enumerate(entries):
-            iid, name = img.get("id"), img.get("file_name")
-            if not _whole(iid):  # checked before the duplicate test: 1 and 1.5 are not one id
+            iid, name = _whole(img.get("id")), img.get("file_name")
+            if iid is None:  # checked before the duplicate test: 1 and 1.5 are not one id
                 raise _fix(
                     where,
                     f"images[{n}] ({_field(img, 'file_name')}): "
@@ -301,16 +301,16 @@ class _CocoRows:
                 )
             size = {}
             for key in ("width", "height"):
-                size[key] = img.get(key)
-                if size[key] == 0 and type(size[key]) is int:
-                    size[key] = None  # unknown: datumaro (CVAT) and to_coco write 0 for it
-                elif size[key] is not None and not _whole(size[key], 1, _MAX_SIDE):
+                side = img.get(key)
+                size[key] = None if side is None else _whole(side, 0, _MAX_SIDE)
+                if size[key] is None and side is not None:
                     raise _fix(
                         where,
-                        f"image {iid} ({name!r}): {key} {_show(size[key])} is not a whole "
+                        f"image {iid} ({name!r}): {key} {_show(side)} is not a whole "
                         "number of pixels >= 1",
                         f"write the image's real {key} in pixels, or 0 or nothing if unknown",
                     )
+                size[key] = size[key] or None  # 0 is unknown: datumaro (CVAT) writes it
             idx = len(self.images)
             image_of[iid] = idx
             self.images.append(
@@ -344,8 +344,8 @@ class _CocoRows:
     ):
         """One annotation (``annotations[index]``): its ``bbox`` a box grouped with it, its
         keypoints one instance; ids, ``bbox``, ``iscrowd`` and ``attributes`` checked."""
-        aid = ann.get("id")
         _check_annotation(ann, index, where)
+        aid = ann["id"]
         if ann.get("image_id") not in image_of:
             raise _fix(
                 where,
@@ -472,14 +472,16 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
     """Refuse an annotation whose ids are not whole numbers, whose ``iscrowd`` is not 0/1
     or whose ``attributes`` are not an object (`_CocoRows._add_box` checks the bbox)."""
     for key in ("id", "image_id", "category_id"):
-        if not _whole(ann.get(key)):
-            who = f"annotation {ann['id']}" if _whole(ann.get("id")) else f"annotations[{index}]"
+        value = _whole(ann.get(key))
+        if value is None:
+            who = f"annotation {ann['id']}" if key != "id" else f"annotations[{index}]"
             raise _fix(
                 where,
                 f"{who}: {_not(ann, key, 'a whole number')}",
                 f"write the {key} as a whole number, e.g. 1"
                 + (" (each annotation its own)" if key == "id" else ""),
             )
+        ann[key] = value
     crowd = ann.get("iscrowd")
     if crowd is not None and (type(crowd) not in (int, bool) or crowd not in (0, 1)):
         raise _fix(
@@ -555,14 +557,14 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
     named = {cid: len(c.get("keypoints") or []) for cid, c in cats.items()}
     seen: dict = {}
     for n, ann in enumerate(doc["annotations"]):
-        cid, kps = ann.get("category_id"), ann.get("keypoints") or []
+        cid, kps = _whole(ann.get("category_id")), ann.get("keypoints") or []
         if type(kps) is not list:
             raise _fix(
                 where,
                 f"annotations[{n}] (id {_field(ann, 'id')}): keypoints {_show(kps)} is not a list",
                 "write the keypoints as [x1, y1, v1, x2, y2, v2, ...]",
             )
-        if type(cid) is int and cid in named and kps:  # a bad id: refused by add_annotation
+        if cid in named and kps:  # a bad id: refused by add_annotation
             if len(kps) % 3:
                 raise _fix(
                     where,
