@@ -175,10 +175,8 @@ def read_coco(source: str | os.PathLike) -> Annotations:
         cats = _categories_by_id(doc.get("categories", []), where)
         sizes = _keypoint_counts(doc, cats, where)
         rows.add_categories(cats, sizes, where)
-        first = len(rows.chunks)
         for index, ann in enumerate(doc["annotations"]):
             rows.add_annotation(ann, index, image_of, cats, sizes, where)
-        rows.check_points(first, where)
     return rows.annotations(source)
 
 
@@ -374,38 +372,6 @@ class _CocoRows:
             (instance, aid, ann.get("area"), int(ann.get("iscrowd") or 0), ann.get("segmentation"))
         )
 
-    def check_points(self, first: int, where: str) -> None:
-        """Refuse, in one step over a file's instances (``chunks[first:]``), visibilities
-        other than 0/1/2 and coordinates that are not finite float32 numbers."""
-        chunks = self.chunks[first:]
-        if not chunks:
-            return
-        xyv = np.concatenate([c[4] for c in chunks])
-        v = xyv[:, 2]
-        with np.errstate(invalid="ignore"):  # NaN compares False: refused as not finite
-            placed = (np.abs(xyv[:, :2]) <= _MAX_COORD).all(axis=1)
-        bad = ~(placed & ((v == 0) | (v == 1) | (v == 2)))
-        if not bad.any():
-            return
-        row = int(np.flatnonzero(bad)[0])
-        ends = np.cumsum([len(c[4]) for c in chunks])
-        n = int(np.searchsorted(ends, row, side="right"))
-        point, aid = row - (int(ends[n - 1]) if n else 0), self.extra[first + n][1]
-        x, y, vis = xyv[row]
-        if not placed[row]:
-            raise _fix(
-                where,
-                f"annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={vis:g}), "
-                "not a finite number (NaN, Infinity, or too large, such as 1e400)",
-                "write real pixel coordinates; an absent keypoint is written 0, 0, 0 in "
-                "COCO (refused whatever its v)",
-            )
-        raise _fix(
-            where,
-            f"annotation {aid}: visibility {vis:g} at keypoint {point}",
-            "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
-        )
-
     def _add_box(self, ann: dict, image: int, label: str, where: str) -> int:
         """Append the annotation's ``[x, y, w, h]`` bbox as an xyxy box; its ``group_id``.
         Refuses a bbox that is not 4 finite numbers with w, h >= 0."""
@@ -499,8 +465,8 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
 
 def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
     """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), padding a short list
-    with absent points and refusing a long one and non-numbers (`_CocoRows.check_points`
-    then checks the values of a whole file at once)."""
+    with absent points; refusing a long one, non-numbers, coordinates that are not finite
+    float32 numbers (whatever v says) and visibilities other than 0/1/2."""
     try:
         triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError, OverflowError):
@@ -517,7 +483,27 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
             f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
             "write one [x, y, v] per keypoint of its category",
         )
-    return triples
+    with np.errstate(invalid="ignore"):  # NaN compares False: refused as not finite
+        placed = (np.abs(triples[:, :2]) <= _MAX_COORD).all(axis=1)
+    v = triples[:, 2]
+    known = (v == 0) | (v == 1) | (v == 2)
+    if placed.all() and known.all():
+        return triples
+    point = int(np.flatnonzero(~(placed & known))[0])
+    x, y, v = triples[point]
+    if not placed[point]:
+        raise _fix(
+            where,
+            f"annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={v:g}), "
+            "not a finite number (NaN, Infinity, or too large, such as 1e400)",
+            "write real pixel coordinates; an absent keypoint is written 0, 0, 0 in "
+            "COCO (refused whatever its v)",
+        )
+    raise _fix(
+        where,
+        f"annotation {aid}: visibility {v:g} at keypoint {point}",
+        "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
+    )
 
 
 def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
