@@ -327,7 +327,7 @@ class _CocoRows:
         """A label per category name with its id (first file wins) and a skeleton per
         category with keypoints: K names (numbered ``1..`` where the file names fewer)."""
         for cat in cats.values():
-            name, k = cat["name"], sizes.get(cat["id"], 0)
+            name, k = cat["name"], sizes[cat["id"]]
             if name not in self.category_ids:
                 self.category_ids[name] = cat["id"]
                 self.labels.append({"name": name, "type": "skeleton" if k else "any"})
@@ -410,15 +410,11 @@ class _CocoRows:
 
     def annotations(self, source: Path) -> Annotations:
         """The collected rows as tidy tables."""
-        img_df = pd.DataFrame(
-            self.images, columns=["image_index", "image_id", "name", "width", "height", "subset"]
-        )
-        img_df[["width", "height"]] = img_df[["width", "height"]].astype("Int32")
         coco_extra = pd.DataFrame(
             self.extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
         )
         return Annotations(
-            tidy_images(img_df),
+            tidy_images(pd.DataFrame(self.images)),
             tidy_keypoints(_keypoint_rows(self.chunks, self.skeletons)),
             self.skeletons,
             pd.DataFrame(self.labels, columns=["name", "type"]),

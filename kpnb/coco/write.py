@@ -121,7 +121,7 @@ def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
     video = ann.meta.get("format") == "video"
     images = [
         {
-            "id": int(i),
+            "id": i,
             "width": w,
             "height": h,
             "file_name": _frame_name(str(n), video),
@@ -174,7 +174,7 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
         entry = {
             "id": n + 1,
             "image_id": image_ids[row.image_index],
-            "category_id": cat_ids[str(row.label)],
+            "category_id": cat_ids[row.label],
             "segmentation": [],
             "area": area[n],
             "bbox": bbox[n].tolist(),
