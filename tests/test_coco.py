@@ -412,6 +412,7 @@ def test_a_cvat_coco_export_becomes_cvat_xml_again(tmp_path, synthetic_export):
     coco = write_coco(ann, tmp_path / "person_keypoints_default.json")
     out = tmp_path / "back.xml"
     assert main(["convert", str(coco), str(out), "--to", "cvat"]) == 0
+    assert "<attribute " not in out.read_text()  # CVAT's occluded/keyframe are flags
     back = read_cvat(out)
     assert set(back.images["subset"]) == {"default"} and back.images["task_id"].isna().all()
     assert back.keypoints["visibility"].tolist() == ann.keypoints["visibility"].tolist()

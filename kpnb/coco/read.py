@@ -146,7 +146,9 @@ def read_coco(source: str | os.PathLike) -> Annotations:
     a box grouped with it (``group_id``), as CVAT groups a box with a skeleton. The file's
     annotation ``id``, ``area``, ``iscrowd`` and ``segmentation`` are kept in
     ``meta["coco_annotations"]`` (by ``instance_id``), and each label's category id in
-    ``meta["coco_categories"]``, so `to_coco` and `kpnb predict` write them back.
+    ``meta["coco_categories"]``, so `to_coco` and `kpnb predict` write them back. An
+    annotation's ``attributes`` become instance attributes, but for the shape flags CVAT
+    writes among them (``occluded``, ``keyframe``...).
     Points with v=0 at exactly (0, 0) are absent: NaN, not a real position.
 
     Public files bend the format; these are read with a logged warning saying what was
@@ -249,6 +251,10 @@ def _categories_by_id(entries: list, where: str) -> dict:
         cats[cid] = dict(cat, id=cid)
     return cats
 
+
+# CVAT's COCO export writes a shape's own flags among its attributes; CVAT reads them back
+# as flags (its CVAT_INTERNAL_ATTRIBUTES), not as attributes of the label.
+_CVAT_FLAGS = frozenset(("occluded", "outside", "keyframe", "track_id", "rotation"))
 
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
 
@@ -367,7 +373,8 @@ class _CocoRows:
         instance = len(self.chunks)
         self.chunks.append((image, instance, label, group, triples))
         for key, value in (ann.get("attributes") or {}).items():
-            self.attrs.append((instance, -1, str(key), str(value)))
+            if key not in _CVAT_FLAGS:
+                self.attrs.append((instance, -1, str(key), str(value)))
         self.extra.append(
             (instance, aid, ann.get("area"), int(ann.get("iscrowd") or 0), ann.get("segmentation"))
         )
