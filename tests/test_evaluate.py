@@ -380,3 +380,18 @@ def test_a_label_the_export_lacks_is_named(tmp_path):
     with pytest.raises(KpnbError, match="no label 'zebra'") as caught:
         _export_ids(path, [tmp_path / "p.jpg"], None, "zebra")
     assert caught.value.param == "label"
+
+
+def test_a_cvat_exports_label_gets_the_id_convert_gives_it(tmp_path):
+    """A CVAT export has no category ids: predictions take the one `kpnb convert --to coco`
+    writes for the label (CVAT's rule, sublabels counted), so both files agree."""
+    from pathlib import Path
+
+    from kpnb.cli.model_commands import _export_ids
+    from kpnb.coco import to_coco
+    from kpnb.cvat import read_cvat
+
+    xml = Path(__file__).parent / "data/pitfalls_images.xml"
+    image_ids, category_id = _export_ids(xml, [tmp_path / "c.jpg"], None, "tiny")
+    written = {c["name"]: c["id"] for c in to_coco(read_cvat(xml))["categories"]}
+    assert image_ids == [12] and category_id == written["tiny"] == 5
