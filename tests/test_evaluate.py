@@ -383,8 +383,8 @@ def test_a_label_the_export_lacks_is_named(tmp_path):
 
 
 def test_a_cvat_exports_label_gets_the_id_convert_gives_it(tmp_path):
-    """A CVAT export has no category ids: predictions take the one `kpnb convert --to coco`
-    writes for the label (CVAT's rule, sublabels counted), so both files agree."""
+    """A CVAT export has no COCO ids: predictions take those `kpnb convert --to coco`
+    writes (images 1..N, CVAT's rule for labels, sublabels counted), so both files agree."""
     from pathlib import Path
 
     from kpnb.cli.model_commands import _export_ids
@@ -393,5 +393,6 @@ def test_a_cvat_exports_label_gets_the_id_convert_gives_it(tmp_path):
 
     xml = Path(__file__).parent / "data/pitfalls_images.xml"
     image_ids, category_id = _export_ids(xml, [tmp_path / "c.jpg"], None, "tiny")
-    written = {c["name"]: c["id"] for c in to_coco(read_cvat(xml))["categories"]}
-    assert image_ids == [12] and category_id == written["tiny"] == 5
+    doc = to_coco(read_cvat(xml))
+    assert image_ids == [im["id"] for im in doc["images"] if im["file_name"] == "c.jpg"] == [3]
+    assert category_id == {c["name"]: c["id"] for c in doc["categories"]}["tiny"] == 5

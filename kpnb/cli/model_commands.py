@@ -439,10 +439,12 @@ def viz_names(paths: list[Path]) -> list[str]:
 def _export_ids(
     source: Path, paths: list[Path], images_root: Path | None, label: str
 ) -> tuple[list[int], int]:
-    """The export's image id of each path, matched by its name inside the export (or its
-    file name when that is unique), and the category id of `label` in it (its COCO file's,
-    or the one `kpnb convert --to coco` gives a CVAT export's label)."""
-    from kpnb.coco import category_ids
+    """The export's COCO image id of each path, matched by its name inside the export (or
+    its file name when that is unique), and the category id of `label` in it: a COCO
+    file's own ids, or those `kpnb convert --to coco` gives a CVAT export."""
+    from collections import Counter
+
+    from kpnb.coco import category_ids, image_ids
     from kpnb.data import get_dataset, read_annotations
 
     root = get_dataset(source)
@@ -454,11 +456,11 @@ def _export_ids(
             f"{', '.join(labels[:10])}); pass the one the model predicts with --label",
             param="label",
         )
-    names = ann.images["name"].astype(str).str.replace("\\", "/", regex=False)
-    by_name = dict(zip(names, ann.images["image_id"].astype(int), strict=True))
-    base = names.map(lambda n: n.rsplit("/", 1)[-1])
-    unique = base[~base.duplicated(keep=False)]
-    by_base = dict(zip(unique, ann.images.loc[unique.index, "image_id"].astype(int), strict=True))
+    names = [str(n).replace("\\", "/") for n in ann.images["name"]]
+    by_name = dict(zip(names, image_ids(ann), strict=True))
+    base = [n.rsplit("/", 1)[-1] for n in names]
+    count = Counter(base)
+    by_base = {b: i for b, i in zip(base, image_ids(ann), strict=True) if count[b] == 1}
     folder = images_root or (root if root.is_dir() else root.parent)
     ids = []
     for path in paths:

@@ -6,6 +6,6 @@ exist only inside this package.
 """
 
 from kpnb.coco.read import CocoFormatError, read_coco
-from kpnb.coco.write import category_ids, to_coco, write_coco
+from kpnb.coco.write import category_ids, image_ids, to_coco, write_coco
 
-__all__ = ["CocoFormatError", "category_ids", "read_coco", "to_coco", "write_coco"]
+__all__ = ["CocoFormatError", "category_ids", "image_ids", "read_coco", "to_coco", "write_coco"]

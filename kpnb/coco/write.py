@@ -44,6 +44,15 @@ def category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
     return {n: ids[n] for n in names}
 
 
+def image_ids(ann: Annotations) -> list[int]:
+    """The COCO id `to_coco` gives each image, in table order: a COCO file's own ids when
+    they are unique, else 1..N."""
+    ids = ann.images["image_id"]
+    if ann.meta.get("format") == "coco" and ids.is_unique:
+        return ids.tolist()
+    return list(range(1, len(ids) + 1))
+
+
 def _frame_name(name: str, video: bool) -> str:
     # CVAT writes video frames as frame_000012 in XML and frame_000012.PNG on disk.
     return name + ".PNG" if video and not Path(name).suffix else name
@@ -115,9 +124,7 @@ def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
 def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
     """The COCO ``images`` and ``image_index -> image id``: a COCO file's own ids when
     unique, else 1..N; video frames get CVAT's ``.PNG`` file names."""
-    imgs = ann.images
-    from_coco = ann.meta.get("format") == "coco" and imgs["image_id"].is_unique
-    ids = imgs["image_id"].tolist() if from_coco else list(range(1, len(imgs) + 1))
+    imgs, ids = ann.images, image_ids(ann)
     video = ann.meta.get("format") == "video"
     images = [
         {
