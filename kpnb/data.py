@@ -538,11 +538,15 @@ def _pick_label(
     if not ann.skeletons:
         raise KpnbError(
             f"{spec}: no skeleton label; for one <points> shape per keypoint, "
-            "pass points_as_skeleton=NAME"
+            "pass {points_as_skeleton}",
+            params={"points_as_skeleton": "NAME"},
         )
     label = label or next(iter(ann.skeletons))
     if label not in ann.skeletons:
-        raise KpnbError(f"label={label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
+        raise KpnbError(
+            f"{{label}} is not a skeleton; skeletons: {list(ann.skeletons)}",
+            params={"label": repr(label)},
+        )
     return ann, label
 
 

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from kpnb.boxes import BOX_MARGIN, MIN_BOX, boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.images import find_image, load_image
-from kpnb.tables import Annotations, Skeleton
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
 __all__ = [
@@ -102,17 +103,19 @@ def _training_view(ann: Annotations, label: str) -> Annotations:
     return ann
 
 
-def _not_a_skeleton(ann: Annotations, label: str) -> ValueError:
+def _not_a_skeleton(ann: Annotations, label: str) -> KpnbError:
     one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
     hint = ""
     if one_point:
         hint = (
             f"; one-point <points> labels {one_point} need combining first: "
-            "kpnb.grouping.points_to_skeleton(annotations, name)"
+            "kpnb.grouping.points_to_skeleton(annotations, name), or {points_as_skeleton}"
         )
     usable = list(ann.skeletons) + ann.multi_point_labels()
-    return ValueError(
-        f"{label!r} is not a skeleton label (skeletons and multi-point labels: {usable}){hint}"
+    return KpnbError(
+        f"{label!r} is not a skeleton label (skeletons and multi-point labels: {usable}){hint}",
+        params={"points_as_skeleton": "NAME"} if one_point else None,
+        param="label",
     )
 
 
@@ -178,8 +181,9 @@ class KeypointDataset(Dataset):
                 more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
                 raise KpnbError(
                     f"{len(missing)} of {len(images)} image files are missing or unreadable "
-                    f"under {self.root}:\n  {listed}{more}\nfix image_root, or pass "
-                    "skip_missing=True to leave them out"
+                    f"under {self.root}:\n  {listed}{more}\nfix {{image_root}}, or pass "
+                    "{skip_missing} to leave them out",
+                    params={"image_root": None, "skip_missing": True},
                 )
             log.warning(
                 "left out %d images whose files are missing under %s", len(missing), self.root

@@ -373,13 +373,14 @@ def test_predictions_keep_the_exports_image_and_category_ids(tmp_path):
 
 
 def test_a_label_the_export_lacks_is_named(tmp_path):
+    from kpnb.cli import cli_message
     from kpnb.cli.model_commands import _export_ids
     from kpnb.errors import KpnbError
 
     path = _animals_export(tmp_path / "kp.json")
     with pytest.raises(KpnbError, match="no label 'zebra'") as caught:
         _export_ids(path, [tmp_path / "p.jpg"], None, "zebra")
-    assert caught.value.param == "label"
+    assert caught.value.param == "label" and "set --label to" in cli_message(caught.value)
 
 
 def test_a_cvat_exports_label_gets_the_id_convert_gives_it(tmp_path):

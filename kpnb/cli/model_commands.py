@@ -453,7 +453,7 @@ def _export_ids(
     if label not in labels:
         raise KpnbError(
             f"--annotations {source}: no label {label!r} in it (its labels: "
-            f"{', '.join(labels[:10])}); pass the one the model predicts with --label",
+            f"{', '.join(labels[:10])}); set {{label}} to the one the model predicts",
             param="label",
         )
     names = [str(n).replace("\\", "/") for n in ann.images["name"]]
@@ -549,6 +549,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if missing:
         log.warning("left out %d missing image files, e.g. %s", len(missing), missing[0])
         args.images = [p for p in args.images if p.is_file()]
+    if args.viz is not None:  # --overwrite replaces the whole folder: never one of the inputs'
+        viz = args.viz.resolve()
+        inside = next((p for p in args.images if viz in p.resolve().parents), None)
+        if inside is not None:
+            raise KpnbError(f"--viz {args.viz} holds the input image {inside}; draw elsewhere")
     model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
     skeleton = ckpt["skeleton_obj"]
     label = args.label or (ckpt.get("config") or {}).get("extra", {}).get("label") or "object"
