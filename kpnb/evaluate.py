@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_iou
 
 from kpnb.errors import KpnbError
-from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations, tidy_images, tidy_keypoints
 
 __all__ = [
     "DEFAULT_SIGMA",

@@ -17,7 +17,7 @@ from kpnb.evaluate import (
     match_instances,
     predict,
 )
-from kpnb.tables import Skeleton
+from kpnb.skeleton import Skeleton
 
 SK = Skeleton(("a", "b", "c"))
 
