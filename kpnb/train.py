@@ -34,10 +34,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from kpnb._io import OutputExistsError, atomic_path, check_output
 from kpnb.config import seed_everything, select_device, version
 from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
+from kpnb.io import OutputExistsError, atomic_path, check_output
 from kpnb.model import training_recipe
 from kpnb.tables import Skeleton
 
@@ -340,7 +340,7 @@ def check_run_folder(
     overwrite: bool = False,
     resume: str | os.PathLike | None = None,
 ) -> None:
-    """Refuse (`kpnb._io.OutputExistsError`) an `out` that `fit` must not write into.
+    """Refuse (`kpnb.io.OutputExistsError`) an `out` that `fit` must not write into.
 
     A missing or empty folder is fine; a non-empty one only with `overwrite` (then only the
     files in `RUN_FILES` are replaced) or when `resume` is the ``last.pth`` inside it (the

@@ -74,6 +74,7 @@ def test_convert_errors_are_one_line(tmp_path, synthetic_export, capsys):
     assert not (tmp_path / "kp.json").exists()
 
 
+@pytest.mark.slow
 def test_the_wheel_works_without_the_checkout(tmp_path):
     """Build the wheel, install it into a fresh venv that sees the project venv's other
     packages but not this checkout, and use it from outside the repository: synth, info,
@@ -309,3 +310,17 @@ def test_predict_takes_folders_of_images_in_name_order(
     empty.mkdir()
     assert _predict(tiny_checkpoint, [empty], tmp_path / "e.json") == 2
     assert f"{empty}: a folder with no image files" in capsys.readouterr().err
+
+
+def test_predict_never_draws_over_its_input_images(
+    tiny_checkpoint, same_stem_images, tmp_path, capsys
+):
+    photos = same_stem_images[0].parent  # a/x.jpg: drawing into a/ could replace it
+    before = same_stem_images[0].read_bytes()
+    args = ("--viz", str(photos), "--overwrite")
+    assert _predict(tiny_checkpoint, same_stem_images, tmp_path / "p.json", *args) == 2
+    err = capsys.readouterr().err
+    assert f"--viz {photos}" in err and str(same_stem_images[0]) in err
+    assert same_stem_images[0].read_bytes() == before and sorted(photos.iterdir()) == [
+        same_stem_images[0]
+    ]

@@ -13,9 +13,9 @@ from xml.sax.saxutils import quoteattr as _quoteattr
 import numpy as np
 import pandas as pd
 
-from kpnb._io import atomic_path
 from kpnb.cvat.svg import skeleton_svg
 from kpnb.errors import KpnbError
+from kpnb.io import atomic_path
 from kpnb.tables import Annotations
 
 # Written in <dumped> when the caller gives no time, so identical tables give identical bytes.
@@ -302,9 +302,8 @@ def iter_cvat_lines(
     for img in ann.images.itertuples(index=False):
         extra = ""
         if project and isinstance(img.subset, str):
-            extra = f" subset={quoteattr(img.subset)}"
-            if pd.notna(img.task_id):  # a COCO file's subset has none
-                extra += f' task_id="{int(img.task_id)}"'
+            task = "" if pd.isna(img.task_id) else f' task_id="{int(img.task_id)}"'
+            extra = f" subset={quoteattr(img.subset)}{task}"  # a COCO file's subset has none
         width, height = img.width, img.height
         if pd.isna(width) or pd.isna(height):
             width, height = _size_from_file(str(img.name), images_root, img.subset)
