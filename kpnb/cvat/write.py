@@ -207,19 +207,13 @@ def _shape_lines(
 ) -> list[str]:
     """The shapes of one image, sorted by z_order as CVAT writes them."""
     shapes: list[tuple[int, list[str]]] = []
-    label_of, source_of, z_of, group_of = (
-        cols["label"],
-        cols["source"],
-        cols["z_order"],
-        cols["group_id"],
-    )
     xs, ys, occluded, outside = cols["x"], cols["y"], cols["occluded"], cols["outside"]
     for s, e in blocks:
         inst_id = cols["instance_id"][s]
-        label = str(label_of[s])
-        head = f"label={quoteattr(label)} source={quoteattr(_source(source_of[s]))}"
-        z = _z(z_of[s])
-        grp = _group_attr(group_of[s])
+        label = str(cols["label"][s])
+        head = f"label={quoteattr(label)} source={quoteattr(_source(cols['source'][s]))}"
+        z = _z(cols["z_order"][s])
+        grp = _group_attr(cols["group_id"][s])
         if label in ann.skeletons:
             out = [f'    <skeleton {head} z_order="{z}"{grp}>']
             for r in range(s, e):
@@ -228,7 +222,7 @@ def _shape_lines(
                     continue  # an element missing from the file stays missing
                 out.append(
                     f"      <points label={quoteattr(str(cols['keypoint'][r]))} "
-                    f"source={quoteattr(_source(source_of[r]))} "
+                    f"source={quoteattr(_source(cols['source'][r]))} "
                     f'outside="{int(bool(outside[r]))}" occluded="{int(bool(occluded[r]))}" '
                     f'points="{_fmt(x)},{_fmt(y)}">'
                 )
