@@ -119,7 +119,7 @@ def test_a_tab_or_newline_in_a_name_round_trips(tmp_path):
 
 def test_writing_an_image_without_a_size_names_it_and_reads_it_from_its_file(tmp_path):
     ann = _one_point(width=None)
-    with pytest.raises(KpnbError, match="image 'a.jpg' has no width/height") as exc:
+    with pytest.raises(KpnbError, match="image 'a.jpg' has no width/height.* images_root") as exc:
         write_cvat(ann, tmp_path / "out.xml")
     assert exc.value.param == "images_root"
     assert not list(tmp_path.iterdir())  # nothing half-written
@@ -142,6 +142,7 @@ def test_sizeless_coco_converts_to_cvat_in_one_line_or_with_the_images(tmp_path,
     assert main(["convert", str(src), "--to", "cvat", str(tmp_path / "out.xml")]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'a.png'" in err and "Traceback" not in err
+    assert "give --images-root" in err
     Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
     argv = ["convert", str(src), "--to", "cvat", str(tmp_path / "out.xml")]
     assert main([*argv, "--images-root", str(tmp_path)]) == 0

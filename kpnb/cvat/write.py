@@ -262,7 +262,7 @@ def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
     with width 0): CVAT XML needs every image's size."""
     if images_root is None:
         raise KpnbError(
-            f"image {name!r} has no width/height, which CVAT XML needs: give images_root "
+            f"image {name!r} has no width/height, which CVAT XML needs: give {{images_root}} "
             "(the folder holding the images) so kpnb reads the sizes from the files, or "
             "write the sizes into the source file",
             param="images_root",
@@ -273,7 +273,7 @@ def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
     if path is None:
         raise KpnbError(
             f"image {name!r} has no width/height and is not in {images_root}: CVAT XML needs "
-            "its size; give the folder holding the images",
+            "its size; give {images_root} as the folder holding the images",
             param="images_root",
         )
     return image_size(path)
