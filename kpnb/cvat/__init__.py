@@ -4,8 +4,8 @@
 into tables; `write_cvat` writes CVAT for images 1.1 that CVAT itself imports.
 The layouts handled are listed, with real examples, in ``tests/data/conformance/README.md``.
 
-One job per module: `source` finds the XML, `parse` is the one (expat) reader that collects
-its rows, `values` checks and converts their values, `build` makes the tables, `write` and
+`kpnb.io.Source` finds the XML (a file, folder or zip); `parse` is the one (expat) reader that
+collects its rows, `values` checks and converts their values, `build` makes the tables, `write` and
 `svg` write them back.
 """
 
@@ -16,9 +16,9 @@ import os
 from kpnb.cvat.build import build_tables
 from kpnb.cvat.errors import CvatFormatError
 from kpnb.cvat.parse import Reader
-from kpnb.cvat.source import Source
 from kpnb.cvat.svg import skeleton_svg
 from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, write_cvat
+from kpnb.io import Source
 from kpnb.tables import Annotations
 
 __all__ = [
@@ -62,10 +62,12 @@ def read_cvat(source: str | os.PathLike, *, keyframes_only: bool = False) -> Ann
         >>> ann = read_cvat("outputs/data/synthetic")  # doctest: +SKIP
         >>> ann.keypoints.head()  # doctest: +SKIP
     """
-    src = Source(source)
-    reader = Reader(src.name)
-    with src.open() as stream:
+    src = Source(source, "cvat", error=CvatFormatError)
+    name = src.files[0]
+    reader = Reader(src.where(name))
+    with src.open(name) as stream:
         reader.parse(stream)
     ann = build_tables(reader, keyframes_only=keyframes_only)
-    ann.meta["path"] = str(src.path)  # the file or zip on disk (``source`` may name a member)
+    # the file or zip on disk (a zip's member is not a path)
+    ann.meta["path"] = str(src.path if src.zip else src.where(name))
     return ann
