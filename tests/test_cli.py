@@ -187,20 +187,15 @@ def tiny_checkpoint(tmp_path_factory):
     """An untrained tiny-preset checkpoint: enough for predict's plumbing."""
     import torch
 
+    from kpnb.checkpoint import Checkpoint
     from kpnb.model import build_model
     from kpnb.tables import Skeleton
-    from kpnb.train import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(3, weights=None, preset="tiny", size=64)
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
-    return save_checkpoint(
-        path,
-        model=model.state_dict(),
-        skeleton=Skeleton(("a", "b", "c"), ((0, 1),)).to_dict(),
-        build=model.kpnb_build,
-        config={"size": 64, "extra": {"label": "thing"}},
-    )
+    skeleton = Skeleton(("a", "b", "c"), ((0, 1),))
+    return Checkpoint.of_model(model, skeleton, label="thing").save(path)
 
 
 @pytest.fixture
