@@ -261,7 +261,6 @@ def _take_the_runs_flags(args, run) -> None:
     than the run's is refused, naming the flag and both values (a new seed would change
     the split mid-run, a new size or lr the images and the schedule)."""
     config = run.config
-    data = run.data
     runs = {
         "preset": run.build["preset"],
         "size": config.size,
@@ -271,9 +270,11 @@ def _take_the_runs_flags(args, run) -> None:
         "epochs": config.epochs,
         "minutes": config.max_minutes,
         "sigmas": config.sigmas,
-        "label": run.label,
-        "points_as_skeleton": data.points_as_skeleton if data else None,
     }
+    if run.label is not None:  # a run made in Python may not know its label
+        runs["label"] = run.label
+    if run.data is not None:
+        runs["points_as_skeleton"] = run.data.points_as_skeleton
     for name, was in runs.items():
         given = getattr(args, name)
         if given is None:
