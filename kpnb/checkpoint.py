@@ -157,8 +157,11 @@ class Checkpoint:
             label=check.value("label", blob.get("label"), (str, type(None))),
             data=check.data(blob.get("data")),
             epoch=check.number("epoch", blob.get("epoch"), int, 0),
-            metrics=check.value("metrics", blob.get("metrics"), (dict,)),
-            history=check.value("history", blob.get("history"), (list,)),
+            metrics=check.row("metrics", blob.get("metrics")),
+            history=[
+                check.row(f"history[{i}]", row)
+                for i, row in enumerate(check.value("history", blob.get("history"), (list,)))
+            ],
             best=check.best(blob.get("best")),
             resume=check.resume(blob.get("resume"), required=resume),
             kpnb_version=check.value("kpnb_version", blob.get("kpnb_version"), (str,)),
@@ -195,7 +198,7 @@ def _code_in(path: Path) -> list[str]:
     ``weights_only`` refuses); empty for a file that is no torch.save zip."""
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # not a torch.save zip: nothing to list
+    except (ValueError, RuntimeError):  # not a torch.save zip, or a damaged one
         return []
 
 
@@ -300,6 +303,14 @@ class _Checker:
         if not isinstance(value, (list, tuple)) or len(value) != length:
             raise self.fail(f"{name} must be a list of {length} numbers, not {_brief(value)}")
         return [self.number(f"{name}[{i}]", v, *item) for i, v in enumerate(value)]
+
+    def row(self, name: str, row) -> dict:
+        """A history row or the metrics: names to numbers, strings or None."""
+        self.value(name, row, (dict,))
+        for key, value in row.items():
+            if not isinstance(key, str) or not isinstance(value, (int, float, str, type(None))):
+                raise self.fail(f"{name} holds {_brief(key)}: {_brief(value)}, not a number")
+        return row
 
     def skeleton(self, data) -> Skeleton:
         try:
@@ -418,7 +429,10 @@ class _Checker:
             raise self.fail(
                 f"resume entries must be {sorted(names)}, not {sorted(map(str, resume))}"
             )
-        self.value("resume['optimizer']", resume["optimizer"], (dict,))
+        optimizer = self.value("resume['optimizer']", resume["optimizer"], (dict,))
+        groups = optimizer.get("param_groups")
+        if set(optimizer) != {"state", "param_groups"} or not isinstance(groups, list):
+            raise self.fail("resume['optimizer'] is not the optimizer state kpnb train saves")
         self.value("resume['scaler']", resume["scaler"], (dict, type(None)))
         schedule = self.value("resume['lr_scheduler']", resume["lr_scheduler"], (dict,))
         self.number("resume['lr_scheduler']['steps']", schedule.get("steps"), int, 0)
@@ -426,30 +440,26 @@ class _Checker:
         rng = self.value("resume['rng']", resume["rng"], (dict,))
         try:
             _check_rng(rng)
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError, OverflowError):
             raise self.fail("resume['rng'] is not the random state kpnb train saves") from None
         return resume
 
 
 def _check_rng(rng: dict) -> None:
-    """Raise KeyError/TypeError/ValueError unless `rng` is what `kpnb.train` saves."""
-    version, keys, gauss = rng["python"]
-    if not (
-        isinstance(version, int) and len(keys) == 625 and all(isinstance(k, int) for k in keys)
-    ):
-        raise ValueError
-    numpy = rng["numpy"]
-    if numpy["keys"].shape != (624,) or not isinstance(numpy["pos"], int):
-        raise ValueError
-    int(numpy["gauss"][0]), float(numpy["gauss"][1])
-    like = {"torch": torch.get_rng_state(), "loader": torch.Generator().get_state()}
-    for name in ("torch", "loader"):
-        if name == "torch" or name in rng:
-            state = rng[name]
-            if not torch.is_tensor(state) or state.shape != like[name].shape:
-                raise ValueError
-            if state.dtype != torch.uint8:
-                raise ValueError
+    """Raise (KeyError, TypeError, ValueError...) unless `rng` is what `rng_state` saves:
+    the Python and NumPy states are set on scratch generators, the torch ones compared in
+    size and type with real ones."""
+    random.Random().setstate(_python_state(rng["python"]))
+    np.random.RandomState().set_state(_numpy_state(rng["numpy"]))
+    checks = [(rng["torch"], torch.get_rng_state())]
+    if "loader" in rng:
+        checks.append((rng["loader"], torch.Generator().get_state()))
+    checks += [(state, None) for state in rng.get("cuda", [])]
+    for state, like in checks:
+        if not torch.is_tensor(state) or state.dtype != torch.uint8:
+            raise TypeError
+        if like is not None and state.shape != like.shape:
+            raise ValueError
 
 
 def resume_conflicts(run: TrainConfig, given: TrainConfig) -> list[tuple[str, object, object]]:
@@ -486,22 +496,21 @@ def rng_state(loader) -> dict:
 
 def restore_rng(state: dict, loader) -> None:
     """Set the states `rng_state` saved."""
-    if not state:
-        return
-    random.setstate((state["python"][0], tuple(state["python"][1]), None))
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["gauss"][0],
-            np_state["gauss"][1],
-        )
-    )
+    random.setstate(_python_state(state["python"]))
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     generator = getattr(loader, "generator", None)
     if "loader" in state and generator is not None:
         generator.set_state(state["loader"])
+
+
+def _python_state(saved: list) -> tuple:
+    version, keys, gauss = saved
+    return version, tuple(keys), gauss
+
+
+def _numpy_state(saved: dict) -> tuple:
+    keys = saved["keys"].numpy().astype(np.uint32)
+    return "MT19937", keys, saved["pos"], saved["gauss"][0], saved["gauss"][1]

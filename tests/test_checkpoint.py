@@ -113,6 +113,19 @@ def _with(**parts):
     return change
 
 
+def _resume(**parts):
+    """A last.pth's resume state, with `parts` replaced."""
+    from kpnb.checkpoint import rng_state
+
+    state = {
+        "optimizer": {"state": {}, "param_groups": []},
+        "lr_scheduler": {"steps": 0, "seconds": 0.0},
+        "scaler": None,
+        "rng": rng_state(None),
+    }
+    return {**state, **parts}
+
+
 def _kwargs(**options):
     return _with(build__kwargs=options)
 
@@ -162,6 +175,11 @@ _WRONG = {
         r"data\['train'\]",
     ),
     "epoch-negative": (_with(epoch=-1), "epoch = -1"),
+    "metrics-list": (_with(metrics=[1]), "metrics must be dict"),
+    "history-tensor": (_with(history=[{"loss": torch.zeros(1)}]), r"history\[0\] holds 'loss'"),
+    "resume-optimizer": (_with(resume=_resume(optimizer={})), r"resume\['optimizer'\]"),
+    "resume-steps": (_with(resume=_resume(lr_scheduler={"steps": -1})), r"\['steps'\] = -1"),
+    "resume-rng": (_with(resume=_resume(rng={"python": [3, [0] * 5, None]})), r"resume\['rng'\]"),
     "best-nan": (_with(best=[1, float("nan")]), "best"),
 }
 
@@ -180,6 +198,8 @@ def test_the_unchanged_blob_loads(tmp_path, blob):
     """The control of the cases above: only their change makes them fail."""
     torch.save(blob, tmp_path / "good.pth")
     assert Checkpoint.load(tmp_path / "good.pth").label == "thing"
+    torch.save({**blob, "resume": _resume()}, tmp_path / "last.pth")
+    assert Checkpoint.load(tmp_path / "last.pth", resume=True).resume["scaler"] is None
 
 
 def test_weights_that_do_not_fit_the_build_record_are_named_before_load_state_dict(
