@@ -177,26 +177,12 @@ class WeightsUnavailableError(KpnbError, RuntimeError):
         self.reason = reason or message
 
 
-def _preset_options(preset: str, size: int) -> dict:
-    return PRESETS[preset].options(size)
-
-
 def default_preset(pretrained: bool = True) -> str:
     """What ``"auto"`` picks: ``"torchvision"`` on CUDA (COCO's image sizes); on a CPU,
     ``"cpu"`` to fine-tune pretrained weights and ``"fast"`` to train from random ones."""
     if torch.cuda.is_available():
         return "torchvision"
     return "cpu" if pretrained else "fast"
-
-
-def _resolve_preset(preset: str | None, pretrained: bool = True) -> str:
-    if preset == "auto":
-        return default_preset(pretrained)
-    if preset is None:
-        return "torchvision"
-    if preset not in PRESETS:
-        raise KpnbError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
-    return preset
 
 
 def training_recipe(model) -> dict:
@@ -466,10 +452,10 @@ def build_model(
             "FasterRCNN for the options there are"
         )
     state, coco, fallback = _pretrained_state(weights, allow_random)
-    preset = _resolve_preset(preset, pretrained=state is not None)
+    preset = default_preset(state is not None) if preset == "auto" else preset or "torchvision"
     spec = PRESETS[preset]
     size = size or spec.size
-    options = {**_preset_options(preset, size), **kwargs}
+    options = {**spec.options(size), **kwargs}
     if coco and norm_eps is None:
         norm_eps = 0.0
     norm, trainable = _backbone_choice(state is not None, norm, trainable_backbone_layers)
