@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpnb._io import atomic_path
 from kpnb.errors import KpnbError
+from kpnb.io import atomic_path
 from kpnb.skeleton import Skeleton
 
 __all__ = [
@@ -438,28 +438,29 @@ class _Checker:
         self.number("resume['lr_scheduler']['steps']", schedule.get("steps"), int, 0)
         self.number("resume['lr_scheduler']['seconds']", schedule.get("seconds"), float, 0.0)
         rng = self.value("resume['rng']", resume["rng"], (dict,))
-        try:
-            _check_rng(rng)
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError, OverflowError):
-            raise self.fail("resume['rng'] is not the random state kpnb train saves") from None
+        if not _rng_ok(rng):
+            raise self.fail("resume['rng'] is not the random state kpnb train saves")
         return resume
 
 
-def _check_rng(rng: dict) -> None:
-    """Raise (KeyError, TypeError, ValueError...) unless `rng` is what `rng_state` saves:
-    the Python and NumPy states are set on scratch generators, the torch ones compared in
-    size and type with real ones."""
-    random.Random().setstate(_python_state(rng["python"]))
-    np.random.RandomState().set_state(_numpy_state(rng["numpy"]))
-    checks = [(rng["torch"], torch.get_rng_state())]
-    if "loader" in rng:
-        checks.append((rng["loader"], torch.Generator().get_state()))
-    checks += [(state, None) for state in rng.get("cuda", [])]
-    for state, like in checks:
-        if not torch.is_tensor(state) or state.dtype != torch.uint8:
-            raise TypeError
-        if like is not None and state.shape != like.shape:
-            raise ValueError
+def _rng_ok(rng: dict) -> bool:
+    """Whether `rng` is what `rng_state` saves: the Python and NumPy states are set on
+    scratch generators, the torch ones compared in type and size with real ones."""
+    try:
+        random.Random().setstate(_python_state(rng["python"]))
+        np.random.RandomState().set_state(_numpy_state(rng["numpy"]))
+        checks = [(rng["torch"], torch.get_rng_state())]
+        if "loader" in rng:
+            checks.append((rng["loader"], torch.Generator().get_state()))
+        checks += [(state, None) for state in rng.get("cuda", [])]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError, OverflowError):
+        return False
+    return all(
+        torch.is_tensor(state)
+        and state.dtype == torch.uint8
+        and (like is None or state.shape == like.shape)
+        for state, like in checks
+    )
 
 
 def resume_conflicts(run: TrainConfig, given: TrainConfig) -> list[tuple[str, object, object]]:

@@ -4,12 +4,11 @@
 reader (CVAT or COCO) from what that folder holds. Downloads go through pooch into a cache
 (``$KPNB_CACHE``, default ``~/.cache/kpnb``) under a folder named by a hash of the whole URL:
 checksummed where the checksum is known, written under a temporary name until complete,
-extracted by `safe_extract` (every member checked to stay inside its folder, sizes and
+extracted by `kpnb.io.extract_zip` (every member checked to stay inside its folder, sizes and
 compression ratios limited; ``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO`` and
-``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call, where a given
-checksum is checked again against the one recorded beside the extraction. A download that
-fails a check (checksum, CRC, limits, no annotations) is deleted, so the next call fetches
-it again.
+``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call, where pooch checks
+a given checksum again. A download that fails a check (checksum, CRC, limits, no
+annotations) is deleted, so the next call fetches it again.
 """
 
 from __future__ import annotations
@@ -22,21 +21,13 @@ import os
 import re
 import shutil
 import urllib.parse
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kpnb._io import (
-    ZIP_DAMAGED,
-    OutputExistsError,
-    ZipLimitError,
-    atomic_path,
-    check_zip,
-    zip_limits,
-)
 from kpnb.config import cache_dir
 from kpnb.errors import KpnbError
+from kpnb.io import OutputExistsError, Source, ZipLimitError, extract_zip, zip_limits
 from kpnb.tables import Annotations
 
 __all__ = [
@@ -46,7 +37,6 @@ __all__ = [
     "register_dataset",
     "DatasetUnavailableError",
     "REGISTRY",
-    "safe_extract",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class DatasetUnavailableError(KpnbError, RuntimeError):
     """A dataset could not be fetched or unpacked; the message says what to do instead."""
+
+
+class _ChecksumMismatch(DatasetUnavailableError):
+    """The file at a URL is not the one its sha256 names."""
 
 
 @dataclass(frozen=True)
@@ -78,38 +72,7 @@ def register_dataset(name: str, url: str, sha256: str | None = None) -> None:
 
 def detect_format(source: str | os.PathLike) -> str:
     """``"cvat"``, ``"coco"`` or ``"tables"`` for a file, export folder or zip."""
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir():
-        if (path / "skeletons.json").is_file():
-            return "tables"
-        if (path / "annotations.xml").is_file() or any(path.glob("*.xml")):
-            return "cvat"
-        if any(path.glob("annotations/*.json")) or any(path.glob("*.json")):
-            return "coco"
-        if any(path.rglob("annotations.xml")):
-            return "cvat"
-        raise FileNotFoundError(
-            f"{path}: holds no annotations.xml (CVAT) and no COCO .json; point at an export"
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".xml":
-        return "cvat"
-    if suffix == ".json":
-        return "coco"
-    if suffix == ".zip":
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except zipfile.BadZipFile as exc:
-            raise KpnbError(f"{path}: not a readable zip ({exc}); download it again") from exc
-        if any(n.lower().endswith(".xml") for n in names):
-            return "cvat"
-        if any(n.lower().endswith(".json") for n in names):
-            return "coco"
-        raise KpnbError(f"{path}: the zip holds no .xml or .json annotations")
-    raise KpnbError(f"{path}: unknown annotation file type {suffix!r}; expected .xml, .json, .zip")
+    return Source(source).format
 
 
 def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False) -> Annotations:
@@ -132,97 +95,12 @@ def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False)
     return load_tables(source)
 
 
-def safe_extract(
-    archive: str | os.PathLike,
-    target: str | os.PathLike,
-    *,
-    max_bytes: int | None = None,
-    max_ratio: float | None = None,
-    max_members: int | None = None,
-) -> Path:
-    """Extract a zip into the new folder `target`, refusing anything unsafe or too large.
-
-    ``zipfile`` would silently rewrite ``../x`` and ``/etc/x`` and unpack a 2 MB zip bomb
-    to gigabytes; a dataset zip doing so is broken or hostile, so kpnb stops instead. From
-    the zip's directory, before anything is unpacked, it refuses: more than `max_members`
-    members, more than `max_bytes` in total, a member (over 1 MiB) unpacking to more than
-    `max_ratio` times its packed size, symbolic links and other special files, absolute
-    names, ``..`` parts, and names that occur twice. Each limit defaults to its
-    environment variable (``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO``,
-    ``KPNB_MAX_UNZIP_MEMBERS``), else 32 GiB, 200x and a million members: raise them there
-    for a trusted file. The members are unpacked into a temporary sibling that is renamed
-    to `target` when complete, so `target` appears complete or not at all.
-
-    Raises:
-        DatasetUnavailableError: the archive is not a zip, is corrupt (bad CRC), exceeds a
-            limit or holds a refused member; the message names the archive and member.
-        OutputExistsError: `target` exists and is not an empty folder.
-    """
-    archive, target = Path(archive), Path(target)
-    try:
-        limits = zip_limits(max_bytes, max_ratio, max_members)
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise DatasetUnavailableError(
-            f"{archive}: not a zip file ({exc}); is the file complete?"
-        ) from None
-    except ZipLimitError as exc:
-        raise DatasetUnavailableError(str(exc)) from None
-    with zf:
-        try:
-            members = check_zip(archive, zf, limits)
-        except ZipLimitError as exc:
-            raise DatasetUnavailableError(str(exc)) from None
-        with atomic_path(target, directory=True) as tmp:
-            for info, name in members:
-                _extract_member(archive, zf, info, tmp / name)
-    return target
-
-
-def _extract_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
-    """Write one checked member, streamed and cut off at its declared size."""
-    if info.is_dir():
-        dest.mkdir(parents=True, exist_ok=True)
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    try:
-        with zf.open(info) as src, open(dest, "xb") as out:
-            while block := src.read(2**20):
-                written += len(block)
-                if written > info.file_size:  # zipfile stops there already; be sure anyway
-                    raise DatasetUnavailableError(
-                        f"{archive}: member {info.filename!r} is "
-                        "larger than its header says; the zip is "
-                        "corrupt"
-                    )
-                out.write(block)
-    except ZIP_DAMAGED as exc:
-        raise DatasetUnavailableError(
-            f"{archive}: member {info.filename!r} is corrupt ({exc})"
-        ) from None
-    except FileExistsError:  # a case-insensitive disk: 'A.png' and 'a.png' are one file
-        raise DatasetUnavailableError(
-            f"{archive}: member {info.filename!r} names a file "
-            "written before (the names differ only in case); "
-            "refusing this archive"
-        ) from None
-    except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
-        if isinstance(exc, DatasetUnavailableError):
-            raise
-        raise DatasetUnavailableError(
-            f"{archive}: member {info.filename!r} cannot be unpacked ({exc})"
-        ) from None
-
-
 def _dataset_root(folder: Path) -> Path:
-    """The folder inside an extracted export that holds its annotations."""
-    for pattern in ("annotations.xml", "annotations/*.json"):
-        found = sorted(folder.rglob(pattern), key=lambda p: len(p.parts))
-        if found:
-            hit = found[0]
-            return hit.parent if hit.name == "annotations.xml" else hit.parent.parent
-    raise DatasetUnavailableError(f"{folder}: holds no annotations.xml or annotations/*.json")
+    """The folder inside an extracted export that holds its annotations (and images)."""
+    try:
+        return Source(folder).root
+    except (FileNotFoundError, KpnbError) as exc:
+        raise DatasetUnavailableError(str(exc)) from None
 
 
 def _cache_name(url: str) -> tuple[str, str]:
@@ -275,42 +153,37 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
         ) from None
     except ValueError as exc:  # pooch: hash mismatch
         msg = " ".join(str(exc).split())
-        raise DatasetUnavailableError(f"{url}: {msg}; the download was discarded") from None
+        raise _ChecksumMismatch(f"{url}: {msg}; the download was discarded") from None
 
 
 def _sha256(path: Path) -> str:
-    """The file's sha256, read in 1 MiB chunks (a dataset zip may not fit in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, read in chunks by pooch (a dataset zip may not fit in memory)."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
-    """Unpack `archive` to `extracted` and check it is an export; on failure keep neither.
-
-    `discard`: the archive is kpnb's own download, deleted when it fails, so the next run
-    fetches it again instead of reusing a broken file.
-    """
-    made = False
+    """Unpack `archive` to `extracted` (`kpnb.io.extract_zip`: bounded, nothing outside it)
+    and check it is an export; on failure keep neither. `discard`: the archive is kpnb's own
+    download, deleted when it fails, so the next run fetches it again."""
     try:
-        safe_extract(archive, extracted)
-        made = True
+        extract_zip(archive, extracted, zip_limits())
         _dataset_root(extracted)
+        return
     except OutputExistsError:
         if extracted.is_dir():  # another process unpacked the same archive meanwhile
             return
         raise
-    except DatasetUnavailableError as exc:
-        if made:  # unpacked just now by safe_extract, so kpnb's own to remove
-            shutil.rmtree(extracted)
-        if not discard:
-            raise
-        _discard(archive)
-        raise DatasetUnavailableError(
-            f"{exc}; the download was deleted, so the next run downloads it again"
-        ) from None
+    except (ZipLimitError, DatasetUnavailableError) as exc:
+        problem = str(exc)
+    shutil.rmtree(extracted, ignore_errors=True)  # unpacked just now, so kpnb's own
+    if not discard:
+        raise DatasetUnavailableError(problem)
+    _discard(archive)
+    raise DatasetUnavailableError(
+        f"{problem}; the download was deleted, so the next run downloads it again"
+    )
 
 
 def _hex(sha256: str | None) -> str | None:
@@ -326,58 +199,26 @@ def _hex(sha256: str | None) -> str | None:
 def _cached_download(url: str, sha256: str | None, root: Path, progress: bool) -> Path:
     """The export at `url`, from the cache when there, else downloaded and unpacked.
 
-    Each extraction has a marker beside it, ``datasets/<folder>.sha256``, holding the
-    sha256 of the zip it came from (written atomically once the extraction is complete).
-    A known `sha256` is checked against the marker on every call, so a file cached by a
-    call without a checksum is never passed off as the one with it; hashing the kept zip
-    instead would reread gigabytes on each call. An extraction without a marker (made
-    before markers, or a process stopped between the two) is checked against its zip.
+    With a known `sha256`, pooch checks the kept zip on every call (and downloads it again
+    when it differs), so an extraction is never passed off as one with that checksum; a
+    mismatch deletes the cache entry. Without one, an extraction is reused as it is.
     """
     folder, fname = _cache_name(url)
     extracted = root / "datasets" / folder
-    marker = extracted.with_name(folder + ".sha256")
     archive = root / "downloads" / folder / fname
-    if extracted.is_dir():
-        if sha256 is None:
-            return _dataset_root(extracted)
-        cached = _read_marker(marker)
-        if cached is None and archive.is_file():
-            cached = _write_marker(marker, _sha256(archive))
-        if cached == sha256:
-            return _dataset_root(extracted)
-        _discard_entry(extracted, marker, archive)
-        if cached is not None:
-            raise DatasetUnavailableError(
-                f"{url}: the cached download has sha256 {cached}, not the expected "
-                f"{sha256}; that cache entry was deleted, run again to download it afresh "
-                "(if the checksum is right, the file at the URL has changed)"
-            )
-        # neither marker nor zip: nothing to check the extraction against, so fetch again
-    archive = _download(url, sha256, archive.parent, fname, progress)
-    _extract_verified(archive, extracted, discard=True)
-    _write_marker(marker, sha256 or _sha256(archive))  # pooch has checked a known sha256
-    return _dataset_root(extracted)
-
-
-def _read_marker(marker: Path) -> str | None:
-    """The sha256 a marker holds; None when it is missing or not a checksum."""
+    if extracted.is_dir() and sha256 is None:
+        return _dataset_root(extracted)
+    before = archive.stat().st_mtime_ns if archive.is_file() else None
     try:
-        return _hex(marker.read_text())
-    except (OSError, UnicodeDecodeError, KpnbError):
-        return None
-
-
-def _write_marker(marker: Path, digest: str) -> str:
-    with atomic_path(marker) as tmp:
-        tmp.write_text(digest + "\n")
-    return digest
-
-
-def _discard_entry(extracted: Path, marker: Path, archive: Path) -> None:
-    """Delete kpnb's cache entry of one URL: its extraction, marker and download."""
-    shutil.rmtree(extracted, ignore_errors=True)
-    marker.unlink(missing_ok=True)
-    _discard(archive)
+        archive = _download(url, sha256, archive.parent, fname, progress)
+    except _ChecksumMismatch:
+        shutil.rmtree(extracted, ignore_errors=True)  # kpnb's own cache entry
+        _discard(archive)
+        raise
+    if not extracted.is_dir() or archive.stat().st_mtime_ns != before:  # a new download
+        shutil.rmtree(extracted, ignore_errors=True)
+        _extract_verified(archive, extracted, discard=True)
+    return _dataset_root(extracted)
 
 
 def get_dataset(
@@ -403,7 +244,7 @@ def get_dataset(
     Raises:
         DatasetUnavailableError: a download failed or the machine is offline (the message
             says what to do), a checksum did not match, or an archive is broken, unsafe,
-            over the limits of `safe_extract` or holds no annotations; a download failing
+            over the limits of `kpnb.io.check_zip` or holds no annotations; a download failing
             so (or a cached one with another checksum) is deleted, so the next call
             fetches it again.
         FileNotFoundError: a local path does not exist.
@@ -538,11 +379,15 @@ def _pick_label(
     if not ann.skeletons:
         raise KpnbError(
             f"{spec}: no skeleton label; for one <points> shape per keypoint, "
-            "pass points_as_skeleton=NAME"
+            "pass {points_as_skeleton}",
+            params={"points_as_skeleton": "NAME"},
         )
     label = label or next(iter(ann.skeletons))
     if label not in ann.skeletons:
-        raise KpnbError(f"label={label!r} is not a skeleton; skeletons: {list(ann.skeletons)}")
+        raise KpnbError(
+            f"{{label}} is not a skeleton; skeletons: {list(ann.skeletons)}",
+            params={"label": repr(label)},
+        )
     return ann, label
 
 

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from kpnb.boxes import BOX_MARGIN, MIN_BOX, boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.images import find_image, load_image
-from kpnb.tables import Annotations, Skeleton
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
 __all__ = [
@@ -102,17 +103,19 @@ def _training_view(ann: Annotations, label: str) -> Annotations:
     return ann
 
 
-def _not_a_skeleton(ann: Annotations, label: str) -> ValueError:
+def _not_a_skeleton(ann: Annotations, label: str) -> KpnbError:
     one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
     hint = ""
     if one_point:
         hint = (
             f"; one-point <points> labels {one_point} need combining first: "
-            "kpnb.grouping.points_to_skeleton(annotations, name)"
+            "kpnb.grouping.points_to_skeleton(annotations, name), or {points_as_skeleton}"
         )
     usable = list(ann.skeletons) + ann.multi_point_labels()
-    return ValueError(
-        f"{label!r} is not a skeleton label (skeletons and multi-point labels: {usable}){hint}"
+    return KpnbError(
+        f"{label!r} is not a skeleton label (skeletons and multi-point labels: {usable}){hint}",
+        params={"points_as_skeleton": "NAME"} if one_point else None,
+        param="label",
     )
 
 
@@ -130,6 +133,8 @@ class KeypointDataset(Dataset):
             keeps the original size.
         indices: image indices (``image_index``) to include; default all.
         skip_missing: leave out images whose file is missing instead of failing.
+        rescale_images: resize an image whose size differs from the annotations' to that
+            size (default: refuse it, `kpnb.images.load_image`).
         box_margin: fraction of an instance's keypoint extent added around it when no box
             is grouped with it.
         min_box: such a box is at least this fraction of the image's shorter side
@@ -160,7 +165,9 @@ class KeypointDataset(Dataset):
         skip_missing: bool = False,
         box_margin: float = BOX_MARGIN,
         min_box: float = MIN_BOX,
+        rescale_images: bool = False,
     ):
+        self.rescale_images = rescale_images
         annotations = _training_view(annotations, skeleton_label)
         if skeleton_label not in annotations.skeletons:
             raise _not_a_skeleton(annotations, skeleton_label)
@@ -178,8 +185,9 @@ class KeypointDataset(Dataset):
                 more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
                 raise KpnbError(
                     f"{len(missing)} of {len(images)} image files are missing or unreadable "
-                    f"under {self.root}:\n  {listed}{more}\nfix image_root, or pass "
-                    "skip_missing=True to leave them out"
+                    f"under {self.root}:\n  {listed}{more}\nfix {{image_root}}, or pass "
+                    "{skip_missing} to leave them out",
+                    params={"image_root": None, "skip_missing": True},
                 )
             log.warning(
                 "left out %d images whose files are missing under %s", len(missing), self.root
@@ -235,13 +243,8 @@ class KeypointDataset(Dataset):
     def load_image(self, index: int) -> torch.Tensor:
         """The uint8 ``[3, H, W]`` image of item `index`."""
         item = self.items[index]
-        image = torch.from_numpy(load_image(item.path)).permute(2, 0, 1).contiguous()
-        if item.size != (0, 0) and tuple(image.shape[-2:]) != item.size:
-            raise KpnbError(
-                f"{item.path}: image is {image.shape[-1]}x{image.shape[-2]} but the annotations "
-                f"say {item.size[1]}x{item.size[0]}; re-export the images with the annotations"
-            )
-        return image
+        array = load_image(item.path, expect=item.size[::-1], rescale=self.rescale_images)
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
     def sample(self, index: int):
         """The untransformed v2 sample ``(Image, target)`` (for pictures and tests)."""

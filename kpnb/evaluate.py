@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_iou
 
 from kpnb.errors import KpnbError
-from kpnb.tables import Annotations, Skeleton, tidy_images, tidy_keypoints
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations, tidy_images, tidy_keypoints
 
 __all__ = [
     "DEFAULT_SIGMA",
@@ -150,7 +151,7 @@ class EvalResult:
     sigmas: list[float] = field(default_factory=list)
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        from kpnb._io import atomic_path
+        from kpnb.io import atomic_path
 
         doc = {
             "metrics": self.metrics,
@@ -586,9 +587,13 @@ def predictions_to_annotations(
     return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
 
 
-def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = None) -> list[dict]:
-    """`predict`'s table as a COCO results list. `image_ids`: the annotation file's id of
-    each image, in `predict`'s order (default 1..N)."""
+def predictions_to_coco(
+    preds: pd.DataFrame, image_ids: Sequence[int] | None = None, category_id: int = 1
+) -> list[dict]:
+    """`predict`'s table as a COCO results list, scored against an annotation file by
+    pycocotools when its ids are the file's: `image_ids` the file's id of each image, in
+    `predict`'s order (default 1..N); `category_id` the id of the predicted label's category
+    (`kpnb.coco.category_ids`)."""
     results = []
     for _, rows in preds.groupby("instance_id", sort=False):
         flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
@@ -597,7 +602,7 @@ def predictions_to_coco(preds: pd.DataFrame, image_ids: Sequence[int] | None = N
         results.append(
             {
                 "image_id": image_id,
-                "category_id": 1,
+                "category_id": category_id,
                 "keypoints": flat,
                 "score": float(rows["score"].iloc[0]),
             }
@@ -614,22 +619,23 @@ def write_predictions(
     out: str | os.PathLike,
     image_ids: Sequence[int] | None = None,
     names: Sequence[str] | None = None,
+    category_id: int = 1,
 ) -> Path:
-    """`predict`'s table to `out`: ``.json`` COCO results (with `image_ids`, the annotation
-    file's ids); else CVAT for images 1.1 pre-annotations for CVAT's "Upload annotations"
-    of an existing task: ``.xml``, or ``.zip`` holding ``annotations.xml`` (CVAT's loader
-    takes either). `names`: each image's name in the task (default: its file name; CVAT
-    matches a name to the task's image of that path, else of that file name)."""
+    """`predict`'s table to `out`: ``.json`` COCO results (with `image_ids` and
+    `category_id`, the annotation file's ids: `predictions_to_coco`); else CVAT for images
+    1.1 pre-annotations for CVAT's "Upload annotations" of an existing task: ``.xml``, or
+    ``.zip`` holding ``annotations.xml`` (CVAT's loader takes either). `names`: each
+    image's name in the task (default: its file name; CVAT matches a name to the task's
+    image of that path, else of that file name)."""
     import json
-    import zipfile
 
-    from kpnb._io import atomic_path
+    from kpnb.io import atomic_path, write_zip
 
     out = Path(out)
 
     if out.suffix.lower() == ".json":
         with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids)))
+            tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids, category_id)))
         return out
     from kpnb.cvat import write_cvat
 
@@ -641,6 +647,4 @@ def write_predictions(
     from kpnb.cvat.write import iter_cvat_lines
 
     text = "".join(line + "\n" for line in iter_cvat_lines(ann))
-    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("annotations.xml", text.encode("utf-8"))
-    return out
+    return write_zip(out, [("annotations.xml", text.encode("utf-8"))])

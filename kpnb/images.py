@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from kpnb.errors import KpnbError
+from kpnb.io import name_problem
 
 __all__ = ["ImageError", "MAX_PIXELS", "find_image", "load_image", "image_size", "max_pixels"]
 
@@ -34,6 +35,10 @@ MAX_PIXELS = 64_000_000
 
 # Frames of CVAT video tasks carry no extension in the XML; CVAT writes them as .PNG.
 _FRAME_EXTENSIONS = (".PNG", ".png", ".jpg", ".jpeg", ".JPG")
+
+
+#: What PIL raises for a broken file (a TypeError: a TIFF tag of the wrong type).
+_BROKEN = (OSError, SyntaxError, ValueError, TypeError)
 
 
 class ImageError(KpnbError):
@@ -74,16 +79,20 @@ def find_image(root: str | os.PathLike, name: str, subset: str | None = None) ->
     """
     root = Path(root).resolve()
     name = str(name).replace("\\", "/")
+    where = f" in subset {subset!r}" if subset else ""
+    problem = name_problem(name) or (name_problem(subset) if isinstance(subset, str) else None)
+    if problem:
+        raise ImageError(f"image {name!r}{where}: the name {problem}; fix it in the annotations")
     bases = []
     if isinstance(subset, str) and subset:
         bases.append(root / "images" / subset)
     bases += [root / "images", root]
     names = [name] if Path(name).suffix else [name] + [name + ext for ext in _FRAME_EXTENSIONS]
+    odd = None  # the first thing by that name that is not a file
     for base in bases:
         for candidate in names:
             path = base / candidate
             if not _inside(root, path):
-                where = f" in subset {subset!r}" if subset else ""
                 raise ImageError(
                     f"image {name!r}{where} leads outside the export's image root {root}: "
                     "image names must be relative paths inside the export; fix the name in the "
@@ -91,22 +100,18 @@ def find_image(root: str | os.PathLike, name: str, subset: str | None = None) ->
                 )
             if path.is_file():
                 return path
+            if odd is None and path.exists():
+                odd = path
+    if odd is not None:
+        kind = "a folder" if odd.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise ImageError(f"image {name!r}{where}: {odd} is {kind}, not an image file")
     return None
 
 
 def _follow_limit(limit: int) -> None:
-    """Raise PIL's own bomb limit to kpnb's `limit` when it is lower; never lower it.
-
-    PIL refuses images over ``Image.MAX_IMAGE_PIXELS`` (about 89 MP) while opening them and
-    again while decoding (GIF frames, TIFF tiles), so below that value ``KPNB_MAX_PIXELS``
-    could not take effect and PIL's error would contradict kpnb's. Setting PIL's value for
-    the length of one call and restoring it afterwards would race between threads (one
-    thread restoring while another decodes), and would have to last for the whole decode.
-    So kpnb raises it once, to the limit the user asked kpnb for (``KPNB_MAX_PIXELS`` or
-    ``limit=``): setting that limit says such files are trusted. It is never lowered, and
-    ``None`` (a user who turned PIL's check off) is left alone; with kpnb's default limit
-    (64 MP, under PIL's) PIL's value does not change at all.
-    """
+    """Raise PIL's own bomb limit (``Image.MAX_IMAGE_PIXELS``, checked while opening and
+    decoding) to kpnb's `limit` when it is lower, so ``KPNB_MAX_PIXELS`` takes effect; never
+    lower it (setting it per call and restoring it would race between threads)."""
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and current < limit:
         log.debug("raising PIL's Image.MAX_IMAGE_PIXELS from %d to kpnb's %d", current, limit)
@@ -132,7 +137,7 @@ def _open(path: Path, limit: int | None) -> Image.Image:
         # PIL's limit is at least kpnb's here, so the image is over kpnb's limit too
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_large(path, limit, f" ({int(pixels[1]):,} pixels)" if pixels else "") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for broken files
+    except _BROKEN as exc:  # PIL raises these for broken files
         raise ImageError(f"{path}: cannot read the image ({exc})") from None
     if img.width * img.height > limit:
         img.close()
@@ -152,34 +157,60 @@ def image_size(path: str | os.PathLike, *, limit: int | None = None) -> tuple[in
         w, h = img.size
         try:
             orientation = img.getexif().get(0x0112, 1)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except (*_BROKEN, Image.DecompressionBombError) as exc:
             raise ImageError(f"{path}: cannot read the image ({exc})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def load_image(path: str | os.PathLike, *, limit: int | None = None) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike,
+    *,
+    limit: int | None = None,
+    expect: tuple[int, int] | None = None,
+    rescale: bool = False,
+) -> np.ndarray:
     """The image at `path` as a uint8 ``[H, W, 3]`` RGB array, upright as CVAT shows it.
 
     EXIF orientation is applied (CVAT annotates the rotated image); 16-bit grey images are
-    scaled to 0-255; palette, grey, CMYK and alpha images become RGB.
+    scaled to 0-255; palette, grey, CMYK and alpha images become RGB. `expect`: the
+    ``(width, height)`` the annotations declare (a side <= 0 or missing: unknown, not
+    checked); an image of another size is refused, or with `rescale` resized to it, so the
+    annotations' points land where they were drawn.
 
     Raises:
-        ImageError: the file cannot be decoded or has more than `limit` pixels (default
-            `max_pixels()`).
+        ImageError: the file cannot be decoded, has more than `limit` pixels (default
+            `max_pixels()`), or is not the `expect` size (without `rescale`).
     """
     path = Path(path)
     with _open(path, limit) as img:
         try:
             img.load()
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-                grey = np.asarray(img, dtype=np.float64)
-                grey = np.clip(np.rint(grey * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
-            if img.mode == "F":
-                grey = np.clip(np.nan_to_num(np.asarray(img, dtype=np.float64)), 0, 1)
-                grey = np.rint(grey * 255).astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
-            return np.array(img.convert("RGB"), dtype=np.uint8)  # writable, for torch
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                grey = np.nan_to_num(np.asarray(img, dtype=np.float64))
+                top = 1.0 if img.mode == "F" else 65535.0
+                grey = np.clip(np.rint(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+                img = Image.fromarray(grey)
+            img = img.convert("RGB")
+        except (*_BROKEN, Image.DecompressionBombError) as exc:
             raise ImageError(f"{path}: cannot decode the image ({exc})") from None
+    if expect is not None and all(_known(side) for side in expect):
+        want = (int(expect[0]), int(expect[1]))
+        if img.size != want:
+            if not rescale:
+                raise ImageError(
+                    f"{path}: the image is {img.width}x{img.height} but the annotations say "
+                    f"{want[0]}x{want[1]}; use the images the export was annotated on, or "
+                    "pass {rescale_images} to resize each image to its declared size",
+                    params={"rescale_images": True},
+                )
+            img = img.resize(want, Image.Resampling.BILINEAR)
+    return np.array(img, dtype=np.uint8)  # writable, for torch
+
+
+def _known(side) -> bool:
+    """Whether a declared width/height is known: a number > 0 (not NaN, None or 0)."""
+    try:
+        return float(side) > 0
+    except (TypeError, ValueError):
+        return False

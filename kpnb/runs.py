@@ -15,7 +15,7 @@ import os
 import socket
 from pathlib import Path
 
-from kpnb._io import OutputExistsError, check_output
+from kpnb.io import OutputExistsError, check_output
 
 __all__ = ["RUN_FILES", "LOCK_FILE", "check_run_folder", "run_lock", "clean_leftovers"]
 
@@ -33,7 +33,7 @@ def check_run_folder(
     overwrite: bool = False,
     resume: str | os.PathLike | None = None,
 ) -> None:
-    """Refuse (`kpnb._io.OutputExistsError`) an `out` that `fit` must not write into.
+    """Refuse (`kpnb.io.OutputExistsError`) an `out` that `fit` must not write into.
 
     A missing or empty folder is fine; a non-empty one only with `overwrite` (then only the
     files in `RUN_FILES` are replaced) or when `resume` is the ``last.pth`` inside it (the
@@ -51,8 +51,9 @@ def check_run_folder(
     except OutputExistsError as exc:
         if (out / "last.pth").is_file():
             raise OutputExistsError(
-                f"{exc}; or continue the run in it with resume={str(out / 'last.pth')!r} "
-                "(on the command line: --resume)"
+                f"{exc.template}; or continue the run in it with "
+                f"resume={str(out / 'last.pth')!r} (on the command line: --resume)",
+                params=exc.params,
             ) from None
         raise
     for name in RUN_FILES:

@@ -414,12 +414,12 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
     """Write the tables as ``images``/``keypoints``/``boxes``/``attributes`` CSV or parquet
     files plus ``skeletons.json``, atomically (a new folder appears complete or not at all).
 
-    A non-empty `folder` is refused (`kpnb._io.OutputExistsError`) unless `overwrite`; then
+    A non-empty `folder` is refused (`kpnb.io.OutputExistsError`) unless `overwrite`; then
     only the files written here are replaced and any others stay."""
     import json
     from pathlib import Path
 
-    from kpnb._io import atomic_path
+    from kpnb.io import atomic_path
 
     if fmt not in ("csv", "parquet"):
         raise KpnbError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")

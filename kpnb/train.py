@@ -31,7 +31,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from kpnb._io import atomic_path
 from kpnb.checkpoint import (
     Checkpoint,
     RunData,
@@ -43,9 +42,10 @@ from kpnb.checkpoint import (
 from kpnb.config import seed_everything, select_device, version
 from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
+from kpnb.io import atomic_path
 from kpnb.model import misfit, training_recipe
 from kpnb.runs import check_run_folder, clean_leftovers, run_lock
-from kpnb.tables import Skeleton
+from kpnb.skeleton import Skeleton
 
 __all__ = [
     "TrainConfig",
@@ -374,9 +374,9 @@ def _refuse_conflicts(path, last: Checkpoint, given: TrainConfig, data: RunData)
     if conflicts:
         name, was, now = conflicts[0]
         raise KpnbError(
-            f"{path}: cannot resume with {name}={now!r}: the run has {name}={was!r}; resume "
+            f"{path}: cannot resume with {{{name}}}: the run has {name}={was!r}; resume "
             "with the run's settings, or start a new run in another folder",
-            param=name,
+            params={name: repr(now)},
         )
 
 

@@ -208,7 +208,7 @@ def test_cvat_cli_loads_it_from_the_documented_command(trained):
 def test_a_checkpoint_without_a_label_asks_for_one(tmp_path):
     from kpnb.checkpoint import Checkpoint
     from kpnb.model import build_model
-    from kpnb.tables import Skeleton
+    from kpnb.skeleton import Skeleton
 
     model = build_model(2, weights=None, preset="tiny", size=SIZE)
     path = Checkpoint.of_model(model, Skeleton(("a", "b"))).save(tmp_path / "best.pth")

@@ -14,7 +14,7 @@ from kpnb.cli import main
 from kpnb.errors import KpnbError
 from kpnb.model import build_model, load_checkpoint_model
 from kpnb.runs import LOCK_FILE, check_run_folder, run_lock
-from kpnb.tables import Skeleton
+from kpnb.skeleton import Skeleton
 
 SIZE = 64
 

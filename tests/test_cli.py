@@ -74,6 +74,7 @@ def test_convert_errors_are_one_line(tmp_path, synthetic_export, capsys):
     assert not (tmp_path / "kp.json").exists()
 
 
+@pytest.mark.slow
 def test_the_wheel_works_without_the_checkout(tmp_path):
     """Build the wheel, install it into a fresh venv that sees the project venv's other
     packages but not this checkout, and use it from outside the repository: synth, info,
@@ -189,7 +190,7 @@ def tiny_checkpoint(tmp_path_factory):
 
     from kpnb.checkpoint import Checkpoint
     from kpnb.model import build_model
-    from kpnb.tables import Skeleton
+    from kpnb.skeleton import Skeleton
 
     torch.manual_seed(0)
     model = build_model(3, weights=None, preset="tiny", size=64)
@@ -293,7 +294,7 @@ def _a_runs_last_pth(path, export: str) -> bytes:
 
     from kpnb.checkpoint import Checkpoint, RunData, TrainConfig, rng_state
     from kpnb.model import build_model
-    from kpnb.tables import Skeleton
+    from kpnb.skeleton import Skeleton
     from kpnb.train import OneCycle
 
     model = build_model(5, weights=None, preset="tiny", size=64)
@@ -327,3 +328,17 @@ def test_predict_takes_folders_of_images_in_name_order(
     empty.mkdir()
     assert _predict(tiny_checkpoint, [empty], tmp_path / "e.json") == 2
     assert f"{empty}: a folder with no image files" in capsys.readouterr().err
+
+
+def test_predict_never_draws_over_its_input_images(
+    tiny_checkpoint, same_stem_images, tmp_path, capsys
+):
+    photos = same_stem_images[0].parent  # a/x.jpg: drawing into a/ could replace it
+    before = same_stem_images[0].read_bytes()
+    args = ("--viz", str(photos), "--overwrite")
+    assert _predict(tiny_checkpoint, same_stem_images, tmp_path / "p.json", *args) == 2
+    err = capsys.readouterr().err
+    assert f"--viz {photos}" in err and str(same_stem_images[0]) in err
+    assert same_stem_images[0].read_bytes() == before and sorted(photos.iterdir()) == [
+        same_stem_images[0]
+    ]

@@ -11,7 +11,8 @@ from pycocotools.coco import COCO
 from shared_paths import FIXTURES
 
 from kpnb.boxes import boxes_from_points
-from kpnb.coco import CocoFormatError, read_coco, to_coco, write_coco
+from kpnb.cli import main
+from kpnb.coco import CocoFormatError, category_ids, read_coco, to_coco, write_coco
 from kpnb.cvat import read_cvat
 from kpnb.synthetic import FACE
 from kpnb.tables import Annotations
@@ -82,7 +83,7 @@ def test_one_based_skeleton_is_detected(tmp_path):
         (lambda d: d["annotations"][0]["keypoints"].__setitem__(2, -1), "visibility -1"),
         (
             lambda d: d["images"].append(dict(d["images"][0], file_name="b.jpg")),
-            "image id .* is used twice .*give every image its own id",
+            "image id 40 is used twice",
         ),
         (
             lambda d: d["annotations"][0].update(keypoints=d["annotations"][0]["keypoints"] * 2),
@@ -224,63 +225,64 @@ HOSTILE = {
     "y Infinity": (_point(1, 4, INF), r"annotation 8: keypoint 1 is at x=3, y=inf \(v=1\)"),
     "x -Infinity": (_point(1, 3, -INF), r"annotation 8: keypoint 1 is at x=-inf"),
     "x 1e400": (_point(0, 3, BIG), r"annotation 7: keypoint 1 is at x=inf"),
-    "x NaN at v=0": (_point(1, 0, NAN), r"annotation 8: keypoint 0 is at x=nan.*whatever its v"),
+    "x NaN at v=0": (_point(1, 0, NAN), r"annotation 8: keypoint 0 is at x=nan"),
     "x past float32": (_point(0, 0, 1e39), r"annotation 7: keypoint 0 is at x=1e\+39"),
     "x null": (_point(0, 1, None), r"annotation 7: keypoint 0 is at x=1, y=nan"),
-    "x 400 digits": (_point(0, 0, 10**400), r"annotation 7: keypoints \[1000.* are not \[x, y"),
+    "x 400 digits": (_point(0, 0, 10**400), r"annotation 7: keypoints \[1000"),
     # findings 3 and 4: image records
     "image id missing": (_drop("images", 1, "id"), r'images\[1\] \("b.png"\): id is missing'),
-    "image id 1.5": (_image(1, id=1.5), r'images\[1\] \("b.png"\): id 1.5 is not a whole'),
-    "image id 2.0": (_image(1, id=2.0), r"images\[1\] .*: id 2.0 is not a whole number"),
-    "image id text": (_image(0, id="1"), r'images\[0\] .*: id "1" is not a whole number'),
-    "image id list": (_image(0, id=[1]), r"images\[0\] .*: id \[1\] is not a whole number"),
-    "image id bool": (_image(0, id=True), r"images\[0\] .*: id true is not a whole number"),
+    "image id 1.5": (_image(1, id=1.5), r'images\[1\] \("b.png"\): id 1.5'),
+    "image id text": (_image(0, id="1"), r'images\[0\] .*: id "1"'),
+    "image id list": (_image(0, id=[1]), r"images\[0\] .*: id \[1\]"),
+    "image id bool": (_image(0, id=True), r"images\[0\] .*: id true"),
     "file_name missing": (_drop("images", 0, "file_name"), r"image 1: file_name is missing"),
-    "file_name empty": (_image(0, file_name=""), r'image 1: file_name "" is not a non-empty'),
-    "file_name number": (_image(1, file_name=5), r"image 2: file_name 5 is not a non-empty"),
-    "width -5": (_image(0, width=-5), r"image 1 \('a.png'\): width -5 is not a whole number"),
-    "height -1": (_image(1, height=-1), r"image 2 .*: height -1 is not"),
-    "width 2.5": (_image(0, width=2.5), r"image 1 .*: width 2.5 is not"),
-    "width 1e10": (_image(0, width=1e10), r"image 1 .*: width 10000000000.0 is not"),
-    "width 2**31": (_image(1, width=2**31), r"image 2 .*: width 2147483648 is not"),
-    "width text": (_image(0, width="x"), r'image 1 .*: width "x" is not'),
-    "height NaN": (_image(0, height=NAN), r"image 1 .*: height NaN is not"),
+    "file_name empty": (_image(0, file_name=""), r'image 1: file_name ""'),
+    "file_name number": (_image(1, file_name=5), r"image 2: file_name 5"),
+    "width -5": (_image(0, width=-5), r"image 1 \('a.png'\): width -5"),
+    "height -1": (_image(1, height=-1), r"image 2 .*: height -1"),
+    "width 2.5": (_image(0, width=2.5), r"image 1 .*: width 2.5"),
+    "width 1e10": (_image(0, width=1e10), r"image 1 .*: width 10000000000.0"),
+    "width 2**31": (_image(1, width=2**31), r"image 2 .*: width 2147483648"),
+    "width text": (_image(0, width="x"), r'image 1 .*: width "x"'),
+    "height NaN": (_image(0, height=NAN), r"image 1 .*: height NaN"),
     # annotation records
     "ann id missing": (_drop("annotations", 1, "id"), r"annotations\[1\]: id is missing"),
-    "ann id 7.5": (_ann(0, id=7.5), r"annotations\[0\]: id 7.5 is not a whole number"),
-    "image_id text": (_ann(0, image_id="1"), r'annotation 7: image_id "1" is not a whole'),
-    "image_id 1.0": (_ann(0, image_id=1.0), r"annotation 7: image_id 1.0 is not a whole"),
-    "category_id list": (_ann(1, category_id=[1]), r"annotation 8: category_id \[1\] is not"),
-    "bbox NaN": (_ann(0, bbox=[NAN, 0, 1, 1]), r"annotation 7: bbox \[NaN, 0, 1, 1\] is not"),
+    "ann id 7.5": (_ann(0, id=7.5), r"annotations\[0\]: id 7.5"),
+    "image_id text": (_ann(0, image_id="1"), r'annotation 7: image_id "1"'),
+    "category_id list": (_ann(1, category_id=[1]), r"annotation 8: category_id \[1\]"),
+    "bbox NaN": (_ann(0, bbox=[NAN, 0, 1, 1]), r"annotation 7: bbox \[NaN, 0, 1, 1\]"),
     "bbox 1e400": (_ann(0, bbox=[0, 0, BIG, 1]), r"annotation 7: bbox \[0, 0, Infinity, 1\]"),
-    "bbox text": (_ann(0, bbox="x"), r'annotation 7: bbox "x" is not \[x, y, w, h\]'),
+    "bbox text": (_ann(0, bbox="x"), r'annotation 7: bbox "x"'),
     "bbox item text": (_ann(0, bbox=[0, 0, 5, "x"]), r'annotation 7: bbox \[0, 0, 5, "x"\]'),
-    "bbox w < 0": (_ann(1, bbox=[0, 0, -5, 1]), r"annotation 8: bbox \[0, 0, -5, 1\] .*w, h >= 0"),
-    "bbox 3 numbers": (_ann(0, bbox=[0, 0, 5]), r"annotation 7: bbox \[0, 0, 5\] is not"),
-    "iscrowd text": (_ann(0, iscrowd="yes"), r'annotation 7: iscrowd "yes" is not 0 or 1'),
-    "iscrowd 2": (_ann(1, iscrowd=2), r"annotation 8: iscrowd 2 is not 0 or 1"),
-    "attributes list": (_ann(0, attributes=[1]), r"annotation 7: attributes \[1\] is not an"),
-    "keypoints number": (_ann(1, keypoints=5), r"annotations\[1\] \(id 8\): keypoints 5 is not"),
+    "bbox w < 0": (_ann(1, bbox=[0, 0, -5, 1]), r"annotation 8: bbox \[0, 0, -5, 1\]"),
+    "bbox 3 numbers": (_ann(0, bbox=[0, 0, 5]), r"annotation 7: bbox \[0, 0, 5\]"),
+    "iscrowd text": (_ann(0, iscrowd="yes"), r'annotation 7: iscrowd "yes"'),
+    "iscrowd 2": (_ann(1, iscrowd=2), r"annotation 8: iscrowd 2"),
+    "attributes list": (_ann(0, attributes=[1]), r"annotation 7: attributes \[1\]"),
+    "keypoints number": (_ann(1, keypoints=5), r"annotations\[1\] \(id 8\): keypoints 5"),
     # categories and the document's lists
-    "category id missing": (_drop("categories", 0, "id"), r'categories\[0\] \("p"\): id is'),
+    "category id missing": (
+        _drop("categories", 0, "id"),
+        r'categories\[0\] \("p"\): id is missing',
+    ),
     "category id twice": (
-        lambda d: d["categories"].append({"id": 1, "name": "q"}),
+        lambda d: d["categories"].append({"id": 1.0, "name": "q"}),
         r'category id 1 is used twice \("p" and "q"\)',
     ),
     "category name null": (
         lambda d: d["categories"][0].update(name=None),
-        r"category 1: name null is not a non-empty string",
+        r"category 1: name null",
     ),
     "category keypoints text": (
         lambda d: d["categories"][0].update(keypoints="ab"),
-        r"category 1 \('p'\): keypoints \"ab\" is not a list",
+        r"category 1 \('p'\): keypoints \"ab\"",
     ),
     "annotations a dict": (lambda d: d.update(annotations={"a": 1}), r"'annotations' is \{"),
-    "images null": (lambda d: d.update(images=None), r"'images' is null, not a list"),
-    "categories text": (lambda d: d.update(categories="p"), r"'categories' is \"p\", not a"),
+    "images null": (lambda d: d.update(images=None), r"'images' is null"),
+    "categories text": (lambda d: d.update(categories="p"), r"'categories' is \"p\""),
     "annotation a string": (
         lambda d: d["annotations"].append("x"),
-        r'annotations\[2\] is "x", not an object',
+        r'annotations\[2\] is "x"',
     ),
 }
 
@@ -327,5 +329,91 @@ def test_ids_1_and_1_5_are_not_taken_for_two_distinct_images(tmp_path):
     doc = _small_doc()
     doc["images"][1]["id"] = 1.5
     doc["annotations"][1]["image_id"] = 1.5
-    with pytest.raises(CocoFormatError, match=r"images\[1\] \(\"b.png\"\): id 1.5 is not"):
+    with pytest.raises(CocoFormatError, match=r"images\[1\] \(\"b.png\"\): id 1.5"):
         read_coco(_write(tmp_path / "kp.json", doc))
+
+
+# -- documents Python's json cannot hold, each a CocoFormatError naming the file ----------
+UNREADABLE = {
+    "deep nesting": (b'{"images": [], "annotations": [], "x": ' + b"[" * 100_000, "nested"),
+    "int of 5000 digits": (b'{"images": [{"id": ' + b"9" * 5000 + b"}]}", "4300 digits"),
+    "invalid UTF-8": (b'{"images": [{"file_name": "a\xff.png"}], "annotations": []}', "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_documents_json_cannot_read_are_named(tmp_path, case):
+    raw, fact = UNREADABLE[case]
+    path = tmp_path / "kp.json"
+    path.write_bytes(raw)
+    with pytest.raises(CocoFormatError, match=re.escape(f"{path}: ") + f".*{fact}"):
+        read_coco(path)
+
+
+@pytest.mark.parametrize("pairs", ["[[1e999, 2]]", "[[1.5, 2]]", '[["a", "b"]]', "[[1, 2, 3]]"])
+def test_skeleton_pairs_that_are_not_whole_numbers_are_named(tmp_path, pairs):
+    text = json.dumps(_small_doc()).replace("[[1, 2]]", pairs)
+    path = tmp_path / "kp.json"
+    path.write_text(text)
+    with pytest.raises(CocoFormatError, match=re.escape(f"{path}: category 'p': skeleton [[")):
+        read_coco(path)
+
+
+def _categories_doc() -> dict:
+    """Two categories with one keypoint layout and ids that are neither 1 nor contiguous
+    (as AP-10K's animal families are), on images whose ids do not start at 1."""
+    doc = _small_doc()
+    doc["images"][0]["id"], doc["images"][1]["id"] = 101, 205
+    doc["categories"] = [
+        {"id": 3, "name": "cat", "keypoints": ["a", "b"], "skeleton": [[1, 2]]},
+        {"id": 7, "name": "dog", "keypoints": ["a", "b"], "skeleton": [[1, 2]]},
+    ]
+    doc["annotations"][0].update(image_id=101, category_id=7)
+    doc["annotations"][1].update(image_id=205, category_id=3, bbox=[2, 3, 2, 2])
+    return doc
+
+
+def test_category_ids_are_kept_from_file_to_file(tmp_path):
+    path = _write(tmp_path / "person_keypoints_default.json", _categories_doc())
+    ann = read_coco(path)
+    assert ann.meta["coco_categories"] == {"cat": 3, "dog": 7}
+    doc = to_coco(ann)
+    assert {c["name"]: c["id"] for c in doc["categories"]} == {"cat": 3, "dog": 7}
+    assert [(a["id"], a["category_id"]) for a in doc["annotations"]] == [(7, 7), (8, 3)]
+    assert [im["id"] for im in doc["images"]] == [101, 205]
+
+
+def test_tables_from_cvat_get_cvats_category_ids(synthetic_export):
+    ann = read_cvat(synthetic_export)
+    ids = category_ids(ann, ["face", "made up"])
+    assert ids["face"] == 1 and ids["made up"] == len(ann.labels) + 1  # the next free id
+    assert [c["id"] for c in to_coco(ann)["categories"]] == [1]
+
+
+def test_whole_numbers_written_as_floats_are_read_as_ints(tmp_path):
+    """kpnb's one rule for whole numbers, as in CVAT XML: 2.0 is 2, 2.5 is refused."""
+    doc = _small_doc()
+    doc["images"][1].update(id=2.0, width=10.0, height=0.0)
+    doc["annotations"][1].update(id=8.0, image_id=2.0, category_id=1.0)
+    doc["categories"][0]["skeleton"] = [[1.0, 2.0]]
+    ann = read_coco(_write(tmp_path / "kp.json", doc))
+    assert ann.images["image_id"].tolist() == [1, 2]
+    assert ann.images["height"].isna().tolist() == [False, True]  # 0.0 is unknown, as 0
+    assert ann.skeletons["p"].edges == ((0, 1),)
+    out = to_coco(ann)
+    assert [a["id"] for a in out["annotations"]] == [7, 8]
+    assert all(type(a["id"]) is int for a in out["annotations"])
+
+
+def test_a_cvat_coco_export_becomes_cvat_xml_again(tmp_path, synthetic_export):
+    """CVAT names its COCO file person_keypoints_default.json: a subset with no task id.
+    Needs the task_id-when-known change in kpnb/cvat/write.py (the cvat helper's file)."""
+    ann = read_cvat(synthetic_export)
+    coco = write_coco(ann, tmp_path / "person_keypoints_default.json")
+    out = tmp_path / "back.xml"
+    assert main(["convert", str(coco), str(out), "--to", "cvat"]) == 0
+    assert "<attribute " not in out.read_text()  # CVAT's occluded/keyframe are flags
+    back = read_cvat(out)
+    assert set(back.images["subset"]) == {"default"} and back.images["task_id"].isna().all()
+    assert back.keypoints["visibility"].tolist() == ann.keypoints["visibility"].tolist()
+    np.testing.assert_allclose(back.keypoints[["x", "y"]], ann.keypoints[["x", "y"]], atol=0.006)

@@ -569,14 +569,14 @@ def test_show_names_the_image_and_skips_missing(tmp_path, capsys):
 
 
 def test_predict_takes_image_ids_from_the_export(tmp_path):
-    from kpnb.cli.model_commands import _export_image_ids
+    from kpnb.cli.model_commands import _export_ids
 
     path = MMPOSE / "crowdpose/test_crowdpose.json"
     root = _blank_images(read_annotations(path), tmp_path)
     images = [root / "images/103319.jpg", root / "images/106848.jpg"]
-    assert _export_image_ids(path, images, root) == [103319, 106848]
+    assert _export_ids(path, images, root, "person") == ([103319, 106848], 1)
     with pytest.raises(ValueError, match="no image named 'other.jpg'"):
-        _export_image_ids(path, [root / "images/other.jpg"], root)
+        _export_ids(path, [root / "images/other.jpg"], root, "person")
 
 
 def test_grouping_rule_is_said():

@@ -15,7 +15,6 @@ from kpnb.data import (
     get_dataset,
     read_annotations,
     register_dataset,
-    safe_extract,
 )
 from kpnb.errors import KpnbError
 from kpnb.synthetic import STYLE_VERSION
@@ -106,20 +105,20 @@ def test_a_cached_extraction_is_checked_each_call_even_without_its_zip(server, t
     root = get_dataset(url, tmp_path, sha256=server.sha256, progress=False)
     shutil.rmtree(tmp_path / "downloads")  # the zip may be deleted to save space
     assert get_dataset(url, tmp_path, sha256=server.sha256, progress=False) == root
-    with pytest.raises(DatasetUnavailableError, match="not the expected " + "1" * 64):
+    with pytest.raises(DatasetUnavailableError, match="1" * 64):
         get_dataset(url, tmp_path, sha256="1" * 64, progress=False)
     assert not root.exists()
 
 
-def test_an_extraction_without_marker_is_checked_against_its_zip(server, tmp_path):
-    """Extractions made before the marker (or by a process stopped before writing it)."""
-    url, genuine = _tampered(server)
-    get_dataset(url, tmp_path, progress=False)
-    for marker in (tmp_path / "datasets").glob("*.sha256"):
-        marker.unlink()
-    with pytest.raises(DatasetUnavailableError, match="not the expected " + genuine):
-        get_dataset(url, tmp_path, sha256=genuine, progress=False)
-    assert not list((tmp_path / "datasets").iterdir())
+def test_a_download_that_fails_without_a_checksum_mismatch_keeps_the_cache(server, tmp_path):
+    """Only a checksum mismatch deletes a cache entry; a server that is gone does not."""
+    url = server.url + "/toy.zip"
+    root = get_dataset(url, tmp_path, sha256=server.sha256, progress=False)
+    shutil.rmtree(tmp_path / "downloads")
+    (server.root / "toy.zip").unlink()
+    with pytest.raises(DatasetUnavailableError, match="404"):
+        get_dataset(url, tmp_path, sha256=server.sha256, progress=False)
+    assert (root / "annotations.xml").is_file()
 
 
 def test_sha256_is_checked_for_local_files_and_must_be_a_checksum(server, tmp_path):
@@ -153,14 +152,6 @@ def test_zip_member_escaping_the_folder_is_refused(server, tmp_path):
     assert not (tmp_path / "escaped.txt").exists()
     assert not (tmp_path / "datasets").exists() or not any((tmp_path / "datasets").iterdir())
     assert not list((tmp_path / "downloads").rglob("*.zip"))  # nor kept as if good
-
-
-def test_absolute_member_is_refused(tmp_path):
-    archive = tmp_path / "abs.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("/etc/kpnb-test", "x")
-    with pytest.raises(DatasetUnavailableError, match="outside"):
-        safe_extract(archive, tmp_path / "out")
 
 
 def test_not_a_zip(server, tmp_path):
@@ -219,21 +210,6 @@ def test_synthetic_cache_is_keyed_by_the_drawing_version(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "STYLE_VERSION", synthetic.STYLE_VERSION + 1)
     second = get_dataset("synthetic", tmp_path, n_images=2)
     assert first != second and (second / "annotations.xml").is_file()
-
-
-def test_many_small_members_adding_up_to_a_bomb_are_refused(tmp_path):
-    # each member is under RATIO_FLOOR (exempt on its own); together they pack ~1000x
-    import zipfile
-
-    from kpnb.data import DatasetUnavailableError, safe_extract
-
-    archive = tmp_path / "many.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i in range(4):
-            zf.writestr(f"part{i}.bin", bytes(2**20))
-    with pytest.raises(DatasetUnavailableError, match=r"4 members unpack .* limit 200x"):
-        safe_extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
 
 
 def test_annotation_file_and_first_record_of_cvat_and_coco(synthetic_export):

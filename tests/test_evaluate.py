@@ -17,7 +17,7 @@ from kpnb.evaluate import (
     match_instances,
     predict,
 )
-from kpnb.tables import Skeleton
+from kpnb.skeleton import Skeleton
 
 SK = Skeleton(("a", "b", "c"))
 
@@ -305,3 +305,95 @@ def test_predict_drops_low_scores_before_the_keypoint_head_and_restores_the_mode
     predict(model, [torch.zeros(3, 8, 8)], SK, score_threshold=0.01, num_workers=0)
     assert seen == [0.5, 0.05]  # never below the model's own
     assert model.roi_heads.score_thresh == 0.05
+
+
+# -- ids kept end to end: predictions score against the export they were made for ---------
+def _animals_export(path):
+    """An AP-10K-like COCO file: several categories with one keypoint layout, category and
+    image ids that are neither 1 nor contiguous; 2 dogs and a cat on 3 images."""
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c"]
+    categories = [
+        {"id": cid, "name": name, "keypoints": names, "skeleton": [[1, 2], [2, 3]]}
+        for cid, name in [(4, "cat"), (9, "dog"), (12, "horse")]
+    ]
+    images = [
+        {"id": iid, "file_name": f"{name}.jpg", "width": 320, "height": 240}
+        for iid, name in [(101, "p"), (205, "q"), (330, "r")]
+    ]
+    anns = []
+    for image_id, category_id in [(101, 9), (205, 4), (330, 9), (330, 9)]:
+        x0, y0 = rng.uniform(10, 150, 2)
+        xy = np.c_[rng.uniform(x0, x0 + 80, 3), rng.uniform(y0, y0 + 60, 3)].round(1)
+        kps = np.c_[xy, np.full(3, 2)].reshape(-1).tolist()
+        anns.append(
+            {
+                "id": 50 + len(anns),
+                "image_id": image_id,
+                "category_id": category_id,
+                "bbox": [float(x0), float(y0), 80.0, 60.0],
+                "area": 4800.0,
+                "iscrowd": 0,
+                "keypoints": kps,
+                "num_keypoints": 3,
+            }
+        )
+    doc = {"images": images, "annotations": anns, "categories": categories}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_predictions_keep_the_exports_image_and_category_ids(tmp_path):
+    """`kpnb predict --annotations`'s path: the dogs predicted exactly, in another image
+    order than the file's, score AP 1.0 in pycocotools against the file itself."""
+    from kpnb.cli.model_commands import _export_ids
+    from kpnb.coco import read_coco
+    from kpnb.evaluate import write_predictions
+
+    path = _animals_export(tmp_path / "person_keypoints_val.json")
+    images = [tmp_path / "images" / name for name in ("r.jpg", "q.jpg", "p.jpg")]
+    image_ids, category_id = _export_ids(path, images, None, "dog")
+    assert image_ids == [330, 205, 101] and category_id == 9
+    kp = read_coco(path).keypoints
+    dogs = kp[kp["label"] == "dog"].copy()  # as predict returns them: image_index in `images`
+    dogs["image_index"] = dogs["image_index"].map({0: 2, 1: 1, 2: 0})
+    preds = dogs.assign(score=0.9, keypoint_score=1.0)
+    sizes = [(320, 240)] * 3
+    out = tmp_path / "preds.json"
+    write_predictions(preds, images, sizes, SK, "dog", out, image_ids, category_id=category_id)
+    assert {r["category_id"] for r in json.loads(out.read_text())} == {9}
+    gt = COCO(str(path))
+    ev = COCOeval(gt, gt.loadRes(str(out)), iouType="keypoints")
+    ev.params.kpt_oks_sigmas = np.full(3, 0.05)
+    ev.params.catIds = [9]
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+
+
+def test_a_label_the_export_lacks_is_named(tmp_path):
+    from kpnb.cli import cli_message
+    from kpnb.cli.model_commands import _export_ids
+    from kpnb.errors import KpnbError
+
+    path = _animals_export(tmp_path / "kp.json")
+    with pytest.raises(KpnbError, match="no label 'zebra'") as caught:
+        _export_ids(path, [tmp_path / "p.jpg"], None, "zebra")
+    assert caught.value.param == "label" and "set --label to" in cli_message(caught.value)
+
+
+def test_a_cvat_exports_label_gets_the_id_convert_gives_it(tmp_path):
+    """A CVAT export has no COCO ids: predictions take those `kpnb convert --to coco`
+    writes (images 1..N, CVAT's rule for labels, sublabels counted), so both files agree."""
+    from pathlib import Path
+
+    from kpnb.cli.model_commands import _export_ids
+    from kpnb.coco import to_coco
+    from kpnb.cvat import read_cvat
+
+    xml = Path(__file__).parent / "data/pitfalls_images.xml"
+    image_ids, category_id = _export_ids(xml, [tmp_path / "c.jpg"], None, "tiny")
+    doc = to_coco(read_cvat(xml))
+    assert image_ids == [im["id"] for im in doc["images"] if im["file_name"] == "c.jpg"] == [3]
+    assert category_id == {c["name"]: c["id"] for c in doc["categories"]}["tiny"] == 5

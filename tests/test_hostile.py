@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import stat
 import struct
 import time
 import zipfile
@@ -20,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from kpnb._io import OutputExistsError, atomic_path
 from kpnb.cli import main
 from kpnb.coco import CocoFormatError, read_coco, write_coco
-from kpnb.data import DatasetUnavailableError, get_dataset, read_annotations, safe_extract
+from kpnb.data import DatasetUnavailableError, get_dataset, read_annotations
 from kpnb.images import ImageError
 from kpnb.synthetic import generate
-from kpnb.tables import save_tables
 
 
 def _zip(tmp_path: Path, members: dict[str, bytes], name: str = "x.zip", **kw) -> Path:
@@ -73,51 +69,6 @@ def no_decompression(monkeypatch):
 
 # -- zip bombs ------------------------------------------------------------------------------
 ZEROS = bytes(32 * 2**20)  # 32 MiB of zeros pack to ~32 KB: 1000x, a zip bomb's ratio
-
-
-def test_zip_bomb_ratio_refused_from_the_header(tmp_path, no_decompression):
-    archive = _zip(tmp_path, {"annotations.xml": b"<annotations/>", "big.bin": ZEROS})
-    assert archive.stat().st_size < 100_000
-    start = time.perf_counter()
-    with pytest.raises(
-        DatasetUnavailableError,
-        match=r"'big.bin' unpacks .* limit 200x.*"
-        r"KPNB_MAX_UNZIP_RATIO",
-    ) as exc:
-        safe_extract(archive, tmp_path / "out")
-    assert time.perf_counter() - start < 1.0
-    assert str(archive) in str(exc.value)
-    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
-
-
-def test_zip_bomb_total_size_refused_and_limit_can_be_raised(tmp_path, monkeypatch):
-    archive = _zip(tmp_path, {"a.bin": os.urandom(600_000), "b.bin": os.urandom(600_000)})
-    monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", "1000000")
-    with pytest.raises(
-        DatasetUnavailableError,
-        match=r"1,200,000 bytes.*1,000,000.*"
-        "KPNB_MAX_UNZIP_BYTES",
-    ):
-        safe_extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    # the parameter wins over the environment; the ratio limit likewise
-    safe_extract(archive, tmp_path / "out", max_bytes=2_000_000)
-    assert (tmp_path / "out" / "b.bin").stat().st_size == 600_000
-    bomb = _zip(tmp_path, {"big.bin": ZEROS}, "bomb.zip")
-    monkeypatch.setenv("KPNB_MAX_UNZIP_BYTES", str(2**30))
-    monkeypatch.setenv("KPNB_MAX_UNZIP_RATIO", "5000")
-    safe_extract(bomb, tmp_path / "trusted")
-    assert (tmp_path / "trusted" / "big.bin").stat().st_size == len(ZEROS)
-
-
-def test_too_many_members_and_bad_limits(tmp_path, monkeypatch):
-    archive = _zip(tmp_path, {f"f{i}.txt": b"x" for i in range(5)})
-    with pytest.raises(DatasetUnavailableError, match="5 members, more than the limit of 4"):
-        safe_extract(archive, tmp_path / "out", max_members=4)
-    monkeypatch.setenv("KPNB_MAX_UNZIP_MEMBERS", "lots")
-    with pytest.raises(DatasetUnavailableError, match="KPNB_MAX_UNZIP_MEMBERS='lots' is not"):
-        safe_extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
 
 
 def test_coco_zip_member_bomb_is_refused(tmp_path, no_decompression):
@@ -181,142 +132,7 @@ def test_hostile_coco_values_are_one_line_errors(tmp_path, synthetic_export, edi
         assert named in err, err
 
 
-# -- members that escape, link, or repeat -------------------------------------------------
-@pytest.mark.parametrize(
-    "name",
-    ["../evil.txt", "toy/../../evil.txt", "/tmp/kpnb-evil.txt", "..\\evil.txt", "C:/evil.txt"],
-)
-def test_zip_slip_is_refused(tmp_path, name, no_decompression):
-    archive = _zip(tmp_path, {"toy/annotations.xml": b"<annotations/>", name: b"gotcha"})
-    with pytest.raises(DatasetUnavailableError, match="outside the target folder"):
-        safe_extract(archive, tmp_path / "sub" / "out")
-    assert not (tmp_path / "sub" / "out").exists() and not (tmp_path / "evil.txt").exists()
-    assert not Path("/tmp/kpnb-evil.txt").exists()
-
-
-def test_symlink_member_is_refused(tmp_path, no_decompression):
-    archive = tmp_path / "link.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("toy/annotations.xml", "<annotations/>")
-        link = zipfile.ZipInfo("toy/images/secret.png")
-        link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        zf.writestr(link, "/etc/passwd")
-    with pytest.raises(DatasetUnavailableError, match="'toy/images/secret.png' is a symbolic"):
-        safe_extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_duplicate_and_file_folder_members_are_refused(tmp_path, no_decompression):
-    with pytest.warns(UserWarning, match="Duplicate name"):
-        dup = _zip(tmp_path, {"a.xml": b"1"}, "dup.zip")
-        with zipfile.ZipFile(dup, "a") as zf:
-            zf.writestr("./a.xml", b"2")
-            zf.writestr("a.xml", b"3")
-    with pytest.raises(DatasetUnavailableError, match="'./a.xml' occurs twice"):
-        safe_extract(dup, tmp_path / "out")
-    both = _zip(tmp_path, {"images": b"a file", "images/x.png": b"png"}, "both.zip")
-    with pytest.raises(DatasetUnavailableError, match="'images/x.png' lies inside 'images'"):
-        safe_extract(both, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_corrupt_member_leaves_nothing_half_extracted(tmp_path):
-    body = b"<annotations>" + b"A" * 5000 + b"</annotations>"
-    archive = _zip(
-        tmp_path, {"first.txt": b"fine", "annotations.xml": body}, compression=zipfile.ZIP_STORED
-    )
-    raw = bytearray(archive.read_bytes())
-    raw[raw.index(b"AAAA")] = ord("B")  # the CRC no longer matches
-    archive.write_bytes(bytes(raw))
-    with pytest.raises(DatasetUnavailableError, match="'annotations.xml' is corrupt"):
-        safe_extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
-
-
-# -- outputs: nothing of the user's is deleted or overwritten -----------------------------
-def test_output_folder_with_user_files_is_refused_then_merged(tmp_path):
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "notes.txt").write_text("my notes")
-    (out / "annotations.xml").write_text("my own annotations")
-    with pytest.raises(OutputExistsError, match=r"mine: the folder is not empty.*--overwrite"):
-        generate(out, 3)
-    assert sorted(p.name for p in out.iterdir()) == ["annotations.xml", "notes.txt"]
-    assert (out / "annotations.xml").read_text() == "my own annotations"
-    generate(out, 3, overwrite=True)
-    assert (out / "notes.txt").read_text() == "my notes"  # not written by kpnb: kept
-    assert "<annotations>" in (out / "annotations.xml").read_text()  # kpnb's file: replaced
-    assert len(list((out / "images").rglob("*.jpg"))) == 3
-    assert _leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
-
-
-def test_output_into_an_empty_folder_or_a_link_to_one(tmp_path):
-    (tmp_path / "empty").mkdir()
-    generate(tmp_path / "empty", 2)
-    assert (tmp_path / "empty" / "annotations.xml").is_file()
-    (tmp_path / "real").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "real")
-    generate(tmp_path / "link", 2)
-    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "annotations.xml").is_file()
-
-
-def test_failed_overwrite_keeps_the_user_files(tmp_path, monkeypatch):
-    from kpnb import synthetic
-
-    out = tmp_path / "mine"
-    generate(out, 2)
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    (out / "notes.txt").write_text("my notes")
-
-    def failing(img, quality):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(synthetic.export, "_jpeg_bytes", failing)
-    with pytest.raises(OSError, match="disk full"):
-        generate(out, 2, overwrite=True)
-    assert all(p.read_bytes() == b for p, b in before.items())
-    assert (out / "notes.txt").read_text() == "my notes" and _leftovers(tmp_path) == []
-
-
-def test_overwrite_conflict_changes_nothing(tmp_path):
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "images").write_text("a file where kpnb writes a folder")
-    (out / "annotations.xml").write_text("mine")
-    with pytest.raises(OutputExistsError, match=r"images: is a file where kpnb writes a folder"):
-        generate(out, 2, overwrite=True)
-    assert (out / "annotations.xml").read_text() == "mine"
-    assert _leftovers(tmp_path) == []
-
-
-def test_a_file_never_becomes_a_folder_nor_the_reverse(tmp_path, synthetic_export):
-    ann = read_annotations(synthetic_export)
-    target = tmp_path / "precious.txt"
-    target.write_text("keep me")
-    for write in (
-        lambda: generate(target, 2, overwrite=True),
-        lambda: save_tables(ann, target, overwrite=True),
-        lambda: generate(target / "sub", 2),
-    ):
-        with pytest.raises(OutputExistsError, match="precious.txt: is a file, not a folder"):
-            write()
-    assert target.read_text() == "keep me"
-    (tmp_path / "adir").mkdir()
-    with pytest.raises(OutputExistsError, match="adir: is a folder"):
-        write_coco(ann, tmp_path / "adir")
-    assert _leftovers(tmp_path) == [] and (tmp_path / "adir").is_dir()
-
-
-def test_existing_zip_is_refused_unless_overwrite(tmp_path):
-    first = generate(tmp_path / "x.zip", 2, as_zip=True)
-    stamp = first.read_bytes()
-    with pytest.raises(OutputExistsError, match="x.zip: the file exists"):
-        generate(first, 3, as_zip=True)
-    assert first.read_bytes() == stamp
-    generate(first, 3, as_zip=True, overwrite=True)
-    assert first.read_bytes() != stamp
-
-
+# -- outputs from the command line ------------------------------------------------------
 def test_cli_refuses_existing_outputs_in_one_line(tmp_path, synthetic_export, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -336,31 +152,6 @@ def test_cli_refuses_existing_outputs_in_one_line(tmp_path, synthetic_export, ca
     assert main(["convert", str(synthetic_export), str(coco), "--to", "coco", "--overwrite"]) == 0
     assert (mine / "notes.txt").read_text() == "my notes" and (mine / "keypoints.csv").is_file()
     assert coco.read_text().startswith("{")
-
-
-@pytest.mark.parametrize("mask", [0o027, 0o002])
-def test_outputs_respect_the_umask(tmp_path, synthetic_export, mask):
-    ann = read_annotations(synthetic_export)
-    old = os.umask(mask)
-    try:
-        out = generate(tmp_path / "syn", 2)
-        zipped = generate(tmp_path / "syn.zip", 2, as_zip=True)
-        tables = save_tables(ann, tmp_path / "tables")
-        coco = write_coco(ann, tmp_path / "kp.json")
-        with atomic_path(tmp_path / "plain.txt") as tmp:
-            tmp.write_text("x")
-    finally:
-        os.umask(old)
-    for folder in (out, tables):
-        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask, folder
-    for file in (
-        out / "annotations.xml",
-        zipped,
-        tables / "keypoints.csv",
-        coco,
-        tmp_path / "plain.txt",
-    ):
-        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~mask, file
 
 
 # -- downloads ------------------------------------------------------------------------------
@@ -385,7 +176,7 @@ def test_corrupt_download_is_deleted_and_fetched_again(http_server, tmp_path, sy
     bad = bytearray(good)
     bad[len(bad) // 3] ^= 0xFF  # inside some member's data: its CRC fails
     url = http_server.put("toy.zip", bytes(bad))
-    with pytest.raises(DatasetUnavailableError, match="corrupt.*deleted.*downloads it again"):
+    with pytest.raises(DatasetUnavailableError, match="damaged.*deleted"):
         get_dataset(url, tmp_path, progress=False)
     assert not list((tmp_path / "downloads").rglob("*.zip"))
     assert not (tmp_path / "datasets").exists() or not any((tmp_path / "datasets").iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 import zlib
@@ -142,3 +143,93 @@ def test_image_size_of_a_truncated_image_names_the_file(tmp_path):
         image_size(cut)
     with pytest.raises(ImageError, match="cut.png: cannot decode"):
         load_image(cut)
+
+
+def _tiff_with_rational_strip_offset() -> bytes:
+    """A 4x4 grey TIFF whose StripOffsets tag is a RATIONAL, as a corrupt or hostile file
+    has it: PIL fails with a TypeError while decoding."""
+    tags = [  # (tag, type, value): 3 SHORT, 4 LONG, 5 RATIONAL (stored after the IFD)
+        (256, 3, 4),
+        (257, 3, 4),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 5, (200, 1)),
+        (277, 3, 1),
+        (278, 3, 4),
+        (279, 4, 16),
+    ]
+    extra = 8 + 2 + 12 * len(tags) + 4
+    entries, body = [], b""
+    for tag, kind, value in tags:
+        if kind == 5:
+            entries.append(struct.pack("<HHII", tag, kind, 1, extra + len(body)))
+            body += struct.pack("<II", *value)
+        elif kind == 3:
+            entries.append(struct.pack("<HHIHH", tag, kind, 1, value, 0))
+        else:
+            entries.append(struct.pack("<HHII", tag, kind, 1, value))
+    head = b"II*\x00" + struct.pack("<IH", 8, len(tags)) + b"".join(entries) + bytes(4) + body
+    return head.ljust(200, b"\x00") + bytes(range(16))
+
+
+def test_a_corrupt_tiff_is_an_image_error_not_a_type_error(tmp_path):
+    path = tmp_path / "bad.tif"
+    path.write_bytes(_tiff_with_rational_strip_offset())
+    with pytest.raises(ImageError, match="bad.tif: cannot decode"):
+        load_image(path)
+
+
+def test_a_folder_or_fifo_named_like_an_image_is_said_to_be_one(export):
+    (export / "images" / "Train" / "dir.png").mkdir()
+    with pytest.raises(ImageError, match=r"dir.png is a folder"):
+        find_image(export, "dir.png", "Train")
+    os.mkfifo(export / "images" / "pipe.png")
+    with pytest.raises(ImageError, match=r"pipe.png is not a regular file"):
+        find_image(export, "pipe.png", "Train")
+    assert find_image(export, "a.png", "Train") is not None  # a real file is still found
+
+
+@pytest.mark.parametrize(
+    "name, fact", [("a\0.png", "NUL"), ("x" * 256 + ".png", "longer than 255 bytes")]
+)
+def test_names_no_file_can_have_are_said_so(export, name, fact):
+    with pytest.raises(ImageError, match=fact) as exc:
+        find_image(export, name, "Train")
+    assert "outside" not in str(exc.value)
+
+
+def test_an_image_of_another_size_than_declared_is_refused_or_rescaled(export):
+    path = export / "images" / "Train" / "a.png"  # 8x4
+    assert load_image(path, expect=(8, 4)).shape == (4, 8, 3)
+    assert load_image(path, expect=(0, float("nan"))).shape == (4, 8, 3)  # unknown: unchecked
+    with pytest.raises(ImageError, match=r"a.png: .*8x4 .*80x40") as exc:
+        load_image(path, expect=(80, 40))
+    assert exc.value.param == "rescale_images"
+    big = load_image(path, expect=(80, 40), rescale=True)
+    assert big.shape == (40, 80, 3) and tuple(big[20, 40]) == (10, 20, 30)
+
+
+def test_resized_image_files_are_refused_by_show_and_the_dataset(tmp_path, capsys):
+    """The export declares 96x96 (the synthetic default); the files were shrunk to 32x32."""
+    from kpnb.cli import main
+    from kpnb.data import read_annotations
+    from kpnb.dataset import KeypointDataset
+    from kpnb.synthetic import generate
+
+    root = generate(tmp_path / "export", 2, seed=0)
+    ann = read_annotations(root)
+    w, h = (int(v) for v in ann.images.loc[0, ["width", "height"]])
+    for path in root.rglob("*.jpg"):
+        Image.open(path).resize((w // 3, h // 3)).save(path)
+    png = tmp_path / "s.png"
+    assert main(["show", str(root), "--image", "0", "--out", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert f"{w // 3}x{h // 3}" in err and f"{w}x{h}" in err and not png.exists()
+    assert main(["show", str(root), "--image", "0", "--out", str(png), "--rescale-images"]) == 0
+    assert Image.open(png).size == (w, h)
+    label = next(iter(ann.skeletons))
+    with pytest.raises(ImageError, match=f"{w}x{h}"):
+        KeypointDataset(ann, root, label).load_image(0)
+    image = KeypointDataset(ann, root, label, rescale_images=True).load_image(0)
+    assert tuple(image.shape) == (3, h, w)

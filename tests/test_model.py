@@ -21,7 +21,7 @@ from kpnb.model import (
     load_checkpoint_model,
     training_recipe,
 )
-from kpnb.tables import Skeleton
+from kpnb.skeleton import Skeleton
 
 
 def _skeleton(k: int) -> dict:

@@ -7,6 +7,7 @@ import pytest
 
 from kpnb.cvat import read_cvat
 from kpnb.data import open_export
+from kpnb.errors import KpnbError
 from kpnb.images import find_image
 from kpnb.synthetic import FACE, STYLE_VERSION, generate
 
@@ -108,16 +109,19 @@ def test_command_line_options_are_the_same_call(points_export, tmp_path):
 
 
 def test_without_skeleton_name_plain_points_are_refused_naming_the_flag(points_export):
-    from kpnb.cli import _cli_message
+    from kpnb.cli import cli_message
 
-    with pytest.raises(ValueError, match="no skeleton label") as exc:
+    with pytest.raises(KpnbError, match="no skeleton label") as exc:
         open_export(points_export, skeleton_name=None)
-    assert _cli_message(str(exc.value)).endswith("pass --points-as-skeleton NAME")
+    assert exc.value.param == "points_as_skeleton"
+    assert str(exc.value).endswith("pass points_as_skeleton=NAME")
+    assert cli_message(exc.value).endswith("pass --points-as-skeleton NAME")
 
 
 def test_an_unknown_label_is_refused_naming_the_skeletons(synthetic_export):
-    from kpnb.cli import _cli_message
+    from kpnb.cli import cli_message
 
-    with pytest.raises(ValueError, match=r"label='hand' is not a skeleton; skeletons: \['face'\]"):
+    with pytest.raises(KpnbError, match=r"'hand'.*\['face'\]") as exc:
         open_export(synthetic_export, label="hand")
-    assert _cli_message("label='hand' is not a skeleton").startswith("--label 'hand'")
+    assert exc.value.param == "label" and str(exc.value).startswith("label='hand' ")
+    assert cli_message(exc.value).startswith("--label 'hand' is not a skeleton")

@@ -215,7 +215,7 @@ def test_noting_weights_reads_the_models_pretrained_field_and_keeps_the_warning(
     assert note.weights == "random" and "weights=None" in note.why
     # a model with pretrained weights (a kpnb checkpoint's, here): not "random"
     from kpnb.checkpoint import Checkpoint
-    from kpnb.tables import Skeleton
+    from kpnb.skeleton import Skeleton
 
     path = Checkpoint.of_model(model, Skeleton(("a", "b"))).save(tmp_path / "w.pth")
     with noting_weights(str(path)) as note:

@@ -19,12 +19,12 @@ from torch.utils.data import DataLoader, Subset
 
 from kpnb import dataset as kdataset
 from kpnb import train as ktrain
-from kpnb._io import OutputExistsError
 from kpnb.checkpoint import Checkpoint
 from kpnb.cli import main
 from kpnb.cvat import read_cvat
 from kpnb.dataset import KeypointDataset, collate_fn, split_indices
 from kpnb.errors import KpnbError
+from kpnb.io import OutputExistsError
 from kpnb.model import build_model, load_checkpoint_model, training_recipe
 from kpnb.train import OneCycle, TrainConfig, fit
 from kpnb.transforms import eval_transforms

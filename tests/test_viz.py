@@ -358,3 +358,17 @@ def test_heatmap_by_object_has_no_points_piled_on_its_edges(synthetic_export):
     image = viz.plot_keypoint_heatmap(ann, "face", normalize="image")
     assert image.axes[0].get_xlabel() == "x / image width"
     assert image.axes[0].get_ylabel() == "y / image height"
+
+
+def test_names_check_only_their_neighbours(monkeypatch):
+    from kpnb.viz import draw
+
+    calls = []
+    real = draw._overlaps
+    monkeypatch.setattr(draw, "_overlaps", lambda a, b: calls.append(1) or real(a, b))
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 2000, (1000, 3, 2))
+    kps = np.concatenate([xy, np.full((1000, 3, 1), 2.0)], -1).astype(np.float32)
+    viz.draw_instances(Image.new("RGB", (2000, 2000)), kps, SK, show_names=True, font_size=12)
+    # 3,000 names among 3,000 markers: all pairs would be ~9 million checks
+    assert 0 < len(calls) < 300_000

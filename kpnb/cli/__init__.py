@@ -50,26 +50,33 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-#: Library messages name Python parameters; from the command line they name the flags.
-_FLAGS = (
-    ("skip_missing=True", "--skip-missing"),
-    ("fix image_root", "fix --images-root"),
-    ("as image_root", "with --images-root"),
-    ("kpnb.grouping.points_to_skeleton(annotations, name)", "--points-as-skeleton NAME"),
-    ("kpnb.grouping.points_to_skeleton", "--points-as-skeleton NAME"),
-    ("points_as_skeleton=NAME", "--points-as-skeleton NAME"),
-    ("label=", "--label "),
-    ("pass flip_pairs", "pass --flip-pairs"),
-    ("flip_pairs=", "--flip-pairs"),
-    ("skeletons_only=True", "--skeletons-only"),
-)
+#: The flag that sets each library parameter a `KpnbError` can name (its ``params``).
+FLAGS = {
+    "label": "--label",
+    "image_root": "--images-root",
+    "images_root": "--images-root",
+    "skip_missing": "--skip-missing",
+    "points_as_skeleton": "--points-as-skeleton",
+    "flip_pairs": "--flip-pairs",
+    "skeletons_only": "--skeletons-only",
+    "overwrite": "--overwrite",
+    "rescale_images": "--rescale-images",
+}
 
 
-def _cli_message(msg: str) -> str:
-    """`msg` with Python parameter names replaced by the CLI flags that set them."""
-    for python, flag in _FLAGS:
-        msg = msg.replace(python, flag)
-    return msg
+def _flag_spelling(name: str, value: object) -> str:
+    flag = FLAGS.get(name, name)
+    return flag if value is None or value is True else f"{flag} {value}"
+
+
+def cli_message(exc: BaseException) -> str:
+    """`exc`'s message as the command line says it: parameters become the flags that set
+    them (placed where the message names them, else added at the end)."""
+    if not isinstance(exc, KpnbError):
+        return str(exc)
+    msg = exc.render(_flag_spelling)
+    rest = [FLAGS[p] for p in exc.params if p in FLAGS and p not in exc.placed()]
+    return msg + (f" (on the command line: {', '.join(rest)})" if rest else "")
 
 
 _INPUT_ERRORS = (
@@ -97,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # kpnb's own input errors (and a path that is not there or not allowed): the message
         # says what and where, a traceback adds noise. Anything else is a bug or a resource
         # problem (CUDA out of memory) and keeps its traceback.
-        print(f"kpnb {args.command}: error: {_cli_message(str(exc))}", file=sys.stderr)
+        print(f"kpnb {args.command}: error: {cli_message(exc)}", file=sys.stderr)
         if args.verbose:
             raise
         return 2

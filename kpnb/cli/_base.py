@@ -83,11 +83,11 @@ def image_format(path: Path, flag: str = "--out") -> str:
 def save_image(img, path: Path, *, overwrite: bool | None) -> Path:
     """Write the PIL image `img` to `path` in its extension's format, atomically.
 
-    Through `kpnb._io.atomic_path`: an existing file is kept unless `overwrite` (False
+    Through `kpnb.io.atomic_path`: an existing file is kept unless `overwrite` (False
     refuses it), and a failed save (a format that cannot hold the picture) leaves the old
     file as it was and no partial file.
     """
-    from kpnb._io import atomic_path
+    from kpnb.io import atomic_path
 
     fmt = image_format(path)
     with atomic_path(path, overwrite=overwrite) as tmp:

@@ -130,8 +130,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 @add_convert_arguments.runner
 def run_convert(args: argparse.Namespace) -> int:
-    from kpnb._io import check_output
     from kpnb.data import read_annotations
+    from kpnb.io import check_output
 
     folder = args.to in ("csv", "parquet")
     check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
@@ -184,6 +184,12 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="draw on a blank canvas of the declared size when the file is missing",
     )
+    p.add_argument(
+        "--rescale-images",
+        action="store_true",
+        help="resize an image whose size differs from the annotations' to that size "
+        "(default: refuse it)",
+    )
     p.add_argument("--boxes", action="store_true", help="draw each instance's box too")
     p.add_argument("--label", help="draw only this label (default: every label)")
     _overwrite_arg(p)
@@ -191,8 +197,8 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
 
 @add_show_arguments.runner
 def run_show(args: argparse.Namespace) -> int:
-    from kpnb._io import check_output
     from kpnb.data import get_dataset, read_annotations
+    from kpnb.io import check_output
     from kpnb.viz import show_sample
 
     check_output(args.out, overwrite=args.overwrite)  # before reading: a folder, a file
@@ -207,6 +213,7 @@ def run_show(args: argparse.Namespace) -> int:
         label=args.label,
         boxes=args.boxes,
         skip_missing=args.skip_missing,
+        rescale_images=args.rescale_images,
     )
     save_image(img, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} ({img.width}x{img.height})")

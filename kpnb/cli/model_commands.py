@@ -357,9 +357,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from kpnb._io import check_output
     from kpnb.dataset import KeypointDataset, collate_fn, default_workers
     from kpnb.evaluate import evaluate
+    from kpnb.io import check_output
     from kpnb.model import load_checkpoint_model
     from kpnb.transforms import eval_transforms
 
@@ -466,7 +466,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="EXPORT",
         help=".json out: take image ids from this export's images (matched by "
-        "file name), so the results load against it in pycocotools",
+        "file name) and the category id from its label, so the results score against "
+        "it in pycocotools",
     )
     p.add_argument(
         "--batch-size", type=positive_int, default=2, help="images per batch (default: 2)"
@@ -485,18 +486,31 @@ def viz_names(paths: list[Path]) -> list[str]:
     return [f"{i:0{width}d}_{path.stem}.png" for i, path in enumerate(paths)]
 
 
-def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None) -> list[int]:
-    """The export's image id of each path, matched by its name inside the export (or its
-    file name when that is unique)."""
+def _export_ids(
+    source: Path, paths: list[Path], images_root: Path | None, label: str
+) -> tuple[list[int], int]:
+    """The export's COCO image id of each path, matched by its name inside the export (or
+    its file name when that is unique), and the category id of `label` in it: a COCO
+    file's own ids, or those `kpnb convert --to coco` gives a CVAT export."""
+    from collections import Counter
+
+    from kpnb.coco import category_ids, image_ids
     from kpnb.data import get_dataset, read_annotations
 
     root = get_dataset(source)
     ann = read_annotations(root)
-    names = ann.images["name"].astype(str).str.replace("\\", "/", regex=False)
-    by_name = dict(zip(names, ann.images["image_id"].astype(int), strict=True))
-    base = names.map(lambda n: n.rsplit("/", 1)[-1])
-    unique = base[~base.duplicated(keep=False)]
-    by_base = dict(zip(unique, ann.images.loc[unique.index, "image_id"].astype(int), strict=True))
+    labels = [str(n) for n in ann.labels["name"]]
+    if label not in labels:
+        raise KpnbError(
+            f"--annotations {source}: no label {label!r} in it (its labels: "
+            f"{', '.join(labels[:10])}); set {{label}} to the one the model predicts",
+            param="label",
+        )
+    names = [str(n).replace("\\", "/") for n in ann.images["name"]]
+    by_name = dict(zip(names, image_ids(ann), strict=True))
+    base = [n.rsplit("/", 1)[-1] for n in names]
+    count = Counter(base)
+    by_base = {b: i for b, i in zip(base, image_ids(ann), strict=True) if count[b] == 1}
     folder = images_root or (root if root.is_dir() else root.parent)
     ids = []
     for path in paths:
@@ -516,7 +530,7 @@ def _export_image_ids(source: Path, paths: list[Path], images_root: Path | None)
                 "out"
             )
         ids.append(int(found))
-    return ids
+    return ids, category_ids(ann, [label])[label]
 
 
 def task_names(paths: list[Path]) -> list[str]:
@@ -564,9 +578,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from kpnb._io import atomic_path, check_output
     from kpnb.evaluate import predict, write_predictions
     from kpnb.images import image_size, load_image
+    from kpnb.io import atomic_path, check_output
     from kpnb.model import load_checkpoint_model
 
     if args.out.suffix.lower() not in (".xml", ".zip", ".json"):
@@ -585,12 +599,18 @@ def run_predict(args: argparse.Namespace) -> int:
     if missing:
         log.warning("left out %d missing image files, e.g. %s", len(missing), missing[0])
         args.images = [p for p in args.images if p.is_file()]
-    image_ids = None
-    if args.annotations is not None:
-        image_ids = _export_image_ids(args.annotations, args.images, args.images_root)
+    if args.viz is not None:  # --overwrite replaces the whole folder: never one of the inputs'
+        viz = args.viz.resolve()
+        inside = next((p for p in args.images if viz in p.resolve().parents), None)
+        if inside is not None:
+            raise KpnbError(f"--viz {args.viz} holds the input image {inside}; draw elsewhere")
     model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
     skeleton = ckpt.skeleton
     label = args.label or ckpt.label or "object"
+    image_ids, category_id = None, 1
+    if args.annotations is not None:
+        where = (args.annotations, args.images, args.images_root)
+        image_ids, category_id = _export_ids(*where, label)
     with tqdm(total=len(args.images), desc="predict", unit="img", file=sys.stderr) as bar:
         preds = predict(
             model,
@@ -604,7 +624,9 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     sizes = [image_size(p) for p in args.images]
     names = task_names(args.images)
-    write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids, names)
+    write_predictions(
+        preds, args.images, sizes, skeleton, label, args.out, image_ids, names, category_id
+    )
     if args.viz:
         from kpnb.viz import draw_instances
 

@@ -11,8 +11,8 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import pandas as pd
 
-from kpnb._io import atomic_path
 from kpnb.cvat.svg import skeleton_svg
+from kpnb.io import atomic_path
 from kpnb.tables import Annotations
 
 # Written in <dumped> when the caller gives no time, so identical tables give identical bytes.
@@ -249,7 +249,8 @@ def iter_cvat_lines(ann: Annotations, *, dumped: str = FIXED_DUMPED) -> Iterable
     for img in ann.images.itertuples(index=False):
         extra = ""
         if project and isinstance(img.subset, str):
-            extra = f' subset={quoteattr(img.subset)} task_id="{int(img.task_id)}"'
+            task = "" if pd.isna(img.task_id) else f' task_id="{int(img.task_id)}"'
+            extra = f" subset={quoteattr(img.subset)}{task}"
         if pd.isna(img.width) or pd.isna(img.height):
             raise ValueError(
                 f"image {img.name!r} has no width/height; CVAT needs both: fill "

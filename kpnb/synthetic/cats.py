@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from kpnb.skeleton import Skeleton
 from kpnb.synthetic.textures import _COATS, _blend, _jitter, _mix
-from kpnb.tables import Skeleton
 
 __all__ = ["FACE", "PUPIL", "NOSE", "INNER_EAR", "FEATURE_COLOURS"]
 

@@ -7,15 +7,15 @@ with fixed zip timestamps, so the same seed gives the same bytes.
 from __future__ import annotations
 
 import os
-import zipfile
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kpnb._io import atomic_path, check_output
 from kpnb.cvat import skeleton_svg, write_cvat
+from kpnb.io import atomic_path, check_output, write_zip
 from kpnb.synthetic.cats import _KEYPOINTS_UV, FACE
 from kpnb.synthetic.scene import SyntheticScene, _check_layout, render_scene
 from kpnb.tables import Annotations, tidy_images, tidy_keypoints
@@ -144,7 +144,7 @@ def generate(
     refused unless `overwrite`; then only the files written here are replaced.
 
     Raises:
-        kpnb._io.OutputExistsError: `out` exists (see `overwrite`) or is a file where a
+        kpnb.io.OutputExistsError: `out` exists (see `overwrite`) or is a file where a
             folder is written.
 
     Example:
@@ -156,14 +156,11 @@ def generate(
     check_output(out, directory=not as_zip, overwrite=overwrite)  # before the drawing
     ann, pictures = synthesize(n_images, seed, layout)
     if as_zip:
-        with (
-            atomic_path(out, overwrite=overwrite) as tmp,
-            zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf,
-        ):
-            _zip_add(zf, "annotations.xml", _xml_bytes(ann))
-            for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
-                _zip_add(zf, image_relpath(img.name, img.subset), _jpeg_bytes(pic, quality))
-        return out
+        images = zip(ann.images.itertuples(index=False), pictures, strict=True)
+        jpegs = ((image_relpath(i.name, i.subset), _jpeg_bytes(p, quality)) for i, p in images)
+        return write_zip(
+            out, chain([("annotations.xml", _xml_bytes(ann))], jpegs), overwrite=overwrite
+        )
     with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
         write_cvat(ann, tmp / "annotations.xml")
         for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
@@ -185,10 +182,3 @@ def _xml_bytes(ann: Annotations) -> bytes:
     from kpnb.cvat import iter_cvat_lines
 
     return "".join(line + "\n" for line in iter_cvat_lines(ann)).encode("utf-8")
-
-
-def _zip_add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # fixed: byte-identical zips
-    info.compress_type = zipfile.ZIP_DEFLATED
-    info.external_attr = 0o644 << 16
-    zf.writestr(info, data)

@@ -20,7 +20,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from kpnb.errors import KpnbError
-from kpnb.tables import Annotations, Skeleton
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations
 
 __all__ = [
     "RGB",
@@ -262,7 +263,9 @@ def _write_names(
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     pts = [(x, y) for inst in arr for x, y, v in inst if v > 0]
-    taken = [(x - r - 1, y - r - 1, x + r + 1, y + r + 1) for x, y in pts]
+    taken = _Boxes(cell=4 * size)  # a grid, so each name checks its neighbours, not all
+    for x, y in pts:
+        taken.add((x - r - 1, y - r - 1, x + r + 1, y + r + 1))
     pad, gap = max(1, size // 6), r + 2
     for inst in arr:
         for (x, y, v), name in zip(inst, names, strict=True):
@@ -283,18 +286,35 @@ def _write_names(
                 for s in spots
                 if 0 <= s[0] and s[0] + tw <= img.width and 0 <= s[1] and s[1] + th <= img.height
             ] or spots
-            free = [
-                s
-                for s in inside
-                if not any(_overlaps((*s, s[0] + tw, s[1] + th), b) for b in taken)
-            ]
+            free = [s for s in inside if not taken.hits((*s, s[0] + tw, s[1] + th))]
             sx, sy = (free or inside)[0]
             box = (sx, sy, sx + tw, sy + th)
-            taken.append(box)
+            taken.add(box)
             draw.rectangle(box, fill=(*OUTLINE, 170))
             ink = tuple(round(c + (255 - c) * 0.3) for c in colors.get(name, (255, 0, 0)))
             draw.text((sx + pad - left, sy + pad - top), name, font=font, fill=(*ink, 255))
     return Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
+
+
+class _Boxes:
+    """Boxes kept in grid cells of `cell` pixels: a new box is checked against the boxes in
+    the cells it covers, so placing P names costs O(P), not O(P^2) (10k faces: 31 s before)."""
+
+    def __init__(self, cell: float):
+        self.cell, self.grid = max(1.0, float(cell)), {}
+
+    def _cells(self, box):
+        c = self.cell
+        for i in range(int(box[0] // c), int(box[2] // c) + 1):
+            for j in range(int(box[1] // c), int(box[3] // c) + 1):
+                yield i, j
+
+    def add(self, box) -> None:
+        for key in self._cells(box):
+            self.grid.setdefault(key, []).append(box)
+
+    def hits(self, box) -> bool:
+        return any(_overlaps(box, b) for key in self._cells(box) for b in self.grid.get(key, ()))
 
 
 def _overlaps(a, b) -> bool:
@@ -306,7 +326,10 @@ def _export_root(ann: Annotations) -> Path:
     zip on disk that `read_cvat`/`read_coco` record)."""
     path = ann.meta.get("path")
     if not path:
-        raise KpnbError("these annotations do not say where their export is; pass image_root")
+        raise KpnbError(
+            "these annotations do not say where their export is; pass {image_root}",
+            param="image_root",
+        )
     path = Path(str(path))
     return path if path.is_dir() else path.parent
 
@@ -343,13 +366,15 @@ def show_sample(
     *,
     boxes: bool = False,
     skip_missing: bool = False,
+    rescale_images: bool = False,
     **kwargs,
 ) -> Image.Image:
     """Draw one image of an export with its instances (every label by default).
 
     A multi-coordinate ``<points>`` shape is one instance (points ``1..n``). `boxes` draws
     each instance's box (its grouped box, else its points' extent). With `skip_missing`
-    a missing file is drawn as a grey canvas of the size the annotations declare.
+    a missing file is drawn as a grey canvas of the size the annotations declare. An image
+    of another size than declared is refused, or resized to it with `rescale_images`.
 
     Raises:
         IndexError: no such image. FileNotFoundError: the file is missing (names the
@@ -364,13 +389,15 @@ def show_sample(
     root = Path(image_root) if image_root is not None else _export_root(ann)
     path = find_image(root, str(row["name"]), row["subset"])
     if path is not None:
-        img = Image.fromarray(load_image(path))
+        size = (row["width"], row["height"])
+        img = Image.fromarray(load_image(path, expect=size, rescale=rescale_images))
     elif skip_missing and pd.notna(row["width"]) and pd.notna(row["height"]):
         img = Image.new("RGB", (int(row["width"]), int(row["height"])), (96, 96, 96))
     else:
-        raise FileNotFoundError(
+        raise KpnbError(
             f"{ann.describe_image(image_index)}: no such file under {root} (looked in "
-            f"images/ and beside it); pass the folder holding the images as image_root"
+            "images/ and beside it); pass the folder holding the images as {image_root}",
+            param="image_root",
         )
     kp = ann.keypoints[ann.keypoints["image_index"] == image_index]
     labels = [label] if label else list(dict.fromkeys(kp["label"].astype(str)))

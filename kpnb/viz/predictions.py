@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw
 
-from kpnb.tables import Skeleton
+from kpnb.skeleton import Skeleton
 from kpnb.viz.draw import OUTLINE, RGB, _as_pil, draw_instances, keypoint_colors, marker_radius
 from kpnb.viz.grids import image_grid, keypoint_legend
 

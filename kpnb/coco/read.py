@@ -1,9 +1,8 @@
-"""COCO keypoints JSON <-> the tidy `Annotations` tables.
+"""COCO keypoints JSON -> the tidy `Annotations` tables.
 
 `read_coco` reads any COCO keypoints file (CVAT's "COCO Keypoints 1.0" export, datumaro's,
 MS-COCO's) without assuming 0- or 1-based skeletons, contiguous category ids, zeroed
-coordinates for v=0, or keypoint names being present. `to_coco` writes what CVAT's own
-exporter writes. COCO's ``[x, y, w, h]`` boxes exist only inside this module.
+coordinates for v=0, or keypoint names being present.
 """
 
 from __future__ import annotations
@@ -13,26 +12,17 @@ import logging
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kpnb._io import atomic_path
-from kpnb.boxes import boxes_from_points
 from kpnb.errors import KpnbError
-from kpnb.grouping import points_to_skeleton
-from kpnb.tables import (
-    KEYPOINT_COLUMNS,
-    Annotations,
-    Skeleton,
-    tidy_boxes,
-    tidy_images,
-    tidy_keypoints,
-)
-
-__all__ = ["CocoFormatError", "read_coco", "to_coco", "write_coco"]
+from kpnb.io import Source
+from kpnb.skeleton import Skeleton
+from kpnb.tables import KEYPOINT_COLUMNS, Annotations, tidy_boxes, tidy_images, tidy_keypoints
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +31,22 @@ class CocoFormatError(KpnbError):
     """A COCO file is malformed: the message names the file, the entry and the fix."""
 
 
-def _skeleton_edges(edges: list, k: int, where: str) -> tuple[tuple[int, int], ...]:
-    """0-based edges from a COCO ``skeleton``, whatever its base, dropping bad pairs.
+def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
+    """0-based edges from a COCO ``skeleton``, whatever its base.
 
     MS-COCO writes 1-based pairs, CVAT/datumaro 0-based: a 0 means 0-based, else 1-based.
     Pairs that still point past the `k` keypoints (CrowdPose ships COCO's 17-point
-    skeleton for 14 keypoints) are dropped with a warning, never a refusal.
+    skeleton for 14 keypoints) are dropped with a warning, never a refusal; a skeleton
+    that is not a list of pairs of whole numbers is refused.
     """
-    try:
-        pairs = [(int(a), int(b)) for a, b in edges]
-    except (TypeError, ValueError):
-        log.warning("%s: skeleton %r is not a list of index pairs; no edges kept", where, edges)
-        return ()
+    fine = type(edges) is list and all(type(e) is list and len(e) == 2 for e in edges)
+    pairs = [(_whole(a), _whole(b)) for a, b in edges] if fine else [(None, None)]
+    if any(None in pair for pair in pairs):
+        raise _fix(
+            where,
+            f"skeleton {_show(edges)} is not a list of [a, b] keypoint numbers",
+            "write the skeleton as pairs of keypoint numbers, e.g. [[1, 2], [2, 3]]",
+        )
     if not pairs:
         return ()
     base = 0 if min(min(p) for p in pairs) == 0 else 1
@@ -74,38 +68,15 @@ def _skeleton_edges(edges: list, k: int, where: str) -> tuple[tuple[int, int], .
 
 
 def _subset_of(path: Path) -> str | None:
+    """``train`` for ``person_keypoints_train.json`` (CVAT's and MS-COCO's names), else None."""
     m = re.match(r"(?:person_keypoints|instances)_(.+)\.json$", path.name)
     return m.group(1) if m else None
 
 
-def _coco_files(source: Path) -> list[tuple[Path, bytes]]:
-    if source.is_dir():
-        files = sorted(source.glob("annotations/*.json")) or sorted(source.glob("*.json"))
-        if not files:
-            raise FileNotFoundError(f"{source}: no COCO .json in it or in its annotations/")
-        return [(f, f.read_bytes()) for f in files]
-    if source.suffix.lower() == ".zip":
-        import zipfile
-
-        from kpnb._io import ZIP_DAMAGED, ZipLimitError, read_member, zip_limits
-
-        try:
-            limits = zip_limits()
-            with zipfile.ZipFile(source) as zf:
-                infos = sorted(
-                    (i for i in zf.infolist() if i.filename.lower().endswith(".json")),
-                    key=lambda i: i.filename,
-                )
-                if not infos:
-                    raise FileNotFoundError(f"{source}: no .json member; is this a COCO export?")
-                return [(Path(i.filename), read_member(source, zf, i, limits)) for i in infos]
-        except ZipLimitError as exc:
-            raise CocoFormatError(str(exc)) from None
-        except ZIP_DAMAGED as exc:
-            raise CocoFormatError(
-                f"{source}: not a readable zip ({exc}); export it again"
-            ) from None
-    return [(source, source.read_bytes())]
+def _coco_files(source: Path) -> list[tuple[str, bytes, str | None]]:
+    """``(name for messages, bytes, subset)`` of each COCO file of the export."""
+    src = Source(source, "coco", error=CocoFormatError)
+    return [(src.where(n), src.read_bytes(n), _subset_of(Path(n))) for n in src.files]
 
 
 def _fix(where: str, what: str, fix: str) -> CocoFormatError:
@@ -117,11 +88,15 @@ _MAX_SIDE = 2**31 - 1  # width and height are Int32 columns
 _MAX_COORD = float(np.finfo(np.float32).max)  # coordinates are float32 columns
 
 
-def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> bool:
-    """Whether a JSON value is a whole number in ``[lo, hi]``: an int, not a bool, a float
-    (``1.5``, nor ``3.0``) or a string; the COCO files kpnb is checked against (CVAT/datumaro,
-    mmpose's MS-COCO-style sets, sleap-io) all write ints."""
-    return type(value) is int and lo <= value <= hi
+def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> int | None:
+    """A JSON value as an int if it is a whole number in ``[lo, hi]``, else None.
+
+    kpnb's one rule for whole numbers, in COCO as in CVAT XML (`kpnb.cvat.values`): a
+    number with no fraction, however written (``3`` or ``3.0``); not ``true`` nor ``"3"``.
+    """
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    return value if type(value) is int and lo <= value <= hi else None
 
 
 def _show(value) -> str:
@@ -147,7 +122,10 @@ def read_coco(source: str | os.PathLike) -> Annotations:
     its category (also with ``num_keypoints: 0``: a box-only object); its ``bbox`` becomes
     a box grouped with it (``group_id``), as CVAT groups a box with a skeleton. The file's
     annotation ``id``, ``area``, ``iscrowd`` and ``segmentation`` are kept in
-    ``meta["coco_annotations"]`` (by ``instance_id``) so `to_coco` writes them back.
+    ``meta["coco_annotations"]`` (by ``instance_id``), and each label's category id in
+    ``meta["coco_categories"]``, so `to_coco` and `kpnb predict` write them back. An
+    annotation's ``attributes`` become instance attributes, but for the shape flags CVAT
+    writes among them (``occluded``, ``keyframe``...).
     Points with v=0 at exactly (0, 0) are absent: NaN, not a real position.
 
     Public files bend the format; these are read with a logged warning saying what was
@@ -166,20 +144,15 @@ def read_coco(source: str | os.PathLike) -> Annotations:
             (whatever its v): named by file, record, field and value, with the fix.
     """
     source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file or folder")
     rows = _CocoRows()
-    for path, raw in _coco_files(source):
-        where = str(source if path == source else f"{source}!{path}")
+    for where, raw, subset in _coco_files(source):
         doc = _document(raw, where)
-        image_of = rows.add_images(doc["images"], _subset_of(path), where)
+        image_of = rows.add_images(doc["images"], subset, where)
         cats = _categories_by_id(doc.get("categories", []), where)
         sizes = _keypoint_counts(doc, cats, where)
         rows.add_categories(cats, sizes, where)
-        first = len(rows.chunks)
         for index, ann in enumerate(doc["annotations"]):
             rows.add_annotation(ann, index, image_of, cats, sizes, where)
-        rows.check_points(first, where)
     return rows.annotations(source)
 
 
@@ -188,9 +161,16 @@ def _document(raw: bytes, where: str) -> dict:
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise CocoFormatError(
-            f"{where}: line {exc.lineno}: not valid JSON ({exc.msg}); export it again"
-        ) from None
+        what = f"line {exc.lineno}: not valid JSON ({exc.msg})"
+        raise _fix(where, what, "export it again") from None
+    except UnicodeDecodeError as exc:  # json takes UTF-8, -16 and -32
+        what = f"byte {exc.start}: not UTF-8 text ({exc.reason})"
+        raise _fix(where, what, "export it again") from None
+    except ValueError:  # an int past Python's cap on digits
+        what = f"a number longer than {sys.get_int_max_str_digits()} digits"
+        raise _fix(where, what, "export it again") from None
+    except RecursionError:
+        raise _fix(where, "JSON nested too deeply", "export it again") from None
     if not isinstance(doc, dict) or "annotations" not in doc or "images" not in doc:
         raise CocoFormatError(f"{where}: no 'images'/'annotations': not a COCO file")
     for key in ("images", "annotations", "categories"):
@@ -216,8 +196,8 @@ def _categories_by_id(entries: list, where: str) -> dict:
     that are not text and ``keypoints`` that are not a list."""
     cats: dict = {}
     for n, cat in enumerate(entries):
-        cid, name = cat.get("id"), cat.get("name")
-        if not _whole(cid):
+        cid, name = _whole(cat.get("id")), cat.get("name")
+        if cid is None:
             raise _fix(
                 where,
                 f"categories[{n}] ({_field(cat, 'name')}): {_not(cat, 'id', 'a whole number')}",
@@ -242,9 +222,13 @@ def _categories_by_id(entries: list, where: str) -> dict:
                 f"category {cid} ({name!r}): keypoints {_show(cat['keypoints'])} is not a list",
                 'write the keypoint names as a list, e.g. ["nose", "left_eye"]',
             )
-        cats[cid] = cat
+        cats[cid] = dict(cat, id=cid)
     return cats
 
+
+# CVAT's COCO export writes a shape's own flags among its attributes; CVAT reads them back
+# as flags (its CVAT_INTERNAL_ATTRIBUTES), not as attributes of the label.
+_CVAT_FLAGS = frozenset(("occluded", "outside", "keyframe", "track_id", "rotation"))
 
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
 
@@ -264,14 +248,15 @@ class _CocoRows:
     attrs: list = field(default_factory=list)
     skeletons: dict = field(default_factory=dict)
     labels: list = field(default_factory=list)
+    category_ids: dict = field(default_factory=dict)  # label -> the file's category id
     extra: list = field(default_factory=list)  # the file's id, area, iscrowd, segmentation
 
     def add_images(self, entries: list, subset: str | None, where: str) -> dict:
         """Append one file's images; returns its image id -> ``image_index``."""
         image_of = {}
         for n, img in enumerate(entries):
-            iid, name = img.get("id"), img.get("file_name")
-            if not _whole(iid):  # checked before the duplicate test: 1 and 1.5 are not one id
+            iid, name = _whole(img.get("id")), img.get("file_name")
+            if iid is None:  # checked before the duplicate test: 1 and 1.5 are not one id
                 raise _fix(
                     where,
                     f"images[{n}] ({_field(img, 'file_name')}): "
@@ -294,16 +279,16 @@ class _CocoRows:
                 )
             size = {}
             for key in ("width", "height"):
-                size[key] = img.get(key)
-                if size[key] == 0 and type(size[key]) is int:
-                    size[key] = None  # unknown: datumaro (CVAT) and to_coco write 0 for it
-                elif size[key] is not None and not _whole(size[key], 1, _MAX_SIDE):
+                side = img.get(key)
+                size[key] = None if side is None else _whole(side, 0, _MAX_SIDE)
+                if size[key] is None and side is not None:
                     raise _fix(
                         where,
-                        f"image {iid} ({name!r}): {key} {_show(size[key])} is not a whole "
+                        f"image {iid} ({name!r}): {key} {_show(side)} is not a whole "
                         "number of pixels >= 1",
                         f"write the image's real {key} in pixels, or 0 or nothing if unknown",
                     )
+                size[key] = size[key] or None  # 0 is unknown: datumaro (CVAT) writes it
             idx = len(self.images)
             image_of[iid] = idx
             self.images.append(
@@ -319,11 +304,12 @@ class _CocoRows:
         return image_of
 
     def add_categories(self, cats: dict, sizes: dict, where: str) -> None:
-        """A label per category name (first file wins) and a skeleton per category with
-        keypoints: K names (numbered ``1..`` where the file names fewer), lenient edges."""
+        """A label per category name with its id (first file wins) and a skeleton per
+        category with keypoints: K names (numbered ``1..`` where the file names fewer)."""
         for cat in cats.values():
-            name, k = str(cat["name"]), sizes.get(cat["id"], 0)
-            if name not in {lab["name"] for lab in self.labels}:
+            name, k = cat["name"], sizes[cat["id"]]
+            if name not in self.category_ids:
+                self.category_ids[name] = cat["id"]
                 self.labels.append({"name": name, "type": "skeleton" if k else "any"})
             if k and name not in self.skeletons:
                 names = [str(n) for n in cat.get("keypoints") or []][:k]
@@ -336,8 +322,8 @@ class _CocoRows:
     ):
         """One annotation (``annotations[index]``): its ``bbox`` a box grouped with it, its
         keypoints one instance; ids, ``bbox``, ``iscrowd`` and ``attributes`` checked."""
-        aid = ann.get("id")
         _check_annotation(ann, index, where)
+        aid = ann["id"]
         if ann.get("image_id") not in image_of:
             raise _fix(
                 where,
@@ -351,7 +337,7 @@ class _CocoRows:
                 f"annotation {aid} has unknown category {ann.get('category_id')}",
                 "list it in 'categories'",
             )
-        image, label = image_of[ann["image_id"]], str(cat["name"])
+        image, label = image_of[ann["image_id"]], cat["name"]
         box = ann.get("bbox")
         group = 0 if box is None or box == [] else self._add_box(ann, image, label, where)
         kps = ann.get("keypoints") or []
@@ -361,41 +347,10 @@ class _CocoRows:
         instance = len(self.chunks)
         self.chunks.append((image, instance, label, group, triples))
         for key, value in (ann.get("attributes") or {}).items():
-            self.attrs.append((instance, -1, str(key), str(value)))
+            if key not in _CVAT_FLAGS:
+                self.attrs.append((instance, -1, str(key), str(value)))
         self.extra.append(
             (instance, aid, ann.get("area"), int(ann.get("iscrowd") or 0), ann.get("segmentation"))
-        )
-
-    def check_points(self, first: int, where: str) -> None:
-        """Refuse, in one step over a file's instances (``chunks[first:]``), visibilities
-        other than 0/1/2 and coordinates that are not finite float32 numbers."""
-        chunks = self.chunks[first:]
-        if not chunks:
-            return
-        xyv = np.concatenate([c[4] for c in chunks])
-        v = xyv[:, 2]
-        with np.errstate(invalid="ignore"):  # NaN compares False: refused as not finite
-            placed = (np.abs(xyv[:, :2]) <= _MAX_COORD).all(axis=1)
-        bad = ~(placed & ((v == 0) | (v == 1) | (v == 2)))
-        if not bad.any():
-            return
-        row = int(np.flatnonzero(bad)[0])
-        ends = np.cumsum([len(c[4]) for c in chunks])
-        n = int(np.searchsorted(ends, row, side="right"))
-        point, aid = row - (int(ends[n - 1]) if n else 0), self.extra[first + n][1]
-        x, y, vis = xyv[row]
-        if not placed[row]:
-            raise _fix(
-                where,
-                f"annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={vis:g}), "
-                "not a finite number (NaN, Infinity, or too large, such as 1e400)",
-                "write real pixel coordinates; an absent keypoint is written 0, 0, 0 in "
-                "COCO (refused whatever its v)",
-            )
-        raise _fix(
-            where,
-            f"annotation {aid}: visibility {vis:g} at keypoint {point}",
-            "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
         )
 
     def _add_box(self, ann: dict, image: int, label: str, where: str) -> int:
@@ -436,15 +391,11 @@ class _CocoRows:
 
     def annotations(self, source: Path) -> Annotations:
         """The collected rows as tidy tables."""
-        img_df = pd.DataFrame(
-            self.images, columns=["image_index", "image_id", "name", "width", "height", "subset"]
-        )
-        img_df[["width", "height"]] = img_df[["width", "height"]].astype("Int32")
         coco_extra = pd.DataFrame(
             self.extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
         )
         return Annotations(
-            tidy_images(img_df),
+            tidy_images(pd.DataFrame(self.images)),
             tidy_keypoints(_keypoint_rows(self.chunks, self.skeletons)),
             self.skeletons,
             pd.DataFrame(self.labels, columns=["name", "type"]),
@@ -455,6 +406,7 @@ class _CocoRows:
                 "path": str(source),
                 "format": "coco",
                 "coco_annotations": coco_extra,
+                "coco_categories": self.category_ids,
             },
         )
 
@@ -463,14 +415,16 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
     """Refuse an annotation whose ids are not whole numbers, whose ``iscrowd`` is not 0/1
     or whose ``attributes`` are not an object (`_CocoRows._add_box` checks the bbox)."""
     for key in ("id", "image_id", "category_id"):
-        if not _whole(ann.get(key)):
-            who = f"annotation {ann['id']}" if _whole(ann.get("id")) else f"annotations[{index}]"
+        value = _whole(ann.get(key))
+        if value is None:
+            who = f"annotation {ann['id']}" if key != "id" else f"annotations[{index}]"
             raise _fix(
                 where,
                 f"{who}: {_not(ann, key, 'a whole number')}",
                 f"write the {key} as a whole number, e.g. 1"
                 + (" (each annotation its own)" if key == "id" else ""),
             )
+        ann[key] = value
     crowd = ann.get("iscrowd")
     if crowd is not None and (type(crowd) not in (int, bool) or crowd not in (0, 1)):
         raise _fix(
@@ -488,8 +442,8 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
 
 def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
     """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), padding a short list
-    with absent points and refusing a long one and non-numbers (`_CocoRows.check_points`
-    then checks the values of a whole file at once)."""
+    with absent points; refusing a long one, non-numbers, coordinates that are not finite
+    float32 numbers (whatever v says) and visibilities other than 0/1/2."""
     try:
         triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError, OverflowError):
@@ -506,7 +460,27 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
             f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
             "write one [x, y, v] per keypoint of its category",
         )
-    return triples
+    with np.errstate(invalid="ignore"):  # NaN compares False: refused as not finite
+        placed = (np.abs(triples[:, :2]) <= _MAX_COORD).all(axis=1)
+    v = triples[:, 2]
+    known = (v == 0) | (v == 1) | (v == 2)
+    if placed.all() and known.all():
+        return triples
+    point = int(np.flatnonzero(~(placed & known))[0])
+    x, y, v = triples[point]
+    if not placed[point]:
+        raise _fix(
+            where,
+            f"annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={v:g}), "
+            "not a finite number (NaN, Infinity, or too large, such as 1e400)",
+            "write real pixel coordinates; an absent keypoint is written 0, 0, 0 in "
+            "COCO (refused whatever its v)",
+        )
+    raise _fix(
+        where,
+        f"annotation {aid}: visibility {v:g} at keypoint {point}",
+        "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
+    )
 
 
 def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
@@ -546,14 +520,14 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
     named = {cid: len(c.get("keypoints") or []) for cid, c in cats.items()}
     seen: dict = {}
     for n, ann in enumerate(doc["annotations"]):
-        cid, kps = ann.get("category_id"), ann.get("keypoints") or []
+        cid, kps = _whole(ann.get("category_id")), ann.get("keypoints") or []
         if type(kps) is not list:
             raise _fix(
                 where,
                 f"annotations[{n}] (id {_field(ann, 'id')}): keypoints {_show(kps)} is not a list",
                 "write the keypoints as [x1, y1, v1, x2, y2, v2, ...]",
             )
-        if type(cid) is int and cid in named and kps:  # a bad id: refused by add_annotation
+        if cid in named and kps:  # a bad id: refused by add_annotation
             if len(kps) % 3:
                 raise _fix(
                     where,
@@ -584,222 +558,3 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
             )
         sizes[cid] = k
     return sizes
-
-
-def _category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
-    """CVAT's rule: id = 1 + position in the full label list (sublabels take ids too)."""
-    listed = [str(n) for n in ann.labels["name"]] if "name" in ann.labels else []
-    ids = {n: i + 1 for i, n in enumerate(listed) if n in names}
-    for name in names:  # labels with no entry (e.g. points_to_skeleton's)
-        ids.setdefault(name, len(listed) + len(ids) + 1)
-    return {n: ids[n] for n in names}
-
-
-def _frame_name(name: str, video: bool) -> str:
-    # CVAT writes video frames as frame_000012 in XML and frame_000012.PNG on disk.
-    return name + ".PNG" if video and not Path(name).suffix else name
-
-
-def to_coco(
-    ann: Annotations, *, points_as_skeleton: str | None = None, skeletons_only: bool = False
-) -> dict:
-    """COCO keypoints as CVAT's "COCO Keypoints 1.0" export (datumaro) writes them.
-
-    One category per skeleton label (``keypoints`` names, 1-based ``skeleton``) and per
-    plain ``<points>`` label (``keypoints`` and ``skeleton`` empty, as datumaro writes
-    them); one annotation per instance: ``[x, y, v]`` per point, ``num_keypoints``
-    (v > 0), ``bbox`` from a box grouped with the instance or else the box kpnb trains
-    with (`kpnb.boxes.boxes_from_points`: the labelled points' extent plus a margin, at
-    least a tenth of the image's shorter side, inside the image; CVAT writes the bare
-    extent, 0 x 0 for one point), ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>``
-    shape is one annotation with one triple per coordinate. What came from a COCO file
-    keeps its image and annotation ids, ``area``, ``iscrowd`` and ``segmentation``; otherwise
-    images are numbered 1..N (unannotated ones kept) and video frames get CVAT's ``.PNG`` name.
-
-    Args:
-        points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
-            skeleton of that name (see `kpnb.grouping.points_to_skeleton`).
-        skeletons_only: leave plain ``<points>`` labels out (logged, with their counts).
-    """
-    if points_as_skeleton is not None:
-        ann = points_to_skeleton(ann, points_as_skeleton)
-    kp = ann.keypoints
-    plain = [lab for lab in ann.plain_labels()]
-    if skeletons_only and plain:
-        dropped = kp[kp["label"].astype(str).isin(plain)]
-        log.warning(
-            "to_coco: skeletons only: left out plain <points> labels %s (%d shapes)",
-            plain,
-            dropped["instance_id"].nunique(),
-        )
-        kp = kp[~kp["label"].astype(str).isin(plain)]
-        plain = []
-    cat_ids = _category_ids(ann, list(ann.skeletons) + plain)
-    images, image_ids = _images(ann)
-    return {
-        "licenses": [{"name": "", "id": 0, "url": ""}],
-        "info": {
-            "contributor": "",
-            "date_created": "",
-            "description": "kpnb",
-            "url": "",
-            "version": "",
-            "year": "",
-        },
-        "categories": _categories(ann, cat_ids),
-        "images": images,
-        "annotations": _annotations(ann, kp, cat_ids, image_ids),
-    }
-
-
-def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
-    """One COCO category per label: keypoint names and 1-based edges for a skeleton,
-    both empty for a plain ``<points>`` label (as datumaro writes them)."""
-    categories = []
-    for name, cid in cat_ids.items():
-        sk = ann.skeletons.get(name)
-        edges = [[a + 1, b + 1] for a, b in sk.edges] if sk else []
-        categories.append(
-            {
-                "id": cid,
-                "name": name,
-                "supercategory": "",
-                "keypoints": list(sk.keypoints) if sk else [],
-                "skeleton": edges,
-            }
-        )
-    return categories
-
-
-def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
-    """The COCO ``images`` and ``image_index -> image id``: a COCO file's own ids when
-    unique, else 1..N; video frames get CVAT's ``.PNG`` file names."""
-    imgs = ann.images
-    from_coco = ann.meta.get("format") == "coco" and imgs["image_id"].is_unique
-    ids = imgs["image_id"].to_numpy(np.int64) if from_coco else np.arange(1, len(imgs) + 1)
-    index = imgs["image_index"].to_numpy(np.int64).tolist()
-    image_ids = dict(zip(index, ids.tolist(), strict=True))
-    video = ann.meta.get("format") == "video"
-    widths = imgs["width"].fillna(0).astype(int).tolist()
-    heights = imgs["height"].fillna(0).astype(int).tolist()
-    images = [
-        {
-            "id": i,
-            "width": w,
-            "height": h,
-            "file_name": _frame_name(str(n), video),
-            "license": 0,
-            "flickr_url": "",
-            "coco_url": "",
-            "date_captured": 0,
-        }
-        for i, w, h, n in zip(ids.tolist(), widths, heights, imgs["name"].tolist(), strict=True)
-    ]
-    return images, image_ids
-
-
-def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: dict) -> list:
-    """One COCO annotation per instance, reductions done per column over all instances."""
-    if not len(kp):
-        return []
-    kp = kp.sort_values(["instance_id", "point_index"], kind="stable")
-    inst = kp["instance_id"].to_numpy(np.int64)
-    starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
-    ends = np.r_[starts[1:], len(inst)]
-    x = kp["x"].to_numpy(np.float64)
-    y = kp["y"].to_numpy(np.float64)
-    v = kp["visibility"].to_numpy(np.int64)
-    n_on = np.add.reduceat((v > 0).astype(np.int64), starts)
-    image = kp["image_index"].to_numpy(np.int64)[starts]
-    size = ann.images.set_index("image_index").reindex(image)[["width", "height"]]
-    size = size.to_numpy(np.float64, na_value=np.nan)
-    xy = np.stack([x, y], axis=1)
-    x0, y0, x1, y1 = boxes_from_points(xy, v, size[:, 0], size[:, 1], starts=starts).T
-    group = kp["group_id"].to_numpy(np.int64)[starts]
-    grouped = ann.grouped_boxes()
-    for i in np.flatnonzero(group):
-        box = grouped.get((int(image[i]), int(group[i])))
-        if box is not None:
-            x0[i], y0[i], x1[i], y1[i] = box
-    occluded = (
-        np.maximum.reduceat(kp["occluded"].to_numpy(bool).astype(np.int8), starts) > 0
-    ).tolist()
-    labels = kp["label"].astype("category")
-    codes = labels.cat.codes.to_numpy()[starts]
-    names = [str(c) for c in labels.cat.categories]
-    category = np.array([cat_ids.get(n, 0) for n in names], np.int64)[codes].tolist()
-    image_id = [image_ids[i] for i in image.tolist()]
-    wh = np.stack([x1 - x0, y1 - y0], axis=1)
-    bx = np.round(np.concatenate([np.stack([x0, y0], axis=1), wh], axis=1), 2)
-    area = np.round(bx[:, 2] * bx[:, 3], 4).tolist()
-    bx = bx.tolist()
-    flat = _interleaved(x, y, v)
-    n_on = n_on.tolist()
-    out = [
-        {
-            "id": n,
-            "image_id": i,
-            "category_id": c,
-            "segmentation": [],
-            "area": a,
-            "bbox": b,
-            "iscrowd": 0,
-            "attributes": {"occluded": o, "keyframe": False},
-            "keypoints": flat[s:e],
-            "num_keypoints": k,
-        }
-        for n, i, c, a, b, o, s, e, k in zip(
-            range(1, len(starts) + 1),
-            image_id,
-            category,
-            area,
-            bx,
-            occluded,
-            (3 * starts).tolist(),
-            (3 * ends).tolist(),
-            n_on,
-            strict=True,
-        )
-    ]
-    _restore_file_fields(out, inst[starts].tolist(), ann.meta.get("coco_annotations"))
-    return out
-
-
-def _interleaved(x: np.ndarray, y: np.ndarray, v: np.ndarray) -> list:
-    """``[x, y, v]`` interleaved once for every point (NaN written as 0, 2 decimals); each
-    annotation takes its slice."""
-    flat = np.empty(3 * len(x), dtype=object)
-    flat[0::3] = np.round(np.nan_to_num(x), 2).tolist()
-    flat[1::3] = np.round(np.nan_to_num(y), 2).tolist()
-    flat[2::3] = v.tolist()
-    return flat.tolist()
-
-
-def _restore_file_fields(out: list[dict], first: list[int], extra) -> None:
-    """Give the entries of `out` (instance ids `first`) what `read_coco` kept from the
-    file (``meta["coco_annotations"]``): annotation id, area, iscrowd, segmentation."""
-    kept = {}
-    if isinstance(extra, pd.DataFrame) and len(extra):
-        kept = {int(r[0]): r[1:] for r in extra.itertuples(index=False)}
-    for n, entry in enumerate(out if kept else ()):
-        original = kept.get(first[n])
-        if original is not None:
-            aid, file_area, iscrowd, segmentation = original
-            if aid is not None and not (isinstance(aid, float) and math.isnan(aid)):
-                entry["id"] = int(aid)
-            if file_area is not None and not (
-                isinstance(file_area, float) and math.isnan(file_area)
-            ):
-                entry["area"] = file_area
-            entry["iscrowd"] = int(iscrowd)
-            if segmentation is not None:
-                entry["segmentation"] = segmentation
-
-
-def write_coco(ann: Annotations, path: str | os.PathLike, **kwargs) -> Path:
-    """Write `to_coco(ann, **kwargs)` as JSON at `path`, atomically."""
-    path = Path(path)
-    doc = to_coco(ann, **kwargs)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-    return path
