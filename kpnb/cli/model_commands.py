@@ -13,7 +13,6 @@ from kpnb.cli._base import (
     _keyframes_arg,
     _overwrite_arg,
     _points_args,
-    _positive,
     fraction,
     nonnegative_int,
     positive_float,
@@ -193,8 +192,6 @@ def run_train(args: argparse.Namespace) -> int:
     from kpnb.model import PRESETS, build_model, model_from_build, training_recipe
     from kpnb.train import check_run_folder, fit
 
-    for name in ("size", "epochs", "minutes", "batch_size", "lr"):
-        _positive(name.replace("_", "-"), getattr(args, name))
     resume = args.out / "last.pth" if args.resume else None
     if resume is not None and not resume.is_file():
         raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
@@ -289,14 +286,12 @@ def _take_the_runs_flags(args, run) -> None:
 
 
 def _check_train_flags(args, skeleton) -> None:
-    """Refuse --sigmas of the wrong length and --epochs below 1, naming the flag."""
+    """Refuse --sigmas of the wrong length (the flags' types refuse values below 1)."""
     if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
         raise KpnbError(
             f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
             f"keypoints {list(skeleton.keypoints)}"
         )
-    if args.epochs is not None and args.epochs < 1:
-        raise KpnbError(f"--epochs must be >= 1, got {args.epochs}")
 
 
 def _train_config(args):
@@ -363,7 +358,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from kpnb.model import load_checkpoint_model
     from kpnb.transforms import eval_transforms
 
-    _positive("size", args.size)
     out = args.out or args.checkpoint.with_name("metrics.json")
     check_output(out, overwrite=args.overwrite)  # before the model and the data
     model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
