@@ -209,30 +209,15 @@ _WHAT_TO_PASS = "pass a best.pth or last.pth written by kpnb train"
 _COUNT, _FRACTION, _SIZE = (int, 1, 100_000), (float, 0.0, 1.0), (int, 1, MAX_SIZE)
 _OPTIONS: dict[str, tuple] = {
     **dict.fromkeys(
-        (
-            "rpn_pre_nms_top_n_train",
-            "rpn_pre_nms_top_n_test",
-            "rpn_post_nms_top_n_train",
-            "rpn_post_nms_top_n_test",
-            "rpn_batch_size_per_image",
-            "box_batch_size_per_image",
-            "box_detections_per_img",
-        ),
+        "rpn_pre_nms_top_n_train rpn_pre_nms_top_n_test rpn_post_nms_top_n_train "
+        "rpn_post_nms_top_n_test rpn_batch_size_per_image box_batch_size_per_image "
+        "box_detections_per_img".split(),
         _COUNT,
     ),
     **dict.fromkeys(
-        (
-            "rpn_nms_thresh",
-            "rpn_fg_iou_thresh",
-            "rpn_bg_iou_thresh",
-            "rpn_positive_fraction",
-            "rpn_score_thresh",
-            "box_score_thresh",
-            "box_nms_thresh",
-            "box_fg_iou_thresh",
-            "box_bg_iou_thresh",
-            "box_positive_fraction",
-        ),
+        "rpn_nms_thresh rpn_fg_iou_thresh rpn_bg_iou_thresh rpn_positive_fraction "
+        "rpn_score_thresh box_score_thresh box_nms_thresh box_fg_iou_thresh "
+        "box_bg_iou_thresh box_positive_fraction".split(),
         _FRACTION,
     ),
     "size_divisible": (int, 1, 1024),
@@ -243,17 +228,11 @@ _OPTIONS: dict[str, tuple] = {
     "image_std": ("list", 3, (float, 1e-6, 1e3)),
     "bbox_reg_weights": ("list", 4, (float, 1e-6, 1e3)),
 }
-_BUILD = {
-    "num_keypoints",
-    "num_classes",
-    "preset",
-    "pretrained",
-    "size",
-    "trainable_backbone_layers",
-    "norm",
-    "norm_eps",
-    "kwargs",
-}
+#: The entries of a build record (``model.kpnb_build``: `build_model`'s arguments).
+_BUILD = set(
+    "num_keypoints num_classes preset pretrained size trainable_backbone_layers norm "
+    "norm_eps kwargs".split()
+)
 
 
 def _brief(value) -> str:
@@ -304,6 +283,13 @@ class _Checker:
             raise self.fail(f"{name} must be a list of {length} numbers, not {_brief(value)}")
         return [self.number(f"{name}[{i}]", v, *item) for i, v in enumerate(value)]
 
+    def entries(self, name: str, record, names: set[str]) -> None:
+        """`record` a dict of exactly `names`."""
+        self.value(name, record, (dict,))
+        if set(record) != names:
+            missing, unknown = sorted(names - set(record)), sorted(map(str, set(record) - names))
+            raise self.fail(f"{name} entries missing {missing}, unknown {unknown}")
+
     def row(self, name: str, row) -> dict:
         """A history row or the metrics: names to numbers, strings or None."""
         self.value(name, row, (dict,))
@@ -329,10 +315,7 @@ class _Checker:
         """`kpnb.model.build_model`'s arguments: every one there, of its type and range."""
         from kpnb.model import PRESETS
 
-        self.value("build", build, (dict,))
-        if set(build) != _BUILD:
-            missing, unknown = sorted(_BUILD - set(build)), sorted(map(str, set(build) - _BUILD))
-            raise self.fail(f"build entries missing {missing}, unknown {unknown}")
+        self.entries("build", build, _BUILD)
         k = self.number("build['num_keypoints']", build["num_keypoints"], int, 1, 10_000)
         if k != skeleton.num_keypoints:
             raise self.fail(
@@ -360,11 +343,7 @@ class _Checker:
         return build
 
     def config(self, config, skeleton: Skeleton) -> TrainConfig:
-        self.value("config", config, (dict,))
-        names = {f.name for f in fields(TrainConfig)}
-        if set(config) != names:
-            missing, unknown = sorted(names - set(config)), sorted(map(str, set(config) - names))
-            raise self.fail(f"config entries missing {missing}, unknown {unknown}")
+        self.entries("config", config, {f.name for f in fields(TrainConfig)})
         number = self.number
         number("config['epochs']", config["epochs"], int, 1, 1_000_000, none=True)
         number("config['lr']", config["lr"], float, 1e-12, 10.0, none=True)
@@ -391,10 +370,7 @@ class _Checker:
     def data(self, data) -> RunData | None:
         if data is None:
             return None
-        self.value("data", data, (dict,))
-        names = {f.name for f in fields(RunData)}
-        if set(data) != names:
-            raise self.fail(f"data entries must be {sorted(names)}, not {sorted(map(str, data))}")
+        self.entries("data", data, {f.name for f in fields(RunData)})
         self.value("data['spec']", data["spec"], (str, type(None)))
         self.value("data['points_as_skeleton']", data["points_as_skeleton"], (str, type(None)))
         self.number("data['seed']", data["seed"], int, 0, 2**32 - 1)
@@ -423,12 +399,7 @@ class _Checker:
                     "best.pth?); resume from the last.pth that kpnb train wrote"
                 )
             return None
-        self.value("resume", resume, (dict,))
-        names = {"optimizer", "lr_scheduler", "scaler", "rng"}
-        if set(resume) != names:
-            raise self.fail(
-                f"resume entries must be {sorted(names)}, not {sorted(map(str, resume))}"
-            )
+        self.entries("resume", resume, {"optimizer", "lr_scheduler", "scaler", "rng"})
         optimizer = self.value("resume['optimizer']", resume["optimizer"], (dict,))
         groups = optimizer.get("param_groups")
         if set(optimizer) != {"state", "param_groups"} or not isinstance(groups, list):
