@@ -172,7 +172,7 @@ def predict_speed(checkpoint: Path, ann, root, label) -> None:
     build = model.kpnb_build
     _, val = make_loaders(ann, root, label, size=build["size"], batch_size=8)
     paths = [item.path for item in val.dataset.items]
-    skeleton = ckpt["skeleton_obj"]
+    skeleton = ckpt.skeleton
     print(f"\n== predict, {checkpoint} (preset {build['preset']}, {build['size']} px)")
     for batch in (1, 2, 8):
         predict(model, paths[:batch], skeleton, batch_size=batch)  # warm-up

@@ -137,11 +137,10 @@ def create(
     from kpnb.model import load_checkpoint_model
 
     model, ckpt = load_checkpoint_model(os.fspath(checkpoint), device or None)
-    extra = (ckpt.get("config") or {}).get("extra") or {}
-    name = label or extra.get("label")
+    name = label or ckpt.label
     if not name:
         raise KpnbError(
             f"{checkpoint}: the checkpoint does not name its skeleton label; pass it with "
             "-p label=str:NAME (the skeleton label of your CVAT task)"
         )
-    return KpnbFunction(model, ckpt["skeleton_obj"], str(name), point_threshold)
+    return KpnbFunction(model, ckpt.skeleton, str(name), point_threshold)

@@ -23,7 +23,6 @@ import inspect
 import io
 import logging
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from torchvision.models.detection.keypoint_rcnn import (
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from kpnb.checkpoint import Checkpoint, read_pth
 from kpnb.errors import KpnbError
 
 __all__ = [
@@ -53,7 +53,8 @@ __all__ = [
     "default_preset",
     "training_recipe",
     "load_checkpoint_model",
-    "read_checkpoint",
+    "model_from_build",
+    "misfit",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,12 @@ PRESETS: dict[str, Preset] = {
 
 
 class WeightsUnavailableError(KpnbError, RuntimeError):
-    """Pretrained weights could not be had (offline, or a bad path); the message says how."""
+    """Pretrained weights could not be had (offline, or a bad path); the message says how,
+    `reason` says why in a few words."""
 
-
-def _preset_options(preset: str, size: int) -> dict:
-    return PRESETS[preset].options(size)
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message, param="weights")
+        self.reason = reason or message
 
 
 def default_preset(pretrained: bool = True) -> str:
@@ -181,16 +183,6 @@ def default_preset(pretrained: bool = True) -> str:
     if torch.cuda.is_available():
         return "torchvision"
     return "cpu" if pretrained else "fast"
-
-
-def _resolve_preset(preset: str | None, pretrained: bool = True) -> str:
-    if preset == "auto":
-        return default_preset(pretrained)
-    if preset is None:
-        return "torchvision"
-    if preset not in PRESETS:
-        raise KpnbError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
-    return preset
 
 
 def training_recipe(model) -> dict:
@@ -229,39 +221,9 @@ def _coco_state_dict() -> dict:
         raise WeightsUnavailableError(
             f"COCO Keypoint R-CNN weights could not be downloaded ({_short(exc)}). Download "
             f"{COCO_URL} on a connected machine and put it in {hub}/ or pass its path as "
-            "weights=...; or train from scratch with weights=None (--weights none)"
+            "weights=...; or train from scratch with weights=None (--weights none)",
+            reason=f"COCO weights could not be downloaded: {_short(exc)}",
         ) from None
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A ``.pth`` file's dict, read safely: tensors, plain containers, numbers, strings only.
-
-    Anything else (a pickled function or class, which could run code when loaded) is
-    refused, as are empty and unreadable files, each with a one-line ValueError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise KpnbError(
-            f"{path}: empty file, not a checkpoint; pass a best.pth or last.pth "
-            "written by kpnb train"
-        )
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # a class or function to import: code
-            raise KpnbError(
-                f"{path}: refused: it holds Python objects (code) besides tensors "
-                "and plain data; kpnb never writes such files, so do not trust "
-                "where it came from"
-            ) from None
-        raise KpnbError(f"{path}: not a checkpoint (unreadable pickle data)") from None
-    except Exception as exc:  # truncated zip, garbage bytes: whatever the unpickler trips on
-        raise KpnbError(f"{path}: not a checkpoint (unreadable: {type(exc).__name__})") from None
-    if not isinstance(blob, dict):
-        raise KpnbError(f"{path}: not a checkpoint (holds a {type(blob).__name__}, not a dict)")
-    return blob
 
 
 def _load_path(path: Path) -> dict:
@@ -269,8 +231,8 @@ def _load_path(path: Path) -> dict:
     if not path.is_file():
         raise WeightsUnavailableError(f"{path}: no such weights file")
     try:
-        blob = read_checkpoint(path)
-    except ValueError as exc:
+        blob = read_pth(path)
+    except KpnbError as exc:
         raise WeightsUnavailableError(str(exc)) from None
     state = blob["model"] if isinstance(blob.get("model"), dict) else blob
     heads = {
@@ -279,26 +241,35 @@ def _load_path(path: Path) -> dict:
     }
     if not all(torch.is_tensor(state.get(k)) and state[k].ndim == n for k, n in heads.items()):
         raise WeightsUnavailableError(f"{path}: not Keypoint R-CNN weights (no keypoint head)")
-    odd = _not_a_tensor(state)
-    if odd is not None:
-        raise WeightsUnavailableError(f"{path}: not a state dict ({odd[0]!r} is no tensor)")
+    odd = next((k for k, v in state.items() if not torch.is_tensor(v)), None)
+    if odd is not None or not all(isinstance(k, str) for k in state):
+        raise WeightsUnavailableError(f"{path}: not a state dict ({odd!r} is no tensor)")
     return state
 
 
-def _not_a_tensor(state: dict) -> tuple | None:
-    """``(key,)`` of the first entry of a state dict that is no name or holds no tensor
-    (a tuple, since the key itself may be None); None: all are fine."""
+def misfit(model: nn.Module, state: dict) -> str | None:
+    """What keeps `state` from loading into `model`: its first missing, unexpected or
+    misshaped entry; None when it fits. Checked before ``load_state_dict``, so that a
+    misfit is a clear error and load_state_dict's own errors stay what they are: bugs.
+    (``num_batches_tracked`` is left out: frozen norm layers drop it, batch norm adds it.)"""
+
+    def shapes(d: dict) -> dict:
+        return {k: tuple(v.shape) for k, v in d.items() if not k.endswith("num_batches_tracked")}
+
+    own, given = shapes(model.state_dict()), shapes(state)
+    for what, keys in (("no", own.keys() - given), ("an unexpected", given.keys() - own)):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            return f"{what} entry {sorted(keys)[0]!r}{more}"
     return next(
-        ((k,) for k, v in state.items() if not isinstance(k, str) or not torch.is_tensor(v)),
+        (f"{k!r} is {given[k]}, the network's {own[k]}" for k in own if own[k] != given[k]),
         None,
     )
 
 
-def _misfit(exc: RuntimeError) -> str:
-    """The first concrete line of a ``load_state_dict`` error (the first is a header)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    line = lines[1] if len(lines) > 1 else (lines or [type(exc).__name__])[0]
-    return line if len(line) <= 160 else line[:157] + "..."
+def _load(model: nn.Module, state: dict) -> None:
+    """`state` into `model`, once `misfit` found nothing (strict=False: see `misfit`)."""
+    model.load_state_dict(state, strict=False)
 
 
 def _network(
@@ -340,19 +311,20 @@ def _network(
 
 def _pretrained_state(
     weights: str | os.PathLike | None, allow_random: bool
-) -> tuple[dict | None, bool]:
-    """``(state dict or None, whether it is COCO's)`` for `weights`; with `allow_random`,
-    unreachable weights log a warning and give None (random weights) instead of raising."""
+) -> tuple[dict | None, bool, str | None]:
+    """``(state dict or None, whether it is COCO's, why there is none)`` for `weights`; with
+    `allow_random`, unreachable weights log a warning and give None (random weights) and
+    the reason instead of raising."""
     if weights is None:
-        return None, False
+        return None, False, None
     coco = str(weights).lower() == "coco"
     try:
-        return (_coco_state_dict() if coco else _load_path(Path(weights))), coco
+        return (_coco_state_dict() if coco else _load_path(Path(weights))), coco, None
     except WeightsUnavailableError as exc:
         if not allow_random:
             raise
         log.warning("%s -- continuing from random weights", exc)
-        return None, False
+        return None, False, exc.reason
 
 
 def _backbone_choice(pretrained: bool, norm: str | None, trainable: int | None) -> tuple[str, int]:
@@ -380,26 +352,35 @@ def _state_head(state: dict) -> tuple[int, ...] | None:
 
 
 def _from_state(
+    weights,
     state: dict,
     num_keypoints: int,
     num_classes: int,
-    preset: Preset,
+    preset: str,
     norm: str,
     norm_eps: float | None,
     trainable: int,
     options: dict,
 ) -> KeypointRCNN:
-    """The network shaped like `state` with `state` loaded, then given the preset's keypoint
-    head where the state's differs (new weights), a keypoint predictor of `num_keypoints`
-    and a box predictor of `num_classes` where those differ."""
+    """The network shaped like `state` (of `weights`: a file or ``"coco"``) with `state`
+    loaded, then given the preset's keypoint head where the state's differs (new weights),
+    a keypoint predictor of `num_keypoints` and a box predictor of `num_classes` where
+    those differ."""
     state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
     state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
-    head = _state_head(state)
-    model = _network(int(state_k), int(state_c), preset, head, norm, norm_eps, trainable, options)
-    model.load_state_dict(state)
-    if head != preset.keypoint_head:  # COCO's 8x512 head under a small-head preset
+    head, spec = _state_head(state), PRESETS[preset]
+    model = _network(int(state_k), int(state_c), spec, head, norm, norm_eps, trainable, options)
+    wrong = misfit(model, state)
+    if wrong is not None:
+        raise WeightsUnavailableError(
+            f"{weights}: these weights do not fit the {preset!r} preset's network, "
+            f"{spec.backbone} FPN Keypoint R-CNN ({wrong}); pass torchvision's COCO weights "
+            "(presets cpu, torchvision, tiny) or a best.pth of a run with the same --preset"
+        )
+    _load(model, state)
+    if head != spec.keypoint_head:  # COCO's 8x512 head under a small-head preset
         in_channels = model.backbone.out_channels
-        channels = preset.keypoint_head or (512,) * 8
+        channels = spec.keypoint_head or (512,) * 8
         model.roi_heads.keypoint_head = KeypointRCNNHeads(in_channels, channels)
         model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(channels[-1], int(state_k))
     if state_k != num_keypoints:
@@ -470,11 +451,11 @@ def build_model(
             f"unknown KeypointRCNN options {unknown}; see torchvision's KeypointRCNN and "
             "FasterRCNN for the options there are"
         )
-    state, coco = _pretrained_state(weights, allow_random)
-    preset = _resolve_preset(preset, pretrained=state is not None)
+    state, coco, fallback = _pretrained_state(weights, allow_random)
+    preset = default_preset(state is not None) if preset == "auto" else preset or "torchvision"
     spec = PRESETS[preset]
     size = size or spec.size
-    options = {**_preset_options(preset, size), **kwargs}
+    options = {**spec.options(size), **kwargs}
     if coco and norm_eps is None:
         norm_eps = 0.0
     norm, trainable = _backbone_choice(state is not None, norm, trainable_backbone_layers)
@@ -490,17 +471,9 @@ def build_model(
             options,
         )
     else:
-        try:
-            model = _from_state(
-                state, num_keypoints, num_classes, spec, norm, norm_eps, trainable, options
-            )
-        except RuntimeError as exc:  # load_state_dict: keys missing, unexpected or misshaped
-            raise WeightsUnavailableError(
-                f"{weights}: these weights do not fit the {preset!r} preset's network, "
-                f"{spec.backbone} FPN Keypoint R-CNN ({_misfit(exc)}); pass torchvision's "
-                "COCO weights (presets cpu, torchvision, tiny) or a best.pth of a run with "
-                "the same --preset"
-            ) from None
+        model = _from_state(
+            weights, state, num_keypoints, num_classes, preset, norm, norm_eps, trainable, options
+        )
     model.kpnb_build = {
         "num_keypoints": int(num_keypoints),
         "num_classes": int(num_classes),
@@ -512,157 +485,41 @@ def build_model(
         "norm_eps": norm_eps,
         "kwargs": dict(kwargs),
     }
+    # `kpnb.tutorial.noting_weights` reads which weights the model got from this record
+    log.debug("built %s", preset, extra={"kpnb_build": model.kpnb_build, "kpnb_why": fallback})
+    return model
+
+
+def model_from_build(build: dict) -> KeypointRCNN:
+    """The network a build record (``model.kpnb_build``, a checkpoint's ``build``) describes,
+    with random weights; its ``kpnb_build`` is that record, so it says how it was trained."""
+    args = {k: v for k, v in build.items() if k not in ("kwargs", "pretrained")}
+    model = build_model(**args, **build["kwargs"], weights=None)
+    model.kpnb_build = {**model.kpnb_build, "pretrained": build["pretrained"]}
     return model
 
 
 def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | None = None):
     """The model of a kpnb checkpoint, rebuilt as it was trained, ready for inference.
 
-    Returns ``(model, checkpoint)``; ``checkpoint["skeleton_obj"]`` is the `Skeleton` and
-    ``checkpoint["config"]`` a dict (its ``"extra"`` a dict too). `device` defaults to the
-    best available one (CUDA, MPS, else the CPU).
+    Returns ``(model, checkpoint)``, the checkpoint a `kpnb.checkpoint.Checkpoint` (its
+    ``skeleton``, ``label``, ``config``...). `device` defaults to the best available one
+    (CUDA, MPS, else the CPU).
 
     Raises:
-        KpnbError: one line naming the file and what is wrong: unreadable, holding code
-            (see `read_checkpoint`), or a structure kpnb does not write (a skeleton, build
-            record or config of the wrong shape, weights that do not fit the model).
+        KpnbError: one line naming the file and what is wrong: unreadable, holding code, a
+            field of the wrong type or range (`Checkpoint.load`), or weights that do not fit
+            the network its build record describes.
     """
     from kpnb.config import select_device
 
-    path = Path(path)
-    ckpt = read_checkpoint(path)
-    skeleton, build = _checked_checkpoint(path, ckpt)
-    kwargs = build.pop("kwargs", None) or {}
-    build.pop("pretrained", None)  # how it was trained; its weights are in the file
-    try:
-        model = build_model(**build, **kwargs, weights=None)
-    except (KpnbError, TypeError) as exc:  # TypeError: kwargs repeating an argument
-        raise _bad_checkpoint(path, f"its build record does not build a model ({exc})") from None
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise _bad_checkpoint(
-            path, f"its weights do not fit the model it describes ({_misfit(exc)})"
-        ) from None
-    model.to(select_device(device)).eval()
-    ckpt["skeleton_obj"] = skeleton
-    return model, ckpt
-
-
-#: The types of a checkpoint's build record (`build_model`'s arguments, ``model.kpnb_build``).
-_BUILD_TYPES: dict[str, tuple[type, ...]] = {
-    "num_keypoints": (int,),
-    "num_classes": (int,),
-    "preset": (str,),
-    "pretrained": (bool,),
-    "size": (int,),
-    "trainable_backbone_layers": (int, type(None)),
-    "norm": (str, type(None)),
-    "norm_eps": (float, int, type(None)),
-    "kwargs": (dict, type(None)),
-}
-#: The types of the config entries kpnb reads back (``kpnb evaluate``/``predict``).
-_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "size": (int, type(None)),
-    "seed": (int, type(None)),
-    "preset": (str, type(None)),
-    "extra": (dict, type(None)),
-}
-_EXTRA_TYPES: dict[str, tuple[type, ...]] = {
-    "label": (str, type(None)),
-    "points_as_skeleton": (str, type(None)),
-}
-
-
-def _bad_checkpoint(path: Path, what: str) -> KpnbError:
-    return KpnbError(
-        f"{path}: not a usable kpnb checkpoint: {what}; pass a best.pth or last.pth "
-        "written by kpnb train (this file is damaged or was made by something else)"
-    )
-
-
-def _brief(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _check_types(path: Path, where: str, record: dict, types: dict, *, known: bool) -> None:
-    """Each entry of `record` of its type in `types` (a bool is no int); with `known`,
-    no other entries."""
-    for key, value in record.items():
-        if key not in types:
-            if known:
-                raise _bad_checkpoint(
-                    path, f"{where} has an unknown entry {_brief(key)} (known: {list(types)})"
-                )
-            continue
-        allowed = types[key]
-        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
-            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-            raise _bad_checkpoint(path, f"{where}[{key!r}] must be {names}, not {_brief(value)}")
-
-
-def _checked_checkpoint(path: Path, ckpt: dict) -> tuple:
-    """``(skeleton, build record)`` of a checkpoint dict, its structure checked: the one
-    place that does, so every reader of a checkpoint may trust its fields afterwards.
-
-    ``torch.load(weights_only=True)`` guarantees plain data, not kpnb's layout; a file
-    edited or made elsewhere could hold anything there. ``ckpt["config"]`` is made a dict
-    (with a dict ``"extra"``) in place.
-    """
-    from kpnb.tables import Skeleton
-
-    state = ckpt.get("model")
-    if not isinstance(state, dict) or "skeleton" not in ckpt:
+    ckpt = Checkpoint.load(path)
+    model = model_from_build(ckpt.build)
+    wrong = misfit(model, ckpt.model)
+    if wrong is not None:
         raise KpnbError(
-            f"{path}: not a kpnb checkpoint (no 'model'/'skeleton'); "
-            "pass a best.pth or last.pth written by kpnb train"
+            f"{path}: not a usable kpnb checkpoint: its weights do not fit the network its "
+            f"build record describes ({wrong}); pass a best.pth or last.pth written by kpnb train"
         )
-    odd = _not_a_tensor(state)
-    if odd is not None:
-        raise _bad_checkpoint(path, f"its weights ('model') hold {_brief(odd[0])}, not a tensor")
-    try:
-        skeleton = Skeleton.from_dict(ckpt["skeleton"])
-    except KpnbError as exc:
-        raise _bad_checkpoint(path, f"its skeleton is wrong: {exc}") from None
-    config = ckpt.get("config")
-    if not isinstance(config, (dict, type(None))):
-        raise _bad_checkpoint(path, f"its config must be a dict, not {_brief(config)}")
-    config = dict(config or {})
-    _check_types(path, "config", config, _CONFIG_TYPES, known=False)
-    config["extra"] = dict(config.get("extra") or {})
-    _check_types(path, "config['extra']", config["extra"], _EXTRA_TYPES, known=False)
-    ckpt["config"] = config
-    build = ckpt.get("build")
-    if not isinstance(build, (dict, type(None))):
-        raise _bad_checkpoint(path, f"its build record must be a dict, not {_brief(build)}")
-    if not build:  # checkpoints from before the build record: the preset of their size
-        build = {
-            "num_keypoints": skeleton.num_keypoints,
-            "size": config.get("size") or 256,
-            "preset": config.get("preset") or "torchvision",
-        }
-    build = dict(build)
-    _check_types(path, "build", build, _BUILD_TYPES, known=True)
-    for key in ("size", "num_classes"):
-        if key in build and build[key] < (2 if key == "num_classes" else 1):
-            raise _bad_checkpoint(path, f"build[{key!r}] = {build[key]} is too small")
-    if build.get("num_keypoints") != skeleton.num_keypoints:
-        raise _bad_checkpoint(
-            path,
-            f"build['num_keypoints'] = {build.get('num_keypoints')!r}, but its skeleton has "
-            f"{skeleton.num_keypoints} keypoints",
-        )
-    for key, value in (build.get("kwargs") or {}).items():
-        if not isinstance(key, str) or not _plain_option(value):
-            raise _bad_checkpoint(
-                path, f"build['kwargs'] holds {_brief(key)}: {_brief(value)}, not an option value"
-            )
-    return skeleton, build
-
-
-def _plain_option(value) -> bool:
-    """A KeypointRCNN option a checkpoint can hold: a number, None, or a list of numbers."""
-    if isinstance(value, (list, tuple)):
-        return all(_plain_option(v) and not isinstance(v, (list, tuple)) for v in value)
-    return value is None or isinstance(value, (int, float))
+    _load(model, ckpt.model)
+    return model.to(select_device(device)).eval(), ckpt

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from kpnb.errors import KpnbError
-from kpnb.tables import Annotations, Skeleton
+from kpnb.skeleton import Skeleton
+from kpnb.tables import Annotations
 
 __all__ = [
     "TOLERANCE_PX",

@@ -5,15 +5,14 @@ set) the model is wrapped in DistributedDataParallel, the training loader gets a
 DistributedSampler, and rank 0 alone evaluates, logs and writes files. Without them it is
 a plain single-process loop.
 
-Checkpoints hold only tensors, plain containers, numbers and strings, so they load with
-``torch.load(weights_only=True)``: ``best.pth`` is the model (weights, skeleton, config and
-the arguments that rebuild the network), ``last.pth`` adds what `resume` needs (optimizer,
-schedule, epoch, history, random states). ``best.pth`` is written before ``last.pth``, so a
-run killed at any moment and resumed always ends with a loadable ``best.pth``.
+Checkpoints are `kpnb.checkpoint.Checkpoint` records: ``best.pth`` is the model (weights,
+skeleton, config, label, data and the arguments that rebuild the network), ``last.pth``
+adds what `resume` needs (optimizer, schedule, random states). ``best.pth`` is written
+before ``last.pth``, so a run killed at any moment and resumed always ends with a loadable
+``best.pth``. A resumed run keeps its own settings: a config that differs is refused.
 
-The output folder is kpnb's: a non-empty one is refused before any work (`check_run_folder`)
-unless ``overwrite=True`` (replace only the files in `RUN_FILES`, keep the others) or the
-run resumes from the ``last.pth`` in it.
+The output folder is the run's alone (`kpnb.runs`: refused when not empty, locked while
+the run writes there).
 """
 
 from __future__ import annotations
@@ -23,23 +22,30 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from kpnb.checkpoint import (
+    Checkpoint,
+    RunData,
+    TrainConfig,
+    restore_rng,
+    resume_conflicts,
+    rng_state,
+)
 from kpnb.config import seed_everything, select_device, version
 from kpnb.errors import KpnbError
 from kpnb.evaluate import evaluate, json_safe
-from kpnb.io import OutputExistsError, atomic_path, check_output
-from kpnb.model import training_recipe
-from kpnb.tables import Skeleton
+from kpnb.io import atomic_path
+from kpnb.model import misfit, training_recipe
+from kpnb.runs import check_run_folder, clean_leftovers, run_lock
+from kpnb.skeleton import Skeleton
 
 __all__ = [
     "TrainConfig",
@@ -49,37 +55,13 @@ __all__ = [
     "train_one_epoch",
     "select_device",
     "seed_everything",
-    "save_checkpoint",
-    "load_checkpoint",
+    "resume_conflicts",
 ]
 
 log = logging.getLogger(__name__)
 
-#: The files `fit` writes into its output folder (their ``.NAME.*.tmp`` leftovers are removed).
-RUN_FILES = ("best.pth", "last.pth", "history.json", "history.csv")
-
-
 #: Monitored metrics where a smaller value is the better epoch (the others: larger).
 LOWER_IS_BETTER = frozenset(("mean_px_error", "loss"))
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes a run; stored in every checkpoint."""
-
-    epochs: int | None = 10  # None: as many as `max_minutes` allows (the budget decides)
-    lr: float | None = None  # AdamW peak; None: the model's `kpnb.model.training_recipe`
-    batch_size: int | None = None  # recorded by `fit` from the training loader
-    weight_decay: float = 1e-4
-    grad_clip: float = 10.0
-    pct_start: float = 0.3  # share of the one-cycle schedule spent warming up
-    amp: bool | None = None  # None: on for CUDA
-    seed: int = 0  # also the train/validation split's seed (`kpnb evaluate` reads it)
-    size: int = 256  # the loaders' image size (`kpnb evaluate` and `predict` read it)
-    max_minutes: float | None = None  # time budget: the schedule ends, and training stops, then
-    monitor: str = "AP"  # metric that picks the best checkpoint
-    sigmas: list[float] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _distributed() -> tuple[int, int]:
@@ -270,98 +252,6 @@ def train_one_epoch(
     return out
 
 
-def save_checkpoint(path: str | os.PathLike, **state) -> Path:
-    """Write a checkpoint dict atomically: a crash never leaves a half-written file."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A ``last.pth`` for `fit(resume=...)`, read with ``weights_only=True``; a clear
-    ValueError for anything else (empty, unreadable, holding code, or no resume state)."""
-    from kpnb.model import read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in ckpt]
-    if missing:
-        raise KpnbError(
-            f"{path}: cannot resume from it (no {', '.join(missing)}); resume "
-            "from the last.pth that kpnb train wrote"
-        )
-    return ckpt
-
-
-def _rng_state(loader) -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "python": [random.getstate()[0], list(random.getstate()[1]), None],
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "gauss": [int(np_state[3]), float(np_state[4])],
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        state["loader"] = generator.get_state()
-    return state
-
-
-def _restore_rng(state: dict, loader) -> None:
-    if not state:
-        return
-    random.setstate((state["python"][0], tuple(state["python"][1]), None))
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["gauss"][0],
-            np_state["gauss"][1],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    generator = getattr(loader, "generator", None)
-    if "loader" in state and generator is not None:
-        generator.set_state(state["loader"])
-
-
-def check_run_folder(
-    out: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    resume: str | os.PathLike | None = None,
-) -> None:
-    """Refuse (`kpnb.io.OutputExistsError`) an `out` that `fit` must not write into.
-
-    A missing or empty folder is fine; a non-empty one only with `overwrite` (then only the
-    files in `RUN_FILES` are replaced) or when `resume` is the ``last.pth`` inside it (the
-    run continues in its own folder). A file at `out`, or a folder where one of
-    `RUN_FILES` goes, is always refused. Cheap: call it before loading data.
-    """
-    out = Path(out)
-    own = resume is not None and Path(resume).resolve().parent == out.resolve()
-    try:
-        check_output(out, directory=True, overwrite=overwrite or own)
-    except OutputExistsError as exc:
-        if (out / "last.pth").is_file():
-            raise OutputExistsError(
-                f"{exc}; or continue the run in it with resume={str(out / 'last.pth')!r} "
-                "(on the command line: --resume)"
-            ) from None
-        raise
-    for name in RUN_FILES:
-        check_output(out / name)  # a folder where a run file goes
-
-
 def _write_history(out: Path, history: list[dict]) -> None:
     with atomic_path(out / "history.json") as tmp:
         tmp.write_text(json.dumps(json_safe(history), indent=2, allow_nan=False))
@@ -369,32 +259,27 @@ def _write_history(out: Path, history: list[dict]) -> None:
         pd.DataFrame(history).to_csv(tmp, index=False)
 
 
-def _clean_leftovers(out: Path) -> None:
-    """Remove temporary files of kpnb's own writes that a killed run left behind."""
-    for name in RUN_FILES:
-        for tmp in out.glob(f".{name}.*.tmp"):
-            if tmp.is_file():
-                log.info("removing %s, left by an interrupted run", tmp)
-                tmp.unlink(missing_ok=True)
-
-
 def _best_loads(path: Path) -> bool:
-    from kpnb.model import read_checkpoint
-
     try:
-        return "model" in read_checkpoint(path)
-    except (ValueError, FileNotFoundError):
+        Checkpoint.load(path)
+    except (KpnbError, FileNotFoundError):
         return False
+    return True
 
 
-def _stored_best(value) -> tuple[int, float] | None:
-    """`_Run.best` from a ``last.pth``: ``[kind, value]``, or a bare number (the monitored
-    metric, as earlier kpnb versions stored it); None when nothing was saved."""
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return (int(value[0]), float(value[1]))
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return (1, float(value))
-    return None
+def _images(loader) -> tuple[str | None, list[int]]:
+    """``(skeleton label, image ids)`` of a loader over a `kpnb.dataset.KeypointDataset`
+    (or a ``Subset`` of one); ``(None, [])`` for other datasets."""
+    from torch.utils.data import Subset
+
+    ds, index = getattr(loader, "dataset", None), None
+    if isinstance(ds, Subset):
+        ds, index = ds.dataset, list(ds.indices)
+    items = getattr(ds, "items", None)
+    if items is None:
+        return None, []
+    index = range(len(items)) if index is None else index
+    return getattr(ds, "label", None), [int(items[i].image_id) for i in index]
 
 
 def _epoch_line(row: dict, epochs: int | None) -> str:
@@ -421,6 +306,8 @@ def fit(
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
     on_epoch_end: Callable[[dict], None] | None = None,
+    data: str | None = None,
+    points_as_skeleton: str | None = None,
 ) -> list[dict]:
     """Train `model`; returns the history (one dict per epoch, also written to `out_dir`).
 
@@ -430,24 +317,75 @@ def fit(
     when it is used up, after evaluating the epoch it stopped in. `out_dir` receives
     ``best.pth`` when the epoch is the best so far (`_Run.save` says how that is judged)
     and ``last.pth`` every epoch (see the module docstring); `resume` is such a
-    ``last.pth``. A non-empty `out_dir` is refused before training unless `overwrite` or
-    `resume` is its own ``last.pth`` (`check_run_folder`). On CUDA, mixed precision is on
-    unless `config.amp` is False.
+    ``last.pth``, whose model must be built as `model` is and whose config `config` must
+    match (`resume_conflicts`; an lr of None takes the run's). A non-empty `out_dir` is
+    refused before training unless `overwrite` or `resume` is its own ``last.pth``
+    (`check_run_folder`), and so is one another run holds (its lock). `data` is the
+    export as given (a path, URL or ``"synthetic"``) and `points_as_skeleton` how its
+    points were grouped (`kpnb.data.open_export`), recorded in the checkpoints with the
+    label and the split of the loaders; a resumed run must have the same split. On CUDA,
+    mixed precision is on unless `config.amp` is False.
     """
     if config.epochs is None and not config.max_minutes:
         raise KpnbError("TrainConfig: epochs=None trains until max_minutes; give one of them")
     if out_dir is not None:
         check_run_folder(out_dir, overwrite=overwrite, resume=resume)
-    config = replace(
-        config,
-        lr=config.lr or training_recipe(_unwrap(model))["lr"],
-        batch_size=train_loader.batch_size,
-    )
-    run = _Run.start(model, train_loader, config, device, out_dir)
+    last = None if resume is None else _resumable(resume, model, config)
+    lr = config.lr or (last.config.lr if last else training_recipe(_unwrap(model))["lr"])
+    config = replace(config, lr=lr, batch_size=train_loader.batch_size)
+    label, train_ids = _images(train_loader)
+    run_data = RunData(data, points_as_skeleton, config.seed, train_ids, _images(val_loader)[1])
+    if last is not None:
+        _refuse_conflicts(resume, last, config, run_data)
+    with run_lock(None if out_dir is None or _distributed()[0] else Path(out_dir)):
+        run = _Run.start(model, train_loader, config, device, out_dir, label, run_data)
+        return _train(run, config, val_loader, skeleton, last, on_epoch_end)
+
+
+def _resumable(path, model, config: TrainConfig) -> Checkpoint:
+    """The ``last.pth`` at `path`, its network the one `model` is (else one line naming
+    the build entries that differ, such as the preset)."""
+    last = Checkpoint.load(path, resume=True)
+    build = getattr(_unwrap(model), "kpnb_build", None) or {}
+    keys = [k for k in last.build if build and k != "pretrained" and build[k] != last.build[k]]
+    if keys:
+        said = "; ".join(f"{k}={last.build[k]!r} (this model: {build[k]!r})" for k in keys)
+        raise KpnbError(
+            f"{path}: cannot resume: the run's network was built with {said}; build it as "
+            "the run did: kpnb.model.model_from_build(Checkpoint.load(path).build)",
+            param=keys[0],
+        )
+    wrong = misfit(_unwrap(model), last.model)
+    if wrong is not None:
+        raise KpnbError(f"{path}: cannot resume: its weights do not fit this model ({wrong})")
+    return last
+
+
+def _refuse_conflicts(path, last: Checkpoint, given: TrainConfig, data: RunData) -> None:
+    """Refuse to resume `last` with another config or another split of the images."""
+    conflicts = resume_conflicts(last.config, given)
+    if last.data is not None and (last.data.train, last.data.val) != (data.train, data.val):
+        raise KpnbError(
+            f"{path}: cannot resume on other images: the run trained on "
+            f"{len(last.data.train)} and validated on {len(last.data.val)} images, these "
+            f"loaders hold {len(data.train)} and {len(data.val)} others; resume on the run's "
+            "export and split"
+        )
+    if conflicts:
+        name, was, now = conflicts[0]
+        raise KpnbError(
+            f"{path}: cannot resume with {{{name}}}: the run has {name}={was!r}; resume "
+            "with the run's settings, or start a new run in another folder",
+            params={name: repr(now)},
+        )
+
+
+def _train(run: _Run, config: TrainConfig, val_loader, skeleton, last, on_epoch_end) -> list:
+    """`fit`'s loop over epochs, from `last` (a ``last.pth``) when resuming."""
     history: list[dict] = []
     start_epoch = 0
-    if resume is not None:
-        history, start_epoch = run.resume(resume)
+    if last is not None:
+        history, start_epoch = run.resume(last)
     epochs = range(start_epoch, config.epochs) if config.epochs else itertools.count(start_epoch)
     for epoch in epochs:
         if run.scheduler.finished:
@@ -492,11 +430,13 @@ class _Run:
     rank: int
     world: int
     build: dict
+    label: str | None
+    data: RunData
     best: tuple[int, float] | None = None  # see `score`; None: nothing saved yet
     fallback_logged: bool = False
 
     @classmethod
-    def start(cls, model, train_loader, config: TrainConfig, device, out_dir) -> _Run:
+    def start(cls, model, train_loader, config, device, out_dir, label, data) -> _Run:
         """Device, seeds, DDP wrapping (under torchrun), optimizer, schedule, output folder."""
         rank, world = _distributed()
         dev = select_device(device)
@@ -530,26 +470,36 @@ class _Run:
         out = Path(out_dir) if out_dir is not None else None
         if out is not None and rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            _clean_leftovers(out)
+            clean_leftovers(out)
         return cls(
-            model, train_loader, config, dev, optimizer, scheduler, scaler, out, rank, world, build
+            model,
+            train_loader,
+            config,
+            dev,
+            optimizer,
+            scheduler,
+            scaler,
+            out,
+            rank,
+            world,
+            build,
+            label,
+            data,
         )
 
-    def resume(self, path) -> tuple[list[dict], int]:
+    def resume(self, last: Checkpoint) -> tuple[list[dict], int]:
         """Restore a ``last.pth``: weights, optimizer, schedule, scaler, best score, RNG."""
-        ckpt = load_checkpoint(path)
-        _unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.best = _stored_best(ckpt.get("best"))
+        _unwrap(self.model).load_state_dict(last.model, strict=False)  # fits: `_resumable`
+        self.optimizer.load_state_dict(last.resume["optimizer"])
+        self.scheduler.load_state_dict(last.resume["lr_scheduler"])
+        if self.scaler is not None and last.resume["scaler"]:
+            self.scaler.load_state_dict(last.resume["scaler"])
+        self.best = last.best
         if self.out is not None and not _best_loads(self.out / "best.pth"):
             self.best = None  # best.pth is missing or broken: the next epoch writes it
-        _restore_rng(ckpt.get("rng") or {}, self.train_loader)
-        start = int(ckpt["epoch"]) + 1
-        log.info("resumed from %s at epoch %d", path, start + 1)
-        return list(ckpt.get("history", [])), start
+        restore_rng(last.resume["rng"], self.train_loader)
+        log.info("resumed at epoch %d", last.epoch + 2)
+        return list(last.history), last.epoch + 1
 
     def epoch(self, epoch: int, val_loader, skeleton: Skeleton) -> dict:
         """Train one epoch, then score the validation images (rank 0): the history row."""
@@ -615,26 +565,26 @@ class _Run:
             self.best = score
         if self.out is None:
             return
-        model_state = {
-            "format": "kpnb-checkpoint",
-            "model": _unwrap(self.model).state_dict(),
-            "skeleton": skeleton.to_dict(),
-            "config": asdict(self.config),
-            "build": self.build,
-            "epoch": epoch,
-            "metrics": json_safe(row),
-            "kpnb_version": version(),
-        }
+        ckpt = Checkpoint(
+            model=_unwrap(self.model).state_dict(),
+            skeleton=skeleton,
+            build=self.build,
+            config=self.config,
+            label=self.label,
+            data=self.data,
+            epoch=epoch,
+            metrics=json_safe(row),
+            history=json_safe(history),
+            best=self.best,
+            kpnb_version=version(),
+        )
         if improved:  # before last.pth: no last.pth ever claims a best that is not saved
-            save_checkpoint(self.out / "best.pth", **model_state)
-        opt = self.optimizer
-        resume_state = {
-            "optimizer": opt.state_dict(),
+            ckpt.save(self.out / "best.pth")
+        ckpt.resume = {
+            "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "best": list(self.best) if self.best is not None else None,
-            "history": json_safe(history),
-            "rng": _rng_state(self.train_loader),
+            "rng": rng_state(self.train_loader),
         }
-        save_checkpoint(self.out / "last.pth", **model_state, **resume_state)
+        ckpt.save(self.out / "last.pth")
         _write_history(self.out, history)

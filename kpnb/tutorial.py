@@ -120,31 +120,33 @@ def noting_weights(weights) -> Iterator[WeightsNote]:
     `build_model` logs a long warning when COCO's weights cannot be downloaded (offline) and
     it continues from random weights; in a notebook that warning would be the loudest output.
     Here it is kept (``note.messages``) instead of printed, and `run_card` states the
-    outcome once, plainly. ``with noting_weights(WEIGHTS) as note: model = build_model(...)``
+    outcome once, plainly, from the model's build record (its ``pretrained`` field).
+    ``with noting_weights(WEIGHTS) as note: model = build_model(...)``
     """
     note = WeightsNote(weights)
     logger = logging.getLogger("kpnb.model")
+    built: list[logging.LogRecord] = []
 
     class _Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            note.messages.append(record.getMessage())
+            if hasattr(record, "kpnb_build"):
+                built.append(record)
+            else:
+                note.messages.append(record.getMessage())
 
-    keep, propagate = _Keep(logging.INFO), logger.propagate
+    keep, propagate, level = _Keep(logging.DEBUG), logger.propagate, logger.level
     logger.addHandler(keep)
     logger.propagate = False
+    logger.setLevel(logging.DEBUG)
     try:
         yield note
     finally:
         logger.removeHandler(keep)
         logger.propagate = propagate
-    failed = [m for m in note.messages if "continuing from random weights" in m]
-    if failed:
-        reason = re.search(r"\(([^()]*)\)", failed[0])
-        note.weights = "random"
-        note.why = "COCO weights could not be downloaded" + (
-            f": {reason.group(1)}" if reason else ""
-        )
-    elif isinstance(weights, str) and weights.lower() == "coco":
+        logger.setLevel(level)
+    if built and not built[-1].kpnb_build["pretrained"] and weights is not None:
+        note.weights, note.why = "random", built[-1].kpnb_why or "asked for"
+    elif built and isinstance(weights, str) and weights.lower() == "coco":
         note.weights, note.why = "COCO", "torchvision's COCO person keypoints, fine-tuned"
 
 

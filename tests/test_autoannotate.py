@@ -46,7 +46,7 @@ def trained(synthetic_export, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(5, weights=None, size=SIZE, preset="tiny")
     out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(epochs=1, size=SIZE, extra={"label": "face"})
+    config = TrainConfig(epochs=1, size=SIZE)  # fit records the loader's label, "face"
     fit(model, train, val, ann.skeletons["face"], config, out_dir=out)
     images = [ds.items[i].path for i in range(20, 24)]
     return out / "best.pth", ann, images
@@ -206,18 +206,12 @@ def test_cvat_cli_loads_it_from_the_documented_command(trained):
 
 
 def test_a_checkpoint_without_a_label_asks_for_one(tmp_path):
+    from kpnb.checkpoint import Checkpoint
     from kpnb.model import build_model
-    from kpnb.tables import Skeleton
-    from kpnb.train import save_checkpoint
+    from kpnb.skeleton import Skeleton
 
     model = build_model(2, weights=None, preset="tiny", size=SIZE)
-    path = save_checkpoint(
-        tmp_path / "best.pth",
-        model=model.state_dict(),
-        skeleton=Skeleton(("a", "b")).to_dict(),
-        build=model.kpnb_build,
-        config={"size": SIZE},
-    )
+    path = Checkpoint.of_model(model, Skeleton(("a", "b"))).save(tmp_path / "best.pth")
     with pytest.raises(KpnbError, match="label=str:NAME"):
         autoannotate.create(str(path))
     assert autoannotate.create(str(path), label="thing").spec.labels[0].name == "thing"

@@ -188,20 +188,15 @@ def tiny_checkpoint(tmp_path_factory):
     """An untrained tiny-preset checkpoint: enough for predict's plumbing."""
     import torch
 
+    from kpnb.checkpoint import Checkpoint
     from kpnb.model import build_model
-    from kpnb.tables import Skeleton
-    from kpnb.train import save_checkpoint
+    from kpnb.skeleton import Skeleton
 
     torch.manual_seed(0)
     model = build_model(3, weights=None, preset="tiny", size=64)
     path = tmp_path_factory.mktemp("ckpt") / "best.pth"
-    return save_checkpoint(
-        path,
-        model=model.state_dict(),
-        skeleton=Skeleton(("a", "b", "c"), ((0, 1),)).to_dict(),
-        build=model.kpnb_build,
-        config={"size": 64, "extra": {"label": "thing"}},
-    )
+    skeleton = Skeleton(("a", "b", "c"), ((0, 1),))
+    return Checkpoint.of_model(model, skeleton, label="thing").save(path)
 
 
 @pytest.fixture
@@ -284,13 +279,36 @@ def test_train_passes_overwrite_and_resume_to_fit(points_export, tmp_path, monke
     monkeypatch.setattr(kpnb.train, "fit", fake_fit)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "last.pth").write_bytes(b"a run's")
+    last = _a_runs_last_pth(run / "last.pth", str(points_export))
     argv = ["train", str(points_export), "--points-as-skeleton", "face", "--out", str(run)]
     argv += ["--weights", "none", "--preset", "tiny", "--size", "64", "--workers", "0"]
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err and not calls
     assert main([*argv, "--overwrite"]) == 0 and calls[-1] == (None, True)
     assert main([*argv, "--resume"]) == 0 and calls[-1] == (run / "last.pth", False)
-    assert (run / "last.pth").read_bytes() == b"a run's"
+    assert (run / "last.pth").read_bytes() == last
+
+
+def _a_runs_last_pth(path, export: str) -> bytes:
+    """The bytes of a last.pth of a tiny run at 64 px on the points export."""
+    import torch
+
+    from kpnb.checkpoint import Checkpoint, RunData, TrainConfig, rng_state
+    from kpnb.model import build_model
+    from kpnb.skeleton import Skeleton
+    from kpnb.train import OneCycle
+
+    model = build_model(5, weights=None, preset="tiny", size=64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    skeleton = Skeleton(("nose", "left_eye", "right_eye", "left_ear", "right_ear"))
+    ckpt = Checkpoint.of_model(model, skeleton, "face", TrainConfig(size=64, lr=1e-4))
+    ckpt.data = RunData(export, "face", 0, [], [])
+    ckpt.resume = {
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": OneCycle(optimizer, 1e-4, 10).state_dict(),
+        "scaler": None,
+        "rng": rng_state(None),
+    }
+    return ckpt.save(path).read_bytes()
 
 
 def test_predict_takes_folders_of_images_in_name_order(

@@ -192,25 +192,35 @@ def test_run_dependent_cells_are_tagged_not_commented(name):
     assert len(tagged) <= max(1, len(with_output) // 3)
 
 
-def test_noting_weights_keeps_the_download_warning_for_the_run_card(caplog):
+def test_noting_weights_reads_the_models_pretrained_field_and_keeps_the_warning(
+    caplog, tmp_path, monkeypatch
+):
     import logging
 
+    from kpnb import model as kmodel
     from kpnb.tutorial import noting_weights
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(kmodel, "COCO_URL", "http://127.0.0.1:9/keypointrcnn-fc266e95.pth")
+    build = {"weights": "coco", "allow_random": True, "preset": "tiny", "size": 64}
     with caplog.at_level(logging.INFO, logger="kpnb"):
         with noting_weights("coco") as note:
-            logging.getLogger("kpnb.model").warning(
-                "COCO Keypoint R-CNN weights could not be downloaded (no network). Download "
-                "it on a connected machine -- continuing from random weights"
-            )
+            model = kmodel.build_model(2, **build)
+    assert model.kpnb_build["pretrained"] is False
     assert "could not be downloaded" not in caplog.text  # kept, not printed
-    assert note.weights == "random" and note.why.endswith("could not be downloaded: no network")
-    with noting_weights("coco") as note:
-        pass
-    assert note.weights == "COCO"
+    assert any("could not be downloaded" in m for m in note.messages)
+    assert note.weights == "random" and note.why.startswith("COCO weights could not be")
     with noting_weights(None) as note:
-        pass
+        kmodel.build_model(2, weights=None, preset="tiny", size=64)
     assert note.weights == "random" and "weights=None" in note.why
+    # a model with pretrained weights (a kpnb checkpoint's, here): not "random"
+    from kpnb.checkpoint import Checkpoint
+    from kpnb.skeleton import Skeleton
+
+    path = Checkpoint.of_model(model, Skeleton(("a", "b"))).save(tmp_path / "w.pth")
+    with noting_weights(str(path)) as note:
+        tuned = kmodel.build_model(2, weights=path, preset="tiny", size=64)
+    assert tuned.kpnb_build["pretrained"] is True and note.weights == str(path)
 
 
 def test_run_card_and_gather_record(tmp_path):

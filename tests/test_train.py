@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,13 +19,14 @@ from torch.utils.data import DataLoader, Subset
 
 from kpnb import dataset as kdataset
 from kpnb import train as ktrain
+from kpnb.checkpoint import Checkpoint
 from kpnb.cli import main
 from kpnb.cvat import read_cvat
 from kpnb.dataset import KeypointDataset, collate_fn, split_indices
 from kpnb.errors import KpnbError
 from kpnb.io import OutputExistsError
 from kpnb.model import build_model, load_checkpoint_model, training_recipe
-from kpnb.train import OneCycle, TrainConfig, fit, load_checkpoint
+from kpnb.train import OneCycle, TrainConfig, fit
 from kpnb.transforms import eval_transforms
 
 SIZE = 64
@@ -48,29 +50,37 @@ def _no_nan(text):
     return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
 
 
+def _first_of(epochs: int, model, train, val, skeleton, out: Path, **kwargs) -> list[dict]:
+    """The history of a `fit` of `epochs` epochs into `out`, killed after its first."""
+    with pytest.raises(KeyboardInterrupt):
+        config = TrainConfig(epochs=epochs, size=SIZE)
+        fit(model, train, val, skeleton, config, out_dir=out, on_epoch_end=_killed, **kwargs)
+    return json.loads((out / "history.json").read_text())
+
+
 def test_fit_writes_safe_checkpoints_and_history_and_resumes(tiny, tmp_path, caplog):
     skeleton, train, val = tiny
     model = _model()
     with caplog.at_level(logging.INFO, logger="kpnb.train"):
-        history = fit(
-            model, train, val, skeleton, TrainConfig(epochs=1, size=SIZE), out_dir=tmp_path
-        )
+        history = _first_of(2, model, train, val, skeleton, tmp_path)
     assert [h["epoch"] for h in history] == [0]
     assert {"loss", "loss_keypoint", "AP", "PCK@0.1", "mean_px_error", "lr"} <= set(history[0])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(lines) == 1 and "loss" in lines[0] and "PCK@0.1" in lines[0] and " s" in lines[0]
     # both load with weights_only=True; best.pth is the model alone, about the weights' size
     best = torch.load(tmp_path / "best.pth", weights_only=True)
-    last = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert {"model", "skeleton", "config", "build", "epoch", "kpnb_version"} <= set(best)
-    assert "optimizer" not in best and "history" not in best
-    assert {"optimizer", "lr_scheduler", "epoch", "history", "rng"} <= set(last)
+    last = Checkpoint.load(tmp_path / "last.pth", resume=True)
+    assert best["resume"] is None and best["skeleton"] == skeleton.to_dict()
+    assert set(last.resume) == {"optimizer", "lr_scheduler", "scaler", "rng"}
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     assert (tmp_path / "best.pth").stat().st_size < 1.05 * weights
-    assert best["skeleton"] == skeleton.to_dict()
+    # what the run trained on: the loaders' label and images, by id
+    assert last.label == "face" and last.data.seed == 0
+    assert last.data.train == [item.image_id for item in train.dataset.dataset.items[:4]]
+    assert last.data.val == [item.image_id for item in val.dataset.dataset.items[4:6]]
     # the checkpoint rebuilds exactly the trained model
     rebuilt, ckpt = load_checkpoint_model(tmp_path / "best.pth")
-    assert ckpt["skeleton_obj"] == skeleton and rebuilt.kpnb_build == model.kpnb_build
+    assert ckpt.skeleton == skeleton and rebuilt.kpnb_build == model.kpnb_build
     images = next(iter(val))[0]
     model.eval()
     with torch.inference_mode():
@@ -103,7 +113,7 @@ def test_a_kill_while_best_is_written_leaves_no_last_that_claims_it(tiny, tmp_pa
 
 def test_resume_after_a_kill_writes_best_again_and_cleans_leftovers(tiny, tmp_path):
     skeleton, train, val = tiny
-    fit(_model(), train, val, skeleton, TrainConfig(epochs=1, size=SIZE), out_dir=tmp_path)
+    _first_of(2, _model(), train, val, skeleton, tmp_path)
     # what a SIGKILL while best.pth is replaced can leave: no best.pth, a big temp file
     (tmp_path / "best.pth").unlink()
     leftover = tmp_path / ".best.pth.k1ll3d.tmp"
@@ -121,7 +131,7 @@ def test_resume_after_a_kill_writes_best_again_and_cleans_leftovers(tiny, tmp_pa
         resume=tmp_path / "last.pth",
     )
     model, ckpt = load_checkpoint_model(tmp_path / "best.pth")
-    assert ckpt["epoch"] == 1 and not leftover.exists() and all(p.exists() for p in mine)
+    assert ckpt.epoch == 1 and not leftover.exists() and all(p.exists() for p in mine)
 
 
 def test_fit_refuses_a_folder_with_files_it_did_not_make(tiny, tmp_path):
@@ -161,12 +171,10 @@ def test_best_is_written_when_validation_has_nothing_to_measure(
     assert len(empty) == 2
     val = DataLoader(Subset(ds, empty), batch_size=2, collate_fn=collate_fn)
     with caplog.at_level(logging.INFO, logger="kpnb.train"):
-        history = fit(
-            _model(), train, val, skeleton, TrainConfig(epochs=1, size=SIZE), out_dir=tmp_path
-        )
+        history = _first_of(3, _model(), train, val, skeleton, tmp_path)
     assert history[0]["AP"] is None and "lowest training loss" in caplog.text
     _, ckpt = load_checkpoint_model(tmp_path / "best.pth")
-    assert ckpt["epoch"] == 0
+    assert ckpt.epoch == 0
     last = torch.load(tmp_path / "last.pth", weights_only=True)
     assert last["best"] == [0, -history[0]["loss"]]
     resumed = fit(
@@ -180,10 +188,10 @@ def test_best_is_written_when_validation_has_nothing_to_measure(
     )
     losses = [row["loss"] for row in resumed]
     _, ckpt = load_checkpoint_model(tmp_path / "best.pth")
-    assert ckpt["epoch"] == losses.index(min(losses))
+    assert ckpt.epoch == losses.index(min(losses))
 
 
-def test_an_epoch_with_the_metric_beats_one_without_and_old_bests_load():
+def test_an_epoch_with_the_metric_beats_one_without():
     run = ktrain._Run.__new__(ktrain._Run)
     run.config, run.rank, run.fallback_logged = TrainConfig(), 0, False
     none, nan, zero = ({"loss": 0.1, "AP": v} for v in (None, float("nan"), 0.0))
@@ -191,41 +199,40 @@ def test_an_epoch_with_the_metric_beats_one_without_and_old_bests_load():
     assert run.score({"loss": 2.0}) < run.score(none)  # no validation: lower loss is better
     run.config = TrainConfig(monitor="mean_px_error")  # a pixel error: the smaller the better
     assert run.score({"loss": 1, "mean_px_error": 3.0}) > run.score({"mean_px_error": 9.0})
-    assert ktrain._stored_best(0.25) == (1, 0.25)  # a last.pth of an earlier kpnb
-    assert ktrain._stored_best([0, -2.0]) == (0, -2.0)
-    assert ktrain._stored_best(-math.inf) is None and ktrain._stored_best(None) is None
 
 
-def _save_with_code(path):
-    torch.save(
-        {
-            "model": {},
-            "optimizer": {},
-            "lr_scheduler": {},
-            "epoch": 0,
-            "skeleton": {"keypoints": ["a"], "edges": []},
-            "hook": print,
-        },
-        path,
-    )
-
-
-def test_resume_refuses_a_checkpoint_that_holds_code(tiny, tmp_path):
+def test_resume_refuses_code_another_network_and_another_config(tiny, tmp_path):
     skeleton, train, val = tiny
-    _save_with_code(tmp_path / "last.pth")
-    with pytest.raises(ValueError, match="refused"):
-        fit(
-            _model(),
-            train,
-            val,
-            skeleton,
-            TrainConfig(epochs=1, size=SIZE),
-            out_dir=tmp_path,
-            resume=tmp_path / "last.pth",
-        )
-    torch.save({"model": {}}, tmp_path / "weights_only.pth")
-    with pytest.raises(ValueError, match="cannot resume"):
-        load_checkpoint(tmp_path / "weights_only.pth")
+    torch.save({"model": {}, "hook": print}, tmp_path / "last.pth")
+
+    def resume(model, config=None, loader=train):
+        config = config or TrainConfig(epochs=2, size=SIZE)
+        fit(model, loader, val, skeleton, config, out_dir=tmp_path, resume=tmp_path / "last.pth")
+
+    with pytest.raises(KpnbError, match="would run code"):
+        resume(_model())
+    _first_of(2, _model(), train, val, skeleton, tmp_path, overwrite=True)
+    before = (tmp_path / "last.pth").read_bytes()
+    fast = build_model(5, weights=None, size=SIZE, preset="fast")  # not the run's network
+    with pytest.raises(KpnbError, match="preset='tiny' \\(this model: 'fast'\\)") as exc:
+        resume(fast)
+    assert exc.value.param == "preset"
+    for change in ({"seed": 3}, {"size": 32}, {"lr": 0.5}, {"epochs": 5}):
+        config = dataclasses.replace(TrainConfig(epochs=2, size=SIZE), **change)
+        [(name, value)] = change.items()
+        with pytest.raises(KpnbError, match=f"{name}={value!r}: the run has {name}=") as exc:
+            resume(_model(), config)
+        assert exc.value.param == name
+    shuffled = DataLoader(
+        Subset(val.dataset.dataset, range(1, 5)), batch_size=2, collate_fn=collate_fn
+    )
+    with pytest.raises(KpnbError, match="other images"):
+        resume(_model(), loader=shuffled)
+    assert (tmp_path / "last.pth").read_bytes() == before  # nothing was written
+
+
+def _killed(row):
+    raise KeyboardInterrupt
 
 
 def test_time_budget_ends_the_schedule_and_the_run(tiny, tmp_path, caplog):
@@ -404,7 +411,8 @@ def test_cli_train_evaluate_predict_on_the_runs_own_split(
     # no --size, --label, --points-as-skeleton, seed: all come from the checkpoint
     assert main(["evaluate", str(run / "best.pth"), str(points_export), "--workers", "0"]) == 0
     out = capsys.readouterr().out
-    assert seeds == [7, 7] and f"validation images at {SIZE} px" in out and "PCK@0.1" in out
+    # the split is made once, by train; evaluate takes the run's validation images by id
+    assert seeds == [7] and f"validation images at {SIZE} px" in out and "PCK@0.1" in out
     metrics = _no_nan((run / "metrics.json").read_text())["metrics"]
     assert metrics["instances"] > 0
     (run / "metrics.json").write_text("stale")  # an existing file: refused, then replaced

@@ -21,19 +21,14 @@ def checkpoint(tmp_path_factory, synthetic_export):
     for checking that the file carries them."""
     import torch
 
+    from kpnb.checkpoint import Checkpoint
     from kpnb.model import build_model
-    from kpnb.train import save_checkpoint
 
     skeleton = read_cvat(synthetic_export).skeletons["face"]
     torch.manual_seed(0)
     model = build_model(skeleton.num_keypoints, weights=None, preset="tiny", size=64)
-    return save_checkpoint(
-        tmp_path_factory.mktemp("ckpt") / "best.pth",
-        model=model.state_dict(),
-        skeleton=skeleton.to_dict(),
-        build=model.kpnb_build,
-        config={"size": 64, "extra": {"label": "face"}},
-    )
+    path = tmp_path_factory.mktemp("ckpt") / "best.pth"
+    return Checkpoint.of_model(model, skeleton, label="face").save(path)
 
 
 def test_zip_and_xml_carry_predicts_points_under_the_tasks_image_names(
@@ -57,7 +52,7 @@ def test_zip_and_xml_carry_predicts_points_under_the_tasks_image_names(
     assert set(back.images["name"]) <= set(task.images["name"])
     assert list(back.skeletons["face"].keypoints) == list(task.skeletons["face"].keypoints)
     model, ckpt = load_checkpoint_model(checkpoint, "cpu")
-    expected = predict(model, paths, ckpt["skeleton_obj"], "face", score_threshold=0.0,
+    expected = predict(model, paths, ckpt.skeleton, "face", score_threshold=0.0,
                        num_workers=0)  # fmt: skip
     assert len(expected) > 0
     got = back.keypoints.sort_values(["image_index", "instance_id", "point_index"])

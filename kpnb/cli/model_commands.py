@@ -13,7 +13,6 @@ from kpnb.cli._base import (
     _keyframes_arg,
     _overwrite_arg,
     _points_args,
-    _positive,
     fraction,
     nonnegative_int,
     positive_float,
@@ -158,11 +157,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=("auto", "cpu", "fast", "torchvision", "tiny"),
-        default="auto",
-        help="the network and its recipe: auto (torchvision on CUDA; on a CPU, cpu with "
-        "pretrained weights, else fast), cpu (ResNet-50 at --size, fewer proposals), fast "
-        "(ResNet-18, small keypoint head, batch 8, 192 px: learns from random weights on a "
-        "CPU), torchvision (640-800 px) or tiny (smoke runs, not accuracy)",
+        help="the network and its recipe (default: auto; with --resume, the run's): auto "
+        "(torchvision on CUDA; on a CPU, cpu with pretrained weights, else fast), cpu "
+        "(ResNet-50 at --size, fewer proposals), fast (ResNet-18, small keypoint head, "
+        "batch 8, 192 px: learns from random weights on a CPU), torchvision (640-800 px) "
+        "or tiny (smoke runs, not accuracy)",
     )
     p.add_argument(
         "--lr",
@@ -174,13 +173,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUT/last.pth (an OUT that is not empty is refused unless "
-        "--resume or --overwrite)",
+        help="continue from OUT/last.pth with the run's own settings: flags left out are "
+        "the run's, flags that differ are refused (an OUT that is not empty is refused "
+        "unless --resume or --overwrite)",
     )
     p.add_argument(
         "--seed",
         type=nonnegative_int,
-        default=0,
         help="seed of the run and of the split (default: 0)",
     )
     p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
@@ -188,30 +187,35 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 @add_train_arguments.runner
 def run_train(args: argparse.Namespace) -> int:
+    from kpnb.checkpoint import Checkpoint
     from kpnb.dataset import make_loaders
-    from kpnb.model import PRESETS, build_model, training_recipe
+    from kpnb.model import PRESETS, build_model, model_from_build, training_recipe
     from kpnb.train import check_run_folder, fit
 
-    for name in ("size", "epochs", "minutes", "batch_size", "lr"):
-        _positive(name.replace("_", "-"), getattr(args, name))
     resume = args.out / "last.pth" if args.resume else None
     if resume is not None and not resume.is_file():
         raise FileNotFoundError(f"{resume}: nothing to resume; train without --resume first")
     check_run_folder(args.out, overwrite=args.overwrite, resume=resume)  # before the data
+    run = None if resume is None else Checkpoint.load(resume, resume=True)
+    if run is not None:
+        _take_the_runs_flags(args, run)
     ann, root, label = _load_for_training(args)
     skeleton = ann.skeletons[label]
     # Everything that can fail on the flags fails here, before the model is built.
     _check_train_flags(args, skeleton)
-    weights = None if str(args.weights).lower() == "none" else args.weights
-    model = build_model(
-        skeleton.num_keypoints,
-        weights=weights,
-        size=args.size,
-        preset=args.preset,
-        allow_random=args.weights == "coco",
-    )
+    if run is not None:  # the network the run trained, whatever --weights says
+        model = model_from_build(run.build)
+    else:
+        weights = None if str(args.weights).lower() == "none" else args.weights
+        model = build_model(
+            skeleton.num_keypoints,
+            weights=weights,
+            size=args.size,
+            preset=args.preset or "auto",
+            allow_random=args.weights == "coco",
+        )
     # the preset's image size and batch unless given (kpnb.model.PRESETS)
-    args.size = model.kpnb_build["size"]
+    args.size = model.kpnb_build["size"] if run is None else args.size
     args.batch_size = args.batch_size or training_recipe(model)["batch_size"]
     train_loader, val_loader = make_loaders(
         ann,
@@ -220,7 +224,7 @@ def run_train(args: argparse.Namespace) -> int:
         size=args.size,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        seed=args.seed,
+        seed=args.seed or 0,
         skip_missing=args.skip_missing,
     )
     if not any(len(item.boxes) for item in train_loader.dataset.items):
@@ -237,43 +241,70 @@ def run_train(args: argparse.Namespace) -> int:
         train_loader,
         val_loader,
         skeleton,
-        _train_config(args, label),
+        _train_config(args),
         out_dir=args.out,
         device=args.device,
         resume=resume,
         overwrite=args.overwrite,
+        data=str(args.data),
+        points_as_skeleton=args.points_as_skeleton,
     )
     _report_training(args, history, len(train_loader.dataset))
     return 0
 
 
+def _take_the_runs_flags(args, run) -> None:
+    """--resume: each flag left out takes the run's value; a flag given with another value
+    than the run's is refused, naming the flag and both values (a new seed would change
+    the split mid-run, a new size or lr the images and the schedule)."""
+    config = run.config
+    runs = {
+        "preset": run.build["preset"],
+        "size": config.size,
+        "lr": config.lr,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "minutes": config.max_minutes,
+        "sigmas": config.sigmas,
+    }
+    if run.label is not None:  # a run made in Python may not know its label
+        runs["label"] = run.label
+    if run.data is not None:
+        runs["points_as_skeleton"] = run.data.points_as_skeleton
+    for name, was in runs.items():
+        given = getattr(args, name)
+        if given is None:
+            setattr(args, name, was)
+        elif given != was:
+            flag = "--" + name.replace("_", "-")
+            raise KpnbError(
+                f"--resume: {flag} {given} differs from the run's {flag} {was} "
+                f"({args.out / 'last.pth'}); leave {flag} out to continue the run as it was, "
+                "or train a new run into another --out"
+            )
+
+
 def _check_train_flags(args, skeleton) -> None:
-    """Refuse --sigmas of the wrong length and --epochs below 1, naming the flag."""
+    """Refuse --sigmas of the wrong length (the flags' types refuse values below 1)."""
     if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
         raise KpnbError(
             f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
             f"keypoints {list(skeleton.keypoints)}"
         )
-    if args.epochs is not None and args.epochs < 1:
-        raise KpnbError(f"--epochs must be >= 1, got {args.epochs}")
 
 
-def _train_config(args, label: str):
-    """The `kpnb.train.TrainConfig` of the flags; `extra` lets evaluate redo the run's data."""
+def _train_config(args):
+    """The `kpnb.train.TrainConfig` of the flags."""
     from kpnb.train import TrainConfig
 
     return TrainConfig(
         epochs=args.epochs or (None if args.minutes else 10),
         lr=args.lr,
-        seed=args.seed,
+        seed=args.seed or 0,
         size=args.size,
         max_minutes=args.minutes,
         sigmas=args.sigmas,
-        extra={
-            "label": label,
-            "data": str(args.data),
-            "points_as_skeleton": args.points_as_skeleton,
-        },
     )
 
 
@@ -292,12 +323,10 @@ def _report_training(args, history: list[dict], n_images: int) -> None:
 
 def _checkpoint_run(args, ckpt) -> None:
     """Fill the dataset flags the user left out from the checkpoint's training run."""
-    config = ckpt.get("config") or {}
-    extra = config.get("extra") or {}
-    args.label = args.label or extra.get("label")
-    args.points_as_skeleton = args.points_as_skeleton or extra.get("points_as_skeleton")
-    args.size = args.size or config.get("size") or 256
-    args.seed = config.get("seed", 0)
+    args.label = args.label or ckpt.label
+    run_points = ckpt.data.points_as_skeleton if ckpt.data else None
+    args.points_as_skeleton = args.points_as_skeleton or run_points
+    args.size = args.size or ckpt.config.size
 
 
 # -- evaluate -----------------------------------------------------------------------------
@@ -323,26 +352,24 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from kpnb.dataset import KeypointDataset, collate_fn, default_workers, split_indices
+    from kpnb.dataset import KeypointDataset, collate_fn, default_workers
     from kpnb.evaluate import evaluate
     from kpnb.io import check_output
     from kpnb.model import load_checkpoint_model
     from kpnb.transforms import eval_transforms
 
-    _positive("size", args.size)
     out = args.out or args.checkpoint.with_name("metrics.json")
     check_output(out, overwrite=args.overwrite)  # before the model and the data
     model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
     _checkpoint_run(args, ckpt)
     ann, root, label = _load_for_training(args)
-    skeleton = ckpt["skeleton_obj"]
+    skeleton = ckpt.skeleton
     if ann.skeletons[label].keypoints != skeleton.keypoints:
         raise KpnbError(
             f"the checkpoint's keypoints {list(skeleton.keypoints)} differ from "
             f"{label!r}'s {list(ann.skeletons[label].keypoints)}"
         )
-    # the run's own split (its seed), so these are exactly the images it validated on
-    indices = None if args.all else split_indices(ann, seed=args.seed)[1]
+    indices = None if args.all else _validation_images(args, ann, ckpt)
     ds = KeypointDataset(
         ann,
         root,
@@ -361,6 +388,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(result.per_keypoint.round(3).to_string())
     print(f"\nwrote {out}")
     return 0
+
+
+def _validation_images(args, ann, ckpt) -> list[int]:
+    """The ``image_index`` of the images the run validated on (its recorded ids; a run
+    made in Python without them: its seed's split), refused when DATA lacks some."""
+    from kpnb.dataset import split_indices
+
+    if ckpt.data is None or not ckpt.data.val:
+        return split_indices(ann, seed=ckpt.config.seed)[1]
+    found = ann.images[ann.images["image_id"].isin(ckpt.data.val)]
+    if len(found) != len(set(ckpt.data.val)):
+        raise KpnbError(
+            f"{args.data}: holds {len(found)} of the {len(ckpt.data.val)} images the run "
+            f"validated on (by image id); evaluate on the run's export, or pass --all",
+            param="data",
+        )
+    return found["image_index"].tolist()
 
 
 def pd_table(metrics: dict) -> str:
@@ -555,8 +599,8 @@ def run_predict(args: argparse.Namespace) -> int:
         if inside is not None:
             raise KpnbError(f"--viz {args.viz} holds the input image {inside}; draw elsewhere")
     model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
-    skeleton = ckpt["skeleton_obj"]
-    label = args.label or (ckpt.get("config") or {}).get("extra", {}).get("label") or "object"
+    skeleton = ckpt.skeleton
+    label = args.label or ckpt.label or "object"
     image_ids, category_id = None, 1
     if args.annotations is not None:
         where = (args.annotations, args.images, args.images_root)
