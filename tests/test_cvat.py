@@ -713,6 +713,7 @@ def test_zip_with_two_annotations_files_is_refused_naming_both(tmp_path, synthet
         read_cvat(archive)
 
 
+@pytest.mark.slow
 def test_a_huge_whitespace_body_streams_in_bounded_memory(tmp_path, monkeypatch):
     import time
     import tracemalloc

@@ -35,6 +35,7 @@ def test_a_made_up_stop_frame_is_refused_before_any_row(tmp_path):
     assert str(exc.value).startswith(str(path))
 
 
+@pytest.mark.slow
 def test_many_skeleton_labels_and_names_take_linear_memory(tmp_path):
     n = 3000  # a square table of labels x element names would be 72 MB
     labels = "".join(

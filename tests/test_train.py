@@ -325,6 +325,7 @@ def test_non_finite_loss_stops_with_the_loss_dict(tiny):
         fit(model, train, None, skeleton, TrainConfig(epochs=1, size=SIZE))
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_with_gloo(points_export, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
