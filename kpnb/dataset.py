@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from kpnb.boxes import BOX_MARGIN, MIN_BOX, boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.images import find_image, load_image
-from kpnb.skeleton import Skeleton
+from kpnb.skeleton import Skeleton, unpaired_sides
 from kpnb.tables import Annotations
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
@@ -83,7 +83,7 @@ def _image_instances(
 def _file_areas(ann: Annotations) -> dict[int, float]:
     """``instance_id -> area`` as a COCO file gave it (empty for other sources)."""
     extra = ann.meta.get("coco_annotations")
-    if not isinstance(extra, pd.DataFrame) or not len(extra):
+    if extra is None:
         return {}
     area = pd.to_numeric(extra["area"], errors="coerce").tolist()
     return dict(zip(extra["instance_id"].tolist(), area, strict=True))
@@ -93,26 +93,30 @@ def _readable(path: Path | None) -> bool:
     return path is not None and os.access(path, os.R_OK) and path.stat().st_size > 0
 
 
+def _usable(ann: Annotations) -> tuple[list[str], list[str]]:
+    """The labels kpnb can train on (skeletons, multi-point labels), and the one-point
+    ``<points>`` labels that need `kpnb.grouping.points_to_skeleton` first."""
+    multi = ann.multi_point_labels()
+    return list(ann.skeletons) + multi, [lab for lab in ann.plain_labels() if lab not in multi]
+
+
 def _training_view(ann: Annotations, label: str) -> Annotations:
     """`ann` with `label` usable as a skeleton: a multi-coordinate ``<points>`` label
-    becomes one instance per shape (points ``1..n``)."""
+    becomes one instance per shape (points ``1..n``); any other non-skeleton is refused."""
     from kpnb.grouping import points_as_instances
 
     if label not in ann.skeletons and label in ann.multi_point_labels():
         return points_as_instances(ann, [label])
-    return ann
-
-
-def _not_a_skeleton(ann: Annotations, label: str) -> KpnbError:
-    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
+    if label in ann.skeletons:
+        return ann
+    usable, one_point = _usable(ann)
     hint = ""
     if one_point:
         hint = (
             f"; one-point <points> labels {one_point} need combining first: "
             "kpnb.grouping.points_to_skeleton(annotations, name), or {points_as_skeleton}"
         )
-    usable = list(ann.skeletons) + ann.multi_point_labels()
-    return KpnbError(
+    raise KpnbError(
         f"{label!r} is not a skeleton label (skeletons and multi-point labels: {usable}){hint}",
         params={"points_as_skeleton": "NAME"} if one_point else None,
         param="label",
@@ -169,8 +173,6 @@ class KeypointDataset(Dataset):
     ):
         self.rescale_images = rescale_images
         annotations = _training_view(annotations, skeleton_label)
-        if skeleton_label not in annotations.skeletons:
-            raise _not_a_skeleton(annotations, skeleton_label)
         self.skeleton: Skeleton = annotations.skeletons[skeleton_label]
         self.label = skeleton_label
         self.transforms = transforms
@@ -351,8 +353,6 @@ def default_workers() -> int:
 
 def _with_pairs(ann: Annotations, label: str, flip_pairs) -> Annotations:
     """`ann` with `label`'s skeleton carrying explicit left/right `flip_pairs`."""
-    from dataclasses import replace
-
     if flip_pairs is None:
         return ann
     skeletons = {**ann.skeletons, label: ann.skeletons[label].with_flip_pairs(flip_pairs)}
@@ -364,12 +364,7 @@ def _training_skeleton(
 ) -> tuple[Annotations, list[int] | None]:
     """`ann` ready to train `label` on, and the flip permutation (``None``: flip off,
     logged; left/right names without a partner are warned about)."""
-    from kpnb.skeleton import unpaired_sides
-
-    ann = _training_view(ann, label)
-    if label not in ann.skeletons:
-        raise _not_a_skeleton(ann, label)
-    ann = _with_pairs(ann, label, flip_pairs)
+    ann = _with_pairs(_training_view(ann, label), label, flip_pairs)
     skeleton = ann.skeletons[label]
     flip = skeleton.flip_indices if skeleton.flip_pairs else None
     if flip is None:
@@ -488,8 +483,7 @@ def _check_images(ann: Annotations, root: Path) -> dict:
 
 
 def _check_label(ann: Annotations, label: str | None) -> dict:
-    usable = list(ann.skeletons) + ann.multi_point_labels()
-    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
+    usable, one_point = _usable(ann)
     detail = (
         f"{label!r} of {usable}"
         if usable
@@ -520,8 +514,6 @@ def _check_boxes(view: Annotations, label: str) -> dict:
 
 def _check_skeleton(ann: Annotations, label: str, flip_pairs) -> list[dict]:
     """Instances, labelled points, boxes and flip pairs of the skeleton `label`."""
-    from kpnb.skeleton import unpaired_sides
-
     view = _with_pairs(_training_view(ann, label), label, flip_pairs)
     sk = view.skeletons[label]
     kp = view.keypoints[view.keypoints["label"] == label]
@@ -560,7 +552,7 @@ def check_export(
     model will train with (degenerate ones flagged), left/right pairs for the flip,
     subsets for the split; every row can fail. Shapes kpnb does not use are logged.
     """
-    usable = list(ann.skeletons) + ann.multi_point_labels()
+    usable, _ = _usable(ann)
     label = skeleton_label or next(iter(usable), None)
     rows = [_check_images(ann, Path(image_root)), _check_label(ann, label)]
     if label in usable:

@@ -105,14 +105,11 @@ class KeypointHorizontalFlip(v2.Transform):
 
 
 class IoUCropIfBoxes(v2.Transform):
-    """cjm's `CustomRandomIoUCrop` where there is a box; images with none pass unchanged.
+    """cjm's `CustomRandomIoUCrop` where it can run; other images pass unchanged.
 
-    The IoU crop samples its centre from the boxes, so it cannot run on a negative image.
-    Nor on an image no crop shape fits: cjm (0.0.26) draws crop sides of ``min_scale`` to
-    ``max_scale`` of the image's in a ``while True`` loop until their aspect ratio lies in
-    ``[min_aspect_ratio, max_aspect_ratio]``, which never happens for a panorama beyond
-    about 6.7:1 (training would hang), and divides by a crop height of 0 on an image under
-    4 px high. Those images pass unchanged.
+    It samples its centre from the boxes (none on a negative image), loops forever on a
+    panorama past about 6.7:1 (no crop aspect ratio fits, cjm 0.0.26) and divides by zero
+    on an image under 4 px high.
     """
 
     def __init__(self, **kwargs):
@@ -149,12 +146,11 @@ class FinalizeKeypoints(v2.Transform):
       annotation and moved with the image; here only its tight form (no margin) is used,
       so augmentation never inflates a box and the box trained with is the one exported;
     * instances whose labelled points all left the canvas, or with a box thinner than
-      `min_size` pixels, are dropped, keeping boxes, labels, keypoints and visibility
-      aligned. An instance that came without labelled points (a box-only target, like
-      COCO's ``num_keypoints: 0`` persons) stays while its box does.
+      `min_size` pixels, are dropped; a box-only target (COCO's ``num_keypoints: 0``)
+      stays while its box does.
 
-    torchvision >= 0.24 no longer clamps keypoints, and ``SanitizeBoundingBoxes`` ignores
-    KeyPoints and knows nothing of visibility, hence this step.
+    torchvision >= 0.24 no longer clamps keypoints, and ``SanitizeBoundingBoxes`` knows
+    nothing of visibility, hence this step.
     """
 
     def __init__(self, min_size: float = 1.0):
@@ -171,27 +167,16 @@ class FinalizeKeypoints(v2.Transform):
         vis[~inside] = 0
         boxes = target["boxes"].as_subclass(torch.Tensor).clone()
         visible = vis > 0
-        if len(boxes):
-            tight = boxes_from_points(
-                xy.detach().cpu().numpy(),
-                visible.cpu().numpy(),
-                w,
-                h,
-                margin=0,
-                min_pad=0,
-                min_fraction=0,
-            )
-            tight = torch.from_numpy(tight).to(boxes)
-            has = visible.any(dim=1)
-            boxes[has, :2] = torch.minimum(boxes[has, :2], tight[has, :2])
-            boxes[has, 2:] = torch.maximum(boxes[has, 2:], tight[has, 2:])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-        keep = visible.any(dim=1) | box_only
-        if len(boxes):
-            keep &= ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & (
-                (boxes[:, 3] - boxes[:, 1]) >= self.min_size
-            )
+        points = xy.detach().cpu().numpy(), visible.cpu().numpy()
+        tight = boxes_from_points(*points, w, h, margin=0, min_pad=0, min_fraction=0)
+        tight = torch.from_numpy(tight).to(boxes)
+        has = visible.any(dim=1)
+        boxes[has, :2] = torch.minimum(boxes[has, :2], tight[has, :2])
+        boxes[has, 2:] = torch.maximum(boxes[has, 2:], tight[has, 2:])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        wide, tall = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = (has | box_only) & (wide >= self.min_size) & (tall >= self.min_size)
         target = dict(target)
         target["boxes"] = tv_tensors.wrap(boxes[keep], like=target["boxes"])
         target["labels"] = target["labels"][keep]
@@ -203,10 +188,8 @@ class FinalizeKeypoints(v2.Transform):
 class CentredPadSquare(PadSquare):
     """cjm's `PadSquare`, centred: half the padding on each side, the odd pixel last.
 
-    ``PadSquare(shift=False)`` pads ``diff // 2`` on both sides, one pixel short of a
-    square when the difference is odd; its random placement (``shift=True``) pads exactly,
-    so this is that path with the random split fixed at one half (cjm 0.0.26 keeps the
-    split in ``pad_split``; `tests/test_transforms.py` pins the centring).
+    ``PadSquare(shift=False)`` is one pixel short of a square for an odd difference, so
+    this is ``shift=True`` with its random split (``pad_split``, cjm 0.0.26) fixed at 0.5.
     """
 
     def __init__(self):

@@ -230,6 +230,7 @@ def _categories_by_id(entries: list, where: str) -> dict:
 # as flags (its CVAT_INTERNAL_ATTRIBUTES), not as attributes of the label.
 _CVAT_FLAGS = frozenset(("occluded", "outside", "keyframe", "track_id", "rotation"))
 
+_IMAGE_FIELDS = ["image_index", "image_id", "name", "width", "height", "subset"]
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
 
 
@@ -265,7 +266,7 @@ class _CocoRows:
                     "the annotations' image_id",
                 )
             if iid in image_of:
-                first = self.images[image_of[iid]]["name"]
+                first = self.images[image_of[iid]][2]
                 raise _fix(
                     where,
                     f"image id {iid} is used twice ({first!r} and {_field(img, 'file_name')})",
@@ -289,18 +290,8 @@ class _CocoRows:
                         f"write the image's real {key} in pixels, or 0 or nothing if unknown",
                     )
                 size[key] = size[key] or None  # 0 is unknown: datumaro (CVAT) writes it
-            idx = len(self.images)
-            image_of[iid] = idx
-            self.images.append(
-                {
-                    "image_index": idx,
-                    "image_id": iid,
-                    "name": name,
-                    "width": size["width"],
-                    "height": size["height"],
-                    "subset": subset,
-                }
-            )
+            image_of[iid] = len(self.images)
+            self.images.append((len(self.images), iid, name, *size.values(), subset))
         return image_of
 
     def add_categories(self, cats: dict, sizes: dict, where: str) -> None:
@@ -373,20 +364,8 @@ class _CocoRows:
                 "write the box as [x, y, width, height] in pixels, or leave bbox out",
             )
         group = len(self.boxes) + 1
-        self.boxes.append(
-            {
-                "image_index": image,
-                "box_id": ann.get("id"),
-                "label": label,
-                "xtl": x,
-                "ytl": y,
-                "xbr": x + w,
-                "ybr": y + h,
-                "group_id": group,
-                "occluded": bool((ann.get("attributes") or {}).get("occluded")),
-                "source": "file",
-            }
-        )
+        occluded = bool((ann.get("attributes") or {}).get("occluded"))
+        self.boxes.append((image, ann["id"], label, x, y, x + w, y + h, group, occluded, "file"))
         return group
 
     def annotations(self, source: Path) -> Annotations:
@@ -395,7 +374,7 @@ class _CocoRows:
             self.extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
         )
         return Annotations(
-            tidy_images(pd.DataFrame(self.images)),
+            tidy_images(pd.DataFrame(self.images, columns=_IMAGE_FIELDS)),
             tidy_keypoints(_keypoint_rows(self.chunks, self.skeletons)),
             self.skeletons,
             pd.DataFrame(self.labels, columns=["name", "type"]),

@@ -215,7 +215,10 @@ def _images(r: Reader) -> pd.DataFrame:
                 if (task_id, f) not in r.frames
             ]
         sizes = {
-            task_id: [_side(t.get(k) or r.top.get(k), k, r.name) for k in ("width", "height")]
+            task_id: [
+                _meta_whole(t.get(k) or r.top.get(k), (1, INT32[1]), f"<original_size> {k}", r.name)
+                for k in ("width", "height")
+            ]
             for task_id, t in tasks.items()
         }
         for i, (f, name, width, _, subset, task_id) in enumerate(rows):
@@ -237,27 +240,24 @@ def _images(r: Reader) -> pd.DataFrame:
     return tidy_images(df)
 
 
-def _side(text: str | None, what: str, source: str) -> int | None:
+def _meta_whole(text: str | None, bounds, what: str, source: str) -> int | None:
+    """A whole number from ``<meta>`` (None when empty), refused with its element's name."""
     if not text:
         return None
     try:
-        side = whole(text, (1, INT32[1]))
+        return whole(text, bounds)
     except BadValue as exc:
-        raise CvatFormatError(f"{source}: <original_size> {what}={text!r} {exc}") from None
-    return side
+        raise CvatFormatError(f"{source}: {what}={text!r} {exc}") from None
 
 
 def _task_frames(t: dict, source: str) -> range:
     """The frame numbers a (video) task's meta describes: start..stop by the filter's step."""
-    frames = {}
-    for key in ("start_frame", "stop_frame", "size"):
-        try:
-            frames[key] = whole(t[key], FRAMES) if t.get(key) else None
-        except BadValue as exc:
-            raise CvatFormatError(f"{source}: <meta> {key}={t[key]!r} {exc}") from None
-    start, stop = frames["start_frame"], frames["stop_frame"]
-    if start is None and stop is None and frames["size"] is not None:
-        return range(frames["size"])
+    start, stop, size = (
+        _meta_whole(t.get(k), FRAMES, f"<meta> {k}", source)
+        for k in ("start_frame", "stop_frame", "size")
+    )
+    if start is None and stop is None and size is not None:
+        return range(size)
     if start is None or stop is None:
         return range(0)
     ff = t.get("frame_filter") or ""

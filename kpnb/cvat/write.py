@@ -59,57 +59,49 @@ def _declared_labels(ann: Annotations) -> pd.DataFrame:
     ``<meta>``): skeletons with their keypoints as sublabels, points and boxes as such."""
     labels = ann.labels
     known = set(labels["name"].astype(str)) if len(labels) else set()
+    points = list(ann.keypoints["label"].astype(str).unique())
+    boxes = list(ann.boxes["label"].astype(str).unique()) if len(ann.boxes) else []
     extra: list[dict] = []
-    used = list(dict.fromkeys(ann.keypoints["label"].astype(str)))
-    for name in used + [n for n in ann.skeletons if n not in used]:
+    for name in dict.fromkeys(points + list(ann.skeletons) + boxes):
         if name in known:
             continue
-        known.add(name)
         if name in ann.skeletons:
             extra.append({"name": name, "type": "skeleton"})
             extra += [
                 {"name": k, "type": "points", "parent": name} for k in ann.skeletons[name].keypoints
             ]
         else:
-            extra.append({"name": name, "type": "points"})
-    for name in dict.fromkeys(ann.boxes["label"].astype(str)) if len(ann.boxes) else ():
-        if name not in known:
-            known.add(name)
-            extra.append({"name": name, "type": "rectangle"})
-    if not extra:
-        return labels
-    return (
-        pd.concat([labels, pd.DataFrame(extra)], ignore_index=True)
-        if len(labels)
-        else pd.DataFrame(extra)
-    )
+            extra.append({"name": name, "type": "points" if name in points else "rectangle"})
+    if extra:
+        labels = (
+            pd.concat([labels, pd.DataFrame(extra)], ignore_index=True)
+            if len(labels)
+            else pd.DataFrame(extra)
+        )
+    return labels.reindex(columns=["name", "type", "color", "parent", "svg"])
+
+
+def _given(value) -> str | None:
+    """A label field when the table gives one (a non-empty string), else None."""
+    return value if isinstance(value, str) and value else None
 
 
 def _label_lines(ann: Annotations, indent: str) -> list[str]:
-    labels = _declared_labels(ann)
     lines = [f"{indent}<labels>"]
-    i2 = indent + "  "
-    for row in labels.itertuples(index=False):
+    i2, i3 = indent + "  ", indent + "    "
+    for row in _declared_labels(ann).itertuples(index=False):
         name = str(row.name)
-        lines.append(f"{i2}<label>")
-        lines.append(_text("name", name, i2 + "  "))
-        color = getattr(row, "color", None)
-        if isinstance(color, str) and color:
-            lines.append(_text("color", color, i2 + "  "))
-        ltype = getattr(row, "type", None)
-        lines.append(_text("type", ltype if isinstance(ltype, str) and ltype else "any", i2 + "  "))
-        lines.append(f"{i2}  <attributes>")
-        lines.append(f"{i2}  </attributes>")
+        lines += [f"{i2}<label>", _text("name", name, i3)]
+        if _given(row.color):
+            lines.append(_text("color", row.color, i3))
+        lines.append(_text("type", _given(row.type) or "any", i3))
+        lines += [f"{i3}<attributes>", f"{i3}</attributes>"]
         if name in ann.skeletons:
             for keypoint in ann.skeletons[name].keypoints:
                 _xml_safe(keypoint)  # named alone, before the svg that holds it
-            svg = getattr(row, "svg", None)
-            if not isinstance(svg, str) or not svg:
-                svg = skeleton_svg(ann.skeletons[name])
-            lines.append(_text("svg", svg, i2 + "  "))
-        parent = getattr(row, "parent", None)
-        if isinstance(parent, str) and parent:
-            lines.append(_text("parent", parent, i2 + "  "))
+            lines.append(_text("svg", _given(row.svg) or skeleton_svg(ann.skeletons[name]), i3))
+        if _given(row.parent):
+            lines.append(_text("parent", row.parent, i3))
         lines.append(f"{i2}</label>")
     lines.append(f"{indent}</labels>")
     return lines
