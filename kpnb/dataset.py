@@ -128,34 +128,29 @@ class KeypointDataset(Dataset):
 
     Args:
         annotations: tables from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
-            `kpnb.synthetic.synthesize`. For the seed tutorial's one-point-per-label
-            layout, first make a skeleton with `kpnb.grouping.points_to_skeleton`.
+            `kpnb.synthetic.synthesize`; one-point-per-label layouts first need
+            `kpnb.grouping.points_to_skeleton`.
         image_root: the export folder (holding ``images/``).
-        skeleton_label: which skeleton to learn; its instances are the objects. A
-            multi-coordinate ``<points>`` label works too: each shape is one object.
-        transforms: a v2 pipeline on ``(image, target)`` (see `kpnb.transforms`); ``None``
+        skeleton_label: the skeleton (or multi-coordinate ``<points>``) label to learn.
+        transforms: a v2 pipeline on ``(image, target)`` (`kpnb.transforms`); ``None``
             keeps the original size.
-        indices: image indices (``image_index``) to include; default all.
+        indices: the ``image_index`` values to include; default all.
         skip_missing: leave out images whose file is missing instead of failing.
-        rescale_images: resize an image whose size differs from the annotations' to that
-            size (default: refuse it, `kpnb.images.load_image`).
-        box_margin: fraction of an instance's keypoint extent added around it when no box
-            is grouped with it.
-        min_box: such a box is at least this fraction of the image's shorter side
-            (the rule is `kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the
-            box of the defaults).
+        rescale_images: resize an image whose size differs from the annotations' (default:
+            refuse it, `kpnb.images.load_image`).
+        box_margin, min_box: the box of an instance with no grouped box, from its points
+            (`kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the defaults' box).
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
     ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
-    ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area`` (the file's own
-    when it has one, scaled with the image; else the box's), ``iscrowd``. An instance
-    with a box but no labelled point (COCO's ``num_keypoints: 0``) is a box-only target:
-    the keypoint loss ignores v=0 points. Images with no instance are negatives with
-    empty tensors of those shapes.
+    ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area`` (the file's own,
+    scaled with the image, else the box's), ``iscrowd``. A box without labelled points
+    (COCO's ``num_keypoints: 0``) is a box-only target; an image with no instance is a
+    negative with empty tensors.
 
     Raises:
-        ValueError: `skeleton_label` is not a skeleton of `annotations`; or image files
-            are missing or unreadable (one error lists them all).
+        KpnbError: `skeleton_label` is not a skeleton; or image files are missing or
+            unreadable (one error lists them all).
     """
 
     def __init__(
@@ -450,16 +445,12 @@ def instance_boxes(
     for image, rows in kp.groupby("image_index", sort=False):
         w, h = _side(sizes.loc[image, "width"]), _side(sizes.loc[image, "height"])
         _, _, boxes, own = _image_instances(rows, k, image, (w, h), grouped, box_margin, min_box)
-        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        side = min(w, h)
-        limit = (
-            max(DEGENERATE_PX, DEGENERATE_FRACTION * side) if np.isfinite(side) else DEGENERATE_PX
-        )
-        ids = rows["instance_id"].to_numpy()[::k]
-        for i in range(len(boxes)):
-            source = "grouped" if own[i] else "points"
-            degenerate = bool(min(bw[i], bh[i]) < limit)
-            out.append((int(image), int(ids[i]), *boxes[i].tolist(), source, degenerate))
+        side = min(w, h) if np.isfinite(min(w, h)) else 0.0  # unknown size: pixels alone
+        limit = max(DEGENERATE_PX, DEGENERATE_FRACTION * side)
+        thin = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < limit
+        ids = rows["instance_id"].to_numpy()[::k].tolist()
+        for i, box, o, t in zip(ids, boxes.tolist(), own, thin, strict=True):
+            out.append((int(image), i, *box, "grouped" if o else "points", bool(t)))
     return pd.DataFrame(
         out,
         columns=["image_index", "instance_id", "xtl", "ytl", "xbr", "ybr", "source", "degenerate"],

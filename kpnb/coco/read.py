@@ -128,20 +128,15 @@ def read_coco(source: str | os.PathLike) -> Annotations:
     writes among them (``occluded``, ``keyframe``...).
     Points with v=0 at exactly (0, 0) are absent: NaN, not a real position.
 
-    Public files bend the format; these are read with a logged warning saying what was
-    done: skeleton pairs past the keypoint count are dropped, a 0-based skeleton is
-    detected, and a category whose annotations hold fewer triples than it names keypoints
-    keeps the first names (the triples' count).
+    Public files bend the format; read with a logged warning: skeleton pairs past the
+    keypoint count are dropped, a 0-based skeleton is detected, and a category whose
+    annotations hold fewer triples than it names keypoints keeps the first names.
 
     Raises:
-        CocoFormatError: malformed JSON; ``images``/``annotations``/``categories`` not
-            lists of objects; ids (image, annotation, image_id, category_id, category)
-            that are not ints, or repeat; an image without a ``file_name`` or with a
-            width/height not a whole number >= 1 (0 is unknown, as datumaro writes it);
-            a ``bbox`` not 4 finite numbers with w, h >= 0; ``iscrowd`` not 0/1; an
-            unknown image or category; a keypoint list that is not triples; a visibility
-            other than 0/1/2; a keypoint coordinate that is NaN, infinite or past float32
-            (whatever its v): named by file, record, field and value, with the fix.
+        CocoFormatError: the file is not COCO keypoints JSON kpnb can trust (bad JSON, ids
+            that are not whole or repeat, an unknown image or category, a bad ``bbox``,
+            ``iscrowd``, visibility or coordinate; an image's width/height of 0 is
+            "unknown"): the message names the file, record, field and value, with the fix.
     """
     source = Path(source)
     rows = _CocoRows()
@@ -420,9 +415,10 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
 
 
 def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
-    """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), padding a short list
-    with absent points; refusing a long one, non-numbers, coordinates that are not finite
-    float32 numbers (whatever v says) and visibilities other than 0/1/2."""
+    """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), a short list padded with
+    absent points (`_keypoint_counts` made `k` the longest); refusing non-numbers,
+    coordinates that are not finite float32 numbers (whatever v says) and visibilities
+    other than 0/1/2."""
     try:
         triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError, OverflowError):
@@ -433,12 +429,6 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
         ) from None
     if len(triples) < k:  # fewer than others: the missing ones are absent
         triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
-    elif len(triples) > k:
-        raise _fix(
-            where,
-            f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
-            "write one [x, y, v] per keypoint of its category",
-        )
     with np.errstate(invalid="ignore"):  # NaN compares False: refused as not finite
         placed = (np.abs(triples[:, :2]) <= _MAX_COORD).all(axis=1)
     v = triples[:, 2]

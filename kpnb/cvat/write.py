@@ -107,48 +107,33 @@ def _label_lines(ann: Annotations, indent: str) -> list[str]:
     return lines
 
 
+def _fields(indent: str, **fields) -> list[str]:
+    return [_text(tag, value, indent) for tag, value in fields.items()]
+
+
 def _meta_lines(ann: Annotations, dumped: str) -> list[str]:
     images = ann.images
-    name = ann.meta.get("name")
-    name = str(name) if isinstance(name, str) and name else "kpnb"  # never "None"
+    name = _given(ann.meta.get("name")) or "kpnb"  # never "None"
     subsets = (
         [s for s in pd.unique(images["subset"].dropna().astype(str)) if s] if len(images) else []
     )
     lines = ["  <meta>"]
     if subsets:
-        lines += ["    <project>", _text("id", 1, "      "), _text("name", name, "      ")]
-        lines.append("      <tasks>")
+        lines += ["    <project>", *_fields("      ", id=1, name=name), "      <tasks>"]
         tasks = images.dropna(subset=["task_id"]).drop_duplicates("task_id")
         for t in tasks.itertuples(index=False):
             n = int((images["task_id"] == t.task_id).sum())
-            lines += [
-                "        <task>",
-                _text("id", int(t.task_id), "          "),
-                _text("name", f"{name}-{t.subset}", "          "),
-                _text("size", n, "          "),
-                _text("mode", "annotation", "          "),
-                _text("subset", t.subset, "          "),
-                "        </task>",
-            ]
-        lines.append("      </tasks>")
-        lines.append(_text("subsets", "\n".join(subsets), "      "))
-        lines += _label_lines(ann, "      ")
-        lines.append("    </project>")
+            task = {"id": int(t.task_id), "name": f"{name}-{t.subset}", "size": n}
+            task |= {"mode": "annotation", "subset": t.subset}
+            lines += ["        <task>", *_fields(" " * 10, **task), "        </task>"]
+        lines += ["      </tasks>", *_fields("      ", subsets="\n".join(subsets))]
+        lines += [*_label_lines(ann, "      "), "    </project>"]
     else:
-        lines += [
-            "    <task>",
-            _text("id", 1, "      "),
-            _text("name", name, "      "),
-            _text("size", len(images), "      "),
-            _text("mode", "annotation", "      "),
-            _text("start_frame", 0, "      "),
-            _text("stop_frame", max(len(images) - 1, 0), "      "),
-        ]
-        lines += _label_lines(ann, "      ")
-        lines.append("    </task>")
-    lines.append(_text("dumped", dumped, "    "))
-    lines.append("  </meta>")
-    return lines
+        last = max(len(images) - 1, 0)
+        task = {"id": 1, "name": name, "size": len(images), "mode": "annotation"}
+        lines += ["    <task>", *_fields("      ", **task, start_frame=0, stop_frame=last)]
+        lines += [*_label_lines(ann, "      "), "    </task>"]
+    return [*lines, _text("dumped", dumped, "    "), "  </meta>"]
 
 
 def _attr_lines(attrs: dict, key, indent: str) -> list[str]:
