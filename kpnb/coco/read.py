@@ -56,14 +56,8 @@ def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
     good = tuple(e for e in shifted if 0 <= e[0] < k and 0 <= e[1] < k and e[0] != e[1])
     if len(good) < len(shifted):
         bad = [p for p, e in zip(pairs, shifted, strict=True) if e not in good]
-        log.warning(
-            "%s: dropped %d skeleton edges %s that point past its %d keypoints (%d-based)",
-            where,
-            len(bad),
-            bad,
-            k,
-            base,
-        )
+        msg = "%s: dropped %d skeleton edges %s that point past its %d keypoints (%d-based)"
+        log.warning(msg, where, len(bad), bad, k, base)
     return good
 
 
@@ -509,19 +503,12 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
     for cid, n in named.items():
         k = seen.get(cid, n)
         if n and k < n:
-            log.warning(
-                "%s: category %r names %d keypoints but its annotations hold %d "
-                "triples; keeping the first %d names",
-                where,
-                cats[cid].get("name"),
-                n,
-                k,
-                k,
-            )
+            msg = "%s: category %r names %d keypoints but its annotations hold %d triples"
+            log.warning(msg + "; keeping the first %d names", where, cats[cid]["name"], n, k, k)
         elif n and k > n:
             raise _fix(
                 where,
-                f"category {cats[cid].get('name')!r} names {n} keypoints but an "
+                f"category {cats[cid]['name']!r} names {n} keypoints but an "
                 f"annotation holds {k} triples",
                 "list every keypoint's name",
             )

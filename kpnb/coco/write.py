@@ -13,18 +13,12 @@ import pandas as pd
 from kpnb.boxes import boxes_from_points
 from kpnb.grouping import points_to_skeleton
 from kpnb.io import atomic_path
+from kpnb.skeleton import Skeleton
 from kpnb.tables import Annotations
 
 log = logging.getLogger(__name__)
 
-_INFO = {
-    "contributor": "",
-    "date_created": "",
-    "description": "kpnb",
-    "url": "",
-    "version": "",
-    "year": "",
-}
+_INFO = dict(contributor="", date_created="", description="kpnb", url="", version="", year="")
 
 
 def category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
@@ -51,11 +45,6 @@ def image_ids(ann: Annotations) -> list[int]:
     if ann.meta.get("format") == "coco" and ids.is_unique:
         return ids.tolist()
     return list(range(1, len(ids) + 1))
-
-
-def _frame_name(name: str, video: bool) -> str:
-    # CVAT writes video frames as frame_000012 in XML and frame_000012.PNG on disk.
-    return name + ".PNG" if video and not Path(name).suffix else name
 
 
 def to_coco(
@@ -106,32 +95,30 @@ def to_coco(
 def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
     """One COCO category per label: keypoint names and 1-based edges for a skeleton,
     both empty for a plain ``<points>`` label (as datumaro writes them)."""
-    categories = []
-    for name, cid in cat_ids.items():
-        sk = ann.skeletons.get(name)
-        categories.append(
-            {
-                "id": cid,
-                "name": name,
-                "supercategory": "",
-                "keypoints": list(sk.keypoints) if sk else [],
-                "skeleton": [[a + 1, b + 1] for a, b in sk.edges] if sk else [],
-            }
-        )
-    return categories
+    empty = Skeleton(())
+    return [
+        {
+            "id": cid,
+            "name": name,
+            "supercategory": "",
+            "keypoints": list(ann.skeletons.get(name, empty).keypoints),
+            "skeleton": [[a + 1, b + 1] for a, b in ann.skeletons.get(name, empty).edges],
+        }
+        for name, cid in cat_ids.items()
+    ]
 
 
 def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
     """The COCO ``images`` and ``image_index -> image id``: a COCO file's own ids when
     unique, else 1..N; video frames get CVAT's ``.PNG`` file names."""
     imgs, ids = ann.images, image_ids(ann)
-    video = ann.meta.get("format") == "video"
+    video = ann.meta.get("format") == "video"  # frame_000012 in XML is frame_000012.PNG
     images = [
         {
             "id": i,
             "width": w,
             "height": h,
-            "file_name": _frame_name(str(n), video),
+            "file_name": n + ".PNG" if video and not Path(n).suffix else n,
             "license": 0,
             "flickr_url": "",
             "coco_url": "",
@@ -141,7 +128,7 @@ def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
             ids,
             imgs["width"].fillna(0).astype(int).tolist(),
             imgs["height"].fillna(0).astype(int).tolist(),
-            imgs["name"].tolist(),
+            imgs["name"].astype(str).tolist(),
             strict=True,
         )
     ]
