@@ -333,12 +333,9 @@ def split_indices(
             sorted(subsets.dropna().unique()),
         )
     idx = images["image_index"].to_numpy()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(idx))
+    order = np.random.default_rng(seed).permutation(len(idx))
     n_val = min(len(idx) - 1, max(1, int(round(len(idx) * val_fraction))))
-    val = sorted(idx[order[:n_val]].tolist())
-    train = sorted(idx[order[n_val:]].tolist())
-    return train, val
+    return sorted(idx[order[n_val:]].tolist()), sorted(idx[order[:n_val]].tolist())
 
 
 def default_workers() -> int:

@@ -1,15 +1,10 @@
 """Keypoint-aware augmentation on torchvision transforms v2.
 
-A sample is ``(image, target)``: ``image`` a ``tv_tensors.Image`` (uint8 until the end),
-``target`` a dict with ``boxes`` (``BoundingBoxes`` xyxy ``[N, 4]``), ``labels`` ``[N]``,
-``keypoints`` (``KeyPoints`` ``[N, K, 2]``, pixel coordinates) and ``visibility``
-``[N, K]`` (0/1/2). Every v2 geometric transform moves boxes and points with the image;
-kpnb adds what v2 lacks: a flip that swaps left and right, and a last step that turns
-points which left the canvas into absent ones.
-
-Avoid transforms that corrupt KeyPoints: ``cjm_torchvision_tfms.RandomPixelCopy`` treats
-them as an image, the v1 ``CustomTrivialAugmentWide`` cannot take a target, and the
-AutoAugment family (AutoAugment, RandAugment, TrivialAugmentWide, AugMix) raises on them.
+A sample is ``(image, target)`` (see `make_sample`). v2's geometric transforms move boxes and
+points with the image; kpnb adds what v2 lacks: a flip that swaps left and right, and a last
+step that makes points which left the canvas absent. Not for KeyPoints:
+``cjm_torchvision_tfms.RandomPixelCopy`` (treats them as an image), the v1
+``CustomTrivialAugmentWide`` (takes no target) and the AutoAugment family (raises on them).
 """
 
 from __future__ import annotations
@@ -52,7 +47,9 @@ __all__ = [
 
 
 def make_sample(image: torch.Tensor, boxes, labels, keypoints, visibility):
-    """Wrap plain tensors as a v2 sample: ``(Image, {boxes, labels, keypoints, visibility})``."""
+    """Wrap plain tensors as a v2 sample: ``(Image, target)`` with ``boxes`` (BoundingBoxes
+    xyxy ``[N, 4]``), ``labels`` ``[N]``, ``keypoints`` (KeyPoints ``[N, K, 2]`` in pixels)
+    and ``visibility`` ``[N, K]`` (0/1/2); the image stays uint8 until the end."""
     h, w = image.shape[-2:]
     target = {
         "boxes": tv_tensors.BoundingBoxes(
@@ -72,10 +69,9 @@ def make_sample(image: torch.Tensor, boxes, labels, keypoints, visibility):
 class KeypointHorizontalFlip(v2.Transform):
     """Mirror the sample left-right with probability `p`, then swap left/right keypoints.
 
-    v2's own flip mirrors KeyPoints as ``W - 1 - x`` (pixel indices) and swaps nothing.
-    CVAT and COCO coordinates are continuous (pixel ``i`` spans ``[i, i + 1)``), so points
-    are mirrored as ``W - x`` like boxes, and keypoints and visibility are permuted by
-    `flip_perm` (see `flip_indices`) so ``left_eye`` stays the animal's left eye.
+    v2's own flip mirrors KeyPoints as ``W - 1 - x`` and swaps nothing; CVAT and COCO
+    coordinates are continuous, so points are mirrored as ``W - x`` like boxes, and permuted
+    by `flip_perm` (`flip_indices`) so ``left_eye`` stays the animal's left eye.
     """
 
     def __init__(self, flip_perm: Sequence[int], p: float = 0.5):
@@ -227,11 +223,9 @@ def train_transforms(
     jitter, the keypoint-aware flip, then `FinalizeKeypoints`.
 
     Args:
-        size: side of the square training image, in pixels.
         flip_perm: left/right permutation (`flip_indices` of the keypoint names);
             ``None`` disables the flip (a mirror without a swap would teach wrong labels).
         policy: ``"iou_crop"`` (default), ``"flip_only"`` (no crop, no jitter) or ``"none"``.
-        jitter: strength of brightness/contrast/saturation jitter.
         flip: one of `FLIPS`; ``"plain"`` mirrors without swapping, whatever `flip_perm`.
     """
     if policy not in POLICIES:

@@ -267,20 +267,19 @@ class _CocoRows:
                     f"image {iid}: {_not(img, 'file_name', 'a non-empty string')}",
                     "write the image's file name (its path under the images folder)",
                 )
-            size = {}
             for key in ("width", "height"):
                 side = img.get(key)
-                size[key] = None if side is None else _whole(side, 0, _MAX_SIDE)
-                if size[key] is None and side is not None:
+                if side is not None and _whole(side, 0, _MAX_SIDE) is None:
                     raise _fix(
                         where,
                         f"image {iid} ({name!r}): {key} {_show(side)} is not a whole "
                         "number of pixels >= 1",
                         f"write the image's real {key} in pixels, or 0 or nothing if unknown",
                     )
-                size[key] = size[key] or None  # 0 is unknown: datumaro (CVAT) writes it
+            # 0 is unknown: datumaro (CVAT) writes it
+            size = [_whole(img.get(key), 0, _MAX_SIDE) or None for key in ("width", "height")]
             image_of[iid] = len(self.images)
-            self.images.append((len(self.images), iid, name, *size.values(), subset))
+            self.images.append((len(self.images), iid, name, *size, subset))
         return image_of
 
     def add_categories(self, cats: dict, sizes: dict, where: str) -> None:

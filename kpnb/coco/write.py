@@ -52,17 +52,13 @@ def to_coco(
 ) -> dict:
     """COCO keypoints as CVAT's "COCO Keypoints 1.0" export (datumaro) writes them.
 
-    One category per skeleton label (``keypoints`` names, 1-based ``skeleton``) and per
-    plain ``<points>`` label (``keypoints`` and ``skeleton`` empty, as datumaro writes
-    them); one annotation per instance: ``[x, y, v]`` per point, ``num_keypoints``
-    (v > 0), ``bbox`` from a box grouped with the instance or else the box kpnb trains
-    with (`kpnb.boxes.boxes_from_points`: the labelled points' extent plus a margin, at
-    least a tenth of the image's shorter side, inside the image; CVAT writes the bare
-    extent, 0 x 0 for one point), ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>``
-    shape is one annotation with one triple per coordinate. What came from a COCO file
-    keeps its image, category and annotation ids, ``area``, ``iscrowd`` and
-    ``segmentation``; otherwise images are numbered 1..N (unannotated ones kept),
-    categories by `category_ids`, and video frames get CVAT's ``.PNG`` name.
+    One category per skeleton label (1-based ``skeleton``) and per plain ``<points>`` label
+    (empty ``keypoints``/``skeleton``); one annotation per instance or ``<points>`` shape:
+    ``[x, y, v]`` per point, ``num_keypoints`` (v > 0), ``area`` = w * h, ``iscrowd`` 0 and
+    the ``bbox`` of a grouped box, else the one kpnb trains with
+    (`kpnb.boxes.boxes_from_points`; CVAT writes the bare extent, 0 x 0 for one point).
+    What came from a COCO file keeps its ids, ``area``, ``iscrowd`` and ``segmentation``;
+    else images are numbered 1..N, categories by `category_ids`, video frames get ``.PNG``.
 
     Args:
         points_as_skeleton: first combine one-point ``<points>`` labels into instances of a

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kpnb.cvat.errors import CvatFormatError, at_line
 from kpnb.cvat.parse import SKELETON, Reader
 from kpnb.cvat.svg import parse_skeleton_svg
-from kpnb.cvat.values import FRAMES, INT32, BadValue, whole
+from kpnb.cvat.values import FRAMES, INT32, BadValue, CvatFormatError, at_line, whole
 from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_keypoints
 
 # A video task's frames that kpnb lists, empty ones included (an hour at 60 fps is 216,000):

@@ -1,11 +1,8 @@
 """The CVAT reader: one pass of expat callbacks collecting rows (`kpnb.cvat.build` makes the
-tables from them).
+tables from them), fed 64 KB at a time, so memory grows with the columns, never the file.
 
-Expat is fed 64 KB at a time. The callbacks for shapes only append a row of raw attribute
-strings with its line; every 4,096 rows are converted to numpy columns at once, each value
-checked, a bad one named with its line. So memory grows with the columns, never with the
-file. The guards are defusedxml's: no entity declarations (bombs), no external entities,
-and no DTD with declarations at all (its ATTLIST defaults would invent attributes).
+The guards are defusedxml's: no entity declarations (bombs), no external entities, and no
+DTD with declarations at all (its ATTLIST defaults would invent attributes).
 """
 
 from __future__ import annotations
@@ -14,12 +11,13 @@ import pyexpat
 
 import numpy as np
 
-from kpnb.cvat.errors import CvatFormatError, at_line
 from kpnb.cvat.values import (
     FRAMES,
     INT32,
     TRUE,
     BadValue,
+    CvatFormatError,
+    at_line,
     coordinates,
     flags,
     integers,
@@ -38,18 +36,15 @@ _META_TEXT = frozenset(
     "size mode version dumped subsets".split()
 )
 _DAMAGED = "the file is damaged: export it again"
-# Rows per conversion to columns: few enough that their attribute dicts die young (with
-# 4,096 the garbage collector's passes over them took parse from 2.3 to 3.0 s on
-# bench_parse.py's skeleton layout, where read_cvat is 2.7x the floor, 2.9x on points).
+# Rows per conversion: few, so their attribute dicts die young (bench_parse.py: 4,096 took 3.0 s)
 _CHUNK = 512
 _TAG = ("points", "skeleton")  # by kind
 
 
 class Rows:
-    """Rows of raw attribute strings, appended one tuple per element (the cheapest thing a
-    callback can do) to `rows`, and turned into checked numpy columns by `convert` about
-    `_CHUNK` rows at a time (at the end of an image or track): values are converted in bulk,
-    and memory holds columns, not a million tuples and their attribute dicts."""
+    """Raw rows, one tuple per element (the cheapest thing a callback can do), turned into
+    checked numpy columns by `convert` about `_CHUNK` rows at a time (between images or
+    tracks): values are converted in bulk, and memory holds columns, not tuples."""
 
     def __init__(self, convert):
         self.convert = convert  # (rows, index of the first) -> dict of columns

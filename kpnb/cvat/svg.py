@@ -8,7 +8,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from kpnb.cvat.errors import CvatFormatError
+from kpnb.cvat.values import CvatFormatError
 from kpnb.tables import Skeleton
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
-"""CVAT attribute strings -> checked numbers, read as CVAT's own importer reads them
-(Python's ``int``/``float``, so "1_000" and " 5" are numbers); what CVAT would store
-differently or not at all is a `BadValue` that the reader turns into a `CvatFormatError`
-with the file and line."""
+"""CVAT attribute strings -> checked numbers, read as CVAT's own importer reads them (Python's
+``int``/``float``: "1_000" and " 5" are numbers). What CVAT would store differently or not at
+all is a `BadValue`, which the reader re-raises as a `CvatFormatError` with file and line."""
 
 from __future__ import annotations
 
@@ -9,11 +8,21 @@ import math
 
 import numpy as np
 
-from kpnb.cvat.errors import at_line
+from kpnb.errors import KpnbError
 
 INT32 = (-(2**31), 2**31 - 1)  # CVAT's database keeps ids, frames, z_order and group_id so
 FRAMES = (0, INT32[1])
 TRUE = frozenset(("1", "true", "True"))
+
+
+class CvatFormatError(KpnbError):
+    """A CVAT file is malformed or not CVAT: the message names the file, line and fix."""
+
+
+def at_line(source: str, line: int | None, message: str) -> CvatFormatError:
+    """A `CvatFormatError` for `message` at `line` of `source` (no line: the whole file)."""
+    where = f"{source}: line {line}: " if line is not None else f"{source}: "
+    return CvatFormatError(where + message)
 
 
 class BadValue(Exception):
