@@ -1,9 +1,7 @@
 """The tidy tables as a torch ``Dataset`` of Keypoint R-CNN samples.
 
-Everything a sample needs is precomputed at construction into per-image numpy arrays,
-so ``__getitem__`` does no pandas work: it loads the file with `kpnb.images.load_image`
-(uint8, upright, inside the export), runs the transforms, and only then converts the
-image to float.
+Each image's arrays are made once, at construction, so ``__getitem__`` does no pandas work:
+it loads the image (`kpnb.images.load_image`), runs the transforms, then makes it float.
 """
 
 from __future__ import annotations
@@ -78,19 +76,6 @@ def _image_instances(
         if box is not None:
             boxes[i], own[i] = box, True
     return xy, vis, boxes, own
-
-
-def _file_areas(ann: Annotations) -> dict[int, float]:
-    """``instance_id -> area`` as a COCO file gave it (empty for other sources)."""
-    extra = ann.meta.get("coco_annotations")
-    if extra is None:
-        return {}
-    area = pd.to_numeric(extra["area"], errors="coerce").tolist()
-    return dict(zip(extra["instance_id"].tolist(), area, strict=True))
-
-
-def _readable(path: Path | None) -> bool:
-    return path is not None and os.access(path, os.R_OK) and path.stat().st_size > 0
 
 
 def _usable(ann: Annotations) -> tuple[list[str], list[str]]:
@@ -196,11 +181,15 @@ class KeypointDataset(Dataset):
         kp = ann.keypoints[ann.keypoints["label"] == self.label]
         kp = kp.sort_values(["image_index", "instance_id", "point_index"])
         per_image = {i: g for i, g in kp.groupby("image_index", sort=False)}
-        grouped, areas = ann.grouped_boxes(), _file_areas(ann)
+        grouped, coco = ann.grouped_boxes(), ann.meta.get("coco_annotations")
+        areas = {}  # instance_id -> area, as a COCO file gave it
+        if coco is not None:
+            area = pd.to_numeric(coco["area"], errors="coerce").tolist()
+            areas = dict(zip(coco["instance_id"].tolist(), area, strict=True))
         items, missing = [], []
         for img in images.itertuples(index=False):
             path = find_image(self.root, str(img.name), img.subset)
-            if not _readable(path):
+            if path is None or not os.access(path, os.R_OK) or not path.stat().st_size:
                 missing.append(f"{str(img.name)} (image id {int(img.image_id)})")
                 continue
             rows = per_image.get(img.image_index)
@@ -304,11 +293,9 @@ _VAL_NAMES = {"val", "valid", "validation", "test", "dev"}
 def split_indices(
     ann: Annotations, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[int], list[int]]:
-    """Train and validation ``image_index`` lists.
-
-    By CVAT subset when the export has them (Train/Validation/Test; test counts as
-    validation), otherwise a seeded random split of `val_fraction` that keeps at least one
-    image on each side.
+    """Train and validation ``image_index`` lists: by CVAT subset when the export has them
+    (test counts as validation), else a seeded random split of `val_fraction` that keeps at
+    least one image on each side.
 
     Raises:
         ValueError: fewer than 2 images, so there is nothing to split.

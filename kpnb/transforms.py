@@ -80,9 +80,7 @@ class KeypointHorizontalFlip(v2.Transform):
         self.p = p
 
     def forward(self, image, target):
-        if torch.rand(()) >= self.p:
-            return image, target
-        return self.flip(image, target)
+        return self.flip(image, target) if torch.rand(()) < self.p else (image, target)
 
     def flip(self, image, target):
         """Always flip (the deterministic core, used by tests and before/after pictures)."""
@@ -124,23 +122,18 @@ class IoUCropIfBoxes(v2.Transform):
         return widest > c.min_aspect_ratio * 1.1 and narrowest < c.max_aspect_ratio / 1.1
 
     def forward(self, image, target):
-        if len(target["boxes"]) == 0:
-            return image, target
-        height, width = v2.functional.get_size(image)
-        if not self.croppable(height, width):
-            return image, target
-        return self.crop(image, target)
+        if len(target["boxes"]) and self.croppable(*F.get_size(image)):
+            return self.crop(image, target)
+        return image, target
 
 
 class FinalizeKeypoints(v2.Transform):
     """The last step of every pipeline: make the target valid for Keypoint R-CNN.
 
-    * a point that left the canvas ``[0, W] x [0, H]`` (edges included, so a point at
-      ``x = 0`` survives the flip to ``x = W``) gets visibility 0 (its coordinates are kept);
-    * each box grows to enclose its visible points and is clipped to the canvas. The box
-      from points (`kpnb.boxes.boxes_from_points`, margin included) was made once on the
-      annotation and moved with the image; here only its tight form (no margin) is used,
-      so augmentation never inflates a box and the box trained with is the one exported;
+    * a point that left the canvas ``[0, W] x [0, H]`` (edges included: ``x = 0`` survives
+      the flip to ``x = W``) gets visibility 0;
+    * each box grows to enclose its visible points (tightly: the margin was added once, on
+      the annotation, so augmentation never inflates a box) and is clipped to the canvas;
     * instances whose labelled points all left the canvas, or with a box thinner than
       `min_size` pixels, are dropped; a box-only target (COCO's ``num_keypoints: 0``)
       stays while its box does.

@@ -32,13 +32,9 @@ class CocoFormatError(KpnbError):
 
 
 def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
-    """0-based edges from a COCO ``skeleton``, whatever its base.
-
-    MS-COCO writes 1-based pairs, CVAT/datumaro 0-based: a 0 means 0-based, else 1-based.
-    Pairs that still point past the `k` keypoints (CrowdPose ships COCO's 17-point
-    skeleton for 14 keypoints) are dropped with a warning, never a refusal; a skeleton
-    that is not a list of pairs of whole numbers is refused.
-    """
+    """0-based edges from a COCO ``skeleton``: MS-COCO writes 1-based pairs, CVAT/datumaro
+    0-based (a 0 says so). Pairs past the `k` keypoints (CrowdPose ships COCO's 17-point
+    skeleton for 14 keypoints) are dropped with a warning; non-pairs are refused."""
     fine = type(edges) is list and all(type(e) is list and len(e) == 2 for e in edges)
     pairs = [(_whole(a), _whole(b)) for a, b in edges] if fine else [(None, None)]
     if any(None in pair for pair in pairs):
@@ -83,11 +79,8 @@ _MAX_COORD = float(np.finfo(np.float32).max)  # coordinates are float32 columns
 
 
 def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> int | None:
-    """A JSON value as an int if it is a whole number in ``[lo, hi]``, else None.
-
-    kpnb's one rule for whole numbers, in COCO as in CVAT XML (`kpnb.cvat.values`): a
-    number with no fraction, however written (``3`` or ``3.0``); not ``true`` nor ``"3"``.
-    """
+    """A JSON value as an int if it is a whole number in ``[lo, hi]`` (``3`` or ``3.0``,
+    not ``true`` nor ``"3"``, as in `kpnb.cvat.values`), else None."""
     if type(value) is float and value.is_integer():
         value = int(value)
     return value if type(value) is int and lo <= value <= hi else None
@@ -225,12 +218,9 @@ _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source
 
 @dataclass
 class _CocoRows:
-    """What `read_coco` collects over the files of one export, as plain rows.
-
-    Images are numbered across files (``image_index``); instance ids number the
-    annotations with keypoints, in file order; a ``bbox`` becomes box ``group_id``
-    1, 2... in file order.
-    """
+    """What `read_coco` collects over the files of one export, as plain rows: images
+    numbered across files, instances (annotations with keypoints) and boxes (``group_id``
+    1, 2...) in file order."""
 
     images: list = field(default_factory=list)
     chunks: list = field(default_factory=list)  # (image, instance, label, group, [K, 3])

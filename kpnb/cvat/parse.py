@@ -82,14 +82,9 @@ def _refuse_external(context, base, sysid, pubid) -> None:
 
 
 class Reader:
-    """Expat callbacks that collect a CVAT document as rows (one pass, no tree).
-
-    Rows: ``images`` (id, name, width, height, subset, task_id), ``instances`` (one per
-    plain ``<points>`` shape or ``<skeleton>``: image, kind, label, source, group_id,
-    z_order, track_id, keyframe, line), ``points`` (one per coordinate pair or skeleton
-    element: instance, index (-1: an element, placed by its name), name, x, y, occluded,
-    outside, keyframe, own source, line), ``boxes`` and ``attributes``.
-    """
+    """Expat callbacks that collect a CVAT document as rows (one pass, no tree): ``images``,
+    ``instances`` (a plain ``<points>`` shape or a ``<skeleton>``, with the plain shapes'
+    points), ``elements`` (a skeleton's points, placed by name), ``boxes``, ``attributes``."""
 
     def __init__(self, name: str):
         self.name = name

@@ -156,11 +156,8 @@ def _z(v) -> int:
 
 
 def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, int]]]]:
-    """`kp`'s columns as Python lists, and per image its instances' row ranges.
-
-    Instances come in order of first appearance in the image, rows in table order: what a
-    groupby per image and instance would give, without one (that cost ~2 ms an image).
-    """
+    """`kp`'s columns as Python lists, and per image its instances' row ranges (in order of
+    appearance): one sort, not a groupby per image (~2 ms an image, 40 s on 20k images)."""
     n = len(kp)
     image = kp["image_index"].to_numpy()
     group = kp.groupby([image, kp["instance_id"].to_numpy()], sort=False).ngroup().to_numpy()
@@ -297,15 +294,10 @@ def write_cvat(
 ) -> Path:
     """Write `annotations` as CVAT for images 1.1 XML at `path`, atomically.
 
-    Images with a ``subset`` are written as a project export (``subset``/``task_id`` on
-    each ``<image>``); otherwise as a task export. Skeleton instances become
-    ``<skeleton>`` with one ``<points>`` element per labelled keypoint (missing ones are
-    left out, ``outside``/``occluded`` kept); other labels become ``<points>`` shapes.
-    Coordinates are written with two decimals, as CVAT does. An image without a size
-    (a COCO file's width 0) gets the size of its file under `images_root`.
-
-    Returns:
-        The path written.
+    Images with a ``subset`` make a project export, else a task export. Skeletons become
+    ``<skeleton>`` with a ``<points>`` per keypoint the file had; other labels ``<points>``
+    shapes; coordinates get two decimals, as in CVAT. An image without a size (a COCO
+    file's width 0) gets its file's size from `images_root`. Returns `path`.
 
     Raises:
         KpnbError: an image has no size and no `images_root` is given, or a name holds a
