@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,9 @@ def _image_instances(
     margin: float,
     min_box: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One image's instances of a label (`rows` sorted by instance, `k` points each):
-    ``xy [N, K, 2]``, ``vis [N, K]``, ``boxes [N, 4]`` float32 xyxy and ``own [N]``, True
-    where the box is the instance's own (grouped with it) rather than made from its points
-    by `kpnb.boxes.boxes_from_points`. `size` is ``(width, height)``."""
+    """One image's instances of a label (`rows` sorted by instance, `k` points each): ``xy``,
+    ``vis``, float32 xyxy ``boxes`` and ``own``, True where the box is grouped with the
+    instance rather than made from its points (`kpnb.boxes.boxes_from_points`)."""
     n = len(rows) // k
     xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
     vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
@@ -79,8 +79,7 @@ def _image_instances(
 
 
 def _usable(ann: Annotations) -> tuple[list[str], list[str]]:
-    """The labels kpnb can train on (skeletons, multi-point labels), and the one-point
-    ``<points>`` labels that need `kpnb.grouping.points_to_skeleton` first."""
+    """Labels kpnb trains on (skeletons, multi-point), and one-point labels to combine first."""
     multi = ann.multi_point_labels()
     return list(ann.skeletons) + multi, [lab for lab in ann.plain_labels() if lab not in multi]
 
@@ -235,12 +234,9 @@ class KeypointDataset(Dataset):
     def sample(self, index: int):
         """The untransformed v2 sample ``(Image, target)`` (for pictures and tests)."""
         item = self.items[index]
+        labels = np.ones(len(item.boxes))
         return make_sample(
-            self.load_image(index),
-            item.boxes,
-            np.ones(len(item.boxes)),
-            item.keypoints,
-            item.visibility,
+            self.load_image(index), item.boxes, labels, item.keypoints, item.visibility
         )
 
     def __getitem__(self, index: int):
@@ -341,8 +337,7 @@ def _with_pairs(ann: Annotations, label: str, flip_pairs) -> Annotations:
 def _training_skeleton(
     ann: Annotations, label: str, flip_pairs: Sequence[tuple] | None
 ) -> tuple[Annotations, list[int] | None]:
-    """`ann` ready to train `label` on, and the flip permutation (``None``: flip off,
-    logged; left/right names without a partner are warned about)."""
+    """`ann` ready to train `label` on, and the flip permutation (``None``: flip off, logged)."""
     ann = _with_pairs(_training_view(ann, label), label, flip_pairs)
     skeleton = ann.skeletons[label]
     flip = skeleton.flip_indices if skeleton.flip_pairs else None
@@ -384,13 +379,9 @@ def make_loaders(
     ann, perm = _training_skeleton(ann, skeleton_label, flip_pairs)
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
 
-    def dataset(transforms: Callable, indices: list[int]) -> KeypointDataset:
-        return KeypointDataset(
-            ann, image_root, skeleton_label, transforms, indices=indices, skip_missing=skip_missing
-        )
-
-    train_ds = dataset(train_transforms(size, perm, policy=policy, flip=flip), train_idx)
-    val_ds = dataset(eval_transforms(size), val_idx)
+    dataset = partial(KeypointDataset, ann, image_root, skeleton_label, skip_missing=skip_missing)
+    train_ds = dataset(train_transforms(size, perm, policy=policy, flip=flip), indices=train_idx)
+    val_ds = dataset(eval_transforms(size), indices=val_idx)
     workers = default_workers() if num_workers is None else num_workers
     gen = torch.Generator().manual_seed(seed)
     # pinned memory lets the copies to a GPU run asynchronously (non_blocking in fit)
@@ -495,10 +486,9 @@ def _check_skeleton(ann: Annotations, label: str, flip_pairs) -> list[dict]:
     n_inst = kp["instance_id"].nunique()
     edges = f"{len(sk.edges)} edges" if sk.edges else "no edges (pictures show points only)"
     visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
+    shapes = f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}"
     return [
-        _row(
-            "instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}"
-        ),
+        _row("instances", n_inst > 0, shapes),
         _row("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)"),
         _check_boxes(view, label),
         _row("flip pairs", not unpaired_sides(sk.keypoints, sk.pairs), sk.flip_summary()),

@@ -50,20 +50,15 @@ def make_sample(image: torch.Tensor, boxes, labels, keypoints, visibility):
     """Wrap plain tensors as a v2 sample: ``(Image, target)`` with ``boxes`` (BoundingBoxes
     xyxy ``[N, 4]``), ``labels`` ``[N]``, ``keypoints`` (KeyPoints ``[N, K, 2]`` in pixels)
     and ``visibility`` ``[N, K]`` (0/1/2); the image stays uint8 until the end."""
-    h, w = image.shape[-2:]
-    target = {
-        "boxes": tv_tensors.BoundingBoxes(
-            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            format="XYXY",
-            canvas_size=(h, w),
-        ),
+    size = tuple(image.shape[-2:])
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    keypoints = torch.as_tensor(keypoints, dtype=torch.float32)
+    return tv_tensors.Image(image), {
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
         "labels": torch.as_tensor(labels, dtype=torch.int64),
-        "keypoints": tv_tensors.KeyPoints(
-            torch.as_tensor(keypoints, dtype=torch.float32), canvas_size=(h, w)
-        ),
+        "keypoints": tv_tensors.KeyPoints(keypoints, canvas_size=size),
         "visibility": torch.as_tensor(visibility, dtype=torch.uint8),
     }
-    return tv_tensors.Image(image), target
 
 
 class KeypointHorizontalFlip(v2.Transform):
@@ -88,9 +83,8 @@ class KeypointHorizontalFlip(v2.Transform):
         image = F.horizontal_flip(image)
         target["boxes"] = F.horizontal_flip(target["boxes"])
         kps = target["keypoints"]
-        w = kps.canvas_size[1]
         mirrored = kps.as_subclass(torch.Tensor).clone()
-        mirrored[..., 0] = w - mirrored[..., 0]
+        mirrored[..., 0] = kps.canvas_size[1] - mirrored[..., 0]
         if len(self.flip_perm) and mirrored.shape[-2] == len(self.flip_perm):
             mirrored = mirrored[..., self.flip_perm, :]
             target["visibility"] = target["visibility"][..., self.flip_perm]

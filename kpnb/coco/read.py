@@ -1,9 +1,6 @@
-"""COCO keypoints JSON -> the tidy `Annotations` tables.
-
-`read_coco` reads any COCO keypoints file (CVAT's "COCO Keypoints 1.0" export, datumaro's,
-MS-COCO's) without assuming 0- or 1-based skeletons, contiguous category ids, zeroed
-coordinates for v=0, or keypoint names being present.
-"""
+"""COCO keypoints JSON -> the tidy `Annotations` tables, from any COCO keypoints file (CVAT's
+"COCO Keypoints 1.0" export, datumaro's, MS-COCO's), assuming no skeleton base, contiguous
+category ids, zeroed coordinates for v=0, or keypoint names."""
 
 from __future__ import annotations
 
@@ -174,8 +171,7 @@ def _document(raw: bytes, where: str) -> dict:
 
 
 def _categories_by_id(entries: list, where: str) -> dict:
-    """The file's categories by id, refusing ids that are not unique whole numbers, names
-    that are not text and ``keypoints`` that are not a list."""
+    """The file's categories by id; refuses repeated or non-whole ids, empty names, bad lists."""
     cats: dict = {}
     for n, cat in enumerate(entries):
         cid, name = _whole(cat.get("id")), cat.get("name")
@@ -323,8 +319,7 @@ class _CocoRows:
         )
 
     def _add_box(self, ann: dict, image: int, label: str, where: str) -> int:
-        """Append the annotation's ``[x, y, w, h]`` bbox as an xyxy box; its ``group_id``.
-        Refuses a bbox that is not 4 finite numbers with w, h >= 0."""
+        """Append the ``[x, y, w, h]`` bbox (4 finite numbers, w, h >= 0) as xyxy; its group."""
         box = ann["bbox"]
         fine = type(box) is list and len(box) == 4
         fine = fine and all(type(v) in (int, float) for v in box)
@@ -369,8 +364,7 @@ class _CocoRows:
 
 
 def _check_annotation(ann: dict, index: int, where: str) -> None:
-    """Refuse an annotation whose ids are not whole numbers, whose ``iscrowd`` is not 0/1
-    or whose ``attributes`` are not an object (`_CocoRows._add_box` checks the bbox)."""
+    """Refuse non-whole ids, an ``iscrowd`` not 0/1, ``attributes`` not an object."""
     for key in ("id", "image_id", "category_id"):
         value = _whole(ann.get(key))
         if value is None:
@@ -398,10 +392,9 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
 
 
 def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
-    """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), a short list padded with
-    absent points (`_keypoint_counts` made `k` the longest); refusing non-numbers,
-    coordinates that are not finite float32 numbers (whatever v says) and visibilities
-    other than 0/1/2."""
+    """An annotation's keypoints as ``[k, 3]`` (x, y, v), a short list padded with absent points
+    (`k` is the longest); refusing non-numbers, coordinates that are not finite float32
+    numbers (whatever v says) and visibilities other than 0/1/2."""
     try:
         triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError, OverflowError):
@@ -467,8 +460,7 @@ def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
 
 
 def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
-    """K per category: the triples its annotations hold (names may be missing, or more
-    than the triples: then the first names are kept, with a warning)."""
+    """K per category: the most triples an annotation holds (extra names dropped, warned)."""
     named = {cid: len(c.get("keypoints") or []) for cid, c in cats.items()}
     seen: dict = {}
     for n, ann in enumerate(doc["annotations"]):

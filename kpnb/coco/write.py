@@ -89,8 +89,7 @@ def to_coco(
 
 
 def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
-    """One COCO category per label: keypoint names and 1-based edges for a skeleton,
-    both empty for a plain ``<points>`` label (as datumaro writes them)."""
+    """One COCO category per label (keypoints and 1-based edges, empty for plain points)."""
     empty = Skeleton(())
     return [
         {
@@ -105,8 +104,7 @@ def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
 
 
 def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
-    """The COCO ``images`` and ``image_index -> image id``: a COCO file's own ids when
-    unique, else 1..N; video frames get CVAT's ``.PNG`` file names."""
+    """The COCO ``images`` (ids by `image_ids`) and ``image_index -> image id``."""
     imgs, ids = ann.images, image_ids(ann)
     video = ann.meta.get("format") == "video"  # frame_000012 in XML is frame_000012.PNG
     images = [
@@ -132,8 +130,7 @@ def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
 
 
 def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: dict) -> list:
-    """One COCO annotation per instance, in instance order; what `read_coco` kept from the
-    file (``meta["coco_annotations"]``: id, area, iscrowd, segmentation) goes back."""
+    """One COCO annotation per instance; what `read_coco` kept (``coco_annotations``) goes back."""
     if not len(kp):
         return []
     kp = kp.sort_values(["instance_id", "point_index"], kind="stable")

@@ -161,8 +161,7 @@ def _categorical(values: np.ndarray) -> pd.Categorical:
 
 
 def _element_positions(source: str, inst: dict, elem: dict, skeletons) -> np.ndarray:
-    """Each skeleton element's position in its skeleton, by its name (CVAT writes elements
-    in any order); a name the skeleton does not define is an error."""
+    """Each skeleton element's position in its skeleton, by name (CVAT writes any order)."""
     defs = pd.DataFrame(
         [(lab, k, i) for lab, sk in skeletons.items() for i, k in enumerate(sk.keypoints)],
         columns=["label", "name", "pos"],
@@ -195,8 +194,7 @@ def _attributes(rows: list[tuple], inst: dict, skeletons: dict) -> pd.DataFrame:
 
 
 def _images(r: Reader) -> pd.DataFrame:
-    """The `<image>`s, or for video the frames with shapes then every other frame the meta
-    describes, each sized by its task's ``<original_size>``."""
+    """The `<image>`s, or a video's frames (with shapes first) sized by ``<original_size>``."""
     rows = list(r.images)
     if r.frames:
         tasks = r.tasks if r.meta_kind == "project" and r.tasks else {None: r.top}

@@ -209,9 +209,8 @@ class Reader:
             self.version = self._collected().strip()
 
     def _owner(self, parent: str) -> tuple | None:
-        """What an <attribute> in `parent` belongs to: (instance, element name or None), or
-        None for what kpnb does not model (boxes, tracks, skipped shapes). The open shape's
-        row is the last one: rows are converted only between images and tracks."""
+        """(instance, element name or None) owning an <attribute> in `parent`, None for what
+        kpnb does not model; the open shape's row is the last (converted only between images)."""
         if parent == "skeleton":
             return (self.skeleton, None)
         if parent != "points":
@@ -245,16 +244,11 @@ class Reader:
                     f"<image> {key}={attrs[key]!r} is not a size of at least 1 pixel{fix}"
                 )
             sides.append(side)
+        image_id = self._int("image", attrs, "id", None, FRAMES)
+        task_id = self._int("image", attrs, "task_id", None, FRAMES)
+        name, subset = attrs.get("name") or "", attrs.get("subset") or None
         self.image = len(self.images)
-        self.images.append(
-            (
-                self._int("image", attrs, "id", None, FRAMES),
-                attrs.get("name") or "",
-                *sides,
-                attrs.get("subset") or None,
-                self._int("image", attrs, "task_id", None, FRAMES),
-            )
-        )
+        self.images.append((image_id, name, *sides, subset, task_id))
 
     def _track(self, attrs: dict, parent: str | None) -> None:
         info = {
@@ -285,8 +279,7 @@ class Reader:
         return self.frames[key]
 
     def _instance(self, attrs: dict, kind: int, image: int, keyframe=None) -> int:
-        """Record a plain points shape or a skeleton; a track's shapes take its label, and
-        its source and group where they have none."""
+        """Record a points shape or skeleton; a track lends its label, source and group."""
         t = self.track
         if t is not None:
             attrs = {**attrs, "label": t["label"]}
@@ -360,8 +353,7 @@ class Reader:
         }
 
     def _points(self, attrs: dict, parent: str | None) -> None:
-        """A <points> in a track (a shape, or in the legacy layout a skeleton's element), or
-        where none may be."""
+        """A <points> in a track (a shape, or a legacy layout's skeleton element), or misplaced."""
         if parent == "track" and self.nested is not None:  # legacy: an element's track
             inst = self.legacy.get(attrs.get("frame"))
             if inst is None:

@@ -167,12 +167,11 @@ def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, 
     }
     for c in ("x", "y", "occluded", "outside", "point_index", "z_order", "group_id", "instance_id"):
         cols[c] = kp[c].to_numpy()[order].tolist()
-    group, image = group[order], image[order]
-    starts = np.flatnonzero(np.diff(group, prepend=-1))
-    ends = np.append(starts[1:], n) if n else starts
+    starts = np.flatnonzero(np.diff(group[order], prepend=-1)).tolist()
+    ends = [*starts[1:], n] if n else []
     blocks: dict[int, list[tuple[int, int]]] = {}
-    for s, e, i in zip(starts.tolist(), ends.tolist(), image[starts].tolist(), strict=True):
-        blocks.setdefault(i, []).append((s, e))
+    for s, e in zip(starts, ends, strict=True):
+        blocks.setdefault(int(image[order[s]]), []).append((s, e))
     return cols, blocks
 
 
@@ -232,8 +231,7 @@ def _attribute_index(ann: Annotations) -> dict:
 
 
 def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
-    """An image's size read from its file, for a table that does not know it (a COCO file
-    with width 0): CVAT XML needs every image's size."""
+    """An image's size from its file, as CVAT XML needs it (a COCO file's width 0: unknown)."""
     if images_root is None:
         raise KpnbError(
             f"image {name!r} has no width/height, which CVAT XML needs: give {{images_root}} "
