@@ -1,9 +1,7 @@
 """The tidy tables as a torch ``Dataset`` of Keypoint R-CNN samples.
 
-Everything a sample needs is precomputed at construction into per-image numpy arrays,
-so ``__getitem__`` does no pandas work: it loads the file with `kpnb.images.load_image`
-(uint8, upright, inside the export), runs the transforms, and only then converts the
-image to float.
+Each image's arrays are made once, at construction, so ``__getitem__`` does no pandas work:
+it loads the image (`kpnb.images.load_image`), runs the transforms, then makes it float.
 """
 
 from __future__ import annotations
@@ -11,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from kpnb.boxes import BOX_MARGIN, MIN_BOX, boxes_from_points
 from kpnb.errors import KpnbError
 from kpnb.images import find_image, load_image
-from kpnb.skeleton import Skeleton
+from kpnb.skeleton import Skeleton, unpaired_sides
 from kpnb.tables import Annotations
 from kpnb.transforms import eval_transforms, make_sample, train_transforms
 
@@ -63,10 +62,9 @@ def _image_instances(
     margin: float,
     min_box: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One image's instances of a label (`rows` sorted by instance, `k` points each):
-    ``xy [N, K, 2]``, ``vis [N, K]``, ``boxes [N, 4]`` float32 xyxy and ``own [N]``, True
-    where the box is the instance's own (grouped with it) rather than made from its points
-    by `kpnb.boxes.boxes_from_points`. `size` is ``(width, height)``."""
+    """One image's instances of a label (`rows` sorted by instance, `k` points each): ``xy``,
+    ``vis``, float32 xyxy ``boxes`` and ``own``, True where the box is grouped with the
+    instance rather than made from its points (`kpnb.boxes.boxes_from_points`)."""
     n = len(rows) // k
     xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
     vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
@@ -80,39 +78,29 @@ def _image_instances(
     return xy, vis, boxes, own
 
 
-def _file_areas(ann: Annotations) -> dict[int, float]:
-    """``instance_id -> area`` as a COCO file gave it (empty for other sources)."""
-    extra = ann.meta.get("coco_annotations")
-    if not isinstance(extra, pd.DataFrame) or not len(extra):
-        return {}
-    area = pd.to_numeric(extra["area"], errors="coerce").tolist()
-    return dict(zip(extra["instance_id"].tolist(), area, strict=True))
-
-
-def _readable(path: Path | None) -> bool:
-    return path is not None and os.access(path, os.R_OK) and path.stat().st_size > 0
+def _usable(ann: Annotations) -> tuple[list[str], list[str]]:
+    """Labels kpnb trains on (skeletons, multi-point), and one-point labels to combine first."""
+    multi = ann.multi_point_labels()
+    return list(ann.skeletons) + multi, [lab for lab in ann.plain_labels() if lab not in multi]
 
 
 def _training_view(ann: Annotations, label: str) -> Annotations:
     """`ann` with `label` usable as a skeleton: a multi-coordinate ``<points>`` label
-    becomes one instance per shape (points ``1..n``)."""
+    becomes one instance per shape (points ``1..n``); any other non-skeleton is refused."""
     from kpnb.grouping import points_as_instances
 
     if label not in ann.skeletons and label in ann.multi_point_labels():
         return points_as_instances(ann, [label])
-    return ann
-
-
-def _not_a_skeleton(ann: Annotations, label: str) -> KpnbError:
-    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
+    if label in ann.skeletons:
+        return ann
+    usable, one_point = _usable(ann)
     hint = ""
     if one_point:
         hint = (
             f"; one-point <points> labels {one_point} need combining first: "
             "kpnb.grouping.points_to_skeleton(annotations, name), or {points_as_skeleton}"
         )
-    usable = list(ann.skeletons) + ann.multi_point_labels()
-    return KpnbError(
+    raise KpnbError(
         f"{label!r} is not a skeleton label (skeletons and multi-point labels: {usable}){hint}",
         params={"points_as_skeleton": "NAME"} if one_point else None,
         param="label",
@@ -124,34 +112,29 @@ class KeypointDataset(Dataset):
 
     Args:
         annotations: tables from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
-            `kpnb.synthetic.synthesize`. For the seed tutorial's one-point-per-label
-            layout, first make a skeleton with `kpnb.grouping.points_to_skeleton`.
+            `kpnb.synthetic.synthesize`; one-point-per-label layouts first need
+            `kpnb.grouping.points_to_skeleton`.
         image_root: the export folder (holding ``images/``).
-        skeleton_label: which skeleton to learn; its instances are the objects. A
-            multi-coordinate ``<points>`` label works too: each shape is one object.
-        transforms: a v2 pipeline on ``(image, target)`` (see `kpnb.transforms`); ``None``
+        skeleton_label: the skeleton (or multi-coordinate ``<points>``) label to learn.
+        transforms: a v2 pipeline on ``(image, target)`` (`kpnb.transforms`); ``None``
             keeps the original size.
-        indices: image indices (``image_index``) to include; default all.
+        indices: the ``image_index`` values to include; default all.
         skip_missing: leave out images whose file is missing instead of failing.
-        rescale_images: resize an image whose size differs from the annotations' to that
-            size (default: refuse it, `kpnb.images.load_image`).
-        box_margin: fraction of an instance's keypoint extent added around it when no box
-            is grouped with it.
-        min_box: such a box is at least this fraction of the image's shorter side
-            (the rule is `kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the
-            box of the defaults).
+        rescale_images: resize an image whose size differs from the annotations' (default:
+            refuse it, `kpnb.images.load_image`).
+        box_margin, min_box: the box of an instance with no grouped box, from its points
+            (`kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the defaults' box).
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
     ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
-    ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area`` (the file's own
-    when it has one, scaled with the image; else the box's), ``iscrowd``. An instance
-    with a box but no labelled point (COCO's ``num_keypoints: 0``) is a box-only target:
-    the keypoint loss ignores v=0 points. Images with no instance are negatives with
-    empty tensors of those shapes.
+    ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area`` (the file's own,
+    scaled with the image, else the box's), ``iscrowd``. A box without labelled points
+    (COCO's ``num_keypoints: 0``) is a box-only target; an image with no instance is a
+    negative with empty tensors.
 
     Raises:
-        ValueError: `skeleton_label` is not a skeleton of `annotations`; or image files
-            are missing or unreadable (one error lists them all).
+        KpnbError: `skeleton_label` is not a skeleton; or image files are missing or
+            unreadable (one error lists them all).
     """
 
     def __init__(
@@ -169,8 +152,6 @@ class KeypointDataset(Dataset):
     ):
         self.rescale_images = rescale_images
         annotations = _training_view(annotations, skeleton_label)
-        if skeleton_label not in annotations.skeletons:
-            raise _not_a_skeleton(annotations, skeleton_label)
         self.skeleton: Skeleton = annotations.skeletons[skeleton_label]
         self.label = skeleton_label
         self.transforms = transforms
@@ -199,11 +180,15 @@ class KeypointDataset(Dataset):
         kp = ann.keypoints[ann.keypoints["label"] == self.label]
         kp = kp.sort_values(["image_index", "instance_id", "point_index"])
         per_image = {i: g for i, g in kp.groupby("image_index", sort=False)}
-        grouped, areas = ann.grouped_boxes(), _file_areas(ann)
+        grouped, coco = ann.grouped_boxes(), ann.meta.get("coco_annotations")
+        areas = {}  # instance_id -> area, as a COCO file gave it
+        if coco is not None:
+            area = pd.to_numeric(coco["area"], errors="coerce").tolist()
+            areas = dict(zip(coco["instance_id"].tolist(), area, strict=True))
         items, missing = [], []
         for img in images.itertuples(index=False):
             path = find_image(self.root, str(img.name), img.subset)
-            if not _readable(path):
+            if path is None or not os.access(path, os.R_OK) or not path.stat().st_size:
                 missing.append(f"{str(img.name)} (image id {int(img.image_id)})")
                 continue
             rows = per_image.get(img.image_index)
@@ -249,12 +234,9 @@ class KeypointDataset(Dataset):
     def sample(self, index: int):
         """The untransformed v2 sample ``(Image, target)`` (for pictures and tests)."""
         item = self.items[index]
+        labels = np.ones(len(item.boxes))
         return make_sample(
-            self.load_image(index),
-            item.boxes,
-            np.ones(len(item.boxes)),
-            item.keypoints,
-            item.visibility,
+            self.load_image(index), item.boxes, labels, item.keypoints, item.visibility
         )
 
     def __getitem__(self, index: int):
@@ -307,11 +289,9 @@ _VAL_NAMES = {"val", "valid", "validation", "test", "dev"}
 def split_indices(
     ann: Annotations, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[int], list[int]]:
-    """Train and validation ``image_index`` lists.
-
-    By CVAT subset when the export has them (Train/Validation/Test; test counts as
-    validation), otherwise a seeded random split of `val_fraction` that keeps at least one
-    image on each side.
+    """Train and validation ``image_index`` lists: by CVAT subset when the export has them
+    (test counts as validation), else a seeded random split of `val_fraction` that keeps at
+    least one image on each side.
 
     Raises:
         ValueError: fewer than 2 images, so there is nothing to split.
@@ -336,12 +316,9 @@ def split_indices(
             sorted(subsets.dropna().unique()),
         )
     idx = images["image_index"].to_numpy()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(idx))
+    order = np.random.default_rng(seed).permutation(len(idx))
     n_val = min(len(idx) - 1, max(1, int(round(len(idx) * val_fraction))))
-    val = sorted(idx[order[:n_val]].tolist())
-    train = sorted(idx[order[n_val:]].tolist())
-    return train, val
+    return sorted(idx[order[n_val:]].tolist()), sorted(idx[order[:n_val]].tolist())
 
 
 def default_workers() -> int:
@@ -351,8 +328,6 @@ def default_workers() -> int:
 
 def _with_pairs(ann: Annotations, label: str, flip_pairs) -> Annotations:
     """`ann` with `label`'s skeleton carrying explicit left/right `flip_pairs`."""
-    from dataclasses import replace
-
     if flip_pairs is None:
         return ann
     skeletons = {**ann.skeletons, label: ann.skeletons[label].with_flip_pairs(flip_pairs)}
@@ -362,14 +337,8 @@ def _with_pairs(ann: Annotations, label: str, flip_pairs) -> Annotations:
 def _training_skeleton(
     ann: Annotations, label: str, flip_pairs: Sequence[tuple] | None
 ) -> tuple[Annotations, list[int] | None]:
-    """`ann` ready to train `label` on, and the flip permutation (``None``: flip off,
-    logged; left/right names without a partner are warned about)."""
-    from kpnb.skeleton import unpaired_sides
-
-    ann = _training_view(ann, label)
-    if label not in ann.skeletons:
-        raise _not_a_skeleton(ann, label)
-    ann = _with_pairs(ann, label, flip_pairs)
+    """`ann` ready to train `label` on, and the flip permutation (``None``: flip off, logged)."""
+    ann = _with_pairs(_training_view(ann, label), label, flip_pairs)
     skeleton = ann.skeletons[label]
     flip = skeleton.flip_indices if skeleton.flip_pairs else None
     if flip is None:
@@ -410,13 +379,9 @@ def make_loaders(
     ann, perm = _training_skeleton(ann, skeleton_label, flip_pairs)
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
 
-    def dataset(transforms: Callable, indices: list[int]) -> KeypointDataset:
-        return KeypointDataset(
-            ann, image_root, skeleton_label, transforms, indices=indices, skip_missing=skip_missing
-        )
-
-    train_ds = dataset(train_transforms(size, perm, policy=policy, flip=flip), train_idx)
-    val_ds = dataset(eval_transforms(size), val_idx)
+    dataset = partial(KeypointDataset, ann, image_root, skeleton_label, skip_missing=skip_missing)
+    train_ds = dataset(train_transforms(size, perm, policy=policy, flip=flip), indices=train_idx)
+    val_ds = dataset(eval_transforms(size), indices=val_idx)
     workers = default_workers() if num_workers is None else num_workers
     gen = torch.Generator().manual_seed(seed)
     # pinned memory lets the copies to a GPU run asynchronously (non_blocking in fit)
@@ -455,16 +420,12 @@ def instance_boxes(
     for image, rows in kp.groupby("image_index", sort=False):
         w, h = _side(sizes.loc[image, "width"]), _side(sizes.loc[image, "height"])
         _, _, boxes, own = _image_instances(rows, k, image, (w, h), grouped, box_margin, min_box)
-        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        side = min(w, h)
-        limit = (
-            max(DEGENERATE_PX, DEGENERATE_FRACTION * side) if np.isfinite(side) else DEGENERATE_PX
-        )
-        ids = rows["instance_id"].to_numpy()[::k]
-        for i in range(len(boxes)):
-            source = "grouped" if own[i] else "points"
-            degenerate = bool(min(bw[i], bh[i]) < limit)
-            out.append((int(image), int(ids[i]), *boxes[i].tolist(), source, degenerate))
+        side = min(w, h) if np.isfinite(min(w, h)) else 0.0  # unknown size: pixels alone
+        limit = max(DEGENERATE_PX, DEGENERATE_FRACTION * side)
+        thin = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < limit
+        ids = rows["instance_id"].to_numpy()[::k].tolist()
+        for i, box, o, t in zip(ids, boxes.tolist(), own, thin, strict=True):
+            out.append((int(image), i, *box, "grouped" if o else "points", bool(t)))
     return pd.DataFrame(
         out,
         columns=["image_index", "instance_id", "xtl", "ytl", "xbr", "ybr", "source", "degenerate"],
@@ -488,8 +449,7 @@ def _check_images(ann: Annotations, root: Path) -> dict:
 
 
 def _check_label(ann: Annotations, label: str | None) -> dict:
-    usable = list(ann.skeletons) + ann.multi_point_labels()
-    one_point = [lab for lab in ann.plain_labels() if lab not in ann.multi_point_labels()]
+    usable, one_point = _usable(ann)
     detail = (
         f"{label!r} of {usable}"
         if usable
@@ -520,18 +480,15 @@ def _check_boxes(view: Annotations, label: str) -> dict:
 
 def _check_skeleton(ann: Annotations, label: str, flip_pairs) -> list[dict]:
     """Instances, labelled points, boxes and flip pairs of the skeleton `label`."""
-    from kpnb.skeleton import unpaired_sides
-
     view = _with_pairs(_training_view(ann, label), label, flip_pairs)
     sk = view.skeletons[label]
     kp = view.keypoints[view.keypoints["label"] == label]
     n_inst = kp["instance_id"].nunique()
     edges = f"{len(sk.edges)} edges" if sk.edges else "no edges (pictures show points only)"
     visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
+    shapes = f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}"
     return [
-        _row(
-            "instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}"
-        ),
+        _row("instances", n_inst > 0, shapes),
         _row("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)"),
         _check_boxes(view, label),
         _row("flip pairs", not unpaired_sides(sk.keypoints, sk.pairs), sk.flip_summary()),
@@ -560,7 +517,7 @@ def check_export(
     model will train with (degenerate ones flagged), left/right pairs for the flip,
     subsets for the split; every row can fail. Shapes kpnb does not use are logged.
     """
-    usable = list(ann.skeletons) + ann.multi_point_labels()
+    usable, _ = _usable(ann)
     label = skeleton_label or next(iter(usable), None)
     rows = [_check_images(ann, Path(image_root)), _check_label(ann, label)]
     if label in usable:

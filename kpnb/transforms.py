@@ -1,15 +1,10 @@
 """Keypoint-aware augmentation on torchvision transforms v2.
 
-A sample is ``(image, target)``: ``image`` a ``tv_tensors.Image`` (uint8 until the end),
-``target`` a dict with ``boxes`` (``BoundingBoxes`` xyxy ``[N, 4]``), ``labels`` ``[N]``,
-``keypoints`` (``KeyPoints`` ``[N, K, 2]``, pixel coordinates) and ``visibility``
-``[N, K]`` (0/1/2). Every v2 geometric transform moves boxes and points with the image;
-kpnb adds what v2 lacks: a flip that swaps left and right, and a last step that turns
-points which left the canvas into absent ones.
-
-Avoid transforms that corrupt KeyPoints: ``cjm_torchvision_tfms.RandomPixelCopy`` treats
-them as an image, the v1 ``CustomTrivialAugmentWide`` cannot take a target, and the
-AutoAugment family (AutoAugment, RandAugment, TrivialAugmentWide, AugMix) raises on them.
+A sample is ``(image, target)`` (see `make_sample`). v2's geometric transforms move boxes and
+points with the image; kpnb adds what v2 lacks: a flip that swaps left and right, and a last
+step that makes points which left the canvas absent. Not for KeyPoints:
+``cjm_torchvision_tfms.RandomPixelCopy`` (treats them as an image), the v1
+``CustomTrivialAugmentWide`` (takes no target) and the AutoAugment family (raises on them).
 """
 
 from __future__ import annotations
@@ -52,30 +47,26 @@ __all__ = [
 
 
 def make_sample(image: torch.Tensor, boxes, labels, keypoints, visibility):
-    """Wrap plain tensors as a v2 sample: ``(Image, {boxes, labels, keypoints, visibility})``."""
-    h, w = image.shape[-2:]
-    target = {
-        "boxes": tv_tensors.BoundingBoxes(
-            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            format="XYXY",
-            canvas_size=(h, w),
-        ),
+    """Wrap plain tensors as a v2 sample: ``(Image, target)`` with ``boxes`` (BoundingBoxes
+    xyxy ``[N, 4]``), ``labels`` ``[N]``, ``keypoints`` (KeyPoints ``[N, K, 2]`` in pixels)
+    and ``visibility`` ``[N, K]`` (0/1/2); the image stays uint8 until the end."""
+    size = tuple(image.shape[-2:])
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    keypoints = torch.as_tensor(keypoints, dtype=torch.float32)
+    return tv_tensors.Image(image), {
+        "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
         "labels": torch.as_tensor(labels, dtype=torch.int64),
-        "keypoints": tv_tensors.KeyPoints(
-            torch.as_tensor(keypoints, dtype=torch.float32), canvas_size=(h, w)
-        ),
+        "keypoints": tv_tensors.KeyPoints(keypoints, canvas_size=size),
         "visibility": torch.as_tensor(visibility, dtype=torch.uint8),
     }
-    return tv_tensors.Image(image), target
 
 
 class KeypointHorizontalFlip(v2.Transform):
     """Mirror the sample left-right with probability `p`, then swap left/right keypoints.
 
-    v2's own flip mirrors KeyPoints as ``W - 1 - x`` (pixel indices) and swaps nothing.
-    CVAT and COCO coordinates are continuous (pixel ``i`` spans ``[i, i + 1)``), so points
-    are mirrored as ``W - x`` like boxes, and keypoints and visibility are permuted by
-    `flip_perm` (see `flip_indices`) so ``left_eye`` stays the animal's left eye.
+    v2's own flip mirrors KeyPoints as ``W - 1 - x`` and swaps nothing; CVAT and COCO
+    coordinates are continuous, so points are mirrored as ``W - x`` like boxes, and permuted
+    by `flip_perm` (`flip_indices`) so ``left_eye`` stays the animal's left eye.
     """
 
     def __init__(self, flip_perm: Sequence[int], p: float = 0.5):
@@ -84,9 +75,7 @@ class KeypointHorizontalFlip(v2.Transform):
         self.p = p
 
     def forward(self, image, target):
-        if torch.rand(()) >= self.p:
-            return image, target
-        return self.flip(image, target)
+        return self.flip(image, target) if torch.rand(()) < self.p else (image, target)
 
     def flip(self, image, target):
         """Always flip (the deterministic core, used by tests and before/after pictures)."""
@@ -94,9 +83,8 @@ class KeypointHorizontalFlip(v2.Transform):
         image = F.horizontal_flip(image)
         target["boxes"] = F.horizontal_flip(target["boxes"])
         kps = target["keypoints"]
-        w = kps.canvas_size[1]
         mirrored = kps.as_subclass(torch.Tensor).clone()
-        mirrored[..., 0] = w - mirrored[..., 0]
+        mirrored[..., 0] = kps.canvas_size[1] - mirrored[..., 0]
         if len(self.flip_perm) and mirrored.shape[-2] == len(self.flip_perm):
             mirrored = mirrored[..., self.flip_perm, :]
             target["visibility"] = target["visibility"][..., self.flip_perm]
@@ -105,14 +93,11 @@ class KeypointHorizontalFlip(v2.Transform):
 
 
 class IoUCropIfBoxes(v2.Transform):
-    """cjm's `CustomRandomIoUCrop` where there is a box; images with none pass unchanged.
+    """cjm's `CustomRandomIoUCrop` where it can run; other images pass unchanged.
 
-    The IoU crop samples its centre from the boxes, so it cannot run on a negative image.
-    Nor on an image no crop shape fits: cjm (0.0.26) draws crop sides of ``min_scale`` to
-    ``max_scale`` of the image's in a ``while True`` loop until their aspect ratio lies in
-    ``[min_aspect_ratio, max_aspect_ratio]``, which never happens for a panorama beyond
-    about 6.7:1 (training would hang), and divides by a crop height of 0 on an image under
-    4 px high. Those images pass unchanged.
+    It samples its centre from the boxes (none on a negative image), loops forever on a
+    panorama past about 6.7:1 (no crop aspect ratio fits, cjm 0.0.26) and divides by zero
+    on an image under 4 px high.
     """
 
     def __init__(self, **kwargs):
@@ -131,30 +116,24 @@ class IoUCropIfBoxes(v2.Transform):
         return widest > c.min_aspect_ratio * 1.1 and narrowest < c.max_aspect_ratio / 1.1
 
     def forward(self, image, target):
-        if len(target["boxes"]) == 0:
-            return image, target
-        height, width = v2.functional.get_size(image)
-        if not self.croppable(height, width):
-            return image, target
-        return self.crop(image, target)
+        if len(target["boxes"]) and self.croppable(*F.get_size(image)):
+            return self.crop(image, target)
+        return image, target
 
 
 class FinalizeKeypoints(v2.Transform):
     """The last step of every pipeline: make the target valid for Keypoint R-CNN.
 
-    * a point that left the canvas ``[0, W] x [0, H]`` (edges included, so a point at
-      ``x = 0`` survives the flip to ``x = W``) gets visibility 0 (its coordinates are kept);
-    * each box grows to enclose its visible points and is clipped to the canvas. The box
-      from points (`kpnb.boxes.boxes_from_points`, margin included) was made once on the
-      annotation and moved with the image; here only its tight form (no margin) is used,
-      so augmentation never inflates a box and the box trained with is the one exported;
+    * a point that left the canvas ``[0, W] x [0, H]`` (edges included: ``x = 0`` survives
+      the flip to ``x = W``) gets visibility 0;
+    * each box grows to enclose its visible points (tightly: the margin was added once, on
+      the annotation, so augmentation never inflates a box) and is clipped to the canvas;
     * instances whose labelled points all left the canvas, or with a box thinner than
-      `min_size` pixels, are dropped, keeping boxes, labels, keypoints and visibility
-      aligned. An instance that came without labelled points (a box-only target, like
-      COCO's ``num_keypoints: 0`` persons) stays while its box does.
+      `min_size` pixels, are dropped; a box-only target (COCO's ``num_keypoints: 0``)
+      stays while its box does.
 
-    torchvision >= 0.24 no longer clamps keypoints, and ``SanitizeBoundingBoxes`` ignores
-    KeyPoints and knows nothing of visibility, hence this step.
+    torchvision >= 0.24 no longer clamps keypoints, and ``SanitizeBoundingBoxes`` knows
+    nothing of visibility, hence this step.
     """
 
     def __init__(self, min_size: float = 1.0):
@@ -171,27 +150,16 @@ class FinalizeKeypoints(v2.Transform):
         vis[~inside] = 0
         boxes = target["boxes"].as_subclass(torch.Tensor).clone()
         visible = vis > 0
-        if len(boxes):
-            tight = boxes_from_points(
-                xy.detach().cpu().numpy(),
-                visible.cpu().numpy(),
-                w,
-                h,
-                margin=0,
-                min_pad=0,
-                min_fraction=0,
-            )
-            tight = torch.from_numpy(tight).to(boxes)
-            has = visible.any(dim=1)
-            boxes[has, :2] = torch.minimum(boxes[has, :2], tight[has, :2])
-            boxes[has, 2:] = torch.maximum(boxes[has, 2:], tight[has, 2:])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-        keep = visible.any(dim=1) | box_only
-        if len(boxes):
-            keep &= ((boxes[:, 2] - boxes[:, 0]) >= self.min_size) & (
-                (boxes[:, 3] - boxes[:, 1]) >= self.min_size
-            )
+        points = xy.detach().cpu().numpy(), visible.cpu().numpy()
+        tight = boxes_from_points(*points, w, h, margin=0, min_pad=0, min_fraction=0)
+        tight = torch.from_numpy(tight).to(boxes)
+        has = visible.any(dim=1)
+        boxes[has, :2] = torch.minimum(boxes[has, :2], tight[has, :2])
+        boxes[has, 2:] = torch.maximum(boxes[has, 2:], tight[has, 2:])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        wide, tall = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = (has | box_only) & (wide >= self.min_size) & (tall >= self.min_size)
         target = dict(target)
         target["boxes"] = tv_tensors.wrap(boxes[keep], like=target["boxes"])
         target["labels"] = target["labels"][keep]
@@ -203,10 +171,8 @@ class FinalizeKeypoints(v2.Transform):
 class CentredPadSquare(PadSquare):
     """cjm's `PadSquare`, centred: half the padding on each side, the odd pixel last.
 
-    ``PadSquare(shift=False)`` pads ``diff // 2`` on both sides, one pixel short of a
-    square when the difference is odd; its random placement (``shift=True``) pads exactly,
-    so this is that path with the random split fixed at one half (cjm 0.0.26 keeps the
-    split in ``pad_split``; `tests/test_transforms.py` pins the centring).
+    ``PadSquare(shift=False)`` is one pixel short of a square for an odd difference, so
+    this is ``shift=True`` with its random split (``pad_split``, cjm 0.0.26) fixed at 0.5.
     """
 
     def __init__(self):
@@ -244,11 +210,9 @@ def train_transforms(
     jitter, the keypoint-aware flip, then `FinalizeKeypoints`.
 
     Args:
-        size: side of the square training image, in pixels.
         flip_perm: left/right permutation (`flip_indices` of the keypoint names);
             ``None`` disables the flip (a mirror without a swap would teach wrong labels).
         policy: ``"iou_crop"`` (default), ``"flip_only"`` (no crop, no jitter) or ``"none"``.
-        jitter: strength of brightness/contrast/saturation jitter.
         flip: one of `FLIPS`; ``"plain"`` mirrors without swapping, whatever `flip_perm`.
     """
     if policy not in POLICIES:

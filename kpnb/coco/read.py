@@ -1,9 +1,6 @@
-"""COCO keypoints JSON -> the tidy `Annotations` tables.
-
-`read_coco` reads any COCO keypoints file (CVAT's "COCO Keypoints 1.0" export, datumaro's,
-MS-COCO's) without assuming 0- or 1-based skeletons, contiguous category ids, zeroed
-coordinates for v=0, or keypoint names being present.
-"""
+"""COCO keypoints JSON -> the tidy `Annotations` tables, from any COCO keypoints file (CVAT's
+"COCO Keypoints 1.0" export, datumaro's, MS-COCO's), assuming no skeleton base, contiguous
+category ids, zeroed coordinates for v=0, or keypoint names."""
 
 from __future__ import annotations
 
@@ -32,13 +29,9 @@ class CocoFormatError(KpnbError):
 
 
 def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
-    """0-based edges from a COCO ``skeleton``, whatever its base.
-
-    MS-COCO writes 1-based pairs, CVAT/datumaro 0-based: a 0 means 0-based, else 1-based.
-    Pairs that still point past the `k` keypoints (CrowdPose ships COCO's 17-point
-    skeleton for 14 keypoints) are dropped with a warning, never a refusal; a skeleton
-    that is not a list of pairs of whole numbers is refused.
-    """
+    """0-based edges from a COCO ``skeleton``: MS-COCO writes 1-based pairs, CVAT/datumaro
+    0-based (a 0 says so). Pairs past the `k` keypoints (CrowdPose ships COCO's 17-point
+    skeleton for 14 keypoints) are dropped with a warning; non-pairs are refused."""
     fine = type(edges) is list and all(type(e) is list and len(e) == 2 for e in edges)
     pairs = [(_whole(a), _whole(b)) for a, b in edges] if fine else [(None, None)]
     if any(None in pair for pair in pairs):
@@ -56,14 +49,8 @@ def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
     good = tuple(e for e in shifted if 0 <= e[0] < k and 0 <= e[1] < k and e[0] != e[1])
     if len(good) < len(shifted):
         bad = [p for p, e in zip(pairs, shifted, strict=True) if e not in good]
-        log.warning(
-            "%s: dropped %d skeleton edges %s that point past its %d keypoints (%d-based)",
-            where,
-            len(bad),
-            bad,
-            k,
-            base,
-        )
+        msg = "%s: dropped %d skeleton edges %s that point past its %d keypoints (%d-based)"
+        log.warning(msg, where, len(bad), bad, k, base)
     return good
 
 
@@ -89,11 +76,8 @@ _MAX_COORD = float(np.finfo(np.float32).max)  # coordinates are float32 columns
 
 
 def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> int | None:
-    """A JSON value as an int if it is a whole number in ``[lo, hi]``, else None.
-
-    kpnb's one rule for whole numbers, in COCO as in CVAT XML (`kpnb.cvat.values`): a
-    number with no fraction, however written (``3`` or ``3.0``); not ``true`` nor ``"3"``.
-    """
+    """A JSON value as an int if it is a whole number in ``[lo, hi]`` (``3`` or ``3.0``,
+    not ``true`` nor ``"3"``, as in `kpnb.cvat.values`), else None."""
     if type(value) is float and value.is_integer():
         value = int(value)
     return value if type(value) is int and lo <= value <= hi else None
@@ -128,20 +112,15 @@ def read_coco(source: str | os.PathLike) -> Annotations:
     writes among them (``occluded``, ``keyframe``...).
     Points with v=0 at exactly (0, 0) are absent: NaN, not a real position.
 
-    Public files bend the format; these are read with a logged warning saying what was
-    done: skeleton pairs past the keypoint count are dropped, a 0-based skeleton is
-    detected, and a category whose annotations hold fewer triples than it names keypoints
-    keeps the first names (the triples' count).
+    Public files bend the format; read with a logged warning: skeleton pairs past the
+    keypoint count are dropped, a 0-based skeleton is detected, and a category whose
+    annotations hold fewer triples than it names keypoints keeps the first names.
 
     Raises:
-        CocoFormatError: malformed JSON; ``images``/``annotations``/``categories`` not
-            lists of objects; ids (image, annotation, image_id, category_id, category)
-            that are not ints, or repeat; an image without a ``file_name`` or with a
-            width/height not a whole number >= 1 (0 is unknown, as datumaro writes it);
-            a ``bbox`` not 4 finite numbers with w, h >= 0; ``iscrowd`` not 0/1; an
-            unknown image or category; a keypoint list that is not triples; a visibility
-            other than 0/1/2; a keypoint coordinate that is NaN, infinite or past float32
-            (whatever its v): named by file, record, field and value, with the fix.
+        CocoFormatError: the file is not COCO keypoints JSON kpnb can trust (bad JSON, ids
+            that are not whole or repeat, an unknown image or category, a bad ``bbox``,
+            ``iscrowd``, visibility or coordinate; an image's width/height of 0 is
+            "unknown"): the message names the file, record, field and value, with the fix.
     """
     source = Path(source)
     rows = _CocoRows()
@@ -192,8 +171,7 @@ def _document(raw: bytes, where: str) -> dict:
 
 
 def _categories_by_id(entries: list, where: str) -> dict:
-    """The file's categories by id, refusing ids that are not unique whole numbers, names
-    that are not text and ``keypoints`` that are not a list."""
+    """The file's categories by id; refuses repeated or non-whole ids, empty names, bad lists."""
     cats: dict = {}
     for n, cat in enumerate(entries):
         cid, name = _whole(cat.get("id")), cat.get("name")
@@ -230,17 +208,15 @@ def _categories_by_id(entries: list, where: str) -> dict:
 # as flags (its CVAT_INTERNAL_ATTRIBUTES), not as attributes of the label.
 _CVAT_FLAGS = frozenset(("occluded", "outside", "keyframe", "track_id", "rotation"))
 
+_IMAGE_FIELDS = ["image_index", "image_id", "name", "width", "height", "subset"]
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
 
 
 @dataclass
 class _CocoRows:
-    """What `read_coco` collects over the files of one export, as plain rows.
-
-    Images are numbered across files (``image_index``); instance ids number the
-    annotations with keypoints, in file order; a ``bbox`` becomes box ``group_id``
-    1, 2... in file order.
-    """
+    """What `read_coco` collects over the files of one export, as plain rows: images
+    numbered across files, instances (annotations with keypoints) and boxes (``group_id``
+    1, 2...) in file order."""
 
     images: list = field(default_factory=list)
     chunks: list = field(default_factory=list)  # (image, instance, label, group, [K, 3])
@@ -265,7 +241,7 @@ class _CocoRows:
                     "the annotations' image_id",
                 )
             if iid in image_of:
-                first = self.images[image_of[iid]]["name"]
+                first = self.images[image_of[iid]][2]
                 raise _fix(
                     where,
                     f"image id {iid} is used twice ({first!r} and {_field(img, 'file_name')})",
@@ -277,30 +253,19 @@ class _CocoRows:
                     f"image {iid}: {_not(img, 'file_name', 'a non-empty string')}",
                     "write the image's file name (its path under the images folder)",
                 )
-            size = {}
             for key in ("width", "height"):
                 side = img.get(key)
-                size[key] = None if side is None else _whole(side, 0, _MAX_SIDE)
-                if size[key] is None and side is not None:
+                if side is not None and _whole(side, 0, _MAX_SIDE) is None:
                     raise _fix(
                         where,
                         f"image {iid} ({name!r}): {key} {_show(side)} is not a whole "
                         "number of pixels >= 1",
                         f"write the image's real {key} in pixels, or 0 or nothing if unknown",
                     )
-                size[key] = size[key] or None  # 0 is unknown: datumaro (CVAT) writes it
-            idx = len(self.images)
-            image_of[iid] = idx
-            self.images.append(
-                {
-                    "image_index": idx,
-                    "image_id": iid,
-                    "name": name,
-                    "width": size["width"],
-                    "height": size["height"],
-                    "subset": subset,
-                }
-            )
+            # 0 is unknown: datumaro (CVAT) writes it
+            size = [_whole(img.get(key), 0, _MAX_SIDE) or None for key in ("width", "height")]
+            image_of[iid] = len(self.images)
+            self.images.append((len(self.images), iid, name, *size, subset))
         return image_of
 
     def add_categories(self, cats: dict, sizes: dict, where: str) -> None:
@@ -354,8 +319,7 @@ class _CocoRows:
         )
 
     def _add_box(self, ann: dict, image: int, label: str, where: str) -> int:
-        """Append the annotation's ``[x, y, w, h]`` bbox as an xyxy box; its ``group_id``.
-        Refuses a bbox that is not 4 finite numbers with w, h >= 0."""
+        """Append the ``[x, y, w, h]`` bbox (4 finite numbers, w, h >= 0) as xyxy; its group."""
         box = ann["bbox"]
         fine = type(box) is list and len(box) == 4
         fine = fine and all(type(v) in (int, float) for v in box)
@@ -373,20 +337,8 @@ class _CocoRows:
                 "write the box as [x, y, width, height] in pixels, or leave bbox out",
             )
         group = len(self.boxes) + 1
-        self.boxes.append(
-            {
-                "image_index": image,
-                "box_id": ann.get("id"),
-                "label": label,
-                "xtl": x,
-                "ytl": y,
-                "xbr": x + w,
-                "ybr": y + h,
-                "group_id": group,
-                "occluded": bool((ann.get("attributes") or {}).get("occluded")),
-                "source": "file",
-            }
-        )
+        occluded = bool((ann.get("attributes") or {}).get("occluded"))
+        self.boxes.append((image, ann["id"], label, x, y, x + w, y + h, group, occluded, "file"))
         return group
 
     def annotations(self, source: Path) -> Annotations:
@@ -395,7 +347,7 @@ class _CocoRows:
             self.extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
         )
         return Annotations(
-            tidy_images(pd.DataFrame(self.images)),
+            tidy_images(pd.DataFrame(self.images, columns=_IMAGE_FIELDS)),
             tidy_keypoints(_keypoint_rows(self.chunks, self.skeletons)),
             self.skeletons,
             pd.DataFrame(self.labels, columns=["name", "type"]),
@@ -412,8 +364,7 @@ class _CocoRows:
 
 
 def _check_annotation(ann: dict, index: int, where: str) -> None:
-    """Refuse an annotation whose ids are not whole numbers, whose ``iscrowd`` is not 0/1
-    or whose ``attributes`` are not an object (`_CocoRows._add_box` checks the bbox)."""
+    """Refuse non-whole ids, an ``iscrowd`` not 0/1, ``attributes`` not an object."""
     for key in ("id", "image_id", "category_id"):
         value = _whole(ann.get(key))
         if value is None:
@@ -441,9 +392,9 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
 
 
 def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
-    """An annotation's flat keypoint list as ``[k, 3]`` (x, y, v), padding a short list
-    with absent points; refusing a long one, non-numbers, coordinates that are not finite
-    float32 numbers (whatever v says) and visibilities other than 0/1/2."""
+    """An annotation's keypoints as ``[k, 3]`` (x, y, v), a short list padded with absent points
+    (`k` is the longest); refusing non-numbers, coordinates that are not finite float32
+    numbers (whatever v says) and visibilities other than 0/1/2."""
     try:
         triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError, OverflowError):
@@ -454,12 +405,6 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
         ) from None
     if len(triples) < k:  # fewer than others: the missing ones are absent
         triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
-    elif len(triples) > k:
-        raise _fix(
-            where,
-            f"annotation {aid}: {len(kps)} keypoint values, expected 3 x {k}",
-            "write one [x, y, v] per keypoint of its category",
-        )
     with np.errstate(invalid="ignore"):  # NaN compares False: refused as not finite
         placed = (np.abs(triples[:, :2]) <= _MAX_COORD).all(axis=1)
     v = triples[:, 2]
@@ -515,8 +460,7 @@ def _keypoint_rows(chunks: list, skeletons: dict) -> pd.DataFrame:
 
 
 def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
-    """K per category: the triples its annotations hold (names may be missing, or more
-    than the triples: then the first names are kept, with a warning)."""
+    """K per category: the most triples an annotation holds (extra names dropped, warned)."""
     named = {cid: len(c.get("keypoints") or []) for cid, c in cats.items()}
     seen: dict = {}
     for n, ann in enumerate(doc["annotations"]):
@@ -540,19 +484,12 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
     for cid, n in named.items():
         k = seen.get(cid, n)
         if n and k < n:
-            log.warning(
-                "%s: category %r names %d keypoints but its annotations hold %d "
-                "triples; keeping the first %d names",
-                where,
-                cats[cid].get("name"),
-                n,
-                k,
-                k,
-            )
+            msg = "%s: category %r names %d keypoints but its annotations hold %d triples"
+            log.warning(msg + "; keeping the first %d names", where, cats[cid]["name"], n, k, k)
         elif n and k > n:
             raise _fix(
                 where,
-                f"category {cats[cid].get('name')!r} names {n} keypoints but an "
+                f"category {cats[cid]['name']!r} names {n} keypoints but an "
                 f"annotation holds {k} triples",
                 "list every keypoint's name",
             )

@@ -13,18 +13,12 @@ import pandas as pd
 from kpnb.boxes import boxes_from_points
 from kpnb.grouping import points_to_skeleton
 from kpnb.io import atomic_path
+from kpnb.skeleton import Skeleton
 from kpnb.tables import Annotations
 
 log = logging.getLogger(__name__)
 
-_INFO = {
-    "contributor": "",
-    "date_created": "",
-    "description": "kpnb",
-    "url": "",
-    "version": "",
-    "year": "",
-}
+_INFO = dict(contributor="", date_created="", description="kpnb", url="", version="", year="")
 
 
 def category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
@@ -53,27 +47,18 @@ def image_ids(ann: Annotations) -> list[int]:
     return list(range(1, len(ids) + 1))
 
 
-def _frame_name(name: str, video: bool) -> str:
-    # CVAT writes video frames as frame_000012 in XML and frame_000012.PNG on disk.
-    return name + ".PNG" if video and not Path(name).suffix else name
-
-
 def to_coco(
     ann: Annotations, *, points_as_skeleton: str | None = None, skeletons_only: bool = False
 ) -> dict:
     """COCO keypoints as CVAT's "COCO Keypoints 1.0" export (datumaro) writes them.
 
-    One category per skeleton label (``keypoints`` names, 1-based ``skeleton``) and per
-    plain ``<points>`` label (``keypoints`` and ``skeleton`` empty, as datumaro writes
-    them); one annotation per instance: ``[x, y, v]`` per point, ``num_keypoints``
-    (v > 0), ``bbox`` from a box grouped with the instance or else the box kpnb trains
-    with (`kpnb.boxes.boxes_from_points`: the labelled points' extent plus a margin, at
-    least a tenth of the image's shorter side, inside the image; CVAT writes the bare
-    extent, 0 x 0 for one point), ``area`` = w * h, ``iscrowd`` 0. A plain ``<points>``
-    shape is one annotation with one triple per coordinate. What came from a COCO file
-    keeps its image, category and annotation ids, ``area``, ``iscrowd`` and
-    ``segmentation``; otherwise images are numbered 1..N (unannotated ones kept),
-    categories by `category_ids`, and video frames get CVAT's ``.PNG`` name.
+    One category per skeleton label (1-based ``skeleton``) and per plain ``<points>`` label
+    (empty ``keypoints``/``skeleton``); one annotation per instance or ``<points>`` shape:
+    ``[x, y, v]`` per point, ``num_keypoints`` (v > 0), ``area`` = w * h, ``iscrowd`` 0 and
+    the ``bbox`` of a grouped box, else the one kpnb trains with
+    (`kpnb.boxes.boxes_from_points`; CVAT writes the bare extent, 0 x 0 for one point).
+    What came from a COCO file keeps its ids, ``area``, ``iscrowd`` and ``segmentation``;
+    else images are numbered 1..N, categories by `category_ids`, video frames get ``.PNG``.
 
     Args:
         points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
@@ -104,34 +89,30 @@ def to_coco(
 
 
 def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
-    """One COCO category per label: keypoint names and 1-based edges for a skeleton,
-    both empty for a plain ``<points>`` label (as datumaro writes them)."""
-    categories = []
-    for name, cid in cat_ids.items():
-        sk = ann.skeletons.get(name)
-        categories.append(
-            {
-                "id": cid,
-                "name": name,
-                "supercategory": "",
-                "keypoints": list(sk.keypoints) if sk else [],
-                "skeleton": [[a + 1, b + 1] for a, b in sk.edges] if sk else [],
-            }
-        )
-    return categories
+    """One COCO category per label (keypoints and 1-based edges, empty for plain points)."""
+    empty = Skeleton(())
+    return [
+        {
+            "id": cid,
+            "name": name,
+            "supercategory": "",
+            "keypoints": list(ann.skeletons.get(name, empty).keypoints),
+            "skeleton": [[a + 1, b + 1] for a, b in ann.skeletons.get(name, empty).edges],
+        }
+        for name, cid in cat_ids.items()
+    ]
 
 
 def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
-    """The COCO ``images`` and ``image_index -> image id``: a COCO file's own ids when
-    unique, else 1..N; video frames get CVAT's ``.PNG`` file names."""
+    """The COCO ``images`` (ids by `image_ids`) and ``image_index -> image id``."""
     imgs, ids = ann.images, image_ids(ann)
-    video = ann.meta.get("format") == "video"
+    video = ann.meta.get("format") == "video"  # frame_000012 in XML is frame_000012.PNG
     images = [
         {
             "id": i,
             "width": w,
             "height": h,
-            "file_name": _frame_name(str(n), video),
+            "file_name": n + ".PNG" if video and not Path(n).suffix else n,
             "license": 0,
             "flickr_url": "",
             "coco_url": "",
@@ -141,7 +122,7 @@ def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
             ids,
             imgs["width"].fillna(0).astype(int).tolist(),
             imgs["height"].fillna(0).astype(int).tolist(),
-            imgs["name"].tolist(),
+            imgs["name"].astype(str).tolist(),
             strict=True,
         )
     ]
@@ -149,8 +130,7 @@ def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
 
 
 def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: dict) -> list:
-    """One COCO annotation per instance, in instance order; what `read_coco` kept from the
-    file (``meta["coco_annotations"]``: id, area, iscrowd, segmentation) goes back."""
+    """One COCO annotation per instance; what `read_coco` kept (``coco_annotations``) goes back."""
     if not len(kp):
         return []
     kp = kp.sort_values(["instance_id", "point_index"], kind="stable")

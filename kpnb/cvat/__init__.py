@@ -1,12 +1,8 @@
 """CVAT for images / video 1.1 XML <-> the tidy `Annotations` tables.
 
-`read_cvat` streams an ``annotations.xml`` (or a folder or export ``.zip`` holding one)
-into tables; `write_cvat` writes CVAT for images 1.1 that CVAT itself imports.
-The layouts handled are listed, with real examples, in ``tests/data/conformance/README.md``.
-
-`kpnb.io.Source` finds the XML (a file, folder or zip); `parse` is the one (expat) reader that
-collects its rows, `values` checks and converts their values, `build` makes the tables, `write` and
-`svg` write them back.
+`read_cvat` reads an export (layouts with real examples: ``tests/data/conformance/README.md``):
+`kpnb.io.Source` finds the XML, `parse` collects its rows, `values` checks their values and
+`build` makes the tables. `write_cvat` (`write`, `svg`) writes XML that CVAT itself imports.
 """
 
 from __future__ import annotations
@@ -14,9 +10,9 @@ from __future__ import annotations
 import os
 
 from kpnb.cvat.build import build_tables
-from kpnb.cvat.errors import CvatFormatError
 from kpnb.cvat.parse import Reader
 from kpnb.cvat.svg import skeleton_svg
+from kpnb.cvat.values import CvatFormatError
 from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, write_cvat
 from kpnb.io import Source
 from kpnb.tables import Annotations
@@ -55,12 +51,7 @@ def read_cvat(source: str | os.PathLike, *, keyframes_only: bool = False) -> Ann
             or a bad value; the message names the file, line, element and attribute.
         FileNotFoundError: `source` does not exist or holds no annotations file.
 
-    The file is streamed through expat in 64 KB pieces, never held whole: memory grows
-    with the tables and the largest element, not with the file.
-
-    Example:
-        >>> ann = read_cvat("outputs/data/synthetic")  # doctest: +SKIP
-        >>> ann.keypoints.head()  # doctest: +SKIP
+    The file is streamed, never held whole: memory grows with the tables, not the file.
     """
     src = Source(source, "cvat", error=CvatFormatError)
     name = src.files[0]

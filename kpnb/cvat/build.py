@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kpnb.cvat.errors import CvatFormatError, at_line
 from kpnb.cvat.parse import SKELETON, Reader
 from kpnb.cvat.svg import parse_skeleton_svg
-from kpnb.cvat.values import FRAMES, INT32, BadValue, whole
+from kpnb.cvat.values import FRAMES, INT32, BadValue, CvatFormatError, at_line, whole
 from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_keypoints
 
 # A video task's frames that kpnb lists, empty ones included (an hour at 60 fps is 216,000):
@@ -162,8 +161,7 @@ def _categorical(values: np.ndarray) -> pd.Categorical:
 
 
 def _element_positions(source: str, inst: dict, elem: dict, skeletons) -> np.ndarray:
-    """Each skeleton element's position in its skeleton, by its name (CVAT writes elements
-    in any order); a name the skeleton does not define is an error."""
+    """Each skeleton element's position in its skeleton, by name (CVAT writes any order)."""
     defs = pd.DataFrame(
         [(lab, k, i) for lab, sk in skeletons.items() for i, k in enumerate(sk.keypoints)],
         columns=["label", "name", "pos"],
@@ -196,8 +194,7 @@ def _attributes(rows: list[tuple], inst: dict, skeletons: dict) -> pd.DataFrame:
 
 
 def _images(r: Reader) -> pd.DataFrame:
-    """The `<image>`s, or for video the frames with shapes then every other frame the meta
-    describes, each sized by its task's ``<original_size>``."""
+    """The `<image>`s, or a video's frames (with shapes first) sized by ``<original_size>``."""
     rows = list(r.images)
     if r.frames:
         tasks = r.tasks if r.meta_kind == "project" and r.tasks else {None: r.top}
@@ -215,7 +212,10 @@ def _images(r: Reader) -> pd.DataFrame:
                 if (task_id, f) not in r.frames
             ]
         sizes = {
-            task_id: [_side(t.get(k) or r.top.get(k), k, r.name) for k in ("width", "height")]
+            task_id: [
+                _meta_whole(t.get(k) or r.top.get(k), (1, INT32[1]), f"<original_size> {k}", r.name)
+                for k in ("width", "height")
+            ]
             for task_id, t in tasks.items()
         }
         for i, (f, name, width, _, subset, task_id) in enumerate(rows):
@@ -237,27 +237,24 @@ def _images(r: Reader) -> pd.DataFrame:
     return tidy_images(df)
 
 
-def _side(text: str | None, what: str, source: str) -> int | None:
+def _meta_whole(text: str | None, bounds, what: str, source: str) -> int | None:
+    """A whole number from ``<meta>`` (None when empty), refused with its element's name."""
     if not text:
         return None
     try:
-        side = whole(text, (1, INT32[1]))
+        return whole(text, bounds)
     except BadValue as exc:
-        raise CvatFormatError(f"{source}: <original_size> {what}={text!r} {exc}") from None
-    return side
+        raise CvatFormatError(f"{source}: {what}={text!r} {exc}") from None
 
 
 def _task_frames(t: dict, source: str) -> range:
     """The frame numbers a (video) task's meta describes: start..stop by the filter's step."""
-    frames = {}
-    for key in ("start_frame", "stop_frame", "size"):
-        try:
-            frames[key] = whole(t[key], FRAMES) if t.get(key) else None
-        except BadValue as exc:
-            raise CvatFormatError(f"{source}: <meta> {key}={t[key]!r} {exc}") from None
-    start, stop = frames["start_frame"], frames["stop_frame"]
-    if start is None and stop is None and frames["size"] is not None:
-        return range(frames["size"])
+    start, stop, size = (
+        _meta_whole(t.get(k), FRAMES, f"<meta> {k}", source)
+        for k in ("start_frame", "stop_frame", "size")
+    )
+    if start is None and stop is None and size is not None:
+        return range(size)
     if start is None or stop is None:
         return range(0)
     ff = t.get("frame_filter") or ""

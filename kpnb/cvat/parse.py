@@ -1,11 +1,8 @@
 """The CVAT reader: one pass of expat callbacks collecting rows (`kpnb.cvat.build` makes the
-tables from them).
+tables from them), fed 64 KB at a time, so memory grows with the columns, never the file.
 
-Expat is fed 64 KB at a time. The callbacks for shapes only append a row of raw attribute
-strings with its line; every 4,096 rows are converted to numpy columns at once, each value
-checked, a bad one named with its line. So memory grows with the columns, never with the
-file. The guards are defusedxml's: no entity declarations (bombs), no external entities,
-and no DTD with declarations at all (its ATTLIST defaults would invent attributes).
+The guards are defusedxml's: no entity declarations (bombs), no external entities, and no
+DTD with declarations at all (its ATTLIST defaults would invent attributes).
 """
 
 from __future__ import annotations
@@ -14,12 +11,13 @@ import pyexpat
 
 import numpy as np
 
-from kpnb.cvat.errors import CvatFormatError, at_line
 from kpnb.cvat.values import (
     FRAMES,
     INT32,
     TRUE,
     BadValue,
+    CvatFormatError,
+    at_line,
     coordinates,
     flags,
     integers,
@@ -38,18 +36,15 @@ _META_TEXT = frozenset(
     "size mode version dumped subsets".split()
 )
 _DAMAGED = "the file is damaged: export it again"
-# Rows per conversion to columns: few enough that their attribute dicts die young (with
-# 4,096 the garbage collector's passes over them took parse from 2.3 to 3.0 s on
-# bench_parse.py's skeleton layout, where read_cvat is 2.7x the floor, 2.9x on points).
+# Rows per conversion: few, so their attribute dicts die young (bench_parse.py: 4,096 took 3.0 s)
 _CHUNK = 512
 _TAG = ("points", "skeleton")  # by kind
 
 
 class Rows:
-    """Rows of raw attribute strings, appended one tuple per element (the cheapest thing a
-    callback can do) to `rows`, and turned into checked numpy columns by `convert` about
-    `_CHUNK` rows at a time (at the end of an image or track): values are converted in bulk,
-    and memory holds columns, not a million tuples and their attribute dicts."""
+    """Raw rows, one tuple per element (the cheapest thing a callback can do), turned into
+    checked numpy columns by `convert` about `_CHUNK` rows at a time (between images or
+    tracks): values are converted in bulk, and memory holds columns, not tuples."""
 
     def __init__(self, convert):
         self.convert = convert  # (rows, index of the first) -> dict of columns
@@ -87,14 +82,9 @@ def _refuse_external(context, base, sysid, pubid) -> None:
 
 
 class Reader:
-    """Expat callbacks that collect a CVAT document as rows (one pass, no tree).
-
-    Rows: ``images`` (id, name, width, height, subset, task_id), ``instances`` (one per
-    plain ``<points>`` shape or ``<skeleton>``: image, kind, label, source, group_id,
-    z_order, track_id, keyframe, line), ``points`` (one per coordinate pair or skeleton
-    element: instance, index (-1: an element, placed by its name), name, x, y, occluded,
-    outside, keyframe, own source, line), ``boxes`` and ``attributes``.
-    """
+    """Expat callbacks that collect a CVAT document as rows (one pass, no tree): ``images``,
+    ``instances`` (a plain ``<points>`` shape or a ``<skeleton>``, with the plain shapes'
+    points), ``elements`` (a skeleton's points, placed by name), ``boxes``, ``attributes``."""
 
     def __init__(self, name: str):
         self.name = name
@@ -219,9 +209,8 @@ class Reader:
             self.version = self._collected().strip()
 
     def _owner(self, parent: str) -> tuple | None:
-        """What an <attribute> in `parent` belongs to: (instance, element name or None), or
-        None for what kpnb does not model (boxes, tracks, skipped shapes). The open shape's
-        row is the last one: rows are converted only between images and tracks."""
+        """(instance, element name or None) owning an <attribute> in `parent`, None for what
+        kpnb does not model; the open shape's row is the last (converted only between images)."""
         if parent == "skeleton":
             return (self.skeleton, None)
         if parent != "points":
@@ -255,16 +244,11 @@ class Reader:
                     f"<image> {key}={attrs[key]!r} is not a size of at least 1 pixel{fix}"
                 )
             sides.append(side)
+        image_id = self._int("image", attrs, "id", None, FRAMES)
+        task_id = self._int("image", attrs, "task_id", None, FRAMES)
+        name, subset = attrs.get("name") or "", attrs.get("subset") or None
         self.image = len(self.images)
-        self.images.append(
-            (
-                self._int("image", attrs, "id", None, FRAMES),
-                attrs.get("name") or "",
-                *sides,
-                attrs.get("subset") or None,
-                self._int("image", attrs, "task_id", None, FRAMES),
-            )
-        )
+        self.images.append((image_id, name, *sides, subset, task_id))
 
     def _track(self, attrs: dict, parent: str | None) -> None:
         info = {
@@ -295,8 +279,7 @@ class Reader:
         return self.frames[key]
 
     def _instance(self, attrs: dict, kind: int, image: int, keyframe=None) -> int:
-        """Record a plain points shape or a skeleton; a track's shapes take its label, and
-        its source and group where they have none."""
+        """Record a points shape or skeleton; a track lends its label, source and group."""
         t = self.track
         if t is not None:
             attrs = {**attrs, "label": t["label"]}
@@ -370,8 +353,7 @@ class Reader:
         }
 
     def _points(self, attrs: dict, parent: str | None) -> None:
-        """A <points> in a track (a shape, or in the legacy layout a skeleton's element), or
-        where none may be."""
+        """A <points> in a track (a shape, or a legacy layout's skeleton element), or misplaced."""
         if parent == "track" and self.nested is not None:  # legacy: an element's track
             inst = self.legacy.get(attrs.get("frame"))
             if inst is None:

@@ -8,7 +8,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from kpnb.cvat.errors import CvatFormatError
+from kpnb.cvat.values import CvatFormatError
 from kpnb.tables import Skeleton
 
 log = logging.getLogger(__name__)
@@ -44,37 +44,30 @@ def skeleton_svg(skeleton: Skeleton, positions: np.ndarray | None = None) -> str
 
 def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source: str):
     """Keypoint order from the svg circles, edges from node ids; parent order as fallback."""
-    if svg:
-        from defusedxml.ElementTree import fromstring
+    from defusedxml.ElementTree import fromstring
 
-        try:
-            root = fromstring("<root>" + svg + "</root>")
-        except Exception as exc:  # unescaped names in data-label-name make the svg unparsable
-            log.warning(
-                "%s: skeleton %r: unreadable <svg> (%s); using <parent> order", source, name, exc
-            )
-            root = None
-        if root is not None:
-            circles = [c for c in root.iter("circle") if c.get("data-label-name") is not None]
-            names = [c.get("data-label-name") for c in circles]
-            if names:
-                node_pos = {c.get("data-node-id"): i for i, c in enumerate(circles)}
-                edges, dropped = [], []
-                for ln in root.iter("line"):
-                    a, b = ln.get("data-node-from"), ln.get("data-node-to")
-                    if a in node_pos and b in node_pos:
-                        edges.append((node_pos[a], node_pos[b]))
-                    else:
-                        dropped.append((a, b))
-                if dropped:
-                    log.warning(
-                        "%s: skeleton %r: edges %s refer to no node; left out",
-                        source,
-                        name,
-                        dropped,
-                    )
-                return _skeleton(name, names, tuple(dict.fromkeys(edges)), source)
-    return _skeleton(name, sublabels, (), source) if sublabels else None
+    try:
+        root = fromstring("<root>" + (svg or "") + "</root>")
+    except Exception as exc:  # unescaped names in data-label-name make the svg unparsable
+        log.warning(
+            "%s: skeleton %r: unreadable <svg> (%s); using <parent> order", source, name, exc
+        )
+        root = fromstring("<root/>")
+    circles = [c for c in root.iter("circle") if c.get("data-label-name") is not None]
+    if not circles:
+        return _skeleton(name, sublabels, (), source) if sublabels else None
+    node_pos = {c.get("data-node-id"): i for i, c in enumerate(circles)}
+    edges, dropped = [], []
+    for ln in root.iter("line"):
+        a, b = ln.get("data-node-from"), ln.get("data-node-to")
+        if a in node_pos and b in node_pos:
+            edges.append((node_pos[a], node_pos[b]))
+        else:
+            dropped.append((a, b))
+    if dropped:
+        log.warning("%s: skeleton %r: edges %s refer to no node; left out", source, name, dropped)
+    names = [c.get("data-label-name") for c in circles]
+    return _skeleton(name, names, tuple(dict.fromkeys(edges)), source)
 
 
 def _skeleton(label: str, keypoints: list[str], edges: tuple, source: str) -> Skeleton:

@@ -1,7 +1,6 @@
-"""CVAT attribute strings -> checked numbers, read as CVAT's own importer reads them
-(Python's ``int``/``float``, so "1_000" and " 5" are numbers); what CVAT would store
-differently or not at all is a `BadValue` that the reader turns into a `CvatFormatError`
-with the file and line."""
+"""CVAT attribute strings -> checked numbers, read as CVAT's own importer reads them (Python's
+``int``/``float``: "1_000" and " 5" are numbers). What CVAT would store differently or not at
+all is a `BadValue`, which the reader re-raises as a `CvatFormatError` with file and line."""
 
 from __future__ import annotations
 
@@ -9,11 +8,21 @@ import math
 
 import numpy as np
 
-from kpnb.cvat.errors import at_line
+from kpnb.errors import KpnbError
 
 INT32 = (-(2**31), 2**31 - 1)  # CVAT's database keeps ids, frames, z_order and group_id so
 FRAMES = (0, INT32[1])
 TRUE = frozenset(("1", "true", "True"))
+
+
+class CvatFormatError(KpnbError):
+    """A CVAT file is malformed or not CVAT: the message names the file, line and fix."""
+
+
+def at_line(source: str, line: int | None, message: str) -> CvatFormatError:
+    """A `CvatFormatError` for `message` at `line` of `source` (no line: the whole file)."""
+    where = f"{source}: line {line}: " if line is not None else f"{source}: "
+    return CvatFormatError(where + message)
 
 
 class BadValue(Exception):
@@ -51,22 +60,6 @@ def number(text: str | None) -> float:
     return f
 
 
-def pairs(text: str) -> list[tuple[float, float]]:
-    """``"x0,y0;x1,y1"`` -> ``[(x0, y0), (x1, y1)]`` of finite numbers ("" -> none)."""
-    out: list[tuple[float, float]] = []
-    if not text:
-        return out
-    for piece in text.split(";"):
-        x, comma, y = piece.partition(",")
-        if not comma or "," in y:
-            raise BadValue("is not 'x,y' pairs of finite numbers")
-        try:
-            out.append((number(x), number(y)))
-        except BadValue:
-            raise BadValue("is not 'x,y' pairs of finite numbers") from None
-    return out
-
-
 def integers(texts, lines, what, source: str, default: int = 0) -> np.ndarray:
     """Integer attribute strings (None or "" -> `default`) as int64 within CVAT's int32,
     each distinct text converted once; `what(i)` names row i's element and attribute."""
@@ -85,25 +78,32 @@ def flags(texts) -> np.ndarray:
     return np.array([t in TRUE for t in texts], bool)
 
 
+def _bulk(texts: list[str], one_each: bool):
+    """`coordinates`' numbers as ``[N, 2]`` and pairs per string, or None if one is bad."""
+    counts = np.array([t.count(";") + 1 if t else 0 for t in texts], np.int64)
+    joined = ";".join(filter(None, texts))
+    pieces = joined.split(";") if joined else []
+    if {p.count(",") for p in pieces} - {1} or (one_each and (counts != 1).any()):
+        return None, counts
+    try:  # Python's float reads each number, as CVAT's importer does ("1_000", " 5")
+        flat = np.array(joined.replace(";", ",").split(",") if joined else [], np.float64)
+    except ValueError:
+        return None, counts
+    return (flat.reshape(-1, 2) if np.isfinite(flat).all() else None), counts
+
+
 def coordinates(texts, lines, what: str, source: str, one_each: bool = False):
     """``points`` strings -> ``([N, 2] float64, pairs per string)``, parsed in one numpy call
     over the joined strings (a Python loop per number costs 1 s on a million points); only
     when that fails are the strings read one by one, to name the first bad one's line."""
     texts = [t or "" for t in texts]
-    counts = np.array([t.count(";") + 1 if t else 0 for t in texts], np.int64)
-    joined = ";".join(filter(None, texts))
-    pieces = joined.split(";") if joined else []
-    ok = {p.count(",") for p in pieces} <= {1} and not (one_each and (counts != 1).any())
-    try:  # Python's float reads each number, as CVAT's importer does ("1_000", " 5")
-        flat = np.array(joined.replace(";", ",").split(",") if joined else [], np.float64)
-    except ValueError:
-        ok = False
-    if ok and np.isfinite(flat).all():
-        return flat.reshape(-1, 2), counts
+    xy, counts = _bulk(texts, one_each)
+    if xy is not None:
+        return xy, counts
     for text, line in zip(texts, lines, strict=True):
-        try:
-            if len(pairs(text)) != 1 and one_each:
-                raise BadValue("must be one 'x,y' (a skeleton element is one point)")
-        except BadValue as exc:
-            raise at_line(source, line, f"{what} points={text!r} {exc}") from None
-    raise AssertionError("unreachable: a points value failed in bulk but reads one by one")
+        if _bulk([text], one_each)[0] is None:
+            why = "is not 'x,y' pairs of finite numbers"
+            if one_each and _bulk([text], False)[0] is not None:
+                why = "must be one 'x,y' (a skeleton element is one point)"
+            raise at_line(source, line, f"{what} points={text!r} {why}")
+    raise AssertionError("unreachable: the strings failed together but pass one by one")

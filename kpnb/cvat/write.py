@@ -59,104 +59,81 @@ def _declared_labels(ann: Annotations) -> pd.DataFrame:
     ``<meta>``): skeletons with their keypoints as sublabels, points and boxes as such."""
     labels = ann.labels
     known = set(labels["name"].astype(str)) if len(labels) else set()
+    points = list(ann.keypoints["label"].astype(str).unique())
+    boxes = list(ann.boxes["label"].astype(str).unique()) if len(ann.boxes) else []
     extra: list[dict] = []
-    used = list(dict.fromkeys(ann.keypoints["label"].astype(str)))
-    for name in used + [n for n in ann.skeletons if n not in used]:
+    for name in dict.fromkeys(points + list(ann.skeletons) + boxes):
         if name in known:
             continue
-        known.add(name)
         if name in ann.skeletons:
             extra.append({"name": name, "type": "skeleton"})
             extra += [
                 {"name": k, "type": "points", "parent": name} for k in ann.skeletons[name].keypoints
             ]
         else:
-            extra.append({"name": name, "type": "points"})
-    for name in dict.fromkeys(ann.boxes["label"].astype(str)) if len(ann.boxes) else ():
-        if name not in known:
-            known.add(name)
-            extra.append({"name": name, "type": "rectangle"})
-    if not extra:
-        return labels
-    return (
-        pd.concat([labels, pd.DataFrame(extra)], ignore_index=True)
-        if len(labels)
-        else pd.DataFrame(extra)
-    )
+            extra.append({"name": name, "type": "points" if name in points else "rectangle"})
+    if extra:
+        labels = (
+            pd.concat([labels, pd.DataFrame(extra)], ignore_index=True)
+            if len(labels)
+            else pd.DataFrame(extra)
+        )
+    return labels.reindex(columns=["name", "type", "color", "parent", "svg"])
+
+
+def _given(value) -> str | None:
+    """A label field when the table gives one (a non-empty string), else None."""
+    return value if isinstance(value, str) and value else None
 
 
 def _label_lines(ann: Annotations, indent: str) -> list[str]:
-    labels = _declared_labels(ann)
     lines = [f"{indent}<labels>"]
-    i2 = indent + "  "
-    for row in labels.itertuples(index=False):
+    i2, i3 = indent + "  ", indent + "    "
+    for row in _declared_labels(ann).itertuples(index=False):
         name = str(row.name)
-        lines.append(f"{i2}<label>")
-        lines.append(_text("name", name, i2 + "  "))
-        color = getattr(row, "color", None)
-        if isinstance(color, str) and color:
-            lines.append(_text("color", color, i2 + "  "))
-        ltype = getattr(row, "type", None)
-        lines.append(_text("type", ltype if isinstance(ltype, str) and ltype else "any", i2 + "  "))
-        lines.append(f"{i2}  <attributes>")
-        lines.append(f"{i2}  </attributes>")
+        lines += [f"{i2}<label>", _text("name", name, i3)]
+        if _given(row.color):
+            lines.append(_text("color", row.color, i3))
+        lines.append(_text("type", _given(row.type) or "any", i3))
+        lines += [f"{i3}<attributes>", f"{i3}</attributes>"]
         if name in ann.skeletons:
             for keypoint in ann.skeletons[name].keypoints:
                 _xml_safe(keypoint)  # named alone, before the svg that holds it
-            svg = getattr(row, "svg", None)
-            if not isinstance(svg, str) or not svg:
-                svg = skeleton_svg(ann.skeletons[name])
-            lines.append(_text("svg", svg, i2 + "  "))
-        parent = getattr(row, "parent", None)
-        if isinstance(parent, str) and parent:
-            lines.append(_text("parent", parent, i2 + "  "))
+            lines.append(_text("svg", _given(row.svg) or skeleton_svg(ann.skeletons[name]), i3))
+        if _given(row.parent):
+            lines.append(_text("parent", row.parent, i3))
         lines.append(f"{i2}</label>")
     lines.append(f"{indent}</labels>")
     return lines
 
 
+def _fields(indent: str, **fields) -> list[str]:
+    return [_text(tag, value, indent) for tag, value in fields.items()]
+
+
 def _meta_lines(ann: Annotations, dumped: str) -> list[str]:
     images = ann.images
-    name = ann.meta.get("name")
-    name = str(name) if isinstance(name, str) and name else "kpnb"  # never "None"
+    name = _given(ann.meta.get("name")) or "kpnb"  # never "None"
     subsets = (
         [s for s in pd.unique(images["subset"].dropna().astype(str)) if s] if len(images) else []
     )
     lines = ["  <meta>"]
     if subsets:
-        lines += ["    <project>", _text("id", 1, "      "), _text("name", name, "      ")]
-        lines.append("      <tasks>")
+        lines += ["    <project>", *_fields("      ", id=1, name=name), "      <tasks>"]
         tasks = images.dropna(subset=["task_id"]).drop_duplicates("task_id")
         for t in tasks.itertuples(index=False):
             n = int((images["task_id"] == t.task_id).sum())
-            lines += [
-                "        <task>",
-                _text("id", int(t.task_id), "          "),
-                _text("name", f"{name}-{t.subset}", "          "),
-                _text("size", n, "          "),
-                _text("mode", "annotation", "          "),
-                _text("subset", t.subset, "          "),
-                "        </task>",
-            ]
-        lines.append("      </tasks>")
-        lines.append(_text("subsets", "\n".join(subsets), "      "))
-        lines += _label_lines(ann, "      ")
-        lines.append("    </project>")
+            task = {"id": int(t.task_id), "name": f"{name}-{t.subset}", "size": n}
+            task |= {"mode": "annotation", "subset": t.subset}
+            lines += ["        <task>", *_fields(" " * 10, **task), "        </task>"]
+        lines += ["      </tasks>", *_fields("      ", subsets="\n".join(subsets))]
+        lines += [*_label_lines(ann, "      "), "    </project>"]
     else:
-        lines += [
-            "    <task>",
-            _text("id", 1, "      "),
-            _text("name", name, "      "),
-            _text("size", len(images), "      "),
-            _text("mode", "annotation", "      "),
-            _text("start_frame", 0, "      "),
-            _text("stop_frame", max(len(images) - 1, 0), "      "),
-        ]
-        lines += _label_lines(ann, "      ")
-        lines.append("    </task>")
-    lines.append(_text("dumped", dumped, "    "))
-    lines.append("  </meta>")
-    return lines
+        last = max(len(images) - 1, 0)
+        task = {"id": 1, "name": name, "size": len(images), "mode": "annotation"}
+        lines += ["    <task>", *_fields("      ", **task, start_frame=0, stop_frame=last)]
+        lines += [*_label_lines(ann, "      "), "    </task>"]
+    return [*lines, _text("dumped", dumped, "    "), "  </meta>"]
 
 
 def _attr_lines(attrs: dict, key, indent: str) -> list[str]:
@@ -179,11 +156,8 @@ def _z(v) -> int:
 
 
 def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, int]]]]:
-    """`kp`'s columns as Python lists, and per image its instances' row ranges.
-
-    Instances come in order of first appearance in the image, rows in table order: what a
-    groupby per image and instance would give, without one (that cost ~2 ms an image).
-    """
+    """`kp`'s columns as Python lists, and per image its instances' row ranges (in order of
+    appearance): one sort, not a groupby per image (~2 ms an image, 40 s on 20k images)."""
     n = len(kp)
     image = kp["image_index"].to_numpy()
     group = kp.groupby([image, kp["instance_id"].to_numpy()], sort=False).ngroup().to_numpy()
@@ -193,12 +167,11 @@ def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, 
     }
     for c in ("x", "y", "occluded", "outside", "point_index", "z_order", "group_id", "instance_id"):
         cols[c] = kp[c].to_numpy()[order].tolist()
-    group, image = group[order], image[order]
-    starts = np.flatnonzero(np.diff(group, prepend=-1))
-    ends = np.append(starts[1:], n) if n else starts
+    starts = np.flatnonzero(np.diff(group[order], prepend=-1)).tolist()
+    ends = [*starts[1:], n] if n else []
     blocks: dict[int, list[tuple[int, int]]] = {}
-    for s, e, i in zip(starts.tolist(), ends.tolist(), image[starts].tolist(), strict=True):
-        blocks.setdefault(i, []).append((s, e))
+    for s, e in zip(starts, ends, strict=True):
+        blocks.setdefault(int(image[order[s]]), []).append((s, e))
     return cols, blocks
 
 
@@ -258,8 +231,7 @@ def _attribute_index(ann: Annotations) -> dict:
 
 
 def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
-    """An image's size read from its file, for a table that does not know it (a COCO file
-    with width 0): CVAT XML needs every image's size."""
+    """An image's size from its file, as CVAT XML needs it (a COCO file's width 0: unknown)."""
     if images_root is None:
         raise KpnbError(
             f"image {name!r} has no width/height, which CVAT XML needs: give {{images_root}} "
@@ -320,15 +292,10 @@ def write_cvat(
 ) -> Path:
     """Write `annotations` as CVAT for images 1.1 XML at `path`, atomically.
 
-    Images with a ``subset`` are written as a project export (``subset``/``task_id`` on
-    each ``<image>``); otherwise as a task export. Skeleton instances become
-    ``<skeleton>`` with one ``<points>`` element per labelled keypoint (missing ones are
-    left out, ``outside``/``occluded`` kept); other labels become ``<points>`` shapes.
-    Coordinates are written with two decimals, as CVAT does. An image without a size
-    (a COCO file's width 0) gets the size of its file under `images_root`.
-
-    Returns:
-        The path written.
+    Images with a ``subset`` make a project export, else a task export. Skeletons become
+    ``<skeleton>`` with a ``<points>`` per keypoint the file had; other labels ``<points>``
+    shapes; coordinates get two decimals, as in CVAT. An image without a size (a COCO
+    file's width 0) gets its file's size from `images_root`. Returns `path`.
 
     Raises:
         KpnbError: an image has no size and no `images_root` is given, or a name holds a
