@@ -56,50 +56,20 @@ __all__ = [
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
-#: COCO's per-keypoint OKS sigmas (pycocotools), by person keypoint name.
-COCO_SIGMAS = dict(
-    zip(
-        [
-            "nose",
-            "left_eye",
-            "right_eye",
-            "left_ear",
-            "right_ear",
-            "left_shoulder",
-            "right_shoulder",
-            "left_elbow",
-            "right_elbow",
-            "left_wrist",
-            "right_wrist",
-            "left_hip",
-            "right_hip",
-            "left_knee",
-            "right_knee",
-            "left_ankle",
-            "right_ankle",
-        ],
-        [
-            0.026,
-            0.025,
-            0.025,
-            0.035,
-            0.035,
-            0.079,
-            0.079,
-            0.072,
-            0.072,
-            0.062,
-            0.062,
-            0.107,
-            0.107,
-            0.087,
-            0.087,
-            0.089,
-            0.089,
-        ],
-        strict=True,
-    )
-)
+#: COCO's per-keypoint OKS sigmas (pycocotools), by person keypoint name, in COCO's order.
+_COCO_PAIRS = {
+    "eye": 0.025,
+    "ear": 0.035,
+    "shoulder": 0.079,
+    "elbow": 0.072,
+    "wrist": 0.062,
+    "hip": 0.107,
+    "knee": 0.087,
+    "ankle": 0.089,
+}
+COCO_SIGMAS = {"nose": 0.026} | {
+    f"{side}_{part}": sigma for part, sigma in _COCO_PAIRS.items() for side in ("left", "right")
+}
 
 
 def default_sigmas(names: Sequence[str]) -> list[float]:
@@ -336,21 +306,6 @@ def keypoint_metrics(
     return EvalResult(metrics, table, sigmas)
 
 
-def _to_numpy_result(target: dict, output: dict) -> ImageResult:
-    kps = output["keypoints"].detach().cpu().numpy().copy()
-    if len(kps):
-        kps[..., 2] = output["keypoints_scores"].detach().cpu().numpy()
-    area = target.get("area")
-    return ImageResult(
-        target["boxes"].cpu().numpy(),
-        target["keypoints"].cpu().numpy(),
-        output["boxes"].detach().cpu().numpy(),
-        output["scores"].detach().cpu().numpy(),
-        kps,
-        None if area is None else area.cpu().numpy(),
-    )
-
-
 @torch.inference_mode()
 def collect_predictions(
     model, loader, device: str | torch.device | None = None, label: int = 1
@@ -366,7 +321,12 @@ def collect_predictions(
         outputs = model([im.to(device, non_blocking=True) for im in images])
         for t, o in zip(targets, outputs, strict=True):
             keep = o["labels"] == label
-            results.append(_to_numpy_result(t, {k: v[keep] for k, v in o.items()}))
+            o = {k: v[keep].detach().cpu().numpy() for k, v in o.items()}
+            if len(o["keypoints"]):  # the keypoint score in place of the constant v=1
+                o["keypoints"][..., 2] = o["keypoints_scores"]
+            area = None if t.get("area") is None else t["area"].cpu().numpy()
+            gt = (t["boxes"].cpu().numpy(), t["keypoints"].cpu().numpy())
+            results.append(ImageResult(*gt, o["boxes"], o["scores"], o["keypoints"], area))
     return results
 
 
@@ -409,19 +369,12 @@ def _collate_images(batch):
     return [im for im, _ in batch], [name for _, name in batch]
 
 
-_COLUMNS = [
-    "image_index",
-    "image_name",
-    "instance_id",
-    "label",
-    "keypoint",
-    "point_index",
-    "x",
-    "y",
-    "visibility",
-    "score",
-    "keypoint_score",
-]
+_COLUMNS = (
+    "image_index image_name instance_id label keypoint point_index x y visibility score "
+    "keypoint_score"
+).split()
+#: The model outputs `predict` keeps, per detected instance.
+_KEPT = ("keypoints", "scores", "keypoints_scores")
 
 
 @torch.inference_mode()
@@ -458,18 +411,32 @@ def predict(
         The keypoints table's columns (``visibility`` is 2: the model does not predict it)
         plus ``score`` (instance) and ``keypoint_score``, and ``image_name``.
     """
+    from torch.utils.data import DataLoader
+
+    from kpnb.dataset import default_workers
+
     model.eval()
     device = model_device(model) if device is None else torch.device(device)
-    loader = _image_loader(images, batch_size, num_workers, device)
+    if num_workers is None:  # paths load in workers, images in memory in this process
+        paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
+        num_workers = default_workers() if paths_only else 0
+    loader = DataLoader(
+        _Images(images),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate_images,
+        pin_memory=device.type == "cuda",
+    )
     frames, start, instance = [], 0, 0
     with _box_threshold(model, score_threshold):
-        outputs = _forward(model, loader, device)
-        for (batch, names), found in outputs:
+        for batch, names in loader:
+            batch = [t.to(device, non_blocking=True) for t in batch]
+            found = model([t if t.is_floating_point() else t.float().div_(255) for t in batch])
             for offset, out in enumerate(found):
                 keep = out["scores"] >= score_threshold
                 n = int(keep.sum())
                 if n:
-                    kept = {key: out[key][keep].float().cpu().numpy() for key in _OUTPUTS}
+                    kept = {k: out[k][keep].float().cpu().numpy() for k in _KEPT}
                     where = (start + offset, names[offset], instance)
                     frames.append(_instances_frame(kept, where, skeleton, label))
                     instance += n
@@ -479,14 +446,6 @@ def predict(
     if not frames:
         return pd.DataFrame({c: [] for c in _COLUMNS})
     return pd.concat(frames, ignore_index=True)[_COLUMNS]
-
-
-def _forward(model, loader, device):
-    """``((images, names), model outputs)`` per batch of `loader`."""
-    for batch, names in loader:
-        batch = [t.to(device, non_blocking=True) for t in batch]
-        batch = [t if t.is_floating_point() else t.float().div_(255) for t in batch]
-        yield (batch, names), model(batch)
 
 
 @contextlib.contextmanager
@@ -509,32 +468,10 @@ def _box_threshold(model, score_threshold: float):
         heads.score_thresh = before
 
 
-#: The model outputs `predict` keeps, per detected instance.
-_OUTPUTS = ("keypoints", "scores", "keypoints_scores")
-
-
-def _image_loader(images: Sequence, batch_size: int, num_workers: int | None, device):
-    """A DataLoader of `images` in batches; paths load in workers (default
-    `kpnb.dataset.default_workers`), images already in memory in this process."""
-    from torch.utils.data import DataLoader
-
-    from kpnb.dataset import default_workers
-
-    paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
-    workers = (default_workers() if paths_only else 0) if num_workers is None else num_workers
-    return DataLoader(
-        _Images(images),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate_images,
-        pin_memory=device.type == "cuda",
-    )
-
-
 def _instances_frame(
     found: dict[str, np.ndarray], where: tuple[int, str, int], skeleton: Skeleton, label: str
 ) -> pd.DataFrame:
-    """One image's kept detections (`found`: `_OUTPUTS` as arrays) as `predict`'s rows;
+    """One image's kept detections (`found`: `_KEPT` as arrays) as `predict`'s rows;
     `where` is ``(image index, image name, first instance id)``."""
     image_index, image_name, first = where
     kps = found["keypoints"]
@@ -627,12 +564,9 @@ def write_predictions(
     ``.zip`` holding ``annotations.xml`` (CVAT's loader takes either). `names`: each
     image's name in the task (default: its file name; CVAT matches a name to the task's
     image of that path, else of that file name)."""
-    import json
-
     from kpnb.io import atomic_path, write_zip
 
     out = Path(out)
-
     if out.suffix.lower() == ".json":
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids, category_id)))
