@@ -131,11 +131,6 @@ def _points_args(p: argparse.ArgumentParser) -> None:
     _overwrite_arg(p)
 
 
-def _positive(name: str, value) -> None:
-    if value is not None and not value > 0:
-        raise KpnbError(f"--{name} must be > 0, got {value}")
-
-
 def _keyframes_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keyframes-only",
