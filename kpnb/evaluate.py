@@ -216,39 +216,19 @@ def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
     return {n: (float(v) if v >= 0 else None) for n, v in zip(names, ev.stats[:5], strict=True)}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes ``[N, 4]`` x ``[M, 4]`` (torchvision's `box_iou`); two
-    empty boxes overlap 0, not NaN (a NaN would break the matching's max)."""
-    return np.nan_to_num(
-        box_iou(
-            torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-        ).numpy(),
-        nan=0.0,
-    )
-
-
 def match_instances(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
-    """Which prediction belongs to which ground-truth instance, as PCK and pixel errors
-    (and `kpnb.viz.compare_predictions`) count them: for each ground-truth instance of
-    `r`, the index into ``r.boxes`` of its prediction, or -1 when none matched.
+    """For each ground-truth instance of `r`, the index into ``r.boxes`` of its prediction
+    (-1: none), as PCK, pixel errors and `kpnb.viz.compare_predictions` count them.
 
     Predictions are taken in descending score; each goes to the free ground-truth
-    instance its box overlaps most, if that box IoU is at least `iou_threshold`, and is
-    otherwise left unmatched. So a duplicate detection of an already matched instance
-    stays unmatched, as in COCO's matching.
-
-    Example:
-        >>> gt = np.array([[0, 0, 10, 10]], np.float32)
-        >>> boxes = np.array([[0, 0, 10, 9], [0, 0, 10, 10]], np.float32)  # two detections
-        >>> r = ImageResult(gt, np.zeros((1, 1, 3)), boxes, np.array([0.6, 0.9]),
-        ...                 np.zeros((2, 1, 3)))
-        >>> match_instances(r)  # the higher-scoring one; the duplicate stays unmatched
-        [1]
+    instance its box overlaps most, if that box IoU is at least `iou_threshold`. So a
+    duplicate detection of an already matched instance stays unmatched, as in COCO's.
     """
     match = [-1] * len(r.gt_boxes)
     if not len(r.gt_boxes) or not len(r.boxes):
         return match
-    iou = _iou(r.gt_boxes, r.boxes)
+    gt, boxes = (torch.as_tensor(b, dtype=torch.float64) for b in (r.gt_boxes, r.boxes))
+    iou = box_iou(gt, boxes).nan_to_num(0.0).numpy()  # two empty boxes: 0, not NaN
     for p in np.argsort(-r.scores, kind="stable"):
         free = [g for g in range(len(match)) if match[g] < 0]
         if not free:

@@ -107,18 +107,13 @@ def _labels_used(ann, label: str) -> str:
     merged = ann.meta.get("merged_labels")
     if merged:
         return f"training labels {merged} as one skeleton {label!r}"
-    layout = next(names for names in ann.same_layouts() if label in names)
     others = [n for n in ann.skeletons if n != label]
-    return (
-        f"training label {label!r}"
-        + (f"; not used: {others}" if others else "")
-        + (
-            " (--all-categories trains the labels sharing its layout: "
-            f"{[n for n in layout if n != label]})"
-            if len(layout) > 1
-            else ""
-        )
-    )
+    line = f"training label {label!r}" + (f"; not used: {others}" if others else "")
+    layout = next(names for names in ann.same_layouts() if label in names)
+    if len(layout) > 1:
+        alike = [n for n in layout if n != label]
+        line += f" (--all-categories trains the labels sharing its layout: {alike})"
+    return line
 
 
 @_command(
@@ -131,9 +126,7 @@ def _labels_used(ann, label: str) -> str:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
     p.add_argument(
-        "--epochs",
-        type=positive_int,
-        help="default: as many as --minutes allows, else 10",
+        "--epochs", type=positive_int, help="default: as many as --minutes allows, else 10"
     )
     p.add_argument(
         "--minutes",
@@ -172,9 +165,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "unless --resume or --overwrite)",
     )
     p.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        help="seed of the run and of the split (default: 0)",
+        "--seed", type=nonnegative_int, help="seed of the run and of the split (default: 0)"
     )
     p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
@@ -351,7 +342,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, loader, skeleton, args.sigmas)
     result.to_json(out)
     print(f"{len(ds)} {'images' if args.all else 'validation images'} at {args.size} px")
-    print(pd_table(result.metrics))
+    for name, v in result.metrics.items():  # aligned; a missing value (None) shows as n/a
+        print(f"{name:>18s}  {'n/a' if v is None else f'{v:.4f}' if isinstance(v, float) else v}")
     print()
     print(result.per_keypoint.round(3).to_string())
     print(f"\nwrote {out}")
@@ -373,12 +365,3 @@ def _validation_images(args, ann, ckpt) -> list[int]:
             param="data",
         )
     return found["image_index"].tolist()
-
-
-def pd_table(metrics: dict) -> str:
-    """`metrics` as aligned lines; a missing value (None) shows as n/a."""
-
-    def cell(v):
-        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    return "\n".join(f"{k:>18s}  {cell(v)}" for k, v in metrics.items())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from kpnb.cli._base import _command, _overwrite_arg, fraction, nonnegative_int, positive_int
@@ -82,8 +83,6 @@ def _export_ids(
     """The export's COCO image id of each path, matched by its name inside the export (or
     its file name when that is unique), and the category id of `label` in it: a COCO
     file's own ids, or those `kpnb convert --to coco` gives a CVAT export."""
-    from collections import Counter
-
     from kpnb.coco import category_ids, image_ids
     from kpnb.data import get_dataset, read_annotations
 
@@ -102,22 +101,16 @@ def _export_ids(
     count = Counter(base)
     by_base = {b: i for b, i in zip(base, image_ids(ann), strict=True) if count[b] == 1}
     folder = images_root or (root if root.is_dir() else root.parent)
+    tops = [top.resolve() for top in (folder / "images", folder)]
     ids = []
     for path in paths:
-        rel = None
-        for top in (folder / "images", folder):
-            try:
-                rel = path.resolve().relative_to(top.resolve()).as_posix()
-                break
-            except ValueError:
-                continue
-        found = by_name.get(rel) if rel else None
-        found = found if found is not None else by_base.get(path.name)
+        full = path.resolve()
+        rel = next((full.relative_to(t).as_posix() for t in tops if full.is_relative_to(t)), None)
+        found = by_name.get(rel, by_base.get(path.name))
         if found is None:
             raise KpnbError(
-                f"--annotations {source}: no image named {rel or path.name!r} in "
-                "it; predict images of that export, or leave --annotations "
-                "out"
+                f"--annotations {source}: no image named {rel or path.name!r} in it; predict "
+                "images of that export, or leave --annotations out"
             )
         ids.append(int(found))
     return ids, category_ids(ann, [label])[label]
@@ -128,8 +121,6 @@ def task_names(paths: list[Path]) -> list[str]:
     a name (without extension) to the task image of that path, else to one whose path
     ends with it, so a file name finds its image wherever it sits in the task; two images
     of one name cannot both be matched, which is logged."""
-    from collections import Counter
-
     names = [path.name for path in paths]
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
@@ -199,8 +190,7 @@ def run_predict(args: argparse.Namespace) -> int:
     label = args.label or ckpt.label or "object"
     image_ids, category_id = None, 1
     if args.annotations is not None:
-        where = (args.annotations, args.images, args.images_root)
-        image_ids, category_id = _export_ids(*where, label)
+        image_ids, category_id = _export_ids(args.annotations, args.images, args.images_root, label)
     with tqdm(total=len(args.images), desc="predict", unit="img", file=sys.stderr) as bar:
         preds = predict(
             model,
