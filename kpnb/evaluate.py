@@ -248,21 +248,16 @@ def keypoint_metrics(
     if len(sigmas) != k:
         raise KpnbError(f"{len(sigmas)} sigmas for {k} keypoints {list(skeleton.keypoints)}")
     metrics = oks_ap(results, sigmas)
-    dists, norms, labelled = [], [], []
+    dists, sizes, labelled = [], [], []  # per ground-truth instance; an unmatched one: inf
     for r in results:
         for g, p in enumerate(match_instances(r)):
-            gt = r.gt_keypoints[g]
-            box = r.gt_boxes[g]
-            size = max(box[2] - box[0], box[3] - box[1], 1e-6)
-            if p < 0:
-                d = np.full(k, np.inf)
-            else:
-                d = np.linalg.norm(r.keypoints[p, :, :2] - gt[:, :2], axis=1)
-            dists.append(d)
-            norms.append(np.full(k, size))
+            gt, box = r.gt_keypoints[g], r.gt_boxes[g]
+            xy = r.keypoints[p, :, :2] if p >= 0 else np.full((k, 2), np.inf)
+            dists.append(np.linalg.norm(xy - gt[:, :2], axis=1))
+            sizes.append(max(box[2] - box[0], box[3] - box[1], 1e-6))
             labelled.append(gt[:, 2] > 0)
     d = np.array(dists).reshape(-1, k)
-    s = np.array(norms).reshape(-1, k)
+    s = np.array(sizes, dtype=np.float64).reshape(-1, 1)
     m = np.array(labelled, dtype=bool).reshape(-1, k)
     rows = {}
     for a in PCK_THRESHOLDS:
@@ -418,7 +413,7 @@ def predict(
                 if n:
                     kept = {k: out[k][keep].float().cpu().numpy() for k in _KEPT}
                     where = (start + offset, names[offset], instance)
-                    frames.append(_instances_frame(kept, where, skeleton, label))
+                    frames.append(_instances_frame(kept, *where, skeleton, label))
                     instance += n
             start += len(batch)
             if on_batch is not None:
@@ -448,12 +443,9 @@ def _box_threshold(model, score_threshold: float):
         heads.score_thresh = before
 
 
-def _instances_frame(
-    found: dict[str, np.ndarray], where: tuple[int, str, int], skeleton: Skeleton, label: str
-) -> pd.DataFrame:
-    """One image's kept detections (`found`: `_KEPT` as arrays) as `predict`'s rows;
-    `where` is ``(image index, image name, first instance id)``."""
-    image_index, image_name, first = where
+def _instances_frame(found: dict, image_index, image_name, first, skeleton, label) -> pd.DataFrame:
+    """One image's kept detections (`found`: `_KEPT` as arrays) as `predict`'s rows, their
+    instance ids counting from `first`."""
     kps = found["keypoints"]
     n, k = len(kps), skeleton.num_keypoints
     return pd.DataFrame(
