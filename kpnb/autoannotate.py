@@ -59,14 +59,9 @@ def _sdk():
 
 
 class KpnbFunction:
-    """A detection function for cvat-sdk's auto-annotation driver (see the module docstring).
-
-    Args:
-        model: a Keypoint R-CNN in eval mode (`kpnb.model.load_checkpoint_model`).
-        skeleton: the skeleton it predicts.
-        label: the skeleton label's name, as in the CVAT task.
-        point_threshold: keypoints scoring below this come out ``outside``.
-    """
+    """A detection function for cvat-sdk's auto-annotation driver (see the module docstring):
+    `model` (`kpnb.model.load_checkpoint_model`) predicts `skeleton` as the task's `label`;
+    keypoints scoring below `point_threshold` come out ``outside``."""
 
     def __init__(self, model, skeleton: Skeleton, label: str, point_threshold: float):
         cvataa = _sdk()

@@ -365,26 +365,17 @@ def predict(
     num_workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Keypoints of every detected instance as a tidy table in original image pixels.
+    """Keypoints of every instance scoring at least `score_threshold`, as a tidy table in
+    original image pixels: the keypoints table's columns (``visibility`` 2: the model does
+    not predict it; `label` in ``label``, `skeleton`'s names in ``keypoint``) plus
+    ``image_name``, ``score`` (the instance's) and ``keypoint_score``.
 
-    Images stream: a DataLoader (with `num_workers` workers for paths; default
-    `kpnb.dataset.default_workers`) loads each batch when it is needed, so memory does
-    not grow with the number of images.
-
-    Args:
-        images: paths, PIL images or ``[3, H, W]`` tensors (uint8 or float 0-1).
-        skeleton: the trained skeleton (names for the ``keypoint`` column).
-        label: the ``label`` column's value.
-        score_threshold: drop instances scoring below this.
-        batch_size: images per forward pass. A batch pads its images to a common size,
-            which moves predictions slightly (up to a pixel or two) against one image at
-            a time; on a CPU 2 was fastest, 8 pads more (``bench_train.py --predict``).
-        device: where the images go; default the model's device.
-        on_batch: called with each batch's image count (for a progress bar).
-
-    Returns:
-        The keypoints table's columns (``visibility`` is 2: the model does not predict it)
-        plus ``score`` (instance) and ``keypoint_score``, and ``image_name``.
+    `images` (paths, PIL images or ``[3, H, W]`` tensors, uint8 or float 0-1) stream through
+    a DataLoader (`num_workers` workers for paths, default `kpnb.dataset.default_workers`),
+    so memory does not grow with their number. A batch pads its images to one size, which
+    moves predictions by up to a pixel or two; on a CPU `batch_size` 2 was fastest, 8 pads
+    more (``bench_train.py --predict``). `device`: default the model's; `on_batch` is called
+    with each batch's image count (a progress bar).
     """
     from torch.utils.data import DataLoader
 
@@ -425,12 +416,9 @@ def predict(
 
 @contextlib.contextmanager
 def _box_threshold(model, score_threshold: float):
-    """Raise the box head's own score threshold to `score_threshold` while predicting.
-
-    `predict` drops detections under it anyway; dropped before the keypoint head, they cost
-    nothing (same result: NMS and the per-image cap rank higher scores first). About a
-    tenth faster on a CPU (``bench_train.py --predict``).
-    """
+    """Raise the box head's score threshold to `predict`'s while it runs: the detections it
+    drops anyway then skip the keypoint head (same result: NMS and the per-image cap rank
+    by score). About a tenth faster on a CPU (``bench_train.py --predict``)."""
     heads = getattr(model, "roi_heads", None)
     before = getattr(heads, "score_thresh", None)
     if before is None:
@@ -472,13 +460,9 @@ def predictions_to_annotations(
     skeleton: Skeleton,
     label: str,
 ) -> Annotations:
-    """`predict`'s table as `Annotations`, ready for `kpnb.cvat.write_cvat` (CVAT imports the
-    file as pre-annotations: ``source="auto"``, every point visible).
-
-    Args:
-        names: image file names, in `predict`'s image order.
-        sizes: ``(width, height)`` of each image.
-    """
+    """`predict`'s table as `Annotations` for `kpnb.cvat.write_cvat` (CVAT imports the file as
+    pre-annotations: ``source="auto"``, every point visible). `names` and `sizes`
+    (``(width, height)``): each image's, in `predict`'s order."""
     images = pd.DataFrame(
         {
             "image_index": range(len(names)),

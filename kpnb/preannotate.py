@@ -45,14 +45,11 @@ _VALIDATION_EVERY = 5
 
 
 def hold_out(ann: Annotations, n_labelled: int) -> tuple[Annotations, list[int], list[int]]:
-    """Split `ann` into a small labelled part (the first `n_labelled` images) and the
-    rest, treated as not yet labelled.
-
-    Returns a copy of `ann` whose labelled images keep their Train/Validation subset
-    (every fifth is Validation where they have none) and whose other images get the
-    subset ``"unlabelled"``, which `kpnb.dataset.make_loaders` neither trains nor validates
-    on; and the labelled and unlabelled ``image_index`` lists.
-    """
+    """Split `ann` into a small labelled part (the first `n_labelled` images) and the rest,
+    treated as not yet labelled: a copy of `ann` whose labelled images keep their
+    Train/Validation subset (every fifth is Validation where they have none) and whose
+    others get ``"unlabelled"``, which `kpnb.dataset.make_loaders` neither trains nor
+    validates on; and the labelled and unlabelled ``image_index`` lists."""
     from kpnb.dataset import _TRAIN_NAMES, _VAL_NAMES
 
     n = len(ann.images)

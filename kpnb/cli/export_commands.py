@@ -128,27 +128,23 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 @add_convert_arguments.runner
 def run_convert(args: argparse.Namespace) -> int:
+    from kpnb.coco import write_coco
+    from kpnb.cvat import write_cvat
     from kpnb.data import read_annotations
+    from kpnb.grouping import points_to_skeleton
     from kpnb.io import check_output
+    from kpnb.tables import save_tables
 
     folder = args.to in ("csv", "parquet")
     check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
     ann = read_annotations(args.source, keyframes_only=args.keyframes_only)
     if args.points_as_skeleton:
-        from kpnb.grouping import points_to_skeleton
-
         ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
     if args.to == "coco":
-        from kpnb.coco import write_coco
-
         write_coco(ann, args.out, skeletons_only=args.skeletons_only)
     elif args.to == "cvat":
-        from kpnb.cvat import write_cvat
-
         write_cvat(ann, args.out, images_root=args.images_root)
     else:
-        from kpnb.tables import save_tables
-
         save_tables(ann, args.out, args.to, overwrite=args.overwrite)
     print(f"wrote {args.to} to {args.out}")
     return 0
