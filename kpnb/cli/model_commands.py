@@ -43,6 +43,7 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
     )
     p.add_argument(
         "--flip-pairs",
+        type=_flip_pair,
         nargs="+",
         metavar="LEFT:RIGHT",
         help="left/right keypoint pairs for the training flip, e.g. "
@@ -65,16 +66,12 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
 
 
-def _flip_pairs(args) -> list[tuple[str, str]] | None:
-    if not args.flip_pairs:
-        return None
-    pairs = []
-    for item in args.flip_pairs:
-        left, sep, right = item.partition(":")
-        if not sep or not left or not right:
-            raise KpnbError(f"--flip-pairs {item!r}: write each pair as LEFT:RIGHT")
-        pairs.append((left, right))
-    return pairs
+def _flip_pair(text: str) -> tuple[str, str]:
+    """argparse type of --flip-pairs: ``LEFT:RIGHT``."""
+    left, sep, right = text.partition(":")
+    if not (sep and left and right):
+        raise argparse.ArgumentTypeError(f"{text!r}: write each pair as LEFT:RIGHT")
+    return left, right
 
 
 def _load_for_training(args):
@@ -89,7 +86,7 @@ def _load_for_training(args):
         points_as_skeleton=args.points_as_skeleton,
         group_by=args.group_by,
         all_categories=args.all_categories,
-        flip_pairs=_flip_pairs(args),
+        flip_pairs=args.flip_pairs,
         keyframes_only=args.keyframes_only,
         images_root=args.images_root,
     )

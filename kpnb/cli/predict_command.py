@@ -156,7 +156,6 @@ def _images_in_folders(paths: list[Path]) -> list[Path]:
 
 @add_predict_arguments.runner
 def run_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
     from tqdm import tqdm
 
     from kpnb.evaluate import predict, write_predictions
@@ -215,7 +214,7 @@ def run_predict(args: argparse.Namespace) -> int:
             for i, (path, name) in enumerate(zip(args.images, viz_names(args.images), strict=True)):
                 rows = preds[preds["image_index"] == i]
                 arr = rows[["x", "y"]].to_numpy().reshape(-1, skeleton.num_keypoints, 2)
-                picture = draw_instances(Image.fromarray(load_image(path)), arr, skeleton)
+                picture = draw_instances(load_image(path), arr, skeleton)
                 picture.save(tmp / name, format="PNG")
     print(f"{preds['instance_id'].nunique()} instances in {len(args.images)} images -> {args.out}")
     return 0
