@@ -19,7 +19,8 @@ from kpnb.errors import KpnbError
 
 # -- train --------------------------------------------------------------------------------
 def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) -> None:
-    """DATA and how to read it; `from_checkpoint`: defaults are the training run's."""
+    """DATA, how to read it, and the flags train and evaluate share (device, OKS sigmas);
+    `from_checkpoint`: defaults are the training run's."""
     run = "default: the checkpoint's" if from_checkpoint else None
     p.add_argument("data", help="CVAT or COCO export (folder, zip, file), or 'synthetic'")
     _keyframes_arg(p)
@@ -64,6 +65,7 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
         "--workers", type=nonnegative_int, help="data loader workers (default: cores - 1)"
     )
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
 
 def _flip_pair(text: str) -> tuple[str, str]:
@@ -164,7 +166,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=nonnegative_int, help="seed of the run and of the split (default: 0)"
     )
-    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
 
 @add_train_arguments.runner
@@ -296,7 +297,6 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="JSON to write (default: metrics.json in CHECKPOINT's folder); an existing "
         "file is refused unless --overwrite",
     )
-    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
     p.add_argument("--all", action="store_true", help="every image, not only validation ones")
 
 
