@@ -58,47 +58,19 @@ def _sdk():
     return cvataa
 
 
-def skeleton_spec(label: str, skeleton: Skeleton):
-    """The SDK's ``DetectionFunctionSpec`` for one skeleton label: label id 0, keypoint
-    ids 0..K-1 in the skeleton's order (the order `predict` gives the points in)."""
-    cvataa = _sdk()
-    sublabels = [cvataa.keypoint_spec(name, j) for j, name in enumerate(skeleton.keypoints)]
-    return cvataa.DetectionFunctionSpec(labels=[cvataa.skeleton_label_spec(label, 0, sublabels)])
-
-
-def table_to_skeletons(preds: pd.DataFrame, point_threshold: float) -> list:
-    """`kpnb.evaluate.predict`'s rows of one image as the SDK's ``skeleton`` shapes: one
-    ``keypoint`` per row, ``outside`` where ``keypoint_score < point_threshold``."""
-    cvataa = _sdk()
-    shapes = []
-    for _, rows in preds.groupby("instance_id", sort=True):
-        rows = rows.sort_values("point_index")
-        elements = [
-            cvataa.keypoint(
-                int(r.point_index),
-                [float(r.x), float(r.y)],
-                outside=bool(r.keypoint_score < point_threshold),
-            )
-            for r in rows.itertuples(index=False)
-        ]
-        shapes.append(cvataa.skeleton(0, elements))
-    return shapes
-
-
 class KpnbFunction:
-    """A detection function for cvat-sdk's auto-annotation driver (see the module docstring).
-
-    Args:
-        model: a Keypoint R-CNN in eval mode (`kpnb.model.load_checkpoint_model`).
-        skeleton: the skeleton it predicts.
-        label: the skeleton label's name, as in the CVAT task.
-        point_threshold: keypoints scoring below this come out ``outside``.
-    """
+    """A detection function for cvat-sdk's auto-annotation driver (see the module docstring):
+    `model` (`kpnb.model.load_checkpoint_model`) predicts `skeleton` as the task's `label`;
+    keypoints scoring below `point_threshold` come out ``outside``."""
 
     def __init__(self, model, skeleton: Skeleton, label: str, point_threshold: float):
+        cvataa = _sdk()
         self.model, self.skeleton, self.label = model, skeleton, label
         self.point_threshold = float(point_threshold)
-        self.spec = skeleton_spec(label, skeleton)
+        # one skeleton label (id 0), keypoint ids 0..K-1 in the order `predict` gives them
+        points = [cvataa.keypoint_spec(name, j) for j, name in enumerate(skeleton.keypoints)]
+        label_spec = cvataa.skeleton_label_spec(label, 0, points)
+        self.spec = cvataa.DetectionFunctionSpec(labels=[label_spec])
 
     def predict(self, image: Image.Image, conf_threshold: float | None = None) -> pd.DataFrame:
         """`kpnb.evaluate.predict` on one image, at the driver's confidence threshold."""
@@ -110,9 +82,22 @@ class KpnbFunction:
         )
 
     def detect(self, context, image: Image.Image) -> list:
-        """The skeletons found in `image` (the SDK's ``DetectionFunction.detect``)."""
+        """The skeletons found in `image` (the SDK's ``DetectionFunction.detect``): one
+        ``keypoint`` per point, ``outside`` where its score is below `point_threshold`."""
+        cvataa = _sdk()
+        shapes = []
         preds = self.predict(image, context.conf_threshold)
-        return table_to_skeletons(preds, self.point_threshold)
+        for _, rows in preds.sort_values("point_index").groupby("instance_id", sort=True):
+            elements = [
+                cvataa.keypoint(
+                    int(r.point_index),
+                    [float(r.x), float(r.y)],
+                    outside=bool(r.keypoint_score < self.point_threshold),
+                )
+                for r in rows.itertuples(index=False)
+            ]
+            shapes.append(cvataa.skeleton(0, elements))
+        return shapes
 
 
 def create(

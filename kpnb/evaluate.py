@@ -56,50 +56,20 @@ __all__ = [
 
 DEFAULT_SIGMA = 0.05
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
-#: COCO's per-keypoint OKS sigmas (pycocotools), by person keypoint name.
-COCO_SIGMAS = dict(
-    zip(
-        [
-            "nose",
-            "left_eye",
-            "right_eye",
-            "left_ear",
-            "right_ear",
-            "left_shoulder",
-            "right_shoulder",
-            "left_elbow",
-            "right_elbow",
-            "left_wrist",
-            "right_wrist",
-            "left_hip",
-            "right_hip",
-            "left_knee",
-            "right_knee",
-            "left_ankle",
-            "right_ankle",
-        ],
-        [
-            0.026,
-            0.025,
-            0.025,
-            0.035,
-            0.035,
-            0.079,
-            0.079,
-            0.072,
-            0.072,
-            0.062,
-            0.062,
-            0.107,
-            0.107,
-            0.087,
-            0.087,
-            0.089,
-            0.089,
-        ],
-        strict=True,
-    )
-)
+#: COCO's per-keypoint OKS sigmas (pycocotools), by person keypoint name, in COCO's order.
+_COCO_PAIRS = {
+    "eye": 0.025,
+    "ear": 0.035,
+    "shoulder": 0.079,
+    "elbow": 0.072,
+    "wrist": 0.062,
+    "hip": 0.107,
+    "knee": 0.087,
+    "ankle": 0.089,
+}
+COCO_SIGMAS = {"nose": 0.026} | {
+    f"{side}_{part}": sigma for part, sigma in _COCO_PAIRS.items() for side in ("left", "right")
+}
 
 
 def default_sigmas(names: Sequence[str]) -> list[float]:
@@ -246,39 +216,19 @@ def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
     return {n: (float(v) if v >= 0 else None) for n, v in zip(names, ev.stats[:5], strict=True)}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes ``[N, 4]`` x ``[M, 4]`` (torchvision's `box_iou`); two
-    empty boxes overlap 0, not NaN (a NaN would break the matching's max)."""
-    return np.nan_to_num(
-        box_iou(
-            torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-        ).numpy(),
-        nan=0.0,
-    )
-
-
 def match_instances(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
-    """Which prediction belongs to which ground-truth instance, as PCK and pixel errors
-    (and `kpnb.viz.compare_predictions`) count them: for each ground-truth instance of
-    `r`, the index into ``r.boxes`` of its prediction, or -1 when none matched.
+    """For each ground-truth instance of `r`, the index into ``r.boxes`` of its prediction
+    (-1: none), as PCK, pixel errors and `kpnb.viz.compare_predictions` count them.
 
     Predictions are taken in descending score; each goes to the free ground-truth
-    instance its box overlaps most, if that box IoU is at least `iou_threshold`, and is
-    otherwise left unmatched. So a duplicate detection of an already matched instance
-    stays unmatched, as in COCO's matching.
-
-    Example:
-        >>> gt = np.array([[0, 0, 10, 10]], np.float32)
-        >>> boxes = np.array([[0, 0, 10, 9], [0, 0, 10, 10]], np.float32)  # two detections
-        >>> r = ImageResult(gt, np.zeros((1, 1, 3)), boxes, np.array([0.6, 0.9]),
-        ...                 np.zeros((2, 1, 3)))
-        >>> match_instances(r)  # the higher-scoring one; the duplicate stays unmatched
-        [1]
+    instance its box overlaps most, if that box IoU is at least `iou_threshold`. So a
+    duplicate detection of an already matched instance stays unmatched, as in COCO's.
     """
     match = [-1] * len(r.gt_boxes)
     if not len(r.gt_boxes) or not len(r.boxes):
         return match
-    iou = _iou(r.gt_boxes, r.boxes)
+    gt, boxes = (torch.as_tensor(b, dtype=torch.float64) for b in (r.gt_boxes, r.boxes))
+    iou = box_iou(gt, boxes).nan_to_num(0.0).numpy()  # two empty boxes: 0, not NaN
     for p in np.argsort(-r.scores, kind="stable"):
         free = [g for g in range(len(match)) if match[g] < 0]
         if not free:
@@ -298,21 +248,16 @@ def keypoint_metrics(
     if len(sigmas) != k:
         raise KpnbError(f"{len(sigmas)} sigmas for {k} keypoints {list(skeleton.keypoints)}")
     metrics = oks_ap(results, sigmas)
-    dists, norms, labelled = [], [], []
+    dists, sizes, labelled = [], [], []  # per ground-truth instance; an unmatched one: inf
     for r in results:
         for g, p in enumerate(match_instances(r)):
-            gt = r.gt_keypoints[g]
-            box = r.gt_boxes[g]
-            size = max(box[2] - box[0], box[3] - box[1], 1e-6)
-            if p < 0:
-                d = np.full(k, np.inf)
-            else:
-                d = np.linalg.norm(r.keypoints[p, :, :2] - gt[:, :2], axis=1)
-            dists.append(d)
-            norms.append(np.full(k, size))
+            gt, box = r.gt_keypoints[g], r.gt_boxes[g]
+            xy = r.keypoints[p, :, :2] if p >= 0 else np.full((k, 2), np.inf)
+            dists.append(np.linalg.norm(xy - gt[:, :2], axis=1))
+            sizes.append(max(box[2] - box[0], box[3] - box[1], 1e-6))
             labelled.append(gt[:, 2] > 0)
     d = np.array(dists).reshape(-1, k)
-    s = np.array(norms).reshape(-1, k)
+    s = np.array(sizes, dtype=np.float64).reshape(-1, 1)
     m = np.array(labelled, dtype=bool).reshape(-1, k)
     rows = {}
     for a in PCK_THRESHOLDS:
@@ -336,21 +281,6 @@ def keypoint_metrics(
     return EvalResult(metrics, table, sigmas)
 
 
-def _to_numpy_result(target: dict, output: dict) -> ImageResult:
-    kps = output["keypoints"].detach().cpu().numpy().copy()
-    if len(kps):
-        kps[..., 2] = output["keypoints_scores"].detach().cpu().numpy()
-    area = target.get("area")
-    return ImageResult(
-        target["boxes"].cpu().numpy(),
-        target["keypoints"].cpu().numpy(),
-        output["boxes"].detach().cpu().numpy(),
-        output["scores"].detach().cpu().numpy(),
-        kps,
-        None if area is None else area.cpu().numpy(),
-    )
-
-
 @torch.inference_mode()
 def collect_predictions(
     model, loader, device: str | torch.device | None = None, label: int = 1
@@ -366,7 +296,12 @@ def collect_predictions(
         outputs = model([im.to(device, non_blocking=True) for im in images])
         for t, o in zip(targets, outputs, strict=True):
             keep = o["labels"] == label
-            results.append(_to_numpy_result(t, {k: v[keep] for k, v in o.items()}))
+            o = {k: v[keep].detach().cpu().numpy() for k, v in o.items()}
+            if len(o["keypoints"]):  # the keypoint score in place of the constant v=1
+                o["keypoints"][..., 2] = o["keypoints_scores"]
+            area = None if t.get("area") is None else t["area"].cpu().numpy()
+            gt = (t["boxes"].cpu().numpy(), t["keypoints"].cpu().numpy())
+            results.append(ImageResult(*gt, o["boxes"], o["scores"], o["keypoints"], area))
     return results
 
 
@@ -409,19 +344,12 @@ def _collate_images(batch):
     return [im for im, _ in batch], [name for _, name in batch]
 
 
-_COLUMNS = [
-    "image_index",
-    "image_name",
-    "instance_id",
-    "label",
-    "keypoint",
-    "point_index",
-    "x",
-    "y",
-    "visibility",
-    "score",
-    "keypoint_score",
-]
+_COLUMNS = (
+    "image_index image_name instance_id label keypoint point_index x y visibility score "
+    "keypoint_score"
+).split()
+#: The model outputs `predict` keeps, per detected instance.
+_KEPT = ("keypoints", "scores", "keypoints_scores")
 
 
 @torch.inference_mode()
@@ -437,41 +365,46 @@ def predict(
     num_workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Keypoints of every detected instance as a tidy table in original image pixels.
+    """Keypoints of every instance scoring at least `score_threshold`, as a tidy table in
+    original image pixels: the keypoints table's columns (``visibility`` 2: the model does
+    not predict it; `label` in ``label``, `skeleton`'s names in ``keypoint``) plus
+    ``image_name``, ``score`` (the instance's) and ``keypoint_score``.
 
-    Images stream: a DataLoader (with `num_workers` workers for paths; default
-    `kpnb.dataset.default_workers`) loads each batch when it is needed, so memory does
-    not grow with the number of images.
-
-    Args:
-        images: paths, PIL images or ``[3, H, W]`` tensors (uint8 or float 0-1).
-        skeleton: the trained skeleton (names for the ``keypoint`` column).
-        label: the ``label`` column's value.
-        score_threshold: drop instances scoring below this.
-        batch_size: images per forward pass. A batch pads its images to a common size,
-            which moves predictions slightly (up to a pixel or two) against one image at
-            a time; on a CPU 2 was fastest, 8 pads more (``bench_train.py --predict``).
-        device: where the images go; default the model's device.
-        on_batch: called with each batch's image count (for a progress bar).
-
-    Returns:
-        The keypoints table's columns (``visibility`` is 2: the model does not predict it)
-        plus ``score`` (instance) and ``keypoint_score``, and ``image_name``.
+    `images` (paths, PIL images or ``[3, H, W]`` tensors, uint8 or float 0-1) stream through
+    a DataLoader (`num_workers` workers for paths, default `kpnb.dataset.default_workers`),
+    so memory does not grow with their number. A batch pads its images to one size, which
+    moves predictions by up to a pixel or two; on a CPU `batch_size` 2 was fastest, 8 pads
+    more (``bench_train.py --predict``). `device`: default the model's; `on_batch` is called
+    with each batch's image count (a progress bar).
     """
+    from torch.utils.data import DataLoader
+
+    from kpnb.dataset import default_workers
+
     model.eval()
     device = model_device(model) if device is None else torch.device(device)
-    loader = _image_loader(images, batch_size, num_workers, device)
+    if num_workers is None:  # paths load in workers, images in memory in this process
+        paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
+        num_workers = default_workers() if paths_only else 0
+    loader = DataLoader(
+        _Images(images),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate_images,
+        pin_memory=device.type == "cuda",
+    )
     frames, start, instance = [], 0, 0
     with _box_threshold(model, score_threshold):
-        outputs = _forward(model, loader, device)
-        for (batch, names), found in outputs:
+        for batch, names in loader:
+            batch = [t.to(device, non_blocking=True) for t in batch]
+            found = model([t if t.is_floating_point() else t.float().div_(255) for t in batch])
             for offset, out in enumerate(found):
                 keep = out["scores"] >= score_threshold
                 n = int(keep.sum())
                 if n:
-                    kept = {key: out[key][keep].float().cpu().numpy() for key in _OUTPUTS}
+                    kept = {k: out[k][keep].float().cpu().numpy() for k in _KEPT}
                     where = (start + offset, names[offset], instance)
-                    frames.append(_instances_frame(kept, where, skeleton, label))
+                    frames.append(_instances_frame(kept, *where, skeleton, label))
                     instance += n
             start += len(batch)
             if on_batch is not None:
@@ -481,22 +414,11 @@ def predict(
     return pd.concat(frames, ignore_index=True)[_COLUMNS]
 
 
-def _forward(model, loader, device):
-    """``((images, names), model outputs)`` per batch of `loader`."""
-    for batch, names in loader:
-        batch = [t.to(device, non_blocking=True) for t in batch]
-        batch = [t if t.is_floating_point() else t.float().div_(255) for t in batch]
-        yield (batch, names), model(batch)
-
-
 @contextlib.contextmanager
 def _box_threshold(model, score_threshold: float):
-    """Raise the box head's own score threshold to `score_threshold` while predicting.
-
-    `predict` drops detections under it anyway; dropped before the keypoint head, they cost
-    nothing (same result: NMS and the per-image cap rank higher scores first). About a
-    tenth faster on a CPU (``bench_train.py --predict``).
-    """
+    """Raise the box head's score threshold to `predict`'s while it runs: the detections it
+    drops anyway then skip the keypoint head (same result: NMS and the per-image cap rank
+    by score). About a tenth faster on a CPU (``bench_train.py --predict``)."""
     heads = getattr(model, "roi_heads", None)
     before = getattr(heads, "score_thresh", None)
     if before is None:
@@ -509,34 +431,9 @@ def _box_threshold(model, score_threshold: float):
         heads.score_thresh = before
 
 
-#: The model outputs `predict` keeps, per detected instance.
-_OUTPUTS = ("keypoints", "scores", "keypoints_scores")
-
-
-def _image_loader(images: Sequence, batch_size: int, num_workers: int | None, device):
-    """A DataLoader of `images` in batches; paths load in workers (default
-    `kpnb.dataset.default_workers`), images already in memory in this process."""
-    from torch.utils.data import DataLoader
-
-    from kpnb.dataset import default_workers
-
-    paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
-    workers = (default_workers() if paths_only else 0) if num_workers is None else num_workers
-    return DataLoader(
-        _Images(images),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate_images,
-        pin_memory=device.type == "cuda",
-    )
-
-
-def _instances_frame(
-    found: dict[str, np.ndarray], where: tuple[int, str, int], skeleton: Skeleton, label: str
-) -> pd.DataFrame:
-    """One image's kept detections (`found`: `_OUTPUTS` as arrays) as `predict`'s rows;
-    `where` is ``(image index, image name, first instance id)``."""
-    image_index, image_name, first = where
+def _instances_frame(found: dict, image_index, image_name, first, skeleton, label) -> pd.DataFrame:
+    """One image's kept detections (`found`: `_KEPT` as arrays) as `predict`'s rows, their
+    instance ids counting from `first`."""
     kps = found["keypoints"]
     n, k = len(kps), skeleton.num_keypoints
     return pd.DataFrame(
@@ -563,13 +460,9 @@ def predictions_to_annotations(
     skeleton: Skeleton,
     label: str,
 ) -> Annotations:
-    """`predict`'s table as `Annotations`, ready for `kpnb.cvat.write_cvat` (CVAT imports the
-    file as pre-annotations: ``source="auto"``, every point visible).
-
-    Args:
-        names: image file names, in `predict`'s image order.
-        sizes: ``(width, height)`` of each image.
-    """
+    """`predict`'s table as `Annotations` for `kpnb.cvat.write_cvat` (CVAT imports the file as
+    pre-annotations: ``source="auto"``, every point visible). `names` and `sizes`
+    (``(width, height)``): each image's, in `predict`'s order."""
     images = pd.DataFrame(
         {
             "image_index": range(len(names)),
@@ -627,12 +520,9 @@ def write_predictions(
     ``.zip`` holding ``annotations.xml`` (CVAT's loader takes either). `names`: each
     image's name in the task (default: its file name; CVAT matches a name to the task's
     image of that path, else of that file name)."""
-    import json
-
     from kpnb.io import atomic_path, write_zip
 
     out = Path(out)
-
     if out.suffix.lower() == ".json":
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids, category_id)))

@@ -45,14 +45,11 @@ _VALIDATION_EVERY = 5
 
 
 def hold_out(ann: Annotations, n_labelled: int) -> tuple[Annotations, list[int], list[int]]:
-    """Split `ann` into a small labelled part (the first `n_labelled` images) and the
-    rest, treated as not yet labelled.
-
-    Returns a copy of `ann` whose labelled images keep their Train/Validation subset
-    (every fifth is Validation where they have none) and whose other images get the
-    subset ``"unlabelled"``, which `kpnb.dataset.make_loaders` neither trains nor validates
-    on; and the labelled and unlabelled ``image_index`` lists.
-    """
+    """Split `ann` into a small labelled part (the first `n_labelled` images) and the rest,
+    treated as not yet labelled: a copy of `ann` whose labelled images keep their
+    Train/Validation subset (every fifth is Validation where they have none) and whose
+    others get ``"unlabelled"``, which `kpnb.dataset.make_loaders` neither trains nor
+    validates on; and the labelled and unlabelled ``image_index`` lists."""
     from kpnb.dataset import _TRAIN_NAMES, _VAL_NAMES
 
     n = len(ann.images)
@@ -66,17 +63,12 @@ def hold_out(ann: Annotations, n_labelled: int) -> tuple[Annotations, list[int],
     labelled = sorted(order[:n_labelled].tolist())
     unlabelled = sorted(order[n_labelled:].tolist())
     subset = images["subset"].astype(object)
-    known = subset.astype(str).str.lower().isin(_TRAIN_NAMES | _VAL_NAMES)
+    lower = subset.astype(str).str.lower()
     mine = images["image_index"].isin(labelled)
-    has_val = (known & mine & subset.astype(str).str.lower().isin(_VAL_NAMES)).any()
-    has_train = (known & mine & subset.astype(str).str.lower().isin(_TRAIN_NAMES)).any()
-    if not (has_val and has_train):  # give the labelled part a split of its own
-        rank = np.arange(len(images))
-        subset = pd.Series(
-            np.where(rank % _VALIDATION_EVERY == _VALIDATION_EVERY - 1, "Validation", "Train"),
-            index=images.index,
-            dtype=object,
-        )
+    if not ((mine & lower.isin(_VAL_NAMES)).any() and (mine & lower.isin(_TRAIN_NAMES)).any()):
+        # give the labelled part a split of its own
+        every = np.arange(len(images)) % _VALIDATION_EVERY == _VALIDATION_EVERY - 1
+        subset = pd.Series(np.where(every, "Validation", "Train"), images.index, dtype=object)
     images["subset"] = subset.where(mine, UNLABELLED).astype("category")
     out = Annotations(
         images, ann.keypoints, ann.skeletons, ann.labels, ann.boxes, ann.attributes, ann.meta
@@ -210,9 +202,6 @@ def worst_first(preds: pd.DataFrame) -> pd.DataFrame:
     (``image_index``, ``image_name``), ``score`` (the detection's) and ``keypoint_score``
     (the mean of its points'), sorted by the lowest mean keypoint score. The order to
     review pre-annotations in: the model says itself where it is unsure."""
-    if preds.empty:
-        return pd.DataFrame(columns=["image_index", "image_name", "instance_id", "score",
-                                     "keypoint_score"])  # fmt: skip
     per = preds.groupby("instance_id", sort=False).agg(
         image_index=("image_index", "first"),
         image_name=("image_name", "first"),

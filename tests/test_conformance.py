@@ -569,7 +569,7 @@ def test_show_names_the_image_and_skips_missing(tmp_path, capsys):
 
 
 def test_predict_takes_image_ids_from_the_export(tmp_path):
-    from kpnb.cli.model_commands import _export_ids
+    from kpnb.cli.predict_command import _export_ids
 
     path = MMPOSE / "crowdpose/test_crowdpose.json"
     root = _blank_images(read_annotations(path), tmp_path)

@@ -346,7 +346,7 @@ def _animals_export(path):
 def test_predictions_keep_the_exports_image_and_category_ids(tmp_path):
     """`kpnb predict --annotations`'s path: the dogs predicted exactly, in another image
     order than the file's, score AP 1.0 in pycocotools against the file itself."""
-    from kpnb.cli.model_commands import _export_ids
+    from kpnb.cli.predict_command import _export_ids
     from kpnb.coco import read_coco
     from kpnb.evaluate import write_predictions
 
@@ -374,7 +374,7 @@ def test_predictions_keep_the_exports_image_and_category_ids(tmp_path):
 
 def test_a_label_the_export_lacks_is_named(tmp_path):
     from kpnb.cli import cli_message
-    from kpnb.cli.model_commands import _export_ids
+    from kpnb.cli.predict_command import _export_ids
     from kpnb.errors import KpnbError
 
     path = _animals_export(tmp_path / "kp.json")
@@ -388,7 +388,7 @@ def test_a_cvat_exports_label_gets_the_id_convert_gives_it(tmp_path):
     writes (images 1..N, CVAT's rule for labels, sublabels counted), so both files agree."""
     from pathlib import Path
 
-    from kpnb.cli.model_commands import _export_ids
+    from kpnb.cli.predict_command import _export_ids
     from kpnb.coco import to_coco
     from kpnb.cvat import read_cvat
 

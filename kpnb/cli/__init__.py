@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 # Importing the command modules registers their subcommands, in this order.
-from kpnb.cli import export_commands, model_commands  # noqa: F401,E402
+from kpnb.cli import export_commands, model_commands, predict_command  # noqa: F401,E402
 from kpnb.cli._base import _COMMANDS
 from kpnb.errors import KpnbError
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-from kpnb.errors import KpnbError
 
 
 @dataclass(frozen=True)
@@ -62,44 +59,6 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def image_format(path: Path, flag: str = "--out") -> str:
-    """The PIL format that writes `path`'s extension (``.png``: PNG), checked before any work.
-
-    Raises:
-        KpnbError: an extension PIL cannot write (or none), naming `flag` and the path.
-    """
-    from PIL import Image
-
-    Image.init()
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise KpnbError(
-            f"{flag} {path}: {path.suffix or 'no extension'!r} is not an image format kpnb "
-            "can write; name a .png (or .jpg, .webp, .tif) file"
-        )
-    return fmt
-
-
-def save_image(img, path: Path, *, overwrite: bool | None) -> Path:
-    """Write the PIL image `img` to `path` in its extension's format, atomically.
-
-    Through `kpnb.io.atomic_path`: an existing file is kept unless `overwrite` (False
-    refuses it), and a failed save (a format that cannot hold the picture) leaves the old
-    file as it was and no partial file.
-    """
-    from kpnb.io import atomic_path
-
-    fmt = image_format(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        try:
-            img.save(tmp, format=fmt)
-        except (OSError, ValueError, KeyError) as exc:
-            raise KpnbError(
-                f"{path}: cannot write the picture as {fmt} ({exc}); name a .png file"
-            ) from exc
-    return path
-
-
 def _command(name: str, help: str, example: str):
     """Register ``add_arguments`` (decorated) with its ``run`` (set via ``.runner``)."""
 
@@ -129,11 +88,6 @@ def _points_args(p: argparse.ArgumentParser) -> None:
         "group_id if set, else the containing <box>, else the whole image)",
     )
     _overwrite_arg(p)
-
-
-def _positive(name: str, value) -> None:
-    if value is not None and not value > 0:
-        raise KpnbError(f"--{name} must be > 0, got {value}")
 
 
 def _keyframes_arg(p: argparse.ArgumentParser) -> None:

@@ -9,15 +9,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from kpnb.cli._base import (
-    _command,
-    _keyframes_arg,
-    _overwrite_arg,
-    _points_args,
-    image_format,
-    nonnegative_int,
-    save_image,
-)
+from kpnb.cli._base import _command, _keyframes_arg, _overwrite_arg, _points_args, nonnegative_int
+from kpnb.errors import KpnbError
 
 log = logging.getLogger("kpnb")
 
@@ -135,27 +128,23 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 @add_convert_arguments.runner
 def run_convert(args: argparse.Namespace) -> int:
+    from kpnb.coco import write_coco
+    from kpnb.cvat import write_cvat
     from kpnb.data import read_annotations
+    from kpnb.grouping import points_to_skeleton
     from kpnb.io import check_output
+    from kpnb.tables import save_tables
 
     folder = args.to in ("csv", "parquet")
     check_output(args.out, directory=folder, overwrite=args.overwrite)  # before reading
     ann = read_annotations(args.source, keyframes_only=args.keyframes_only)
     if args.points_as_skeleton:
-        from kpnb.grouping import points_to_skeleton
-
         ann = points_to_skeleton(ann, args.points_as_skeleton, group_by=args.group_by)
     if args.to == "coco":
-        from kpnb.coco import write_coco
-
         write_coco(ann, args.out, skeletons_only=args.skeletons_only)
     elif args.to == "cvat":
-        from kpnb.cvat import write_cvat
-
         write_cvat(ann, args.out, images_root=args.images_root)
     else:
-        from kpnb.tables import save_tables
-
         save_tables(ann, args.out, args.to, overwrite=args.overwrite)
     print(f"wrote {args.to} to {args.out}")
     return 0
@@ -200,14 +189,28 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
     _overwrite_arg(p)
 
 
+def _image_format(path: Path) -> str:
+    """The PIL format that writes `path`'s extension (``.png``: PNG), or a KpnbError."""
+    from PIL import Image
+
+    Image.init()
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise KpnbError(
+            f"--out {path}: {path.suffix or 'no extension'!r} is not an image format kpnb "
+            "can write; name a .png (or .jpg, .webp, .tif) file"
+        )
+    return fmt
+
+
 @add_show_arguments.runner
 def run_show(args: argparse.Namespace) -> int:
     from kpnb.data import get_dataset, read_annotations
-    from kpnb.io import check_output
+    from kpnb.io import atomic_path, check_output
     from kpnb.viz import show_sample
 
     check_output(args.out, overwrite=args.overwrite)  # before reading: a folder, a file
-    image_format(args.out)  # and an extension PIL cannot write
+    fmt = _image_format(args.out)  # and an extension PIL cannot write
     source = get_dataset(args.source)  # a zip is extracted once (checked) into the cache
     ann = read_annotations(source, keyframes_only=args.keyframes_only)
     root = args.images_root or (source if source.is_dir() else source.parent)
@@ -220,6 +223,13 @@ def run_show(args: argparse.Namespace) -> int:
         skip_missing=args.skip_missing,
         rescale_images=args.rescale_images,
     )
-    save_image(img, args.out, overwrite=args.overwrite)
+    # atomic: an existing file is kept unless --overwrite, a failed save leaves no partial file
+    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+        try:
+            img.save(tmp, format=fmt)
+        except (OSError, ValueError, KeyError) as exc:  # a format that cannot hold the picture
+            raise KpnbError(
+                f"{args.out}: cannot write the picture as {fmt} ({exc}); name a .png file"
+            ) from exc
     print(f"wrote {args.out} ({img.width}x{img.height})")
     return 0

@@ -1,31 +1,26 @@
-"""``kpnb train``, ``evaluate`` and ``predict``: the commands that need torch and a model."""
+"""``kpnb train`` and ``evaluate``: the commands that train and score a model."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from pathlib import Path
 
 from kpnb.cli._base import (
     _command,
     _keyframes_arg,
-    _overwrite_arg,
     _points_args,
-    fraction,
     nonnegative_int,
     positive_float,
     positive_int,
 )
 from kpnb.errors import KpnbError
 
-log = logging.getLogger("kpnb")
-
 
 # -- train --------------------------------------------------------------------------------
 def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) -> None:
-    """DATA and how to read it; `from_checkpoint`: defaults are the training run's."""
+    """DATA, how to read it, and the flags train and evaluate share (device, OKS sigmas);
+    `from_checkpoint`: defaults are the training run's."""
     run = "default: the checkpoint's" if from_checkpoint else None
     p.add_argument("data", help="CVAT or COCO export (folder, zip, file), or 'synthetic'")
     _keyframes_arg(p)
@@ -49,6 +44,7 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
     )
     p.add_argument(
         "--flip-pairs",
+        type=_flip_pair,
         nargs="+",
         metavar="LEFT:RIGHT",
         help="left/right keypoint pairs for the training flip, e.g. "
@@ -69,18 +65,15 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
         "--workers", type=nonnegative_int, help="data loader workers (default: cores - 1)"
     )
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
 
-def _flip_pairs(args) -> list[tuple[str, str]] | None:
-    if not args.flip_pairs:
-        return None
-    pairs = []
-    for item in args.flip_pairs:
-        left, sep, right = item.partition(":")
-        if not sep or not left or not right:
-            raise KpnbError(f"--flip-pairs {item!r}: write each pair as LEFT:RIGHT")
-        pairs.append((left, right))
-    return pairs
+def _flip_pair(text: str) -> tuple[str, str]:
+    """argparse type of --flip-pairs: ``LEFT:RIGHT``."""
+    left, sep, right = text.partition(":")
+    if not (sep and left and right):
+        raise argparse.ArgumentTypeError(f"{text!r}: write each pair as LEFT:RIGHT")
+    return left, right
 
 
 def _load_for_training(args):
@@ -95,7 +88,7 @@ def _load_for_training(args):
         points_as_skeleton=args.points_as_skeleton,
         group_by=args.group_by,
         all_categories=args.all_categories,
-        flip_pairs=_flip_pairs(args),
+        flip_pairs=args.flip_pairs,
         keyframes_only=args.keyframes_only,
         images_root=args.images_root,
     )
@@ -113,18 +106,13 @@ def _labels_used(ann, label: str) -> str:
     merged = ann.meta.get("merged_labels")
     if merged:
         return f"training labels {merged} as one skeleton {label!r}"
-    layout = next(names for names in ann.same_layouts() if label in names)
     others = [n for n in ann.skeletons if n != label]
-    return (
-        f"training label {label!r}"
-        + (f"; not used: {others}" if others else "")
-        + (
-            " (--all-categories trains the labels sharing its layout: "
-            f"{[n for n in layout if n != label]})"
-            if len(layout) > 1
-            else ""
-        )
-    )
+    line = f"training label {label!r}" + (f"; not used: {others}" if others else "")
+    layout = next(names for names in ann.same_layouts() if label in names)
+    if len(layout) > 1:
+        alike = [n for n in layout if n != label]
+        line += f" (--all-categories trains the labels sharing its layout: {alike})"
+    return line
 
 
 @_command(
@@ -137,9 +125,7 @@ def _labels_used(ann, label: str) -> str:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
     p.add_argument(
-        "--epochs",
-        type=positive_int,
-        help="default: as many as --minutes allows, else 10",
+        "--epochs", type=positive_int, help="default: as many as --minutes allows, else 10"
     )
     p.add_argument(
         "--minutes",
@@ -178,11 +164,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "unless --resume or --overwrite)",
     )
     p.add_argument(
-        "--seed",
-        type=nonnegative_int,
-        help="seed of the run and of the split (default: 0)",
+        "--seed", type=nonnegative_int, help="seed of the run and of the split (default: 0)"
     )
-    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
 
 
 @add_train_arguments.runner
@@ -190,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
     from kpnb.checkpoint import Checkpoint
     from kpnb.dataset import make_loaders
     from kpnb.model import PRESETS, build_model, model_from_build, training_recipe
-    from kpnb.train import check_run_folder, fit
+    from kpnb.train import TrainConfig, check_run_folder, fit
 
     resume = args.out / "last.pth" if args.resume else None
     if resume is not None and not resume.is_file():
@@ -201,8 +184,11 @@ def run_train(args: argparse.Namespace) -> int:
         _take_the_runs_flags(args, run)
     ann, root, label = _load_for_training(args)
     skeleton = ann.skeletons[label]
-    # Everything that can fail on the flags fails here, before the model is built.
-    _check_train_flags(args, skeleton)
+    if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:  # before the model
+        raise KpnbError(
+            f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
+            f"keypoints {list(skeleton.keypoints)}"
+        )
     if run is not None:  # the network the run trained, whatever --weights says
         model = model_from_build(run.build)
     else:
@@ -241,7 +227,14 @@ def run_train(args: argparse.Namespace) -> int:
         train_loader,
         val_loader,
         skeleton,
-        _train_config(args),
+        TrainConfig(
+            epochs=args.epochs or (None if args.minutes else 10),
+            lr=args.lr,
+            seed=args.seed or 0,
+            size=args.size,
+            max_minutes=args.minutes,
+            sigmas=args.sigmas,
+        ),
         out_dir=args.out,
         device=args.device,
         resume=resume,
@@ -249,7 +242,11 @@ def run_train(args: argparse.Namespace) -> int:
         data=str(args.data),
         points_as_skeleton=args.points_as_skeleton,
     )
-    _report_training(args, history, len(train_loader.dataset))
+    if history and int(os.environ.get("RANK", 0)) == 0:  # under torchrun, rank 0 reports
+        kept = ("loss", "AP", "PCK@0.1")
+        shown = {k: round(v, 4) for k, v in history[-1].items() if k in kept and v is not None}
+        print(f"trained {len(history)} epochs on {len(train_loader.dataset)} images: {shown}")
+        print(f"checkpoints and history in {args.out}")
     return 0
 
 
@@ -285,50 +282,6 @@ def _take_the_runs_flags(args, run) -> None:
             )
 
 
-def _check_train_flags(args, skeleton) -> None:
-    """Refuse --sigmas of the wrong length (the flags' types refuse values below 1)."""
-    if args.sigmas is not None and len(args.sigmas) != skeleton.num_keypoints:
-        raise KpnbError(
-            f"--sigmas: {len(args.sigmas)} values for {skeleton.num_keypoints} "
-            f"keypoints {list(skeleton.keypoints)}"
-        )
-
-
-def _train_config(args):
-    """The `kpnb.train.TrainConfig` of the flags."""
-    from kpnb.train import TrainConfig
-
-    return TrainConfig(
-        epochs=args.epochs or (None if args.minutes else 10),
-        lr=args.lr,
-        seed=args.seed or 0,
-        size=args.size,
-        max_minutes=args.minutes,
-        sigmas=args.sigmas,
-    )
-
-
-def _report_training(args, history: list[dict], n_images: int) -> None:
-    """Print the last epoch's loss, AP and PCK (on rank 0 only under torchrun)."""
-    if history and int(os.environ.get("RANK", 0)) == 0:
-        last = history[-1]
-        shown = {
-            k: round(v, 4)
-            for k, v in last.items()
-            if k in ("loss", "AP", "PCK@0.1") and v is not None
-        }
-        print(f"trained {len(history)} epochs on {n_images} images: {shown}")
-        print(f"checkpoints and history in {args.out}")
-
-
-def _checkpoint_run(args, ckpt) -> None:
-    """Fill the dataset flags the user left out from the checkpoint's training run."""
-    args.label = args.label or ckpt.label
-    run_points = ckpt.data.points_as_skeleton if ckpt.data else None
-    args.points_as_skeleton = args.points_as_skeleton or run_points
-    args.size = args.size or ckpt.config.size
-
-
 # -- evaluate -----------------------------------------------------------------------------
 @_command(
     "evaluate",
@@ -344,7 +297,6 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         help="JSON to write (default: metrics.json in CHECKPOINT's folder); an existing "
         "file is refused unless --overwrite",
     )
-    p.add_argument("--sigmas", type=positive_float, nargs="+", help="OKS sigma per keypoint")
     p.add_argument("--all", action="store_true", help="every image, not only validation ones")
 
 
@@ -361,7 +313,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.with_name("metrics.json")
     check_output(out, overwrite=args.overwrite)  # before the model and the data
     model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
-    _checkpoint_run(args, ckpt)
+    # the dataset flags left out are the training run's
+    args.label = args.label or ckpt.label
+    run_points = ckpt.data.points_as_skeleton if ckpt.data else None
+    args.points_as_skeleton = args.points_as_skeleton or run_points
+    args.size = args.size or ckpt.config.size
     ann, root, label = _load_for_training(args)
     skeleton = ckpt.skeleton
     if ann.skeletons[label].keypoints != skeleton.keypoints:
@@ -383,7 +339,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, loader, skeleton, args.sigmas)
     result.to_json(out)
     print(f"{len(ds)} {'images' if args.all else 'validation images'} at {args.size} px")
-    print(pd_table(result.metrics))
+    for name, v in result.metrics.items():  # aligned; a missing value (None) shows as n/a
+        print(f"{name:>18s}  {'n/a' if v is None else f'{v:.4f}' if isinstance(v, float) else v}")
     print()
     print(result.per_keypoint.round(3).to_string())
     print(f"\nwrote {out}")
@@ -405,231 +362,3 @@ def _validation_images(args, ann, ckpt) -> list[int]:
             param="data",
         )
     return found["image_index"].tolist()
-
-
-def pd_table(metrics: dict) -> str:
-    """`metrics` as aligned lines; a missing value (None) shows as n/a."""
-
-    def cell(v):
-        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    return "\n".join(f"{k:>18s}  {cell(v)}" for k, v in metrics.items())
-
-
-# -- predict ------------------------------------------------------------------------------
-@_command(
-    "predict",
-    "detect keypoints in images and write CVAT XML (pre-annotations to upload) or COCO results",
-    "kpnb predict runs/demo/best.pth photos/*.jpg --out preds.xml --viz preds/",
-)
-def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument(
-        "images",
-        type=Path,
-        nargs="+",
-        help="image files, or folders: every image file in a folder and its subfolders, "
-        "in name order",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help=".xml or .zip: CVAT for images 1.1 for CVAT's 'Upload annotations' of the task "
-        "holding these images (matched by file name); .json: COCO results",
-    )
-    p.add_argument(
-        "--viz",
-        type=Path,
-        metavar="DIR",
-        help="also draw each image's predictions into this folder, as NNNN_STEM.png: NNNN "
-        "is the image's position among the images predicted (from 0000), so two images "
-        "with the same name never overwrite each other; a non-empty DIR is refused "
-        "unless --overwrite",
-    )
-    p.add_argument("--score-threshold", type=fraction, default=0.5, help="default: 0.5")
-    p.add_argument("--label", default=None, help="label name to write (default: checkpoint's)")
-    p.add_argument("--images-root", type=Path, help="IMAGES are relative to this folder")
-    p.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="leave out image files that do not exist instead of failing",
-    )
-    p.add_argument(
-        "--annotations",
-        type=Path,
-        metavar="EXPORT",
-        help=".json out: take image ids from this export's images (matched by "
-        "file name) and the category id from its label, so the results score against "
-        "it in pycocotools",
-    )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=2, help="images per batch (default: 2)"
-    )
-    p.add_argument(
-        "--workers", type=nonnegative_int, help="image loading workers (default: cores - 1)"
-    )
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    _overwrite_arg(p)
-
-
-def viz_names(paths: list[Path]) -> list[str]:
-    """``--viz`` file names, in order: ``NNNN_STEM.png`` with NNNN the position in `paths`
-    (4 digits or more), unique even when two images share a stem."""
-    width = max(4, len(str(max(len(paths) - 1, 0))))
-    return [f"{i:0{width}d}_{path.stem}.png" for i, path in enumerate(paths)]
-
-
-def _export_ids(
-    source: Path, paths: list[Path], images_root: Path | None, label: str
-) -> tuple[list[int], int]:
-    """The export's COCO image id of each path, matched by its name inside the export (or
-    its file name when that is unique), and the category id of `label` in it: a COCO
-    file's own ids, or those `kpnb convert --to coco` gives a CVAT export."""
-    from collections import Counter
-
-    from kpnb.coco import category_ids, image_ids
-    from kpnb.data import get_dataset, read_annotations
-
-    root = get_dataset(source)
-    ann = read_annotations(root)
-    labels = [str(n) for n in ann.labels["name"]]
-    if label not in labels:
-        raise KpnbError(
-            f"--annotations {source}: no label {label!r} in it (its labels: "
-            f"{', '.join(labels[:10])}); set {{label}} to the one the model predicts",
-            param="label",
-        )
-    names = [str(n).replace("\\", "/") for n in ann.images["name"]]
-    by_name = dict(zip(names, image_ids(ann), strict=True))
-    base = [n.rsplit("/", 1)[-1] for n in names]
-    count = Counter(base)
-    by_base = {b: i for b, i in zip(base, image_ids(ann), strict=True) if count[b] == 1}
-    folder = images_root or (root if root.is_dir() else root.parent)
-    ids = []
-    for path in paths:
-        rel = None
-        for top in (folder / "images", folder):
-            try:
-                rel = path.resolve().relative_to(top.resolve()).as_posix()
-                break
-            except ValueError:
-                continue
-        found = by_name.get(rel) if rel else None
-        found = found if found is not None else by_base.get(path.name)
-        if found is None:
-            raise KpnbError(
-                f"--annotations {source}: no image named {rel or path.name!r} in "
-                "it; predict images of that export, or leave --annotations "
-                "out"
-            )
-        ids.append(int(found))
-    return ids, category_ids(ann, [label])[label]
-
-
-def task_names(paths: list[Path]) -> list[str]:
-    """The name each image gets in the upload file: its file name. CVAT's importer matches
-    a name (without extension) to the task image of that path, else to one whose path
-    ends with it, so a file name finds its image wherever it sits in the task; two images
-    of one name cannot both be matched, which is logged."""
-    from collections import Counter
-
-    names = [path.name for path in paths]
-    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
-    if repeated:
-        log.warning(
-            "%d image names repeat (e.g. %r): CVAT matches uploaded annotations to a "
-            "task's images by name, so it cannot tell these apart; predict them apart",
-            len(repeated),
-            repeated[0],
-        )
-    return names
-
-
-def _images_in_folders(paths: list[Path]) -> list[Path]:
-    """`paths` with each folder replaced by the image files under it (any extension PIL
-    opens, in sorted order); a folder holding none is an error naming it."""
-    from PIL import Image
-
-    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    out: list[Path] = []
-    for path in paths:
-        if not path.is_dir():
-            out.append(path)
-            continue
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in readable and p.is_file())
-        if not found:
-            raise KpnbError(
-                f"{path}: a folder with no image files in it or its subfolders; pass image "
-                "files or a folder that holds them"
-            )
-        out.extend(found)
-    return out
-
-
-@add_predict_arguments.runner
-def run_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-    from tqdm import tqdm
-
-    from kpnb.evaluate import predict, write_predictions
-    from kpnb.images import image_size, load_image
-    from kpnb.io import atomic_path, check_output
-    from kpnb.model import load_checkpoint_model
-
-    if args.out.suffix.lower() not in (".xml", ".zip", ".json"):
-        raise KpnbError(f"--out {args.out}: use .xml or .zip (CVAT) or .json (COCO results)")
-    check_output(args.out, overwrite=args.overwrite)  # both before the model is loaded
-    if args.viz is not None:
-        check_output(args.viz, directory=True, overwrite=args.overwrite)
-    if args.images_root is not None:
-        args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
-    args.images = _images_in_folders(args.images)
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing and not args.skip_missing:
-        raise FileNotFoundError(
-            f"no such image files: {', '.join(missing[:10])}; pass --skip-missing to leave them out"
-        )
-    if missing:
-        log.warning("left out %d missing image files, e.g. %s", len(missing), missing[0])
-        args.images = [p for p in args.images if p.is_file()]
-    if args.viz is not None:  # --overwrite replaces the whole folder: never one of the inputs'
-        viz = args.viz.resolve()
-        inside = next((p for p in args.images if viz in p.resolve().parents), None)
-        if inside is not None:
-            raise KpnbError(f"--viz {args.viz} holds the input image {inside}; draw elsewhere")
-    model, ckpt = load_checkpoint_model(args.checkpoint, args.device)
-    skeleton = ckpt.skeleton
-    label = args.label or ckpt.label or "object"
-    image_ids, category_id = None, 1
-    if args.annotations is not None:
-        where = (args.annotations, args.images, args.images_root)
-        image_ids, category_id = _export_ids(*where, label)
-    with tqdm(total=len(args.images), desc="predict", unit="img", file=sys.stderr) as bar:
-        preds = predict(
-            model,
-            [str(p) for p in args.images],
-            skeleton,
-            label,
-            score_threshold=args.score_threshold,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            on_batch=bar.update,
-        )
-    sizes = [image_size(p) for p in args.images]
-    names = task_names(args.images)
-    write_predictions(
-        preds, args.images, sizes, skeleton, label, args.out, image_ids, names, category_id
-    )
-    if args.viz:
-        from kpnb.viz import draw_instances
-
-        # drawn into a temporary folder, moved into DIR when all are done
-        with atomic_path(args.viz, directory=True, overwrite=args.overwrite) as tmp:
-            for i, (path, name) in enumerate(zip(args.images, viz_names(args.images), strict=True)):
-                rows = preds[preds["image_index"] == i]
-                arr = rows[["x", "y"]].to_numpy().reshape(-1, skeleton.num_keypoints, 2)
-                picture = draw_instances(Image.fromarray(load_image(path)), arr, skeleton)
-                picture.save(tmp / name, format="PNG")
-    print(f"{preds['instance_id'].nunique()} instances in {len(args.images)} images -> {args.out}")
-    return 0
