@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kpnb.config import version
 from kpnb.errors import KpnbError
 from kpnb.io import atomic_path
 from kpnb.skeleton import Skeleton
@@ -92,8 +93,6 @@ class Checkpoint:
         cls, model, skeleton: Skeleton, label: str | None = None, config: TrainConfig | None = None
     ) -> Checkpoint:
         """A checkpoint of a `kpnb.model.build_model` model outside a run (epoch 0)."""
-        from kpnb.config import version
-
         return cls(
             model.state_dict(),
             skeleton,

@@ -25,16 +25,18 @@ import torch
 from torch import nn
 from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
 from torchvision.models.detection.keypoint_rcnn import (
     KeypointRCNN,
     KeypointRCNNHeads,
     KeypointRCNNPredictor,
 )
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kpnb.checkpoint import Checkpoint, read_pth
+from kpnb.config import select_device
 from kpnb.errors import KpnbError
 
 __all__ = [
@@ -153,9 +155,7 @@ class WeightsUnavailableError(KpnbError, RuntimeError):
 def default_preset(pretrained: bool = True) -> str:
     """What ``"auto"`` picks: ``"torchvision"`` on CUDA (COCO's image sizes); on a CPU,
     ``"cpu"`` to fine-tune pretrained weights and ``"fast"`` to train from random ones."""
-    if torch.cuda.is_available():
-        return "torchvision"
-    return "cpu" if pretrained else "fast"
+    return "torchvision" if torch.cuda.is_available() else "cpu" if pretrained else "fast"
 
 
 def training_recipe(model) -> dict:
@@ -325,9 +325,6 @@ def _from_state(
 def _options() -> frozenset[str]:
     """The keyword options ``KeypointRCNN`` takes (its own, FasterRCNN's, the transform's):
     torchvision passes unknown ones on and drops them silently, so a typo would be lost."""
-    from torchvision.models.detection.faster_rcnn import FasterRCNN
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
     names = set()
     for cls in (KeypointRCNN, FasterRCNN, GeneralizedRCNNTransform):
         names |= set(inspect.signature(cls.__init__).parameters)
@@ -428,8 +425,6 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
     Raises KpnbError naming the file and what is wrong (see `Checkpoint.load`), also for
     weights that do not fit the network its build record describes.
     """
-    from kpnb.config import select_device
-
     ckpt = Checkpoint.load(path)
     model = model_from_build(ckpt.build)
     wrong = misfit(model, ckpt.model)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import platform
 import re
 import shutil
 import sys
@@ -25,7 +26,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from kpnb.config import SMOKE
+import pandas as pd
+import torch
+import torchvision
+
+from kpnb.config import SMOKE, select_device, version
 from kpnb.errors import KpnbError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,10 +133,6 @@ def noting_weights(weights) -> Iterator[WeightsNote]:
 
 def machine() -> dict:
     """Where this process trains: the device type and a readable name for the hardware."""
-    import torch
-
-    from kpnb.config import select_device
-
     device = select_device().type
     cpu = f"{device.upper()}, {torch.get_num_threads()} threads"
     return {"device": device, "machine": torch.cuda.get_device_name(0) if device == "cuda" else cpu}
@@ -140,8 +141,6 @@ def machine() -> dict:
 def run_card(history: Sequence[dict], model, weights: WeightsNote, out_dir=None):
     """Where a training run ran, how long it took and from which weights, as a table; also
     written as ``run_card.json`` into `out_dir`, for the run record (`gather_record`)."""
-    import pandas as pd
-
     build = dict(getattr(model, "kpnb_build", {}) or {})
     seconds = sum(float(row.get("seconds", 0.0)) for row in history)
     card = {
@@ -172,13 +171,6 @@ def _read_json(path: Path) -> dict | None:
 
 def gather_record(out: Path, timings: Sequence[tuple[str, float]]) -> dict:
     """The run record of a series run into `out`: see the module docstring."""
-    import platform
-
-    import torch
-    import torchvision
-
-    from kpnb.config import version
-
     cards = {name: _read_json(out / "runs" / folder / CARD_NAME) for name, folder in RUNS.items()}
     runs = {name: card for name, card in cards.items() if card is not None}
     metrics = _read_json(out / "runs" / RUNS["04_finetune_keypoint_rcnn.ipynb"] / "metrics.json")
