@@ -12,7 +12,6 @@ checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import io
 import logging
@@ -321,7 +320,6 @@ def _from_state(
     return model
 
 
-@functools.cache
 def _options() -> frozenset[str]:
     """The keyword options ``KeypointRCNN`` takes (its own, FasterRCNN's, the transform's):
     torchvision passes unknown ones on and drops them silently, so a typo would be lost."""

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
 
 from kpnb.checkpoint import (
     Checkpoint,
@@ -148,8 +149,7 @@ class _DisplayFile:
         self.handle = display({"text/plain": ""}, raw=True, display_id=True)
 
     def write(self, text: str) -> None:
-        text = text.replace("\r", "").strip()
-        self.handle.update({"text/plain": text}, raw=True)
+        self.handle.update({"text/plain": text.replace("\r", "").strip()}, raw=True)
 
     def flush(self) -> None:
         pass
@@ -164,8 +164,6 @@ def progress_bar(iterable, desc: str, *, enabled: bool = True):
     """`iterable` with a tqdm bar that disappears when done (``leave=False``): in Jupyter
     a display updated in place, so no frozen bar is saved with the notebook; in a
     terminal the usual bar on stderr; off when stderr is no terminal (CI logs)."""
-    from tqdm import tqdm
-
     if not enabled:
         return iterable
     if _in_notebook():

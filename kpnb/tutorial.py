@@ -157,8 +157,7 @@ def run_card(history: Sequence[dict], model, weights: WeightsNote, out_dir=None)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
-    shown = {**card, "weights": str(weights)}
-    shown.pop("weights_why")
+    shown = {k: v for k, v in {**card, "weights": str(weights)}.items() if k != "weights_why"}
     return pd.DataFrame({"value": [str(v) for v in shown.values()]}, index=list(shown))
 
 
