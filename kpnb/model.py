@@ -72,9 +72,7 @@ def cpu_preset(size: int = 256) -> dict:
         "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 300,
         "rpn_post_nms_top_n_test": 100,
-        # RoIs sampled per image, a quarter of them positive; every positive RoI goes through
-        # the keypoint head, the bulk of a CPU step. 32 (8 positives) halves a 192 px step
-        # against torchvision's 512 (bench_train.py)
+        # positive RoIs (a quarter) go through the keypoint head: 32 halves a step (bench_train.py)
         "box_batch_size_per_image": 32,
         "box_detections_per_img": 20,
     }
@@ -107,8 +105,7 @@ class Preset:
     scratch_lr: float = 1e-4
 
 
-#: The ``"tiny"`` preset's keypoint head: 2 convolutions of 128 channels instead of
-#: torchvision's 8 of 512, about 40x fewer operations per RoI (tests and smoke runs).
+#: The ``"tiny"`` preset's keypoint head: about 40x fewer operations per RoI than 8 x 512.
 TINY_HEAD = (128, 128)
 #: The ``"fast"`` preset's keypoint head: 4 convolutions of 128 channels.
 FAST_HEAD = (128, 128, 128, 128)

@@ -1,12 +1,9 @@
 """Run the whole tutorial series in order and keep what it makes: ``python -m kpnb.tutorial``.
 
-``make tutorial`` runs each ``notebooks/NN_*.ipynb`` in its own folder, as nbval does; the
-executed copies go to ``OUT/notebooks/``, what the notebooks write to ``OUT`` (their
-``KPNB_OUTPUTS``), datasets to ``OUT/data`` unless ``KPNB_CACHE`` says otherwise. A full run
-also writes ``OUT/run_record.json`` (`gather_record`: machine, versions, seconds, the run
-cards of notebooks 04 and 05, notebook 04's metrics). ``--record`` makes that run the one the
-repository shows: the notebooks back into ``notebooks/``, the record beside them, and the
-README's run table (between `README_START` and `README_END`). A smoke run is never recorded.
+``make tutorial`` runs each ``notebooks/NN_*.ipynb`` in its own folder, as nbval does, into
+``OUT`` (``KPNB_OUTPUTS``; datasets in ``OUT/data`` unless ``KPNB_CACHE`` is set), and writes
+``OUT/run_record.json`` (`gather_record`). ``--record`` makes a full run the one the
+repository shows: its notebooks, its record and the README's run table.
 """
 
 from __future__ import annotations
