@@ -1,10 +1,7 @@
 """What ``best.pth`` and ``last.pth`` hold: the `Checkpoint` record, written and read here only.
 
-`kpnb.train.fit` writes one per epoch (``best.pth`` when the epoch is the best so far,
-``last.pth`` always, with the `resume` state); `kpnb.model.load_checkpoint_model`, the CLI and
-`kpnb.autoannotate` read them with `Checkpoint.load`. A file holds only tensors, plain
-containers, numbers and strings, so it loads with ``torch.load(weights_only=True)``, which runs
-no code. A file may still have been edited or made elsewhere, so `load` checks every field's
+`kpnb.train.fit` writes them; `Checkpoint.load` reads them with ``weights_only=True`` (which
+runs no code) and, since a file may have been edited or made elsewhere, checks every field's
 type and range, naming the field and its value, before a model is built from it.
 """
 
@@ -20,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kpnb.config import version
 from kpnb.errors import KpnbError
 from kpnb.io import atomic_path
 from kpnb.skeleton import Skeleton
@@ -61,9 +59,8 @@ class TrainConfig:
 
 @dataclass
 class RunData:
-    """What a run trained on: the export as given (a path, URL or ``"synthetic"``; None when
-    the loaders were made in Python) and the skeleton its plain points were grouped into
-    (``points_as_skeleton``), the split's seed, and the image ids on each side."""
+    """What a run trained on: the export as given (None: loaders made in Python), the skeleton
+    its plain points were grouped into, the split's seed and the image ids on each side."""
 
     spec: str | None
     points_as_skeleton: str | None
@@ -74,10 +71,9 @@ class RunData:
 
 @dataclass
 class Checkpoint:
-    """One checkpoint: the weights, what rebuilds the network (`build`, ``model.kpnb_build``),
-    the run (`config`, `label`, `data`), where it stood (`epoch`, `metrics`, `history`, `best`)
-    and, in ``last.pth`` only, what `kpnb.train.fit` needs to continue (`resume`: optimizer,
-    lr_scheduler, scaler, rng)."""
+    """The weights, what rebuilds the network (`build`), the run (`config`, `label`, `data`),
+    where it stood (`epoch`, `metrics`, `history`, `best`) and, in ``last.pth`` only, what
+    `kpnb.train.fit` needs to continue (`resume`)."""
 
     model: dict[str, torch.Tensor]
     skeleton: Skeleton
@@ -96,10 +92,7 @@ class Checkpoint:
     def of_model(
         cls, model, skeleton: Skeleton, label: str | None = None, config: TrainConfig | None = None
     ) -> Checkpoint:
-        """A checkpoint of a model built by `kpnb.model.build_model`, outside a run (epoch
-        0, no history): to save a model that `load_checkpoint_model` can rebuild."""
-        from kpnb.config import version
-
+        """A checkpoint of a `kpnb.model.build_model` model outside a run (epoch 0)."""
         return cls(
             model.state_dict(),
             skeleton,
@@ -135,11 +128,8 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str | os.PathLike, *, resume: bool = False) -> Checkpoint:
         """The checkpoint at `path`, every field checked; with `resume`, a ``last.pth``.
-
-        Raises:
-            KpnbError: one line naming the file and what is wrong (empty, unreadable,
-                refused because it would run code, a field of the wrong type or range).
-        """
+        Raises KpnbError, one line naming the file and what is wrong (empty, unreadable, it
+        would run code, a field of the wrong type or range)."""
         path = Path(path)
         blob = read_pth(path)
         check = _Checker(path)
@@ -149,7 +139,7 @@ class Checkpoint:
         if unknown:
             raise check.fail(f"unknown entries {unknown}")
         skeleton = check.skeleton(blob.get("skeleton"))
-        ckpt = cls(
+        return cls(
             model=check.state(blob.get("model")),
             skeleton=skeleton,
             build=check.build(blob.get("build"), skeleton),
@@ -166,7 +156,6 @@ class Checkpoint:
             resume=check.resume(blob.get("resume"), required=resume),
             kpnb_version=check.value("kpnb_version", blob.get("kpnb_version"), (str,)),
         )
-        return ckpt
 
 
 def read_pth(path: Path) -> dict:
@@ -418,7 +407,7 @@ def _rng_ok(rng: dict) -> bool:
     """Whether `rng` is what `rng_state` saves: the Python and NumPy states are set on
     scratch generators, the torch ones compared in type and size with real ones."""
     try:
-        random.Random().setstate(_python_state(rng["python"]))
+        random.Random().setstate(rng["python"])
         np.random.RandomState().set_state(_numpy_state(rng["numpy"]))
         checks = [(rng["torch"], torch.get_rng_state())]
         if "loader" in rng:
@@ -438,11 +427,7 @@ def resume_conflicts(run: TrainConfig, given: TrainConfig) -> list[tuple[str, ob
     """``(field, the run's value, the given value)`` for each `TrainConfig` field in which
     `given` differs from the run being resumed: a resumed run must keep its split (seed),
     its images (size) and its schedule (lr, epochs, batch size...)."""
-    return [
-        (name, value, getattr(given, name))
-        for name, value in asdict(run).items()
-        if value != getattr(given, name)
-    ]
+    return [(k, v, getattr(given, k)) for k, v in asdict(run).items() if v != getattr(given, k)]
 
 
 def rng_state(loader) -> dict:
@@ -450,7 +435,7 @@ def rng_state(loader) -> dict:
     generator), as plain data and tensors."""
     np_state = np.random.get_state()
     state = {
-        "python": [random.getstate()[0], list(random.getstate()[1]), None],
+        "python": random.getstate(),  # tuples, which weights_only loads as they are
         "numpy": {
             "keys": torch.from_numpy(np_state[1].astype(np.int64)),
             "pos": int(np_state[2]),
@@ -468,7 +453,7 @@ def rng_state(loader) -> dict:
 
 def restore_rng(state: dict, loader) -> None:
     """Set the states `rng_state` saved."""
-    random.setstate(_python_state(state["python"]))
+    random.setstate(state["python"])
     np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -476,11 +461,6 @@ def restore_rng(state: dict, loader) -> None:
     generator = getattr(loader, "generator", None)
     if "loader" in state and generator is not None:
         generator.set_state(state["loader"])
-
-
-def _python_state(saved: list) -> tuple:
-    version, keys, gauss = saved
-    return version, tuple(keys), gauss
 
 
 def _numpy_state(saved: dict) -> tuple:

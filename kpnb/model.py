@@ -1,24 +1,17 @@
 """torchvision's Keypoint R-CNN for any skeleton, with or without COCO weights.
 
-COCO weights fix the head at 17 person keypoints; `build_model` builds the network the way
-torchvision does for pretrained weights (frozen norm layers, 3 trainable backbone stages),
-loads the weights into that shape, then swaps the keypoint predictor for one with K outputs
-(and the box predictor only when there is more than one object class). From random weights
-every stage trains and the norm layers are ordinary ``BatchNorm2d``.
-
-The preset (`PRESETS`) follows the device and the weights: on CUDA the model keeps
-torchvision's own sizes (640-800 px), the sizes the COCO weights were trained at; on a CPU
-the ``"cpu"`` preset keeps images small and samples fewer proposals, so a COCO fine-tune is
-possible without a GPU, and without pretrained weights the ``"fast"`` preset (ResNet-18 FPN,
-a small keypoint head) learns several times more per minute than ResNet-50. The
-arguments a model was built with are kept on it (``model.kpnb_build``) and written into
-every checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
+`build_model` loads COCO's 17-keypoint weights into the network torchvision builds for them
+(frozen norm layers, 3 trainable backbone stages), then swaps in a keypoint predictor of K
+outputs (and a box predictor when there are several classes); from random weights every stage
+trains with ``BatchNorm2d``. The preset (`PRESETS`) follows the device and the weights:
+torchvision's sizes on CUDA, small images on a CPU (``"cpu"``), and ResNet-18 (``"fast"``)
+from random weights. The build arguments stay on the model (``model.kpnb_build``) and in every
+checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import io
 import logging
@@ -31,16 +24,18 @@ import torch
 from torch import nn
 from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
 from torchvision.models.detection.keypoint_rcnn import (
     KeypointRCNN,
     KeypointRCNNHeads,
     KeypointRCNNPredictor,
 )
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kpnb.checkpoint import Checkpoint, read_pth
+from kpnb.config import select_device
 from kpnb.errors import KpnbError
 
 __all__ = [
@@ -68,11 +63,8 @@ FINETUNE_LR = 1e-4
 
 
 def cpu_preset(size: int = 256) -> dict:
-    """Keyword arguments that make Keypoint R-CNN practical on a CPU.
-
-    Images stay at `size` instead of being upscaled to 800 px, and fewer RPN proposals
-    and sampled RoIs reach the keypoint head. ``benchmarks/bench_train.py`` measures it.
-    """
+    """Keyword arguments that make Keypoint R-CNN practical on a CPU: images stay at `size`
+    (not 800 px), fewer proposals and RoIs reach the keypoint head (bench_train.py)."""
     return {
         "min_size": size,
         "max_size": size,
@@ -80,9 +72,7 @@ def cpu_preset(size: int = 256) -> dict:
         "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 300,
         "rpn_post_nms_top_n_test": 100,
-        # RoIs sampled per image, a quarter of them positive; every positive RoI goes through
-        # the keypoint head, the bulk of a CPU step. 32 (8 positives) halves a 192 px step
-        # against torchvision's 512 (bench_train.py)
+        # positive RoIs (a quarter) go through the keypoint head: 32 halves a step (bench_train.py)
         "box_batch_size_per_image": 32,
         "box_detections_per_img": 20,
     }
@@ -101,23 +91,21 @@ def tiny_preset(size: int = 256) -> dict:
 
 @dataclass(frozen=True)
 class Preset:
-    """A network (the ResNet under the FPN, the keypoint head, KeypointRCNN's options at an
-    image size) and the training recipe measured to suit it: batch size, and the peak
-    learning rate from random weights (pretrained weights always fine-tune at
-    `FINETUNE_LR`)."""
+    """A network (backbone, FPN width, keypoint head, KeypointRCNN's options at an image size)
+    and the recipe measured to suit it: batch size, and the peak learning rate from random
+    weights (pretrained weights fine-tune at `FINETUNE_LR`)."""
 
-    backbone: str
-    fpn_channels: int  # torchvision's 256; fewer make every stage after the backbone cheaper
-    keypoint_head: tuple[int, ...] | None  # conv channels; None: torchvision's 8 x 512
     options: Callable[[int], dict]
-    size: int  # the loaders' image size unless one is given
-    batch_size: int
-    scratch_lr: float
     about: str
+    backbone: str = "resnet50"
+    fpn_channels: int = 256  # torchvision's; fewer make every stage after the backbone cheaper
+    keypoint_head: tuple[int, ...] | None = None  # conv channels; None: torchvision's 8 x 512
+    size: int = 256  # the loaders' image size unless one is given
+    batch_size: int = 2
+    scratch_lr: float = 1e-4
 
 
-#: The ``"tiny"`` preset's keypoint head: 2 convolutions of 128 channels instead of
-#: torchvision's 8 of 512, about 40x fewer operations per RoI (tests and smoke runs).
+#: The ``"tiny"`` preset's keypoint head: about 40x fewer operations per RoI than 8 x 512.
 TINY_HEAD = (128, 128)
 #: The ``"fast"`` preset's keypoint head: 4 convolutions of 128 channels.
 FAST_HEAD = (128, 128, 128, 128)
@@ -125,13 +113,7 @@ FAST_HEAD = (128, 128, 128, 128)
 #: The networks `build_model` makes; ``benchmarks/bench_train.py`` measures them side by side.
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
-        backbone="resnet50",
-        fpn_channels=256,
-        keypoint_head=None,
         options=cpu_preset,
-        size=256,
-        batch_size=2,
-        scratch_lr=1e-4,
         about="ResNet-50 FPN, COCO's 8x512 keypoint head, --size px: the COCO fine-tune on a CPU",
     ),
     "fast": Preset(
@@ -146,23 +128,12 @@ PRESETS: dict[str, Preset] = {
         "random weights on a CPU",
     ),
     "torchvision": Preset(
-        backbone="resnet50",
-        fpn_channels=256,
-        keypoint_head=None,
         options=lambda size: {},
-        size=256,
-        batch_size=2,
-        scratch_lr=1e-4,
         about="torchvision's own network and sizes (640-800 px): the COCO fine-tune on a GPU",
     ),
     "tiny": Preset(
-        backbone="resnet50",
-        fpn_channels=256,
         keypoint_head=TINY_HEAD,
         options=tiny_preset,
-        size=256,
-        batch_size=2,
-        scratch_lr=1e-4,
         about="the cpu preset with a 2x128 keypoint head and 16 RoIs: tests and smoke runs",
     ),
 }
@@ -180,9 +151,7 @@ class WeightsUnavailableError(KpnbError, RuntimeError):
 def default_preset(pretrained: bool = True) -> str:
     """What ``"auto"`` picks: ``"torchvision"`` on CUDA (COCO's image sizes); on a CPU,
     ``"cpu"`` to fine-tune pretrained weights and ``"fast"`` to train from random ones."""
-    if torch.cuda.is_available():
-        return "torchvision"
-    return "cpu" if pretrained else "fast"
+    return "torchvision" if torch.cuda.is_available() else "cpu" if pretrained else "fast"
 
 
 def training_recipe(model) -> dict:
@@ -194,16 +163,6 @@ def training_recipe(model) -> dict:
     return {"lr": lr, "batch_size": preset.batch_size}
 
 
-def _short(exc: BaseException) -> str:
-    return (str(getattr(exc, "reason", exc)).splitlines() or [type(exc).__name__])[0]
-
-
-def _log_said(said: io.StringIO) -> None:
-    for line in said.getvalue().splitlines():
-        if line.strip():
-            log.info("%s", line.strip())
-
-
 def _coco_state_dict() -> dict:
     """torchvision's COCO weights through torch.hub: cached in $TORCH_HOME, hash-checked."""
     hub = Path(torch.hub.get_dir()) / "checkpoints"
@@ -211,19 +170,20 @@ def _coco_state_dict() -> dict:
     try:
         # torch.hub prints "Downloading: ..."; kpnb logs it instead
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-            state = torch.hub.load_state_dict_from_url(
+            return torch.hub.load_state_dict_from_url(
                 COCO_URL, model_dir=str(hub), progress=False, check_hash=True, weights_only=True
             )
-        _log_said(said)
-        return state
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
-        _log_said(said)
+        why = (str(getattr(exc, "reason", exc)).splitlines() or [type(exc).__name__])[0]
         raise WeightsUnavailableError(
-            f"COCO Keypoint R-CNN weights could not be downloaded ({_short(exc)}). Download "
+            f"COCO Keypoint R-CNN weights could not be downloaded ({why}). Download "
             f"{COCO_URL} on a connected machine and put it in {hub}/ or pass its path as "
             "weights=...; or train from scratch with weights=None (--weights none)",
-            reason=f"COCO weights could not be downloaded: {_short(exc)}",
+            reason=f"COCO weights could not be downloaded: {why}",
         ) from None
+    finally:
+        for line in filter(None, map(str.strip, said.getvalue().splitlines())):
+            log.info("%s", line)
 
 
 def _load_path(path: Path) -> dict:
@@ -248,10 +208,9 @@ def _load_path(path: Path) -> dict:
 
 
 def misfit(model: nn.Module, state: dict) -> str | None:
-    """What keeps `state` from loading into `model`: its first missing, unexpected or
-    misshaped entry; None when it fits. Checked before ``load_state_dict``, so that a
-    misfit is a clear error and load_state_dict's own errors stay what they are: bugs.
-    (``num_batches_tracked`` is left out: frozen norm layers drop it, batch norm adds it.)"""
+    """What keeps `state` from loading into `model` (its first missing, unexpected or misshaped
+    entry), None when it fits: a misfit is a clear error before ``load_state_dict``.
+    ``num_batches_tracked`` is left out: frozen norm layers drop it, batch norm adds it."""
 
     def shapes(d: dict) -> dict:
         return {k: tuple(v.shape) for k, v in d.items() if not k.endswith("num_batches_tracked")}
@@ -267,24 +226,12 @@ def misfit(model: nn.Module, state: dict) -> str | None:
     )
 
 
-def _load(model: nn.Module, state: dict) -> None:
-    """`state` into `model`, once `misfit` found nothing (strict=False: see `misfit`)."""
-    model.load_state_dict(state, strict=False)
-
-
 def _network(
-    num_keypoints: int,
-    num_classes: int,
-    preset: Preset,
-    head: tuple[int, ...] | None,
-    norm: str,
-    norm_eps: float | None,
-    trainable: int,
-    options: dict,
+    num_keypoints: int, num_classes: int, preset: Preset, head, norm, norm_eps, trainable, options
 ) -> KeypointRCNN:
     """A ResNet FPN Keypoint R-CNN as `keypointrcnn_resnet50_fpn` assembles it, with the
-    preset's backbone and FPN width and a keypoint head of `head` conv channels (None:
-    torchvision's 8 of 512)."""
+    preset's backbone and FPN width, `build_model`'s norm layers, trainable stages and
+    options, and a keypoint head of `head` conv channels (None: torchvision's 8 of 512)."""
     norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
     backbone = resnet_fpn_backbone(
         backbone_name=preset.backbone,
@@ -327,18 +274,6 @@ def _pretrained_state(
         return None, False, exc.reason
 
 
-def _backbone_choice(pretrained: bool, norm: str | None, trainable: int | None) -> tuple[str, int]:
-    """``(norm, trainable stages)``: the given ones checked, else torchvision's defaults
-    (frozen norm and 3 stages with pretrained weights, batch norm and all 5 without)."""
-    norm = norm or ("frozen" if pretrained else "batch")
-    if norm not in ("frozen", "batch"):
-        raise KpnbError(f"norm must be 'frozen' or 'batch', got {norm!r}")
-    trainable = (3 if pretrained else 5) if trainable is None else int(trainable)
-    if not 0 <= trainable <= 5:
-        raise KpnbError(f"trainable_backbone_layers must be 0..5, got {trainable}")
-    return norm, trainable
-
-
 def _state_head(state: dict) -> tuple[int, ...] | None:
     """The keypoint head's conv channels in `state` (None: torchvision's 8 of 512)."""
     prefix = "roi_heads.keypoint_head."
@@ -352,24 +287,14 @@ def _state_head(state: dict) -> tuple[int, ...] | None:
 
 
 def _from_state(
-    weights,
-    state: dict,
-    num_keypoints: int,
-    num_classes: int,
-    preset: str,
-    norm: str,
-    norm_eps: float | None,
-    trainable: int,
-    options: dict,
+    weights, state: dict, num_keypoints: int, num_classes: int, preset: str, **net
 ) -> KeypointRCNN:
-    """The network shaped like `state` (of `weights`: a file or ``"coco"``) with `state`
-    loaded, then given the preset's keypoint head where the state's differs (new weights),
-    a keypoint predictor of `num_keypoints` and a box predictor of `num_classes` where
-    those differ."""
+    """The network shaped like `state` (of `weights`) with `state` loaded, then given the
+    preset's keypoint head, `num_keypoints` and `num_classes` where the state's differ."""
     state_k = state["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1]
     state_c = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
     head, spec = _state_head(state), PRESETS[preset]
-    model = _network(int(state_k), int(state_c), spec, head, norm, norm_eps, trainable, options)
+    model = _network(int(state_k), int(state_c), spec, head, **net)
     wrong = misfit(model, state)
     if wrong is not None:
         raise WeightsUnavailableError(
@@ -377,7 +302,7 @@ def _from_state(
             f"{spec.backbone} FPN Keypoint R-CNN ({wrong}); pass torchvision's COCO weights "
             "(presets cpu, torchvision, tiny) or a best.pth of a run with the same --preset"
         )
-    _load(model, state)
+    model.load_state_dict(state, strict=False)  # `misfit` found nothing (it says why not strict)
     if head != spec.keypoint_head:  # COCO's 8x512 head under a small-head preset
         in_channels = model.backbone.out_channels
         channels = spec.keypoint_head or (512,) * 8
@@ -392,13 +317,9 @@ def _from_state(
     return model
 
 
-@functools.cache
 def _options() -> frozenset[str]:
     """The keyword options ``KeypointRCNN`` takes (its own, FasterRCNN's, the transform's):
     torchvision passes unknown ones on and drops them silently, so a typo would be lost."""
-    from torchvision.models.detection.faster_rcnn import FasterRCNN
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
     names = set()
     for cls in (KeypointRCNN, FasterRCNN, GeneralizedRCNNTransform):
         names |= set(inspect.signature(cls.__init__).parameters)
@@ -421,15 +342,13 @@ def build_model(
     """A Keypoint R-CNN (ResNet-50 FPN) for `num_keypoints` keypoints.
 
     Args:
-        num_keypoints: K, the skeleton's keypoint count.
         num_classes: object classes including background (2: background + one object).
         weights: ``"coco"`` (torchvision's COCO_V1, downloaded once), a ``.pth`` path (a
             torchvision state dict or a kpnb checkpoint), or ``None`` for random weights.
         allow_random: when the weights cannot be had, log one line and continue from
             random weights instead of raising.
-        preset: a name in `PRESETS` (``None``: ``"torchvision"``) or ``"auto"``:
-            ``"torchvision"`` on CUDA; on a CPU ``"cpu"`` when the weights could be had,
-            else ``"fast"`` (ResNet-18, made to learn from random weights in minutes).
+        preset: a name in `PRESETS` (``None``: ``"torchvision"``) or ``"auto"``
+            (`default_preset` for the weights it could have).
         size: image size the cpu, fast and tiny presets keep (default: the preset's).
         trainable_backbone_layers: backbone stages that train (0-5); default 3 with
             pretrained weights, as torchvision does, and all 5 from random weights.
@@ -439,9 +358,8 @@ def build_model(
             torchvision sets for them), else the layer's own 1e-5.
         **kwargs: passed on to ``KeypointRCNN`` (override the preset).
 
-    Raises:
-        WeightsUnavailableError: the weights are unreachable and `allow_random` is False.
-        KpnbError: an unknown preset, norm or ``KeypointRCNN`` option, or stages not 0-5.
+    Raises WeightsUnavailableError (unreachable weights, without `allow_random`) or KpnbError
+    (an unknown preset, norm or ``KeypointRCNN`` option, or stages not 0-5).
     """
     if preset not in (*PRESETS, "auto", None):
         raise KpnbError(f"unknown preset {preset!r}; choose one of {[*PRESETS, 'auto']}")
@@ -458,22 +376,18 @@ def build_model(
     options = {**spec.options(size), **kwargs}
     if coco and norm_eps is None:
         norm_eps = 0.0
-    norm, trainable = _backbone_choice(state is not None, norm, trainable_backbone_layers)
+    norm = norm or ("frozen" if state is not None else "batch")  # torchvision's defaults
+    if norm not in ("frozen", "batch"):
+        raise KpnbError(f"norm must be 'frozen' or 'batch', got {norm!r}")
+    trainable = trainable_backbone_layers
+    trainable = (3 if state is not None else 5) if trainable is None else int(trainable)
+    if not 0 <= trainable <= 5:
+        raise KpnbError(f"trainable_backbone_layers must be 0..5, got {trainable}")
+    net = dict(norm=norm, norm_eps=norm_eps, trainable=trainable, options=options)
     if state is None:
-        model = _network(
-            num_keypoints,
-            num_classes,
-            spec,
-            spec.keypoint_head,
-            norm,
-            norm_eps,
-            trainable,
-            options,
-        )
+        model = _network(num_keypoints, num_classes, spec, spec.keypoint_head, **net)
     else:
-        model = _from_state(
-            weights, state, num_keypoints, num_classes, preset, norm, norm_eps, trainable, options
-        )
+        model = _from_state(weights, state, num_keypoints, num_classes, preset, **net)
     model.kpnb_build = {
         "num_keypoints": int(num_keypoints),
         "num_classes": int(num_classes),
@@ -500,19 +414,12 @@ def model_from_build(build: dict) -> KeypointRCNN:
 
 
 def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | None = None):
-    """The model of a kpnb checkpoint, rebuilt as it was trained, ready for inference.
+    """``(model, checkpoint)``: the model of a kpnb checkpoint rebuilt as it was trained, in
+    eval mode on `device` (default: CUDA, MPS, else the CPU), and its `Checkpoint`.
 
-    Returns ``(model, checkpoint)``, the checkpoint a `kpnb.checkpoint.Checkpoint` (its
-    ``skeleton``, ``label``, ``config``...). `device` defaults to the best available one
-    (CUDA, MPS, else the CPU).
-
-    Raises:
-        KpnbError: one line naming the file and what is wrong: unreadable, holding code, a
-            field of the wrong type or range (`Checkpoint.load`), or weights that do not fit
-            the network its build record describes.
+    Raises KpnbError naming the file and what is wrong (see `Checkpoint.load`), also for
+    weights that do not fit the network its build record describes.
     """
-    from kpnb.config import select_device
-
     ckpt = Checkpoint.load(path)
     model = model_from_build(ckpt.build)
     wrong = misfit(model, ckpt.model)
@@ -521,5 +428,5 @@ def load_checkpoint_model(path: str | os.PathLike, device: str | torch.device | 
             f"{path}: not a usable kpnb checkpoint: its weights do not fit the network its "
             f"build record describes ({wrong}); pass a best.pth or last.pth written by kpnb train"
         )
-    _load(model, ckpt.model)
+    model.load_state_dict(ckpt.model, strict=False)  # as in `_from_state`
     return model.to(select_device(device)).eval(), ckpt

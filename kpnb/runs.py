@@ -1,9 +1,5 @@
-"""A training run's folder: the files `kpnb.train.fit` writes there, and its lock.
-
-The folder is kpnb's: a non-empty one is refused before any work (`check_run_folder`)
-unless ``overwrite=True`` (replace only the files in `RUN_FILES`, keep the others) or the
-run resumes from the ``last.pth`` in it. While a run writes into it, it holds `LOCK_FILE`
-(created with O_EXCL, so two runs started at once cannot both have it), so a second run
+"""A training run's folder: the files `kpnb.train.fit` writes there (`check_run_folder`
+refuses a folder it must not write into), and its lock (`run_lock`), so that a second run
 into the same folder is refused, naming the lock.
 """
 
@@ -33,14 +29,10 @@ def check_run_folder(
     overwrite: bool = False,
     resume: str | os.PathLike | None = None,
 ) -> None:
-    """Refuse (`kpnb.io.OutputExistsError`) an `out` that `fit` must not write into.
-
-    A missing or empty folder is fine; a non-empty one only with `overwrite` (then only the
-    files in `RUN_FILES` are replaced) or when `resume` is the ``last.pth`` inside it (the
-    run continues in its own folder). A folder another run is writing into (it holds
-    `LOCK_FILE`), a file at `out`, or a folder where one of `RUN_FILES` goes, is always
-    refused. Cheap: call it before loading data.
-    """
+    """Refuse (`kpnb.io.OutputExistsError`) an `out` that `fit` must not write into: a
+    non-empty folder unless `overwrite` (only `RUN_FILES` are replaced) or `resume` is the
+    ``last.pth`` in it; always one another run holds (`LOCK_FILE`), a file, or a folder where
+    a run file goes. Cheap: call it before loading data."""
     out = Path(out)
     holder = _lock_holder(out / LOCK_FILE)
     if holder is not None:

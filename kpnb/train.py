@@ -1,18 +1,10 @@
 """Fine-tune Keypoint R-CNN: one-cycle AdamW, validation metrics each epoch, safe checkpoints.
 
-`fit` is the whole loop; `train_one_epoch` one pass. Under ``torchrun`` (RANK/WORLD_SIZE
-set) the model is wrapped in DistributedDataParallel, the training loader gets a
-DistributedSampler, and rank 0 alone evaluates, logs and writes files. Without them it is
-a plain single-process loop.
-
-Checkpoints are `kpnb.checkpoint.Checkpoint` records: ``best.pth`` is the model (weights,
-skeleton, config, label, data and the arguments that rebuild the network), ``last.pth``
-adds what `resume` needs (optimizer, schedule, random states). ``best.pth`` is written
-before ``last.pth``, so a run killed at any moment and resumed always ends with a loadable
-``best.pth``. A resumed run keeps its own settings: a config that differs is refused.
-
-The output folder is the run's alone (`kpnb.runs`: refused when not empty, locked while
-the run writes there).
+`fit` is the whole loop, `train_one_epoch` one pass. Under ``torchrun`` the model is wrapped
+in DistributedDataParallel and rank 0 alone evaluates, logs and writes. The checkpoints are
+`kpnb.checkpoint.Checkpoint` records; ``best.pth`` is written before ``last.pth`` (which adds
+the optimizer, schedule and random states), so a run killed at any moment and resumed always
+ends with a loadable ``best.pth``. The output folder is the run's alone (`kpnb.runs`).
 """
 
 from __future__ import annotations
@@ -22,14 +14,17 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
 
 from kpnb.checkpoint import (
     Checkpoint,
@@ -66,8 +61,6 @@ LOWER_IS_BETTER = frozenset(("mean_px_error", "loss"))
 
 def _distributed() -> tuple[int, int]:
     """(rank, world size), starting the process group under torchrun."""
-    import torch.distributed as dist
-
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1
     if not dist.is_initialized():
@@ -80,13 +73,10 @@ def _unwrap(model):
 
 
 class OneCycle:
-    """One-cycle learning rate: a cosine warm-up from ``lr/25`` to `lr`, then a cosine decay.
-
-    It follows the run's progress, the larger of steps done over `total_steps` and, with a
-    time budget (`minutes`), time used over the budget; so a run with a budget still
-    completes its schedule when the time runs out, and `finished` says when to stop.
-    Under torchrun the ranks agree on the progress (the maximum) every step.
-    """
+    """One-cycle learning rate: a cosine warm-up from ``lr/25`` to `lr`, then a cosine decay,
+    along the run's progress: steps over `total_steps` or, when larger, time over the budget
+    (`minutes`), so a budgeted run completes its schedule; `finished` says when to stop.
+    Under torchrun the ranks agree on the progress (the maximum) every step."""
 
     def __init__(
         self,
@@ -113,8 +103,6 @@ class OneCycle:
         p = 0.0 if self.total_steps is None else self.steps / self.total_steps
         if self.minutes:
             p = max(p, self.seconds() / (60 * self.minutes))
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             t = torch.tensor([p], dtype=torch.float64, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -142,12 +130,7 @@ class OneCycle:
         return self.progress >= 1.0
 
     def state_dict(self) -> dict:
-        return {
-            "steps": self.steps,
-            "total_steps": self.total_steps,
-            "seconds": self.seconds(),
-            "progress": self.progress,
-        }
+        return {"steps": self.steps, "seconds": self.seconds()}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.seconds_before = int(state["steps"]), float(state["seconds"])
@@ -166,28 +149,21 @@ class _DisplayFile:
         self.handle = display({"text/plain": ""}, raw=True, display_id=True)
 
     def write(self, text: str) -> None:
-        text = text.replace("\r", "").strip()
-        self.handle.update({"text/plain": text}, raw=True)
+        self.handle.update({"text/plain": text.replace("\r", "").strip()}, raw=True)
 
     def flush(self) -> None:
         pass
 
 
 def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return hasattr(shell, "kernel")  # a kernel has imported IPython already
 
 
 def progress_bar(iterable, desc: str, *, enabled: bool = True):
     """`iterable` with a tqdm bar that disappears when done (``leave=False``): in Jupyter
     a display updated in place, so no frozen bar is saved with the notebook; in a
     terminal the usual bar on stderr; off when stderr is no terminal (CI logs)."""
-    from tqdm import tqdm
-
     if not enabled:
         return iterable
     if _in_notebook():
@@ -208,11 +184,9 @@ def train_one_epoch(
     progress: bool = True,
 ) -> dict:
     """One pass over `loader` (shorter when the schedule finishes); the mean of each loss.
-    With `progress`, a bar of the steps that disappears when the epoch ends.
-
-    Raises FloatingPointError on a non-finite loss.
-    """
+    With `progress`, a bar of the steps. Raises FloatingPointError on a non-finite loss."""
     model.train()
+    scaled = scaler or torch.amp.GradScaler(device.type, enabled=False)
     sums: dict[str, torch.Tensor] = {}
     n = 0
     for images, targets in progress_bar(loader, f"epoch {epoch + 1}", enabled=progress):
@@ -229,27 +203,19 @@ def train_one_epoch(
                 "learning rate, or check for degenerate boxes in the data"
             )
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+        scaled.scale(loss).backward()  # a disabled GradScaler passes everything through
+        scaled.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaled.step(optimizer)
+        scaled.update()
         n += 1
         for k, v in {"loss": loss, **losses}.items():  # summed on the device: no sync
-            v = v.detach().float()
-            sums[k] = sums[k] + v if k in sums else v
+            sums[k] = sums.get(k, 0) + v.detach().float()
         if scheduler is not None:
             scheduler.step()
             if getattr(scheduler, "finished", False):
                 break
-    out = {k: float(v) / max(n, 1) for k, v in sums.items()}
-    out["steps"] = n
-    return out
+    return {**{k: float(v) / max(n, 1) for k, v in sums.items()}, "steps": n}
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
@@ -259,19 +225,9 @@ def _write_history(out: Path, history: list[dict]) -> None:
         pd.DataFrame(history).to_csv(tmp, index=False)
 
 
-def _best_loads(path: Path) -> bool:
-    try:
-        Checkpoint.load(path)
-    except (KpnbError, FileNotFoundError):
-        return False
-    return True
-
-
 def _images(loader) -> tuple[str | None, list[int]]:
     """``(skeleton label, image ids)`` of a loader over a `kpnb.dataset.KeypointDataset`
     (or a ``Subset`` of one); ``(None, [])`` for other datasets."""
-    from torch.utils.data import Subset
-
     ds, index = getattr(loader, "dataset", None), None
     if isinstance(ds, Subset):
         ds, index = ds.dataset, list(ds.indices)
@@ -311,20 +267,12 @@ def fit(
 ) -> list[dict]:
     """Train `model`; returns the history (one dict per epoch, also written to `out_dir`).
 
-    Each epoch: `train_one_epoch`, then validation metrics (`kpnb.evaluate.evaluate`) when
-    a validation loader is given, and one logged line (loss, AP, PCK@0.1, seconds).
-    With `config.max_minutes` the schedule is fitted to that time and training stops
-    when it is used up, after evaluating the epoch it stopped in. `out_dir` receives
-    ``best.pth`` when the epoch is the best so far (`_Run.save` says how that is judged)
-    and ``last.pth`` every epoch (see the module docstring); `resume` is such a
-    ``last.pth``, whose model must be built as `model` is and whose config `config` must
-    match (`resume_conflicts`; an lr of None takes the run's). A non-empty `out_dir` is
-    refused before training unless `overwrite` or `resume` is its own ``last.pth``
-    (`check_run_folder`), and so is one another run holds (its lock). `data` is the
-    export as given (a path, URL or ``"synthetic"``) and `points_as_skeleton` how its
-    points were grouped (`kpnb.data.open_export`), recorded in the checkpoints with the
-    label and the split of the loaders; a resumed run must have the same split. On CUDA,
-    mixed precision is on unless `config.amp` is False.
+    Each epoch trains, scores the validation loader (`kpnb.evaluate.evaluate`) and logs one
+    line; with `config.max_minutes` the schedule fits that time. `out_dir` (checked by
+    `check_run_folder` first) receives ``best.pth`` (see `_Run.score`) and ``last.pth``;
+    `resume` is such a ``last.pth``, of the same network, config (`resume_conflicts`; an lr
+    of None takes the run's) and split. `data` (the export as given) and `points_as_skeleton`
+    are recorded in the checkpoints. On CUDA, mixed precision is on unless `config.amp` is False.
     """
     if config.epochs is None and not config.max_minutes:
         raise KpnbError("TrainConfig: epochs=None trains until max_minutes; give one of them")
@@ -338,7 +286,7 @@ def fit(
     if last is not None:
         _refuse_conflicts(resume, last, config, run_data)
     with run_lock(None if out_dir is None or _distributed()[0] else Path(out_dir)):
-        run = _Run.start(model, train_loader, config, device, out_dir, label, run_data)
+        run = _Run(model, train_loader, config, device, out_dir, label, run_data)
         return _train(run, config, val_loader, skeleton, last, on_epoch_end)
 
 
@@ -382,10 +330,7 @@ def _refuse_conflicts(path, last: Checkpoint, given: TrainConfig, data: RunData)
 
 def _train(run: _Run, config: TrainConfig, val_loader, skeleton, last, on_epoch_end) -> list:
     """`fit`'s loop over epochs, from `last` (a ``last.pth``) when resuming."""
-    history: list[dict] = []
-    start_epoch = 0
-    if last is not None:
-        history, start_epoch = run.resume(last)
+    history, start_epoch = run.resume(last) if last is not None else ([], 0)
     epochs = range(start_epoch, config.epochs) if config.epochs else itertools.count(start_epoch)
     for epoch in epochs:
         if run.scheduler.finished:
@@ -394,7 +339,7 @@ def _train(run: _Run, config: TrainConfig, val_loader, skeleton, last, on_epoch_
         row = run.epoch(epoch, val_loader, skeleton)
         history.append(row)
         if run.world > 1:
-            torch.distributed.barrier()
+            dist.barrier()
         if run.rank == 0:
             log.info(_epoch_line(row, config.epochs))
             if epoch == start_epoch and config.max_minutes and row["complete"]:
@@ -405,45 +350,23 @@ def _train(run: _Run, config: TrainConfig, val_loader, skeleton, last, on_epoch_
                 on_epoch_end(row)
         if run.scheduler.finished:
             if config.epochs and epoch < config.epochs - 1:
-                log.info(
-                    "time budget of %s min used up after %d of %d epochs",
-                    config.max_minutes,
-                    epoch + 1,
-                    config.epochs,
-                )
+                done = f"{epoch + 1} of {config.epochs} epochs"
+                log.info("time budget of %s min used up after %s", config.max_minutes, done)
             break
     return history
 
 
-@dataclass
 class _Run:
     """What one `fit` holds: the (wrapped) model, loader, optimizer, schedule and files."""
 
-    model: torch.nn.Module
-    train_loader: DataLoader
-    config: TrainConfig
-    device: torch.device
-    optimizer: torch.optim.Optimizer
-    scheduler: OneCycle
-    scaler: torch.amp.GradScaler | None
-    out: Path | None
-    rank: int
-    world: int
-    build: dict
-    label: str | None
-    data: RunData
-    best: tuple[int, float] | None = None  # see `score`; None: nothing saved yet
-    fallback_logged: bool = False
-
-    @classmethod
-    def start(cls, model, train_loader, config, device, out_dir, label, data) -> _Run:
+    def __init__(self, model, train_loader, config, device, out_dir, label, data: RunData):
         """Device, seeds, DDP wrapping (under torchrun), optimizer, schedule, output folder."""
-        rank, world = _distributed()
-        dev = select_device(device)
-        seed_everything(config.seed + rank)
+        self.rank, self.world = _distributed()
+        self.device = dev = select_device(device)
+        seed_everything(config.seed + self.rank)
         model.to(dev)
-        build = dict(getattr(_unwrap(model), "kpnb_build", {}) or {})
-        if world > 1:
+        self.build = dict(getattr(_unwrap(model), "kpnb_build", {}) or {})
+        if self.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None
             )
@@ -455,37 +378,22 @@ class _Run:
                 num_workers=train_loader.num_workers,
                 pin_memory=train_loader.pin_memory,
             )
+        self.model, self.train_loader, self.config = model, train_loader, config
+        self.label, self.data = label, data
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = OneCycle(
-            optimizer,
-            config.lr,
-            config.epochs * len(train_loader) if config.epochs else None,
-            config.pct_start,
-            config.max_minutes,
-            dev,
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        steps = config.epochs * len(train_loader) if config.epochs else None
+        self.scheduler = OneCycle(
+            self.optimizer, config.lr, steps, config.pct_start, config.max_minutes, dev
         )
         use_amp = (dev.type == "cuda") if config.amp is None else config.amp
-        scaler = torch.amp.GradScaler(dev.type) if use_amp else None
-        out = Path(out_dir) if out_dir is not None else None
-        if out is not None and rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            clean_leftovers(out)
-        return cls(
-            model,
-            train_loader,
-            config,
-            dev,
-            optimizer,
-            scheduler,
-            scaler,
-            out,
-            rank,
-            world,
-            build,
-            label,
-            data,
-        )
+        self.scaler = torch.amp.GradScaler(dev.type) if use_amp else None
+        self.out = Path(out_dir) if out_dir is not None else None
+        if self.out is not None and self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            clean_leftovers(self.out)
+        self.best: tuple[int, float] | None = None  # see `score`; None: nothing saved yet
+        self.fallback_logged = False
 
     def resume(self, last: Checkpoint) -> tuple[list[dict], int]:
         """Restore a ``last.pth``: weights, optimizer, schedule, scaler, best score, RNG."""
@@ -495,8 +403,11 @@ class _Run:
         if self.scaler is not None and last.resume["scaler"]:
             self.scaler.load_state_dict(last.resume["scaler"])
         self.best = last.best
-        if self.out is not None and not _best_loads(self.out / "best.pth"):
-            self.best = None  # best.pth is missing or broken: the next epoch writes it
+        if self.out is not None:
+            try:
+                Checkpoint.load(self.out / "best.pth")
+            except (KpnbError, FileNotFoundError):
+                self.best = None  # best.pth is missing or broken: the next epoch writes it
         restore_rng(last.resume["rng"], self.train_loader)
         log.info("resumed at epoch %d", last.epoch + 2)
         return list(last.history), last.epoch + 1
@@ -530,16 +441,10 @@ class _Run:
         return row
 
     def score(self, row: dict) -> tuple[int, float]:
-        """How good an epoch is: ``(1, metric)`` when it has the monitored metric
-        (`config.monitor`; negated for the `LOWER_IS_BETTER` ones, such as
-        ``mean_px_error``), else ``(0, -training loss)``.
-
-        The metric is missing without a validation loader, and None when validation has
-        nothing to measure (no ground truth: `kpnb.evaluate.oks_ap` gives None). Compared
-        as tuples, an epoch with the metric beats every epoch without it, and among those
-        without, the lower training loss wins; so ``best.pth`` is always written by the
-        first finished epoch, whatever the metric.
-        """
+        """How good an epoch is: ``(1, metric)`` with the monitored metric (negated where
+        `LOWER_IS_BETTER`), else ``(0, -training loss)`` (no validation loader, or nothing to
+        measure). As tuples, an epoch with the metric beats all without it, so the first
+        finished epoch always writes ``best.pth``."""
         value = row.get(self.config.monitor)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             sign = -1.0 if self.config.monitor in LOWER_IS_BETTER else 1.0
@@ -561,8 +466,7 @@ class _Run:
         first), then ``last.pth`` and the history."""
         score = self.score(row)
         improved = self.best is None or score > self.best
-        if improved:
-            self.best = score
+        self.best = score if improved else self.best
         if self.out is None:
             return
         ckpt = Checkpoint(

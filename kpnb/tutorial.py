@@ -1,19 +1,9 @@
 """Run the whole tutorial series in order and keep what it makes: ``python -m kpnb.tutorial``.
 
-This is the README's main job (``make tutorial``). Each notebook under ``notebooks/`` runs
-top to bottom in its own folder, like nbval does; executed copies go to
-``OUT/notebooks/`` and the notebooks themselves write figures, the checkpoint and metrics
-under ``OUT`` (they read it from ``KPNB_OUTPUTS``); datasets are cached in ``OUT/data``
-unless ``KPNB_CACHE`` says otherwise. The synthetic dataset is made first, so the job
-also does something useful before any notebook exists.
-
-Each full run also writes ``OUT/run_record.json`` (`gather_record`): the machine, the
-versions, the seconds of every notebook, and what notebooks 04 and 05 wrote about their
-training runs (`run_card`) and notebook 04's validation metrics. ``--record`` then makes
-that run the one the repository shows: the executed notebooks go back into
-``notebooks/``, the record into ``notebooks/run_record.json``, and the README's run table
-(between the `README_START` and `README_END` markers) is generated from it. A smoke run
-is never recorded.
+``make tutorial`` runs each ``notebooks/NN_*.ipynb`` in its own folder, as nbval does, into
+``OUT`` (``KPNB_OUTPUTS``; datasets in ``OUT/data`` unless ``KPNB_CACHE`` is set), and writes
+``OUT/run_record.json`` (`gather_record`). ``--record`` makes a full run the one the
+repository shows: its notebooks, its record and the README's run table.
 """
 
 from __future__ import annotations
@@ -24,6 +14,7 @@ import json
 import logging
 import math
 import os
+import platform
 import re
 import shutil
 import sys
@@ -32,7 +23,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from kpnb.config import SMOKE
+import pandas as pd
+import torch
+import torchvision
+
+from kpnb.config import SMOKE, select_device, version
 from kpnb.errors import KpnbError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,25 +42,14 @@ README_END = "<!-- run-record:end -->"
 #: The training runs the record gathers: notebook -> its run folder under OUT/runs.
 RUNS = {"04_finetune_keypoint_rcnn.ipynb": "face", "05_your_own_export.ipynb": "my_export"}
 #: The metrics of notebook 04 the record keeps (from its ``metrics.json``).
-RECORD_METRICS = (
-    "AP",
-    "AP50",
-    "PCK@0.1",
-    "PCK@0.05",
-    "mean_px_error",
-    "matched_instances",
-    "instances",
-)
+RECORD_METRICS = tuple("AP AP50 PCK@0.1 PCK@0.05 mean_px_error matched_instances instances".split())
 
 
 def run_series(
     notebooks: Path, out: Path, *, timeout: int | None = None
 ) -> list[tuple[str, float]]:
     """Execute every ``NN_*.ipynb`` in `notebooks` in order; return (name, seconds) pairs.
-
-    No cell has a time limit by default (`timeout` None): a slow machine takes longer but
-    finishes, because the training cells carry their own time budget (``max_minutes``).
-    """
+    No cell time limit by default: the training cells carry their own (``max_minutes``)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -74,8 +58,7 @@ def run_series(
     out.mkdir(parents=True, exist_ok=True)
     os.environ["KPNB_OUTPUTS"] = str(out)
     os.environ.setdefault("KPNB_CACHE", str(out / "data"))  # datasets land beside the results
-    data = get_dataset("synthetic")  # what the notebooks use; made once, here, up front
-    print(f"synthetic dataset: {data}")
+    print(f"synthetic dataset: {get_dataset('synthetic')}")  # the notebooks' data, made first
     timings = []
     for path in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
         start = time.perf_counter()
@@ -104,7 +87,6 @@ class WeightsNote:
     """Which weights `build_model` really started from, and why (see `noting_weights`)."""
 
     def __init__(self, asked):
-        self.asked = asked
         self.weights = "random" if asked is None else str(asked)
         self.why = "asked for (weights=None)" if asked is None else "asked for"
         self.messages: list[str] = []
@@ -115,14 +97,10 @@ class WeightsNote:
 
 @contextmanager
 def noting_weights(weights) -> Iterator[WeightsNote]:
-    """Build a model inside this block to learn which weights it got, quietly.
-
-    `build_model` logs a long warning when COCO's weights cannot be downloaded (offline) and
-    it continues from random weights; in a notebook that warning would be the loudest output.
-    Here it is kept (``note.messages``) instead of printed, and `run_card` states the
-    outcome once, plainly, from the model's build record (its ``pretrained`` field).
-    ``with noting_weights(WEIGHTS) as note: model = build_model(...)``
-    """
+    """Build a model inside this block to learn which weights it got, quietly:
+    ``with noting_weights(WEIGHTS) as note: model = build_model(...)``. The offline warning
+    of `build_model` goes into ``note.messages``, not the notebook; `run_card` states once
+    which weights the model got (its build record's ``pretrained``)."""
     note = WeightsNote(weights)
     logger = logging.getLogger("kpnb.model")
     built: list[logging.LogRecord] = []
@@ -152,26 +130,14 @@ def noting_weights(weights) -> Iterator[WeightsNote]:
 
 def machine() -> dict:
     """Where this process trains: the device type and a readable name for the hardware."""
-    import torch
-
-    from kpnb.config import select_device
-
     device = select_device().type
-    if device == "cuda":
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = f"{device.upper()}, {torch.get_num_threads()} threads"
-    return {"device": device, "machine": name}
+    cpu = f"{device.upper()}, {torch.get_num_threads()} threads"
+    return {"device": device, "machine": torch.cuda.get_device_name(0) if device == "cuda" else cpu}
 
 
 def run_card(history: Sequence[dict], model, weights: WeightsNote, out_dir=None):
-    """Where a training run ran, how long it took and from which weights, as a table.
-
-    Also written as ``run_card.json`` into `out_dir` (the run's folder), where
-    ``python -m kpnb.tutorial`` gathers it into the run record.
-    """
-    import pandas as pd
-
+    """Where a training run ran, how long it took and from which weights, as a table; also
+    written as ``run_card.json`` into `out_dir`, for the run record (`gather_record`)."""
     build = dict(getattr(model, "kpnb_build", {}) or {})
     seconds = sum(float(row.get("seconds", 0.0)) for row in history)
     card = {
@@ -188,28 +154,11 @@ def run_card(history: Sequence[dict], model, weights: WeightsNote, out_dir=None)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
-    shown = {**card, "weights": str(weights)}
-    shown.pop("weights_why")
+    shown = {k: v for k, v in {**card, "weights": str(weights)}.items() if k != "weights_why"}
     return pd.DataFrame({"value": [str(v) for v in shown.values()]}, index=list(shown))
 
 
 # -- the run record -------------------------------------------------------------------------
-
-
-def _versions() -> dict:
-    import platform
-
-    import torch
-    import torchvision
-
-    from kpnb.config import version
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "kpnb": version(),
-    }
 
 
 def _read_json(path: Path) -> dict | None:
@@ -218,17 +167,19 @@ def _read_json(path: Path) -> dict | None:
 
 def gather_record(out: Path, timings: Sequence[tuple[str, float]]) -> dict:
     """The run record of a series run into `out`: see the module docstring."""
-    runs = {}
-    for notebook, folder in RUNS.items():
-        card = _read_json(out / "runs" / folder / CARD_NAME)
-        if card is not None:
-            runs[notebook] = card
+    cards = {name: _read_json(out / "runs" / folder / CARD_NAME) for name, folder in RUNS.items()}
+    runs = {name: card for name, card in cards.items() if card is not None}
     metrics = _read_json(out / "runs" / RUNS["04_finetune_keypoint_rcnn.ipynb"] / "metrics.json")
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
         "smoke": SMOKE,
         **machine(),
-        "versions": _versions(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "kpnb": version(),
+        },
         "seconds": {name: round(seconds, 1) for name, seconds in timings},
         "total_seconds": round(sum(s for _, s in timings), 1),
         "runs": runs,
@@ -255,10 +206,6 @@ def _num(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def render_run_table(record: dict) -> str:
     """The README's generated block (without its markers), made from a run record."""
     secs, runs, m = record["seconds"], record.get("runs", {}), record["metrics"]
@@ -280,15 +227,15 @@ def render_run_table(record: dict) -> str:
         if name[:2] in ("00", "01", "02", "03"):
             continue
         run = runs.get(name)
-        what = f"notebook {name[:2]}"
         detail = duration(secs[name])
         if run:
             detail += (
-                f": trained {_count(run['epochs'], 'epoch')} ({run['steps']} steps, "
-                f"{run['training_minutes']:.1f} min) from {run['weights']} weights, "
+                f": trained {run['epochs']} epoch{'' if run['epochs'] == 1 else 's'} "
+                f"({run['steps']} steps, {run['training_minutes']:.1f} min) from "
+                f"{run['weights']} weights, "
                 f"preset {run['preset']} at {run['size']} px"
             )
-        lines.append(f"| {what} | {detail} |")
+        lines.append(f"| notebook {name[:2]} | {detail} |")
     card = runs.get("04_finetune_keypoint_rcnn.ipynb", {})
     lines += [
         "",
@@ -326,20 +273,15 @@ def _update_claim(path: Path, seconds: float) -> None:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    intro = nb.cells[0]
-    intro.source = TIME_CLAIM.sub(
-        f"about {claim_minutes(seconds)} minutes on a 2-core CPU", intro.source
-    )
+    claim = f"about {claim_minutes(seconds)} minutes on a 2-core CPU"
+    nb.cells[0].source = TIME_CLAIM.sub(claim, nb.cells[0].source)
     nbformat.write(nb, path)
 
 
 def record_run(out: Path, repo: Path = REPO) -> dict:
-    """Make the full run in `out` the one the repository shows (``--record``).
-
-    Copies the executed notebooks into ``repo/notebooks`` (their intro's time claim set to
-    the measured time when the run was on a CPU), the record into
-    ``notebooks/run_record.json``, and regenerates the README's run table. Refuses a smoke
-    run, or an `out` without a complete run.
+    """Make the full run in `out` the one the repository shows (``--record``): its notebooks
+    (on a CPU, their intro's time claim set to the measured time) and record go into
+    ``repo/notebooks``, the README's run table is regenerated. Refuses a smoke or partial run.
     """
     record = _read_json(out / RECORD_NAME)
     if record is None:
@@ -374,13 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    if args.record:
-        if SMOKE:
-            print(
-                "error: --record makes a full run the repository's; unset KPNB_SMOKE/CI",
-                file=sys.stderr,
-            )
-            return 2
+    if args.record:  # `record_run` refuses a smoke run's record
         try:
             record = record_run(out)
         except KpnbError as exc:
