@@ -10,6 +10,7 @@ The other `kpnb.viz` modules build on this one.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import zlib
 from collections.abc import Mapping, Sequence
@@ -22,18 +23,6 @@ from PIL import Image, ImageDraw, ImageFont
 from kpnb.errors import KpnbError
 from kpnb.skeleton import Skeleton
 from kpnb.tables import Annotations
-
-__all__ = [
-    "RGB",
-    "OUTLINE",
-    "OCCLUDED_MARKERS",
-    "keypoint_colors",
-    "marker_radius",
-    "draw_instances",
-    "draw_target",
-    "show_sample",
-    "showcase_image",
-]
 
 RGB = tuple[int, int, int]
 _PALETTE_SIZE = 48
@@ -64,19 +53,11 @@ def keypoint_colors(names: Sequence[str]) -> dict[str, RGB]:
         start = zlib.crc32(name.encode("utf-8")) % len(palette)
         order = [(start + k) % len(palette) for k in range(len(palette))]
         free = [i for i in order if i not in taken] or order
-        clear = [i for i in free if all(_distance(palette[i], palette[t]) >= 100 for t in taken)]
+        clear = [i for i in free if all(math.dist(palette[i], palette[t]) >= 100 for t in taken)]
         i = (clear or free)[0]
         taken.append(i)
         out[name] = palette[i]
     return out
-
-
-def _distance(a: RGB, b: RGB) -> float:
-    return float(np.sqrt(sum((int(x) - int(y)) ** 2 for x, y in zip(a, b, strict=True))))
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(FONT_PATH), size)
 
 
 def _as_pil(image) -> Image.Image:
@@ -157,28 +138,17 @@ def draw_instances(
     occluded_marker: str = "square",
     font_size: int | None = None,
 ) -> Image.Image:
-    """Draw keypoint instances on an image.
+    """A copy of `image` (PIL, or a ``[3, H, W]`` tensor) with keypoint instances drawn on it.
+
+    Visible points (v=2) are outlined discs in their keypoint colour (`colors`, default
+    `keypoint_colors`); occluded ones (v=1) hollow squares (`occluded_marker` ``"x"``:
+    crosses), so the picture under them shows; absent ones (v=0) and their edges are not
+    drawn. Sizes (`radius`, `font_size`) grow with the image unless given.
 
     Args:
-        image: PIL image or ``[3, H, W]`` tensor (uint8, or float in 0-1).
         keypoints: ``[N, K, 3]`` (x, y, v) array, ``[N, K, 2]`` (all visible), or a slice
             of the keypoints table (one image, one label).
-        skeleton: names and edges; edges are drawn between labelled points only.
         boxes: optional ``[N, 4]`` xyxy boxes to draw.
-        show_names: write each labelled keypoint's name beside it, on a dark label.
-        radius: marker radius in pixels; default `marker_radius` (grows with the image).
-        edge_color: colour of skeleton edges (drawn over a dark halo).
-        colors: keypoint name -> RGB; default `keypoint_colors` of the names.
-        outline_color: the dark outline of markers and halo of edges.
-        occluded_marker: ``"square"`` (hollow) or ``"x"``.
-        font_size: name text size in pixels; default grows with the image.
-
-    Visible points (v=2) are discs in their keypoint colour with a dark outline; occluded
-    ones (v=1) hollow squares (or crosses) in the same colour, so the picture under them
-    stays visible; absent ones (v=0) and every edge touching them are not drawn.
-
-    Returns:
-        A new PIL image; the input is untouched.
     """
     if occluded_marker not in OCCLUDED_MARKERS:
         raise KpnbError(
@@ -188,11 +158,11 @@ def draw_instances(
     arr, names = _instances(keypoints, skeleton)
     r = radius or marker_radius(*out.size)
     colors = dict(colors or keypoint_colors(names))
+    draw = ImageDraw.Draw(out)
     if boxes is not None and len(boxes):
-        _draw_boxes(ImageDraw.Draw(out), boxes, width=max(1, r // 2))
+        _draw_boxes(draw, boxes, width=max(1, r // 2))
     if not len(arr):
         return out
-    draw = ImageDraw.Draw(out)
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
     edges = skeleton.edges if skeleton else ()
     _draw_edges(draw, xy, vis, edges, r, edge_color, outline_color)
@@ -246,10 +216,8 @@ def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwar
 
 
 def _numpy(x) -> np.ndarray:
-    """A float32 numpy copy of a tensor (any device, tv_tensor subclass) or an array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, np.float32)
+    """A float32 array from a tensor (any device, tv_tensor subclass) or an array."""
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, np.float32)
 
 
 def _write_names(
@@ -259,7 +227,7 @@ def _write_names(
     point's colour), placed beside the point on the first side where it overlaps no marker
     or earlier label and stays on the image."""
     size = font_size or max(11, round(min(img.size) / 24))
-    font = _font(size)
+    font = ImageFont.truetype(str(FONT_PATH), size)
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     pts = [(x, y) for inst in arr for x, y, v in inst if v > 0]

@@ -18,17 +18,6 @@ from kpnb.tables import Annotations
 from kpnb.viz.draw import keypoint_colors
 from kpnb.viz.grids import _figure
 
-__all__ = [
-    "plot_label_counts",
-    "plot_keypoint_visibility",
-    "plot_instances_per_image",
-    "plot_image_sizes",
-    "plot_keypoint_heatmap",
-    "plot_history",
-    "save_figure",
-]
-
-
 # -- distributions -------------------------------------------------------------------------
 #: Visibility kinds and their colours, in the order they stack.
 _VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
