@@ -48,12 +48,10 @@ def normalise_name(name: str) -> str:
 def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[int]:
     """The permutation that swaps left/right keypoints after a horizontal mirror.
 
-    ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs`, a name pairs with
-    the name that differs only by its side word, compared after normalising case and
-    separators (`normalise_name`): ``left_eye``/``right_eye``, ``Left_Ear``/``RIGHT_EAR``,
-    ``left-wrist``/``right.wrist``, ``L_Shoulder``/``R_Shoulder``, ``l ankle``/``r ankle``.
-    `pairs` (names or 0-based indices) replaces the derivation. Names without a partner
-    map to themselves, so a set with no pairs gives the identity.
+    ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs` (names or 0-based
+    indices), a name pairs with the one that differs only by its side word after
+    `normalise_name` (``Left_Ear``/``RIGHT_EAR``, ``L_Shoulder``/``R_Shoulder``). A name
+    without a partner maps to itself.
 
     Example:
         >>> flip_indices(["nose", "left_eye", "right_eye"])
@@ -62,19 +60,18 @@ def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> 
         [1, 0]
     """
     perm = list(range(len(names)))
-    for a, b in resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names):
+    for a, b in _index_pairs(names, pairs):
         perm[a], perm[b] = b, a
     return perm
 
 
-def _name_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+def _index_pairs(names: Sequence[str], pairs: Sequence[tuple] | None) -> list[tuple[int, int]]:
+    """The explicit `pairs` as indices, else each left name with its right partner."""
+    if pairs is not None:
+        return resolve_pairs(names, pairs)
     keys = [_side_key(n) for n in names]
-    lookup = {(side, words): i for i, (side, words) in enumerate(keys) if side}
-    pairs = []
-    for i, (side, words) in enumerate(keys):
-        if side == "left" and ("right", words) in lookup:
-            pairs.append((i, lookup[("right", words)]))
-    return pairs
+    right = {words: i for i, (side, words) in enumerate(keys) if side == "right"}
+    return [(i, right[w]) for i, (side, w) in enumerate(keys) if side == "left" and w in right]
 
 
 def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[int, int]]:
@@ -112,11 +109,7 @@ def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[in
 def unpaired_sides(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[str]:
     """Names that say left or right but have no partner (worth a warning: a typo, or a
     keypoint the flip cannot mirror)."""
-    paired = {
-        i
-        for p in (resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names))
-        for i in p
-    }
+    paired = {i for pair in _index_pairs(names, pairs) for i in pair}
     return [str(n) for i, n in enumerate(names) if _side_key(n)[0] and i not in paired]
 
 

@@ -17,9 +17,6 @@ from PIL import Image, ImageDraw, ImageFilter
 from kpnb.skeleton import Skeleton
 from kpnb.synthetic.textures import _COATS, _blend, _jitter, _mix
 
-__all__ = ["FACE", "PUPIL", "NOSE", "INNER_EAR", "FEATURE_COLOURS"]
-
-
 FACE = Skeleton(
     ("nose", "left_eye", "right_eye", "left_ear", "right_ear"),
     ((0, 1), (0, 2), (1, 2), (1, 3), (2, 4)),
@@ -137,15 +134,6 @@ def _fur_streaks(u: np.ndarray, v: np.ndarray, phase: np.ndarray) -> np.ndarray:
     return out / 3.0
 
 
-def _window(shape, origin, centre, half: float) -> tuple[slice, slice]:
-    """Rows and columns of a crop (at `origin` in the image) within `half` px of `centre`."""
-    cx, cy = centre[0] - origin[0], centre[1] - origin[1]
-    return (
-        slice(max(0, int(cy - half)), max(0, min(shape[0], int(cy + half) + 2))),
-        slice(max(0, int(cx - half)), max(0, min(shape[1], int(cx + half) + 2))),
-    )
-
-
 @dataclass
 class _FaceFrame:
     """Where one face is drawn: the crop of the image it can touch (`box`, x0 y0 x1 y1)
@@ -165,7 +153,11 @@ class _FaceFrame:
 
     def window(self, centre, half: float) -> tuple[slice, slice]:
         """Rows and columns of the crop within `half` px of the image point `centre`."""
-        return _window(self.u.shape, self.box[:2], centre, half)
+        (h, w), cx, cy = self.u.shape, centre[0] - self.box[0], centre[1] - self.box[1]
+        return (
+            slice(max(0, int(cy - half)), max(0, min(h, int(cy + half) + 2))),
+            slice(max(0, int(cx - half)), max(0, min(w, int(cx + half) + 2))),
+        )
 
 
 def _face_frame(shape, centre, radius: float, rot, coat: dict, light) -> _FaceFrame | None:

@@ -20,8 +20,6 @@ from kpnb.synthetic.cats import _KEYPOINTS_UV, FACE
 from kpnb.synthetic.scene import SyntheticScene, _check_layout, render_scene
 from kpnb.tables import Annotations, tidy_images, tidy_keypoints
 
-__all__ = ["LABEL", "SUBSETS", "synthesize", "generate", "image_name", "image_relpath"]
-
 LABEL = "face"
 # Where the circles sit in the label's svg (CVAT's skeleton editor canvas is 0-100).
 _SVG_POSITIONS = 50 + 40 * _KEYPOINTS_UV * np.array([1.0, 1.0])
@@ -38,26 +36,11 @@ def _subset(index: int) -> str:
 
 def _labels(layout: str) -> pd.DataFrame:
     colours = ["#f0c419", "#e74c3c", "#3498db", "#2ecc71", "#9b59b6", "#e67e22"]
-    if layout == "skeleton":
-        rows = [
-            {
-                "name": LABEL,
-                "type": "skeleton",
-                "color": colours[0],
-                "parent": None,
-                "svg": skeleton_svg(FACE, _SVG_POSITIONS),
-            }
-        ]
-        rows += [
-            {"name": kp, "type": "points", "color": colours[i + 1], "parent": LABEL, "svg": None}
-            for i, kp in enumerate(FACE.keypoints)
-        ]
-    else:
-        rows = [
-            {"name": kp, "type": "points", "color": colours[i + 1], "parent": None, "svg": None}
-            for i, kp in enumerate(FACE.keypoints)
-        ]
-    return pd.DataFrame(rows)
+    parent = LABEL if layout == "skeleton" else None
+    rows = [(kp, "points", colours[i + 1], parent, None) for i, kp in enumerate(FACE.keypoints)]
+    if parent:
+        rows.insert(0, (LABEL, "skeleton", colours[0], None, skeleton_svg(FACE, _SVG_POSITIONS)))
+    return pd.DataFrame(rows, columns=["name", "type", "color", "parent", "svg"])
 
 
 def _scene_rows(scene: SyntheticScene, index: int, layout: str, next_id: int) -> list[dict]:
