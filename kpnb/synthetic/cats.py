@@ -160,14 +160,12 @@ class _FaceFrame:
         )
 
 
-def _face_frame(shape, centre, radius: float, rot, coat: dict, light) -> _FaceFrame | None:
-    """The frame of a face on an image of `shape`; None when the face misses the image."""
+def _face_frame(shape, centre, radius: float, rot, coat: dict, light) -> _FaceFrame:
+    """The frame of a face on an image of `shape` (its centre is always on the image)."""
     h, w = shape[:2]
     reach = 1.6 * radius
     x0, x1 = max(0, int(centre[0] - reach)), min(w, int(centre[0] + reach) + 1)
     y0, y1 = max(0, int(centre[1] - reach)), min(h, int(centre[1] + reach) + 1)
-    if x0 >= x1 or y0 >= y1:
-        return None
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     pix = np.stack([xx + 0.5 - centre[0], yy + 0.5 - centre[1]], axis=-1) @ rot.astype(np.float32)
     u, v = pix[..., 0] / np.float32(radius), pix[..., 1] / np.float32(radius)
@@ -195,8 +193,6 @@ def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -
     Small features are computed only in a window around them, which keeps this fast.
     """
     face = _face_frame(img.shape, centre, radius, rot, coat, light)
-    if face is None:
-        return
     x0, y0, x1, y1 = face.box
     out = img[y0:y1, x0:x1]
     _draw_ears(out, face, coat["fur"])

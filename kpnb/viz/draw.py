@@ -241,13 +241,10 @@ def _write_names(
                 continue
             left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
             tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-            spots = [
-                (x + gap, y - gap - th),
-                (x + gap, y + gap),
-                (x - gap - tw, y - gap - th),
-                (x - gap - tw, y + gap),
-                (x - tw / 2, y - gap - th),
-                (x - tw / 2, y + gap),
+            spots = [  # right, left, centred; above before below
+                (sx, sy)
+                for sx in (x + gap, x - gap - tw, x - tw / 2)
+                for sy in (y - gap - th, y + gap)
             ]
             inside = [
                 s
