@@ -376,17 +376,12 @@ def show_sample(
 
 
 def showcase_image(ann: Annotations, label: str) -> int:
-    """The image every notebook shows first: the `image_index` whose object of `label` is
-    the clearest to look at, so all pictures of one export start from the same image.
+    """The `image_index` every notebook shows first: its object of `label` is the clearest.
 
-    Ranked, in order: an image holding one object of `label` (no crowding); the most
-    visible points (an uncut object: nothing outside the frame or hidden); the most labelled
-    points; the largest distance between its two closest labelled points (names and markers
-    do not overlap, and the object is large); the largest extent. Ties go to the first
-    image in file order.
-
-    Raises:
-        KpnbError: `label` has no labelled point in `ann`.
+    Ranked, in order: one object of `label` in the image; the most visible points (nothing
+    cut or hidden); the most labelled points; the widest gap between its two closest points
+    (names and markers do not overlap); the largest extent; then file order. A `KpnbError`
+    when `label` has no labelled point.
     """
     kp = ann.keypoints[(ann.keypoints["label"] == label)]
     kp = kp[kp["visibility"] > 0]

@@ -26,9 +26,7 @@ _VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
 def _bar_figure(title: str, xlabel: str, ylabel: str, width: float = 6.4):
     fig = _figure(width, 4.0)
     ax = fig.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return fig, ax
 
 
@@ -65,18 +63,15 @@ def plot_keypoint_visibility(ann: Annotations) -> Figure:
     for col, colour in _VISIBILITY.items():
         left.barh(y, shares[col], left=start, color=colour, label=col)
         start += shares[col]
-    left.set_xlim(0, 100)
-    left.set_title("All points (share of each keypoint's points)")
-    left.set_xlabel("% of points")
+    left.set(xlim=(0, 100), title="All points (share of each keypoint's points)")
     width = 0.38
     peak = max(1.0, *(shares[c].max() for c in ("occluded", "absent")))
     for k, col in enumerate(("occluded", "absent")):
         bars = right.barh(y + (k - 0.5) * width, shares[col], height=width, color=_VISIBILITY[col])
         right.bar_label(bars, labels=[str(int(n)) for n in table[col]], padding=2, fontsize=8)
-    right.set_xlim(0, peak * 1.18)
-    right.set_title("Not visible, enlarged (count at each bar)")
-    right.set_xlabel("% of points")
+    right.set(xlim=(0, peak * 1.18), title="Not visible, enlarged (count at each bar)")
     for ax in (left, right):
+        ax.set_xlabel("% of points")
         ax.set_yticks(y, labels)
         ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_ylabel("keypoint")
@@ -124,16 +119,13 @@ def plot_image_sizes(ann: Annotations) -> Figure:
 def plot_keypoint_heatmap(
     ann: Annotations, label: str, normalize: str = "box", bins: int | None = None
 ) -> Figure:
-    """Where each keypoint of `label` falls: one 2-D histogram per keypoint.
+    """Where each labelled keypoint (v > 0) of `label` falls: one 2-D histogram per keypoint.
 
-    `normalize` ``"box"`` puts each object in its own frame: the origin at the mean of its
-    labelled points, the unit its size (the root-mean-square distance of its points from
-    that mean), so the shape keeps its aspect and no point is pinned to an edge, as it is
-    by a min-max box, where the extreme points always land on the border. With more than
-    two keypoints it uses only objects with every keypoint labelled: a partly labelled
-    object's centre is not its centre. ``"image"`` divides x by the image width and y by
-    its height. Only labelled points (v > 0) count. `bins` per side: by default 24 for
-    ``"box"`` (the points cluster) and 10 for ``"image"`` (they spread over the frame).
+    `normalize` ``"box"``: each object in its own frame, origin at the mean of its points,
+    unit their RMS distance from it (a min-max box would pin the extreme points to its
+    border); with more than two keypoints only fully labelled objects count (a partial
+    object's mean is not its centre). ``"image"``: x / width, y / height. `bins` per side:
+    24 for ``"box"`` (points cluster), 10 for ``"image"`` (they spread) unless given.
     """
     if normalize not in ("box", "image"):
         raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")
@@ -225,9 +217,7 @@ def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
             values = pd.to_numeric(df[c], errors="coerce")
             bold = c in ("loss", "AP")
             ax.plot(epoch, values, marker="o", lw=2.5 if bold else 1.3, label=_LOSS_PARTS.get(c, c))
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+        ax.set(title=name, xlabel="epoch", ylabel=ylabel)
         if len(epoch):  # whole epochs only, at most about ten ticks
             first, last = int(epoch.min()), int(epoch.max())
             ax.set_xticks(range(first, last + 1, max(1, -(-(last - first + 1) // 10))))
