@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kpnb.cvat import skeleton_svg, write_cvat
+from kpnb.cvat import skeleton_svg
 from kpnb.io import atomic_path, check_output, write_zip
 from kpnb.synthetic.cats import _KEYPOINTS_UV, FACE
 from kpnb.synthetic.scene import SyntheticScene, _check_layout, render_scene
@@ -138,18 +138,15 @@ def generate(
         out = out.with_name(out.name + ".zip")
     check_output(out, directory=not as_zip, overwrite=overwrite)  # before the drawing
     ann, pictures = synthesize(n_images, seed, layout)
+    images = zip(ann.images.itertuples(index=False), pictures, strict=True)
+    jpegs = ((image_relpath(i.name, i.subset), _jpeg_bytes(p, quality)) for i, p in images)
+    files = chain([("annotations.xml", _xml_bytes(ann))], jpegs)  # one JPEG in memory at a time
     if as_zip:
-        images = zip(ann.images.itertuples(index=False), pictures, strict=True)
-        jpegs = ((image_relpath(i.name, i.subset), _jpeg_bytes(p, quality)) for i, p in images)
-        return write_zip(
-            out, chain([("annotations.xml", _xml_bytes(ann))], jpegs), overwrite=overwrite
-        )
+        return write_zip(out, files, overwrite=overwrite)
     with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
-        write_cvat(ann, tmp / "annotations.xml")
-        for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
-            path = tmp / image_relpath(img.name, img.subset)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_jpeg_bytes(pic, quality))
+        for name, data in files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
     return out
 
 

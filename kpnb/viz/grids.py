@@ -186,12 +186,11 @@ def sample_grid(
     names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
     colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
     meta = ann.images.set_index("image_index").loc[indices]
-    images = []
+    font_size, images = kwargs.pop("font_size", None), []
     for i, (w, h) in zip(indices, meta[["width", "height"]].to_numpy(int), strict=True):
         # a cell is about 300 px wide: scale text so it shows at about 10 px
-        size = kwargs.get("font_size") or max(11, round(10 * max(w, h) / 300))
-        extra = {k: v for k, v in kwargs.items() if k != "font_size"}
-        images.append(show_sample(ann, i, image_root, colors=colors, font_size=size, **extra))
+        size = font_size or max(11, round(10 * max(w, h) / 300))
+        images.append(show_sample(ann, i, image_root, colors=colors, font_size=size, **kwargs))
     fig = image_grid(images, meta["name"].astype(str).tolist(), ncols, title="Annotated samples")
     if colors:
         keypoint_legend(fig, colors)
