@@ -35,11 +35,8 @@ def plot_label_counts(ann: Annotations) -> Figure:
     counts = ann.label_counts()
     fig, ax = _bar_figure("Instances per label", "label", "instances")
     colours = keypoint_colors(counts.index)
-    ax.bar(
-        counts.index.astype(str),
-        counts.values,
-        color=[np.array(colours[n]) / 255 for n in counts.index],
-    )
+    rgb = [np.array(colours[n]) / 255 for n in counts.index]
+    ax.bar(counts.index.astype(str), counts.values, color=rgb)
     ax.tick_params(axis="x", rotation=45)
     return fig
 
@@ -98,20 +95,10 @@ def plot_image_sizes(ann: Annotations) -> Figure:
     """Image widths against heights, sized by how many images share them."""
     sizes = ann.images.groupby(["width", "height"]).size().reset_index(name="n")
     fig, ax = _bar_figure("Image sizes", "width (px)", "height (px)")
-    ax.scatter(
-        sizes["width"].astype(float),
-        sizes["height"].astype(float),
-        s=20 + 200 * sizes["n"] / sizes["n"].max(),
-        alpha=0.7,
-    )
-    for r in sizes.itertuples(index=False):
-        ax.annotate(
-            str(r.n),
-            (float(r.width), float(r.height)),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
+    w, h, n = sizes["width"].astype(float), sizes["height"].astype(float), sizes["n"]
+    ax.scatter(w, h, s=20 + 200 * n / n.max(), alpha=0.7)
+    for x, y, count in zip(w, h, n, strict=True):
+        ax.annotate(str(count), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_aspect("equal", adjustable="datalim")
     return fig
 
@@ -203,14 +190,11 @@ def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
     epoch = pd.to_numeric(df["epoch"]) + 1
     fig = _figure(11, 3.6)
     axes = fig.subplots(1, 3)
+    pck = [c for c in df.columns if c.startswith("PCK@")]
     panels = [
         ("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
         ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
-        (
-            "Validation PCK",
-            "share of points (0-1)",
-            [c for c in df.columns if c.startswith("PCK@")],
-        ),
+        ("Validation PCK", "share of points (0-1)", pck),
     ]
     for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
         for c in cols:
