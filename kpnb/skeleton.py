@@ -23,12 +23,9 @@ _SIDE_WORDS = {"left": "left", "right": "right", "l": "left", "r": "right"}
 
 
 def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
-    """``(side, words)`` of a keypoint name with its side word replaced by ``"*"``.
-
-    ``left``/``right`` count anywhere as a separate word; ``l``/``r`` only as the first
-    or last word (``L_Shoulder``, ``r ankle``, ``eye_L``), so ``"L_F_Paw"`` is the left
-    ``f paw``. Case and separators do not matter.
-    """
+    """``(side, words)`` of a keypoint name, its side word replaced by ``"*"``: ``left``/
+    ``right`` anywhere, ``l``/``r`` only first or last (``L_Shoulder``, ``eye_L``; so
+    ``"L_F_Paw"`` is the left ``f paw``). Case and separators do not matter."""
     words = [w for w in _SEPARATORS.split(str(name).lower()) if w]
     for i, w in enumerate(words):
         if w in ("left", "right") or (w in ("l", "r") and i in (0, len(words) - 1)):
@@ -75,12 +72,8 @@ def _index_pairs(names: Sequence[str], pairs: Sequence[tuple] | None) -> list[tu
 
 
 def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[int, int]]:
-    """Explicit left/right `pairs` (names, or 0-based indices) as index pairs.
-
-    Raises:
-        ValueError: a name is not a keypoint, an index is out of range, or a keypoint is
-            in two pairs.
-    """
+    """Explicit left/right `pairs` (names, or 0-based indices) as index pairs; a
+    `KpnbError` for a name not a keypoint, an index out of range, or a keypoint in two."""
     names = [str(n) for n in names]
     out, seen = [], set()
     for pair in pairs:
@@ -175,12 +168,8 @@ class Skeleton:
 
     @classmethod
     def from_dict(cls, data: dict) -> Skeleton:
-        """The inverse of `to_dict`; a `KpnbError` saying what is wrong on anything else.
-
-        A checkpoint's skeleton comes from a file that may have been edited, so every part
-        is checked: ``keypoints`` a non-empty list of names, ``edges`` (optional) a list of
-        index pairs in range, ``pairs`` (optional) a list of pairs of indices or names.
-        """
+        """The inverse of `to_dict`, checking every part (a checkpoint's file may have been
+        edited): a `KpnbError` saying what is wrong on anything else."""
         if not isinstance(data, dict):
             raise KpnbError(f"a skeleton is a dict of 'keypoints' and 'edges', not {_brief(data)}")
         names = data.get("keypoints")

@@ -26,6 +26,7 @@ _KEYPOINTS_UV = np.array(
     [[0.0, 0.28], [0.38, -0.18], [-0.38, -0.18], [0.74, -0.98], [-0.74, -0.98]]
 )
 _EAR_UV = np.array([[0.30, -0.62], [0.98, -0.38], [0.84, -1.32]])  # left ear; right is mirrored
+_EARS = [_EAR_UV * np.array([sign, 1.0]) for sign in (1.0, -1.0)]
 _HEAD_RX, _HEAD_RY = 1.0, 0.86
 # Feature colours drawn centred on each keypoint; tests read them back at the written positions.
 PUPIL = (12, 12, 12)
@@ -49,9 +50,8 @@ def _in_silhouette(points: np.ndarray, centre, radius, rot) -> np.ndarray:
     """Which image points fall inside a face (head ellipse or either ear)."""
     uv = ((points - np.asarray(centre)) @ rot) / radius  # inverse of _to_image
     inside = (uv[:, 0] / _HEAD_RX) ** 2 + (uv[:, 1] / _HEAD_RY) ** 2 <= 1.0
-    for sign in (1.0, -1.0):
-        tri = _EAR_UV * np.array([sign, 1.0])
-        inside |= _in_triangle(uv, tri)
+    for ear in _EARS:
+        inside |= _in_triangle(uv, ear)
     return inside
 
 
@@ -70,7 +70,7 @@ def _in_triangle(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
 def _silhouette_uv(n: int = 40) -> list[np.ndarray]:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     head = np.stack([_HEAD_RX * np.cos(t), _HEAD_RY * np.sin(t)], axis=1)
-    return [head] + [_EAR_UV * np.array([s, 1.0]) for s in (1.0, -1.0)]
+    return [head, *_EARS]
 
 
 def _shadows(img: np.ndarray, faces, light: np.ndarray, scale: float = 1.0) -> np.ndarray:

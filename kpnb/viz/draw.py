@@ -287,8 +287,7 @@ def _overlaps(a, b) -> bool:
 
 
 def _export_root(ann: Annotations) -> Path:
-    """The folder of the export the tables were read from (``meta["path"]``, the file or
-    zip on disk that `read_cvat`/`read_coco` record)."""
+    """The folder of the export (``meta["path"]``, which `read_cvat`/`read_coco` record)."""
     path = ann.meta.get("path")
     if not path:
         raise KpnbError(
@@ -340,10 +339,7 @@ def show_sample(
     each instance's box (its grouped box, else its points' extent). With `skip_missing`
     a missing file is drawn as a grey canvas of the size the annotations declare. An image
     of another size than declared is refused, or resized to it with `rescale_images`.
-
-    Raises:
-        IndexError: no such image. FileNotFoundError: the file is missing (names the
-            image id and file name).
+    A `KpnbError` when there is no such image or its file is missing (naming both).
     """
     from kpnb.images import find_image, load_image
 
