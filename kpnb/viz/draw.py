@@ -306,9 +306,8 @@ def _label_arrays(ann: Annotations, rows: pd.DataFrame, k: int):
     ids, slot = np.unique(inst, return_inverse=True)
     arr = np.zeros((len(ids), k, 3), np.float32)
     arr[..., :2] = np.nan
-    arr[slot, rows["point_index"].to_numpy(int)] = rows[["x", "y", "visibility"]].to_numpy(
-        np.float32
-    )
+    xyv = rows[["x", "y", "visibility"]].to_numpy(np.float32)
+    arr[slot, rows["point_index"].to_numpy(int)] = xyv
     grouped = ann.grouped_boxes()
     first = rows.drop_duplicates("instance_id")
     boxes = np.zeros((len(ids), 4), np.float32)

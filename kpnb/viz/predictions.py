@@ -141,15 +141,8 @@ def _error_styles() -> list[Line2D]:
     cross = _marker(
         "prediction (errors panel)", "x", markersize=9, markeredgewidth=2.5, color="0.35"
     )
-    line = Line2D(
-        [],
-        [],
-        ls=(0, (2, 1.5)),
-        lw=2,
-        color="white",
-        path_effects=[halo],
-        label="error: point to prediction",
-    )
+    dashes = {"ls": (0, (2, 1.5)), "lw": 2, "color": "white", "path_effects": [halo]}
+    line = Line2D([], [], label="error: point to prediction", **dashes)
     return [cross, line]
 
 
