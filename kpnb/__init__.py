@@ -23,25 +23,10 @@ __all__ = [
 ]
 
 
-_SUBMODULES = {
-    "cvat",
-    "coco",
-    "synthetic",
-    "data",
-    "tables",
-    "grouping",
-    "skeleton",
-    "images",
-    "errors",
-    "transforms",
-    "dataset",
-    "viz",
-    "model",
-    "train",
-    "evaluate",
-    "config",
-    "cli",
-}
+_SUBMODULES = set(
+    "cvat coco synthetic data tables grouping skeleton images errors transforms dataset viz "
+    "model train evaluate config cli".split()
+)
 
 
 def __getattr__(name: str):

@@ -23,12 +23,9 @@ _SIDE_WORDS = {"left": "left", "right": "right", "l": "left", "r": "right"}
 
 
 def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
-    """``(side, words)`` of a keypoint name with its side word replaced by ``"*"``.
-
-    ``left``/``right`` count anywhere as a separate word; ``l``/``r`` only as the first
-    or last word (``L_Shoulder``, ``r ankle``, ``eye_L``), so ``"L_F_Paw"`` is the left
-    ``f paw``. Case and separators do not matter.
-    """
+    """``(side, words)`` of a keypoint name, its side word replaced by ``"*"``: ``left``/
+    ``right`` anywhere, ``l``/``r`` only first or last (``L_Shoulder``, ``eye_L``; so
+    ``"L_F_Paw"`` is the left ``f paw``). Case and separators do not matter."""
     words = [w for w in _SEPARATORS.split(str(name).lower()) if w]
     for i, w in enumerate(words):
         if w in ("left", "right") or (w in ("l", "r") and i in (0, len(words) - 1)):
@@ -48,12 +45,10 @@ def normalise_name(name: str) -> str:
 def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[int]:
     """The permutation that swaps left/right keypoints after a horizontal mirror.
 
-    ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs`, a name pairs with
-    the name that differs only by its side word, compared after normalising case and
-    separators (`normalise_name`): ``left_eye``/``right_eye``, ``Left_Ear``/``RIGHT_EAR``,
-    ``left-wrist``/``right.wrist``, ``L_Shoulder``/``R_Shoulder``, ``l ankle``/``r ankle``.
-    `pairs` (names or 0-based indices) replaces the derivation. Names without a partner
-    map to themselves, so a set with no pairs gives the identity.
+    ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs` (names or 0-based
+    indices), a name pairs with the one that differs only by its side word after
+    `normalise_name` (``Left_Ear``/``RIGHT_EAR``, ``L_Shoulder``/``R_Shoulder``). A name
+    without a partner maps to itself.
 
     Example:
         >>> flip_indices(["nose", "left_eye", "right_eye"])
@@ -62,28 +57,23 @@ def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> 
         [1, 0]
     """
     perm = list(range(len(names)))
-    for a, b in resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names):
+    for a, b in _index_pairs(names, pairs):
         perm[a], perm[b] = b, a
     return perm
 
 
-def _name_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+def _index_pairs(names: Sequence[str], pairs: Sequence[tuple] | None) -> list[tuple[int, int]]:
+    """The explicit `pairs` as indices, else each left name with its right partner."""
+    if pairs is not None:
+        return resolve_pairs(names, pairs)
     keys = [_side_key(n) for n in names]
-    lookup = {(side, words): i for i, (side, words) in enumerate(keys) if side}
-    pairs = []
-    for i, (side, words) in enumerate(keys):
-        if side == "left" and ("right", words) in lookup:
-            pairs.append((i, lookup[("right", words)]))
-    return pairs
+    right = {words: i for i, (side, words) in enumerate(keys) if side == "right"}
+    return [(i, right[w]) for i, (side, w) in enumerate(keys) if side == "left" and w in right]
 
 
 def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[int, int]]:
-    """Explicit left/right `pairs` (names, or 0-based indices) as index pairs.
-
-    Raises:
-        ValueError: a name is not a keypoint, an index is out of range, or a keypoint is
-            in two pairs.
-    """
+    """Explicit left/right `pairs` (names, or 0-based indices) as index pairs; a
+    `KpnbError` for a name not a keypoint, an index out of range, or a keypoint in two."""
     names = [str(n) for n in names]
     out, seen = [], set()
     for pair in pairs:
@@ -112,11 +102,7 @@ def resolve_pairs(names: Sequence[str], pairs: Sequence[tuple]) -> list[tuple[in
 def unpaired_sides(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> list[str]:
     """Names that say left or right but have no partner (worth a warning: a typo, or a
     keypoint the flip cannot mirror)."""
-    paired = {
-        i
-        for p in (resolve_pairs(names, pairs) if pairs is not None else _name_pairs(names))
-        for i in p
-    }
+    paired = {i for pair in _index_pairs(names, pairs) for i in pair}
     return [str(n) for i, n in enumerate(names) if _side_key(n)[0] and i not in paired]
 
 
@@ -182,12 +168,8 @@ class Skeleton:
 
     @classmethod
     def from_dict(cls, data: dict) -> Skeleton:
-        """The inverse of `to_dict`; a `KpnbError` saying what is wrong on anything else.
-
-        A checkpoint's skeleton comes from a file that may have been edited, so every part
-        is checked: ``keypoints`` a non-empty list of names, ``edges`` (optional) a list of
-        index pairs in range, ``pairs`` (optional) a list of pairs of indices or names.
-        """
+        """The inverse of `to_dict`, checking every part (a checkpoint's file may have been
+        edited): a `KpnbError` saying what is wrong on anything else."""
         if not isinstance(data, dict):
             raise KpnbError(f"a skeleton is a dict of 'keypoints' and 'edges', not {_brief(data)}")
         names = data.get("keypoints")

@@ -17,9 +17,6 @@ from PIL import Image, ImageDraw, ImageFilter
 from kpnb.skeleton import Skeleton
 from kpnb.synthetic.textures import _COATS, _blend, _jitter, _mix
 
-__all__ = ["FACE", "PUPIL", "NOSE", "INNER_EAR", "FEATURE_COLOURS"]
-
-
 FACE = Skeleton(
     ("nose", "left_eye", "right_eye", "left_ear", "right_ear"),
     ((0, 1), (0, 2), (1, 2), (1, 3), (2, 4)),
@@ -29,6 +26,7 @@ _KEYPOINTS_UV = np.array(
     [[0.0, 0.28], [0.38, -0.18], [-0.38, -0.18], [0.74, -0.98], [-0.74, -0.98]]
 )
 _EAR_UV = np.array([[0.30, -0.62], [0.98, -0.38], [0.84, -1.32]])  # left ear; right is mirrored
+_EARS = [_EAR_UV * np.array([sign, 1.0]) for sign in (1.0, -1.0)]
 _HEAD_RX, _HEAD_RY = 1.0, 0.86
 # Feature colours drawn centred on each keypoint; tests read them back at the written positions.
 PUPIL = (12, 12, 12)
@@ -52,9 +50,8 @@ def _in_silhouette(points: np.ndarray, centre, radius, rot) -> np.ndarray:
     """Which image points fall inside a face (head ellipse or either ear)."""
     uv = ((points - np.asarray(centre)) @ rot) / radius  # inverse of _to_image
     inside = (uv[:, 0] / _HEAD_RX) ** 2 + (uv[:, 1] / _HEAD_RY) ** 2 <= 1.0
-    for sign in (1.0, -1.0):
-        tri = _EAR_UV * np.array([sign, 1.0])
-        inside |= _in_triangle(uv, tri)
+    for ear in _EARS:
+        inside |= _in_triangle(uv, ear)
     return inside
 
 
@@ -73,7 +70,7 @@ def _in_triangle(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
 def _silhouette_uv(n: int = 40) -> list[np.ndarray]:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     head = np.stack([_HEAD_RX * np.cos(t), _HEAD_RY * np.sin(t)], axis=1)
-    return [head] + [_EAR_UV * np.array([s, 1.0]) for s in (1.0, -1.0)]
+    return [head, *_EARS]
 
 
 def _shadows(img: np.ndarray, faces, light: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -137,15 +134,6 @@ def _fur_streaks(u: np.ndarray, v: np.ndarray, phase: np.ndarray) -> np.ndarray:
     return out / 3.0
 
 
-def _window(shape, origin, centre, half: float) -> tuple[slice, slice]:
-    """Rows and columns of a crop (at `origin` in the image) within `half` px of `centre`."""
-    cx, cy = centre[0] - origin[0], centre[1] - origin[1]
-    return (
-        slice(max(0, int(cy - half)), max(0, min(shape[0], int(cy + half) + 2))),
-        slice(max(0, int(cx - half)), max(0, min(shape[1], int(cx + half) + 2))),
-    )
-
-
 @dataclass
 class _FaceFrame:
     """Where one face is drawn: the crop of the image it can touch (`box`, x0 y0 x1 y1)
@@ -165,17 +153,19 @@ class _FaceFrame:
 
     def window(self, centre, half: float) -> tuple[slice, slice]:
         """Rows and columns of the crop within `half` px of the image point `centre`."""
-        return _window(self.u.shape, self.box[:2], centre, half)
+        (h, w), cx, cy = self.u.shape, centre[0] - self.box[0], centre[1] - self.box[1]
+        return (
+            slice(max(0, int(cy - half)), max(0, min(h, int(cy + half) + 2))),
+            slice(max(0, int(cx - half)), max(0, min(w, int(cx + half) + 2))),
+        )
 
 
-def _face_frame(shape, centre, radius: float, rot, coat: dict, light) -> _FaceFrame | None:
-    """The frame of a face on an image of `shape`; None when the face misses the image."""
+def _face_frame(shape, centre, radius: float, rot, coat: dict, light) -> _FaceFrame:
+    """The frame of a face on an image of `shape` (its centre is always on the image)."""
     h, w = shape[:2]
     reach = 1.6 * radius
     x0, x1 = max(0, int(centre[0] - reach)), min(w, int(centre[0] + reach) + 1)
     y0, y1 = max(0, int(centre[1] - reach)), min(h, int(centre[1] + reach) + 1)
-    if x0 >= x1 or y0 >= y1:
-        return None
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     pix = np.stack([xx + 0.5 - centre[0], yy + 0.5 - centre[1]], axis=-1) @ rot.astype(np.float32)
     u, v = pix[..., 0] / np.float32(radius), pix[..., 1] / np.float32(radius)
@@ -203,8 +193,6 @@ def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -
     Small features are computed only in a window around them, which keeps this fast.
     """
     face = _face_frame(img.shape, centre, radius, rot, coat, light)
-    if face is None:
-        return
     x0, y0, x1, y1 = face.box
     out = img[y0:y1, x0:x1]
     _draw_ears(out, face, coat["fur"])

@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kpnb.cvat import skeleton_svg, write_cvat
+from kpnb.cvat import skeleton_svg
 from kpnb.io import atomic_path, check_output, write_zip
 from kpnb.synthetic.cats import _KEYPOINTS_UV, FACE
 from kpnb.synthetic.scene import SyntheticScene, _check_layout, render_scene
 from kpnb.tables import Annotations, tidy_images, tidy_keypoints
-
-__all__ = ["LABEL", "SUBSETS", "synthesize", "generate", "image_name", "image_relpath"]
 
 LABEL = "face"
 # Where the circles sit in the label's svg (CVAT's skeleton editor canvas is 0-100).
@@ -38,26 +36,11 @@ def _subset(index: int) -> str:
 
 def _labels(layout: str) -> pd.DataFrame:
     colours = ["#f0c419", "#e74c3c", "#3498db", "#2ecc71", "#9b59b6", "#e67e22"]
-    if layout == "skeleton":
-        rows = [
-            {
-                "name": LABEL,
-                "type": "skeleton",
-                "color": colours[0],
-                "parent": None,
-                "svg": skeleton_svg(FACE, _SVG_POSITIONS),
-            }
-        ]
-        rows += [
-            {"name": kp, "type": "points", "color": colours[i + 1], "parent": LABEL, "svg": None}
-            for i, kp in enumerate(FACE.keypoints)
-        ]
-    else:
-        rows = [
-            {"name": kp, "type": "points", "color": colours[i + 1], "parent": None, "svg": None}
-            for i, kp in enumerate(FACE.keypoints)
-        ]
-    return pd.DataFrame(rows)
+    parent = LABEL if layout == "skeleton" else None
+    rows = [(kp, "points", colours[i + 1], parent, None) for i, kp in enumerate(FACE.keypoints)]
+    if parent:
+        rows.insert(0, (LABEL, "skeleton", colours[0], None, skeleton_svg(FACE, _SVG_POSITIONS)))
+    return pd.DataFrame(rows, columns=["name", "type", "color", "parent", "svg"])
 
 
 def _scene_rows(scene: SyntheticScene, index: int, layout: str, next_id: int) -> list[dict]:
@@ -155,18 +138,15 @@ def generate(
         out = out.with_name(out.name + ".zip")
     check_output(out, directory=not as_zip, overwrite=overwrite)  # before the drawing
     ann, pictures = synthesize(n_images, seed, layout)
+    images = zip(ann.images.itertuples(index=False), pictures, strict=True)
+    jpegs = ((image_relpath(i.name, i.subset), _jpeg_bytes(p, quality)) for i, p in images)
+    files = chain([("annotations.xml", _xml_bytes(ann))], jpegs)  # one JPEG in memory at a time
     if as_zip:
-        images = zip(ann.images.itertuples(index=False), pictures, strict=True)
-        jpegs = ((image_relpath(i.name, i.subset), _jpeg_bytes(p, quality)) for i, p in images)
-        return write_zip(
-            out, chain([("annotations.xml", _xml_bytes(ann))], jpegs), overwrite=overwrite
-        )
+        return write_zip(out, files, overwrite=overwrite)
     with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
-        write_cvat(ann, tmp / "annotations.xml")
-        for img, pic in zip(ann.images.itertuples(index=False), pictures, strict=True):
-            path = tmp / image_relpath(img.name, img.subset)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_jpeg_bytes(pic, quality))
+        for name, data in files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
     return out
 
 

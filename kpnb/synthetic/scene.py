@@ -26,8 +26,6 @@ from kpnb.synthetic.cats import (
 from kpnb.synthetic.textures import _background, _lighting
 from kpnb.tables import visibility_from_flags
 
-__all__ = ["STYLE_VERSION", "IMAGE_SIZES", "SyntheticScene", "render_scene"]
-
 #: Raised whenever the drawing or the geometry changes: cached copies (`kpnb.data.get_dataset`)
 #: are keyed by it, so an old drawing is never taken for the current one.
 STYLE_VERSION = 2

@@ -136,9 +136,8 @@ def _wood(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """Boards with grain and rings, vertical or horizontal, dark gaps between them."""
     vertical = rng.random() < 0.5
     along, across = (height, width) if vertical else (width, height)
-    grain = _noise(rng, along, across, 2, 3, stretch=(0.3, 3.0)).T if vertical else None
-    if grain is None:
-        grain = _noise(rng, width, height, 2, 3, stretch=(0.3, 3.0))
+    grain = _noise(rng, along, across, 2, 3, stretch=(0.3, 3.0))
+    grain = grain.T if vertical else grain
     pos = np.mgrid[0:height, 0:width][1 if vertical else 0].astype(np.float32)
     period = rng.uniform(40, 90)
     rings = np.sin((pos + grain * rng.uniform(8, 20)) * 2 * np.pi / rng.uniform(5, 11))

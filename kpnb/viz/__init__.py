@@ -5,16 +5,9 @@ Every function returns a PIL image or a matplotlib ``Figure`` and keeps no globa
 can check it. Importing it does not import torch (``kpnb show`` starts fast); a tensor
 passed in, or a prediction figure, brings torch in when it is used.
 
-One job per module, each importing only from those above it:
-
-* `kpnb.viz.draw`: colours and markers; keypoints, boxes and names drawn on one picture
-  (`draw_instances`, `draw_target`, `show_sample`), and the one image all notebooks
-  show first (`showcase_image`).
-* `kpnb.viz.grids`: pictures in a grid saved as a palette PNG (`image_grid`,
-  `sample_grid`, `before_after`) and colour legends (`keypoint_legend`, `color_swatch`).
-* `kpnb.viz.plots`: dataset statistics, keypoint heat maps, training curves, `save_figure`.
-* `kpnb.viz.predictions`: predictions against the ground truth, matched as the metrics
-  match them (`draw_predictions`, `compare_predictions`).
+Modules, each importing only from those above it: `draw` (colours, markers, one annotated
+picture), `grids` (grids as palette PNGs, colour legends), `plots` (dataset statistics,
+heat maps, training curves) and `predictions` (predictions against the ground truth).
 """
 
 from kpnb.viz.draw import (

@@ -10,6 +10,7 @@ The other `kpnb.viz` modules build on this one.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import zlib
 from collections.abc import Mapping, Sequence
@@ -22,18 +23,6 @@ from PIL import Image, ImageDraw, ImageFont
 from kpnb.errors import KpnbError
 from kpnb.skeleton import Skeleton
 from kpnb.tables import Annotations
-
-__all__ = [
-    "RGB",
-    "OUTLINE",
-    "OCCLUDED_MARKERS",
-    "keypoint_colors",
-    "marker_radius",
-    "draw_instances",
-    "draw_target",
-    "show_sample",
-    "showcase_image",
-]
 
 RGB = tuple[int, int, int]
 _PALETTE_SIZE = 48
@@ -64,19 +53,11 @@ def keypoint_colors(names: Sequence[str]) -> dict[str, RGB]:
         start = zlib.crc32(name.encode("utf-8")) % len(palette)
         order = [(start + k) % len(palette) for k in range(len(palette))]
         free = [i for i in order if i not in taken] or order
-        clear = [i for i in free if all(_distance(palette[i], palette[t]) >= 100 for t in taken)]
+        clear = [i for i in free if all(math.dist(palette[i], palette[t]) >= 100 for t in taken)]
         i = (clear or free)[0]
         taken.append(i)
         out[name] = palette[i]
     return out
-
-
-def _distance(a: RGB, b: RGB) -> float:
-    return float(np.sqrt(sum((int(x) - int(y)) ** 2 for x, y in zip(a, b, strict=True))))
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(FONT_PATH), size)
 
 
 def _as_pil(image) -> Image.Image:
@@ -157,28 +138,17 @@ def draw_instances(
     occluded_marker: str = "square",
     font_size: int | None = None,
 ) -> Image.Image:
-    """Draw keypoint instances on an image.
+    """A copy of `image` (PIL, or a ``[3, H, W]`` tensor) with keypoint instances drawn on it.
+
+    Visible points (v=2) are outlined discs in their keypoint colour (`colors`, default
+    `keypoint_colors`); occluded ones (v=1) hollow squares (`occluded_marker` ``"x"``:
+    crosses), so the picture under them shows; absent ones (v=0) and their edges are not
+    drawn. Sizes (`radius`, `font_size`) grow with the image unless given.
 
     Args:
-        image: PIL image or ``[3, H, W]`` tensor (uint8, or float in 0-1).
         keypoints: ``[N, K, 3]`` (x, y, v) array, ``[N, K, 2]`` (all visible), or a slice
             of the keypoints table (one image, one label).
-        skeleton: names and edges; edges are drawn between labelled points only.
         boxes: optional ``[N, 4]`` xyxy boxes to draw.
-        show_names: write each labelled keypoint's name beside it, on a dark label.
-        radius: marker radius in pixels; default `marker_radius` (grows with the image).
-        edge_color: colour of skeleton edges (drawn over a dark halo).
-        colors: keypoint name -> RGB; default `keypoint_colors` of the names.
-        outline_color: the dark outline of markers and halo of edges.
-        occluded_marker: ``"square"`` (hollow) or ``"x"``.
-        font_size: name text size in pixels; default grows with the image.
-
-    Visible points (v=2) are discs in their keypoint colour with a dark outline; occluded
-    ones (v=1) hollow squares (or crosses) in the same colour, so the picture under them
-    stays visible; absent ones (v=0) and every edge touching them are not drawn.
-
-    Returns:
-        A new PIL image; the input is untouched.
     """
     if occluded_marker not in OCCLUDED_MARKERS:
         raise KpnbError(
@@ -188,11 +158,11 @@ def draw_instances(
     arr, names = _instances(keypoints, skeleton)
     r = radius or marker_radius(*out.size)
     colors = dict(colors or keypoint_colors(names))
+    draw = ImageDraw.Draw(out)
     if boxes is not None and len(boxes):
-        _draw_boxes(ImageDraw.Draw(out), boxes, width=max(1, r // 2))
+        _draw_boxes(draw, boxes, width=max(1, r // 2))
     if not len(arr):
         return out
-    draw = ImageDraw.Draw(out)
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
     edges = skeleton.edges if skeleton else ()
     _draw_edges(draw, xy, vis, edges, r, edge_color, outline_color)
@@ -246,10 +216,8 @@ def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwar
 
 
 def _numpy(x) -> np.ndarray:
-    """A float32 numpy copy of a tensor (any device, tv_tensor subclass) or an array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, np.float32)
+    """A float32 array from a tensor (any device, tv_tensor subclass) or an array."""
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, np.float32)
 
 
 def _write_names(
@@ -259,7 +227,7 @@ def _write_names(
     point's colour), placed beside the point on the first side where it overlaps no marker
     or earlier label and stays on the image."""
     size = font_size or max(11, round(min(img.size) / 24))
-    font = _font(size)
+    font = ImageFont.truetype(str(FONT_PATH), size)
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     pts = [(x, y) for inst in arr for x, y, v in inst if v > 0]
@@ -273,13 +241,10 @@ def _write_names(
                 continue
             left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
             tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-            spots = [
-                (x + gap, y - gap - th),
-                (x + gap, y + gap),
-                (x - gap - tw, y - gap - th),
-                (x - gap - tw, y + gap),
-                (x - tw / 2, y - gap - th),
-                (x - tw / 2, y + gap),
+            spots = [  # right, left, centred; above before below
+                (sx, sy)
+                for sx in (x + gap, x - gap - tw, x - tw / 2)
+                for sy in (y - gap - th, y + gap)
             ]
             inside = [
                 s
@@ -322,8 +287,7 @@ def _overlaps(a, b) -> bool:
 
 
 def _export_root(ann: Annotations) -> Path:
-    """The folder of the export the tables were read from (``meta["path"]``, the file or
-    zip on disk that `read_cvat`/`read_coco` record)."""
+    """The folder of the export (``meta["path"]``, which `read_cvat`/`read_coco` record)."""
     path = ann.meta.get("path")
     if not path:
         raise KpnbError(
@@ -342,9 +306,8 @@ def _label_arrays(ann: Annotations, rows: pd.DataFrame, k: int):
     ids, slot = np.unique(inst, return_inverse=True)
     arr = np.zeros((len(ids), k, 3), np.float32)
     arr[..., :2] = np.nan
-    arr[slot, rows["point_index"].to_numpy(int)] = rows[["x", "y", "visibility"]].to_numpy(
-        np.float32
-    )
+    xyv = rows[["x", "y", "visibility"]].to_numpy(np.float32)
+    arr[slot, rows["point_index"].to_numpy(int)] = xyv
     grouped = ann.grouped_boxes()
     first = rows.drop_duplicates("instance_id")
     boxes = np.zeros((len(ids), 4), np.float32)
@@ -375,10 +338,7 @@ def show_sample(
     each instance's box (its grouped box, else its points' extent). With `skip_missing`
     a missing file is drawn as a grey canvas of the size the annotations declare. An image
     of another size than declared is refused, or resized to it with `rescale_images`.
-
-    Raises:
-        IndexError: no such image. FileNotFoundError: the file is missing (names the
-            image id and file name).
+    A `KpnbError` when there is no such image or its file is missing (naming both).
     """
     from kpnb.images import find_image, load_image
 
@@ -411,17 +371,12 @@ def show_sample(
 
 
 def showcase_image(ann: Annotations, label: str) -> int:
-    """The image every notebook shows first: the `image_index` whose object of `label` is
-    the clearest to look at, so all pictures of one export start from the same image.
+    """The `image_index` every notebook shows first: its object of `label` is the clearest.
 
-    Ranked, in order: an image holding one object of `label` (no crowding); the most
-    visible points (an uncut object: nothing outside the frame or hidden); the most labelled
-    points; the largest distance between its two closest labelled points (names and markers
-    do not overlap, and the object is large); the largest extent. Ties go to the first
-    image in file order.
-
-    Raises:
-        KpnbError: `label` has no labelled point in `ann`.
+    Ranked, in order: one object of `label` in the image; the most visible points (nothing
+    cut or hidden); the most labelled points; the widest gap between its two closest points
+    (names and markers do not overlap); the largest extent; then file order. A `KpnbError`
+    when `label` has no labelled point.
     """
     kp = ann.keypoints[(ann.keypoints["label"] == label)]
     kp = kp[kp["visibility"] > 0]

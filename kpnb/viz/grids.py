@@ -13,12 +13,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from kpnb.tables import Annotations
 from kpnb.viz.draw import OUTLINE, RGB, _as_pil, _palette, keypoint_colors, show_sample
-
-__all__ = ["color_swatch", "image_grid", "keypoint_legend", "sample_grid", "before_after"]
 
 
 def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
@@ -33,18 +31,12 @@ def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figur
     fig = _figure(4.8, 0.42 * len(colours) + 1.0)
     ax = fig.add_subplot()
     for i, (name, rgb) in enumerate(colours.items()):
-        c = np.array(rgb) / 255
-        ax.scatter([0], [i], s=170, color=c, edgecolors=np.array(OUTLINE) / 255, linewidths=2)
-        ax.scatter(
-            [1],
-            [i],
-            s=150,
-            marker="s",
-            facecolors="none",
-            edgecolors=np.array(OUTLINE) / 255,
-            linewidths=4.5,
-        )
-        ax.scatter([1], [i], s=150, marker="s", facecolors="none", edgecolors=c, linewidths=2.5)
+        c, dark = np.array(rgb) / 255, np.array(OUTLINE) / 255
+        ax.scatter([0], [i], s=170, color=c, edgecolors=dark, linewidths=2)
+        for edge, lw in ((dark, 4.5), (c, 2.5)):  # a hollow square with a dark rim
+            ax.scatter(
+                [1], [i], s=150, marker="s", facecolors="none", edgecolors=edge, linewidths=lw
+            )
         ax.text(1.6, i, name, va="center", fontsize=11)
     for x, head in ((0, "visible"), (1, "occluded")):
         ax.text(x, -0.9, head, ha="center", va="bottom", fontsize=9, color="0.3")
@@ -84,13 +76,9 @@ class _PaletteCanvas(FigureCanvasAgg):
         index[exact] = (256 - len(reserved) + order[slot])[exact]
         small = Image.fromarray(index, mode="P")
         small.putpalette(palette.getpalette())
-        info = None
-        if metadata:
-            from PIL import PngImagePlugin
-
-            info = PngImagePlugin.PngInfo()
-            for key, value in metadata.items():
-                info.add_text(key, str(value))
+        info = PngImagePlugin.PngInfo()
+        for key, value in (metadata or {}).items():
+            info.add_text(key, str(value))
         small.save(
             filename_or_obj,
             format="png",
@@ -152,33 +140,12 @@ def keypoint_legend(
     `extra` handles (other marker or line styles the figure uses)."""
     dark = np.array(OUTLINE) / 255
     handles = [
-        Line2D(
-            [],
-            [],
-            ls="",
-            marker="o",
-            markersize=10,
-            markerfacecolor=np.array(c) / 255,
-            markeredgecolor=dark,
-            markeredgewidth=1.5,
-            label=name,
-        )
+        _marker(name, "o", markerfacecolor=np.array(c) / 255, markeredgecolor=dark)
         for name, c in colors.items()
     ]
     if occluded:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="s",
-                markersize=10,
-                markerfacecolor="none",
-                markeredgecolor="0.35",
-                markeredgewidth=2,
-                label="occluded (any colour)",
-            )
-        )
+        grey = {"markerfacecolor": "none", "markeredgecolor": "0.35", "markeredgewidth": 2}
+        handles.append(_marker("occluded (any colour)", "s", **grey))
     handles += list(extra)
     fig.legend(
         handles=handles,
@@ -189,6 +156,12 @@ def keypoint_legend(
         title="keypoints",
         title_fontsize=10,
     )
+
+
+def _marker(label: str, marker: str, **style) -> Line2D:
+    """A legend handle: one marker, no line (10 pt, edge 1.5 pt unless `style` says)."""
+    style = {"markersize": 10, "markeredgewidth": 1.5, **style}
+    return Line2D([], [], ls="", marker=marker, label=label, **style)
 
 
 def sample_grid(
@@ -213,12 +186,11 @@ def sample_grid(
     names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
     colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
     meta = ann.images.set_index("image_index").loc[indices]
-    images = []
+    font_size, images = kwargs.pop("font_size", None), []
     for i, (w, h) in zip(indices, meta[["width", "height"]].to_numpy(int), strict=True):
         # a cell is about 300 px wide: scale text so it shows at about 10 px
-        size = kwargs.get("font_size") or max(11, round(10 * max(w, h) / 300))
-        extra = {k: v for k, v in kwargs.items() if k != "font_size"}
-        images.append(show_sample(ann, i, image_root, colors=colors, font_size=size, **extra))
+        size = font_size or max(11, round(10 * max(w, h) / 300))
+        images.append(show_sample(ann, i, image_root, colors=colors, font_size=size, **kwargs))
     fig = image_grid(images, meta["name"].astype(str).tolist(), ncols, title="Annotated samples")
     if colors:
         keypoint_legend(fig, colors)

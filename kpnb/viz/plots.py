@@ -18,17 +18,6 @@ from kpnb.tables import Annotations
 from kpnb.viz.draw import keypoint_colors
 from kpnb.viz.grids import _figure
 
-__all__ = [
-    "plot_label_counts",
-    "plot_keypoint_visibility",
-    "plot_instances_per_image",
-    "plot_image_sizes",
-    "plot_keypoint_heatmap",
-    "plot_history",
-    "save_figure",
-]
-
-
 # -- distributions -------------------------------------------------------------------------
 #: Visibility kinds and their colours, in the order they stack.
 _VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
@@ -37,9 +26,7 @@ _VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
 def _bar_figure(title: str, xlabel: str, ylabel: str, width: float = 6.4):
     fig = _figure(width, 4.0)
     ax = fig.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return fig, ax
 
 
@@ -48,11 +35,8 @@ def plot_label_counts(ann: Annotations) -> Figure:
     counts = ann.label_counts()
     fig, ax = _bar_figure("Instances per label", "label", "instances")
     colours = keypoint_colors(counts.index)
-    ax.bar(
-        counts.index.astype(str),
-        counts.values,
-        color=[np.array(colours[n]) / 255 for n in counts.index],
-    )
+    rgb = [np.array(colours[n]) / 255 for n in counts.index]
+    ax.bar(counts.index.astype(str), counts.values, color=rgb)
     ax.tick_params(axis="x", rotation=45)
     return fig
 
@@ -76,18 +60,15 @@ def plot_keypoint_visibility(ann: Annotations) -> Figure:
     for col, colour in _VISIBILITY.items():
         left.barh(y, shares[col], left=start, color=colour, label=col)
         start += shares[col]
-    left.set_xlim(0, 100)
-    left.set_title("All points (share of each keypoint's points)")
-    left.set_xlabel("% of points")
+    left.set(xlim=(0, 100), title="All points (share of each keypoint's points)")
     width = 0.38
     peak = max(1.0, *(shares[c].max() for c in ("occluded", "absent")))
     for k, col in enumerate(("occluded", "absent")):
         bars = right.barh(y + (k - 0.5) * width, shares[col], height=width, color=_VISIBILITY[col])
         right.bar_label(bars, labels=[str(int(n)) for n in table[col]], padding=2, fontsize=8)
-    right.set_xlim(0, peak * 1.18)
-    right.set_title("Not visible, enlarged (count at each bar)")
-    right.set_xlabel("% of points")
+    right.set(xlim=(0, peak * 1.18), title="Not visible, enlarged (count at each bar)")
     for ax in (left, right):
+        ax.set_xlabel("% of points")
         ax.set_yticks(y, labels)
         ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_ylabel("keypoint")
@@ -114,20 +95,10 @@ def plot_image_sizes(ann: Annotations) -> Figure:
     """Image widths against heights, sized by how many images share them."""
     sizes = ann.images.groupby(["width", "height"]).size().reset_index(name="n")
     fig, ax = _bar_figure("Image sizes", "width (px)", "height (px)")
-    ax.scatter(
-        sizes["width"].astype(float),
-        sizes["height"].astype(float),
-        s=20 + 200 * sizes["n"] / sizes["n"].max(),
-        alpha=0.7,
-    )
-    for r in sizes.itertuples(index=False):
-        ax.annotate(
-            str(r.n),
-            (float(r.width), float(r.height)),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
+    w, h, n = sizes["width"].astype(float), sizes["height"].astype(float), sizes["n"]
+    ax.scatter(w, h, s=20 + 200 * n / n.max(), alpha=0.7)
+    for x, y, count in zip(w, h, n, strict=True):
+        ax.annotate(str(count), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_aspect("equal", adjustable="datalim")
     return fig
 
@@ -135,16 +106,13 @@ def plot_image_sizes(ann: Annotations) -> Figure:
 def plot_keypoint_heatmap(
     ann: Annotations, label: str, normalize: str = "box", bins: int | None = None
 ) -> Figure:
-    """Where each keypoint of `label` falls: one 2-D histogram per keypoint.
+    """Where each labelled keypoint (v > 0) of `label` falls: one 2-D histogram per keypoint.
 
-    `normalize` ``"box"`` puts each object in its own frame: the origin at the mean of its
-    labelled points, the unit its size (the root-mean-square distance of its points from
-    that mean), so the shape keeps its aspect and no point is pinned to an edge, as it is
-    by a min-max box, where the extreme points always land on the border. With more than
-    two keypoints it uses only objects with every keypoint labelled: a partly labelled
-    object's centre is not its centre. ``"image"`` divides x by the image width and y by
-    its height. Only labelled points (v > 0) count. `bins` per side: by default 24 for
-    ``"box"`` (the points cluster) and 10 for ``"image"`` (they spread over the frame).
+    `normalize` ``"box"``: each object in its own frame, origin at the mean of its points,
+    unit their RMS distance from it (a min-max box would pin the extreme points to its
+    border); with more than two keypoints only fully labelled objects count (a partial
+    object's mean is not its centre). ``"image"``: x / width, y / height. `bins` per side:
+    24 for ``"box"`` (points cluster), 10 for ``"image"`` (they spread) unless given.
     """
     if normalize not in ("box", "image"):
         raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")
@@ -222,23 +190,18 @@ def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
     epoch = pd.to_numeric(df["epoch"]) + 1
     fig = _figure(11, 3.6)
     axes = fig.subplots(1, 3)
+    pck = [c for c in df.columns if c.startswith("PCK@")]
     panels = [
         ("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
         ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
-        (
-            "Validation PCK",
-            "share of points (0-1)",
-            [c for c in df.columns if c.startswith("PCK@")],
-        ),
+        ("Validation PCK", "share of points (0-1)", pck),
     ]
     for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
         for c in cols:
             values = pd.to_numeric(df[c], errors="coerce")
             bold = c in ("loss", "AP")
             ax.plot(epoch, values, marker="o", lw=2.5 if bold else 1.3, label=_LOSS_PARTS.get(c, c))
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+        ax.set(title=name, xlabel="epoch", ylabel=ylabel)
         if len(epoch):  # whole epochs only, at most about ten ticks
             first, last = int(epoch.min()), int(epoch.max())
             ax.set_xticks(range(first, last + 1, max(1, -(-(last - first + 1) // 10))))

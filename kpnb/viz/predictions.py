@@ -16,13 +16,10 @@ from PIL import Image, ImageDraw
 
 from kpnb.skeleton import Skeleton
 from kpnb.viz.draw import OUTLINE, RGB, _as_pil, draw_instances, keypoint_colors, marker_radius
-from kpnb.viz.grids import image_grid, keypoint_legend
+from kpnb.viz.grids import _marker, image_grid, keypoint_legend
 
 if TYPE_CHECKING:
     from kpnb.evaluate import ImageResult
-
-__all__ = ["ERROR_LINE", "draw_predictions", "compare_predictions"]
-
 
 ERROR_LINE: RGB = (255, 255, 255)  # error lines: white dashes on a dark halo, no keypoint's colour
 
@@ -141,25 +138,11 @@ def _error_styles() -> list[Line2D]:
     from matplotlib import patheffects
 
     halo = patheffects.withStroke(linewidth=4, foreground=np.array(OUTLINE) / 255)
-    cross = Line2D(
-        [],
-        [],
-        ls="",
-        marker="x",
-        markersize=9,
-        markeredgewidth=2.5,
-        color="0.35",
-        label="prediction (errors panel)",
+    cross = _marker(
+        "prediction (errors panel)", "x", markersize=9, markeredgewidth=2.5, color="0.35"
     )
-    line = Line2D(
-        [],
-        [],
-        ls=(0, (2, 1.5)),
-        lw=2,
-        color="white",
-        path_effects=[halo],
-        label="error: point to prediction",
-    )
+    dashes = {"ls": (0, (2, 1.5)), "lw": 2, "color": "white", "path_effects": [halo]}
+    line = Line2D([], [], label="error: point to prediction", **dashes)
     return [cross, line]
 
 
