@@ -12,6 +12,7 @@ frame), 1 labelled but occluded, 2 visible. A missing point is NaN, never (0, 0)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,41 +20,9 @@ import numpy as np
 import pandas as pd
 
 from kpnb.errors import KpnbError
+from kpnb.io import atomic_path
 from kpnb.skeleton import Skeleton
 
-IMAGE_COLUMNS = ["image_index", "image_id", "name", "width", "height", "subset", "task_id"]
-
-KEYPOINT_COLUMNS = [
-    "image_index",
-    "instance_id",
-    "label",
-    "keypoint",
-    "point_index",
-    "x",
-    "y",
-    "visibility",
-    "occluded",
-    "outside",
-    "source",
-    "group_id",
-    "z_order",
-    "track_id",
-    "keyframe",
-]
-BOX_COLUMNS = [
-    "image_index",
-    "box_id",
-    "label",
-    "xtl",
-    "ytl",
-    "xbr",
-    "ybr",
-    "occluded",
-    "source",
-    "group_id",
-    "z_order",
-    "track_id",
-]
 ATTRIBUTE_COLUMNS = ["instance_id", "point_index", "name", "value"]
 LABEL_COLUMNS = ["name", "type", "color", "parent"]
 
@@ -115,28 +84,25 @@ _DEFAULTS = {
     "subset": None,
     "task_id": None,
 }
+IMAGE_COLUMNS = list(_IMAGE_DTYPES)
+KEYPOINT_COLUMNS = list(_KEYPOINT_DTYPES)
+BOX_COLUMNS = list(_BOX_DTYPES)
 
 
-def _tidy(df: pd.DataFrame, columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+def _tidy(df: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
     # Column by column, no copy of the whole frame: readers call this on millions of rows.
     out = {}
-    for c in columns:
+    for c, dt in dtypes.items():
         col = df[c] if c in df.columns else pd.Series([_DEFAULTS.get(c)] * len(df), dtype=object)
-        dt = dtypes.get(c)
         if dt == "category" and isinstance(col.dtype, pd.CategoricalDtype):
             out[c] = col.array  # already compact: no round trip through Python strings
-            continue
-        values = col.to_numpy() if isinstance(col, pd.Series) else col
-        if dt == "category":
-            values = np.asarray(values, dtype=object)
+        elif dt == "category":
+            values = col.to_numpy(dtype=object)
             out[c] = pd.Categorical(np.where(pd.isna(values), None, values))
-        elif dt == "object":
-            out[c] = np.asarray(values, dtype=object)
         elif dt[0].isupper():  # pandas' nullable integers
             out[c] = col.astype(dt).to_numpy()
         else:
-            values = np.asarray(values)
-            out[c] = values if values.dtype == np.dtype(dt) else values.astype(dt)
+            out[c] = col.to_numpy(dtype=dt)
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
@@ -146,24 +112,19 @@ def tidy_keypoints(df: pd.DataFrame) -> pd.DataFrame:
     A missing ``visibility`` column is derived from ``occluded``/``outside``.
     """
     if "visibility" not in df.columns:
-        df = df.assign(
-            visibility=np.broadcast_to(
-                visibility_from_flags(df.get("occluded", False), df.get("outside", False)), len(df)
-            ).copy()
-            if len(df)
-            else np.zeros(0, np.int8)
-        )
-    return _tidy(df, KEYPOINT_COLUMNS, _KEYPOINT_DTYPES)
+        flags = [df.get(c, pd.Series(False, index=df.index)) for c in ("occluded", "outside")]
+        df = df.assign(visibility=visibility_from_flags(*flags))
+    return _tidy(df, _KEYPOINT_DTYPES)
 
 
 def tidy_images(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with the image table's columns, order and dtypes."""
-    return _tidy(df, IMAGE_COLUMNS, _IMAGE_DTYPES)
+    return _tidy(df, _IMAGE_DTYPES)
 
 
 def tidy_boxes(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with the box table's columns, order and dtypes."""
-    return _tidy(df, BOX_COLUMNS, _BOX_DTYPES)
+    return _tidy(df, _BOX_DTYPES)
 
 
 def visibility_from_flags(occluded, outside) -> np.ndarray:
@@ -256,7 +217,10 @@ class Annotations:
         """
         kp = self.keypoints
         rows = kp[(kp["image_index"] == image_index) & (kp["label"] == label)]
-        k = self._num_points(label, rows)
+        if label in self.skeletons:
+            k = self.skeletons[label].num_keypoints
+        else:
+            k = int(rows.groupby("instance_id").size().iloc[0]) if len(rows) else 0
         if rows.empty:
             return np.zeros((0, k, 3), dtype=np.float32)
         rows = rows.sort_values(["instance_id", "point_index"])
@@ -268,13 +232,6 @@ class Annotations:
             )
         xyv = rows[["x", "y", "visibility"]].to_numpy(dtype=np.float32)
         return xyv.reshape(n, k, 3)
-
-    def _num_points(self, label: str, rows: pd.DataFrame) -> int:
-        if label in self.skeletons:
-            return self.skeletons[label].num_keypoints
-        if rows.empty:
-            return 0
-        return int(rows.groupby("instance_id").size().iloc[0])
 
     def grouped_boxes(self) -> dict[tuple[int, int], tuple[float, float, float, float]]:
         """``(image_index, group_id) -> (xtl, ytl, xbr, ybr)`` of boxes grouped with a shape:
@@ -416,11 +373,6 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
 
     A non-empty `folder` is refused (`kpnb.io.OutputExistsError`) unless `overwrite`; then
     only the files written here are replaced and any others stay."""
-    import json
-    from pathlib import Path
-
-    from kpnb.io import atomic_path
-
     if fmt not in ("csv", "parquet"):
         raise KpnbError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")
     folder = Path(folder)
@@ -441,9 +393,6 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
 
 def load_tables(folder) -> Annotations:
     """Read what `save_tables` wrote (CSV or parquet, detected from the files)."""
-    import json
-    from pathlib import Path
-
     folder = Path(folder)
     fmt = "parquet" if (folder / "keypoints.parquet").is_file() else "csv"
 
