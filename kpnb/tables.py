@@ -303,11 +303,9 @@ class Annotations:
         for names in self.same_layouts():
             sk = self.skeletons[names[0]]
             edges = ", ".join(f"{sk.keypoints[a]}-{sk.keypoints[b]}" for a, b in sk.edges)
-            who = (
-                f"skeleton {names[0]!r}"
-                if len(names) == 1
-                else (f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})")
-            )
+            who = f"skeleton {names[0]!r}"
+            if len(names) > 1:
+                who = f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})"
             lines.append(f"{who}: {len(sk.keypoints)} keypoints; edges: {edges or 'none'}")
             lines.append(f"  flip pairs: {sk.flip_summary()}")
         for label in self.multi_point_labels():
@@ -316,21 +314,17 @@ class Annotations:
                 f"points label {label!r}: each shape is one object of up to "
                 f"{sk.num_keypoints} points, named 1..{sk.num_keypoints}"
             )
-        lines.append("")
-        lines.append("instances per label:")
-        lines.append(self.label_counts().to_string())
-        lines.append("")
-        lines.append("points per keypoint and visibility:")
-        lines.append(self.keypoint_counts().to_string())
+        lines += ["", "instances per label:", self.label_counts().to_string()]
+        lines += ["", "points per keypoint and visibility:", self.keypoint_counts().to_string()]
         frozen = {t: n for t, n in (self.meta.get("past_last_keyframe") or {}).items() if n}
         if frozen:
             only = bool(self.meta.get("keyframes_only"))
             what = "dropped (keyframes only)" if only else "kept (--keyframes-only drops them)"
-            lines.append("")
-            lines.append(
+            lines += [
+                "",
                 f"video tracks: {sum(frozen.values())} shapes on {len(frozen)} tracks lie past "
-                f"their track's last keyframe, where CVAT repeats the last pose; {what}"
-            )
+                f"their track's last keyframe, where CVAT repeats the last pose; {what}",
+            ]
         skipped = self.meta.get("skipped")
         if skipped:
             lines.append("")
@@ -408,14 +402,9 @@ def load_tables(folder) -> Annotations:
     skeletons = {
         k: Skeleton(tuple(v["keypoints"]), tuple(map(tuple, v["edges"]))) for k, v in stored.items()
     }
-    kp = read("keypoints")
-    kp["label"] = kp["label"].astype(str)
-    kp["keypoint"] = kp["keypoint"].astype(str)
-    images = read("images")
-    images["name"] = images["name"].astype(str)
     return Annotations(
-        tidy_images(images),
-        tidy_keypoints(kp),
+        tidy_images(read("images").astype({"name": str})),
+        tidy_keypoints(read("keypoints").astype({"label": str, "keypoint": str})),
         skeletons,
         read("labels"),
         tidy_boxes(read("boxes")),
