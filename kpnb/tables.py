@@ -165,7 +165,7 @@ class Annotations:
     meta: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        n_inst = self.keypoints["instance_id"].nunique() if len(self.keypoints) else 0
+        n_inst = self.keypoints["instance_id"].nunique()
         return (
             f"Annotations({len(self.images)} images, {n_inst} instances, "
             f"{len(self.keypoints)} points, skeletons={list(self.skeletons)})"
@@ -261,8 +261,6 @@ class Annotations:
         """Plain labels with shapes of several coordinates: each shape is one object
         (CVAT's points tool, one click per point)."""
         kp = self.keypoints
-        if not len(kp):
-            return []
         multi = set(kp.loc[kp["point_index"] > 0, "label"].astype(str)) - set(self.skeletons)
         return [lab for lab in self.plain_labels() if lab in multi]
 
