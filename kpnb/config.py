@@ -98,9 +98,7 @@ def select_device(device=None):
 
 def setup_notebook(seed: int = 0) -> bool:
     """What every tutorial does first: seed everything, readable tables, visible kpnb logs.
-
-    Returns `SMOKE`, so a notebook can say which mode it runs in.
-    """
+    Returns `SMOKE`, so a notebook can say which mode it runs in."""
     import pandas as pd
 
     seed_everything(seed)
@@ -121,11 +119,8 @@ def setup_notebook(seed: int = 0) -> bool:
 
 
 def _show_kpnb_logs() -> None:
-    """kpnb's INFO logs (one line per training epoch, warnings) on this process's stderr.
-
-    A handler on the ``kpnb`` logger itself: in a Jupyter kernel the root logger already
-    has handlers, so ``logging.basicConfig`` would do nothing and the lines would be lost.
-    """
+    """kpnb's INFO logs (one line per epoch, warnings) on stderr, by a handler on the ``kpnb``
+    logger itself: in Jupyter the root logger has handlers, so ``basicConfig`` does nothing."""
     import logging
     import sys
 

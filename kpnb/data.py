@@ -1,14 +1,11 @@
 """Where datasets come from: the embedded synthetic one, a download, or your own export.
 
 `get_dataset` turns a name, URL or path into a local folder; `read_annotations` picks the
-reader (CVAT or COCO) from what that folder holds. Downloads go through pooch into a cache
-(``$KPNB_CACHE``, default ``~/.cache/kpnb``) under a folder named by a hash of the whole URL:
-checksummed where the checksum is known, written under a temporary name until complete,
-extracted by `kpnb.io.extract_zip` (every member checked to stay inside its folder, sizes and
-compression ratios limited; ``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO`` and
-``KPNB_MAX_UNZIP_MEMBERS`` raise the limits), and reused on the next call, where pooch checks
-a given checksum again. A download that fails a check (checksum, CRC, limits, no
-annotations) is deleted, so the next call fetches it again.
+reader (CVAT, COCO or saved tables); `open_export` does both and picks the label to learn.
+Downloads go through pooch into a cache (``$KPNB_CACHE``, default ``~/.cache/kpnb``) keyed by
+the whole URL, are unpacked by `kpnb.io.extract_zip` (bounded, nothing outside its folder),
+and are deleted when a check fails (checksum, zip limits, no annotations), so the next call
+fetches them again.
 """
 
 from __future__ import annotations
@@ -27,12 +24,16 @@ from pathlib import Path
 
 from kpnb.config import cache_dir
 from kpnb.errors import KpnbError
+from kpnb.grouping import merge_skeletons, points_as_instances, points_to_skeleton
 from kpnb.io import OutputExistsError, Source, ZipLimitError, extract_zip, zip_limits
-from kpnb.tables import Annotations
+from kpnb.tables import Annotations, load_tables
 
 __all__ = [
     "read_annotations",
     "detect_format",
+    "open_export",
+    "annotation_file",
+    "first_record",
     "get_dataset",
     "register_dataset",
     "DatasetUnavailableError",
@@ -90,8 +91,6 @@ def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False)
         from kpnb.coco import read_coco
 
         return read_coco(source)
-    from kpnb.tables import load_tables
-
     return load_tables(source)
 
 
@@ -104,11 +103,9 @@ def _dataset_root(folder: Path) -> Path:
 
 
 def _cache_name(url: str) -> tuple[str, str]:
-    """``(folder, file)`` names for `url` in the cache: readable, and unique to the whole URL.
-
-    The folder is ``<stem>-<12 hex digits of the URL's sha256>``, so two URLs ending in
-    ``data.zip``, or differing only in their query, never share a cached file.
-    """
+    """``(folder, file)`` names for `url` in the cache: readable, and unique to the whole URL
+    (``<stem>-<12 hex digits of the URL's sha256>``: two URLs ending in ``data.zip``, or
+    differing only in their query, never share a cached file)."""
     key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
     base = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "dataset.zip"
@@ -154,13 +151,6 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
     except ValueError as exc:  # pooch: hash mismatch
         msg = " ".join(str(exc).split())
         raise _ChecksumMismatch(f"{url}: {msg}; the download was discarded") from None
-
-
-def _sha256(path: Path) -> str:
-    """The file's sha256, read in chunks by pooch (a dataset zip may not fit in memory)."""
-    import pooch
-
-    return pooch.file_hash(str(path), alg="sha256")
 
 
 def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
@@ -242,11 +232,9 @@ def get_dataset(
             call, also against a cached copy.
 
     Raises:
-        DatasetUnavailableError: a download failed or the machine is offline (the message
-            says what to do), a checksum did not match, or an archive is broken, unsafe,
-            over the limits of `kpnb.io.check_zip` or holds no annotations; a download failing
-            so (or a cached one with another checksum) is deleted, so the next call
-            fetches it again.
+        DatasetUnavailableError: offline, a failed download or checksum, or an archive that
+            is broken, unsafe, over the `kpnb.io.check_zip` limits or holds no annotations
+            (the message says what to do; such a download is deleted, to be fetched again).
         FileNotFoundError: a local path does not exist.
     """
     root = Path(root) if root is not None else cache_dir()
@@ -268,7 +256,11 @@ def get_dataset(
         known = ", ".join(["synthetic", *REGISTRY])
         raise FileNotFoundError(f"{path}: no such file or folder (named datasets: {known})")
     is_zip = path.is_file() and path.suffix.lower() == ".zip"
-    digest = _sha256(path) if path.is_file() and (is_zip or sha256 is not None) else None
+    digest = None
+    if path.is_file() and (is_zip or sha256 is not None):
+        import pooch  # reads in chunks: a dataset zip may not fit in memory
+
+        digest = pooch.file_hash(str(path), alg="sha256")
     if sha256 is not None and digest != _hex(sha256):
         if digest is None:
             raise KpnbError(f"{path}: sha256= checks a file, and this is a folder; drop it")
@@ -284,9 +276,6 @@ def get_dataset(
     if path.is_file() and path.name == "annotations.xml":
         return path.parent
     return path
-
-
-__all__ += ["open_export"]
 
 
 def open_export(
@@ -308,62 +297,43 @@ def open_export(
     Multi-coordinate ``<points>`` labels (one shape per object) become skeletons
     (`kpnb.grouping.points_as_instances`). The label is `label`, else the first skeleton label
     with instances (file order). With no skeleton instances, plain one-point ``<points>``
-    (one per keypoint label, one object per image: the seed tutorial's toy set) become a
+    (one per keypoint label, one object per image, as in Christian Mills' toy set) become a
     skeleton `skeleton_name` (`kpnb.grouping.points_to_skeleton`) and a log line says so.
+    Returns ``(root, annotations, label)``: the images' folder (`images_root` if given, else
+    beside the annotations), the tables, the label to learn.
 
     Args:
-        spec: anything `get_dataset` takes (``"synthetic"``, a registered name, a URL, a
-            folder, zip or ``annotations.xml``).
-        label: the skeleton label to learn (default: chosen as above).
-        skeleton_name: the name for the skeleton made of plain points; None: make none,
-            take the first skeleton declared, refuse an export without (the CLI does).
+        spec: anything `get_dataset` takes; `dataset_kwargs` go to it too (``n_images``...).
+        skeleton_name: None: make no skeleton of plain points, take the first skeleton
+            declared, refuse an export without one (the CLI does).
         points_as_skeleton, group_by: first combine the one-point labels into instances
             of skeleton `points_as_skeleton`, grouped by `group_by`.
         all_categories: merge the skeleton labels sharing `label`'s layout into `label`
             (`kpnb.grouping.merge_skeletons`; a COCO category per species).
         flip_pairs: ``(left, right)`` keypoint names for the training flip of `label`.
         keyframes_only: CVAT video tracks keep only their keyframes.
-        images_root: the folder holding the images (default: beside the annotations).
-        **dataset_kwargs: passed to `get_dataset` (``n_images``, ``seed``, ``root``...).
-
-    Returns:
-        ``(root, annotations, label)``: the images' folder, the tables, the label to learn.
 
     Raises:
-        ValueError: no keypoints (no skeleton, when `skeleton_name` is None), `label` is
+        KpnbError: no keypoints (no skeleton, when `skeleton_name` is None), `label` is
             no skeleton, or plain points do not form one object per image (names both).
-
-    Example:
-        >>> root, ann, label = open_export("synthetic", n_images=20)  # doctest: +SKIP
-        >>> ann.skeletons[label].keypoints  # doctest: +SKIP
-        ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear')
     """
     found = get_dataset(spec, **dataset_kwargs)
     ann = read_annotations(found, keyframes_only=keyframes_only)
-    ann = _as_instances(ann, label, points_as_skeleton, group_by)
-    ann, label = _pick_label(ann, spec, found, label, skeleton_name)
-    if all_categories:
-        ann = _merge_layout(ann, label)
-    if flip_pairs is not None:
-        paired = ann.skeletons[label].with_flip_pairs(flip_pairs)
-        ann = replace(ann, skeletons={**ann.skeletons, label: paired})
-    root = found if found.is_dir() else found.parent
-    return (root if images_root is None else Path(images_root)), ann, label
-
-
-def _as_instances(
-    ann: Annotations, label: str | None, points_as_skeleton: str | None, group_by: str
-) -> Annotations:
-    """`ann` with plain points made instances: the one-point labels into skeleton
-    `points_as_skeleton` when given, the multi-point ones (`label`, or all when None)."""
-    from kpnb.grouping import points_as_instances, points_to_skeleton
-
     if points_as_skeleton:
         ann = points_to_skeleton(ann, points_as_skeleton, group_by=group_by)
     multi = ann.multi_point_labels()
     if multi and (label is None or label in multi):
         ann = points_as_instances(ann, [label] if label else multi)
-    return ann
+    ann, label = _pick_label(ann, spec, found, label, skeleton_name)
+    if all_categories:  # a COCO category per species, one layout
+        layout = next(names for names in ann.same_layouts() if label in names)
+        if len(layout) > 1:
+            ann = merge_skeletons(ann, layout, label)
+    if flip_pairs is not None:
+        paired = ann.skeletons[label].with_flip_pairs(flip_pairs)
+        ann = replace(ann, skeletons={**ann.skeletons, label: paired})
+    root = found if found.is_dir() else found.parent
+    return (root if images_root is None else Path(images_root)), ann, label
 
 
 def _pick_label(
@@ -393,8 +363,6 @@ def _pick_label(
 
 def _skeleton_from_points(ann: Annotations, found: Path, name: str) -> Annotations:
     """`ann`'s plain one-point labels as one instance per image of a skeleton `name`."""
-    from kpnb.grouping import points_to_skeleton
-
     plain = sorted(set(ann.keypoints["label"].astype(str)) - set(ann.skeletons))
     if not plain:
         raise KpnbError(
@@ -416,28 +384,11 @@ def _skeleton_from_points(ann: Annotations, found: Path, name: str) -> Annotatio
     return ann
 
 
-def _merge_layout(ann: Annotations, label: str) -> Annotations:
-    """The skeleton labels sharing `label`'s layout merged into `label` (a no-op alone)."""
-    from kpnb.grouping import merge_skeletons
-
-    layout = next(names for names in ann.same_layouts() if label in names)
-    return merge_skeletons(ann, layout, label) if len(layout) > 1 else ann
-
-
-__all__ += ["annotation_file", "first_record"]
-
-
 def annotation_file(ann: Annotations, expect: str | None = None, hint: str = "") -> Path:
     """The annotation file `ann` was read from (CVAT ``.xml`` or COCO ``.json``), for a
-    reader who wants to look inside it.
-
-    Args:
-        expect: ``"cvat"`` or ``"coco"``: refuse the other format, in one line that says
-            which format the file is and, with `hint`, where to go instead.
-
-    Raises:
-        KpnbError: `ann` does not say where it came from, the file is not the expected
-            format, or it is a zip (open it with `open_export`, which unpacks it).
+    reader who wants to look inside it. With `expect` (``"cvat"`` or ``"coco"``), the other
+    format is refused in one line that says which format the file is, plus `hint`.
+    A zip is refused too (open it with `open_export`, which unpacks it).
     """
     path = ann.meta.get("path")
     if not path:

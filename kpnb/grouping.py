@@ -1,23 +1,16 @@
 """Which keypoint rows form one object: labels turned into skeleton instances.
 
-CVAT exports hold keypoints in three layouts besides skeletons, and each needs grouping
-before `kpnb.dataset` can learn it:
-
-* one ``<points>`` shape per keypoint label (the seed tutorial's toy set):
-  `points_to_skeleton` combines the labels into a skeleton and groups the points into
-  objects by CVAT ``group_id``, else by the ``<box>`` containing them, else by image;
-* one ``<points>`` shape holding all of an object's points: `points_as_instances`;
-* several skeleton labels with one layout (a COCO category per species):
-  `merge_skeletons`.
-
-Each takes and returns an `kpnb.tables.Annotations`; this module reads the tables and
-never the other way round.
+Besides skeletons, CVAT exports hold keypoints as one ``<points>`` shape per keypoint label
+(`points_to_skeleton` groups them by ``group_id``, ``<box>`` or image), as one ``<points>``
+shape per object (`points_as_instances`), or as several skeleton labels with one layout, a
+COCO category per species (`merge_skeletons`). Each takes and returns `Annotations`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -61,15 +54,11 @@ def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -
             )
         keypoint[mask] = np.asarray(sk.keypoints, dtype=object)[kp.loc[mask, "point_index"]]
         skeletons[label] = sk
-    new_kp = tidy_keypoints(kp.assign(keypoint=keypoint))
-    return Annotations(
-        ann.images,
-        new_kp,
-        skeletons,
-        ann.labels,
-        ann.boxes,
-        ann.attributes,
-        {**ann.meta, "points_as_instances": list(labels)},
+    return replace(
+        ann,
+        keypoints=tidy_keypoints(kp.assign(keypoint=keypoint)),
+        skeletons=skeletons,
+        meta={**ann.meta, "points_as_instances": list(labels)},
     )
 
 
@@ -100,14 +89,11 @@ def merge_skeletons(
     label = kp["label"].astype(object).where(~kp["label"].astype(str).isin(labels), name)
     skeletons = {k: v for k, v in ann.skeletons.items() if k not in labels}
     skeletons[name] = first
-    return Annotations(
-        ann.images,
-        tidy_keypoints(kp.assign(label=label)),
-        skeletons,
-        ann.labels,
-        ann.boxes,
-        ann.attributes,
-        {**ann.meta, "merged_labels": labels},
+    return replace(
+        ann,
+        keypoints=tidy_keypoints(kp.assign(label=label)),
+        skeletons=skeletons,
+        meta={**ann.meta, "merged_labels": labels},
     )
 
 
@@ -118,8 +104,6 @@ def _containing_box(plain: pd.DataFrame, boxes: pd.DataFrame) -> np.ndarray:
     """For each point row, the position in `boxes` of the smallest box of its image that
     contains it, or -1."""
     out = np.full(len(plain), -1, dtype=np.int64)
-    if not len(boxes) or not len(plain):
-        return out
     pts = pd.DataFrame(
         {
             "row": np.arange(len(plain)),
@@ -177,7 +161,8 @@ def points_to_skeleton(
     kp = ann.keypoints
     plain = kp[kp["label"].astype(str).isin(labels)]
     if group_by == "auto":
-        group_by = _auto_rule(plain, ann.boxes)
+        boxed = ann.boxes["image_index"].isin(plain["image_index"]).any()
+        group_by = "group_id" if (plain["group_id"] != 0).any() else "box" if boxed else "image"
     key, inst_group, new_boxes = _object_keys(plain, ann, group_by)
     log.info(
         "points_to_skeleton %r: %d labels grouped into instances by %s", name, len(labels), group_by
@@ -193,15 +178,12 @@ def points_to_skeleton(
             ignore_index=True,
         )
     )
-    skeletons = {**ann.skeletons, name: Skeleton(tuple(labels))}
-    return Annotations(
-        ann.images,
-        new_kp,
-        skeletons,
-        ann.labels,
-        new_boxes,
-        ann.attributes,
-        {**ann.meta, "points_as_skeleton": name, "points_grouping": group_by},
+    return replace(
+        ann,
+        keypoints=new_kp,
+        skeletons={**ann.skeletons, name: Skeleton(tuple(labels))},
+        boxes=new_boxes,
+        meta={**ann.meta, "points_as_skeleton": name, "points_grouping": group_by},
     )
 
 
@@ -227,33 +209,22 @@ def _one_point_labels(ann: Annotations, labels: Sequence[str] | None) -> list[st
     return labels
 
 
-def _auto_rule(plain: pd.DataFrame, boxes: pd.DataFrame) -> str:
-    """``group_id`` if any point has one, else ``box`` if the points' images have boxes,
-    else ``image``."""
-    if (plain["group_id"] != 0).any():
-        return "group_id"
-    if len(boxes) and boxes["image_index"].isin(plain["image_index"]).any():
-        return "box"
-    return "image"
-
-
 def _object_keys(
     plain: pd.DataFrame, ann: Annotations, group_by: str
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Per point row of `plain`: the key of its object within its image, the
     ``group_id`` its instance gets, and the box table (boxes used as instance boxes get
     a ``group_id``). Points the rule cannot place form one object per image (warned)."""
-    if group_by == "group_id":
-        key = plain["group_id"].to_numpy(np.int64)
-        if (key == 0).any():
-            log.warning(
-                "%d points have no group_id; each image's ungrouped points form one instance",
-                int((key == 0).sum()),
-            )
-        return key, key, ann.boxes
     if group_by == "box":
         return _box_keys(plain, ann)
-    key = np.zeros(len(plain), np.int64)
+    key = plain["group_id"].to_numpy(np.int64)
+    if group_by == "image":
+        key = np.zeros(len(plain), np.int64)
+    elif (key == 0).any():
+        log.warning(
+            "%d points have no group_id; each image's ungrouped points form one instance",
+            int((key == 0).sum()),
+        )
     return key, key, ann.boxes
 
 

@@ -1,15 +1,10 @@
-"""The one way kpnb finds and opens an export's images.
+"""The one way kpnb finds and opens an export's images: `find_image` and `load_image`.
 
-Every image reaches kpnb (the Dataset, pictures, evaluation, prediction, the CLI) through
-`find_image` and `load_image`, so every caller gets the same guarantees:
-
-- the path stays inside the export's image root (no ``../``, absolute names or symlinks out);
-- the pixels are as CVAT shows them: EXIF orientation applied, RGB, 16-bit scaled to 8-bit;
-- the pixel count is checked from the header before anything is decoded.
-
-PIL is used rather than ``torchvision.io.decode_image`` because only PIL applies EXIF
-orientation and reads every mode and bit depth; ``benchmarks/bench_dataset.py`` measures
-what that costs per sample.
+Every caller (the Dataset, pictures, evaluation, prediction, the CLI) gets the same
+guarantees: the path stays inside the export's image root; the pixels are as CVAT shows them
+(EXIF orientation applied, RGB, 16-bit scaled to 8-bit); the pixel count is checked from the
+header before decoding. PIL, not ``torchvision.io.decode_image``: only PIL applies EXIF
+orientation and reads every mode and bit depth (``benchmarks/bench_dataset.py`` has the cost).
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from kpnb.errors import KpnbError
-from kpnb.io import name_problem
+from kpnb.io import env_number, name_problem
 
 __all__ = ["ImageError", "MAX_PIXELS", "find_image", "load_image", "image_size", "max_pixels"]
 
@@ -35,8 +30,6 @@ MAX_PIXELS = 64_000_000
 
 # Frames of CVAT video tasks carry no extension in the XML; CVAT writes them as .PNG.
 _FRAME_EXTENSIONS = (".PNG", ".png", ".jpg", ".jpeg", ".JPG")
-
-
 #: What PIL raises for a broken file (a TypeError: a TIFF tag of the wrong type).
 _BROKEN = (OSError, SyntaxError, ValueError, TypeError)
 
@@ -47,16 +40,7 @@ class ImageError(KpnbError):
 
 def max_pixels() -> int:
     """The pixel limit in force: ``$KPNB_MAX_PIXELS`` if set, else `MAX_PIXELS`."""
-    value = os.environ.get("KPNB_MAX_PIXELS", "").strip()
-    if not value:
-        return MAX_PIXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        raise ImageError(f"KPNB_MAX_PIXELS={value!r} is not a whole number of pixels") from None
-    if limit <= 0:
-        raise ImageError(f"KPNB_MAX_PIXELS={value!r} must be positive")
-    return limit
+    return env_number("KPNB_MAX_PIXELS", MAX_PIXELS, int, ImageError)
 
 
 def _inside(root: Path, path: Path) -> bool:

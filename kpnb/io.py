@@ -1,19 +1,16 @@
 """The one door for bytes: every file and zip kpnb reads or writes goes through here.
 
-- `Source`: an export as given (a file, a folder or a zip); decides once which file(s) hold
-  its annotations and in which format, and opens them (zip members streamed, within limits).
-- Zip limits: a zip bomb, a name leading outside the target, a link, an encrypted or
-  unreadable member is refused from the zip's directory before anything is decompressed
-  (`zip_limits`, `check_zip`, `open_member`, `read_member`, `extract_zip`, `write_zip`).
-- `atomic_path`: outputs appear complete or not at all, kpnb never deletes or replaces what it
-  did not make unless asked (``overwrite=True``, the CLI's ``--overwrite``), and only ever
-  writes regular files and folders (never through a device, a FIFO or a socket).
+`Source` decides once which file(s) of an export (a file, folder or zip) hold its annotations
+and opens them. Zips are checked from their directory before anything is decompressed (bombs,
+names leading outside, links, encrypted members). `atomic_path` makes outputs appear complete
+or not at all, and never replaces what kpnb did not make unless asked (``overwrite=True``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import shutil
@@ -41,6 +38,7 @@ __all__ = [
     "extract_zip",
     "write_zip",
     "Source",
+    "env_number",
 ]
 
 #: The longest file name (one path part) the common file systems hold, in bytes.
@@ -65,14 +63,14 @@ class OutputExistsError(KpnbError, FileExistsError):
 
 _FILE_HINT = "pass {overwrite} to replace it"
 _FOLDER_HINT = "pass {overwrite} to replace only the files kpnb writes in it, keeping the others"
-_MOVE_HINT = "move it away first"
 
 
-def _refuse(path: Path, what: str, hint: str = _MOVE_HINT) -> OutputExistsError:
-    message = f"{path}: {what}; kpnb does not overwrite what it did not make. Choose another output"
-    if hint == _MOVE_HINT:
-        return OutputExistsError(f"{message}, or {hint}")
-    return OutputExistsError(f"{message}, or {hint}", params={"overwrite": True})
+def _refuse(path: Path, what: str, hint: str | None = None) -> OutputExistsError:
+    return OutputExistsError(
+        f"{path}: {what}; kpnb does not overwrite what it did not make. Choose another output, "
+        f"or {hint or 'move it away first'}",
+        params={"overwrite": True} if hint else None,
+    )
 
 
 _SPECIAL = {
@@ -96,11 +94,6 @@ def _refuse_special(path: Path) -> None:
         )
 
 
-def _nonempty_dir(path: Path) -> bool:
-    with os.scandir(path) as it:
-        return any(True for _ in it)
-
-
 def check_output(
     path: str | os.PathLike, *, directory: bool = False, overwrite: bool | None = None
 ) -> None:
@@ -112,8 +105,7 @@ def check_output(
     early to fail before any work.
     """
     path = Path(path)
-    problem = name_problem(path.name)
-    if problem:
+    if problem := name_problem(path.name):
         raise KpnbError(f"{path}: the output name {problem}; choose a shorter plain name")
     _refuse_special(path)
     if path.is_symlink() and not path.exists() and directory:
@@ -121,7 +113,7 @@ def check_output(
     if directory:
         if path.exists() and not path.is_dir():
             raise _refuse(path, "is a file, not a folder; kpnb will not turn it into a folder")
-        if path.is_dir() and not overwrite and _nonempty_dir(path):
+        if path.is_dir() and not overwrite and any(path.iterdir()):
             raise _refuse(path, "the folder is not empty", _FOLDER_HINT)
     else:
         if path.is_dir():
@@ -130,29 +122,21 @@ def check_output(
             )
         if overwrite is False and (path.exists() or path.is_symlink()):
             raise _refuse(path, "the file exists", _FILE_HINT)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise _refuse(
-                    parent, "is a file, not a folder; kpnb will not turn it into a folder"
-                )
-            break
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise _refuse(parent, "is a file, not a folder; kpnb will not turn it into a folder")
 
 
 def _new_sibling(path: Path, directory: bool) -> Path:
     """A new hidden sibling of `path`, with the mode ``open``/``mkdir`` give (0o666/0o777 minus
     the umask; the kernel applies it, so kpnb never reads the umask)."""
     stem = path.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore")
-    while True:
-        tmp = path.with_name(f".{stem}.{secrets.token_hex(4)}.tmp")
-        try:
-            if directory:
-                os.mkdir(tmp, 0o777)
-            else:
-                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
+    tmp = path.with_name(f".{stem}.{secrets.token_hex(8)}.tmp")  # O_EXCL: never an old file
+    if directory:
+        os.mkdir(tmp, 0o777)
+    else:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return tmp
 
 
 @contextlib.contextmanager
@@ -161,12 +145,11 @@ def atomic_path(
 ) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; on success move it to `path`.
 
-    A file (the default) replaces an existing file at `path` in one rename, unless
-    `overwrite` is False. A folder (``directory=True``) is renamed into place when `path`
-    does not exist or is an empty folder; a non-empty folder is refused with
-    `OutputExistsError` before any work starts, unless `overwrite`, when each file written
-    replaces its namesake in `path` and every other file there stays (`check_output` has the
-    rules). On any exception the temporary is removed and `path` is untouched.
+    A file replaces an existing one in one rename, unless `overwrite` is False. A folder
+    (``directory=True``) is renamed into place when `path` is missing or empty; a non-empty
+    one is refused (`check_output`) before any work, unless `overwrite`: then each file
+    written replaces its namesake and the others stay. On an exception the temporary goes
+    and `path` is untouched.
     """
     path = Path(path)
     check_output(path, directory=directory, overwrite=overwrite)
@@ -180,7 +163,7 @@ def atomic_path(
                 raise _refuse(path, "the file exists", _FILE_HINT)
             os.replace(tmp, path)
         elif not _rename_dir(tmp, path):
-            if not overwrite and _nonempty_dir(path):
+            if not overwrite and any(path.iterdir()):
                 raise _refuse(path, "the folder is not empty", _FOLDER_HINT)
             _merge_into(tmp, path)
     finally:  # what is left of the temporary (all of it on failure) is kpnb's own
@@ -206,12 +189,9 @@ def _rename_dir(tmp: Path, path: Path) -> bool:
 def _merge_into(tmp: Path, path: Path) -> None:
     """Move every file under `tmp` to the same place under `path`, replacing its namesake.
     Conflicts are all checked before anything moves, so a refusal changes nothing."""
-    files: list[Path] = []
-    folders: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(tmp):
-        rel = Path(dirpath).relative_to(tmp)
-        folders += [rel / d for d in dirnames]
-        files += [rel / f for f in filenames]
+    found = sorted(p.relative_to(tmp) for p in tmp.rglob("*"))  # a folder before its files
+    folders = [rel for rel in found if (tmp / rel).is_dir()]
+    files = [rel for rel in found if not (tmp / rel).is_dir()]
     for rel in folders:
         if (path / rel).exists() and not (path / rel).is_dir():
             raise _refuse(path / rel, "is a file where kpnb writes a folder")
@@ -221,23 +201,9 @@ def _merge_into(tmp: Path, path: Path) -> None:
         _refuse_special(path / rel)
     for rel in folders:
         (path / rel).mkdir(exist_ok=True)
-    for rel in files:
-        _move_file(tmp / rel, path / rel)
-
-
-def _move_file(src: Path, dest: Path) -> None:
-    try:
-        os.replace(src, dest)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:  # `dest`'s folder is a link to another file system
-            raise
-        tmp = _new_sibling(dest, directory=False)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    for rel in files:  # copied beside its namesake, which may be on another file system
+        with atomic_path(path / rel) as new:
+            shutil.copyfile(tmp / rel, new)
 
 
 # -- zips ---------------------------------------------------------------------------------------
@@ -265,18 +231,19 @@ class ZipLimits:
     max_members: int = MAX_UNZIP_MEMBERS
 
 
-def _env_number(name: str, given, default, kind):
-    if given is not None:
-        return given
+def env_number(name: str, default, kind=int, error: type[KpnbError] = KpnbError):
+    """The positive number (`kind`) environment variable `name` holds, else `default`; a
+    value that is not one is refused with `error`."""
     value = os.environ.get(name, "").strip()
     if not value:
         return default
     try:
         number = kind(value)
     except ValueError:
-        raise ZipLimitError(f"{name}={value!r} is not a number") from None
+        whole = " whole" if kind is int else ""
+        raise error(f"{name}={value!r} is not a{whole} number") from None
     if not number > 0:
-        raise ZipLimitError(f"{name}={value!r} must be positive")
+        raise error(f"{name}={value!r} must be positive")
     return number
 
 
@@ -286,18 +253,19 @@ def zip_limits(
     """The limits in force: each argument if given, else its environment variable
     (``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO``, ``KPNB_MAX_UNZIP_MEMBERS``), else
     the default (32 GiB, 200x, a million members)."""
+    env = functools.partial(env_number, error=ZipLimitError)
     return ZipLimits(
-        _env_number("KPNB_MAX_UNZIP_BYTES", max_bytes, MAX_UNZIP_BYTES, int),
-        _env_number("KPNB_MAX_UNZIP_RATIO", max_ratio, MAX_UNZIP_RATIO, float),
-        _env_number("KPNB_MAX_UNZIP_MEMBERS", max_members, MAX_UNZIP_MEMBERS, int),
+        env("KPNB_MAX_UNZIP_BYTES", MAX_UNZIP_BYTES) if max_bytes is None else max_bytes,
+        env("KPNB_MAX_UNZIP_RATIO", MAX_UNZIP_RATIO, float) if max_ratio is None else max_ratio,
+        env("KPNB_MAX_UNZIP_MEMBERS", MAX_UNZIP_MEMBERS) if max_members is None else max_members,
     )
 
 
-def _open_zip(archive: Path) -> zipfile.ZipFile:
+def _open_zip(archive: Path, error: type[KpnbError] = ZipLimitError) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(archive)
     except zipfile.BadZipFile as exc:
-        raise ZipLimitError(
+        raise error(
             f"{archive}: not a zip file, or a damaged one ({exc}); is the file complete? "
             "download or export it again"
         ) from None
@@ -332,13 +300,11 @@ def check_member(archive, info: zipfile.ZipInfo, limits: ZipLimits | None = None
 
 
 def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zipfile.ZipInfo, str]]:
-    """Every member of `zf` with its clean relative name, after checking all of them.
+    """Every member of `zf` with its clean relative name, from the central directory alone.
 
-    Refuses (`ZipLimitError`) too many members, too many bytes in total or all together
-    compressing better than the ratio, any member `check_member` refuses, links and other
-    special files, absolute names, ``..`` parts, names no file can have, names that occur
-    twice and members inside a path another member holds as a file. Only the central
-    directory is read.
+    Refuses (`ZipLimitError`) too many members or bytes, all together compressing better than
+    the ratio, what `check_member` refuses, links and special files, names leading outside
+    (absolute, ``..``), names no file can have or that occur twice, members inside a file.
     """
     infos = zf.infolist()
     if len(infos) > limits.max_members:
@@ -405,8 +371,7 @@ def _clean_name(archive, info: zipfile.ZipInfo) -> str | None:
             f"{archive}: member {raw!r} would be written outside the target folder; "
             "refusing this archive"
         )
-    problem = name_problem(name)
-    if problem:
+    if problem := name_problem(name):
         raise ZipLimitError(f"{archive}: member {raw!r} {problem}; refusing this archive")
     if not parts:
         return None
@@ -414,12 +379,18 @@ def _clean_name(archive, info: zipfile.ZipInfo) -> str | None:
 
 
 class _Member:
-    """One zip member as a binary stream (zipfile stops at its declared size and checks its
-    CRC); a damaged member raises `error` naming ``zip!member``."""
+    """One zip member as a binary stream, after `check_member` (zipfile stops at its declared
+    size and checks its CRC); a refusal or a damaged member is raised as `error`. With `owns`,
+    closing the stream (or a refusal) closes `zf`."""
 
-    def __init__(self, archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo, error, owns: bool):
+    def __init__(self, archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits, error, owns):
         self.name, self.zf, self.error, self.owns = f"{archive}!{info.filename}", zf, error, owns
         self.fh = None
+        try:
+            check_member(archive, info, limits)
+        except ZipLimitError as exc:
+            self.close()
+            raise exc if error is ZipLimitError else error(str(exc)) from None
         self.fh = self._guard(zf.open, info)
 
     def _guard(self, call, *args):
@@ -456,17 +427,10 @@ def open_member(
     error: type[KpnbError] = ZipLimitError,
     owns: bool = False,
 ) -> _Member:
-    """A stream of one member after `check_member`; errors are raised as `error`. With
-    `owns`, closing the stream closes `zf`."""
-    try:
-        if isinstance(info, str):
-            info = zf.getinfo(info)
-        check_member(archive, info, limits)
-        return _Member(archive, zf, info, error, owns)
-    except ZipLimitError as exc:
-        if owns:
-            zf.close()
-        raise exc if error is ZipLimitError else error(str(exc)) from None
+    """A stream of one member (a `ZipInfo` or its name) after `check_member`; refusals and
+    damage are raised as `error`. With `owns`, closing the stream closes `zf`."""
+    info = zf.getinfo(info) if isinstance(info, str) else info
+    return _Member(archive, zf, info, limits, error, owns)
 
 
 def read_member(archive, zf: zipfile.ZipFile, info, limits: ZipLimits | None = None) -> bytes:
@@ -535,16 +499,14 @@ class Source:
         *,
         error: type[KpnbError] = KpnbError,
     ):
-        self.path = Path(path)
-        self.error = error
+        self.path, self.error = Path(path), error
         self.root: Path | None = None  # the images' folder: a folder's, a file's own (not a zip)
-        self.zip = False
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such file or folder")
+        self.zip = self.path.suffix.lower() == ".zip" and not self.path.is_dir()
         if self.path.is_dir():
             self.format, self.files, self.root = self._in_folder(self.path, format)
-        elif self.path.suffix.lower() == ".zip":
-            self.zip = True
+        elif self.zip:
             self.format, self.files = self._in_zip(format)
         else:
             suffix = self.path.suffix.lower()
@@ -594,11 +556,8 @@ class Source:
         return (str(found[0].relative_to(folder)),)
 
     def _in_zip(self, want: str | None) -> tuple[str, tuple[str, ...]]:
-        try:
-            with _open_zip(self.path) as zf:
-                names = [i.filename for i in zf.infolist() if not i.is_dir()]
-        except ZipLimitError as exc:
-            raise self.error(str(exc)) from None
+        with _open_zip(self.path, self.error) as zf:
+            names = [i.filename for i in zf.infolist() if not i.is_dir()]
         xml = [n for n in names if n.lower().endswith(".xml")]
         json = sorted(n for n in names if n.lower().endswith(".json"))
         if want == "cvat" or (want is None and xml):
@@ -631,10 +590,7 @@ class Source:
         """A binary stream of file `name` (a zip member is streamed within `zip_limits`)."""
         if not self.zip:
             return open(self.where(name), "rb")
-        try:
-            zf = _open_zip(self.path)
-        except ZipLimitError as exc:
-            raise self.error(str(exc)) from None
+        zf = _open_zip(self.path, self.error)
         return open_member(self.path, zf, name, error=self.error, owns=True)
 
     def read_bytes(self, name: str) -> bytes:

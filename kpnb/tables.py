@@ -12,6 +12,7 @@ frame), 1 labelled but occluded, 2 visible. A missing point is NaN, never (0, 0)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,41 +20,9 @@ import numpy as np
 import pandas as pd
 
 from kpnb.errors import KpnbError
+from kpnb.io import atomic_path
 from kpnb.skeleton import Skeleton
 
-IMAGE_COLUMNS = ["image_index", "image_id", "name", "width", "height", "subset", "task_id"]
-
-KEYPOINT_COLUMNS = [
-    "image_index",
-    "instance_id",
-    "label",
-    "keypoint",
-    "point_index",
-    "x",
-    "y",
-    "visibility",
-    "occluded",
-    "outside",
-    "source",
-    "group_id",
-    "z_order",
-    "track_id",
-    "keyframe",
-]
-BOX_COLUMNS = [
-    "image_index",
-    "box_id",
-    "label",
-    "xtl",
-    "ytl",
-    "xbr",
-    "ybr",
-    "occluded",
-    "source",
-    "group_id",
-    "z_order",
-    "track_id",
-]
 ATTRIBUTE_COLUMNS = ["instance_id", "point_index", "name", "value"]
 LABEL_COLUMNS = ["name", "type", "color", "parent"]
 
@@ -115,28 +84,25 @@ _DEFAULTS = {
     "subset": None,
     "task_id": None,
 }
+IMAGE_COLUMNS = list(_IMAGE_DTYPES)
+KEYPOINT_COLUMNS = list(_KEYPOINT_DTYPES)
+BOX_COLUMNS = list(_BOX_DTYPES)
 
 
-def _tidy(df: pd.DataFrame, columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+def _tidy(df: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
     # Column by column, no copy of the whole frame: readers call this on millions of rows.
     out = {}
-    for c in columns:
+    for c, dt in dtypes.items():
         col = df[c] if c in df.columns else pd.Series([_DEFAULTS.get(c)] * len(df), dtype=object)
-        dt = dtypes.get(c)
         if dt == "category" and isinstance(col.dtype, pd.CategoricalDtype):
             out[c] = col.array  # already compact: no round trip through Python strings
-            continue
-        values = col.to_numpy() if isinstance(col, pd.Series) else col
-        if dt == "category":
-            values = np.asarray(values, dtype=object)
+        elif dt == "category":
+            values = col.to_numpy(dtype=object)
             out[c] = pd.Categorical(np.where(pd.isna(values), None, values))
-        elif dt == "object":
-            out[c] = np.asarray(values, dtype=object)
         elif dt[0].isupper():  # pandas' nullable integers
             out[c] = col.astype(dt).to_numpy()
         else:
-            values = np.asarray(values)
-            out[c] = values if values.dtype == np.dtype(dt) else values.astype(dt)
+            out[c] = col.to_numpy(dtype=dt)
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
@@ -146,24 +112,19 @@ def tidy_keypoints(df: pd.DataFrame) -> pd.DataFrame:
     A missing ``visibility`` column is derived from ``occluded``/``outside``.
     """
     if "visibility" not in df.columns:
-        df = df.assign(
-            visibility=np.broadcast_to(
-                visibility_from_flags(df.get("occluded", False), df.get("outside", False)), len(df)
-            ).copy()
-            if len(df)
-            else np.zeros(0, np.int8)
-        )
-    return _tidy(df, KEYPOINT_COLUMNS, _KEYPOINT_DTYPES)
+        flags = [df.get(c, pd.Series(False, index=df.index)) for c in ("occluded", "outside")]
+        df = df.assign(visibility=visibility_from_flags(*flags))
+    return _tidy(df, _KEYPOINT_DTYPES)
 
 
 def tidy_images(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with the image table's columns, order and dtypes."""
-    return _tidy(df, IMAGE_COLUMNS, _IMAGE_DTYPES)
+    return _tidy(df, _IMAGE_DTYPES)
 
 
 def tidy_boxes(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with the box table's columns, order and dtypes."""
-    return _tidy(df, BOX_COLUMNS, _BOX_DTYPES)
+    return _tidy(df, _BOX_DTYPES)
 
 
 def visibility_from_flags(occluded, outside) -> np.ndarray:
@@ -204,7 +165,7 @@ class Annotations:
     meta: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        n_inst = self.keypoints["instance_id"].nunique() if len(self.keypoints) else 0
+        n_inst = self.keypoints["instance_id"].nunique()
         return (
             f"Annotations({len(self.images)} images, {n_inst} instances, "
             f"{len(self.keypoints)} points, skeletons={list(self.skeletons)})"
@@ -256,7 +217,10 @@ class Annotations:
         """
         kp = self.keypoints
         rows = kp[(kp["image_index"] == image_index) & (kp["label"] == label)]
-        k = self._num_points(label, rows)
+        if label in self.skeletons:
+            k = self.skeletons[label].num_keypoints
+        else:
+            k = int(rows.groupby("instance_id").size().iloc[0]) if len(rows) else 0
         if rows.empty:
             return np.zeros((0, k, 3), dtype=np.float32)
         rows = rows.sort_values(["instance_id", "point_index"])
@@ -268,13 +232,6 @@ class Annotations:
             )
         xyv = rows[["x", "y", "visibility"]].to_numpy(dtype=np.float32)
         return xyv.reshape(n, k, 3)
-
-    def _num_points(self, label: str, rows: pd.DataFrame) -> int:
-        if label in self.skeletons:
-            return self.skeletons[label].num_keypoints
-        if rows.empty:
-            return 0
-        return int(rows.groupby("instance_id").size().iloc[0])
 
     def grouped_boxes(self) -> dict[tuple[int, int], tuple[float, float, float, float]]:
         """``(image_index, group_id) -> (xtl, ytl, xbr, ybr)`` of boxes grouped with a shape:
@@ -304,8 +261,6 @@ class Annotations:
         """Plain labels with shapes of several coordinates: each shape is one object
         (CVAT's points tool, one click per point)."""
         kp = self.keypoints
-        if not len(kp):
-            return []
         multi = set(kp.loc[kp["point_index"] > 0, "label"].astype(str)) - set(self.skeletons)
         return [lab for lab in self.plain_labels() if lab in multi]
 
@@ -346,11 +301,9 @@ class Annotations:
         for names in self.same_layouts():
             sk = self.skeletons[names[0]]
             edges = ", ".join(f"{sk.keypoints[a]}-{sk.keypoints[b]}" for a, b in sk.edges)
-            who = (
-                f"skeleton {names[0]!r}"
-                if len(names) == 1
-                else (f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})")
-            )
+            who = f"skeleton {names[0]!r}"
+            if len(names) > 1:
+                who = f"{len(names)} skeletons with one layout ({', '.join(map(repr, names))})"
             lines.append(f"{who}: {len(sk.keypoints)} keypoints; edges: {edges or 'none'}")
             lines.append(f"  flip pairs: {sk.flip_summary()}")
         for label in self.multi_point_labels():
@@ -359,21 +312,17 @@ class Annotations:
                 f"points label {label!r}: each shape is one object of up to "
                 f"{sk.num_keypoints} points, named 1..{sk.num_keypoints}"
             )
-        lines.append("")
-        lines.append("instances per label:")
-        lines.append(self.label_counts().to_string())
-        lines.append("")
-        lines.append("points per keypoint and visibility:")
-        lines.append(self.keypoint_counts().to_string())
+        lines += ["", "instances per label:", self.label_counts().to_string()]
+        lines += ["", "points per keypoint and visibility:", self.keypoint_counts().to_string()]
         frozen = {t: n for t, n in (self.meta.get("past_last_keyframe") or {}).items() if n}
         if frozen:
             only = bool(self.meta.get("keyframes_only"))
             what = "dropped (keyframes only)" if only else "kept (--keyframes-only drops them)"
-            lines.append("")
-            lines.append(
+            lines += [
+                "",
                 f"video tracks: {sum(frozen.values())} shapes on {len(frozen)} tracks lie past "
-                f"their track's last keyframe, where CVAT repeats the last pose; {what}"
-            )
+                f"their track's last keyframe, where CVAT repeats the last pose; {what}",
+            ]
         skipped = self.meta.get("skipped")
         if skipped:
             lines.append("")
@@ -416,11 +365,6 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
 
     A non-empty `folder` is refused (`kpnb.io.OutputExistsError`) unless `overwrite`; then
     only the files written here are replaced and any others stay."""
-    import json
-    from pathlib import Path
-
-    from kpnb.io import atomic_path
-
     if fmt not in ("csv", "parquet"):
         raise KpnbError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")
     folder = Path(folder)
@@ -441,9 +385,6 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
 
 def load_tables(folder) -> Annotations:
     """Read what `save_tables` wrote (CSV or parquet, detected from the files)."""
-    import json
-    from pathlib import Path
-
     folder = Path(folder)
     fmt = "parquet" if (folder / "keypoints.parquet").is_file() else "csv"
 
@@ -459,14 +400,9 @@ def load_tables(folder) -> Annotations:
     skeletons = {
         k: Skeleton(tuple(v["keypoints"]), tuple(map(tuple, v["edges"]))) for k, v in stored.items()
     }
-    kp = read("keypoints")
-    kp["label"] = kp["label"].astype(str)
-    kp["keypoint"] = kp["keypoint"].astype(str)
-    images = read("images")
-    images["name"] = images["name"].astype(str)
     return Annotations(
-        tidy_images(images),
-        tidy_keypoints(kp),
+        tidy_images(read("images").astype({"name": str})),
+        tidy_keypoints(read("keypoints").astype({"label": str, "keypoint": str})),
         skeletons,
         read("labels"),
         tidy_boxes(read("boxes")),
