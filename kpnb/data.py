@@ -57,7 +57,7 @@ class RemoteDataset:
     sha256: str | None = None  # None: not known; the file is still checked to be a zip
 
 
-#: Datasets known by name. The seed tutorial's toy set is a zip of a CVAT export.
+#: Datasets known by name. Christian Mills' toy set is a zip of a CVAT export.
 REGISTRY: dict[str, RemoteDataset] = {
     "cj-mills/cvat-keypoint-toy-dataset": RemoteDataset(
         "https://huggingface.co/datasets/cj-mills/cvat-keypoint-toy-dataset/resolve/main/"

@@ -142,7 +142,7 @@ def points_to_skeleton(
       the instance box);
     * ``"box"``: points inside the same ``<box>`` (the smallest one containing them; that
       box becomes the instance box);
-    * ``"image"``: all of an image's points (the seed tutorial's one object per image);
+    * ``"image"``: all of an image's points (Christian Mills' toy set: one object per image);
     * ``"auto"`` (default): ``group_id`` if any of the points has one, else ``box`` if the
       images have boxes, else ``image``.
 

@@ -34,7 +34,6 @@ __all__ = [
     "check_zip",
     "check_member",
     "open_member",
-    "read_member",
     "extract_zip",
     "write_zip",
     "Source",
@@ -431,12 +430,6 @@ def open_member(
     damage are raised as `error`. With `owns`, closing the stream closes `zf`."""
     info = zf.getinfo(info) if isinstance(info, str) else info
     return _Member(archive, zf, info, limits, error, owns)
-
-
-def read_member(archive, zf: zipfile.ZipFile, info, limits: ZipLimits | None = None) -> bytes:
-    """The bytes of one member, refused past the limits (see `open_member`)."""
-    with open_member(archive, zf, info, limits) as f:
-        return f.read()
 
 
 def extract_zip(archive: str | os.PathLike, target: str | os.PathLike, limits: ZipLimits) -> Path:

@@ -72,3 +72,18 @@ def test_an_error_in_a_loader_worker_reaches_the_user_as_its_own_one_line():
     with pytest.raises(ImageError) as exc:
         next(iter(loader))
     assert str(exc.value) == "img_1.png: cannot decode the image (truncated)"
+
+
+def test_every_flag_errors_can_name_is_a_real_flag():
+    from kpnb.cli import FLAGS, get_args_parser
+
+    parser = get_args_parser()
+    commands = parser._subparsers._group_actions[0].choices.values()
+    options = {o for cmd in commands for a in cmd._actions for o in a.option_strings}
+    assert set(FLAGS.values()) <= options, set(FLAGS.values()) - options
+
+
+def test_a_resume_conflict_names_the_flag_on_the_command_line():
+    exc = KpnbError("cannot resume with {seed}: the run has seed=0", params={"seed": "3"})
+    assert str(exc).startswith("cannot resume with seed=3")
+    assert cli_message(exc).startswith("cannot resume with --seed 3")

@@ -61,6 +61,15 @@ FLAGS = {
     "skeletons_only": "--skeletons-only",
     "overwrite": "--overwrite",
     "rescale_images": "--rescale-images",
+    "weights": "--weights",
+    # a resumed run's settings (kpnb.checkpoint.TrainConfig)
+    "seed": "--seed",
+    "size": "--size",
+    "lr": "--lr",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "max_minutes": "--minutes",
+    "sigmas": "--sigmas",
 }
 
 

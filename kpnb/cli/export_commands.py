@@ -33,7 +33,7 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
         choices=("skeleton", "points"),
         default="skeleton",
         help="skeleton: project export with Train/Validation subsets and a 5-point face "
-        "skeleton; points: the seed tutorial's toy layout, one <points> per label "
+        "skeleton; points: Christian Mills' toy layout, one <points> per label "
         "(default: skeleton)",
     )
     p.add_argument("--zip", action="store_true", help="write a CVAT-style export .zip")
