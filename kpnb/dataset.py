@@ -368,6 +368,7 @@ def make_loaders(
     skip_missing: bool = False,
     flip_pairs: Sequence[tuple] | None = None,
     flip: str = "swap",
+    rescale_images: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders with the preset transforms (train shuffled, seeded).
 
@@ -379,7 +380,14 @@ def make_loaders(
     ann, perm = _training_skeleton(ann, skeleton_label, flip_pairs)
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
 
-    dataset = partial(KeypointDataset, ann, image_root, skeleton_label, skip_missing=skip_missing)
+    dataset = partial(
+        KeypointDataset,
+        ann,
+        image_root,
+        skeleton_label,
+        skip_missing=skip_missing,
+        rescale_images=rescale_images,
+    )
     train_ds = dataset(train_transforms(size, perm, policy=policy, flip=flip), indices=train_idx)
     val_ds = dataset(eval_transforms(size), indices=val_idx)
     workers = default_workers() if num_workers is None else num_workers

@@ -233,3 +233,20 @@ def test_resized_image_files_are_refused_by_show_and_the_dataset(tmp_path, capsy
         KeypointDataset(ann, root, label).load_image(0)
     image = KeypointDataset(ann, root, label, rescale_images=True).load_image(0)
     assert tuple(image.shape) == (3, h, w)
+
+
+def test_train_refuses_resized_images_naming_the_flag_that_rescales_them(tmp_path, capsys):
+    from kpnb.cli import main
+    from kpnb.synthetic import generate
+
+    root = generate(tmp_path / "export", 6, seed=0)
+    for path in root.rglob("*.jpg"):
+        image = Image.open(path)
+        image.resize((image.width // 3, image.height // 3)).save(path)
+    argv = ["train", str(root), "--out", str(tmp_path / "run"), "--weights", "none"]
+    argv += ["--preset", "tiny", "--epochs", "1", "--workers", "0", "--size", "64"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--rescale-images" in err and "rescale_images" not in err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert main([*argv, "--overwrite", "--rescale-images"]) == 0

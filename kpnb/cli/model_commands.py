@@ -43,6 +43,12 @@ def _dataset_args(p: argparse.ArgumentParser, *, from_checkpoint: bool = False) 
         help="leave out images whose files are missing instead of failing",
     )
     p.add_argument(
+        "--rescale-images",
+        action="store_true",
+        help="resize an image whose size differs from the one its export declares (default: "
+        "refuse it, since its points would land elsewhere)",
+    )
+    p.add_argument(
         "--flip-pairs",
         type=_flip_pair,
         nargs="+",
@@ -212,6 +218,7 @@ def run_train(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         seed=args.seed or 0,
         skip_missing=args.skip_missing,
+        rescale_images=args.rescale_images,
     )
     if not any(len(item.boxes) for item in train_loader.dataset.items):
         raise KpnbError(
@@ -333,6 +340,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         eval_transforms(args.size),
         indices=indices,
         skip_missing=args.skip_missing,
+        rescale_images=args.rescale_images,
     )
     workers = default_workers() if args.workers is None else args.workers
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=workers)
