@@ -82,15 +82,15 @@ def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False)
     `keyframes_only`: CVAT video tracks keep only their keyframes (see `kpnb.cvat.read_cvat`);
     other formats have no tracks.
     """
-    fmt = detect_format(source)
-    if fmt == "cvat":
+    src = Source(source)  # which file, in which format: decided here, once
+    if src.format == "cvat":
         from kpnb.cvat import read_cvat
 
-        return read_cvat(source, keyframes_only=keyframes_only)
-    if fmt == "coco":
+        return read_cvat(src, keyframes_only=keyframes_only)
+    if src.format == "coco":
         from kpnb.coco import read_coco
 
-        return read_coco(source)
+        return read_coco(src)
     return load_tables(source)
 
 

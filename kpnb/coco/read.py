@@ -60,9 +60,10 @@ def _subset_of(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def _coco_files(source: Path) -> list[tuple[str, bytes, str | None]]:
+def _coco_files(source: Path | Source) -> list[tuple[str, bytes, str | None]]:
     """``(name for messages, bytes, subset)`` of each COCO file of the export."""
-    src = Source(source, "coco", error=CocoFormatError)
+    src = source if isinstance(source, Source) else Source(source, "coco", error=CocoFormatError)
+    src.error = CocoFormatError
     return [(src.where(n), src.read_bytes(n), _subset_of(Path(n))) for n in src.files]
 
 
@@ -98,7 +99,7 @@ def _not(record: dict, key: str, wanted: str) -> str:
     return f"{key} {_show(record[key])} is not {wanted}" if key in record else f"{key} is missing"
 
 
-def read_coco(source: str | os.PathLike) -> Annotations:
+def read_coco(source: str | os.PathLike | Source) -> Annotations:
     """Read COCO keypoints JSON (a file, an export folder or zip with several subsets).
 
     Each file's subset comes from its name (``person_keypoints_<subset>.json``); image ids
@@ -122,9 +123,10 @@ def read_coco(source: str | os.PathLike) -> Annotations:
             ``iscrowd``, visibility or coordinate; an image's width/height of 0 is
             "unknown"): the message names the file, record, field and value, with the fix.
     """
-    source = Path(source)
+    files = _coco_files(source if isinstance(source, Source) else Path(source))
+    source = source.path if isinstance(source, Source) else Path(source)
     rows = _CocoRows()
-    for where, raw, subset in _coco_files(source):
+    for where, raw, subset in files:
         doc = _document(raw, where)
         image_of = rows.add_images(doc["images"], subset, where)
         cats = _categories_by_id(doc.get("categories", []), where)

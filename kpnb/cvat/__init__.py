@@ -31,11 +31,12 @@ __all__ = [
 CvatAnnotations = Annotations
 
 
-def read_cvat(source: str | os.PathLike, *, keyframes_only: bool = False) -> Annotations:
+def read_cvat(source: str | os.PathLike | Source, *, keyframes_only: bool = False) -> Annotations:
     """Read a CVAT for images/video 1.1 export into tidy tables.
 
     Args:
-        source: an ``annotations.xml``, a folder holding one, or a CVAT export ``.zip``.
+        source: an ``annotations.xml``, a folder holding one, or a CVAT export ``.zip``
+            (or the `kpnb.io.Source` that found it).
         keyframes_only: for video tracks, keep only the shapes on keyframes, dropping
             CVAT's interpolated frames and the frames a track repeats past its last
             keyframe (``meta["past_last_keyframe"]`` counts those per track either way).
@@ -53,7 +54,8 @@ def read_cvat(source: str | os.PathLike, *, keyframes_only: bool = False) -> Ann
 
     The file is streamed, never held whole: memory grows with the tables, not the file.
     """
-    src = Source(source, "cvat", error=CvatFormatError)
+    src = source if isinstance(source, Source) else Source(source, "cvat", error=CvatFormatError)
+    src.error = CvatFormatError
     name = src.files[0]
     reader = Reader(src.where(name))
     with src.open(name) as stream:
