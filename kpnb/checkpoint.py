@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kpnb.config import version
+from kpnb.config import PRESET_NAMES, version
 from kpnb.errors import KpnbError
 from kpnb.io import atomic_path
 from kpnb.skeleton import Skeleton
@@ -302,8 +302,6 @@ class _Checker:
 
     def build(self, build, skeleton: Skeleton) -> dict:
         """`kpnb.model.build_model`'s arguments: every one there, of its type and range."""
-        from kpnb.model import PRESETS
-
         self.entries("build", build, _BUILD)
         k = self.number("build['num_keypoints']", build["num_keypoints"], int, 1, 10_000)
         if k != skeleton.num_keypoints:
@@ -318,7 +316,7 @@ class _Checker:
         )
         self.number("build['norm_eps']", build["norm_eps"], float, 0.0, 1.0, none=True)
         self.value("build['pretrained']", build["pretrained"], (bool,))
-        for name, allowed in (("preset", tuple(PRESETS)), ("norm", ("frozen", "batch"))):
+        for name, allowed in (("preset", PRESET_NAMES), ("norm", ("frozen", "batch"))):
             if build[name] not in allowed:
                 raise self.fail(f"build[{name!r}] = {_brief(build[name])} is not one of {allowed}")
         kwargs = self.value("build['kwargs']", build["kwargs"], (dict,))

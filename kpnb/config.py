@@ -14,6 +14,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 #: The one place the project's home is written; notebook badges and the Colab install use it.
+#: The model presets' names (`kpnb.model.PRESETS` holds them; a checkpoint names one).
+PRESET_NAMES = ("cpu", "fast", "torchvision", "tiny")
+
 REPO = "kpnb-dev/kpnb"
 BRANCH = "main"
 REPO_URL = f"https://github.com/{REPO}"

@@ -345,3 +345,10 @@ def test_resume_without_the_runs_flags_continues_the_run_as_it_was(cli_run, caps
         and last.data == first.data
     )
     assert last.config.seed == 7 and last.label == "face" and not (out / LOCK_FILE).exists()
+
+
+def test_a_checkpoint_may_name_exactly_the_presets_the_model_builds():
+    from kpnb.config import PRESET_NAMES
+    from kpnb.model import PRESETS
+
+    assert set(PRESET_NAMES) == set(PRESETS)
