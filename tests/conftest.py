@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,17 @@ def http_server(tmp_path_factory):
     server = _Server(tmp_path_factory.mktemp("served"))
     yield server
     server.close()
+
+
+@pytest.fixture
+def no_decompression(monkeypatch):
+    """Fail the test if any zip member is opened: limits must be enforced from the header."""
+
+    real = zipfile.ZipFile.open
+
+    def refuse(self, name, mode="r", *args, **kwargs):
+        if mode == "r":
+            raise AssertionError("a zip member was decompressed before the limits were checked")
+        return real(self, name, mode, *args, **kwargs)  # writing the test's zips is fine
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", refuse)

@@ -46,20 +46,6 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*") if p.name.endswith((".tmp", ".old")))
 
 
-@pytest.fixture
-def no_decompression(monkeypatch):
-    """Fail the test if any zip member is opened: limits must be enforced from the header."""
-
-    real = zipfile.ZipFile.open
-
-    def refuse(self, name, mode="r", *args, **kwargs):
-        if mode == "r":
-            raise AssertionError("a zip member was decompressed before the limits were checked")
-        return real(self, name, mode, *args, **kwargs)  # writing the test's zips is fine
-
-    monkeypatch.setattr(zipfile.ZipFile, "open", refuse)
-
-
 # -- Source: which file holds the annotations, in which format ----------------------------------
 def test_source_of_a_folder_a_file_and_a_zip(tmp_path, synthetic_export):
     folder = Source(synthetic_export)
