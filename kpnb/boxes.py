@@ -1,11 +1,8 @@
-"""The one rule for an object box made from keypoints (numpy only, no torch, no pandas).
+"""The one rule for an object box made from keypoints (numpy only).
 
 An instance without a box of its own (a CVAT skeleton with no grouped ``<box>``, a COCO
-annotation without ``bbox``) trains, is checked and is exported with the box
-`boxes_from_points` gives it: `kpnb.dataset` builds training targets and
-`check_export`'s box report with it, `kpnb.coco.to_coco` writes it as ``bbox``, and
-`kpnb.transforms.FinalizeKeypoints` uses its tight form (no margin) to keep every visible
-point inside its box after augmentation.
+annotation without ``bbox``) trains, is checked and is exported (COCO ``bbox``) with the box
+`boxes_from_points` gives it; `kpnb.transforms` uses its tight form after augmentation.
 """
 
 from __future__ import annotations
@@ -45,16 +42,14 @@ def boxes_from_points(
        centred on itself and slid back inside the image, so a one-point instance gets an
        object-sized box even in a corner (Keypoint R-CNN cannot learn from a 4 px box).
 
-    An instance with no labelled point gets ``[0, 0, 0, 0]`` (callers drop it, or use a
-    box of its own). An unknown image size (NaN or inf) skips the clipping and the minimum.
-    ``margin=0, min_pad=0, min_fraction=0`` gives the tight extent of the points, clipped.
+    An instance with no labelled point gets ``[0, 0, 0, 0]``. An unknown image size (NaN or
+    inf) skips the clipping and the minimum. ``margin=0, min_pad=0, min_fraction=0`` gives
+    the tight extent of the points, clipped.
 
     Args:
-        xy: ``[N, K, 2]`` points, or ``[P, 2]`` ragged points with `starts`.
-        vis: ``[N, K]`` (or ``[P]``) visibility 0/1/2.
+        xy, vis: ``[N, K, 2]`` points and ``[N, K]`` visibility 0/1/2, or ragged ``[P, 2]``
+            and ``[P]`` with `starts`: each instance's first row (ascending, none empty).
         width, height: the image size, a number or one per instance (``[N]``).
-        starts: for ragged input, the first row of each instance in `xy` (ascending,
-            every instance non-empty), as `np.add.reduceat` takes them.
 
     Example:
         >>> boxes_from_points(np.array([[[50.0, 50.0]]]), np.array([[2]]), 200, 100)

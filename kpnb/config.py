@@ -13,20 +13,17 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: The one place the project's home is written; notebook badges and the Colab install use it.
 #: The model presets' names (`kpnb.model.PRESETS` holds them; a checkpoint names one).
 PRESET_NAMES = ("cpu", "fast", "torchvision", "tiny")
 
+#: The one place the project's home is written; notebook badges and the Colab install use it.
 REPO = "kpnb-dev/kpnb"
 BRANCH = "main"
 REPO_URL = f"https://github.com/{REPO}"
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
-SMOKE: bool = _flag(os.environ.get("KPNB_SMOKE", os.environ.get("CI")))
+_SMOKE = os.environ.get("KPNB_SMOKE", os.environ.get("CI", "")).strip().lower()
+SMOKE: bool = _SMOKE not in ("", "0", "false", "no", "off")
 
 
 def cache_dir() -> Path:
@@ -94,7 +91,7 @@ def select_device(device=None):
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device(type="cpu")
 
@@ -102,6 +99,9 @@ def select_device(device=None):
 def setup_notebook(seed: int = 0) -> bool:
     """What every tutorial does first: seed everything, readable tables, visible kpnb logs.
     Returns `SMOKE`, so a notebook can say which mode it runs in."""
+    import logging
+    import sys
+
     import pandas as pd
 
     seed_everything(seed)
@@ -109,7 +109,16 @@ def setup_notebook(seed: int = 0) -> bool:
     pd.set_option("display.width", 120)
     pd.set_option("display.precision", 2)
     pd.set_option("display.max_colwidth", None)  # a checklist's `detail` is never cut off
-    _show_kpnb_logs()
+    # kpnb's INFO logs on stderr, by a handler on the "kpnb" logger itself: in Jupyter the
+    # root logger has handlers, so basicConfig does nothing
+    logger = logging.getLogger("kpnb")
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "kpnb_notebook", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.kpnb_notebook = True
+        logger.addHandler(handler)
+    logger.propagate = False
     try:  # kpnb.viz returns Figures built without pyplot; inline mode registers their display
         from IPython import get_ipython
 
@@ -119,22 +128,6 @@ def setup_notebook(seed: int = 0) -> bool:
     except ImportError:
         pass
     return SMOKE
-
-
-def _show_kpnb_logs() -> None:
-    """kpnb's INFO logs (one line per epoch, warnings) on stderr, by a handler on the ``kpnb``
-    logger itself: in Jupyter the root logger has handlers, so ``basicConfig`` does nothing."""
-    import logging
-    import sys
-
-    logger = logging.getLogger("kpnb")
-    logger.setLevel(logging.INFO)
-    if not any(getattr(h, "kpnb_notebook", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler.kpnb_notebook = True
-        logger.addHandler(handler)
-    logger.propagate = False
 
 
 def environment_report():

@@ -1,11 +1,8 @@
 """Where datasets come from: the embedded synthetic one, a download, or your own export.
 
-`get_dataset` turns a name, URL or path into a local folder; `read_annotations` picks the
-reader (CVAT, COCO or saved tables); `open_export` does both and picks the label to learn.
-Downloads go through pooch into a cache (``$KPNB_CACHE``, default ``~/.cache/kpnb``) keyed by
-the whole URL, are unpacked by `kpnb.io.extract_zip` (bounded, nothing outside its folder),
-and are deleted when a check fails (checksum, zip limits, no annotations), so the next call
-fetches them again.
+`get_dataset` turns a name, URL or path into a local folder (downloads are cached by pooch in
+``$KPNB_CACHE``, default ``~/.cache/kpnb``, and deleted when a check fails, to be fetched
+again); `read_annotations` reads it; `open_export` does both and picks the label to learn.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import re
 import shutil
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from kpnb.config import cache_dir
@@ -51,24 +48,19 @@ class _ChecksumMismatch(DatasetUnavailableError):
     """The file at a URL is not the one its sha256 names."""
 
 
-@dataclass(frozen=True)
-class RemoteDataset:
-    url: str
-    sha256: str | None = None  # None: not known; the file is still checked to be a zip
-
-
-#: Datasets known by name. Christian Mills' toy set is a zip of a CVAT export.
-REGISTRY: dict[str, RemoteDataset] = {
-    "cj-mills/cvat-keypoint-toy-dataset": RemoteDataset(
+#: Datasets known by name: ``(url, sha256 or None)``. Christian Mills' toy set is a CVAT zip.
+REGISTRY: dict[str, tuple[str, str | None]] = {
+    "cj-mills/cvat-keypoint-toy-dataset": (
         "https://huggingface.co/datasets/cj-mills/cvat-keypoint-toy-dataset/resolve/main/"
-        "cvat-keypoint-toy-dataset.zip"
+        "cvat-keypoint-toy-dataset.zip",
+        None,
     ),
 }
 
 
 def register_dataset(name: str, url: str, sha256: str | None = None) -> None:
     """Make `name` usable with `get_dataset` (a zip of a CVAT or COCO export at `url`)."""
-    REGISTRY[name] = RemoteDataset(url, sha256)
+    REGISTRY[name] = (url, sha256)
 
 
 def detect_format(source: str | os.PathLike) -> str:
@@ -103,9 +95,8 @@ def _dataset_root(folder: Path) -> Path:
 
 
 def _cache_name(url: str) -> tuple[str, str]:
-    """``(folder, file)`` names for `url` in the cache: readable, and unique to the whole URL
-    (``<stem>-<12 hex digits of the URL's sha256>``: two URLs ending in ``data.zip``, or
-    differing only in their query, never share a cached file)."""
+    """``(folder, file)`` names for `url` in the cache: ``<stem>-<12 hex digits of the URL's
+    sha256>``, so two URLs ending in ``data.zip`` never share a cached file."""
     key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
     base = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "dataset.zip"
@@ -249,8 +240,8 @@ def get_dataset(
             generate(folder, n_images, seed)
         return folder
     if spec_str in REGISTRY or spec_str.startswith(("http://", "https://")):
-        remote = REGISTRY.get(spec_str) or RemoteDataset(spec_str, sha256)
-        return _cached_download(remote.url, _hex(remote.sha256 or sha256), root, progress)
+        url, known = REGISTRY.get(spec_str, (spec_str, None))
+        return _cached_download(url, _hex(known or sha256), root, progress)
     path = Path(spec).expanduser()
     if not path.exists():
         known = ", ".join(["synthetic", *REGISTRY])

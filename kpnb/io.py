@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from kpnb.errors import KpnbError
 
@@ -33,7 +34,6 @@ __all__ = [
     "zip_limits",
     "check_zip",
     "check_member",
-    "open_member",
     "extract_zip",
     "write_zip",
     "Source",
@@ -206,10 +206,6 @@ def _merge_into(tmp: Path, path: Path) -> None:
 
 
 # -- zips ---------------------------------------------------------------------------------------
-#: Defaults of `zip_limits`; each can be raised with the environment variable in its comment.
-MAX_UNZIP_BYTES = 32 * 2**30  # KPNB_MAX_UNZIP_BYTES: total unpacked size, 32 GiB
-MAX_UNZIP_RATIO = 200  # KPNB_MAX_UNZIP_RATIO: unpacked / packed size of one member
-MAX_UNZIP_MEMBERS = 1_000_000  # KPNB_MAX_UNZIP_MEMBERS: files and folders in one zip
 #: Members smaller than this may compress better than the ratio (tiny text files do).
 RATIO_FLOOR = 2**20
 #: What reading a corrupt zip member raises (bad CRC, bad deflate data, cut short).
@@ -223,11 +219,12 @@ class ZipLimitError(KpnbError):
 
 @dataclass(frozen=True)
 class ZipLimits:
-    """How much a zip may unpack to: refused above these, from the header, before reading."""
+    """How much a zip may unpack to: refused above these, from the header, before reading.
+    Each default can be raised with the environment variable in its comment."""
 
-    max_bytes: int = MAX_UNZIP_BYTES
-    max_ratio: float = MAX_UNZIP_RATIO
-    max_members: int = MAX_UNZIP_MEMBERS
+    max_bytes: int = 32 * 2**30  # KPNB_MAX_UNZIP_BYTES: total unpacked size, 32 GiB
+    max_ratio: float = 200  # KPNB_MAX_UNZIP_RATIO: unpacked / packed size of one member
+    max_members: int = 1_000_000  # KPNB_MAX_UNZIP_MEMBERS: files and folders in one zip
 
 
 def env_number(name: str, default, kind=int, error: type[KpnbError] = KpnbError):
@@ -251,12 +248,12 @@ def zip_limits(
 ) -> ZipLimits:
     """The limits in force: each argument if given, else its environment variable
     (``KPNB_MAX_UNZIP_BYTES``, ``KPNB_MAX_UNZIP_RATIO``, ``KPNB_MAX_UNZIP_MEMBERS``), else
-    the default (32 GiB, 200x, a million members)."""
-    env = functools.partial(env_number, error=ZipLimitError)
+    the `ZipLimits` default."""
+    env, default = functools.partial(env_number, error=ZipLimitError), ZipLimits()
     return ZipLimits(
-        env("KPNB_MAX_UNZIP_BYTES", MAX_UNZIP_BYTES) if max_bytes is None else max_bytes,
-        env("KPNB_MAX_UNZIP_RATIO", MAX_UNZIP_RATIO, float) if max_ratio is None else max_ratio,
-        env("KPNB_MAX_UNZIP_MEMBERS", MAX_UNZIP_MEMBERS) if max_members is None else max_members,
+        env("KPNB_MAX_UNZIP_BYTES", default.max_bytes) if max_bytes is None else max_bytes,
+        env("KPNB_MAX_UNZIP_RATIO", default.max_ratio, float) if max_ratio is None else max_ratio,
+        env("KPNB_MAX_UNZIP_MEMBERS", default.max_members) if max_members is None else max_members,
     )
 
 
@@ -377,59 +374,18 @@ def _clean_name(archive, info: zipfile.ZipInfo) -> str | None:
     return "/".join(parts) + ("/" if info.is_dir() else "")
 
 
-class _Member:
-    """One zip member as a binary stream, after `check_member` (zipfile stops at its declared
-    size and checks its CRC); a refusal or a damaged member is raised as `error`. With `owns`,
-    closing the stream (or a refusal) closes `zf`."""
-
-    def __init__(self, archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits, error, owns):
-        self.name, self.zf, self.error, self.owns = f"{archive}!{info.filename}", zf, error, owns
-        self.fh = None
-        try:
-            check_member(archive, info, limits)
-        except ZipLimitError as exc:
-            self.close()
-            raise exc if error is ZipLimitError else error(str(exc)) from None
-        self.fh = self._guard(zf.open, info)
-
-    def _guard(self, call, *args):
-        try:
-            return call(*args)
-        except ZIP_DAMAGED as exc:
-            self.close()
-            raise self.error(
-                f"{self.name}: the zip member is damaged ({exc}); download or export it again"
-            ) from None
-
-    def read(self, n: int = -1) -> bytes:
-        return self._guard(self.fh.read, n)
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-        if self.owns:
-            self.zf.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def open_member(
-    archive,
-    zf: zipfile.ZipFile,
-    info: zipfile.ZipInfo | str,
-    limits: ZipLimits | None = None,
-    *,
-    error: type[KpnbError] = ZipLimitError,
-    owns: bool = False,
-) -> _Member:
-    """A stream of one member (a `ZipInfo` or its name) after `check_member`; refusals and
-    damage are raised as `error`. With `owns`, closing the stream closes `zf`."""
-    info = zf.getinfo(info) if isinstance(info, str) else info
-    return _Member(archive, zf, info, limits, error, owns)
+@contextlib.contextmanager
+def _member_stream(archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo, error):
+    """`info`'s stream (zipfile stops at its declared size and checks its CRC); a damaged
+    member, met while opening or reading, is raised as `error`."""
+    try:
+        with zf.open(info) as f:
+            yield f
+    except ZIP_DAMAGED as exc:
+        raise error(
+            f"{archive}!{info.filename}: the zip member is damaged ({exc}); download or export "
+            "it again"
+        ) from None
 
 
 def extract_zip(archive: str | os.PathLike, target: str | os.PathLike, limits: ZipLimits) -> Path:
@@ -452,7 +408,7 @@ def extract_zip(archive: str | os.PathLike, target: str | os.PathLike, limits: Z
                         f"{archive}: member {info.filename!r} names a file written before "
                         "(the names differ only in case); refusing this archive"
                     ) from None
-                with out, open_member(archive, zf, info, limits) as src:
+                with out, _member_stream(archive, zf, info, ZipLimitError) as src:
                     shutil.copyfileobj(src, out, 2**20)
     return target
 
@@ -579,12 +535,21 @@ class Source:
             return f"{self.path}!{name}"
         return str(self.path / name if self.path.is_dir() else self.path)
 
-    def open(self, name: str):
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[BinaryIO]:
         """A binary stream of file `name` (a zip member is streamed within `zip_limits`)."""
         if not self.zip:
-            return open(self.where(name), "rb")
-        zf = _open_zip(self.path, self.error)
-        return open_member(self.path, zf, name, error=self.error, owns=True)
+            with open(self.where(name), "rb") as f:
+                yield f
+            return
+        with _open_zip(self.path, self.error) as zf:
+            info = zf.getinfo(name)
+            try:
+                check_member(self.path, info)
+            except ZipLimitError as exc:
+                raise self.error(str(exc)) from None
+            with _member_stream(self.path, zf, info, self.error) as f:
+                yield f
 
     def read_bytes(self, name: str) -> bytes:
         with self.open(name) as f:
