@@ -178,12 +178,9 @@ def _hex(sha256: str | None) -> str | None:
 
 
 def _cached_download(url: str, sha256: str | None, root: Path, progress: bool) -> Path:
-    """The export at `url`, from the cache when there, else downloaded and unpacked.
-
-    With a known `sha256`, pooch checks the kept zip on every call (and downloads it again
-    when it differs), so an extraction is never passed off as one with that checksum; a
-    mismatch deletes the cache entry. Without one, an extraction is reused as it is.
-    """
+    """The export at `url`, from the cache when there, else downloaded and unpacked. With
+    `sha256`, pooch checks the kept zip on every call (a mismatch deletes the cache entry);
+    without, an extraction is reused as it is."""
     folder, fname = _cache_name(url)
     extracted = root / "datasets" / folder
     archive = root / "downloads" / folder / fname
@@ -214,18 +211,16 @@ def get_dataset(
     """A local folder (or annotation file) for `spec`, fetching or making it once.
 
     Args:
-        spec: ``"synthetic"`` (drawn by `kpnb.synthetic`, seed-stable), a name in
-            `REGISTRY` (e.g. ``"cj-mills/cvat-keypoint-toy-dataset"``), an ``http(s)`` URL
-            of an export zip, or a local folder, zip or annotations file.
+        spec: ``"synthetic"`` (seed-stable), a name in `REGISTRY`, an ``http(s)`` URL of an
+            export zip, or a local folder, zip or annotations file.
         root: cache folder (default: ``$KPNB_CACHE`` or ``~/.cache/kpnb``).
         n_images, seed: the synthetic dataset's size and seed.
-        sha256: expected checksum of a URL's (or local zip's) file, checked on every
-            call, also against a cached copy.
+        sha256: expected checksum of a URL's (or local zip's) file, checked on every call.
 
     Raises:
         DatasetUnavailableError: offline, a failed download or checksum, or an archive that
-            is broken, unsafe, over the `kpnb.io.check_zip` limits or holds no annotations
-            (the message says what to do; such a download is deleted, to be fetched again).
+            is broken, over the `kpnb.io` zip limits or holds no annotations (such a
+            download is deleted, to be fetched again).
         FileNotFoundError: a local path does not exist.
     """
     root = Path(root) if root is not None else cache_dir()
@@ -282,14 +277,12 @@ def open_export(
     images_root: str | os.PathLike | None = None,
     **dataset_kwargs,
 ) -> tuple[Path, Annotations, str]:
-    """Get a dataset, read it, and pick the skeleton label to learn: the one way notebooks
-    00-05 and ``kpnb train``/``evaluate`` open an export.
+    """Get a dataset, read it, and pick the skeleton label to learn: how notebooks 00-05
+    and ``kpnb train``/``evaluate`` open an export.
 
-    Multi-coordinate ``<points>`` labels (one shape per object) become skeletons
-    (`kpnb.grouping.points_as_instances`). The label is `label`, else the first skeleton label
-    with instances (file order). With no skeleton instances, plain one-point ``<points>``
-    (one per keypoint label, one object per image, as in Christian Mills' toy set) become a
-    skeleton `skeleton_name` (`kpnb.grouping.points_to_skeleton`) and a log line says so.
+    Multi-coordinate ``<points>`` labels become skeletons (`kpnb.grouping`). The label is
+    `label`, else the first skeleton label with instances; with none, plain one-point
+    ``<points>`` (Christian Mills' toy set) become a skeleton `skeleton_name` (logged).
     Returns ``(root, annotations, label)``: the images' folder (`images_root` if given, else
     beside the annotations), the tables, the label to learn.
 
@@ -299,14 +292,13 @@ def open_export(
             declared, refuse an export without one (the CLI does).
         points_as_skeleton, group_by: first combine the one-point labels into instances
             of skeleton `points_as_skeleton`, grouped by `group_by`.
-        all_categories: merge the skeleton labels sharing `label`'s layout into `label`
-            (`kpnb.grouping.merge_skeletons`; a COCO category per species).
+        all_categories: merge the skeleton labels sharing `label`'s layout into `label`.
         flip_pairs: ``(left, right)`` keypoint names for the training flip of `label`.
         keyframes_only: CVAT video tracks keep only their keyframes.
 
     Raises:
         KpnbError: no keypoints (no skeleton, when `skeleton_name` is None), `label` is
-            no skeleton, or plain points do not form one object per image (names both).
+            no skeleton, or plain points do not form one object per image.
     """
     found = get_dataset(spec, **dataset_kwargs)
     ann = read_annotations(found, keyframes_only=keyframes_only)

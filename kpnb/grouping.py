@@ -1,9 +1,8 @@
 """Which keypoint rows form one object: labels turned into skeleton instances.
 
-Besides skeletons, CVAT exports hold keypoints as one ``<points>`` shape per keypoint label
-(`points_to_skeleton` groups them by ``group_id``, ``<box>`` or image), as one ``<points>``
-shape per object (`points_as_instances`), or as several skeleton labels with one layout, a
-COCO category per species (`merge_skeletons`). Each takes and returns `Annotations`.
+Besides skeletons, exports hold keypoints as one ``<points>`` shape per keypoint label
+(`points_to_skeleton`), one ``<points>`` shape per object (`points_as_instances`), or
+several skeleton labels with one layout (`merge_skeletons`). Each returns `Annotations`.
 """
 
 from __future__ import annotations
@@ -138,18 +137,14 @@ def points_to_skeleton(
 
     Which points form one object (`group_by`):
 
-    * ``"group_id"``: points sharing a CVAT ``group_id`` (a box with that ``group_id`` is
-      the instance box);
-    * ``"box"``: points inside the same ``<box>`` (the smallest one containing them; that
-      box becomes the instance box);
+    * ``"group_id"``: points sharing a CVAT ``group_id`` (a box in it is the instance box);
+    * ``"box"``: points inside the same ``<box>`` (the smallest; it is the instance box);
     * ``"image"``: all of an image's points (Christian Mills' toy set: one object per image);
     * ``"auto"`` (default): ``group_id`` if any of the points has one, else ``box`` if the
       images have boxes, else ``image``.
 
-    ``meta["points_grouping"]`` records the rule used and it is logged. A label missing
-    from an instance is an absent point (v=0). Multi-coordinate ``<points>`` labels are
-    instances already (see `points_as_instances`) and are left alone. Existing skeletons
-    are kept.
+    ``meta["points_grouping"]`` records the rule used. A label missing from an instance is
+    an absent point (v=0). Multi-point labels and existing skeletons are left alone.
 
     Raises:
         ValueError: an instance would get two points of one label (names the image and

@@ -1,10 +1,8 @@
 """The one way kpnb finds and opens an export's images: `find_image` and `load_image`.
 
-Every caller (the Dataset, pictures, evaluation, prediction, the CLI) gets the same
-guarantees: the path stays inside the export's image root; the pixels are as CVAT shows them
-(EXIF orientation applied, RGB, 16-bit scaled to 8-bit); the pixel count is checked from the
-header before decoding. PIL, not ``torchvision.io.decode_image``: only PIL applies EXIF
-orientation and reads every mode and bit depth (``benchmarks/bench_dataset.py`` has the cost).
+The path stays inside the export's image root; the pixels are as CVAT shows them (EXIF
+orientation applied, RGB); the pixel count is checked from the header before decoding. PIL,
+not ``torchvision.io.decode_image``: only PIL applies EXIF orientation and reads every mode.
 """
 
 from __future__ import annotations
@@ -30,8 +28,9 @@ MAX_PIXELS = 64_000_000
 
 # Frames of CVAT video tasks carry no extension in the XML; CVAT writes them as .PNG.
 _FRAME_EXTENSIONS = (".PNG", ".png", ".jpg", ".jpeg", ".JPG")
-#: What PIL raises for a broken file (a TypeError: a TIFF tag of the wrong type).
-_BROKEN = (OSError, SyntaxError, ValueError, TypeError)
+#: What PIL raises for a broken file (a TypeError: a TIFF tag of the wrong type; the bomb
+#: error: a frame larger than the header said).
+_BROKEN = (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError)
 
 
 class ImageError(KpnbError):
@@ -63,13 +62,11 @@ def find_image(root: str | os.PathLike, name: str, subset: str | None = None) ->
     """
     root = Path(root).resolve()
     name = str(name).replace("\\", "/")
+    subset = subset if isinstance(subset, str) and subset else None  # NaN: no subset
     where = f" in subset {subset!r}" if subset else ""
-    problem = name_problem(name) or (name_problem(subset) if isinstance(subset, str) else None)
-    if problem:
+    if problem := name_problem(name) or (subset and name_problem(subset)):
         raise ImageError(f"image {name!r}{where}: the name {problem}; fix it in the annotations")
-    bases = []
-    if isinstance(subset, str) and subset:
-        bases.append(root / "images" / subset)
+    bases = [root / "images" / subset] if subset else []
     bases += [root / "images", root]
     names = [name] if Path(name).suffix else [name] + [name + ext for ext in _FRAME_EXTENSIONS]
     odd = None  # the first thing by that name that is not a file
@@ -121,7 +118,7 @@ def _open(path: Path, limit: int | None) -> Image.Image:
         # PIL's limit is at least kpnb's here, so the image is over kpnb's limit too
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_large(path, limit, f" ({int(pixels[1]):,} pixels)" if pixels else "") from None
-    except _BROKEN as exc:  # PIL raises these for broken files
+    except _BROKEN as exc:
         raise ImageError(f"{path}: cannot read the image ({exc})") from None
     if img.width * img.height > limit:
         img.close()
@@ -141,7 +138,7 @@ def image_size(path: str | os.PathLike, *, limit: int | None = None) -> tuple[in
         w, h = img.size
         try:
             orientation = img.getexif().get(0x0112, 1)
-        except (*_BROKEN, Image.DecompressionBombError) as exc:
+        except _BROKEN as exc:
             raise ImageError(f"{path}: cannot read the image ({exc})") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
@@ -176,7 +173,7 @@ def load_image(
                 grey = np.clip(np.rint(grey * (255.0 / top)), 0, 255).astype(np.uint8)
                 img = Image.fromarray(grey)
             img = img.convert("RGB")
-        except (*_BROKEN, Image.DecompressionBombError) as exc:
+        except _BROKEN as exc:
             raise ImageError(f"{path}: cannot decode the image ({exc})") from None
     if expect is not None and all(_known(side) for side in expect):
         want = (int(expect[0]), int(expect[1]))

@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from kpnb.errors import KpnbError
@@ -281,17 +281,22 @@ def check_member(archive, info: zipfile.ZipInfo, limits: ZipLimits | None = None
             f"{where} uses compression method {info.compress_type} (e.g. implode), which "
             "Python cannot unpack; unzip it with another tool, or zip it again with deflate"
         )
-    packed = max(info.compress_size, 1)
-    if info.file_size > RATIO_FLOOR and info.file_size > limits.max_ratio * packed:
+    _check_size(f"{where} unpacks", info.file_size, info.compress_size, limits)
+
+
+def _check_size(what: str, unpacked: int, packed: int, limits: ZipLimits) -> None:
+    """Refuse `unpacked` bytes from `packed`: above the ratio (past `RATIO_FLOOR`) or the size."""
+    ratio = unpacked / max(packed, 1)
+    if unpacked > RATIO_FLOOR and ratio > limits.max_ratio:
         raise ZipLimitError(
-            f"{where} unpacks {info.compress_size:,} bytes to {info.file_size:,} "
-            f"({info.file_size / packed:.0f}x, limit {limits.max_ratio:g}x): a zip bomb or "
-            "not a dataset; if the file is trusted, raise KPNB_MAX_UNZIP_RATIO"
+            f"{what} {packed:,} bytes to {unpacked:,} ({ratio:.0f}x, limit "
+            f"{limits.max_ratio:g}x): a zip bomb or not a dataset; if the file is trusted, "
+            "raise KPNB_MAX_UNZIP_RATIO"
         )
-    if info.file_size > limits.max_bytes:
+    if unpacked > limits.max_bytes:
         raise ZipLimitError(
-            f"{where} unpacks to {info.file_size:,} bytes, more than the limit of "
-            f"{limits.max_bytes:,}; raise KPNB_MAX_UNZIP_BYTES if the file is trusted"
+            f"{what} to {unpacked:,} bytes, more than the limit of {limits.max_bytes:,}; if "
+            "the file is trusted and the disk has room, raise KPNB_MAX_UNZIP_BYTES"
         )
 
 
@@ -307,14 +312,6 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
         raise ZipLimitError(
             f"{archive}: {len(infos):,} members, more than the limit of "
             f"{limits.max_members:,}; if the file is trusted, raise KPNB_MAX_UNZIP_MEMBERS"
-        )
-    total = sum(i.file_size for i in infos)
-    packed = max(sum(i.compress_size for i in infos), 1)
-    if total > limits.max_bytes:
-        raise ZipLimitError(
-            f"{archive}: unpacks to {total:,} bytes, more than the limit of "
-            f"{limits.max_bytes:,}; if the file is trusted and the disk has room, raise "
-            "KPNB_MAX_UNZIP_BYTES"
         )
     seen: dict[str, str] = {}
     out = []
@@ -333,19 +330,14 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
         out.append((info, clean))
     files = {clean for _, clean in out if not clean.endswith("/")}
     for info, clean in out:
-        parts = clean.rstrip("/").split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in files:
-                raise ZipLimitError(
-                    f"{archive}: member {info.filename!r} lies inside {'/'.join(parts[:i])!r}, "
-                    "which the zip also holds as a file; refusing this archive"
-                )
-    if total > RATIO_FLOOR and total > limits.max_ratio * packed:
-        raise ZipLimitError(
-            f"{archive}: {len(infos):,} members unpack {packed:,} bytes to {total:,} "
-            f"({total / packed:.0f}x, limit {limits.max_ratio:g}x): a zip bomb or not a "
-            "dataset; if the file is trusted, raise KPNB_MAX_UNZIP_RATIO"
-        )
+        inside = [str(p) for p in PurePosixPath(clean).parents if str(p) in files]
+        if inside:
+            raise ZipLimitError(
+                f"{archive}: member {info.filename!r} lies inside {inside[-1]!r}, which the "
+                "zip also holds as a file; refusing this archive"
+            )
+    total, packed = sum(i.file_size for i in infos), sum(i.compress_size for i in infos)
+    _check_size(f"{archive}: {len(infos):,} members unpack", total, packed, limits)
     return out
 
 

@@ -1,13 +1,9 @@
-"""The tidy annotation tables every kpnb stage shares (`Skeleton` lives in `kpnb.skeleton`).
+"""The tidy annotation tables every kpnb stage shares; `save_tables`/`load_tables` are
+their own file format.
 
-`kpnb.cvat`, `kpnb.coco` and `kpnb.synthetic` produce an `Annotations`; `kpnb.dataset`
-and `kpnb.viz` read one. Nothing here knows about tensors; `save_tables`/`load_tables`
-are the tables' own file format. Turning labels into instances (one-point labels into a
-skeleton, multi-point shapes, merged layouts) is `kpnb.grouping`.
-
-Frames: coordinates are pixels, x to the right and y down, in the original image.
-Visibility is always explicit, COCO-style: 0 absent (not labelled or outside the
-frame), 1 labelled but occluded, 2 visible. A missing point is NaN, never (0, 0).
+Coordinates are pixels, x to the right and y down, in the original image. Visibility is
+explicit, COCO-style: 0 absent (not labelled or outside the frame), 1 labelled but
+occluded, 2 visible. A missing point is NaN, never (0, 0).
 """
 
 from __future__ import annotations
@@ -84,9 +80,7 @@ _DEFAULTS = {
     "subset": None,
     "task_id": None,
 }
-IMAGE_COLUMNS = list(_IMAGE_DTYPES)
 KEYPOINT_COLUMNS = list(_KEYPOINT_DTYPES)
-BOX_COLUMNS = list(_BOX_DTYPES)
 
 
 def _tidy(df: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
@@ -160,7 +154,7 @@ class Annotations:
     keypoints: pd.DataFrame
     skeletons: dict[str, Skeleton] = field(default_factory=dict)
     labels: pd.DataFrame = field(default_factory=lambda: _empty(LABEL_COLUMNS))
-    boxes: pd.DataFrame = field(default_factory=lambda: tidy_boxes(_empty(BOX_COLUMNS)))
+    boxes: pd.DataFrame = field(default_factory=lambda: tidy_boxes(pd.DataFrame()))
     attributes: pd.DataFrame = field(default_factory=lambda: _empty(ATTRIBUTE_COLUMNS))
     meta: dict = field(default_factory=dict)
 
@@ -291,10 +285,11 @@ class Annotations:
 
         Skeletons sharing one layout (a COCO category per species) are described once.
         """
-        lines = [f"source: {self.meta.get('source', '?')}"]
         n_inst = self.keypoints["instance_id"].nunique()
-        n_points = len(self.keypoints)
-        lines.append(f"images: {len(self.images)}   instances: {n_inst}   points: {n_points}")
+        lines = [
+            f"source: {self.meta.get('source', '?')}",
+            f"images: {len(self.images)}   instances: {n_inst}   points: {len(self.keypoints)}",
+        ]
         subsets = self.images["subset"].value_counts()
         if len(subsets):
             lines.append("subsets: " + ", ".join(f"{k} {v}" for k, v in subsets.items()))
@@ -323,12 +318,9 @@ class Annotations:
                 f"video tracks: {sum(frozen.values())} shapes on {len(frozen)} tracks lie past "
                 f"their track's last keyframe, where CVAT repeats the last pose; {what}",
             ]
-        skipped = self.meta.get("skipped")
-        if skipped:
-            lines.append("")
-            lines.append(
-                "other shapes (not keypoints): " + ", ".join(f"{k} {v}" for k, v in skipped.items())
-            )
+        if skipped := self.meta.get("skipped"):
+            other = ", ".join(f"{k} {v}" for k, v in skipped.items())
+            lines += ["", f"other shapes (not keypoints): {other}"]
         return "\n".join(lines)
 
     def image_index_of(self, spec: str | None) -> int:
