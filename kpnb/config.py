@@ -39,13 +39,6 @@ def outputs_dir() -> Path:
     return Path(os.environ.get("KPNB_OUTPUTS") or default).expanduser().resolve()
 
 
-def has_gpu() -> bool:
-    """Whether CUDA is available (the full schedules are sized for a GPU)."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
 _UNSET = object()
 
 
@@ -57,7 +50,9 @@ def pick(full: T, smoke: T, *, cpu: T = _UNSET) -> T:
     """
     if SMOKE:
         return smoke
-    return full if cpu is _UNSET or has_gpu() else cpu
+    import torch
+
+    return full if cpu is _UNSET or torch.cuda.is_available() else cpu
 
 
 def version() -> str:

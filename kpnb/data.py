@@ -144,27 +144,25 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
         raise _ChecksumMismatch(f"{url}: {msg}; the download was discarded") from None
 
 
-def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> None:
-    """Unpack `archive` to `extracted` (`kpnb.io.extract_zip`: bounded, nothing outside it)
-    and check it is an export; on failure keep neither. `discard`: the archive is kpnb's own
-    download, deleted when it fails, so the next run fetches it again."""
+def _extract_verified(archive: Path, extracted: Path, *, discard: bool) -> Path:
+    """Unpack `archive` to `extracted` (bounded, nothing outside it) and return the export's
+    root in it; on failure keep neither. `discard`: the archive is kpnb's own download,
+    deleted when it fails, so the next run fetches it again."""
     try:
         extract_zip(archive, extracted, zip_limits())
-        _dataset_root(extracted)
-        return
+        return _dataset_root(extracted)
     except OutputExistsError:
-        if extracted.is_dir():  # another process unpacked the same archive meanwhile
-            return
-        raise
+        if not extracted.is_dir():
+            raise
+        return _dataset_root(extracted)  # another process unpacked the same archive meanwhile
     except (ZipLimitError, DatasetUnavailableError) as exc:
-        problem = str(exc)
-    shutil.rmtree(extracted, ignore_errors=True)  # unpacked just now, so kpnb's own
-    if not discard:
-        raise DatasetUnavailableError(problem)
-    _discard(archive)
-    raise DatasetUnavailableError(
-        f"{problem}; the download was deleted, so the next run downloads it again"
-    )
+        shutil.rmtree(extracted, ignore_errors=True)  # unpacked just now, so kpnb's own
+        if not discard:
+            raise DatasetUnavailableError(str(exc)) from None
+        _discard(archive)
+        raise DatasetUnavailableError(
+            f"{exc}; the download was deleted, so the next run downloads it again"
+        ) from None
 
 
 def _hex(sha256: str | None) -> str | None:
@@ -193,10 +191,10 @@ def _cached_download(url: str, sha256: str | None, root: Path, progress: bool) -
         shutil.rmtree(extracted, ignore_errors=True)  # kpnb's own cache entry
         _discard(archive)
         raise
-    if not extracted.is_dir() or archive.stat().st_mtime_ns != before:  # a new download
-        shutil.rmtree(extracted, ignore_errors=True)
-        _extract_verified(archive, extracted, discard=True)
-    return _dataset_root(extracted)
+    if extracted.is_dir() and archive.stat().st_mtime_ns == before:
+        return _dataset_root(extracted)
+    shutil.rmtree(extracted, ignore_errors=True)  # a new download
+    return _extract_verified(archive, extracted, discard=True)
 
 
 def get_dataset(
@@ -256,9 +254,9 @@ def get_dataset(
         )
     if is_zip:
         extracted = root / "local" / f"{path.stem}-{digest[:12]}"
-        if not extracted.is_dir():
-            _extract_verified(path, extracted, discard=False)
-        return _dataset_root(extracted)
+        if extracted.is_dir():
+            return _dataset_root(extracted)
+        return _extract_verified(path, extracted, discard=False)
     if path.is_file() and path.name == "annotations.xml":
         return path.parent
     return path

@@ -42,14 +42,6 @@ def max_pixels() -> int:
     return env_number("KPNB_MAX_PIXELS", MAX_PIXELS, int, ImageError)
 
 
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
-    except ValueError:
-        return False
-    return True
-
-
 def find_image(root: str | os.PathLike, name: str, subset: str | None = None) -> Path | None:
     """Where an export keeps image `name`: ``images/<subset>/``, ``images/``, or `root`.
 
@@ -73,7 +65,7 @@ def find_image(root: str | os.PathLike, name: str, subset: str | None = None) ->
     for base in bases:
         for candidate in names:
             path = base / candidate
-            if not _inside(root, path):
+            if not path.resolve().is_relative_to(root):
                 raise ImageError(
                     f"image {name!r}{where} leads outside the export's image root {root}: "
                     "image names must be relative paths inside the export; fix the name in the "
@@ -89,16 +81,6 @@ def find_image(root: str | os.PathLike, name: str, subset: str | None = None) ->
     return None
 
 
-def _follow_limit(limit: int) -> None:
-    """Raise PIL's own bomb limit (``Image.MAX_IMAGE_PIXELS``, checked while opening and
-    decoding) to kpnb's `limit` when it is lower, so ``KPNB_MAX_PIXELS`` takes effect; never
-    lower it (setting it per call and restoring it would race between threads)."""
-    current = Image.MAX_IMAGE_PIXELS
-    if current is not None and current < limit:
-        log.debug("raising PIL's Image.MAX_IMAGE_PIXELS from %d to kpnb's %d", current, limit)
-        Image.MAX_IMAGE_PIXELS = limit
-
-
 def _too_large(path: Path, limit: int, size: str) -> ImageError:
     return ImageError(
         f"{path}: the image{size} has more than {limit:,} pixels; raise the limit with "
@@ -109,7 +91,13 @@ def _too_large(path: Path, limit: int, size: str) -> ImageError:
 def _open(path: Path, limit: int | None) -> Image.Image:
     """`path` opened (header only) after checking its pixel count against `limit`."""
     limit = max_pixels() if limit is None else limit
-    _follow_limit(limit)
+    # PIL's own bomb limit, checked while opening and decoding, is raised to kpnb's so that
+    # KPNB_MAX_PIXELS takes effect; never lowered (restoring it would race between threads)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        log.debug(
+            "raising PIL's Image.MAX_IMAGE_PIXELS from %d to %d", Image.MAX_IMAGE_PIXELS, limit
+        )
+        Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -239,10 +239,7 @@ class Annotations:
     def describe_image(self, image_index: int) -> str:
         """``image id 7 'dir/a.jpg'`` (plus subset): how errors name an image, in the
         export's own terms rather than kpnb's ``image_index``."""
-        row = self.images.loc[self.images["image_index"] == image_index]
-        if row.empty:
-            return f"image_index {image_index}"
-        r = row.iloc[0]
+        r = self.images.loc[self.images["image_index"] == image_index].iloc[0]
         subset = f" (subset {r['subset']})" if isinstance(r["subset"], str) else ""
         return f"image id {int(r['image_id'])} {str(r['name'])!r}{subset}"
 
