@@ -321,12 +321,30 @@ def _pick_label(
     ann: Annotations, spec, found: Path, label: str | None, skeleton_name: str | None
 ) -> tuple[Annotations, str]:
     """`label` checked, else the first skeleton label with instances; with none, a skeleton
-    `skeleton_name` made of the plain points, else the first declared skeleton label."""
+    `skeleton_name` made of the plain points (one instance per image), else the first
+    declared skeleton label."""
+    used = set(ann.keypoints["label"].astype(str))
     if label is None:
-        used = set(ann.keypoints["label"].astype(str))
         label = next((name for name in ann.skeletons if name in used), None)
-        if label is None and skeleton_name is not None:
-            return _skeleton_from_points(ann, found, skeleton_name), skeleton_name
+    if label is None and skeleton_name is not None:
+        if used <= set(ann.skeletons):
+            raise KpnbError(
+                f"{found}: no keypoints in this export ({len(ann.images)} images, skeletons "
+                f"{list(ann.skeletons) or 'none'}); annotate some points in CVAT and export "
+                "again, choosing 'CVAT for images' with the annotations included"
+            )
+        try:
+            ann = points_to_skeleton(ann, skeleton_name)
+        except ValueError as exc:
+            raise KpnbError(f"{found}: {exc}") from None
+        log.info(
+            "%s has no skeleton: each image's plain <points> (%s) became one instance of "
+            "a skeleton %r (kpnb.grouping.points_to_skeleton)",
+            found,
+            ", ".join(ann.skeletons[skeleton_name].keypoints),
+            skeleton_name,
+        )
+        return ann, skeleton_name
     if not ann.skeletons:
         raise KpnbError(
             f"{spec}: no skeleton label; for one <points> shape per keypoint, "
@@ -340,29 +358,6 @@ def _pick_label(
             params={"label": repr(label)},
         )
     return ann, label
-
-
-def _skeleton_from_points(ann: Annotations, found: Path, name: str) -> Annotations:
-    """`ann`'s plain one-point labels as one instance per image of a skeleton `name`."""
-    plain = sorted(set(ann.keypoints["label"].astype(str)) - set(ann.skeletons))
-    if not plain:
-        raise KpnbError(
-            f"{found}: no keypoints in this export ({len(ann.images)} images, skeletons "
-            f"{list(ann.skeletons) or 'none'}); annotate some points in CVAT and export "
-            "again, choosing 'CVAT for images' with the annotations included"
-        )
-    try:
-        ann = points_to_skeleton(ann, name)
-    except ValueError as exc:
-        raise KpnbError(f"{found}: {exc}") from None
-    log.info(
-        "%s has no skeleton: each image's plain <points> (%s) became one instance of "
-        "a skeleton %r (kpnb.grouping.points_to_skeleton)",
-        found,
-        ", ".join(ann.skeletons[name].keypoints),
-        name,
-    )
-    return ann
 
 
 def annotation_file(ann: Annotations, expect: str | None = None, hint: str = "") -> Path:

@@ -210,22 +210,17 @@ def _object_keys(
     """Per point row of `plain`: the key of its object within its image, the
     ``group_id`` its instance gets, and the box table (boxes used as instance boxes get
     a ``group_id``). Points the rule cannot place form one object per image (warned)."""
-    if group_by == "box":
-        return _box_keys(plain, ann)
-    key = plain["group_id"].to_numpy(np.int64)
     if group_by == "image":
-        key = np.zeros(len(plain), np.int64)
-    elif (key == 0).any():
-        log.warning(
-            "%d points have no group_id; each image's ungrouped points form one instance",
-            int((key == 0).sum()),
-        )
-    return key, key, ann.boxes
-
-
-def _box_keys(plain: pd.DataFrame, ann: Annotations) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """`_object_keys` for the ``box`` rule: the smallest containing box is the object."""
-    boxes, kp = ann.boxes, ann.keypoints
+        return np.zeros(len(plain), np.int64), np.zeros(len(plain), np.int64), ann.boxes
+    if group_by == "group_id":
+        key = plain["group_id"].to_numpy(np.int64)
+        if (key == 0).any():
+            log.warning(
+                "%d points have no group_id; each image's ungrouped points form one instance",
+                int((key == 0).sum()),
+            )
+        return key, key, ann.boxes
+    boxes, kp = ann.boxes, ann.keypoints  # the smallest containing box is the object
     box = _containing_box(plain, boxes)
     if (box < 0).any():
         log.warning(

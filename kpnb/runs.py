@@ -34,8 +34,7 @@ def check_run_folder(
     ``last.pth`` in it; always one another run holds (`LOCK_FILE`), a file, or a folder where
     a run file goes. Cheap: call it before loading data."""
     out = Path(out)
-    holder = _lock_holder(out / LOCK_FILE)
-    if holder is not None:
+    if (holder := _lock_holder(out / LOCK_FILE)) is not None:
         raise OutputExistsError(holder)
     own = resume is not None and Path(resume).resolve().parent == out.resolve()
     try:
@@ -90,16 +89,14 @@ def run_lock(out: Path | None):
         return
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK_FILE
-    for _ in range(2):  # a second try after removing a stale lock
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is not None:
-                raise OutputExistsError(holder) from None
-    else:
-        raise OutputExistsError(f"{lock}: could not take the run's lock; try again")
+    if (holder := _lock_holder(lock)) is not None:  # (a stale lock is removed)
+        raise OutputExistsError(holder)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise OutputExistsError(
+            f"{lock.parent}: another run took its lock {lock} just now; train into another folder"
+        ) from None
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(f"{os.getpid()} {socket.gethostname()}")
     try:
