@@ -1,8 +1,7 @@
 """Run-wide settings read from the environment: smoke mode, cache folder, the repository URL.
 
-`SMOKE` shrinks the tutorials for CI (``KPNB_SMOKE=1``, or ``CI`` set); on a GPU or a
-desktop, the full schedule runs. Paths are absolute because nbval runs a notebook in its
-own folder and Colab in ``/content``.
+`SMOKE` shrinks the tutorials' training for CI (``KPNB_SMOKE=1``, or ``CI`` set). Paths are
+absolute because nbval runs a notebook in its own folder and Colab in ``/content``.
 """
 
 from __future__ import annotations
@@ -44,10 +43,8 @@ _UNSET = object()
 
 def pick(full: T, smoke: T, *, cpu: T = _UNSET) -> T:
     """`smoke` in smoke mode (CI), else `full`: how notebooks shrink their parameters.
-
-    With `cpu`, full mode on a machine without a GPU takes that value instead: a CPU
-    schedule that fits the tutorial's time (see the README's expected times).
-    """
+    With `cpu`, full mode on a machine without a GPU takes that value instead (a CPU
+    schedule that fits the README's expected times)."""
     if SMOKE:
         return smoke
     import torch

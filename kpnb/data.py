@@ -70,9 +70,7 @@ def detect_format(source: str | os.PathLike) -> str:
 
 def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False) -> Annotations:
     """Read a CVAT export (xml, folder, zip), a COCO keypoints export, or saved tables.
-
-    `keyframes_only`: CVAT video tracks keep only their keyframes (see `kpnb.cvat.read_cvat`);
-    other formats have no tracks.
+    `keyframes_only`: CVAT video tracks keep only their keyframes (see `kpnb.cvat.read_cvat`).
     """
     src = Source(source)  # which file, in which format: decided here, once
     if src.format == "cvat":
@@ -361,11 +359,9 @@ def _pick_label(
 
 
 def annotation_file(ann: Annotations, expect: str | None = None, hint: str = "") -> Path:
-    """The annotation file `ann` was read from (CVAT ``.xml`` or COCO ``.json``), for a
-    reader who wants to look inside it. With `expect` (``"cvat"`` or ``"coco"``), the other
-    format is refused in one line that says which format the file is, plus `hint`.
-    A zip is refused too (open it with `open_export`, which unpacks it).
-    """
+    """The annotation file `ann` was read from (CVAT ``.xml`` or COCO ``.json``), to look
+    inside. With `expect` (``"cvat"`` or ``"coco"``), the other format is refused in one line
+    that says which format the file is, plus `hint`; a zip is refused too."""
     path = ann.meta.get("path")
     if not path:
         raise KpnbError("these annotations do not say which file they came from")

@@ -25,14 +25,8 @@ log = logging.getLogger(__name__)
 
 def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -> Annotations:
     """Make each multi-coordinate ``<points>`` shape one instance of a skeleton named after
-    its label, with points ``1..n`` (see `Annotations.skeleton_for`).
-
-    Training needs a fixed point count, so every shape of such a label must hold the same
-    number of points.
-
-    Raises:
-        ValueError: shapes of one label hold different numbers of points (names the image).
-    """
+    its label, with points ``1..n``. Training needs a fixed point count: shapes of one label
+    with different numbers of points are a `KpnbError` naming the image."""
     labels = ann.multi_point_labels() if labels is None else list(labels)
     if not labels:
         return ann
@@ -64,13 +58,9 @@ def points_as_instances(ann: Annotations, labels: Sequence[str] | None = None) -
 def merge_skeletons(
     ann: Annotations, labels: Sequence[str], name: str | None = None
 ) -> Annotations:
-    """Treat the instances of several skeleton `labels` sharing one layout as one skeleton
-    (a COCO file with a category per species): their rows get label `name` (default: the
-    first label). ``meta["merged_labels"]`` keeps which labels went in.
-
-    Raises:
-        ValueError: a label is not a skeleton, or the layouts differ (names them).
-    """
+    """Treat the instances of several skeleton `labels` sharing one layout (a COCO category
+    per species) as one skeleton `name` (default: the first label); ``meta["merged_labels"]``
+    keeps them. A `KpnbError` when a label is no skeleton or the layouts differ."""
     labels = list(dict.fromkeys(labels))
     missing = [lab for lab in labels if lab not in ann.skeletons]
     if missing:

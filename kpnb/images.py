@@ -43,14 +43,10 @@ def max_pixels() -> int:
 
 
 def find_image(root: str | os.PathLike, name: str, subset: str | None = None) -> Path | None:
-    """Where an export keeps image `name`: ``images/<subset>/``, ``images/``, or `root`.
-
-    Returns None when no such file exists. Video frames (``frame_000012``) are found with
-    CVAT's extensions.
-
-    Raises:
-        ImageError: `name` or `subset` leads outside `root` (``..``, an absolute path or a
-            symlink out of it): an export may only name its own files.
+    """Where an export keeps image `name`: ``images/<subset>/``, ``images/``, or `root`;
+    None when no such file exists. Video frames (``frame_000012``) are found with CVAT's
+    extensions. An `ImageError` when `name` or `subset` leads outside `root` (``..``, an
+    absolute path, a symlink out of it): an export may only name its own files.
     """
     root = Path(root).resolve()
     name = str(name).replace("\\", "/")
@@ -116,11 +112,8 @@ def _open(path: Path, limit: int | None) -> Image.Image:
 
 def image_size(path: str | os.PathLike, *, limit: int | None = None) -> tuple[int, int]:
     """``(width, height)`` as CVAT shows the image (after EXIF rotation), from the header.
-
-    Raises:
-        ImageError: the file cannot be read (also a truncated one, whose EXIF lies past
-            the end) or has more than `limit` pixels (default `max_pixels()`).
-    """
+    An `ImageError` when the file cannot be read or has more than `limit` pixels (default
+    `max_pixels()`)."""
     path = Path(path)
     with _open(path, limit) as img:
         w, h = img.size
@@ -140,11 +133,9 @@ def load_image(
 ) -> np.ndarray:
     """The image at `path` as a uint8 ``[H, W, 3]`` RGB array, upright as CVAT shows it.
 
-    EXIF orientation is applied (CVAT annotates the rotated image); 16-bit grey images are
-    scaled to 0-255; palette, grey, CMYK and alpha images become RGB. `expect`: the
-    ``(width, height)`` the annotations declare (a side <= 0 or missing: unknown, not
-    checked); an image of another size is refused, or with `rescale` resized to it, so the
-    annotations' points land where they were drawn.
+    16-bit grey images are scaled to 0-255; palette, grey, CMYK and alpha become RGB.
+    `expect`: the ``(width, height)`` the annotations declare (a side <= 0 or missing: not
+    checked); an image of another size is refused, or with `rescale` resized to it.
 
     Raises:
         ImageError: the file cannot be decoded, has more than `limit` pixels (default

@@ -98,10 +98,9 @@ def check_output(
 ) -> None:
     """Raise `OutputExistsError` if writing `path` would replace what kpnb must not.
 
-    `overwrite` None (the default) means: an existing file may be replaced (like ``open(path,
-    "w")``), a non-empty folder may not. A file never becomes a folder, nor the reverse; a
-    device, FIFO or socket is never replaced. `atomic_path` calls this first; callers call it
-    early to fail before any work.
+    `overwrite` None (the default): an existing file may be replaced, a non-empty folder may
+    not. A file never becomes a folder, nor the reverse; a device, FIFO or socket is never
+    replaced. Callers call it early, to fail before any work.
     """
     path = Path(path)
     if problem := name_problem(path.name):
@@ -302,11 +301,8 @@ def _check_size(what: str, unpacked: int, packed: int, limits: ZipLimits) -> Non
 
 def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zipfile.ZipInfo, str]]:
     """Every member of `zf` with its clean relative name, from the central directory alone.
-
-    Refuses (`ZipLimitError`) too many members or bytes, all together compressing better than
-    the ratio, what `check_member` refuses, links and special files, names leading outside
-    (absolute, ``..``), names no file can have or that occur twice, members inside a file.
-    """
+    Refuses (`ZipLimitError`) too many members or bytes, a bad ratio, what `check_member` and
+    `_clean_name` refuse, names that occur twice and members inside a file."""
     infos = zf.infolist()
     if len(infos) > limits.max_members:
         raise ZipLimitError(
