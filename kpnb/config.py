@@ -6,6 +6,7 @@ absolute because nbval runs a notebook in its own folder and Colab in ``/content
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TypeVar
@@ -111,14 +112,12 @@ def setup_notebook(seed: int = 0) -> bool:
         handler.kpnb_notebook = True
         logger.addHandler(handler)
     logger.propagate = False
-    try:  # kpnb.viz returns Figures built without pyplot; inline mode registers their display
+    # kpnb.viz returns Figures built without pyplot; inline mode registers their display
+    with contextlib.suppress(ImportError):
         from IPython import get_ipython
 
-        shell = get_ipython()
-        if shell is not None:
+        if (shell := get_ipython()) is not None:
             shell.run_line_magic("matplotlib", "inline")
-    except ImportError:
-        pass
     return SMOKE
 
 

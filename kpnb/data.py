@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from kpnb.coco import read_coco
 from kpnb.config import cache_dir
+from kpnb.cvat import read_cvat
 from kpnb.errors import KpnbError
 from kpnb.grouping import merge_skeletons, points_as_instances, points_to_skeleton
 from kpnb.io import OutputExistsError, Source, ZipLimitError, extract_zip, zip_limits
@@ -74,12 +76,8 @@ def read_annotations(source: str | os.PathLike, *, keyframes_only: bool = False)
     """
     src = Source(source)  # which file, in which format: decided here, once
     if src.format == "cvat":
-        from kpnb.cvat import read_cvat
-
         return read_cvat(src, keyframes_only=keyframes_only)
     if src.format == "coco":
-        from kpnb.coco import read_coco
-
         return read_coco(src)
     return load_tables(source)
 

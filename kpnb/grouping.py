@@ -249,29 +249,25 @@ def _instance_rows(plain: pd.DataFrame, labels: list[str], name: str, base: int)
     """One row per (object, label) of skeleton `name`, instance ids from `base` on; a
     label an object lacks is an absent point (v=0, not occluded, not outside)."""
     objects = plain.drop_duplicates(["image_index", "_key"]).sort_values(["image_index", "_key"])
-    k = len(labels)
-    n = len(objects)
-    pos = {lab: i for i, lab in enumerate(labels)}
+    k, n = len(labels), len(objects)
+    point = np.tile(np.arange(k), n)
     grid = pd.DataFrame(
         {
             "image_index": np.repeat(objects["image_index"].to_numpy(), k),
             "_key": np.repeat(objects["_key"].to_numpy(), k),
-            "point_index": np.tile(np.arange(k), n),
+            "point_index": point,
+            "keypoint": np.array(labels, dtype=object)[point],
             "instance_id": base + np.repeat(np.arange(n), k),
             "group_id": np.repeat(objects["_group"].to_numpy(), k),
         }
     )
-    grid["keypoint"] = np.array(labels, dtype=object)[grid["point_index"]] if k else []
+    pos = {lab: i for i, lab in enumerate(labels)}
     src = plain.assign(point_index=plain["label"].astype(str).map(pos)).drop(
         columns=["instance_id", "keypoint", "label", "group_id", "_group"]
     )
     merged = grid.merge(src, on=["image_index", "_key", "point_index"], how="left")
-    merged = merged.drop(columns=["_key"])
-    merged["label"] = name
-    merged["visibility"] = merged["visibility"].fillna(0)
+    merged = merged.drop(columns=["_key"]).assign(label=name)
     for c in ("occluded", "outside", "keyframe"):
         merged[c] = merged[c].astype("boolean").fillna(False)
     merged["source"] = merged["source"].astype(object).where(merged["source"].notna(), "manual")
-    for c, default in (("z_order", 0), ("track_id", -1)):
-        merged[c] = merged[c].fillna(default)
-    return merged
+    return merged.fillna({"visibility": 0, "z_order": 0, "track_id": -1})

@@ -106,20 +106,16 @@ def check_output(
     if problem := name_problem(path.name):
         raise KpnbError(f"{path}: the output name {problem}; choose a shorter plain name")
     _refuse_special(path)
-    if path.is_symlink() and not path.exists() and directory:
+    if directory and path.is_symlink() and not path.exists():
         raise _refuse(path, "is a link to nothing; kpnb will not write a folder through it")
-    if directory:
-        if path.exists() and not path.is_dir():
-            raise _refuse(path, "is a file, not a folder; kpnb will not turn it into a folder")
-        if path.is_dir() and not overwrite and any(path.iterdir()):
-            raise _refuse(path, "the folder is not empty", _FOLDER_HINT)
-    else:
-        if path.is_dir():
-            raise _refuse(
-                path, "is a folder; kpnb writes a file here and will not replace a folder"
-            )
-        if overwrite is False and (path.exists() or path.is_symlink()):
-            raise _refuse(path, "the file exists", _FILE_HINT)
+    if directory and path.exists() and not path.is_dir():
+        raise _refuse(path, "is a file, not a folder; kpnb will not turn it into a folder")
+    if directory and path.is_dir() and not overwrite and any(path.iterdir()):
+        raise _refuse(path, "the folder is not empty", _FOLDER_HINT)
+    if not directory and path.is_dir():
+        raise _refuse(path, "is a folder; kpnb writes a file here and will not replace a folder")
+    if not directory and overwrite is False and (path.exists() or path.is_symlink()):
+        raise _refuse(path, "the file exists", _FILE_HINT)
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise _refuse(parent, "is a file, not a folder; kpnb will not turn it into a folder")
