@@ -235,19 +235,18 @@ def get_dataset(
     if not path.exists():
         known = ", ".join(["synthetic", *REGISTRY])
         raise FileNotFoundError(f"{path}: no such file or folder (named datasets: {known})")
+    if sha256 is not None and path.is_dir():
+        raise KpnbError(f"{path}: sha256= checks a file, and this is a folder; drop it")
     is_zip = path.is_file() and path.suffix.lower() == ".zip"
-    digest = None
-    if path.is_file() and (is_zip or sha256 is not None):
+    if is_zip or sha256 is not None:
         import pooch  # reads in chunks: a dataset zip may not fit in memory
 
         digest = pooch.file_hash(str(path), alg="sha256")
-    if sha256 is not None and digest != _hex(sha256):
-        if digest is None:
-            raise KpnbError(f"{path}: sha256= checks a file, and this is a folder; drop it")
-        raise DatasetUnavailableError(
-            f"{path}: sha256 is {digest}, not the expected {_hex(sha256)}; "
-            "the file is not the one you meant (or the checksum is out of date)"
-        )
+        if sha256 is not None and digest != _hex(sha256):
+            raise DatasetUnavailableError(
+                f"{path}: sha256 is {digest}, not the expected {_hex(sha256)}; "
+                "the file is not the one you meant (or the checksum is out of date)"
+            )
     if is_zip:
         extracted = root / "local" / f"{path.stem}-{digest[:12]}"
         if extracted.is_dir():

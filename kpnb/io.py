@@ -190,9 +190,7 @@ def _merge_into(tmp: Path, path: Path) -> None:
         if (path / rel).exists() and not (path / rel).is_dir():
             raise _refuse(path / rel, "is a file where kpnb writes a folder")
     for rel in files:
-        if (path / rel).is_dir():
-            raise _refuse(path / rel, "is a folder where kpnb writes a file")
-        _refuse_special(path / rel)
+        check_output(path / rel)  # a folder, device, FIFO or socket there is refused
     for rel in folders:
         (path / rel).mkdir(exist_ok=True)
     for rel in files:  # copied beside its namesake, which may be on another file system
