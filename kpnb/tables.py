@@ -364,10 +364,7 @@ def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool =
                 df.to_csv(tmp / f"{name}.csv", index=False)
             else:
                 df.to_parquet(tmp / f"{name}.parquet", index=False)
-        skeletons = {
-            k: {"keypoints": list(s.keypoints), "edges": [list(e) for e in s.edges]}
-            for k, s in ann.skeletons.items()
-        }
+        skeletons = {k: s.to_dict() for k, s in ann.skeletons.items()}
         (tmp / "skeletons.json").write_text(json.dumps(skeletons, indent=2, ensure_ascii=False))
     return folder
 
@@ -386,13 +383,10 @@ def load_tables(folder) -> Annotations:
         return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
     stored = json.loads((folder / "skeletons.json").read_text())
-    skeletons = {
-        k: Skeleton(tuple(v["keypoints"]), tuple(map(tuple, v["edges"]))) for k, v in stored.items()
-    }
     return Annotations(
         tidy_images(read("images").astype({"name": str})),
         tidy_keypoints(read("keypoints").astype({"label": str, "keypoint": str})),
-        skeletons,
+        {k: Skeleton.from_dict(v) for k, v in stored.items()},
         read("labels"),
         tidy_boxes(read("boxes")),
         read("attributes"),
