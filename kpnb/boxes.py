@@ -32,19 +32,13 @@ def boxes_from_points(
 ) -> np.ndarray:
     """Object boxes ``[N, 4]`` float64 xyxy (pixels) around each instance's labelled points.
 
-    The rule, per instance and axis:
-
-    1. the points that count are the labelled ones (``v > 0``, finite ``x, y``), also
-       those outside the image: they say the object reaches the border;
-    2. their extent grows on each side by ``max(margin * extent, min_pad)``;
-    3. the result is clipped to the image ``[0, width] x [0, height]``;
-    4. a box narrower than ``min_fraction`` of the image's shorter side is widened to it,
-       centred on itself and slid back inside the image, so a one-point instance gets an
-       object-sized box even in a corner (Keypoint R-CNN cannot learn from a 4 px box).
-
-    An instance with no labelled point gets ``[0, 0, 0, 0]``. An unknown image size (NaN or
-    inf) skips the clipping and the minimum. ``margin=0, min_pad=0, min_fraction=0`` gives
-    the tight extent of the points, clipped.
+    Per instance and axis, the extent of the labelled points (``v > 0``, finite; also those
+    outside the image: the object reaches the border) grows on each side by
+    ``max(margin * extent, min_pad)`` and is clipped to ``[0, width] x [0, height]``; a box
+    narrower than ``min_fraction`` of the image's shorter side is widened to it, slid back
+    inside (Keypoint R-CNN cannot learn from a 4 px box). No labelled point: ``[0, 0, 0, 0]``.
+    An unknown size (NaN or inf) skips clipping and minimum; ``margin=0, min_pad=0,
+    min_fraction=0`` gives the tight extent, clipped.
 
     Args:
         xy, vis: ``[N, K, 2]`` points and ``[N, K]`` visibility 0/1/2, or ragged ``[P, 2]``

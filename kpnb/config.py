@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,12 +56,9 @@ def pick(full: T, smoke: T, *, cpu: T = _UNSET) -> T:
 
 def version() -> str:
     """kpnb's version, from the installed package's metadata (pyproject.toml is its source)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
     try:
-        return installed("kpnb")
-    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return metadata.version("kpnb")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
         return "0+unknown"
 
 

@@ -121,18 +121,6 @@ def check_output(
         raise _refuse(parent, "is a file, not a folder; kpnb will not turn it into a folder")
 
 
-def _new_sibling(path: Path, directory: bool) -> Path:
-    """A new hidden sibling of `path`, with the mode ``open``/``mkdir`` give (0o666/0o777 minus
-    the umask; the kernel applies it, so kpnb never reads the umask)."""
-    stem = path.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore")
-    tmp = path.with_name(f".{stem}.{secrets.token_hex(8)}.tmp")  # O_EXCL: never an old file
-    if directory:
-        os.mkdir(tmp, 0o777)
-    else:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    return tmp
-
-
 @contextlib.contextmanager
 def atomic_path(
     path: str | os.PathLike, *, directory: bool = False, overwrite: bool | None = None
@@ -148,7 +136,14 @@ def atomic_path(
     path = Path(path)
     check_output(path, directory=directory, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_sibling(path, directory)
+    # a new hidden sibling (O_EXCL: never an old file), with the mode open/mkdir give: the
+    # kernel applies the umask, so kpnb never reads it
+    stem = path.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore")
+    tmp = path.with_name(f".{stem}.{secrets.token_hex(8)}.tmp")
+    if directory:
+        os.mkdir(tmp, 0o777)
+    else:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
         _refuse_special(path)  # made while we were writing
@@ -201,8 +196,6 @@ def _merge_into(tmp: Path, path: Path) -> None:
 # -- zips ---------------------------------------------------------------------------------------
 #: Members smaller than this may compress better than the ratio (tiny text files do).
 RATIO_FLOOR = 2**20
-#: What reading a corrupt zip member raises (bad CRC, bad deflate data, cut short).
-ZIP_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)
 _READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 
 
@@ -363,7 +356,7 @@ def _member_stream(archive, zf: zipfile.ZipFile, info: zipfile.ZipInfo, error):
     try:
         with zf.open(info) as f:
             yield f
-    except ZIP_DAMAGED as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad CRC or data, cut short
         raise error(
             f"{archive}!{info.filename}: the zip member is damaged ({exc}); download or export "
             "it again"
@@ -507,9 +500,7 @@ class Source:
             )
         if json and want in (None, "coco"):
             return "coco", tuple(json)
-        if want == "coco":
-            raise FileNotFoundError(f"{self.path}: no .json member; is this a COCO export?")
-        raise self.error(f"{self.path}: the zip holds no .xml or .json annotations")
+        raise FileNotFoundError(f"{self.path}: the zip holds no .xml or .json annotations")
 
     def where(self, name: str) -> str:
         """`name` as messages name it: its path, or ``zip!member``."""

@@ -1,7 +1,5 @@
-"""A training run's folder: the files `kpnb.train.fit` writes there (`check_run_folder`
-refuses a folder it must not write into), and its lock (`run_lock`), so that a second run
-into the same folder is refused, naming the lock.
-"""
+"""A training run's folder: `check_run_folder` refuses one `kpnb.train.fit` must not write
+into, and `run_lock` refuses a second run into the same folder, naming the lock."""
 
 from __future__ import annotations
 

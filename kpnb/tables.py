@@ -142,12 +142,10 @@ class Annotations:
             definition order.
         skeletons: skeleton label -> `Skeleton`.
         labels: the label definitions (``name``, ``type``, ``color``, ``parent``).
-        boxes: rectangles (``xtl ytl xbr ybr``), kept because a box grouped with a
-            skeleton is its object box.
+        boxes: rectangles (``xtl ytl xbr ybr``): a box grouped with a skeleton is its box.
         attributes: long table of shape attributes: ``instance_id``, ``point_index``
             (-1 for the instance itself), ``name``, ``value`` (text as written).
-        meta: where the tables came from (``source``, ``format``, ``meta_kind``...) and
-            counts of shapes kpnb does not model (``skipped``).
+        meta: where the tables came from (``source``, ``format``...), shapes skipped.
     """
 
     images: pd.DataFrame
@@ -278,10 +276,8 @@ class Annotations:
         return list(groups.values())
 
     def summary(self) -> str:
-        """The text ``kpnb info`` prints: one block per table the tutorial looks at.
-
-        Skeletons sharing one layout (a COCO category per species) are described once.
-        """
+        """The text ``kpnb info`` prints: one block per table the tutorial looks at (skeletons
+        sharing one layout, a COCO category per species, are described once)."""
         n_inst = self.keypoints["instance_id"].nunique()
         lines = [
             f"source: {self.meta.get('source', '?')}",
