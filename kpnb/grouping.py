@@ -93,23 +93,12 @@ def _containing_box(plain: pd.DataFrame, boxes: pd.DataFrame) -> np.ndarray:
     """For each point row, the position in `boxes` of the smallest box of its image that
     contains it, or -1."""
     out = np.full(len(plain), -1, dtype=np.int64)
-    pts = pd.DataFrame(
-        {
-            "row": np.arange(len(plain)),
-            "image_index": plain["image_index"].to_numpy(),
-            "x": plain["x"].to_numpy(np.float64),
-            "y": plain["y"].to_numpy(np.float64),
-        }
-    )
+    pts = plain[["image_index", "x", "y"]].assign(row=np.arange(len(plain)))
     bx = boxes[["image_index", "xtl", "ytl", "xbr", "ybr"]].reset_index(drop=True)
     bx = bx.assign(box=np.arange(len(bx)), area=(bx["xbr"] - bx["xtl"]) * (bx["ybr"] - bx["ytl"]))
     pairs = pts.merge(bx, on="image_index")
-    inside = (
-        (pairs["x"] >= pairs["xtl"])
-        & (pairs["x"] <= pairs["xbr"])
-        & (pairs["y"] >= pairs["ytl"])
-        & (pairs["y"] <= pairs["ybr"])
-    )
+    inside = pairs["x"].between(pairs["xtl"], pairs["xbr"])
+    inside &= pairs["y"].between(pairs["ytl"], pairs["ybr"])
     best = pairs[inside].sort_values(["row", "area"]).drop_duplicates("row")
     out[best["row"].to_numpy()] = best["box"].to_numpy()
     return out

@@ -222,10 +222,10 @@ def env_number(name: str, default, kind=int, error: type[KpnbError] = KpnbError)
     try:
         number = kind(value)
     except ValueError:
-        whole = " whole" if kind is int else ""
-        raise error(f"{name}={value!r} is not a{whole} number") from None
+        number = 0
     if not number > 0:
-        raise error(f"{name}={value!r} must be positive")
+        whole = " whole" if kind is int else ""
+        raise error(f"{name}={value!r} is not a positive{whole} number")
     return number
 
 
