@@ -19,9 +19,6 @@ from kpnb.errors import KpnbError
 from kpnb.io import atomic_path
 from kpnb.skeleton import Skeleton
 
-ATTRIBUTE_COLUMNS = ["instance_id", "point_index", "name", "value"]
-LABEL_COLUMNS = ["name", "type", "color", "parent"]
-
 
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
@@ -77,8 +74,6 @@ _DEFAULTS = {
     "keyframe": False,
     "occluded": False,
     "outside": False,
-    "subset": None,
-    "task_id": None,
 }
 KEYPOINT_COLUMNS = list(_KEYPOINT_DTYPES)
 
@@ -151,9 +146,13 @@ class Annotations:
     images: pd.DataFrame
     keypoints: pd.DataFrame
     skeletons: dict[str, Skeleton] = field(default_factory=dict)
-    labels: pd.DataFrame = field(default_factory=lambda: _empty(LABEL_COLUMNS))
+    labels: pd.DataFrame = field(
+        default_factory=lambda: _empty(["name", "type", "color", "parent"])
+    )
     boxes: pd.DataFrame = field(default_factory=lambda: tidy_boxes(pd.DataFrame()))
-    attributes: pd.DataFrame = field(default_factory=lambda: _empty(ATTRIBUTE_COLUMNS))
+    attributes: pd.DataFrame = field(
+        default_factory=lambda: _empty(["instance_id", "point_index", "name", "value"])
+    )
     meta: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
