@@ -96,8 +96,7 @@ def _cache_name(url: str) -> tuple[str, str]:
     key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
     base = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "dataset.zip"
-    stem = base[: -len(Path(base).suffix)] if Path(base).suffix else base
-    return f"{stem[:60]}-{key}", base[:100]
+    return f"{Path(base).stem[:60]}-{key}", base[:100]
 
 
 def _discard(archive: Path) -> None:
@@ -113,15 +112,8 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
     import requests
 
     try:
-        return Path(
-            pooch.retrieve(
-                url,
-                known_hash=f"sha256:{sha256}" if sha256 else None,
-                fname=fname,
-                path=folder,
-                progressbar=progress,
-            )
-        )
+        known = f"sha256:{sha256}" if sha256 else None
+        return Path(pooch.retrieve(url, known, fname=fname, path=folder, progressbar=progress))
     except requests.exceptions.HTTPError as exc:
         raise DatasetUnavailableError(f"could not download {url}: {exc}") from None
     except requests.exceptions.ChunkedEncodingError as exc:
@@ -363,8 +355,6 @@ def annotation_file(ann: Annotations, expect: str | None = None, hint: str = "")
     if not path:
         raise KpnbError("these annotations do not say which file they came from")
     path = Path(str(path))
-    if path.is_dir():
-        path = path / "annotations.xml"
     fmt = {".xml": "cvat", ".json": "coco"}.get(path.suffix.lower())
     if fmt is None:
         raise KpnbError(f"{path}: not an .xml or .json file; open the export with open_export")
