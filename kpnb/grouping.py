@@ -131,7 +131,20 @@ def points_to_skeleton(
     """
     if group_by not in GROUPING_RULES:
         raise KpnbError(f"unknown grouping {group_by!r}; choose one of {GROUPING_RULES}")
-    labels = _one_point_labels(ann, labels)
+    multi = ann.multi_point_labels()  # instances already
+    default = [lab for lab in ann.plain_labels() if lab not in multi]
+    labels = default if labels is None else list(labels)
+    if not labels:
+        raise KpnbError(
+            f"no plain one-point <points> labels to combine (skeletons: {list(ann.skeletons)}"
+            + (f", multi-point labels {multi}, which are instances already" if multi else "")
+            + "); points_to_skeleton is for exports with one <points> shape per keypoint label"
+        )
+    if several := [lab for lab in labels if lab in multi]:
+        raise KpnbError(
+            f"labels {several} have <points> shapes with several points: each such shape is "
+            "one object already; leave them out of points_to_skeleton"
+        )
     kp = ann.keypoints
     plain = kp[kp["label"].astype(str).isin(labels)]
     if group_by == "auto":
@@ -159,28 +172,6 @@ def points_to_skeleton(
         boxes=new_boxes,
         meta={**ann.meta, "points_as_skeleton": name, "points_grouping": group_by},
     )
-
-
-def _one_point_labels(ann: Annotations, labels: Sequence[str] | None) -> list[str]:
-    """`labels` (default: every plain label whose shapes hold one point), refusing none
-    and refusing multi-point labels, which are instances already."""
-    multi = ann.multi_point_labels()
-    if labels is None:
-        labels = [lab for lab in ann.plain_labels() if lab not in multi]
-    labels = list(labels)
-    if not labels:
-        raise KpnbError(
-            f"no plain one-point <points> labels to combine (skeletons: {list(ann.skeletons)}"
-            + (f", multi-point labels {multi}, which are instances already" if multi else "")
-            + "); points_to_skeleton is for exports with one <points> shape per keypoint label"
-        )
-    several = [lab for lab in labels if lab in multi]
-    if several:
-        raise KpnbError(
-            f"labels {several} have <points> shapes with several points: each such shape is "
-            "one object already; leave them out of points_to_skeleton"
-        )
-    return labels
 
 
 def _object_keys(
