@@ -355,8 +355,7 @@ def annotation_file(ann: Annotations, expect: str | None = None, hint: str = "")
     if not path:
         raise KpnbError("these annotations do not say which file they came from")
     path = Path(str(path))
-    fmt = {".xml": "cvat", ".json": "coco"}.get(path.suffix.lower())
-    if fmt is None:
+    if (fmt := {".xml": "cvat", ".json": "coco"}.get(path.suffix.lower())) is None:
         raise KpnbError(f"{path}: not an .xml or .json file; open the export with open_export")
     if expect is not None and fmt != expect:
         names = {"cvat": "CVAT XML", "coco": "a COCO keypoints file"}

@@ -62,12 +62,10 @@ def merge_skeletons(
     per species) as one skeleton `name` (default: the first label); ``meta["merged_labels"]``
     keeps them. A `KpnbError` when a label is no skeleton or the layouts differ."""
     labels = list(dict.fromkeys(labels))
-    missing = [lab for lab in labels if lab not in ann.skeletons]
-    if missing:
+    if missing := [lab for lab in labels if lab not in ann.skeletons]:
         raise KpnbError(f"{missing} are not skeleton labels; skeletons: {list(ann.skeletons)}")
     first = ann.skeletons[labels[0]]
-    other = [lab for lab in labels if ann.skeletons[lab].keypoints != first.keypoints]
-    if other:
+    if other := [lab for lab in labels if ann.skeletons[lab].keypoints != first.keypoints]:
         raise KpnbError(
             f"labels {other} have other keypoints than {labels[0]!r} "
             f"({len(ann.skeletons[other[0]].keypoints)} vs {first.num_keypoints}); only labels "

@@ -129,10 +129,8 @@ def atomic_path(
 
     A file replaces an existing one in one rename, unless `overwrite` is False. A folder
     (``directory=True``) is renamed into place when `path` is missing or empty; a non-empty
-    one is refused (`check_output`) before any work, unless `overwrite`: then each file
-    written replaces its namesake and the others stay. On an exception the temporary goes
-    and `path` is untouched.
-    """
+    one is refused unless `overwrite`: then each file written replaces its namesake and the
+    others stay. On an exception `path` is untouched."""
     path = Path(path)
     check_output(path, directory=directory, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,8 +311,7 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
         out.append((info, clean))
     files = {clean for _, clean in out if not clean.endswith("/")}
     for info, clean in out:
-        inside = [str(p) for p in PurePosixPath(clean).parents if str(p) in files]
-        if inside:
+        if inside := [str(p) for p in PurePosixPath(clean).parents if str(p) in files]:
             raise ZipLimitError(
                 f"{archive}: member {info.filename!r} lies inside {inside[-1]!r}, which the "
                 "zip also holds as a file; refusing this archive"

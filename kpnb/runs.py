@@ -28,9 +28,8 @@ def check_run_folder(
     resume: str | os.PathLike | None = None,
 ) -> None:
     """Refuse (`kpnb.io.OutputExistsError`) an `out` that `fit` must not write into: a
-    non-empty folder unless `overwrite` (only `RUN_FILES` are replaced) or `resume` is the
-    ``last.pth`` in it; always one another run holds (`LOCK_FILE`), a file, or a folder where
-    a run file goes. Cheap: call it before loading data."""
+    non-empty folder unless `overwrite` or `resume` is its ``last.pth``; always one another
+    run holds (`LOCK_FILE`), a file, or a folder where a run file goes."""
     out = Path(out)
     if (holder := _lock_holder(out / LOCK_FILE)) is not None:
         raise OutputExistsError(holder)

@@ -96,10 +96,8 @@ def _tidy(df: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
 
 
 def tidy_keypoints(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with the keypoint table's columns, order and compact dtypes (defaults filled).
-
-    A missing ``visibility`` column is derived from ``occluded``/``outside``.
-    """
+    """`df` with the keypoint table's columns, order and compact dtypes (defaults filled; a
+    missing ``visibility`` is derived from ``occluded``/``outside``)."""
     if "visibility" not in df.columns:
         flags = [df.get(c, pd.Series(False, index=df.index)) for c in ("occluded", "outside")]
         df = df.assign(visibility=visibility_from_flags(*flags))
@@ -169,10 +167,8 @@ class Annotations:
         return inst["label"].astype(str).value_counts().rename("instances")
 
     def keypoint_counts(self) -> pd.DataFrame:
-        """Points per (label, keypoint) split by visibility: columns 0, 1, 2 and total.
-
-        The points of a multi-coordinate ``<points>`` label are named ``1..n`` by position.
-        """
+        """Points per (label, keypoint) split by visibility, and their total (the points of
+        a multi-coordinate ``<points>`` label are named ``1..n`` by position)."""
         kp = self.keypoints
         names = kp["keypoint"].astype(str)
         multi = kp["label"].astype(str).isin(self.multi_point_labels())
@@ -301,8 +297,7 @@ class Annotations:
             )
         lines += ["", "instances per label:", self.label_counts().to_string()]
         lines += ["", "points per keypoint and visibility:", self.keypoint_counts().to_string()]
-        frozen = {t: n for t, n in (self.meta.get("past_last_keyframe") or {}).items() if n}
-        if frozen:
+        if frozen := {t: n for t, n in (self.meta.get("past_last_keyframe") or {}).items() if n}:
             only = bool(self.meta.get("keyframes_only"))
             what = "dropped (keyframes only)" if only else "kept (--keyframes-only drops them)"
             lines += [
@@ -344,11 +339,9 @@ class Annotations:
 
 
 def save_tables(ann: Annotations, folder, fmt: str = "csv", *, overwrite: bool = False):
-    """Write the tables as ``images``/``keypoints``/``boxes``/``attributes`` CSV or parquet
-    files plus ``skeletons.json``, atomically (a new folder appears complete or not at all).
-
-    A non-empty `folder` is refused (`kpnb.io.OutputExistsError`) unless `overwrite`; then
-    only the files written here are replaced and any others stay."""
+    """Write the tables as CSV or parquet files plus ``skeletons.json``, atomically. A
+    non-empty `folder` is refused (`kpnb.io.OutputExistsError`) unless `overwrite`; then only
+    the files written here are replaced and any others stay."""
     if fmt not in ("csv", "parquet"):
         raise KpnbError(f"unknown table format {fmt!r}; choose 'csv' or 'parquet'")
     folder = Path(folder)
