@@ -96,9 +96,7 @@ def setup_notebook(seed: int = 0) -> bool:
     import pandas as pd
 
     seed_everything(seed)
-    pd.set_option("display.max_columns", 20)
-    pd.set_option("display.width", 120)
-    pd.set_option("display.precision", 2)
+    pd.set_option("display.max_columns", 20, "display.width", 120, "display.precision", 2)
     pd.set_option("display.max_colwidth", None)  # a checklist's `detail` is never cut off
     # kpnb's INFO logs on stderr, by a handler on the "kpnb" logger itself: in Jupyter the
     # root logger has handlers, so basicConfig does nothing

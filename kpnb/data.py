@@ -128,7 +128,7 @@ def _download(url: str, sha256: str | None, folder: Path, fname: str, progress: 
             f"or download the file by hand to {folder / fname} and run again"
         ) from None
     except ValueError as exc:  # pooch: hash mismatch
-        msg = " ".join(str(exc).split())
+        msg = " ".join(str(exc).split())  # pooch's message spans lines
         raise _ChecksumMismatch(f"{url}: {msg}; the download was discarded") from None
 
 

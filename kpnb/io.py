@@ -394,9 +394,8 @@ def write_zip(
     with atomic_path(path, overwrite=overwrite) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         for name, data in members:
             info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, data)
+            zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
     return path
 
 

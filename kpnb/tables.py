@@ -217,8 +217,7 @@ class Annotations:
                 f"label {label!r} in {self.describe_image(image_index)}: {len(rows)} points "
                 f"for {n} instances is not {k} per instance"
             )
-        xyv = rows[["x", "y", "visibility"]].to_numpy(dtype=np.float32)
-        return xyv.reshape(n, k, 3)
+        return rows[["x", "y", "visibility"]].to_numpy(dtype=np.float32).reshape(n, k, 3)
 
     def grouped_boxes(self) -> dict[tuple[int, int], tuple[float, float, float, float]]:
         """``(image_index, group_id) -> (xtl, ytl, xbr, ybr)`` of boxes grouped with a shape:
