@@ -66,14 +66,10 @@ def _lock_holder(lock: Path) -> str | None:
             return None
         except PermissionError:  # alive, another user's
             pass
-        return (
-            f"{lock.parent}: another run (process {pid_text}) is writing into it (it holds "
-            f"{lock}); wait for it to end, or train into another folder"
-        )
     return (
         f"{lock.parent}: a run on {host.strip() or 'an unknown machine'} (process "
-        f"{pid_text or '?'}) holds {lock}; if no run is writing into the folder any more, "
-        "delete that file"
+        f"{pid_text or '?'}) holds {lock}; wait for it to end or train into another folder "
+        "(if no run is writing into the folder any more, delete that file)"
     )
 
 
