@@ -144,14 +144,10 @@ def atomic_path(
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         yield tmp
-        _refuse_special(path)  # made while we were writing
+        check_output(path, directory=directory, overwrite=overwrite)  # made while we wrote?
         if not directory:
-            if overwrite is False and (path.exists() or path.is_symlink()):
-                raise _refuse(path, "the file exists", _FILE_HINT)
             os.replace(tmp, path)
         elif not _rename_dir(tmp, path):
-            if not overwrite and any(path.iterdir()):
-                raise _refuse(path, "the folder is not empty", _FOLDER_HINT)
             _merge_into(tmp, path)
     finally:  # what is left of the temporary (all of it on failure) is kpnb's own
         if directory:
