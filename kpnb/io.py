@@ -45,8 +45,7 @@ MAX_NAME_BYTES = 255
 
 
 def name_problem(name: str) -> str | None:
-    """Why `name` (a relative path) cannot name a file, or None: a NUL character, or a part
-    longer than `MAX_NAME_BYTES` bytes."""
+    """Why `name` (a relative path) cannot name a file (a NUL, a part too long), or None."""
     if "\0" in name:
         return "holds a NUL character, which no file name can"
     for part in name.replace("\\", "/").split("/"):
@@ -318,8 +317,8 @@ def check_zip(archive, zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zip
 
 
 def _clean_name(archive, info: zipfile.ZipInfo) -> str | None:
-    """The member's relative ``/`` name (a folder ends in ``/``; None: names nothing, such
-    as ``./``), refusing links, special files and names that lead outside the target."""
+    """The member's relative ``/`` name (a folder's ends in ``/``; None for ``./``), refusing
+    links, special files and names that lead outside the target."""
     raw = info.filename
     name = raw.replace("\\", "/")
     mode = info.external_attr >> 16

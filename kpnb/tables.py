@@ -128,16 +128,14 @@ class Annotations:
     Attributes:
         images: one row per image or video frame: ``image_index`` (0..N-1, file order),
             ``image_id``, ``name``, ``width``, ``height``, ``subset``, ``task_id``.
-        keypoints: one row per point: ``image_index``, ``instance_id``, ``label``,
-            ``keypoint``, ``point_index``, ``x``, ``y``, ``visibility`` (0/1/2),
-            ``occluded``, ``outside``, ``source``, ``group_id``, ``z_order``, ``track_id``,
-            ``keyframe``. Skeleton instances have one row per skeleton keypoint, in
-            definition order.
+        keypoints: one row per point (a skeleton instance: one per keypoint, in definition
+            order): ``image_index``, ``instance_id``, ``label``, ``keypoint``,
+            ``point_index``, ``x``, ``y``, ``visibility`` (0/1/2), ``occluded``, ``outside``,
+            ``source``, ``group_id``, ``z_order``, ``track_id``, ``keyframe``.
         skeletons: skeleton label -> `Skeleton`.
         labels: the label definitions (``name``, ``type``, ``color``, ``parent``).
         boxes: rectangles (``xtl ytl xbr ybr``): a box grouped with a skeleton is its box.
-        attributes: long table of shape attributes: ``instance_id``, ``point_index``
-            (-1 for the instance itself), ``name``, ``value`` (text as written).
+        attributes: ``instance_id``, ``point_index`` (-1: the instance), ``name``, ``value``.
         meta: where the tables came from (``source``, ``format``...), shapes skipped.
     """
 
