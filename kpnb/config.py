@@ -7,7 +7,11 @@ absolute because nbval runs a notebook in its own folder and Colab in ``/content
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import platform
+import random
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
@@ -64,8 +68,6 @@ def version() -> str:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and every CUDA device)."""
-    import random
-
     import numpy as np
     import torch
 
@@ -90,9 +92,6 @@ def select_device(device=None):
 def setup_notebook(seed: int = 0) -> bool:
     """What every tutorial does first: seed everything, readable tables, visible kpnb logs.
     Returns `SMOKE`, so a notebook can say which mode it runs in."""
-    import logging
-    import sys
-
     import pandas as pd
 
     seed_everything(seed)
@@ -119,8 +118,6 @@ def setup_notebook(seed: int = 0) -> bool:
 
 def environment_report():
     """Versions and the device training will use, as a small table."""
-    import platform
-
     import pandas as pd
     import torch
     import torchvision
