@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +31,6 @@ from kpnb.checkpoint import (
     RunData,
     TrainConfig,
     restore_rng,
-    resume_conflicts,
     rng_state,
 )
 from kpnb.config import seed_everything, select_device, version
@@ -48,9 +47,6 @@ __all__ = [
     "fit",
     "check_run_folder",
     "train_one_epoch",
-    "select_device",
-    "seed_everything",
-    "resume_conflicts",
 ]
 
 log = logging.getLogger(__name__)
@@ -270,7 +266,7 @@ def fit(
     Each epoch trains, scores the validation loader (`kpnb.evaluate.evaluate`) and logs one
     line; with `config.max_minutes` the schedule fits that time. `out_dir` (checked by
     `check_run_folder` first) receives ``best.pth`` (see `_Run.score`) and ``last.pth``;
-    `resume` is such a ``last.pth``, of the same network, config (`resume_conflicts`; an lr
+    `resume` is such a ``last.pth``, of the same network, config (`_refuse_conflicts`; an lr
     of None takes the run's) and split. `data` (the export as given) and `points_as_skeleton`
     are recorded in the checkpoints. On CUDA, mixed precision is on unless `config.amp` is False.
     """
@@ -278,7 +274,7 @@ def fit(
         raise KpnbError("TrainConfig: epochs=None trains until max_minutes; give one of them")
     if out_dir is not None:
         check_run_folder(out_dir, overwrite=overwrite, resume=resume)
-    last = None if resume is None else _resumable(resume, model, config)
+    last = None if resume is None else _resumable(resume, model)
     lr = config.lr or (last.config.lr if last else training_recipe(_unwrap(model))["lr"])
     config = replace(config, lr=lr, batch_size=train_loader.batch_size)
     label, train_ids = _images(train_loader)
@@ -290,7 +286,7 @@ def fit(
         return _train(run, config, val_loader, skeleton, last, on_epoch_end)
 
 
-def _resumable(path, model, config: TrainConfig) -> Checkpoint:
+def _resumable(path, model) -> Checkpoint:
     """The ``last.pth`` at `path`, its network the one `model` is (else one line naming
     the build entries that differ, such as the preset)."""
     last = Checkpoint.load(path, resume=True)
@@ -310,8 +306,10 @@ def _resumable(path, model, config: TrainConfig) -> Checkpoint:
 
 
 def _refuse_conflicts(path, last: Checkpoint, given: TrainConfig, data: RunData) -> None:
-    """Refuse to resume `last` with another config or another split of the images."""
-    conflicts = resume_conflicts(last.config, given)
+    """Refuse to resume `last` with another config (a resumed run must keep its split, images
+    and schedule) or another split of the images."""
+    ran = asdict(last.config)
+    conflicts = [(k, v, getattr(given, k)) for k, v in ran.items() if v != getattr(given, k)]
     if last.data is not None and (last.data.train, last.data.val) != (data.train, data.val):
         raise KpnbError(
             f"{path}: cannot resume on other images: the run trained on "
