@@ -97,18 +97,11 @@ def create(
     label: str = "",
     device: str = "",
 ) -> KpnbFunction:
-    """The function cvat-cli builds from ``-p`` parameters (the SDK's pattern for
-    parametrised functions).
-
-    Args:
-        checkpoint: a ``best.pth``/``last.pth`` written by kpnb train
-            (``-p checkpoint=str:PATH``).
-        point_threshold: keypoints scoring below it are ``outside``
-            (``-p point_threshold=float:X``).
-        label: the task's skeleton label, when it is named unlike the export the model was
-            trained on (default: the checkpoint's).
-        device: cuda, mps or cpu (default: the best available).
-    """
+    """The function cvat-cli builds from its ``-p`` parameters: `checkpoint` is a ``best.pth``
+    or ``last.pth`` of kpnb train (``-p checkpoint=str:PATH``); keypoints scoring below
+    `point_threshold` come out ``outside``; `label` is the task's skeleton label when it is
+    named unlike the model's (default: the checkpoint's); `device` cuda, mps or cpu (default:
+    the best available)."""
     _sdk()  # before loading a model: say what is missing first
     from kpnb.model import load_checkpoint_model
 

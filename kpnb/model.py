@@ -285,14 +285,11 @@ def _from_state(
             "(presets cpu, torchvision, tiny) or a best.pth of a run with the same --preset"
         )
     model.load_state_dict(state, strict=False)  # `misfit` found nothing (it says why not strict)
+    channels = spec.keypoint_head or (512,) * 8
     if head != spec.keypoint_head:  # COCO's 8x512 head under a small-head preset
-        in_channels = model.backbone.out_channels
-        channels = spec.keypoint_head or (512,) * 8
-        model.roi_heads.keypoint_head = KeypointRCNNHeads(in_channels, channels)
-        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(channels[-1], int(state_k))
-    if state_k != num_keypoints:
-        in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
-        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
+        model.roi_heads.keypoint_head = KeypointRCNNHeads(model.backbone.out_channels, channels)
+    if head != spec.keypoint_head or state_k != num_keypoints:
+        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(channels[-1], num_keypoints)
     if state_c != num_classes:
         in_features = model.roi_heads.box_predictor.cls_score.in_features
         model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)

@@ -91,25 +91,16 @@ def image_paths(ann: Annotations, root, indices: Sequence[int]) -> list:
 
 @dataclass
 class Review:
-    """`review`'s answer.
-
-    Attributes:
-        points: one row per labelled ground-truth point: ``image_index``, ``instance_id``
-            (the truth's), ``keypoint``, ``truth_x``, ``truth_y``, ``prediction`` (the
-            matched object's ``instance_id`` in the predictions, -1 for none), ``x``,
-            ``y`` (its point, NaN for ``add``), ``error_px``, ``keypoint_score``,
-            ``action`` (accept, move, add).
-        objects: ground-truth objects (with at least one labelled point).
-        found: those a prediction matched.
-        extra: predicted objects that matched none: skeletons to delete.
-        tolerance: the accept radius in pixels.
-    """
+    """`review`'s answer. `points` has one row per labelled ground-truth point:
+    ``image_index``, ``instance_id`` (the truth's), ``keypoint``, ``truth_x``, ``truth_y``,
+    ``prediction`` (the matched object's ``instance_id`` in the predictions, -1 for none),
+    ``x``, ``y`` (its point, NaN for ``add``), ``error_px``, ``keypoint_score``, ``action``."""
 
     points: pd.DataFrame
-    objects: int
-    found: int
-    extra: int
-    tolerance: float
+    objects: int  # ground-truth objects (with at least one labelled point)
+    found: int  # those a prediction matched
+    extra: int  # predicted objects that matched none: skeletons to delete
+    tolerance: float  # the accept radius in pixels
 
     def summary(self) -> pd.DataFrame:
         """Counts and shares of labelled points to accept, move and add."""
