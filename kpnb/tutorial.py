@@ -220,9 +220,8 @@ def render_run_table(record: dict) -> str:
         if run:
             detail += (
                 f": trained {run['epochs']} epoch{'' if run['epochs'] == 1 else 's'} "
-                f"({run['steps']} steps, {run['training_minutes']:.1f} min) from "
-                f"{run['weights']} weights, "
-                f"preset {run['preset']} at {run['size']} px"
+                f"({run['steps']} steps, {run['training_minutes']:.1f} min) from {run['weights']} "
+                f"weights, preset {run['preset']} at {run['size']} px"
             )
         lines.append(f"| notebook {name[:2]} | {detail} |")
     card = runs.get("04_finetune_keypoint_rcnn.ipynb", {})
