@@ -1,27 +1,18 @@
 """A CVAT auto-annotation function made from a kpnb checkpoint: the model pre-annotates a task.
 
-CVAT runs such functions with cvat-sdk's ``cvat_sdk.auto_annotation`` driver, on your own
-machine (``cvat-cli task auto-annotate``) or behind CVAT's UI through an agent
-(``cvat-cli function create-native`` + ``function run-agent``). This module is such a
-function, parametrised the way the SDK documents it: a module-level ``create(...)`` that
-cvat-cli calls with its ``-p NAME=TYPE:VALUE`` parameters::
+cvat-sdk's ``cvat_sdk.auto_annotation`` driver runs it on your machine (``cvat-cli task
+auto-annotate``) or behind CVAT's UI through an agent (``cvat-cli function create-native`` +
+``function run-agent``), passing cvat-cli's ``-p NAME=TYPE:VALUE`` parameters to `create`::
 
     cvat-cli --server-host https://app.cvat.ai --auth USER task auto-annotate TASK_ID \\
         --function-module kpnb.autoannotate -p checkpoint=str:runs/face/best.pth \\
         -p point_threshold=float:0.0 --conf-threshold 0.5
 
-* Its spec is the checkpoint's skeleton: the skeleton label it was trained on and the
-  keypoint names, so the driver maps them by name onto the task's skeleton.
-* Each detection is a ``skeleton`` with one ``keypoint`` per skeleton point (the driver
-  wants every point of the task's skeleton); a point whose keypoint score is below
-  ``point_threshold`` is ``outside``, for the person correcting it to place or leave out.
-* Detections scoring below the driver's ``--conf-threshold`` are dropped (without one,
-  `kpnb.evaluate.predict`'s default 0.5).
-* The points are those of `kpnb.evaluate.predict` (the same code runs), in the image's
-  own pixels.
-
-cvat-sdk is optional (``pip install "kpnb[cvat]"``): importing this module does not need
-it, `create` says in one line what to install.
+Each detection of `kpnb.evaluate.predict` (in the image's own pixels) at or above the
+driver's ``--conf-threshold`` (default 0.5) becomes a ``skeleton`` of the checkpoint's label
+with one ``keypoint`` per point, which the driver maps by name onto the task's skeleton; a
+point scoring below ``point_threshold`` is ``outside``, for the person correcting it.
+cvat-sdk is optional (``pip install "kpnb[cvat]"``): `create` says in one line what to install.
 """
 
 from __future__ import annotations
@@ -106,18 +97,11 @@ def create(
     label: str = "",
     device: str = "",
 ) -> KpnbFunction:
-    """The function cvat-cli builds from ``-p`` parameters (the SDK's pattern for
-    parametrised functions).
-
-    Args:
-        checkpoint: a ``best.pth``/``last.pth`` written by kpnb train
-            (``-p checkpoint=str:PATH``).
-        point_threshold: keypoints scoring below it are ``outside``
-            (``-p point_threshold=float:X``).
-        label: the task's skeleton label, when it is named unlike the export the model was
-            trained on (default: the checkpoint's).
-        device: cuda, mps or cpu (default: the best available).
-    """
+    """The function cvat-cli builds from its ``-p`` parameters: `checkpoint` is a ``best.pth``
+    or ``last.pth`` of kpnb train (``-p checkpoint=str:PATH``); keypoints scoring below
+    `point_threshold` come out ``outside``; `label` is the task's skeleton label when it is
+    named unlike the model's (default: the checkpoint's); `device` cuda, mps or cpu (default:
+    the best available)."""
     _sdk()  # before loading a model: say what is missing first
     from kpnb.model import load_checkpoint_model
 

@@ -20,7 +20,7 @@ import torch
 from kpnb.config import PRESET_NAMES, version
 from kpnb.errors import KpnbError
 from kpnb.io import atomic_path
-from kpnb.skeleton import Skeleton
+from kpnb.skeleton import Skeleton, _brief
 
 __all__ = [
     "Checkpoint",
@@ -28,7 +28,6 @@ __all__ = [
     "TrainConfig",
     "MAX_SIZE",
     "read_pth",
-    "resume_conflicts",
     "rng_state",
     "restore_rng",
 ]
@@ -144,17 +143,17 @@ class Checkpoint:
             skeleton=skeleton,
             build=check.build(blob.get("build"), skeleton),
             config=check.config(blob.get("config"), skeleton),
-            label=check.value("label", blob.get("label"), (str, type(None))),
+            label=check.check("label", blob.get("label"), (str, _NONE)),
             data=check.data(blob.get("data")),
-            epoch=check.number("epoch", blob.get("epoch"), int, 0),
+            epoch=check.check("epoch", blob.get("epoch"), _INT, 0),
             metrics=check.row("metrics", blob.get("metrics")),
             history=[
                 check.row(f"history[{i}]", row)
-                for i, row in enumerate(check.value("history", blob.get("history"), (list,)))
+                for i, row in enumerate(check.check("history", blob.get("history"), (list,)))
             ],
             best=check.best(blob.get("best")),
             resume=check.resume(blob.get("resume"), required=resume),
-            kpnb_version=check.value("kpnb_version", blob.get("kpnb_version"), (str,)),
+            kpnb_version=check.check("kpnb_version", blob.get("kpnb_version"), (str,)),
         )
 
 
@@ -168,7 +167,10 @@ def read_pth(path: Path) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        code = _code_in(path)
+        try:  # what torch.save's file would import: torch's own list of what weights_only refuses
+            code = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except (ValueError, RuntimeError):  # not a torch.save zip, or a damaged one
+            code = []
         if code:
             raise KpnbError(
                 f"{path}: refused: loading it would run code ({', '.join(code[:3])}); kpnb "
@@ -182,20 +184,16 @@ def read_pth(path: Path) -> dict:
     return blob
 
 
-def _code_in(path: Path) -> list[str]:
-    """The functions and classes a torch.save file would import (torch's own list of what
-    ``weights_only`` refuses); empty for a file that is no torch.save zip."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (ValueError, RuntimeError):  # not a torch.save zip, or a damaged one
-        return []
-
-
 _WHAT_TO_PASS = "pass a best.pth or last.pth written by kpnb train"
 
-#: `kpnb.model.build_model` options a checkpoint may hold, each with its rule: a count, a
-#: fraction, a size, or a list of a fixed length.
-_COUNT, _FRACTION, _SIZE = (int, 1, 100_000), (float, 0.0, 1.0), (int, 1, MAX_SIZE)
+# A rule is (types, lowest, highest): a bool passes only where bool is named; a number must
+# be finite and in range.
+_NONE = type(None)
+_INT, _REAL = (int,), (int, float)
+_COUNT, _FRACTION, _SIZE = (_INT, 1, 100_000), (_REAL, 0.0, 1.0), (_INT, 1, MAX_SIZE)
+_SEED = (_INT, 0, 2**32 - 1)
+#: `kpnb.model.build_model` options a checkpoint may hold: a number's rule, or a list's
+#: ``("list", length, rule of each item)``.
 _OPTIONS: dict[str, tuple] = {
     **dict.fromkeys(
         "rpn_pre_nms_top_n_train rpn_pre_nms_top_n_test rpn_post_nms_top_n_train "
@@ -209,24 +207,47 @@ _OPTIONS: dict[str, tuple] = {
         "box_bg_iou_thresh box_positive_fraction".split(),
         _FRACTION,
     ),
-    "size_divisible": (int, 1, 1024),
+    "size_divisible": (_INT, 1, 1024),
     "min_size": _SIZE,
     "max_size": _SIZE,
     "fixed_size": ("list", 2, _SIZE),
-    "image_mean": ("list", 3, (float, -1e3, 1e3)),
-    "image_std": ("list", 3, (float, 1e-6, 1e3)),
-    "bbox_reg_weights": ("list", 4, (float, 1e-6, 1e3)),
+    "image_mean": ("list", 3, (_REAL, -1e3, 1e3)),
+    "image_std": ("list", 3, (_REAL, 1e-6, 1e3)),
+    "bbox_reg_weights": ("list", 4, (_REAL, 1e-6, 1e3)),
 }
-#: The entries of a build record (``model.kpnb_build``: `build_model`'s arguments).
-_BUILD = set(
-    "num_keypoints num_classes preset pretrained size trainable_backbone_layers norm "
-    "norm_eps kwargs".split()
-)
-
-
-def _brief(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+#: A build record (``model.kpnb_build``: `build_model`'s arguments), entry by entry.
+_BUILD = {
+    "num_keypoints": (_INT, 1, 10_000),
+    "num_classes": (_INT, 2, 10_000),
+    "preset": ((str,),),
+    "pretrained": ((bool,),),
+    "size": _SIZE,
+    "trainable_backbone_layers": (_INT, 0, 5),
+    "norm": ((str,),),
+    "norm_eps": ((int, float, _NONE), 0.0, 1.0),
+    "kwargs": ((dict,),),
+}
+_CONFIG = {
+    "epochs": ((int, _NONE), 1, 1_000_000),
+    "lr": ((int, float, _NONE), 1e-12, 10.0),
+    "batch_size": ((int, _NONE), 1, 100_000),
+    "weight_decay": (_REAL, 0.0, 10.0),
+    "grad_clip": (_REAL, 1e-12),
+    "pct_start": _FRACTION,
+    "amp": ((bool, _NONE),),
+    "seed": _SEED,
+    "size": _SIZE,
+    "max_minutes": ((int, float, _NONE), 1e-9),
+    "monitor": ((str,),),
+    "sigmas": ((list, _NONE),),
+}
+_DATA = {
+    "spec": ((str, _NONE),),
+    "points_as_skeleton": ((str, _NONE),),
+    "seed": _SEED,
+    "train": ((list,),),
+    "val": ((list,),),
+}
 
 
 class _Checker:
@@ -238,52 +259,46 @@ class _Checker:
     def fail(self, what: str) -> KpnbError:
         return KpnbError(f"{self.path}: not a usable kpnb checkpoint: {what}; {_WHAT_TO_PASS}")
 
-    def value(self, name: str, value, types: tuple):
+    def check(self, name: str, value, types: tuple, lo=-math.inf, hi=math.inf):
+        """`value`, of one of `types` and, a number, finite and in ``[lo, hi]``."""
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            allowed = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            allowed = " or ".join("None" if t is _NONE else t.__name__ for t in types)
             raise self.fail(f"{name} must be {allowed}, not {_brief(value)}")
+        # NaN fails every comparison
+        if isinstance(value, (int, float)) and (not lo <= value <= hi or abs(value) == math.inf):
+            raise self.fail(f"{name} = {_brief(value)} is outside {lo}..{hi}")
         return value
 
-    def number(self, name: str, value, kind: type, lo=None, hi=None, *, none: bool = False):
-        """`value` an int (or a float, where an int is fine too) in ``[lo, hi]``."""
-        if none and value is None:
-            return None
-        types = (int,) if kind is int else (int, float)
-        self.value(name, value, types)
-        finite = not isinstance(value, float) or math.isfinite(value)
-        if not finite or lo is not None and value < lo or hi is not None and value > hi:
-            bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-            raise self.fail(f"{name} = {_brief(value)} is outside {bounds}")
-        return value
+    def record(self, name: str, record, rules: dict[str, tuple]) -> dict:
+        """`record`, a dict of exactly the entries of `rules`, each of its rule."""
+        self.check(name, record, (dict,))
+        if set(record) != set(rules):
+            missing = sorted(rules - record.keys())
+            unknown = sorted(map(str, record - rules.keys()))
+            raise self.fail(f"{name} entries missing {missing}, unknown {unknown}")
+        for key, rule in rules.items():
+            self.check(f"{name}[{key!r}]", record[key], *rule)
+        return record
 
-    def option(self, key: str, value, rule: tuple):
+    def option(self, key: str, value):
         """A `build_model` option of `_OPTIONS`; `min_size` may be several sizes, and
         `fixed_size` and `bbox_reg_weights` None (torchvision's default)."""
-        name = f"build['kwargs'][{key!r}]"
-        kind, *rest = rule
+        name, rule = f"build['kwargs'][{key!r}]", _OPTIONS[key]
         if key == "min_size" and isinstance(value, (list, tuple)):  # one size per image
-            return [self.number(f"{name}[{i}]", v, *rule) for i, v in enumerate(value)]
-        if kind != "list":
-            return self.number(name, value, *rule)
-        length, item = rest
+            rule = ("list", len(value), rule)
+        if rule[0] != "list":
+            return self.check(name, value, *rule)
         if key in ("fixed_size", "bbox_reg_weights") and value is None:
             return None
-        if not isinstance(value, (list, tuple)) or len(value) != length:
-            raise self.fail(f"{name} must be a list of {length} numbers, not {_brief(value)}")
-        return [self.number(f"{name}[{i}]", v, *item) for i, v in enumerate(value)]
-
-    def entries(self, name: str, record, names: set[str]) -> None:
-        """`record` a dict of exactly `names`."""
-        self.value(name, record, (dict,))
-        if set(record) != names:
-            missing, unknown = sorted(names - set(record)), sorted(map(str, set(record) - names))
-            raise self.fail(f"{name} entries missing {missing}, unknown {unknown}")
+        if not isinstance(value, (list, tuple)) or len(value) != rule[1]:
+            raise self.fail(f"{name} must be a list of {rule[1]} numbers, not {_brief(value)}")
+        return [self.check(f"{name}[{i}]", v, *rule[2]) for i, v in enumerate(value)]
 
     def row(self, name: str, row) -> dict:
         """A history row or the metrics: names to numbers, strings or None."""
-        self.value(name, row, (dict,))
+        self.check(name, row, (dict,))
         for key, value in row.items():
-            if not isinstance(key, str) or not isinstance(value, (int, float, str, type(None))):
+            if not isinstance(key, str) or not isinstance(value, (int, float, str, _NONE)):
                 raise self.fail(f"{name} holds {_brief(key)}: {_brief(value)}, not a number")
         return row
 
@@ -294,7 +309,7 @@ class _Checker:
             raise self.fail(f"its skeleton is wrong: {exc}") from None
 
     def state(self, state) -> dict:
-        self.value("model", state, (dict,))
+        self.check("model", state, (dict,))
         for key, value in state.items():
             if not isinstance(key, str) or not torch.is_tensor(value):
                 raise self.fail(f"its weights ('model') hold {_brief(key)}, not a named tensor")
@@ -302,48 +317,27 @@ class _Checker:
 
     def build(self, build, skeleton: Skeleton) -> dict:
         """`kpnb.model.build_model`'s arguments: every one there, of its type and range."""
-        self.entries("build", build, _BUILD)
-        k = self.number("build['num_keypoints']", build["num_keypoints"], int, 1, 10_000)
-        if k != skeleton.num_keypoints:
+        self.record("build", build, _BUILD)
+        if build["num_keypoints"] != skeleton.num_keypoints:
             raise self.fail(
-                f"build['num_keypoints'] = {k}, but its skeleton has "
+                f"build['num_keypoints'] = {build['num_keypoints']}, but its skeleton has "
                 f"{skeleton.num_keypoints} keypoints"
             )
-        self.number("build['num_classes']", build["num_classes"], int, 2, 10_000)
-        self.number("build['size']", build["size"], int, 1, MAX_SIZE)
-        self.number(
-            "build['trainable_backbone_layers']", build["trainable_backbone_layers"], int, 0, 5
-        )
-        self.number("build['norm_eps']", build["norm_eps"], float, 0.0, 1.0, none=True)
-        self.value("build['pretrained']", build["pretrained"], (bool,))
         for name, allowed in (("preset", PRESET_NAMES), ("norm", ("frozen", "batch"))):
             if build[name] not in allowed:
                 raise self.fail(f"build[{name!r}] = {_brief(build[name])} is not one of {allowed}")
-        kwargs = self.value("build['kwargs']", build["kwargs"], (dict,))
+        kwargs = build["kwargs"]
         for name, value in kwargs.items():
             if name not in _OPTIONS:
                 raise self.fail(
                     f"build['kwargs'] holds {_brief(name)}, not an option a checkpoint keeps "
                     f"(those are {sorted(_OPTIONS)})"
                 )
-            kwargs[name] = self.option(name, value, _OPTIONS[name])
+            kwargs[name] = self.option(name, value)
         return build
 
     def config(self, config, skeleton: Skeleton) -> TrainConfig:
-        self.entries("config", config, {f.name for f in fields(TrainConfig)})
-        number = self.number
-        number("config['epochs']", config["epochs"], int, 1, 1_000_000, none=True)
-        number("config['lr']", config["lr"], float, 1e-12, 10.0, none=True)
-        number("config['batch_size']", config["batch_size"], int, 1, 100_000, none=True)
-        number("config['weight_decay']", config["weight_decay"], float, 0.0, 10.0)
-        number("config['grad_clip']", config["grad_clip"], float, 1e-12, None)
-        number("config['pct_start']", config["pct_start"], float, 0.0, 1.0)
-        number("config['seed']", config["seed"], int, 0, 2**32 - 1)
-        number("config['size']", config["size"], int, 1, MAX_SIZE)
-        number("config['max_minutes']", config["max_minutes"], float, 1e-9, None, none=True)
-        self.value("config['amp']", config["amp"], (bool, type(None)))
-        self.value("config['monitor']", config["monitor"], (str,))
-        sigmas = self.value("config['sigmas']", config["sigmas"], (list, type(None)))
+        sigmas = self.record("config", config, _CONFIG)["sigmas"]
         if sigmas is not None:
             if len(sigmas) != skeleton.num_keypoints:
                 raise self.fail(
@@ -351,32 +345,31 @@ class _Checker:
                     f"{skeleton.num_keypoints} keypoints"
                 )
             for i, s in enumerate(sigmas):
-                number(f"config['sigmas'][{i}]", s, float, 1e-9, None)
+                self.check(f"config['sigmas'][{i}]", s, _REAL, 1e-9)
         return TrainConfig(**config)
 
     def data(self, data) -> RunData | None:
         if data is None:
             return None
-        self.entries("data", data, {f.name for f in fields(RunData)})
-        self.value("data['spec']", data["spec"], (str, type(None)))
-        self.value("data['points_as_skeleton']", data["points_as_skeleton"], (str, type(None)))
-        self.number("data['seed']", data["seed"], int, 0, 2**32 - 1)
+        self.record("data", data, _DATA)
         for side in ("train", "val"):
-            ids = self.value(f"data[{side!r}]", data[side], (list,))
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in data[side]):
                 raise self.fail(f"data[{side!r}] must be a list of image ids")
         return RunData(**data)
 
     def best(self, best) -> tuple[int, float] | None:
+        """``[kind, value]``: see `kpnb.train._Run.score` (the value may be infinite)."""
         if best is None:
             return None
-        if not isinstance(best, list) or len(best) != 2:
-            raise self.fail(f"best must be [kind, value], not {_brief(best)}")
-        kind = self.number("best[0]", best[0], int, 0, 1)
-        value = self.value("best[1]", best[1], (int, float))
-        if math.isnan(value):
-            raise self.fail("best[1] is NaN")
-        return kind, float(value)
+        if not (
+            isinstance(best, list)
+            and len(best) == 2
+            and best[0] in (0, 1)
+            and isinstance(best[1], (int, float))
+            and not math.isnan(best[1])
+        ):
+            raise self.fail(f"best must be [0 or 1, a number], not {_brief(best)}")
+        return int(best[0]), float(best[1])
 
     def resume(self, resume, *, required: bool) -> dict | None:
         if resume is None:
@@ -386,17 +379,17 @@ class _Checker:
                     "best.pth?); resume from the last.pth that kpnb train wrote"
                 )
             return None
-        self.entries("resume", resume, {"optimizer", "lr_scheduler", "scaler", "rng"})
-        optimizer = self.value("resume['optimizer']", resume["optimizer"], (dict,))
-        groups = optimizer.get("param_groups")
-        if set(optimizer) != {"state", "param_groups"} or not isinstance(groups, list):
+        rules = {"optimizer": ((dict,),), "lr_scheduler": ((dict,),), "scaler": ((dict, _NONE),)}
+        self.record("resume", resume, {**rules, "rng": ((dict,),)})
+        optimizer = resume["optimizer"]
+        if set(optimizer) != {"state", "param_groups"} or not isinstance(
+            optimizer["param_groups"], list
+        ):
             raise self.fail("resume['optimizer'] is not the optimizer state kpnb train saves")
-        self.value("resume['scaler']", resume["scaler"], (dict, type(None)))
-        schedule = self.value("resume['lr_scheduler']", resume["lr_scheduler"], (dict,))
-        self.number("resume['lr_scheduler']['steps']", schedule.get("steps"), int, 0)
-        self.number("resume['lr_scheduler']['seconds']", schedule.get("seconds"), float, 0.0)
-        rng = self.value("resume['rng']", resume["rng"], (dict,))
-        if not _rng_ok(rng):
+        schedule = resume["lr_scheduler"]
+        self.check("resume['lr_scheduler']['steps']", schedule.get("steps"), _INT, 0)
+        self.check("resume['lr_scheduler']['seconds']", schedule.get("seconds"), _REAL, 0.0)
+        if not _rng_ok(resume["rng"]):
             raise self.fail("resume['rng'] is not the random state kpnb train saves")
         return resume
 
@@ -419,13 +412,6 @@ def _rng_ok(rng: dict) -> bool:
         and (like is None or state.shape == like.shape)
         for state, like in checks
     )
-
-
-def resume_conflicts(run: TrainConfig, given: TrainConfig) -> list[tuple[str, object, object]]:
-    """``(field, the run's value, the given value)`` for each `TrainConfig` field in which
-    `given` differs from the run being resumed: a resumed run must keep its split (seed),
-    its images (size) and its schedule (lr, epochs, batch size...)."""
-    return [(k, v, getattr(given, k)) for k, v in asdict(run).items() if v != getattr(given, k)]
 
 
 def rng_state(loader) -> dict:

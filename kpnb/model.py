@@ -1,12 +1,10 @@
 """torchvision's Keypoint R-CNN for any skeleton, with or without COCO weights.
 
-`build_model` loads COCO's 17-keypoint weights into the network torchvision builds for them
-(frozen norm layers, 3 trainable backbone stages), then swaps in a keypoint predictor of K
-outputs (and a box predictor when there are several classes); from random weights every stage
-trains with ``BatchNorm2d``. The preset (`PRESETS`) follows the device and the weights:
-torchvision's sizes on CUDA, small images on a CPU (``"cpu"``), and ResNet-18 (``"fast"``)
-from random weights. The build arguments stay on the model (``model.kpnb_build``) and in every
-checkpoint, so `load_checkpoint_model` rebuilds exactly that network.
+`build_model` loads COCO's 17-keypoint weights into torchvision's network (frozen norm layers,
+3 trainable backbone stages) and swaps in a K-keypoint predictor; from random weights every
+stage trains with ``BatchNorm2d``. `PRESETS` are the networks and image sizes each device
+suits. The build arguments stay on the model (``model.kpnb_build``) and in every checkpoint,
+so `load_checkpoint_model` rebuilds exactly that network.
 """
 
 from __future__ import annotations
@@ -173,7 +171,9 @@ def _coco_state_dict() -> dict:
             return torch.hub.load_state_dict_from_url(
                 COCO_URL, model_dir=str(hub), progress=False, check_hash=True, weights_only=True
             )
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        if isinstance(exc, RuntimeError) and not str(exc).startswith("invalid hash value"):
+            raise  # torch.hub's hash check says only this; any other is a torch failure
         why = (str(getattr(exc, "reason", exc)).splitlines() or [type(exc).__name__])[0]
         raise WeightsUnavailableError(
             f"COCO Keypoint R-CNN weights could not be downloaded ({why}). Download "
@@ -256,24 +256,6 @@ def _network(
     return model
 
 
-def _pretrained_state(
-    weights: str | os.PathLike | None, allow_random: bool
-) -> tuple[dict | None, bool, str | None]:
-    """``(state dict or None, whether it is COCO's, why there is none)`` for `weights`; with
-    `allow_random`, unreachable weights log a warning and give None (random weights) and
-    the reason instead of raising."""
-    if weights is None:
-        return None, False, None
-    coco = str(weights).lower() == "coco"
-    try:
-        return (_coco_state_dict() if coco else _load_path(Path(weights))), coco, None
-    except WeightsUnavailableError as exc:
-        if not allow_random:
-            raise
-        log.warning("%s -- continuing from random weights", exc)
-        return None, False, exc.reason
-
-
 def _state_head(state: dict) -> tuple[int, ...] | None:
     """The keypoint head's conv channels in `state` (None: torchvision's 8 of 512)."""
     prefix = "roi_heads.keypoint_head."
@@ -303,14 +285,11 @@ def _from_state(
             "(presets cpu, torchvision, tiny) or a best.pth of a run with the same --preset"
         )
     model.load_state_dict(state, strict=False)  # `misfit` found nothing (it says why not strict)
+    channels = spec.keypoint_head or (512,) * 8
     if head != spec.keypoint_head:  # COCO's 8x512 head under a small-head preset
-        in_channels = model.backbone.out_channels
-        channels = spec.keypoint_head or (512,) * 8
-        model.roi_heads.keypoint_head = KeypointRCNNHeads(in_channels, channels)
-        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(channels[-1], int(state_k))
-    if state_k != num_keypoints:
-        in_channels = model.roi_heads.keypoint_predictor.kps_score_lowres.in_channels
-        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(in_channels, num_keypoints)
+        model.roi_heads.keypoint_head = KeypointRCNNHeads(model.backbone.out_channels, channels)
+    if head != spec.keypoint_head or state_k != num_keypoints:
+        model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(channels[-1], num_keypoints)
     if state_c != num_classes:
         in_features = model.roi_heads.box_predictor.cls_score.in_features
         model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
@@ -369,7 +348,16 @@ def build_model(
             f"unknown KeypointRCNN options {unknown}; see torchvision's KeypointRCNN and "
             "FasterRCNN for the options there are"
         )
-    state, coco, fallback = _pretrained_state(weights, allow_random)
+    state, coco, fallback = None, False, None  # fallback: why random weights replace `weights`
+    if weights is not None:
+        coco = str(weights).lower() == "coco"
+        try:
+            state = _coco_state_dict() if coco else _load_path(Path(weights))
+        except WeightsUnavailableError as exc:
+            if not allow_random:
+                raise
+            log.warning("%s -- continuing from random weights", exc)
+            coco, fallback = False, exc.reason
     preset = default_preset(state is not None) if preset == "auto" else preset or "torchvision"
     spec = PRESETS[preset]
     size = size or spec.size

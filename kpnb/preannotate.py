@@ -1,9 +1,7 @@
-"""What a model's pre-annotations save the person who corrects them (notebook 06).
+"""What a model's pre-annotations save the person who corrects them in CVAT (notebook 06).
 
-The loop: label a few images, train, let the model pre-annotate the rest, correct it in
-CVAT. On a set whose truth is known (the synthetic one, or images you labelled anyway)
-`review` counts, for every labelled point, what the person would do with the model's
-pre-annotation:
+On images whose truth is known, `review` counts what the person would do with each labelled
+point's pre-annotation:
 
 * ``accept``: the predicted point lies within `tolerance` pixels of the truth;
 * ``move``: the object was found but the point is further off;
@@ -18,7 +16,7 @@ to delete.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -45,11 +43,10 @@ _VALIDATION_EVERY = 5
 
 
 def hold_out(ann: Annotations, n_labelled: int) -> tuple[Annotations, list[int], list[int]]:
-    """Split `ann` into a small labelled part (the first `n_labelled` images) and the rest,
-    treated as not yet labelled: a copy of `ann` whose labelled images keep their
-    Train/Validation subset (every fifth is Validation where they have none) and whose
-    others get ``"unlabelled"``, which `kpnb.dataset.make_loaders` neither trains nor
-    validates on; and the labelled and unlabelled ``image_index`` lists."""
+    """``(ann, labelled, unlabelled)``: `ann` with its first `n_labelled` images labelled (their
+    Train/Validation subsets kept, or every fifth Validation where they have none) and the
+    others ``"unlabelled"`` (`kpnb.dataset.make_loaders` skips them), and both ``image_index``
+    lists."""
     from kpnb.dataset import _TRAIN_NAMES, _VAL_NAMES
 
     n = len(ann.images)
@@ -70,10 +67,7 @@ def hold_out(ann: Annotations, n_labelled: int) -> tuple[Annotations, list[int],
         every = np.arange(len(images)) % _VALIDATION_EVERY == _VALIDATION_EVERY - 1
         subset = pd.Series(np.where(every, "Validation", "Train"), images.index, dtype=object)
     images["subset"] = subset.where(mine, UNLABELLED).astype("category")
-    out = Annotations(
-        images, ann.keypoints, ann.skeletons, ann.labels, ann.boxes, ann.attributes, ann.meta
-    )
-    return out, labelled, unlabelled
+    return replace(ann, images=images), labelled, unlabelled
 
 
 def image_paths(ann: Annotations, root, indices: Sequence[int]) -> list:
@@ -97,25 +91,16 @@ def image_paths(ann: Annotations, root, indices: Sequence[int]) -> list:
 
 @dataclass
 class Review:
-    """`review`'s answer.
-
-    Attributes:
-        points: one row per labelled ground-truth point: ``image_index``, ``instance_id``
-            (the truth's), ``keypoint``, ``truth_x``, ``truth_y``, ``prediction`` (the
-            matched object's ``instance_id`` in the predictions, -1 for none), ``x``,
-            ``y`` (its point, NaN for ``add``), ``error_px``, ``keypoint_score``,
-            ``action`` (accept, move, add).
-        objects: ground-truth objects (with at least one labelled point).
-        found: those a prediction matched.
-        extra: predicted objects that matched none: skeletons to delete.
-        tolerance: the accept radius in pixels.
-    """
+    """`review`'s answer. `points` has one row per labelled ground-truth point:
+    ``image_index``, ``instance_id`` (the truth's), ``keypoint``, ``truth_x``, ``truth_y``,
+    ``prediction`` (the matched object's ``instance_id`` in the predictions, -1 for none),
+    ``x``, ``y`` (its point, NaN for ``add``), ``error_px``, ``keypoint_score``, ``action``."""
 
     points: pd.DataFrame
-    objects: int
-    found: int
-    extra: int
-    tolerance: float
+    objects: int  # ground-truth objects (with at least one labelled point)
+    found: int  # those a prediction matched
+    extra: int  # predicted objects that matched none: skeletons to delete
+    tolerance: float  # the accept radius in pixels
 
     def summary(self) -> pd.DataFrame:
         """Counts and shares of labelled points to accept, move and add."""
@@ -136,11 +121,10 @@ class Review:
 def _predicted(preds: pd.DataFrame, position: int, k: int):
     rows = preds[preds["image_index"] == position].sort_values(["instance_id", "point_index"])
     n = rows["instance_id"].nunique()
-    ids = rows["instance_id"].to_numpy()[::k] if n else np.zeros(0, dtype=int)
     xy = rows[["x", "y"]].to_numpy(dtype=np.float64).reshape(n, k, 2)
     kp_scores = rows["keypoint_score"].to_numpy(dtype=np.float64).reshape(n, k)
-    scores = rows["score"].to_numpy(dtype=np.float64).reshape(n, k)[:, 0] if n else np.zeros(0)
-    return xy, kp_scores, scores, ids
+    scores = rows["score"].to_numpy(dtype=np.float64)[::k]
+    return xy, kp_scores, scores, rows["instance_id"].to_numpy()[::k]
 
 
 def review(
@@ -171,7 +155,7 @@ def review(
         keep = (truth[..., 2] > 0).any(axis=1)
         truth = truth[keep]
         inst = ids[ids["image_index"] == index].sort_values(["instance_id", "point_index"])
-        inst_ids = inst["instance_id"].to_numpy()[::k][keep] if len(inst) else np.zeros(0)
+        inst_ids = inst["instance_id"].to_numpy()[::k][keep]
         xy, kp_scores, scores, pred_ids = _predicted(preds, position, k)
         w, h = (float(v) for v in sizes.loc[index, ["width", "height"]])
         gt_boxes = boxes_from_points(truth[..., :2], truth[..., 2], w, h)

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +31,6 @@ from kpnb.checkpoint import (
     RunData,
     TrainConfig,
     restore_rng,
-    resume_conflicts,
     rng_state,
 )
 from kpnb.config import seed_everything, select_device, version
@@ -48,9 +47,6 @@ __all__ = [
     "fit",
     "check_run_folder",
     "train_one_epoch",
-    "select_device",
-    "seed_everything",
-    "resume_conflicts",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,21 +89,12 @@ class OneCycle:
         self.minutes, self.device = minutes, device
         self.steps, self.seconds_before, self.progress = 0, 0.0, 0.0
         self._start = time.perf_counter()
-        self._set(0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr_at(0.0)
 
     def seconds(self) -> float:
         """Seconds of this run so far (including earlier processes it resumed)."""
         return self.seconds_before + time.perf_counter() - self._start
-
-    def _measure(self) -> float:
-        p = 0.0 if self.total_steps is None else self.steps / self.total_steps
-        if self.minutes:
-            p = max(p, self.seconds() / (60 * self.minutes))
-        if dist.is_available() and dist.is_initialized():
-            t = torch.tensor([p], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            p = float(t.item())
-        return min(p, 1.0)
 
     def lr_at(self, p: float) -> float:
         low, end = self.lr / 25, self.lr / 25 / 1e4
@@ -116,14 +103,22 @@ class OneCycle:
         q = (p - self.pct_start) / max(1e-9, 1 - self.pct_start)
         return end + (self.lr - end) * (1 + math.cos(math.pi * min(q, 1.0))) / 2
 
-    def _set(self, p: float) -> None:
+    def _update(self) -> None:
+        """Measure the progress (the ranks' maximum) and set the rate for it."""
+        p = 0.0 if self.total_steps is None else self.steps / self.total_steps
+        if self.minutes:
+            p = max(p, self.seconds() / (60 * self.minutes))
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([p], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            p = float(t.item())
+        self.progress = min(p, 1.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(p)
+            group["lr"] = self.lr_at(self.progress)
 
     def step(self) -> None:
         self.steps += 1
-        self.progress = self._measure()
-        self._set(self.progress)
+        self._update()
 
     @property
     def finished(self) -> bool:
@@ -135,8 +130,7 @@ class OneCycle:
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.seconds_before = int(state["steps"]), float(state["seconds"])
         self._start = time.perf_counter()
-        self.progress = self._measure()
-        self._set(self.progress)
+        self._update()
 
 
 class _DisplayFile:
@@ -270,7 +264,7 @@ def fit(
     Each epoch trains, scores the validation loader (`kpnb.evaluate.evaluate`) and logs one
     line; with `config.max_minutes` the schedule fits that time. `out_dir` (checked by
     `check_run_folder` first) receives ``best.pth`` (see `_Run.score`) and ``last.pth``;
-    `resume` is such a ``last.pth``, of the same network, config (`resume_conflicts`; an lr
+    `resume` is such a ``last.pth``, of the same network, config (`_refuse_conflicts`; an lr
     of None takes the run's) and split. `data` (the export as given) and `points_as_skeleton`
     are recorded in the checkpoints. On CUDA, mixed precision is on unless `config.amp` is False.
     """
@@ -278,7 +272,7 @@ def fit(
         raise KpnbError("TrainConfig: epochs=None trains until max_minutes; give one of them")
     if out_dir is not None:
         check_run_folder(out_dir, overwrite=overwrite, resume=resume)
-    last = None if resume is None else _resumable(resume, model, config)
+    last = None if resume is None else _resumable(resume, model)
     lr = config.lr or (last.config.lr if last else training_recipe(_unwrap(model))["lr"])
     config = replace(config, lr=lr, batch_size=train_loader.batch_size)
     label, train_ids = _images(train_loader)
@@ -290,7 +284,7 @@ def fit(
         return _train(run, config, val_loader, skeleton, last, on_epoch_end)
 
 
-def _resumable(path, model, config: TrainConfig) -> Checkpoint:
+def _resumable(path, model) -> Checkpoint:
     """The ``last.pth`` at `path`, its network the one `model` is (else one line naming
     the build entries that differ, such as the preset)."""
     last = Checkpoint.load(path, resume=True)
@@ -310,8 +304,10 @@ def _resumable(path, model, config: TrainConfig) -> Checkpoint:
 
 
 def _refuse_conflicts(path, last: Checkpoint, given: TrainConfig, data: RunData) -> None:
-    """Refuse to resume `last` with another config or another split of the images."""
-    conflicts = resume_conflicts(last.config, given)
+    """Refuse to resume `last` with another config (a resumed run must keep its split, images
+    and schedule) or another split of the images."""
+    ran = asdict(last.config)
+    name = next((k for k, v in ran.items() if v != getattr(given, k)), None)
     if last.data is not None and (last.data.train, last.data.val) != (data.train, data.val):
         raise KpnbError(
             f"{path}: cannot resume on other images: the run trained on "
@@ -319,12 +315,11 @@ def _refuse_conflicts(path, last: Checkpoint, given: TrainConfig, data: RunData)
             f"loaders hold {len(data.train)} and {len(data.val)} others; resume on the run's "
             "export and split"
         )
-    if conflicts:
-        name, was, now = conflicts[0]
+    if name is not None:
         raise KpnbError(
-            f"{path}: cannot resume with {{{name}}}: the run has {name}={was!r}; resume "
+            f"{path}: cannot resume with {{{name}}}: the run has {name}={ran[name]!r}; resume "
             "with the run's settings, or start a new run in another folder",
-            params={name: repr(now)},
+            params={name: repr(getattr(given, name))},
         )
 
 

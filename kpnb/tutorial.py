@@ -101,18 +101,11 @@ def noting_weights(weights) -> Iterator[WeightsNote]:
     ``with noting_weights(WEIGHTS) as note: model = build_model(...)``. The offline warning
     of `build_model` goes into ``note.messages``, not the notebook; `run_card` states once
     which weights the model got (its build record's ``pretrained``)."""
-    note = WeightsNote(weights)
+    note, records = WeightsNote(weights), []
     logger = logging.getLogger("kpnb.model")
-    built: list[logging.LogRecord] = []
-
-    class _Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if hasattr(record, "kpnb_build"):
-                built.append(record)
-            else:
-                note.messages.append(record.getMessage())
-
-    keep, propagate, level = _Keep(logging.DEBUG), logger.propagate, logger.level
+    keep = logging.Handler(logging.DEBUG)
+    keep.emit = records.append
+    propagate, level = logger.propagate, logger.level
     logger.addHandler(keep)
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
@@ -122,6 +115,8 @@ def noting_weights(weights) -> Iterator[WeightsNote]:
         logger.removeHandler(keep)
         logger.propagate = propagate
         logger.setLevel(level)
+    built = [r for r in records if hasattr(r, "kpnb_build")]
+    note.messages = [r.getMessage() for r in records if not hasattr(r, "kpnb_build")]
     if built and not built[-1].kpnb_build["pretrained"] and weights is not None:
         note.weights, note.why = "random", built[-1].kpnb_why or "asked for"
     elif built and isinstance(weights, str) and weights.lower() == "coco":
@@ -194,12 +189,6 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} minutes"
 
 
-def claim_minutes(seconds: float) -> str:
-    """The rounded minutes of a notebook intro's "about N minutes on a 2-core CPU"."""
-    minutes = seconds / 60
-    return f"{minutes:.0f}" if minutes >= 3 else f"{max(minutes, 0.1):.1f}"
-
-
 def _num(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -231,9 +220,8 @@ def render_run_table(record: dict) -> str:
         if run:
             detail += (
                 f": trained {run['epochs']} epoch{'' if run['epochs'] == 1 else 's'} "
-                f"({run['steps']} steps, {run['training_minutes']:.1f} min) from "
-                f"{run['weights']} weights, "
-                f"preset {run['preset']} at {run['size']} px"
+                f"({run['steps']} steps, {run['training_minutes']:.1f} min) from {run['weights']} "
+                f"weights, preset {run['preset']} at {run['size']} px"
             )
         lines.append(f"| notebook {name[:2]} | {detail} |")
     card = runs.get("04_finetune_keypoint_rcnn.ipynb", {})
@@ -273,7 +261,9 @@ def _update_claim(path: Path, seconds: float) -> None:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    claim = f"about {claim_minutes(seconds)} minutes on a 2-core CPU"
+    minutes = seconds / 60
+    rounded = f"{minutes:.0f}" if minutes >= 3 else f"{max(minutes, 0.1):.1f}"
+    claim = f"about {rounded} minutes on a 2-core CPU"
     nb.cells[0].source = TIME_CLAIM.sub(claim, nb.cells[0].source)
     nbformat.write(nb, path)
 
