@@ -21,10 +21,7 @@ from kpnb.errors import KpnbError
 
 __all__ = ["main", "get_args_parser"]
 
-log = logging.getLogger("kpnb")
 
-
-# -- the parser ---------------------------------------------------------------------------
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``kpnb`` parser with every registered subcommand."""
     from kpnb.config import version
@@ -50,26 +47,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-#: The flag that sets each library parameter a `KpnbError` can name (its ``params``).
-FLAGS = {
-    "label": "--label",
-    "image_root": "--images-root",
-    "images_root": "--images-root",
-    "skip_missing": "--skip-missing",
-    "points_as_skeleton": "--points-as-skeleton",
-    "flip_pairs": "--flip-pairs",
-    "skeletons_only": "--skeletons-only",
-    "overwrite": "--overwrite",
-    "rescale_images": "--rescale-images",
-    "weights": "--weights",
-    # a resumed run's settings (kpnb.checkpoint.TrainConfig)
-    "seed": "--seed",
-    "size": "--size",
-    "lr": "--lr",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "max_minutes": "--minutes",
-    "sigmas": "--sigmas",
+#: The flag that sets each library parameter a `KpnbError` can name (its ``params``): its
+#: name with dashes but for two; seed to sigmas and max_minutes are a resumed run's settings.
+FLAGS = {"image_root": "--images-root", "max_minutes": "--minutes"} | {
+    name: "--" + name.replace("_", "-")
+    for name in (
+        "label images_root skip_missing points_as_skeleton flip_pairs skeletons_only overwrite "
+        "rescale_images weights seed size lr epochs batch_size sigmas"
+    ).split()
 }
 
 

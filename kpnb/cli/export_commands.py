@@ -6,13 +6,10 @@ None of them needs torch, so they start fast.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from kpnb.cli._base import _command, _keyframes_arg, _overwrite_arg, _points_args, nonnegative_int
 from kpnb.errors import KpnbError
-
-log = logging.getLogger("kpnb")
 
 
 # -- synth --------------------------------------------------------------------------------
