@@ -45,7 +45,6 @@ __all__ = [
     "predict",
     "collect_predictions",
     "predictions_to_annotations",
-    "predictions_to_coco",
     "json_safe",
     "write_predictions",
 ]
@@ -439,29 +438,6 @@ def predictions_to_annotations(
     return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
 
 
-def predictions_to_coco(
-    preds: pd.DataFrame, image_ids: Sequence[int] | None = None, category_id: int = 1
-) -> list[dict]:
-    """`predict`'s table as a COCO results list, scored against an annotation file by
-    pycocotools when its ids are the file's: `image_ids` the file's id of each image, in
-    `predict`'s order (default 1..N); `category_id` the id of the predicted label's category
-    (`kpnb.coco.category_ids`)."""
-    results = []
-    for _, rows in preds.groupby("instance_id", sort=False):
-        flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
-        index = int(rows["image_index"].iloc[0])
-        image_id = int(image_ids[index]) if image_ids is not None else index + 1
-        results.append(
-            {
-                "image_id": image_id,
-                "category_id": category_id,
-                "keypoints": flat,
-                "score": float(rows["score"].iloc[0]),
-            }
-        )
-    return results
-
-
 def write_predictions(
     preds: pd.DataFrame,
     paths: Sequence,
@@ -470,25 +446,36 @@ def write_predictions(
     label: str,
     out: str | os.PathLike,
     image_ids: Sequence[int] | None = None,
-    names: Sequence[str] | None = None,
     category_id: int = 1,
 ) -> Path:
-    """`predict`'s table to `out`: ``.json`` COCO results (with `image_ids` and
-    `category_id`, the annotation file's ids: `predictions_to_coco`); else CVAT for images
-    1.1 pre-annotations for CVAT's "Upload annotations" of an existing task: ``.xml``, or
-    ``.zip`` holding ``annotations.xml`` (CVAT's loader takes either). `names`: each
-    image's name in the task (default: its file name; CVAT matches a name to the task's
-    image of that path, else of that file name)."""
+    """`predict`'s table to `out`: ``.json`` COCO results, scored against an annotation file
+    by pycocotools when `image_ids` (each image's, in `predict`'s order; default 1..N) and
+    `category_id` (`kpnb.coco.category_ids`) are the file's; else CVAT for images 1.1
+    pre-annotations for CVAT's "Upload annotations" of an existing task: ``.xml``, or
+    ``.zip`` holding ``annotations.xml`` (CVAT's loader takes either), each image named by
+    its file name (CVAT matches it to the task's image of that path, else of that name)."""
     from kpnb.io import atomic_path, write_zip
 
     out = Path(out)
     if out.suffix.lower() == ".json":
+        results = []
+        for _, rows in preds.groupby("instance_id", sort=False):
+            index = int(rows["image_index"].iloc[0])
+            flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3)
+            results.append(
+                {
+                    "image_id": int(image_ids[index]) if image_ids is not None else index + 1,
+                    "category_id": category_id,
+                    "keypoints": flat.tolist(),
+                    "score": float(rows["score"].iloc[0]),
+                }
+            )
         with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids, category_id)))
+            tmp.write_text(json.dumps(results))
         return out
     from kpnb.cvat import write_cvat
 
-    names = [Path(p).name for p in paths] if names is None else [str(n) for n in names]
+    names = [Path(p).name for p in paths]
     ann = predictions_to_annotations(preds, names, sizes, skeleton, label)
     if out.suffix.lower() != ".zip":
         write_cvat(ann, out)

@@ -177,10 +177,9 @@ def run_predict(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             on_batch=bar.update,
         )
-    # Each image's name in the upload is its file name: CVAT's importer matches a name
-    # (without extension) to the task image of that path, else to one whose path ends with it.
-    names = [path.name for path in args.images]
-    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    # The upload names each image by its file name: CVAT matches a name (without extension)
+    # to the task image of that path, else to one whose path ends with it.
+    repeated = sorted(n for n, c in Counter(p.name for p in args.images).items() if c > 1)
     if repeated:
         log.warning(
             "%d image names repeat (e.g. %r): CVAT matches uploaded annotations to a "
@@ -189,9 +188,7 @@ def run_predict(args: argparse.Namespace) -> int:
             repeated[0],
         )
     sizes = [image_size(p) for p in args.images]
-    write_predictions(
-        preds, args.images, sizes, skeleton, label, args.out, image_ids, names, category_id
-    )
+    write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids, category_id)
     if args.viz:
         from kpnb.viz import draw_instances
 
