@@ -1,10 +1,6 @@
-"""The ``kpnb`` command line: one command, one subcommand per stage.
-
-Each subcommand is a pair: ``add_<name>_arguments(parser)`` declares its flags and
-``run_<name>(args) -> int`` does the work by calling the library. ``kpnb --help`` lists
-them; ``kpnb NAME --help`` shows flags, defaults and an example. Input problems
-(`kpnb.errors.KpnbError`, a missing or forbidden path) print one line and exit 2; anything
-else keeps its traceback.
+"""The ``kpnb`` command line: one subcommand per stage, each an ``add_<name>_arguments``
+(its flags) and a ``run_<name>`` (calls the library). Input problems (`KpnbError`, a
+missing or forbidden path) print one line and exit 2; anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -88,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = get_args_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad flag (argparse printed why)
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )

@@ -121,13 +121,6 @@ def _labels_used(ann, label: str) -> str:
     return line
 
 
-@_command(
-    "train",
-    "fine-tune Keypoint R-CNN on an export and keep the best checkpoint",
-    "kpnb train synthetic --epochs 1 --size 256 --out runs/demo --weights none\n"
-    "  kpnb train my_export.zip --epochs 30 --out runs/v1 --weights coco --minutes 60\n"
-    "  torchrun --nproc_per_node 2 -m kpnb train synthetic --epochs 5 --out runs/ddp",
-)
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
     p.add_argument(
@@ -174,7 +167,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-@add_train_arguments.runner
+@_command(
+    "train",
+    "fine-tune Keypoint R-CNN on an export and keep the best checkpoint",
+    "kpnb train synthetic --epochs 1 --size 256 --out runs/demo --weights none\n"
+    "  kpnb train my_export.zip --epochs 30 --out runs/v1 --weights coco --minutes 60\n"
+    "  torchrun --nproc_per_node 2 -m kpnb train synthetic --epochs 5 --out runs/ddp",
+    add_train_arguments,
+)
 def run_train(args: argparse.Namespace) -> int:
     from kpnb.checkpoint import Checkpoint
     from kpnb.dataset import make_loaders
@@ -282,11 +282,6 @@ def _take_the_runs_flags(args, run) -> None:
 
 
 # -- evaluate -----------------------------------------------------------------------------
-@_command(
-    "evaluate",
-    "OKS AP, PCK and pixel error of a checkpoint on the validation images of its run",
-    "kpnb evaluate runs/demo/best.pth synthetic --out runs/demo/metrics.json",
-)
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
     _dataset_args(p, from_checkpoint=True)
@@ -299,7 +294,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every image, not only validation ones")
 
 
-@add_evaluate_arguments.runner
+@_command(
+    "evaluate",
+    "OKS AP, PCK and pixel error of a checkpoint on the validation images of its run",
+    "kpnb evaluate runs/demo/best.pth synthetic --out runs/demo/metrics.json",
+    add_evaluate_arguments,
+)
 def run_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 

@@ -14,11 +14,6 @@ from kpnb.errors import KpnbError
 log = logging.getLogger("kpnb")
 
 
-@_command(
-    "predict",
-    "detect keypoints in images and write CVAT XML (pre-annotations to upload) or COCO results",
-    "kpnb predict runs/demo/best.pth photos/*.jpg --out preds.xml --viz preds/",
-)
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument(
@@ -130,7 +125,12 @@ def _images_in_folders(paths: list[Path]) -> list[Path]:
     return out
 
 
-@add_predict_arguments.runner
+@_command(
+    "predict",
+    "detect keypoints in images and write CVAT XML (pre-annotations to upload) or COCO results",
+    "kpnb predict runs/demo/best.pth photos/*.jpg --out preds.xml --viz preds/",
+    add_predict_arguments,
+)
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
