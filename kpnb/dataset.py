@@ -121,31 +121,23 @@ def _training_view(ann: Annotations, label: str, flip_pairs=None) -> Annotations
 class KeypointDataset(Dataset):
     """Keypoint R-CNN samples for one skeleton label of an export.
 
-    Args:
-        annotations: tables from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
-            `kpnb.synthetic.synthesize`; one-point-per-label layouts first need
-            `kpnb.grouping.points_to_skeleton`.
-        image_root: the export folder (holding ``images/``).
-        skeleton_label: the skeleton (or multi-coordinate ``<points>``) label to learn.
-        transforms: a v2 pipeline on ``(image, target)`` (`kpnb.transforms`); ``None``
-            keeps the original size.
-        indices: the ``image_index`` values to include; default all.
-        skip_missing: leave out images whose file is missing instead of failing.
-        rescale_images: resize an image whose size differs from the annotations' (default:
-            refuse it, `kpnb.images.load_image`).
-        box_margin, min_box: the box of an instance with no grouped box, from its points
-            (`kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the defaults' box).
+    `annotations` come from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
+    `kpnb.synthetic.synthesize` (one-point-per-label layouts first need
+    `kpnb.grouping.points_to_skeleton`); `image_root` is the export folder (holding
+    ``images/``); `skeleton_label` a skeleton (or multi-coordinate ``<points>``) label;
+    `transforms` a v2 pipeline on ``(image, target)`` (`kpnb.transforms`; ``None`` keeps the
+    original size); `indices` the ``image_index`` values to include (default all).
+    `skip_missing` leaves out images whose file is missing instead of failing;
+    `rescale_images` resizes an image whose size differs from the annotations' (default:
+    refused). `box_margin` and `min_box` make the box of an instance with no grouped box
+    (`kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the defaults' box).
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
     ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
     ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area`` (the file's own,
-    scaled with the image, else the box's), ``iscrowd``. A box without labelled points
-    (COCO's ``num_keypoints: 0``) is a box-only target; an image with no instance is a
-    negative with empty tensors.
-
-    Raises:
-        KpnbError: `skeleton_label` is not a skeleton; or image files are missing or
-            unreadable (one error lists them all).
+    scaled with the image, else the box's), ``iscrowd``. A box without labelled points is a
+    box-only target; an image with no instance a negative with empty tensors. A KpnbError
+    names a label that is not a skeleton, or every missing or unreadable image file.
     """
 
     def __init__(
@@ -282,11 +274,7 @@ def split_indices(
 ) -> tuple[list[int], list[int]]:
     """Train and validation ``image_index`` lists: by CVAT subset when the export has them
     (test counts as validation), else a seeded random split of `val_fraction` that keeps at
-    least one image on each side.
-
-    Raises:
-        ValueError: fewer than 2 images, so there is nothing to split.
-    """
+    least one image on each side (a KpnbError for fewer than 2 images)."""
     images = ann.images
     if len(images) < 2:
         raise KpnbError(
@@ -335,11 +323,9 @@ def make_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders with the preset transforms (train shuffled, seeded).
 
-    The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or
-    indices, else derived from the names); with no pairs the flip is off and logged so.
-    ``flip="plain"`` uses torchvision's ``v2.RandomHorizontalFlip`` instead, which swaps
-    nothing, and ``flip="off"`` never flips (`kpnb.transforms.FLIPS`).
-    """
+    The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or indices,
+    else derived from the names; with none the flip is off, logged). ``flip="plain"`` is
+    torchvision's ``v2.RandomHorizontalFlip`` (swaps nothing), ``"off"`` never flips."""
     ann = _training_view(ann, skeleton_label, flip_pairs)
     skeleton = ann.skeletons[skeleton_label]
     perm = skeleton.flip_indices if skeleton.flip_pairs else None
@@ -451,12 +437,9 @@ def check_export(
     skeleton_label: str | None = None,
     flip_pairs: Sequence[tuple] | None = None,
 ) -> pd.DataFrame:
-    """Is this export ready to train on? One row per check: ``ok``, and what was found.
-
-    Checks image files, a skeleton label and its instances, visible points, the boxes the
-    model will train with (degenerate ones flagged), left/right pairs for the flip,
-    subsets for the split; every row can fail. Shapes kpnb does not use are logged.
-    """
+    """Is this export ready to train on? One row per check (``ok`` and what was found):
+    image files, a skeleton label and its instances, visible points, the boxes the model
+    trains with (degenerate ones flagged), flip pairs, the split. Unused shapes are logged."""
     images = ann.images
     missing = [
         str(r.name)

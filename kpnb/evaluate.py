@@ -100,11 +100,9 @@ class ImageResult:
 
 @dataclass
 class EvalResult:
-    """``metrics`` (AP..., PCK@a, mean_px_error) and a ``per_keypoint`` table.
-
-    A metric with nothing to measure (no ground truth in its range, no labelled or matched
-    point) is None, written as null; it is never reported as 0.
-    """
+    """``metrics`` (AP..., PCK@a, mean_px_error) and a ``per_keypoint`` table. A metric with
+    nothing to measure (no ground truth in its range, no labelled or matched point) is None
+    (JSON null), never 0."""
 
     metrics: dict
     per_keypoint: pd.DataFrame
@@ -166,11 +164,8 @@ def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
 
 
 def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
-    """COCO OKS AP, AP50, AP75, APm, APl from pycocotools with per-keypoint `sigmas`.
-
-    None where there is no ground truth to score (none at all, or none in an area range);
-    0.0 when there is ground truth but no detection.
-    """
+    """COCO OKS AP, AP50, AP75, APm, APl from pycocotools with per-keypoint `sigmas`: None
+    where there is no ground truth to score (in an area range), 0.0 where nothing detected."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -199,12 +194,9 @@ def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
 
 def match_instances(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
     """For each ground-truth instance of `r`, the index into ``r.boxes`` of its prediction
-    (-1: none), as PCK, pixel errors and `kpnb.viz.compare_predictions` count them.
-
-    Predictions are taken in descending score; each goes to the free ground-truth
-    instance its box overlaps most, if that box IoU is at least `iou_threshold`. So a
-    duplicate detection of an already matched instance stays unmatched, as in COCO's.
-    """
+    (-1: none). By descending score, each prediction goes to the free ground-truth instance
+    its box overlaps most if their IoU is at least `iou_threshold`: a duplicate detection
+    of a matched instance stays unmatched, as in COCO's matching."""
     match = [-1] * len(r.gt_boxes)
     if not len(r.gt_boxes) or not len(r.boxes):
         return match
