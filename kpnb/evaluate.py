@@ -111,15 +111,11 @@ class EvalResult:
     def to_json(self, path: str | os.PathLike) -> Path:
         from kpnb.io import atomic_path
 
-        doc = {
-            "metrics": self.metrics,
-            "sigmas": self.sigmas,
-            "per_keypoint": self.per_keypoint.reset_index().to_dict(orient="records"),
-        }
-        path = Path(path)
-        with atomic_path(path) as tmp:
+        records = self.per_keypoint.reset_index().to_dict(orient="records")
+        doc = {"metrics": self.metrics, "sigmas": self.sigmas, "per_keypoint": records}
+        with atomic_path(Path(path)) as tmp:
             tmp.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False))
-        return path
+        return Path(path)
 
 
 def _xywh(b: np.ndarray) -> list[float]:
