@@ -341,9 +341,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"{len(ds)} {'images' if args.all else 'validation images'} at {args.size} px")
     for name, v in result.metrics.items():  # aligned; a missing value (None) shows as n/a
         print(f"{name:>18s}  {'n/a' if v is None else f'{v:.4f}' if isinstance(v, float) else v}")
-    print()
-    print(result.per_keypoint.round(3).to_string())
-    print(f"\nwrote {out}")
+    print(f"\n{result.per_keypoint.round(3).to_string()}\n\nwrote {out}")
     return 0
 
 

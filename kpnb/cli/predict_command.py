@@ -145,7 +145,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.viz is not None:
         check_output(args.viz, directory=True, overwrite=args.overwrite)
     if args.images_root is not None:
-        args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
+        args.images = [args.images_root / p for p in args.images]  # an absolute p stays p
     args.images = _images_in_folders(args.images)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing and not args.skip_missing:
