@@ -261,8 +261,9 @@ def _take_the_runs_flags(args, run) -> None:
     """--resume: each flag left out takes the run's value; a flag given with another value
     than the run's is refused, naming the flag and both values (a new seed would change
     the split mid-run, a new size or lr the images and the schedule)."""
-    config, same = run.config, ("size", "lr", "seed", "batch_size", "epochs")
-    runs = {"preset": run.build["preset"]} | {name: getattr(config, name) for name in same}
+    config = run.config
+    runs = {"preset": run.build["preset"]}
+    runs |= {name: getattr(config, name) for name in ("size", "lr", "seed", "batch_size", "epochs")}
     runs |= {"minutes": config.max_minutes, "sigmas": config.sigmas}
     if run.label is not None:  # a run made in Python may not know its label
         runs["label"] = run.label
