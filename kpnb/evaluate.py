@@ -1,15 +1,16 @@
 """Honest keypoint metrics and predictions as tidy tables.
 
-* OKS AP (AP, AP50, AP75, APm, APl) by pycocotools' ``COCOeval``, one sigma per keypoint:
-  COCO's for names like its 17 person points, else ``DEFAULT_SIGMA`` = 0.05 (between COCO's
-  face, 0.025-0.035, and body points, 0.06-0.11). Ground truth without labelled points is
+* OKS AP (AP, AP50, AP75, APm, APl) by pycocotools' ``COCOeval``, one sigma per keypoint
+  (`default_sigmas`: COCO's for names like its 17 person points, else ``DEFAULT_SIGMA`` =
+  0.05, between COCO's face, 0.025-0.035, and body points, 0.06-0.11; pass your own when you
+  know how precisely each point can be placed). Ground truth without labelled points is
   ignored (``num_keypoints == 0``); OKS uses the file's ``area``.
 * PCK@0.05/0.1/0.2: the share of labelled points whose matched prediction lies within
   alpha x the longer side of the ground-truth box (`match_instances`: box IoU >= 0.5);
   points of an unmatched instance are misses.
 * Mean pixel error per keypoint over matched, labelled points.
 
-Keypoint R-CNN always predicts v=1, so predictions carry a ``keypoint_score`` instead.
+Keypoint R-CNN does not learn visibility (always v=1): predictions carry a ``keypoint_score``.
 """
 
 from __future__ import annotations
