@@ -53,29 +53,36 @@ def _side(value) -> float:
     return float(value) if pd.notna(value) else np.inf
 
 
-def _image_instances(
-    rows: pd.DataFrame,
-    k: int,
-    image_index: int,
-    size: tuple[float, float],
-    grouped: dict,
-    margin: float,
-    min_box: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One image's instances of a label (`rows` sorted by instance, `k` points each): ``xy``,
-    ``vis``, float32 xyxy ``boxes`` and ``own``, True where the box is grouped with the
-    instance rather than made from its points (`kpnb.boxes.boxes_from_points`)."""
-    n = len(rows) // k
-    xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
-    vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
-    boxes = boxes_from_points(xy, vis, *size, margin=margin, min_fraction=min_box)
-    boxes = boxes.astype(np.float32)
-    own = np.zeros(n, bool)
-    for i, g in enumerate(rows["group_id"].to_numpy()[::k]):
-        box = grouped.get((image_index, int(g))) if g else None
-        if box is not None:
-            boxes[i], own[i] = box, True
-    return xy, vis, boxes, own
+def _instances(
+    ann: Annotations, label: str, images: pd.DataFrame, margin: float, min_box: float
+) -> dict:
+    """Per image of `images` holding instances of `label`: their ``ids``, ``xy``, ``vis``,
+    float32 xyxy ``boxes`` and ``own``, True where the box is grouped with the instance
+    rather than made from its points (`kpnb.boxes.boxes_from_points`)."""
+    k = ann.skeletons[label].num_keypoints
+    kp = ann.keypoints[ann.keypoints["label"] == label]
+    kp = kp[kp["image_index"].isin(images["image_index"])]
+    kp = kp.sort_values(["image_index", "instance_id", "point_index"])
+    grouped, sizes = ann.grouped_boxes(), images.set_index("image_index")
+    out = {}
+    for image, rows in kp.groupby("image_index", sort=False):
+        n = rows["instance_id"].nunique()
+        if len(rows) != n * k:
+            raise KpnbError(
+                f"label {label!r}: {ann.describe_image(int(image))} has "
+                f"{len(rows)} points for {n} instances, not {k} each"
+            )
+        xy = rows[["x", "y"]].to_numpy(np.float32).reshape(n, k, 2)
+        vis = rows["visibility"].to_numpy(np.uint8).reshape(n, k)
+        w, h = _side(sizes.at[image, "width"]), _side(sizes.at[image, "height"])
+        boxes = boxes_from_points(xy, vis, w, h, margin=margin, min_fraction=min_box)
+        boxes, own = boxes.astype(np.float32), np.zeros(n, bool)
+        for i, g in enumerate(rows["group_id"].to_numpy()[::k]):
+            box = grouped.get((image, int(g))) if g else None
+            if box is not None:
+                boxes[i], own[i] = box, True
+        out[image] = rows["instance_id"].to_numpy()[::k], xy, vis, boxes, own
+    return out
 
 
 def _usable(ann: Annotations) -> tuple[list[str], list[str]]:
@@ -84,15 +91,19 @@ def _usable(ann: Annotations) -> tuple[list[str], list[str]]:
     return list(ann.skeletons) + multi, [lab for lab in ann.plain_labels() if lab not in multi]
 
 
-def _training_view(ann: Annotations, label: str) -> Annotations:
-    """`ann` with `label` usable as a skeleton: a multi-coordinate ``<points>`` label
-    becomes one instance per shape (points ``1..n``); any other non-skeleton is refused."""
+def _training_view(ann: Annotations, label: str, flip_pairs=None) -> Annotations:
+    """`ann` with `label` usable as a skeleton (with explicit left/right `flip_pairs` if
+    given): a multi-coordinate ``<points>`` label becomes one instance per shape (points
+    ``1..n``); any other non-skeleton is refused."""
     from kpnb.grouping import points_as_instances
 
     if label not in ann.skeletons and label in ann.multi_point_labels():
-        return points_as_instances(ann, [label])
+        ann = points_as_instances(ann, [label])
     if label in ann.skeletons:
-        return ann
+        if flip_pairs is None:
+            return ann
+        skeleton = ann.skeletons[label].with_flip_pairs(flip_pairs)
+        return replace(ann, skeletons={**ann.skeletons, label: skeleton})
     usable, one_point = _usable(ann)
     hint = ""
     if one_point:
@@ -110,31 +121,23 @@ def _training_view(ann: Annotations, label: str) -> Annotations:
 class KeypointDataset(Dataset):
     """Keypoint R-CNN samples for one skeleton label of an export.
 
-    Args:
-        annotations: tables from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
-            `kpnb.synthetic.synthesize`; one-point-per-label layouts first need
-            `kpnb.grouping.points_to_skeleton`.
-        image_root: the export folder (holding ``images/``).
-        skeleton_label: the skeleton (or multi-coordinate ``<points>``) label to learn.
-        transforms: a v2 pipeline on ``(image, target)`` (`kpnb.transforms`); ``None``
-            keeps the original size.
-        indices: the ``image_index`` values to include; default all.
-        skip_missing: leave out images whose file is missing instead of failing.
-        rescale_images: resize an image whose size differs from the annotations' (default:
-            refuse it, `kpnb.images.load_image`).
-        box_margin, min_box: the box of an instance with no grouped box, from its points
-            (`kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the defaults' box).
+    `annotations` come from `kpnb.cvat.read_cvat`, `kpnb.coco.read_coco` or
+    `kpnb.synthetic.synthesize` (one-point-per-label layouts first need
+    `kpnb.grouping.points_to_skeleton`); `image_root` is the export folder (holding
+    ``images/``); `skeleton_label` a skeleton (or multi-coordinate ``<points>``) label;
+    `transforms` a v2 pipeline on ``(image, target)`` (`kpnb.transforms`; ``None`` keeps the
+    original size); `indices` the ``image_index`` values to include (default all).
+    `skip_missing` leaves out images whose file is missing instead of failing;
+    `rescale_images` resizes an image whose size differs from the annotations' (default:
+    refused). `box_margin` and `min_box` make the box of an instance with no grouped box
+    (`kpnb.boxes.boxes_from_points`; `kpnb.coco.to_coco` writes the defaults' box).
 
     ``dataset[i]`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` in 0-1;
     ``target`` has ``boxes`` float32 ``[N, 4]`` xyxy, ``labels`` int64 ``[N]`` (1),
     ``keypoints`` float32 ``[N, K, 3]`` (x, y, v), ``image_id``, ``area`` (the file's own,
-    scaled with the image, else the box's), ``iscrowd``. A box without labelled points
-    (COCO's ``num_keypoints: 0``) is a box-only target; an image with no instance is a
-    negative with empty tensors.
-
-    Raises:
-        KpnbError: `skeleton_label` is not a skeleton; or image files are missing or
-            unreadable (one error lists them all).
+    scaled with the image, else the box's), ``iscrowd``. A box without labelled points is a
+    box-only target; an image with no instance a negative with empty tensors. A KpnbError
+    names a label that is not a skeleton, or every missing or unreadable image file.
     """
 
     def __init__(
@@ -177,12 +180,12 @@ class KeypointDataset(Dataset):
 
     def _build(self, ann: Annotations, images: pd.DataFrame, margin: float, min_box: float):
         """An `_Item` per image of `images` whose file is there, and the missing names."""
-        kp = ann.keypoints[ann.keypoints["label"] == self.label]
-        kp = kp.sort_values(["image_index", "instance_id", "point_index"])
-        per_image = {i: g for i, g in kp.groupby("image_index", sort=False)}
-        grouped, coco = ann.grouped_boxes(), ann.meta.get("coco_annotations")
-        areas = {}  # instance_id -> area, as a COCO file gave it
-        if coco is not None:
+        k = self.skeleton.num_keypoints
+        instances = _instances(ann, self.label, images, margin, min_box)
+        none = (np.zeros(0, int), np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.uint8))
+        none += (np.zeros((0, 4), np.float32), np.zeros(0, bool))
+        areas, coco = {}, ann.meta.get("coco_annotations")
+        if coco is not None:  # instance_id -> area, as a COCO file gave it
             area = pd.to_numeric(coco["area"], errors="coerce").tolist()
             areas = dict(zip(coco["instance_id"].tolist(), area, strict=True))
         items, missing = [], []
@@ -191,36 +194,16 @@ class KeypointDataset(Dataset):
             if path is None or not os.access(path, os.R_OK) or not path.stat().st_size:
                 missing.append(f"{str(img.name)} (image id {int(img.image_id)})")
                 continue
-            rows = per_image.get(img.image_index)
-            items.append(self._item(ann, img, path, rows, grouped, areas, margin, min_box))
+            ids, xy, vis, boxes, own = instances.get(img.image_index, none)
+            # An instance teaches something with a labelled point, or with its own box
+            # (a box-only target, like COCO's persons with num_keypoints 0).
+            keep = (vis > 0).any(axis=1) | own
+            area = np.array([areas.get(int(i), np.nan) for i in ids[keep]], np.float32)
+            size = (int(img.height), int(img.width)) if pd.notna(img.height) else (0, 0)
+            xy = np.nan_to_num(xy[keep])  # absent points: any finite value, v=0 says ignore
+            arrays = (boxes[keep], xy, vis[keep], area if areas else None)
+            items.append(_Item(path, int(img.image_id), size, *arrays))
         return items, missing
-
-    def _item(self, ann, img, path, rows, grouped, areas, margin, min_box) -> _Item:
-        """The arrays of one image: its instances that teach something."""
-        k = self.skeleton.num_keypoints
-        size = (int(img.height), int(img.width)) if pd.notna(img.height) else (0, 0)
-        if rows is None:
-            empty = np.zeros((0, k, 2), np.float32), np.zeros((0, k), np.uint8)
-            return _Item(path, int(img.image_id), size, np.zeros((0, 4), np.float32), *empty)
-        n = rows["instance_id"].nunique()
-        if len(rows) != n * k:
-            raise KpnbError(
-                f"label {self.label!r}: {ann.describe_image(int(img.image_index))} has "
-                f"{len(rows)} points for {n} instances, not {k} each"
-            )
-        wh = (_side(img.width), _side(img.height))
-        xy, vis, boxes, own = _image_instances(
-            rows, k, img.image_index, wh, grouped, margin, min_box
-        )
-        # An instance teaches something with a labelled point, or with its own box
-        # (a box-only target, like COCO's persons with num_keypoints 0).
-        keep = (vis > 0).any(axis=1) | own
-        area = None
-        if areas:
-            ids = rows["instance_id"].to_numpy()[::k][keep]
-            area = np.array([areas.get(int(i), np.nan) for i in ids], np.float32)
-        xy = np.nan_to_num(xy[keep])  # absent points: any finite value, v=0 says ignore
-        return _Item(path, int(img.image_id), size, boxes[keep], xy, vis[keep], area)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -291,11 +274,7 @@ def split_indices(
 ) -> tuple[list[int], list[int]]:
     """Train and validation ``image_index`` lists: by CVAT subset when the export has them
     (test counts as validation), else a seeded random split of `val_fraction` that keeps at
-    least one image on each side.
-
-    Raises:
-        ValueError: fewer than 2 images, so there is nothing to split.
-    """
+    least one image on each side (a KpnbError for fewer than 2 images)."""
     images = ann.images
     if len(images) < 2:
         raise KpnbError(
@@ -326,34 +305,6 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def _with_pairs(ann: Annotations, label: str, flip_pairs) -> Annotations:
-    """`ann` with `label`'s skeleton carrying explicit left/right `flip_pairs`."""
-    if flip_pairs is None:
-        return ann
-    skeletons = {**ann.skeletons, label: ann.skeletons[label].with_flip_pairs(flip_pairs)}
-    return replace(ann, skeletons=skeletons)
-
-
-def _training_skeleton(
-    ann: Annotations, label: str, flip_pairs: Sequence[tuple] | None
-) -> tuple[Annotations, list[int] | None]:
-    """`ann` ready to train `label` on, and the flip permutation (``None``: flip off, logged)."""
-    ann = _with_pairs(_training_view(ann, label), label, flip_pairs)
-    skeleton = ann.skeletons[label]
-    flip = skeleton.flip_indices if skeleton.flip_pairs else None
-    if flip is None:
-        log.info("%r: %s", label, skeleton.flip_summary())
-    lonely = unpaired_sides(skeleton.keypoints, skeleton.pairs)
-    if lonely:
-        log.warning(
-            "%r: keypoints %s say left or right but have no partner; the flip "
-            "leaves them in place (pass flip_pairs to pair them)",
-            label,
-            lonely,
-        )
-    return ann, flip
-
-
 def make_loaders(
     ann: Annotations,
     image_root: str | os.PathLike,
@@ -372,12 +323,22 @@ def make_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders with the preset transforms (train shuffled, seeded).
 
-    The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or
-    indices, else derived from the names); with no pairs the flip is off and logged so.
-    ``flip="plain"`` uses torchvision's ``v2.RandomHorizontalFlip`` instead, which swaps
-    nothing, and ``flip="off"`` never flips (`kpnb.transforms.FLIPS`).
-    """
-    ann, perm = _training_skeleton(ann, skeleton_label, flip_pairs)
+    The training flip swaps the skeleton's left/right pairs (`flip_pairs`, names or indices,
+    else derived from the names; with none the flip is off, logged). ``flip="plain"`` is
+    torchvision's ``v2.RandomHorizontalFlip`` (swaps nothing), ``"off"`` never flips."""
+    ann = _training_view(ann, skeleton_label, flip_pairs)
+    skeleton = ann.skeletons[skeleton_label]
+    perm = skeleton.flip_indices if skeleton.flip_pairs else None
+    if perm is None:
+        log.info("%r: %s", skeleton_label, skeleton.flip_summary())
+    lonely = unpaired_sides(skeleton.keypoints, skeleton.pairs)
+    if lonely:
+        log.warning(
+            "%r: keypoints %s say left or right but have no partner; the flip "
+            "leaves them in place (pass flip_pairs to pair them)",
+            skeleton_label,
+            lonely,
+        )
     train_idx, val_idx = split_indices(ann, val_fraction, seed)
 
     dataset = partial(
@@ -419,20 +380,13 @@ def instance_boxes(
     per instance with ``image_index``, ``instance_id``, ``xtl ytl xbr ybr``, ``source``
     (``"grouped"``: its own box; ``"points"``: made from its points) and ``degenerate``."""
     ann = _training_view(ann, label)
-    k = ann.skeletons[label].num_keypoints
-    kp = ann.keypoints[ann.keypoints["label"] == label]
-    kp = kp.sort_values(["image_index", "instance_id", "point_index"])
-    grouped = ann.grouped_boxes()
-    sizes = ann.images.set_index("image_index")[["width", "height"]]
-    out = []
-    for image, rows in kp.groupby("image_index", sort=False):
-        w, h = _side(sizes.loc[image, "width"]), _side(sizes.loc[image, "height"])
-        _, _, boxes, own = _image_instances(rows, k, image, (w, h), grouped, box_margin, min_box)
-        side = min(w, h) if np.isfinite(min(w, h)) else 0.0  # unknown size: pixels alone
-        limit = max(DEGENERATE_PX, DEGENERATE_FRACTION * side)
+    sizes = ann.images.set_index("image_index")
+    instances, out = _instances(ann, label, ann.images, box_margin, min_box), []
+    for image, (ids, _, _, boxes, own) in instances.items():
+        side = min(_side(sizes.at[image, "width"]), _side(sizes.at[image, "height"]))
+        limit = max(DEGENERATE_PX, DEGENERATE_FRACTION * side if np.isfinite(side) else 0.0)
         thin = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < limit
-        ids = rows["instance_id"].to_numpy()[::k].tolist()
-        for i, box, o, t in zip(ids, boxes.tolist(), own, thin, strict=True):
+        for i, box, o, t in zip(ids.tolist(), boxes.tolist(), own, thin, strict=True):
             out.append((int(image), i, *box, "grouped" if o else "points", bool(t)))
     return pd.DataFrame(
         out,
@@ -444,30 +398,14 @@ def _row(check: str, ok: bool, detail: str) -> dict:
     return {"check": check, "ok": bool(ok), "detail": detail}
 
 
-def _check_images(ann: Annotations, root: Path) -> dict:
-    missing = [
-        str(r.name)
-        for r in ann.images.itertuples(index=False)
-        if find_image(root, str(r.name), r.subset) is None
-    ]
-    found = f"{len(ann.images) - len(missing)} of {len(ann.images)} found"
-    return _row(
-        "image files", not missing, found + (f"; missing e.g. {missing[:3]}" if missing else "")
-    )
-
-
-def _check_label(ann: Annotations, label: str | None) -> dict:
-    usable, one_point = _usable(ann)
-    detail = (
-        f"{label!r} of {usable}"
-        if usable
-        else f"none: for one <points> shape per keypoint ({one_point}) use "
-        "kpnb.grouping.points_to_skeleton"
-    )
-    return _row("skeleton label", label in usable, detail)
-
-
-def _check_boxes(view: Annotations, label: str) -> dict:
+def _check_skeleton(ann: Annotations, label: str, flip_pairs) -> list[dict]:
+    """Instances, labelled points, boxes and flip pairs of the skeleton `label`."""
+    view = _training_view(ann, label, flip_pairs)
+    sk = view.skeletons[label]
+    kp = view.keypoints[view.keypoints["label"] == label]
+    n_inst = kp["instance_id"].nunique()
+    edges = f"{len(sk.edges)} edges" if sk.edges else "no edges (pictures show points only)"
+    visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
     boxes = instance_boxes(view, label)
     bad = boxes[boxes["degenerate"]]
     grouped = int((boxes["source"] == "grouped").sum())
@@ -483,34 +421,14 @@ def _check_boxes(view: Annotations, label: str) -> dict:
             f"{view.describe_image(int(first['image_index']))}: "
             f"{first['xbr'] - first['xtl']:.1f} x {first['ybr'] - first['ytl']:.1f} px"
         )
-    return _row("instance boxes", bad.empty, detail)
-
-
-def _check_skeleton(ann: Annotations, label: str, flip_pairs) -> list[dict]:
-    """Instances, labelled points, boxes and flip pairs of the skeleton `label`."""
-    view = _with_pairs(_training_view(ann, label), label, flip_pairs)
-    sk = view.skeletons[label]
-    kp = view.keypoints[view.keypoints["label"] == label]
-    n_inst = kp["instance_id"].nunique()
-    edges = f"{len(sk.edges)} edges" if sk.edges else "no edges (pictures show points only)"
-    visible = (kp["visibility"] > 0).mean() if len(kp) else 0.0
-    shapes = f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}"
     return [
-        _row("instances", n_inst > 0, shapes),
+        _row(
+            "instances", n_inst > 0, f"{n_inst} instances of {sk.num_keypoints} keypoints, {edges}"
+        ),
         _row("labelled points", visible > 0.5, f"{visible:.0%} of points are labelled (v > 0)"),
-        _check_boxes(view, label),
+        _row("instance boxes", bad.empty, detail),
         _row("flip pairs", not unpaired_sides(sk.keypoints, sk.pairs), sk.flip_summary()),
     ]
-
-
-def _check_split(ann: Annotations) -> dict:
-    try:
-        train, val = split_indices(ann)
-    except ValueError:
-        train, val = list(ann.images["image_index"]), []
-    how = "by subset" if ann.images["subset"].notna().any() else "seeded random"
-    detail = f"{len(train)} / {len(val)} images ({how})"
-    return _row("train/validation split", len(val) > 0 and len(train) > 0, detail)
 
 
 def check_export(
@@ -519,18 +437,36 @@ def check_export(
     skeleton_label: str | None = None,
     flip_pairs: Sequence[tuple] | None = None,
 ) -> pd.DataFrame:
-    """Is this export ready to train on? One row per check: ``ok``, and what was found.
-
-    Checks image files, a skeleton label and its instances, visible points, the boxes the
-    model will train with (degenerate ones flagged), left/right pairs for the flip,
-    subsets for the split; every row can fail. Shapes kpnb does not use are logged.
-    """
-    usable, _ = _usable(ann)
+    """Is this export ready to train on? One row per check (``ok`` and what was found):
+    image files, a skeleton label and its instances, visible points, the boxes the model
+    trains with (degenerate ones flagged), flip pairs, the split. Unused shapes are logged."""
+    images = ann.images
+    missing = [
+        str(r.name)
+        for r in images.itertuples(index=False)
+        if find_image(Path(image_root), str(r.name), r.subset) is None
+    ]
+    found = f"{len(images) - len(missing)} of {len(images)} found"
+    found += f"; missing e.g. {missing[:3]}" if missing else ""
+    rows = [_row("image files", not missing, found)]
+    usable, one_point = _usable(ann)
     label = skeleton_label or next(iter(usable), None)
-    rows = [_check_images(ann, Path(image_root)), _check_label(ann, label)]
+    detail = (
+        f"{label!r} of {usable}"
+        if usable
+        else f"none: for one <points> shape per keypoint ({one_point}) use "
+        "kpnb.grouping.points_to_skeleton"
+    )
+    rows.append(_row("skeleton label", label in usable, detail))
     if label in usable:
         rows += _check_skeleton(ann, label, flip_pairs)
-    rows.append(_check_split(ann))
+    try:
+        train, val = split_indices(ann)
+    except ValueError:
+        train, val = list(images["image_index"]), []
+    how = "by subset" if images["subset"].notna().any() else "seeded random"
+    split = f"{len(train)} / {len(val)} images ({how})"
+    rows.append(_row("train/validation split", len(val) > 0 and len(train) > 0, split))
     skipped = ann.meta.get("skipped") or {}
     if skipped:  # not a problem (kpnb trains on keypoints), but worth knowing
         log.info("shapes kpnb does not use: %s", ", ".join(f"{k}: {v}" for k, v in skipped.items()))

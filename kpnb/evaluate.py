@@ -1,19 +1,16 @@
 """Honest keypoint metrics and predictions as tidy tables.
 
-* OKS AP (AP, AP50, AP75, APm, APl) computed by pycocotools' ``COCOeval`` with one sigma
-  per keypoint. Default sigmas (`default_sigmas`): COCO's for keypoints named like its 17
-  person points, else a uniform ``DEFAULT_SIGMA`` = 0.05, between COCO's face points
-  (0.025-0.035) and its body points (0.06-0.11); pass your own per-keypoint values when
-  you know how precisely each point can be placed. Ground truth without labelled points
-  is kept as ignored (COCOeval's ``num_keypoints == 0``) and OKS uses the file's ``area``.
-* PCK@0.05/0.1/0.2: the share of labelled ground-truth points whose matched prediction
-  lies within alpha x the longer side of the ground-truth box. Each ground-truth instance
-  is matched to the best-scoring unused prediction with box IoU >= 0.5
-  (`match_instances`); points of an unmatched instance count as misses.
+* OKS AP (AP, AP50, AP75, APm, APl) by pycocotools' ``COCOeval``, one sigma per keypoint
+  (`default_sigmas`: COCO's for names like its 17 person points, else ``DEFAULT_SIGMA`` =
+  0.05, between COCO's face, 0.025-0.035, and body points, 0.06-0.11; pass your own when you
+  know how precisely each point can be placed). Ground truth without labelled points is
+  ignored (``num_keypoints == 0``); OKS uses the file's ``area``.
+* PCK@0.05/0.1/0.2: the share of labelled points whose matched prediction lies within
+  alpha x the longer side of the ground-truth box (`match_instances`: box IoU >= 0.5);
+  points of an unmatched instance are misses.
 * Mean pixel error per keypoint over matched, labelled points.
 
-Keypoint R-CNN always predicts v=1 (it does not learn visibility), so predictions carry
-a per-keypoint ``keypoint_score`` instead.
+Keypoint R-CNN does not learn visibility (always v=1): predictions carry a ``keypoint_score``.
 """
 
 from __future__ import annotations
@@ -49,7 +46,6 @@ __all__ = [
     "predict",
     "collect_predictions",
     "predictions_to_annotations",
-    "predictions_to_coco",
     "json_safe",
     "write_predictions",
 ]
@@ -91,11 +87,6 @@ def json_safe(value):
     return value
 
 
-def model_device(model) -> torch.device:
-    """Where `model`'s parameters live: inference inputs go there."""
-    return next(model.parameters()).device
-
-
 @dataclass
 class ImageResult:
     """Ground truth and predictions of one image, in the same pixel frame."""
@@ -110,11 +101,9 @@ class ImageResult:
 
 @dataclass
 class EvalResult:
-    """``metrics`` (AP..., PCK@a, mean_px_error) and a ``per_keypoint`` table.
-
-    A metric with nothing to measure (no ground truth in its range, no labelled or matched
-    point) is None, written as null; it is never reported as 0.
-    """
+    """``metrics`` (AP..., PCK@a, mean_px_error) and a ``per_keypoint`` table. A metric with
+    nothing to measure (no ground truth in its range, no labelled or matched point) is None
+    (JSON null), never 0."""
 
     metrics: dict
     per_keypoint: pd.DataFrame
@@ -123,15 +112,11 @@ class EvalResult:
     def to_json(self, path: str | os.PathLike) -> Path:
         from kpnb.io import atomic_path
 
-        doc = {
-            "metrics": self.metrics,
-            "sigmas": self.sigmas,
-            "per_keypoint": self.per_keypoint.reset_index().to_dict(orient="records"),
-        }
-        path = Path(path)
-        with atomic_path(path) as tmp:
+        records = self.per_keypoint.reset_index().to_dict(orient="records")
+        doc = {"metrics": self.metrics, "sigmas": self.sigmas, "per_keypoint": records}
+        with atomic_path(Path(path)) as tmp:
             tmp.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False))
-        return path
+        return Path(path)
 
 
 def _xywh(b: np.ndarray) -> list[float]:
@@ -140,8 +125,6 @@ def _xywh(b: np.ndarray) -> list[float]:
 
 def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
     """Ground truth as a COCO dict and predictions as a COCO results list (for COCOeval)."""
-    k = next((r.gt_keypoints.shape[1] for r in results if r.gt_keypoints.size), 0)
-    k = k or next((r.keypoints.shape[1] for r in results if r.keypoints.size), 0)
     images, anns, dets = [], [], []
     for i, r in enumerate(results, start=1):
         images.append({"id": i, "width": 0, "height": 0, "file_name": str(i)})
@@ -174,22 +157,12 @@ def coco_dicts(results: Sequence[ImageResult]) -> tuple[dict, list[dict]]:
                     "keypoints": flat.reshape(-1).tolist(),
                 }
             )
-    gt = {
-        "images": images,
-        "annotations": anns,
-        "categories": [
-            {"id": 1, "name": "object", "keypoints": [str(j) for j in range(k)], "skeleton": []}
-        ],
-    }
-    return gt, dets
+    return {"images": images, "annotations": anns, "categories": [{"id": 1}]}, dets
 
 
 def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
-    """COCO OKS AP, AP50, AP75, APm, APl from pycocotools with per-keypoint `sigmas`.
-
-    None where there is no ground truth to score (none at all, or none in an area range);
-    0.0 when there is ground truth but no detection.
-    """
+    """COCO OKS AP, AP50, AP75, APm, APl from pycocotools with per-keypoint `sigmas`: None
+    where there is no ground truth to score (in an area range), 0.0 where nothing detected."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -218,12 +191,9 @@ def oks_ap(results: Sequence[ImageResult], sigmas: Sequence[float]) -> dict:
 
 def match_instances(r: ImageResult, iou_threshold: float = 0.5) -> list[int]:
     """For each ground-truth instance of `r`, the index into ``r.boxes`` of its prediction
-    (-1: none), as PCK, pixel errors and `kpnb.viz.compare_predictions` count them.
-
-    Predictions are taken in descending score; each goes to the free ground-truth
-    instance its box overlaps most, if that box IoU is at least `iou_threshold`. So a
-    duplicate detection of an already matched instance stays unmatched, as in COCO's.
-    """
+    (-1: none). By descending score, each prediction goes to the free ground-truth instance
+    its box overlaps most if their IoU is at least `iou_threshold`: a duplicate detection
+    of a matched instance stays unmatched, as in COCO's matching."""
     match = [-1] * len(r.gt_boxes)
     if not len(r.gt_boxes) or not len(r.boxes):
         return match
@@ -283,19 +253,17 @@ def keypoint_metrics(
 
 @torch.inference_mode()
 def collect_predictions(
-    model, loader, device: str | torch.device | None = None, label: int = 1
+    model, loader, device: str | torch.device | None = None
 ) -> list[ImageResult]:
-    """Run `model` over `loader` (images, targets) and keep both sides per image.
-
-    Images go to `device`, by default the model's own (`model_device`).
-    """
+    """Run `model` over `loader` (images, targets) and keep both sides per image; images go
+    to `device`, by default the model's."""
     model.eval()
-    device = model_device(model) if device is None else torch.device(device)
+    device = next(model.parameters()).device if device is None else torch.device(device)
     results = []
     for images, targets in loader:
         outputs = model([im.to(device, non_blocking=True) for im in images])
         for t, o in zip(targets, outputs, strict=True):
-            keep = o["labels"] == label
+            keep = o["labels"] == 1
             o = {k: v[keep].detach().cpu().numpy() for k, v in o.items()}
             if len(o["keypoints"]):  # the keypoint score in place of the constant v=1
                 o["keypoints"][..., 2] = o["keypoints_scores"]
@@ -340,18 +308,6 @@ class _Images(Dataset):
         return torch.as_tensor(im), name
 
 
-def _collate_images(batch):
-    return [im for im, _ in batch], [name for _, name in batch]
-
-
-_COLUMNS = (
-    "image_index image_name instance_id label keypoint point_index x y visibility score "
-    "keypoint_score"
-).split()
-#: The model outputs `predict` keeps, per detected instance.
-_KEPT = ("keypoints", "scores", "keypoints_scores")
-
-
 @torch.inference_mode()
 def predict(
     model,
@@ -361,7 +317,6 @@ def predict(
     *,
     score_threshold: float = 0.5,
     batch_size: int = 2,
-    device: str | torch.device | None = None,
     num_workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
@@ -371,18 +326,18 @@ def predict(
     ``image_name``, ``score`` (the instance's) and ``keypoint_score``.
 
     `images` (paths, PIL images or ``[3, H, W]`` tensors, uint8 or float 0-1) stream through
-    a DataLoader (`num_workers` workers for paths, default `kpnb.dataset.default_workers`),
-    so memory does not grow with their number. A batch pads its images to one size, which
-    moves predictions by up to a pixel or two; on a CPU `batch_size` 2 was fastest, 8 pads
-    more (``bench_train.py --predict``). `device`: default the model's; `on_batch` is called
-    with each batch's image count (a progress bar).
+    a DataLoader (`num_workers` workers for paths, default `kpnb.dataset.default_workers`)
+    to the model's device, so memory does not grow with their number. A batch pads its
+    images to one size, which moves predictions by up to a pixel or two; on a CPU
+    `batch_size` 2 was fastest, 8 pads more (``bench_train.py --predict``). `on_batch` is
+    called with each batch's image count (a progress bar).
     """
     from torch.utils.data import DataLoader
 
-    from kpnb.dataset import default_workers
+    from kpnb.dataset import collate_fn, default_workers
 
     model.eval()
-    device = model_device(model) if device is None else torch.device(device)
+    device = next(model.parameters()).device
     if num_workers is None:  # paths load in workers, images in memory in this process
         paths_only = all(isinstance(im, (str, os.PathLike)) for im in images)
         num_workers = default_workers() if paths_only else 0
@@ -390,28 +345,42 @@ def predict(
         _Images(images),
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=_collate_images,
+        collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
     )
-    frames, start, instance = [], 0, 0
+    image, names, kps, scores, kp_scores = [], [], [], [], []  # one entry per kept instance
+    seen = 0
     with _box_threshold(model, score_threshold):
-        for batch, names in loader:
+        for batch, batch_names in loader:
             batch = [t.to(device, non_blocking=True) for t in batch]
             found = model([t if t.is_floating_point() else t.float().div_(255) for t in batch])
-            for offset, out in enumerate(found):
+            for name, out in zip(batch_names, found, strict=True):
                 keep = out["scores"] >= score_threshold
-                n = int(keep.sum())
-                if n:
-                    kept = {k: out[k][keep].float().cpu().numpy() for k in _KEPT}
-                    where = (start + offset, names[offset], instance)
-                    frames.append(_instances_frame(kept, *where, skeleton, label))
-                    instance += n
-            start += len(batch)
+                image += [seen] * int(keep.sum())
+                names += [name] * int(keep.sum())
+                kps += list(out["keypoints"][keep].float().cpu().numpy())
+                scores += out["scores"][keep].float().cpu().tolist()
+                kp_scores += list(out["keypoints_scores"][keep].float().cpu().numpy())
+                seen += 1
             if on_batch is not None:
                 on_batch(len(batch))
-    if not frames:
-        return pd.DataFrame({c: [] for c in _COLUMNS})
-    return pd.concat(frames, ignore_index=True)[_COLUMNS]
+    n, k = len(scores), skeleton.num_keypoints
+    xy = np.array(kps, dtype=float).reshape(n, k, 3)
+    return pd.DataFrame(
+        {
+            "image_index": np.repeat(np.array(image, dtype=int), k),
+            "image_name": np.repeat(np.array(names, dtype=object), k),
+            "instance_id": np.repeat(np.arange(n), k),
+            "label": label,
+            "keypoint": np.tile(np.array(skeleton.keypoints), n),
+            "point_index": np.tile(np.arange(k), n),
+            "x": xy[..., 0].reshape(-1),
+            "y": xy[..., 1].reshape(-1),
+            "visibility": 2,
+            "score": np.repeat(np.array(scores, dtype=float), k),
+            "keypoint_score": np.array(kp_scores, dtype=float).reshape(-1),
+        }
+    )
 
 
 @contextlib.contextmanager
@@ -429,28 +398,6 @@ def _box_threshold(model, score_threshold: float):
         yield
     finally:
         heads.score_thresh = before
-
-
-def _instances_frame(found: dict, image_index, image_name, first, skeleton, label) -> pd.DataFrame:
-    """One image's kept detections (`found`: `_KEPT` as arrays) as `predict`'s rows, their
-    instance ids counting from `first`."""
-    kps = found["keypoints"]
-    n, k = len(kps), skeleton.num_keypoints
-    return pd.DataFrame(
-        {
-            "image_index": image_index,
-            "image_name": image_name,
-            "instance_id": np.repeat(np.arange(first, first + n), k),
-            "label": label,
-            "keypoint": np.tile(np.array(skeleton.keypoints), n),
-            "point_index": np.tile(np.arange(k), n),
-            "x": kps[..., 0].reshape(-1).astype(float),
-            "y": kps[..., 1].reshape(-1).astype(float),
-            "visibility": 2,
-            "score": np.repeat(found["scores"], k).astype(float),
-            "keypoint_score": found["keypoints_scores"].reshape(-1).astype(float),
-        }
-    )
 
 
 def predictions_to_annotations(
@@ -480,29 +427,6 @@ def predictions_to_annotations(
     return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
 
 
-def predictions_to_coco(
-    preds: pd.DataFrame, image_ids: Sequence[int] | None = None, category_id: int = 1
-) -> list[dict]:
-    """`predict`'s table as a COCO results list, scored against an annotation file by
-    pycocotools when its ids are the file's: `image_ids` the file's id of each image, in
-    `predict`'s order (default 1..N); `category_id` the id of the predicted label's category
-    (`kpnb.coco.category_ids`)."""
-    results = []
-    for _, rows in preds.groupby("instance_id", sort=False):
-        flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3).tolist()
-        index = int(rows["image_index"].iloc[0])
-        image_id = int(image_ids[index]) if image_ids is not None else index + 1
-        results.append(
-            {
-                "image_id": image_id,
-                "category_id": category_id,
-                "keypoints": flat,
-                "score": float(rows["score"].iloc[0]),
-            }
-        )
-    return results
-
-
 def write_predictions(
     preds: pd.DataFrame,
     paths: Sequence,
@@ -511,25 +435,36 @@ def write_predictions(
     label: str,
     out: str | os.PathLike,
     image_ids: Sequence[int] | None = None,
-    names: Sequence[str] | None = None,
     category_id: int = 1,
 ) -> Path:
-    """`predict`'s table to `out`: ``.json`` COCO results (with `image_ids` and
-    `category_id`, the annotation file's ids: `predictions_to_coco`); else CVAT for images
-    1.1 pre-annotations for CVAT's "Upload annotations" of an existing task: ``.xml``, or
-    ``.zip`` holding ``annotations.xml`` (CVAT's loader takes either). `names`: each
-    image's name in the task (default: its file name; CVAT matches a name to the task's
-    image of that path, else of that file name)."""
+    """`predict`'s table to `out`: ``.json`` COCO results, scored against an annotation file
+    by pycocotools when `image_ids` (each image's, in `predict`'s order; default 1..N) and
+    `category_id` (`kpnb.coco.category_ids`) are the file's; else CVAT for images 1.1
+    pre-annotations for CVAT's "Upload annotations" of an existing task: ``.xml``, or
+    ``.zip`` holding ``annotations.xml`` (CVAT's loader takes either), each image named by
+    its file name (CVAT matches it to the task's image of that path, else of that name)."""
     from kpnb.io import atomic_path, write_zip
 
     out = Path(out)
     if out.suffix.lower() == ".json":
+        results = []
+        for _, rows in preds.groupby("instance_id", sort=False):
+            index = int(rows["image_index"].iloc[0])
+            flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3)
+            results.append(
+                {
+                    "image_id": int(image_ids[index]) if image_ids is not None else index + 1,
+                    "category_id": category_id,
+                    "keypoints": flat.tolist(),
+                    "score": float(rows["score"].iloc[0]),
+                }
+            )
         with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(predictions_to_coco(preds, image_ids, category_id)))
+            tmp.write_text(json.dumps(results))
         return out
     from kpnb.cvat import write_cvat
 
-    names = [Path(p).name for p in paths] if names is None else [str(n) for n in names]
+    names = [Path(p).name for p in paths]
     ann = predictions_to_annotations(preds, names, sizes, skeleton, label)
     if out.suffix.lower() != ".zip":
         write_cvat(ann, out)

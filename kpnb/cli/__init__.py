@@ -1,10 +1,6 @@
-"""The ``kpnb`` command line: one command, one subcommand per stage.
-
-Each subcommand is a pair: ``add_<name>_arguments(parser)`` declares its flags and
-``run_<name>(args) -> int`` does the work by calling the library. ``kpnb --help`` lists
-them; ``kpnb NAME --help`` shows flags, defaults and an example. Input problems
-(`kpnb.errors.KpnbError`, a missing or forbidden path) print one line and exit 2; anything
-else keeps its traceback.
+"""The ``kpnb`` command line: one subcommand per stage, each an ``add_<name>_arguments``
+(its flags) and a ``run_<name>`` (calls the library). Input problems (`KpnbError`, a
+missing or forbidden path) print one line and exit 2; anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,10 +17,7 @@ from kpnb.errors import KpnbError
 
 __all__ = ["main", "get_args_parser"]
 
-log = logging.getLogger("kpnb")
 
-
-# -- the parser ---------------------------------------------------------------------------
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``kpnb`` parser with every registered subcommand."""
     from kpnb.config import version
@@ -50,26 +43,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-#: The flag that sets each library parameter a `KpnbError` can name (its ``params``).
-FLAGS = {
-    "label": "--label",
-    "image_root": "--images-root",
-    "images_root": "--images-root",
-    "skip_missing": "--skip-missing",
-    "points_as_skeleton": "--points-as-skeleton",
-    "flip_pairs": "--flip-pairs",
-    "skeletons_only": "--skeletons-only",
-    "overwrite": "--overwrite",
-    "rescale_images": "--rescale-images",
-    "weights": "--weights",
-    # a resumed run's settings (kpnb.checkpoint.TrainConfig)
-    "seed": "--seed",
-    "size": "--size",
-    "lr": "--lr",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "max_minutes": "--minutes",
-    "sigmas": "--sigmas",
+#: The flag that sets each library parameter a `KpnbError` can name (its ``params``): its
+#: name with dashes but for two; seed to sigmas and max_minutes are a resumed run's settings.
+FLAGS = {"image_root": "--images-root", "max_minutes": "--minutes"} | {
+    name: "--" + name.replace("_", "-")
+    for name in (
+        "label images_root skip_missing points_as_skeleton flip_pairs skeletons_only overwrite "
+        "rescale_images weights seed size lr epochs batch_size sigmas"
+    ).split()
 }
 
 
@@ -103,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = get_args_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a bad flag (argparse printed why)
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )

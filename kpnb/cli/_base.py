@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ _COMMANDS: dict[str, _Command] = {}
 
 
 # -- argument types: refuse bad values at parse time, with the flag named -----------------
-def _number(kind: type, text: str, ok: Callable[[float], bool], need: str):
+def _number(kind: type, ok: Callable[[float], bool], need: str, text: str):
     try:
         value = kind(text)
     except ValueError:
@@ -30,24 +31,10 @@ def _number(kind: type, text: str, ok: Callable[[float], bool], need: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (sizes, batch sizes, epochs)."""
-    return _number(int, text, lambda v: v >= 1, "a whole number >= 1")
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (counts, seeds, indices, workers)."""
-    return _number(int, text, lambda v: v >= 0, "a whole number >= 0")
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (learning rates, OKS sigmas)."""
-    return _number(float, text, lambda v: 0 < v < float("inf"), "a number > 0")
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number from 0 to 1 (score thresholds)."""
-    return _number(float, text, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+positive_int = partial(_number, int, lambda v: v >= 1, "a whole number >= 1")  # sizes, epochs
+nonnegative_int = partial(_number, int, lambda v: v >= 0, "a whole number >= 0")  # seeds, counts
+positive_float = partial(_number, float, lambda v: 0 < v < float("inf"), "a number > 0")
+fraction = partial(_number, float, lambda v: 0 <= v <= 1, "a number from 0 to 1")  # thresholds
 
 
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:
@@ -59,18 +46,14 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _command(name: str, help: str, example: str):
-    """Register ``add_arguments`` (decorated) with its ``run`` (set via ``.runner``)."""
+def _command(name: str, help: str, example: str, add_arguments):
+    """Register the decorated ``run`` as subcommand `name`, its flags from `add_arguments`."""
 
-    def wrap(add_arguments):
-        def runner(run):
-            _COMMANDS[name] = _Command(name, help, example, add_arguments, run)
-            return run
+    def register(run):
+        _COMMANDS[name] = _Command(name, help, example, add_arguments, run)
+        return run
 
-        add_arguments.runner = runner
-        return add_arguments
-
-    return wrap
+    return register
 
 
 def _points_args(p: argparse.ArgumentParser) -> None:

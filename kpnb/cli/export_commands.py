@@ -6,22 +6,13 @@ None of them needs torch, so they start fast.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from kpnb.cli._base import _command, _keyframes_arg, _overwrite_arg, _points_args, nonnegative_int
 from kpnb.errors import KpnbError
 
-log = logging.getLogger("kpnb")
-
 
 # -- synth --------------------------------------------------------------------------------
-@_command(
-    "synth",
-    "draw the synthetic CVAT export the tutorials use",
-    "kpnb synth --out data/synthetic --images 200 --seed 0\n"
-    "  kpnb synth --out data/toy --layout points --zip",
-)
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (or .zip with --zip)")
     p.add_argument(
@@ -40,7 +31,13 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     _overwrite_arg(p)
 
 
-@add_synth_arguments.runner
+@_command(
+    "synth",
+    "draw the synthetic CVAT export the tutorials use",
+    "kpnb synth --out data/synthetic --images 200 --seed 0\n"
+    "  kpnb synth --out data/toy --layout points --zip",
+    add_synth_arguments,
+)
 def run_synth(args: argparse.Namespace) -> int:
     from kpnb.synthetic import generate
 
@@ -52,12 +49,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 # -- data ---------------------------------------------------------------------------------
-@_command(
-    "data",
-    "fetch or make a dataset and print where it is",
-    "kpnb data synthetic\n  kpnb data cj-mills/cvat-keypoint-toy-dataset\n"
-    "  kpnb data https://example.org/my_export.zip --sha256 <hex>",
-)
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="'synthetic', a registered name, a URL of an export zip, or a path")
     p.add_argument("--root", type=Path, help="cache folder (default: $KPNB_CACHE or ~/.cache/kpnb)")
@@ -68,7 +59,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sha256", help="expected checksum of a URL's file")
 
 
-@add_data_arguments.runner
+@_command(
+    "data",
+    "fetch or make a dataset and print where it is",
+    "kpnb data synthetic\n  kpnb data cj-mills/cvat-keypoint-toy-dataset\n"
+    "  kpnb data https://example.org/my_export.zip --sha256 <hex>",
+    add_data_arguments,
+)
 def run_data(args: argparse.Namespace) -> int:
     from kpnb.data import get_dataset
 
@@ -80,17 +77,17 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 # -- info ---------------------------------------------------------------------------------
-@_command(
-    "info",
-    "summarise an export: counts, labels, skeletons, visibility",
-    "kpnb info data/synthetic\n  kpnb info my_task_export.zip",
-)
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
     _keyframes_arg(p)
     p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
 
 
-@add_info_arguments.runner
+@_command(
+    "info",
+    "summarise an export: counts, labels, skeletons, visibility",
+    "kpnb info data/synthetic\n  kpnb info my_task_export.zip",
+    add_info_arguments,
+)
 def run_info(args: argparse.Namespace) -> int:
     from kpnb.data import read_annotations
 
@@ -100,13 +97,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # -- convert ------------------------------------------------------------------------------
-@_command(
-    "convert",
-    "convert an export to COCO keypoints, CVAT XML, or CSV/parquet tables",
-    "kpnb convert data/synthetic --to coco out/person_keypoints_default.json\n"
-    "  kpnb convert toy.zip --to coco out/kp.json --points-as-skeleton face\n"
-    "  kpnb convert data/synthetic --to parquet out/tables",
-)
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     _keyframes_arg(p)
     p.add_argument("source", type=Path, help="CVAT export (xml, folder, zip) or COCO json")
@@ -126,7 +116,14 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-@add_convert_arguments.runner
+@_command(
+    "convert",
+    "convert an export to COCO keypoints, CVAT XML, or CSV/parquet tables",
+    "kpnb convert data/synthetic --to coco out/person_keypoints_default.json\n"
+    "  kpnb convert toy.zip --to coco out/kp.json --points-as-skeleton face\n"
+    "  kpnb convert data/synthetic --to parquet out/tables",
+    add_convert_arguments,
+)
 def run_convert(args: argparse.Namespace) -> int:
     from kpnb.coco import write_coco
     from kpnb.cvat import write_cvat
@@ -151,12 +148,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 # -- show ---------------------------------------------------------------------------------
-@_command(
-    "show",
-    "draw one annotated image of an export to a PNG",
-    "kpnb show data/synthetic --image 3 --out sample.png\n"
-    "  kpnb show export.zip --image frame_000012 --out frame.png --boxes",
-)
 def add_show_arguments(p: argparse.ArgumentParser) -> None:
     _keyframes_arg(p)
     p.add_argument("source", type=Path, help="export folder, zip or annotation file")
@@ -203,7 +194,13 @@ def _image_format(path: Path) -> str:
     return fmt
 
 
-@add_show_arguments.runner
+@_command(
+    "show",
+    "draw one annotated image of an export to a PNG",
+    "kpnb show data/synthetic --image 3 --out sample.png\n"
+    "  kpnb show export.zip --image frame_000012 --out frame.png --boxes",
+    add_show_arguments,
+)
 def run_show(args: argparse.Namespace) -> int:
     from kpnb.data import get_dataset, read_annotations
     from kpnb.io import atomic_path, check_output

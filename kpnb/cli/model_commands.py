@@ -121,13 +121,6 @@ def _labels_used(ann, label: str) -> str:
     return line
 
 
-@_command(
-    "train",
-    "fine-tune Keypoint R-CNN on an export and keep the best checkpoint",
-    "kpnb train synthetic --epochs 1 --size 256 --out runs/demo --weights none\n"
-    "  kpnb train my_export.zip --epochs 30 --out runs/v1 --weights coco --minutes 60\n"
-    "  torchrun --nproc_per_node 2 -m kpnb train synthetic --epochs 5 --out runs/ddp",
-)
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _dataset_args(p)
     p.add_argument(
@@ -174,7 +167,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-@add_train_arguments.runner
+@_command(
+    "train",
+    "fine-tune Keypoint R-CNN on an export and keep the best checkpoint",
+    "kpnb train synthetic --epochs 1 --size 256 --out runs/demo --weights none\n"
+    "  kpnb train my_export.zip --epochs 30 --out runs/v1 --weights coco --minutes 60\n"
+    "  torchrun --nproc_per_node 2 -m kpnb train synthetic --epochs 5 --out runs/ddp",
+    add_train_arguments,
+)
 def run_train(args: argparse.Namespace) -> int:
     from kpnb.checkpoint import Checkpoint
     from kpnb.dataset import make_loaders
@@ -262,16 +262,9 @@ def _take_the_runs_flags(args, run) -> None:
     than the run's is refused, naming the flag and both values (a new seed would change
     the split mid-run, a new size or lr the images and the schedule)."""
     config = run.config
-    runs = {
-        "preset": run.build["preset"],
-        "size": config.size,
-        "lr": config.lr,
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "epochs": config.epochs,
-        "minutes": config.max_minutes,
-        "sigmas": config.sigmas,
-    }
+    runs = {"preset": run.build["preset"]}
+    runs |= {name: getattr(config, name) for name in ("size", "lr", "seed", "batch_size", "epochs")}
+    runs |= {"minutes": config.max_minutes, "sigmas": config.sigmas}
     if run.label is not None:  # a run made in Python may not know its label
         runs["label"] = run.label
     if run.data is not None:
@@ -290,11 +283,6 @@ def _take_the_runs_flags(args, run) -> None:
 
 
 # -- evaluate -----------------------------------------------------------------------------
-@_command(
-    "evaluate",
-    "OKS AP, PCK and pixel error of a checkpoint on the validation images of its run",
-    "kpnb evaluate runs/demo/best.pth synthetic --out runs/demo/metrics.json",
-)
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
     _dataset_args(p, from_checkpoint=True)
@@ -307,7 +295,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every image, not only validation ones")
 
 
-@add_evaluate_arguments.runner
+@_command(
+    "evaluate",
+    "OKS AP, PCK and pixel error of a checkpoint on the validation images of its run",
+    "kpnb evaluate runs/demo/best.pth synthetic --out runs/demo/metrics.json",
+    add_evaluate_arguments,
+)
 def run_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
@@ -349,9 +342,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"{len(ds)} {'images' if args.all else 'validation images'} at {args.size} px")
     for name, v in result.metrics.items():  # aligned; a missing value (None) shows as n/a
         print(f"{name:>18s}  {'n/a' if v is None else f'{v:.4f}' if isinstance(v, float) else v}")
-    print()
-    print(result.per_keypoint.round(3).to_string())
-    print(f"\nwrote {out}")
+    print(f"\n{result.per_keypoint.round(3).to_string()}\n\nwrote {out}")
     return 0
 
 

@@ -14,11 +14,6 @@ from kpnb.errors import KpnbError
 log = logging.getLogger("kpnb")
 
 
-@_command(
-    "predict",
-    "detect keypoints in images and write CVAT XML (pre-annotations to upload) or COCO results",
-    "kpnb predict runs/demo/best.pth photos/*.jpg --out preds.xml --viz preds/",
-)
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument(
@@ -70,13 +65,6 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     _overwrite_arg(p)
 
 
-def viz_names(paths: list[Path]) -> list[str]:
-    """``--viz`` file names, in order: ``NNNN_STEM.png`` with NNNN the position in `paths`
-    (4 digits or more), unique even when two images share a stem."""
-    width = max(4, len(str(max(len(paths) - 1, 0))))
-    return [f"{i:0{width}d}_{path.stem}.png" for i, path in enumerate(paths)]
-
-
 def _export_ids(
     source: Path, paths: list[Path], images_root: Path | None, label: str
 ) -> tuple[list[int], int]:
@@ -116,23 +104,6 @@ def _export_ids(
     return ids, category_ids(ann, [label])[label]
 
 
-def task_names(paths: list[Path]) -> list[str]:
-    """The name each image gets in the upload file: its file name. CVAT's importer matches
-    a name (without extension) to the task image of that path, else to one whose path
-    ends with it, so a file name finds its image wherever it sits in the task; two images
-    of one name cannot both be matched, which is logged."""
-    names = [path.name for path in paths]
-    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
-    if repeated:
-        log.warning(
-            "%d image names repeat (e.g. %r): CVAT matches uploaded annotations to a "
-            "task's images by name, so it cannot tell these apart; predict them apart",
-            len(repeated),
-            repeated[0],
-        )
-    return names
-
-
 def _images_in_folders(paths: list[Path]) -> list[Path]:
     """`paths` with each folder replaced by the image files under it (any extension PIL
     opens, in sorted order); a folder holding none is an error naming it."""
@@ -154,7 +125,12 @@ def _images_in_folders(paths: list[Path]) -> list[Path]:
     return out
 
 
-@add_predict_arguments.runner
+@_command(
+    "predict",
+    "detect keypoints in images and write CVAT XML (pre-annotations to upload) or COCO results",
+    "kpnb predict runs/demo/best.pth photos/*.jpg --out preds.xml --viz preds/",
+    add_predict_arguments,
+)
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -169,7 +145,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.viz is not None:
         check_output(args.viz, directory=True, overwrite=args.overwrite)
     if args.images_root is not None:
-        args.images = [p if p.is_absolute() else args.images_root / p for p in args.images]
+        args.images = [args.images_root / p for p in args.images]  # an absolute p stays p
     args.images = _images_in_folders(args.images)
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing and not args.skip_missing:
@@ -201,20 +177,29 @@ def run_predict(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             on_batch=bar.update,
         )
+    # The upload names each image by its file name: CVAT matches a name (without extension)
+    # to the task image of that path, else to one whose path ends with it.
+    repeated = sorted(n for n, c in Counter(p.name for p in args.images).items() if c > 1)
+    if repeated:
+        log.warning(
+            "%d image names repeat (e.g. %r): CVAT matches uploaded annotations to a "
+            "task's images by name, so it cannot tell these apart; predict them apart",
+            len(repeated),
+            repeated[0],
+        )
     sizes = [image_size(p) for p in args.images]
-    names = task_names(args.images)
-    write_predictions(
-        preds, args.images, sizes, skeleton, label, args.out, image_ids, names, category_id
-    )
+    write_predictions(preds, args.images, sizes, skeleton, label, args.out, image_ids, category_id)
     if args.viz:
         from kpnb.viz import draw_instances
 
+        # NNNN_STEM.png, NNNN the position (4 digits or more): unique when two stems are alike;
         # drawn into a temporary folder, moved into DIR when all are done
+        width = max(4, len(str(len(args.images) - 1)))
         with atomic_path(args.viz, directory=True, overwrite=args.overwrite) as tmp:
-            for i, (path, name) in enumerate(zip(args.images, viz_names(args.images), strict=True)):
+            for i, path in enumerate(args.images):
                 rows = preds[preds["image_index"] == i]
                 arr = rows[["x", "y"]].to_numpy().reshape(-1, skeleton.num_keypoints, 2)
                 picture = draw_instances(load_image(path), arr, skeleton)
-                picture.save(tmp / name, format="PNG")
+                picture.save(tmp / f"{i:0{width}d}_{path.stem}.png", format="PNG")
     print(f"{preds['instance_id'].nunique()} instances in {len(args.images)} images -> {args.out}")
     return 0
