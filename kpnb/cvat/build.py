@@ -221,19 +221,9 @@ def _images(r: Reader) -> pd.DataFrame:
         for i, (f, name, width, _, subset, task_id) in enumerate(rows):
             if width is None and task_id in sizes:
                 rows[i] = (f, name, *sizes[task_id], subset, task_id)
-    cols = list(zip(*rows, strict=True)) or [()] * 6
-    ids = [i if i is not None else n for n, i in enumerate(cols[0])]
-    df = pd.DataFrame(
-        {
-            "image_index": np.arange(len(rows)),
-            "image_id": np.array(ids, np.int64),
-            "name": np.array(cols[1], object),
-            "width": pd.array(cols[2], dtype="Int32"),
-            "height": pd.array(cols[3], dtype="Int32"),
-            "subset": np.array(cols[4], object),
-            "task_id": pd.array(cols[5], dtype="Int64"),
-        }
-    )
+    df = pd.DataFrame(rows, columns=["image_id", "name", "width", "height", "subset", "task_id"])
+    df.insert(0, "image_index", np.arange(len(df)))
+    df["image_id"] = df["image_id"].fillna(df["image_index"])  # an <image> without id
     return tidy_images(df)
 
 
