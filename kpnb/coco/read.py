@@ -60,13 +60,6 @@ def _subset_of(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
-def _coco_files(source: Path | Source) -> list[tuple[str, bytes, str | None]]:
-    """``(name for messages, bytes, subset)`` of each COCO file of the export."""
-    src = source if isinstance(source, Source) else Source(source, "coco", error=CocoFormatError)
-    src.error = CocoFormatError
-    return [(src.where(n), src.read_bytes(n), _subset_of(Path(n))) for n in src.files]
-
-
 def _fix(where: str, what: str, fix: str) -> CocoFormatError:
     return CocoFormatError(f"{where}: {what}; {fix}")
 
@@ -102,56 +95,52 @@ def _not(record: dict, key: str, wanted: str) -> str:
 def read_coco(source: str | os.PathLike | Source) -> Annotations:
     """Read COCO keypoints JSON (a file, an export folder or zip with several subsets).
 
-    Each file's subset comes from its name (``person_keypoints_<subset>.json``); image ids
-    are the file's own. Each annotation with keypoints becomes one skeleton instance of
-    its category (also with ``num_keypoints: 0``: a box-only object); its ``bbox`` becomes
-    a box grouped with it (``group_id``), as CVAT groups a box with a skeleton. The file's
-    annotation ``id``, ``area``, ``iscrowd`` and ``segmentation`` are kept in
-    ``meta["coco_annotations"]`` (by ``instance_id``), and each label's category id in
-    ``meta["coco_categories"]``, so `to_coco` and `kpnb predict` write them back. An
-    annotation's ``attributes`` become instance attributes, but for the shape flags CVAT
-    writes among them (``occluded``, ``keyframe``...).
-    Points with v=0 at exactly (0, 0) are absent: NaN, not a real position.
-
-    Public files bend the format; read with a logged warning: skeleton pairs past the
-    keypoint count are dropped, a 0-based skeleton is detected, and a category whose
-    annotations hold fewer triples than it names keypoints keeps the first names.
+    A file's subset comes from its name (``person_keypoints_<subset>.json``); image ids are
+    the file's own. Each annotation with keypoints is one skeleton instance of its category
+    (``num_keypoints: 0`` too: a box-only object), its ``bbox`` a box grouped with it. Its
+    ``id``, ``area``, ``iscrowd`` and ``segmentation`` are kept in ``meta["coco_annotations"]``
+    (by ``instance_id``) and category ids in ``meta["coco_categories"]``, for `to_coco` and
+    `kpnb predict`; ``attributes`` become instance attributes, but CVAT's shape flags
+    (``occluded``, ``keyframe``...). A v=0 point at exactly (0, 0) is absent (NaN).
+    Logged, not refused: skeleton pairs past the keypoint count (dropped), a 0-based
+    skeleton, a category naming more keypoints than its annotations hold (first names kept).
 
     Raises:
-        CocoFormatError: the file is not COCO keypoints JSON kpnb can trust (bad JSON, ids
-            that are not whole or repeat, an unknown image or category, a bad ``bbox``,
-            ``iscrowd``, visibility or coordinate; an image's width/height of 0 is
-            "unknown"): the message names the file, record, field and value, with the fix.
+        CocoFormatError: not COCO keypoints JSON kpnb can trust (bad JSON, ids not whole or
+            repeated, an unknown image or category, a bad ``bbox``, ``iscrowd``, visibility
+            or coordinate); the message names the file, record, field and value, with the
+            fix. A width/height of 0 is "unknown", not an error.
     """
-    files = _coco_files(source if isinstance(source, Source) else Path(source))
-    source = source.path if isinstance(source, Source) else Path(source)
+    src = source if isinstance(source, Source) else Source(source, "coco", error=CocoFormatError)
+    src.error = CocoFormatError
     rows = _CocoRows()
-    for where, raw, subset in files:
-        doc = _document(raw, where)
-        image_of = rows.add_images(doc["images"], subset, where)
+    for name in src.files:
+        where = src.where(name)
+        doc = _document(src.read_bytes(name), where)
+        image_of = rows.add_images(doc["images"], _subset_of(Path(name)), where)
         cats = _categories_by_id(doc.get("categories", []), where)
         sizes = _keypoint_counts(doc, cats, where)
         rows.add_categories(cats, sizes, where)
         for index, ann in enumerate(doc["annotations"]):
             rows.add_annotation(ann, index, image_of, cats, sizes, where)
-    return rows.annotations(source)
+    return rows.annotations(src.path)
 
 
 def _document(raw: bytes, where: str) -> dict:
     """The parsed COCO document, refusing bad JSON and files without images/annotations."""
+    what = None
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
         what = f"line {exc.lineno}: not valid JSON ({exc.msg})"
-        raise _fix(where, what, "export it again") from None
     except UnicodeDecodeError as exc:  # json takes UTF-8, -16 and -32
         what = f"byte {exc.start}: not UTF-8 text ({exc.reason})"
-        raise _fix(where, what, "export it again") from None
     except ValueError:  # an int past Python's cap on digits
         what = f"a number longer than {sys.get_int_max_str_digits()} digits"
-        raise _fix(where, what, "export it again") from None
     except RecursionError:
-        raise _fix(where, "JSON nested too deeply", "export it again") from None
+        what = "JSON nested too deeply"
+    if what:
+        raise _fix(where, what, "export it again")
     if not isinstance(doc, dict) or "annotations" not in doc or "images" not in doc:
         raise CocoFormatError(f"{where}: no 'images'/'annotations': not a COCO file")
     for key in ("images", "annotations", "categories"):
@@ -255,19 +244,18 @@ class _CocoRows:
                     f"image {iid}: {_not(img, 'file_name', 'a non-empty string')}",
                     "write the image's file name (its path under the images folder)",
                 )
-            for key in ("width", "height"):
-                side = img.get(key)
-                if side is not None and _whole(side, 0, _MAX_SIDE) is None:
+            size = [_whole(img.get(key), 0, _MAX_SIDE) for key in ("width", "height")]
+            for key, side in zip(("width", "height"), size, strict=True):
+                if side is None and img.get(key) is not None:
                     raise _fix(
                         where,
-                        f"image {iid} ({name!r}): {key} {_show(side)} is not a whole "
+                        f"image {iid} ({name!r}): {key} {_show(img[key])} is not a whole "
                         "number of pixels >= 1",
                         f"write the image's real {key} in pixels, or 0 or nothing if unknown",
                     )
-            # 0 is unknown: datumaro (CVAT) writes it
-            size = [_whole(img.get(key), 0, _MAX_SIDE) or None for key in ("width", "height")]
             image_of[iid] = len(self.images)
-            self.images.append((len(self.images), iid, name, *size, subset))
+            # 0 is unknown: datumaro (CVAT) writes it
+            self.images.append((len(self.images), iid, name, *(s or None for s in size), subset))
         return image_of
 
     def add_categories(self, cats: dict, sizes: dict, where: str) -> None:

@@ -1,6 +1,5 @@
 """CVAT attribute strings -> checked numbers, read as CVAT's own importer reads them (Python's
-``int``/``float``: "1_000" and " 5" are numbers). What CVAT would store differently or not at
-all is a `BadValue`, which the reader re-raises as a `CvatFormatError` with file and line."""
+``int``/``float``: "1_000" and " 5" are numbers); a `BadValue` says why one is refused."""
 
 from __future__ import annotations
 
@@ -19,15 +18,13 @@ class CvatFormatError(KpnbError):
     """A CVAT file is malformed or not CVAT: the message names the file, line and fix."""
 
 
-def at_line(source: str, line: int | None, message: str) -> CvatFormatError:
-    """A `CvatFormatError` for `message` at `line` of `source` (no line: the whole file)."""
-    where = f"{source}: line {line}: " if line is not None else f"{source}: "
-    return CvatFormatError(where + message)
+def at_line(source: str, line: int, message: str) -> CvatFormatError:
+    """A `CvatFormatError` for `message` at `line` of `source`."""
+    return CvatFormatError(f"{source}: line {line}: {message}")
 
 
 class BadValue(Exception):
-    """Why a value is refused (private: the reader re-raises it as a `CvatFormatError`
-    naming the file, line and attribute, which these helpers do not know)."""
+    """Why a value is refused; the reader re-raises it naming file, line and attribute."""
 
 
 def whole(text: str, bounds: tuple[int, int] = INT32) -> int:
@@ -98,12 +95,10 @@ def coordinates(texts, lines, what: str, source: str, one_each: bool = False):
     when that fails are the strings read one by one, to name the first bad one's line."""
     texts = [t or "" for t in texts]
     xy, counts = _bulk(texts, one_each)
-    if xy is not None:
-        return xy, counts
-    for text, line in zip(texts, lines, strict=True):
-        if _bulk([text], one_each)[0] is None:
-            why = "is not 'x,y' pairs of finite numbers"
-            if one_each and _bulk([text], False)[0] is not None:
-                why = "must be one 'x,y' (a skeleton element is one point)"
-            raise at_line(source, line, f"{what} points={text!r} {why}")
-    raise AssertionError("unreachable: the strings failed together but pass one by one")
+    if xy is None:
+        bad = next(i for i, t in enumerate(texts) if _bulk([t], one_each)[0] is None)
+        why = "is not 'x,y' pairs of finite numbers"
+        if one_each and _bulk([texts[bad]], False)[0] is not None:
+            why = "must be one 'x,y' (a skeleton element is one point)"
+        raise at_line(source, lines[bad], f"{what} points={texts[bad]!r} {why}")
+    return xy, counts

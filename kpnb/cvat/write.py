@@ -22,9 +22,8 @@ from kpnb.tables import Annotations
 FIXED_DUMPED = "2024-01-01 00:00:00.000000+00:00"
 
 
-# What XML 1.0 cannot hold at all, escaped or not: control characters but tab, newline and
-# carriage return, surrogates and U+FFFE/U+FFFF. A name holding one would make a file that
-# no XML reader, kpnb's and CVAT's included, can open.
+# What XML 1.0 cannot hold, escaped or not (control characters but tab, newline and
+# carriage return, surrogates, U+FFFE/U+FFFF): no XML reader, CVAT's included, would open it.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -57,28 +56,21 @@ def _text(tag: str, value, indent: str) -> str:
 def _declared_labels(ann: Annotations) -> pd.DataFrame:
     """`ann.labels`, plus every label the tables use but do not declare (an export without
     ``<meta>``): skeletons with their keypoints as sublabels, points and boxes as such."""
-    labels = ann.labels
-    known = set(labels["name"].astype(str)) if len(labels) else set()
+    rows = ann.labels.to_dict("records")
+    known = {str(row["name"]) for row in rows}
     points = list(ann.keypoints["label"].astype(str).unique())
-    boxes = list(ann.boxes["label"].astype(str).unique()) if len(ann.boxes) else []
-    extra: list[dict] = []
+    boxes = list(ann.boxes["label"].astype(str).unique())
     for name in dict.fromkeys(points + list(ann.skeletons) + boxes):
         if name in known:
             continue
         if name in ann.skeletons:
-            extra.append({"name": name, "type": "skeleton"})
-            extra += [
+            rows.append({"name": name, "type": "skeleton"})
+            rows += [
                 {"name": k, "type": "points", "parent": name} for k in ann.skeletons[name].keypoints
             ]
         else:
-            extra.append({"name": name, "type": "points" if name in points else "rectangle"})
-    if extra:
-        labels = (
-            pd.concat([labels, pd.DataFrame(extra)], ignore_index=True)
-            if len(labels)
-            else pd.DataFrame(extra)
-        )
-    return labels.reindex(columns=["name", "type", "color", "parent", "svg"])
+            rows.append({"name": name, "type": "points" if name in points else "rectangle"})
+    return pd.DataFrame(rows, columns=["name", "type", "color", "parent", "svg"])
 
 
 def _given(value) -> str | None:
@@ -114,9 +106,7 @@ def _fields(indent: str, **fields) -> list[str]:
 def _meta_lines(ann: Annotations, dumped: str) -> list[str]:
     images = ann.images
     name = _given(ann.meta.get("name")) or "kpnb"  # never "None"
-    subsets = (
-        [s for s in pd.unique(images["subset"].dropna().astype(str)) if s] if len(images) else []
-    )
+    subsets = [s for s in pd.unique(images["subset"].dropna().astype(str)) if s]
     lines = ["  <meta>"]
     if subsets:
         lines += ["    <project>", *_fields("      ", id=1, name=name), "      <tasks>"]
@@ -264,7 +254,7 @@ def iter_cvat_lines(
     for b in ann.boxes.itertuples(index=False):  # one pass: itertuples costs ~1 ms a call
         box_by_image.setdefault(b.image_index, []).append(b)
     attrs = _attribute_index(ann)
-    project = ann.images["subset"].notna().any() if len(ann.images) else False
+    project = ann.images["subset"].notna().any()
     for img in ann.images.itertuples(index=False):
         extra = ""
         if project and isinstance(img.subset, str):
@@ -302,9 +292,7 @@ def write_cvat(
             character XML cannot hold (a control character).
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for line in iter_cvat_lines(annotations, dumped=dumped, images_root=images_root):
-                f.write(line)
-                f.write("\n")
+    lines = iter_cvat_lines(annotations, dumped=dumped, images_root=images_root)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(line + "\n" for line in lines)
     return path
