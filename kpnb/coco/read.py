@@ -54,9 +54,9 @@ def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
     return good
 
 
-def _subset_of(path: Path) -> str | None:
+def _subset_of(name: str) -> str | None:
     """``train`` for ``person_keypoints_train.json`` (CVAT's and MS-COCO's names), else None."""
-    m = re.match(r"(?:person_keypoints|instances)_(.+)\.json$", path.name)
+    m = re.match(r"(?:person_keypoints|instances)_(.+)\.json$", Path(name).name)
     return m.group(1) if m else None
 
 
@@ -117,7 +117,7 @@ def read_coco(source: str | os.PathLike | Source) -> Annotations:
     for name in src.files:
         where = src.where(name)
         doc = _document(src.read_bytes(name), where)
-        image_of = rows.add_images(doc["images"], _subset_of(Path(name)), where)
+        image_of = rows.add_images(doc["images"], _subset_of(name), where)
         cats = _categories_by_id(doc.get("categories", []), where)
         sizes = _keypoint_counts(doc, cats, where)
         rows.add_categories(cats, sizes, where)

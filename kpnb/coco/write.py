@@ -19,6 +19,7 @@ from kpnb.tables import Annotations
 log = logging.getLogger(__name__)
 
 _INFO = dict(contributor="", date_created="", description="kpnb", url="", version="", year="")
+_IMAGE = dict(license=0, flickr_url="", coco_url="", date_captured=0)  # after id, size, name
 
 
 def category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
@@ -52,18 +53,15 @@ def to_coco(
 ) -> dict:
     """COCO keypoints as CVAT's "COCO Keypoints 1.0" export (datumaro) writes them.
 
-    One category per skeleton label (1-based ``skeleton``) and per plain ``<points>`` label
-    (empty ``keypoints``/``skeleton``); one annotation per instance or ``<points>`` shape:
-    ``[x, y, v]`` per point, ``num_keypoints`` (v > 0), ``area`` = w * h, ``iscrowd`` 0 and
-    the ``bbox`` of a grouped box, else the one kpnb trains with
-    (`kpnb.boxes.boxes_from_points`; CVAT writes the bare extent, 0 x 0 for one point).
-    What came from a COCO file keeps its ids, ``area``, ``iscrowd`` and ``segmentation``;
-    else images are numbered 1..N, categories by `category_ids`, video frames get ``.PNG``.
-
-    Args:
-        points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
-            skeleton of that name (see `kpnb.grouping.points_to_skeleton`).
-        skeletons_only: leave plain ``<points>`` labels out (logged, with their counts).
+    A category per skeleton label (1-based ``skeleton``) and per plain ``<points>`` label
+    (empty lists); an annotation per instance or shape: ``[x, y, v]`` per point,
+    ``num_keypoints`` (v > 0), ``area`` = w * h, ``iscrowd`` 0, and the ``bbox`` of a grouped
+    box, else the one kpnb trains with (`kpnb.boxes.boxes_from_points`; CVAT writes the bare
+    extent). What came from a COCO file keeps its ids, ``area``, ``iscrowd`` and
+    ``segmentation``; else images are 1..N, categories by `category_ids`, video frames
+    ``.PNG``. `points_as_skeleton` first makes one-point labels instances of a skeleton of
+    that name (`kpnb.grouping.points_to_skeleton`); `skeletons_only` leaves plain labels out
+    (logged with their counts).
     """
     if points_as_skeleton is not None:
         ann = points_to_skeleton(ann, points_as_skeleton)
@@ -90,41 +88,26 @@ def to_coco(
 
 def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
     """One COCO category per label (keypoints and 1-based edges, empty for plain points)."""
-    empty = Skeleton(())
-    return [
-        {
-            "id": cid,
-            "name": name,
-            "supercategory": "",
-            "keypoints": list(ann.skeletons.get(name, empty).keypoints),
-            "skeleton": [[a + 1, b + 1] for a, b in ann.skeletons.get(name, empty).edges],
-        }
-        for name, cid in cat_ids.items()
-    ]
+    out = []
+    for name, cid in cat_ids.items():
+        sk = ann.skeletons.get(name, Skeleton(()))
+        edges = [[a + 1, b + 1] for a, b in sk.edges]
+        out.append(
+            dict(id=cid, name=name, supercategory="", keypoints=list(sk.keypoints), skeleton=edges)
+        )
+    return out
 
 
 def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
     """The COCO ``images`` (ids by `image_ids`) and ``image_index -> image id``."""
     imgs, ids = ann.images, image_ids(ann)
-    video = ann.meta.get("format") == "video"  # frame_000012 in XML is frame_000012.PNG
+    names = imgs["name"].astype(str).tolist()
+    if ann.meta.get("format") == "video":  # frame_000012 in XML is frame_000012.PNG
+        names = [n if Path(n).suffix else n + ".PNG" for n in names]
+    width, height = (imgs[k].fillna(0).astype(int).tolist() for k in ("width", "height"))
     images = [
-        {
-            "id": i,
-            "width": w,
-            "height": h,
-            "file_name": n + ".PNG" if video and not Path(n).suffix else n,
-            "license": 0,
-            "flickr_url": "",
-            "coco_url": "",
-            "date_captured": 0,
-        }
-        for i, w, h, n in zip(
-            ids,
-            imgs["width"].fillna(0).astype(int).tolist(),
-            imgs["height"].fillna(0).astype(int).tolist(),
-            imgs["name"].astype(str).tolist(),
-            strict=True,
-        )
+        {"id": i, "width": w, "height": h, "file_name": n, **_IMAGE}
+        for i, w, h, n in zip(ids, width, height, names, strict=True)
     ]
     return images, dict(zip(imgs["image_index"].tolist(), ids, strict=True))
 

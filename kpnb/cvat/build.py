@@ -10,16 +10,15 @@ from kpnb.cvat.svg import parse_skeleton_svg
 from kpnb.cvat.values import FRAMES, INT32, BadValue, CvatFormatError, at_line, whole
 from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_keypoints
 
-# A video task's frames that kpnb lists, empty ones included (an hour at 60 fps is 216,000):
-# the cap is checked before any row is made, so a made-up stop_frame cannot take all memory.
+# A video's frames kpnb lists, empty ones too (an hour at 60 fps is 216,000), checked before
+# any row is made: a made-up stop_frame cannot take all memory.
 MAX_FRAMES = 2_000_000
 MAX_POINTS = 2**15 - 1  # point_index is int16
 _BOX = "image_index label xtl ytl xbr ybr occluded source group_id z_order track_id".split()
 
 
 def build_tables(r: Reader, keyframes_only: bool = False) -> Annotations:
-    """Every table of one parsed document; `keyframes_only` drops track shapes that are not
-    keyframes (CVAT's interpolated and propagated frames)."""
+    """Every table of one parsed document (`keyframes_only`: see `kpnb.cvat.read_cvat`)."""
     inst, elem = r.instances.columns(), r.elements.columns()
     skeletons = _skeletons(r, inst, elem)
     keypoints = _keypoints(r.name, inst, elem, skeletons)
@@ -81,9 +80,8 @@ def _skeletons(r: Reader, inst: dict, elem: dict) -> dict[str, Skeleton]:
 
 
 def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataFrame:
-    """One row per point, ordered by (instance, point index): K rows for a skeleton instance
-    (definition order; a missing element stays NaN with visibility 0), one per coordinate
-    for a points shape. Each instance owns a block of rows; its points are put in place."""
+    """One row per point, by (instance, point index): K rows for a skeleton instance (a
+    missing element stays NaN, visibility 0), one per coordinate for a points shape."""
     label_code, labels = pd.factorize(inst["label"], sort=True)
     skel = inst["kind"] == SKELETON
     k_of_label = np.array(
@@ -102,9 +100,9 @@ def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataF
     start = np.cumsum(count) - count
     plain_rows = start[inst["pt_instance"]] + inst["pt_index"]
     elem_rows = start[elem["instance"]] + _element_positions(source, inst, elem, skeletons)
-    twice = np.flatnonzero(np.bincount(elem_rows, minlength=int(count.sum()))[elem_rows] > 1)
-    if len(twice):  # name the second of them
-        i = int(twice[np.flatnonzero(elem_rows[twice] == elem_rows[twice[0]])[1]])
+    twice = pd.Series(elem_rows).duplicated().to_numpy()
+    if twice.any():  # name the first repeat
+        i = int(twice.argmax())
         raise at_line(
             source,
             int(elem["line"][i]),
@@ -154,8 +152,8 @@ def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataF
 
 
 def _categorical(values: np.ndarray) -> pd.Categorical:
-    """Strings as a categorical of the sorted strings they use, made from codes: pandas would
-    first turn a million strings into arrow strings (0.4 s of `bench_parse.py`'s 1.7)."""
+    """Strings as a sorted categorical made from codes: pandas would first turn a million
+    strings into arrow strings (0.4 s of `bench_parse.py`'s 1.7)."""
     codes, uniques = pd.factorize(values, sort=True)
     return pd.Categorical.from_codes(codes, categories=pd.Index(uniques))
 
@@ -238,7 +236,7 @@ def _meta_whole(text: str | None, bounds, what: str, source: str) -> int | None:
 
 
 def _task_frames(t: dict, source: str) -> range:
-    """The frame numbers a (video) task's meta describes: start..stop by the filter's step."""
+    """A video task's frame numbers: start..stop by the frame filter's step."""
     start, stop, size = (
         _meta_whole(t.get(k), FRAMES, f"<meta> {k}", source)
         for k in ("start_frame", "stop_frame", "size")
@@ -256,8 +254,8 @@ def _task_frames(t: dict, source: str) -> range:
 
 
 def _past_last_keyframe(inst: dict, keyframe: np.ndarray, images: pd.DataFrame) -> dict:
-    """Per track, how many of its shapes lie past its last keyframe: CVAT propagates a track
-    that was never closed to the end of the task, repeating its last pose."""
+    """Per track, its shapes past its last keyframe: CVAT repeats the last pose of a track
+    never closed to the end of the task."""
     tracked = inst["track_id"] >= 0
     if not tracked.any():
         return {}

@@ -42,8 +42,7 @@ _TAG = ("points", "skeleton")  # by kind
 
 class Rows:
     """Raw rows, one tuple per element (the cheapest thing a callback can do), turned into
-    checked numpy columns by `convert` about `_CHUNK` rows at a time (between images or
-    tracks): values are converted in bulk, and memory holds columns, not tuples."""
+    checked numpy columns by `convert` about `_CHUNK` rows at a time: memory holds columns."""
 
     def __init__(self, convert):
         self.convert = convert  # (rows, index of the first) -> dict of columns
@@ -71,9 +70,9 @@ class _Refused(Exception):
 
 
 class Reader:
-    """Expat callbacks that collect a CVAT document as rows (one pass, no tree): ``images``,
-    ``instances`` (a plain ``<points>`` shape or a ``<skeleton>``, with the plain shapes'
-    points), ``elements`` (a skeleton's points, placed by name), ``boxes``, ``attributes``."""
+    """Expat callbacks collecting a CVAT document as rows: ``images``, ``instances`` (plain
+    ``<points>`` shapes with their points, and ``<skeleton>``s), ``elements`` (a skeleton's
+    points), ``boxes``, ``attributes``."""
 
     def __init__(self, name: str):
         self.name = name
@@ -196,8 +195,8 @@ class Reader:
             self.version = self._collected().strip()
 
     def _owner(self, parent: str) -> tuple | None:
-        """(instance, element name or None) owning an <attribute> in `parent`, None for what
-        kpnb does not model; the open shape's row is the last (converted only between images)."""
+        """(instance, element name or None) owning an <attribute> in `parent` (None: kpnb
+        does not model it); the open shape's row is the last one."""
         if parent == "skeleton":
             return (self.skeleton, None)
         if parent != "points":
@@ -206,8 +205,7 @@ class Reader:
             return self.elements.rows[-1][:2]
         return (self.instances.next_index() - 1, None)
 
-    def _flush(self) -> None:
-        """Convert the rows so far once a chunk's worth has gathered (between shapes)."""
+    def _flush(self) -> None:  # between shapes
         self.instances.flush(at_least=_CHUNK)
         self.elements.flush(at_least=_CHUNK)
 
@@ -429,7 +427,7 @@ class Reader:
 
     # -- feeding -----------------------------------------------------------------------------
     def parse(self, stream) -> None:
-        """Feed `stream` (binary) to expat in 64 KB pieces; refuse what CVAT never writes."""
+        """Feed `stream` (binary) to expat in 64 KB pieces."""
         try:
             while data := stream.read(_READ):
                 self.p.Parse(data, False)

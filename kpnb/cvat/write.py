@@ -134,15 +134,11 @@ def _attr_lines(attrs: dict, key, indent: str) -> list[str]:
 
 
 def _group_attr(g) -> str:
-    return f" group_id={quoteattr(str(int(g)))}" if pd.notna(g) and int(g) != 0 else ""
+    return f' group_id="{g}"' if g else ""
 
 
 def _source(v) -> str:
     return str(v) if isinstance(v, str) and v else "manual"
-
-
-def _z(v) -> int:
-    return int(v) if pd.notna(v) else 0
 
 
 def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, int]]]]:
@@ -175,7 +171,7 @@ def _shape_lines(
         inst_id = cols["instance_id"][s]
         label = str(cols["label"][s])
         head = f"label={quoteattr(label)} source={quoteattr(_source(cols['source'][s]))}"
-        z = _z(cols["z_order"][s])
+        z = cols["z_order"][s]
         grp = _group_attr(cols["group_id"][s])
         if label in ann.skeletons:
             out = [f'    <skeleton {head} z_order="{z}"{grp}>']
@@ -201,7 +197,7 @@ def _shape_lines(
             out.append("    </points>")
         shapes.append((z, out))
     for b in boxes:
-        z = _z(b.z_order)
+        z = b.z_order
         out = [
             f"    <box label={quoteattr(str(b.label))} source={quoteattr(_source(b.source))} "
             f'occluded="{int(bool(b.occluded))}" xtl="{_fmt(b.xtl)}" ytl="{_fmt(b.ytl)}" '
@@ -222,20 +218,15 @@ def _attribute_index(ann: Annotations) -> dict:
 
 def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
     """An image's size from its file, as CVAT XML needs it (a COCO file's width 0: unknown)."""
-    if images_root is None:
-        raise KpnbError(
-            f"image {name!r} has no width/height, which CVAT XML needs: give {{images_root}} "
-            "(the folder holding the images) so kpnb reads the sizes from the files, or "
-            "write the sizes into the source file",
-            param="images_root",
-        )
     from kpnb.images import find_image, image_size
 
-    path = find_image(images_root, name, subset)
+    path = None if images_root is None else find_image(images_root, name, subset)
     if path is None:
+        where = "" if images_root is None else f" and is not in {images_root}"
         raise KpnbError(
-            f"image {name!r} has no width/height and is not in {images_root}: CVAT XML needs "
-            "its size; give {images_root} as the folder holding the images",
+            f"image {name!r} has no width/height{where}, which CVAT XML needs: give "
+            "{images_root} (the folder holding the images) so kpnb reads the sizes from the "
+            "files, or write the sizes into the source file",
             param="images_root",
         )
     return image_size(path)
