@@ -23,12 +23,9 @@ _IMAGE = dict(license=0, flickr_url="", coco_url="", date_captured=0)  # after i
 
 
 def category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
-    """The COCO category id of each label in `names`, as `to_coco` writes it.
-
-    A COCO file's own ids where `read_coco` kept them (``meta["coco_categories"]``); else
-    CVAT's rule: 1 + the label's position in the full label list (sublabels take ids too).
-    A label with neither (e.g. `points_to_skeleton`'s) takes the next free id.
-    """
+    """The COCO category id of each label in `names`, as `to_coco` writes it: a COCO file's
+    own (``meta["coco_categories"]``), else CVAT's rule, 1 + the label's position in the full
+    label list (sublabels too); a label with neither takes the next free id."""
     kept = ann.meta.get("coco_categories") or {}
     listed = [str(n) for n in ann.labels["name"]]
     ids = dict(kept) if kept else {n: i + 1 for i, n in enumerate(listed)}

@@ -2,7 +2,7 @@
 
 `read_cvat` reads an export (layouts with real examples: ``tests/data/conformance/README.md``):
 `kpnb.io.Source` finds the XML, `parse` collects its rows, `values` checks their values and
-`build` makes the tables. `write_cvat` (`write`, `svg`) writes XML that CVAT itself imports.
+`build` makes the tables. `write_cvat` (`write`) writes XML that CVAT itself imports.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import os
 
 from kpnb.cvat.build import build_tables
 from kpnb.cvat.parse import Reader
-from kpnb.cvat.svg import skeleton_svg
 from kpnb.cvat.values import CvatFormatError
-from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, write_cvat
+from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, skeleton_svg, write_cvat
 from kpnb.io import Source
 from kpnb.tables import Annotations
 

@@ -1,14 +1,19 @@
-"""The reader's rows -> the tidy `Annotations` tables (labels, skeletons, images, points)."""
+"""The reader's rows -> the tidy `Annotations` tables (labels, skeletons from their ``<svg>``,
+images, points)."""
 
 from __future__ import annotations
+
+import logging
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 
 from kpnb.cvat.parse import SKELETON, Reader
-from kpnb.cvat.svg import parse_skeleton_svg
 from kpnb.cvat.values import FRAMES, INT32, BadValue, CvatFormatError, at_line, whole
 from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_keypoints
+
+log = logging.getLogger(__name__)
 
 # A video's frames kpnb lists, empty ones too (an hour at 60 fps is 216,000), checked before
 # any row is made: a made-up stop_frame cannot take all memory.
@@ -264,3 +269,41 @@ def _past_last_keyframe(inst: dict, keyframe: np.ndarray, images: pd.DataFrame) 
     last = df[df["key"]].groupby("track")["frame"].max()
     past = df["frame"] > df["track"].map(last).fillna(-1).to_numpy()
     return {int(k): int(v) for k, v in df[past].groupby("track").size().items()}
+
+
+def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source: str):
+    """Keypoint order from the svg circles, edges from node ids; parent order as fallback."""
+    from defusedxml.ElementTree import fromstring
+
+    try:
+        root = fromstring("<root>" + (svg or "") + "</root>")
+    except Exception as exc:  # unescaped names in data-label-name make the svg unparsable
+        log.warning(
+            "%s: skeleton %r: unreadable <svg> (%s); using <parent> order", source, name, exc
+        )
+        root = fromstring("<root/>")
+    circles = [c for c in root.iter("circle") if c.get("data-label-name") is not None]
+    if not circles:
+        return _skeleton(name, sublabels, (), source) if sublabels else None
+    node_pos = {c.get("data-node-id"): i for i, c in enumerate(circles)}
+    edges, dropped = [], []
+    for ln in root.iter("line"):
+        a, b = ln.get("data-node-from"), ln.get("data-node-to")
+        if a in node_pos and b in node_pos:
+            edges.append((node_pos[a], node_pos[b]))
+        else:
+            dropped.append((a, b))
+    if dropped:
+        log.warning("%s: skeleton %r: edges %s refer to no node; left out", source, name, dropped)
+    names = [c.get("data-label-name") for c in circles]
+    return _skeleton(name, names, tuple(dict.fromkeys(edges)), source)
+
+
+def _skeleton(label: str, keypoints: list[str], edges: tuple, source: str) -> Skeleton:
+    twice = sorted(k for k, n in Counter(keypoints).items() if n > 1)
+    if twice:
+        raise CvatFormatError(
+            f"{source}: skeleton label {label!r} names keypoints {twice} more than once; "
+            "rename them in CVAT's skeleton editor and export again"
+        )
+    return Skeleton(tuple(keypoints), edges)

@@ -6,6 +6,7 @@ and ATTLIST defaults that would invent attributes.
 
 from __future__ import annotations
 
+import math
 import pyexpat
 
 import numpy as np
@@ -20,7 +21,6 @@ from kpnb.cvat.values import (
     coordinates,
     flags,
     integers,
-    number,
     whole,
 )
 from kpnb.errors import KpnbError
@@ -254,24 +254,21 @@ class Reader:
         key = (self.track["task_id"], frame)
         if key not in self.frames:
             self.frames[key] = len(self.images)
-            name = f"frame_{frame:06d}"
-            self.images.append((frame, name, None, None, self.track["subset"], key[0]))
+            self.images.append(
+                (frame, f"frame_{frame:06d}", None, None, self.track["subset"], key[0])
+            )
         return self.frames[key]
 
     def _instance(self, attrs: dict, kind: int, image: int, keyframe=None) -> int:
         """Record a points shape or skeleton; a track lends its label, source and group."""
-        t = self.track
+        t, track = self.track, -1
         if t is not None:
-            attrs = {**attrs, "label": t["label"]}
-            attrs["source"] = attrs.get("source") or t["source"]
+            attrs = {**attrs, "label": t["label"], "source": attrs.get("source") or t["source"]}
             attrs["group_id"] = attrs.get("group_id") or t["group_id"]
-            if keyframe is None:
-                keyframe = attrs.get("keyframe") in TRUE
-        keyframe = bool(keyframe)
-        line = self.p.CurrentLineNumber
-        self.instances.rows.append(
-            (image, kind, attrs, -1 if t is None else t["id"], keyframe, line)
-        )
+            keyframe = attrs.get("keyframe") in TRUE if keyframe is None else keyframe
+            track = t["id"]
+        row = (image, kind, attrs, track, bool(keyframe), self.p.CurrentLineNumber)
+        self.instances.rows.append(row)
         return self.instances.next_index() - 1
 
     def _instance_columns(self, rows: list[tuple], first: int) -> dict[str, np.ndarray]:
@@ -367,23 +364,18 @@ class Reader:
         t = self.track or {"id": -1, "label": attrs.get("label"), "source": None, "group_id": None}
         corners = []
         for key in ("xtl", "ytl", "xbr", "ybr"):
+            text = attrs.get(key)
             try:
-                corners.append(number(attrs.get(key)))
-            except BadValue as exc:
-                raise self.error(f"<box> {key}={attrs.get(key)!r} {exc}") from None
-        attrs = {**attrs, "group_id": attrs.get("group_id") or t["group_id"]}
-        self.boxes.append(
-            (
-                image,
-                t["label"] or "",
-                *corners,
-                attrs.get("occluded") in TRUE,
-                attrs.get("source") or t["source"] or "manual",
-                self._int("box", attrs, "group_id"),
-                self._int("box", attrs, "z_order"),
-                t["id"],
-            )
-        )
+                corners.append(float(text))
+            except (TypeError, ValueError):
+                corners.append(math.nan)
+            if not math.isfinite(corners[-1]):
+                why = "is missing" if text is None else "is not a finite number"
+                raise self.error(f"<box> {key}={text!r} {why}")
+        group = self._int("box", {"group_id": attrs.get("group_id") or t["group_id"]}, "group_id")
+        z, source = self._int("box", attrs, "z_order"), attrs.get("source") or t["source"]
+        row = (image, t["label"] or "", *corners, attrs.get("occluded") in TRUE, source or "manual")
+        self.boxes.append((*row, group, z, t["id"]))
 
     # -- <meta> ------------------------------------------------------------------------------
     def _meta_start(self, tag: str, parent: str) -> None:

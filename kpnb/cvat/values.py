@@ -44,19 +44,6 @@ def whole(text: str, bounds: tuple[int, int] = INT32) -> int:
     return value
 
 
-def number(text: str | None) -> float:
-    """One finite coordinate."""
-    if text is None:
-        raise BadValue("is missing")
-    try:
-        f = float(text)
-    except ValueError:
-        raise BadValue("is not a number") from None
-    if not math.isfinite(f):
-        raise BadValue("is not a finite number")
-    return f
-
-
 def integers(texts, lines, what, source: str, default: int = 0) -> np.ndarray:
     """Integer attribute strings (None or "" -> `default`) as int64 within CVAT's int32,
     each distinct text converted once; `what(i)` names row i's element and attribute."""

@@ -1,4 +1,4 @@
-"""`Annotations` -> CVAT for images 1.1 XML that CVAT itself imports."""
+"""`Annotations` -> CVAT for images 1.1 XML that CVAT itself imports, skeleton ``<svg>``s too."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from xml.sax.saxutils import quoteattr as _quoteattr
 import numpy as np
 import pandas as pd
 
-from kpnb.cvat.svg import skeleton_svg
 from kpnb.errors import KpnbError
 from kpnb.io import atomic_path
-from kpnb.tables import Annotations
+from kpnb.tables import Annotations, Skeleton
 
 # Written in <dumped> when the caller gives no time, so identical tables give identical bytes.
 FIXED_DUMPED = "2024-01-01 00:00:00.000000+00:00"
@@ -51,6 +50,34 @@ def _fmt(v: float) -> str:
 
 def _text(tag: str, value, indent: str) -> str:
     return f"{indent}<{tag}>{escape(str(value))}</{tag}>"
+
+
+def skeleton_svg(skeleton: Skeleton, positions: np.ndarray | None = None) -> str:
+    """The ``<svg>`` text CVAT stores for a skeleton label (lines first, then circles).
+
+    Node ids are 1-based positions, so edges read back as the same 0-based pairs.
+    `positions` (``[K, 2]`` in a 0-100 box) places the circles; default is a ring.
+    """
+    k = skeleton.num_keypoints
+    if positions is None:
+        angles = np.linspace(-np.pi / 2, 1.5 * np.pi, k, endpoint=False)
+        positions = np.stack([50 + 35 * np.cos(angles), 50 + 35 * np.sin(angles)], axis=1)
+    parts = []
+    for a, b in skeleton.edges:
+        (x1, y1), (x2, y2) = positions[a], positions[b]
+        parts.append(
+            f'<line x1="{x1:.4f}" y1="{y1:.4f}" x2="{x2:.4f}" y2="{y2:.4f}" stroke="black" '
+            f'data-type="edge" data-node-from="{a + 1}" stroke-width="0.5" '
+            f'data-node-to="{b + 1}"></line>'
+        )
+    for i, name in enumerate(skeleton.keypoints):
+        x, y = positions[i]
+        parts.append(
+            f'<circle r="1.5" stroke="black" fill="#b3b3b3" cx="{x:.4f}" cy="{y:.4f}" '
+            f'stroke-width="0.1" data-type="element node" data-element-id="{i + 1}" '
+            f'data-node-id="{i + 1}" data-label-name={_quoteattr(name)}></circle>'
+        )
+    return "".join(parts)
 
 
 def _declared_labels(ann: Annotations) -> pd.DataFrame:
@@ -271,16 +298,13 @@ def write_cvat(
     dumped: str = FIXED_DUMPED,
     images_root: str | os.PathLike | None = None,
 ) -> Path:
-    """Write `annotations` as CVAT for images 1.1 XML at `path`, atomically.
+    """Write `annotations` as CVAT for images 1.1 XML at `path`, atomically; returns `path`.
 
     Images with a ``subset`` make a project export, else a task export. Skeletons become
-    ``<skeleton>`` with a ``<points>`` per keypoint the file had; other labels ``<points>``
-    shapes; coordinates get two decimals, as in CVAT. An image without a size (a COCO
-    file's width 0) gets its file's size from `images_root`. Returns `path`.
-
-    Raises:
-        KpnbError: an image has no size and no `images_root` is given, or a name holds a
-            character XML cannot hold (a control character).
+    ``<skeleton>`` with a ``<points>`` per keypoint the file had, other labels ``<points>``
+    shapes, with two decimals as in CVAT. An image without a size (a COCO file's width 0)
+    takes its file's from `images_root`, else a `KpnbError`, as for a name holding a
+    character XML cannot hold (a control character).
     """
     path = Path(path)
     lines = iter_cvat_lines(annotations, dumped=dumped, images_root=images_root)
