@@ -71,7 +71,7 @@ _MAX_COORD = float(np.finfo(np.float32).max)  # coordinates are float32 columns
 
 def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> int | None:
     """A JSON value as an int if it is a whole number in ``[lo, hi]`` (``3`` or ``3.0``,
-    not ``true`` nor ``"3"``, as in `kpnb.cvat.values`), else None."""
+    not ``true`` nor ``"3"``, as in `kpnb.cvat.parse.whole`), else None."""
     if type(value) is float and value.is_integer():
         value = int(value)
     return value if type(value) is int and lo <= value <= hi else None

@@ -1,8 +1,8 @@
 """CVAT for images / video 1.1 XML <-> the tidy `Annotations` tables.
 
 `read_cvat` reads an export (layouts with real examples: ``tests/data/conformance/README.md``):
-`kpnb.io.Source` finds the XML, `parse` collects its rows, `values` checks their values and
-`build` makes the tables. `write_cvat` (`write`) writes XML that CVAT itself imports.
+`kpnb.io.Source` finds the XML, `parse` collects and checks its rows, `build` makes the
+tables. `write_cvat` (`write`) writes XML that CVAT itself imports.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 
 from kpnb.cvat.build import build_tables
-from kpnb.cvat.parse import Reader
-from kpnb.cvat.values import CvatFormatError
+from kpnb.cvat.parse import CvatFormatError, Reader
 from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, skeleton_svg, write_cvat
 from kpnb.io import Source
 from kpnb.tables import Annotations

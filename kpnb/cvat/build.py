@@ -9,8 +9,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from kpnb.cvat.parse import SKELETON, Reader
-from kpnb.cvat.values import FRAMES, INT32, BadValue, CvatFormatError, at_line, whole
+from kpnb.cvat.parse import FRAMES, INT32, SKELETON, BadValue, CvatFormatError, Reader, whole
 from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_keypoints
 
 log = logging.getLogger(__name__)
@@ -96,11 +95,9 @@ def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataF
     count = np.where(skel, k_of_label[label_code], plain_count).astype(np.int64)
     if len(count) and count.max() > MAX_POINTS:
         i = int(count.argmax())
-        raise at_line(
-            source,
-            int(inst["line"][i]),
-            f"an instance with {count[i]:,} points; kpnb numbers an instance's points up to "
-            f"{MAX_POINTS:,}: split the shape",
+        raise CvatFormatError(
+            f"{source}: line {inst['line'][i]}: an instance with {count[i]:,} points; kpnb "
+            f"numbers an instance's points up to {MAX_POINTS:,}: split the shape"
         )
     start = np.cumsum(count) - count
     plain_rows = start[inst["pt_instance"]] + inst["pt_index"]
@@ -108,11 +105,9 @@ def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataF
     twice = pd.Series(elem_rows).duplicated().to_numpy()
     if twice.any():  # name the first repeat
         i = int(twice.argmax())
-        raise at_line(
-            source,
-            int(elem["line"][i]),
-            f"skeleton element {elem['name'][i]!r} appears twice in one skeleton instance; "
-            "remove the duplicate in CVAT and export again",
+        raise CvatFormatError(
+            f"{source}: line {elem['line'][i]}: skeleton element {elem['name'][i]!r} appears "
+            "twice in one skeleton instance; remove the duplicate in CVAT and export again"
         )
     row_inst = np.repeat(np.arange(len(count)), count)
     point_index = np.arange(len(row_inst)) - start[row_inst]
@@ -176,12 +171,10 @@ def _element_positions(source: str, inst: dict, elem: dict, skeletons) -> np.nda
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
         label, name = found["label"][i], found["name"][i]
-        raise at_line(
-            source,
-            int(elem["line"][i]),
-            f"skeleton {label!r} has no keypoint {name!r} (its <svg> defines "
-            f"{list(skeletons[label].keypoints)}); fix the label definition in CVAT and "
-            "export again",
+        raise CvatFormatError(
+            f"{source}: line {elem['line'][i]}: skeleton {label!r} has no keypoint {name!r} "
+            f"(its <svg> defines {list(skeletons[label].keypoints)}); fix the label definition "
+            "in CVAT and export again"
         )
     return found["pos"].to_numpy(np.int64)
 
