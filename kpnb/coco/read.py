@@ -10,7 +10,6 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -203,20 +202,16 @@ _IMAGE_FIELDS = ["image_index", "image_id", "name", "width", "height", "subset"]
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
 
 
-@dataclass
 class _CocoRows:
-    """What `read_coco` collects over the files of one export, as plain rows: images
-    numbered across files, instances (annotations with keypoints) and boxes (``group_id``
-    1, 2...) in file order."""
+    """What `read_coco` collects over the files of one export, as plain rows in file order:
+    images (numbered across files), ``chunks`` (image, instance, label, group, ``[K, 3]``),
+    boxes (``group_id`` 1, 2...), attributes, and each instance's file id, area, iscrowd
+    and segmentation (``extra``); labels, skeletons and the file's category ids by label."""
 
-    images: list = field(default_factory=list)
-    chunks: list = field(default_factory=list)  # (image, instance, label, group, [K, 3])
-    boxes: list = field(default_factory=list)
-    attrs: list = field(default_factory=list)
-    skeletons: dict = field(default_factory=dict)
-    labels: list = field(default_factory=list)
-    category_ids: dict = field(default_factory=dict)  # label -> the file's category id
-    extra: list = field(default_factory=list)  # the file's id, area, iscrowd, segmentation
+    def __init__(self):
+        self.images, self.chunks, self.boxes, self.attrs = [], [], [], []
+        self.extra, self.labels = [], []
+        self.skeletons, self.category_ids = {}, {}
 
     def add_images(self, entries: list, subset: str | None, where: str) -> dict:
         """Append one file's images; returns its image id -> ``image_index``."""

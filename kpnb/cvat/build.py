@@ -195,25 +195,20 @@ def _images(r: Reader) -> pd.DataFrame:
     if r.frames:
         tasks = r.tasks if r.meta_kind == "project" and r.tasks else {None: r.top}
         frames = {task_id: _task_frames(t, r.name) for task_id, t in tasks.items()}
-        if sum(map(len, frames.values())) > MAX_FRAMES:
+        total = sum(map(len, frames.values()))
+        if total > MAX_FRAMES:
             raise CvatFormatError(
-                f"{r.name}: <meta> describes {sum(map(len, frames.values())):,} frames, more "
-                f"than kpnb lists ({MAX_FRAMES:,}); check start_frame, stop_frame and size"
+                f"{r.name}: <meta> describes {total:,} frames, more than kpnb lists "
+                f"({MAX_FRAMES:,}); check start_frame, stop_frame and size"
             )
-        for task_id, fs in frames.items():
-            t = tasks[task_id]
-            rows += [
-                (f, f"frame_{f:06d}", None, None, t.get("subset"), task_id)
-                for f in fs
-                if (task_id, f) not in r.frames
-            ]
-        sizes = {
-            task_id: [
+        sizes = {}
+        for task_id, t in tasks.items():
+            new = [f for f in frames[task_id] if (task_id, f) not in r.frames]
+            rows += [(f, f"frame_{f:06d}", None, None, t.get("subset"), task_id) for f in new]
+            sizes[task_id] = [
                 _meta_whole(t.get(k) or r.top.get(k), (1, INT32[1]), f"<original_size> {k}", r.name)
                 for k in ("width", "height")
             ]
-            for task_id, t in tasks.items()
-        }
         for i, (f, name, width, _, subset, task_id) in enumerate(rows):
             if width is None and task_id in sizes:
                 rows[i] = (f, name, *sizes[task_id], subset, task_id)

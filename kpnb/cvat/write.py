@@ -175,11 +175,8 @@ def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, 
     image = kp["image_index"].to_numpy()
     group = kp.groupby([image, kp["instance_id"].to_numpy()], sort=False).ngroup().to_numpy()
     order = np.lexsort((np.arange(n), group, image))
-    cols = {
-        c: kp[c].to_numpy(dtype=object)[order].tolist() for c in ("label", "keypoint", "source")
-    }
-    for c in ("x", "y", "occluded", "outside", "point_index", "z_order", "group_id", "instance_id"):
-        cols[c] = kp[c].to_numpy()[order].tolist()
+    names = "label keypoint source x y occluded outside point_index z_order group_id instance_id"
+    cols = {c: kp[c].to_numpy(dtype=object)[order].tolist() for c in names.split()}
     starts = np.flatnonzero(np.diff(group[order], prepend=-1)).tolist()
     ends = [*starts[1:], n] if n else []
     blocks: dict[int, list[tuple[int, int]]] = {}
