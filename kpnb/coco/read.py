@@ -34,14 +34,11 @@ def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
     fine = type(edges) is list and all(type(e) is list and len(e) == 2 for e in edges)
     pairs = [(_whole(a), _whole(b)) for a, b in edges] if fine else [(None, None)]
     if any(None in pair for pair in pairs):
-        raise _fix(
-            where,
-            f"skeleton {_show(edges)} is not a list of [a, b] keypoint numbers",
-            "write the skeleton as pairs of keypoint numbers, e.g. [[1, 2], [2, 3]]",
+        raise CocoFormatError(
+            f"{where}: skeleton {_show(edges)} is not a list of [a, b] keypoint numbers; write the "
+            "skeleton as pairs of keypoint numbers, e.g. [[1, 2], [2, 3]]"
         )
-    if not pairs:
-        return ()
-    base = 0 if min(min(p) for p in pairs) == 0 else 1
+    base = 0 if min((min(p) for p in pairs), default=1) == 0 else 1
     if base == 0:
         log.info("%s: 0-based skeleton indices (as CVAT/datumaro write them)", where)
     shifted = [(a - base, b - base) for a, b in pairs]
@@ -57,10 +54,6 @@ def _subset_of(name: str) -> str | None:
     """``train`` for ``person_keypoints_train.json`` (CVAT's and MS-COCO's names), else None."""
     m = re.match(r"(?:person_keypoints|instances)_(.+)\.json$", Path(name).name)
     return m.group(1) if m else None
-
-
-def _fix(where: str, what: str, fix: str) -> CocoFormatError:
-    return CocoFormatError(f"{where}: {what}; {fix}")
 
 
 _INT64 = (-(2**63), 2**63 - 1)  # image and annotation ids are int64 columns
@@ -139,23 +132,20 @@ def _document(raw: bytes, where: str) -> dict:
     except RecursionError:
         what = "JSON nested too deeply"
     if what:
-        raise _fix(where, what, "export it again")
+        raise CocoFormatError(f"{where}: {what}; export it again")
     if not isinstance(doc, dict) or "annotations" not in doc or "images" not in doc:
         raise CocoFormatError(f"{where}: no 'images'/'annotations': not a COCO file")
     for key in ("images", "annotations", "categories"):
         entries = doc.get(key, [])
         if type(entries) is not list:
-            raise _fix(
-                where,
-                f"'{key}' is {_show(entries)}, not a list",
-                f"write '{key}' as [{{...}}, ...]",
+            raise CocoFormatError(
+                f"{where}: '{key}' is {_show(entries)}, not a list; write '{key}' as [{{...}}, ...]"
             )
         bad = next((i for i, e in enumerate(entries) if type(e) is not dict), None)
         if bad is not None:
-            raise _fix(
-                where,
-                f"{key}[{bad}] is {_show(entries[bad])}, not an object",
-                "write each entry as {...} with its fields",
+            raise CocoFormatError(
+                f"{where}: {key}[{bad}] is {_show(entries[bad])}, not an object; write each entry "
+                "as {...} with its fields"
             )
     return doc
 
@@ -166,29 +156,24 @@ def _categories_by_id(entries: list, where: str) -> dict:
     for n, cat in enumerate(entries):
         cid, name = _whole(cat.get("id")), cat.get("name")
         if cid is None:
-            raise _fix(
-                where,
-                f"categories[{n}] ({_field(cat, 'name')}): {_not(cat, 'id', 'a whole number')}",
-                "give each category a whole-number id, e.g. 1",
+            raise CocoFormatError(
+                f"{where}: categories[{n}] ({_field(cat, 'name')}): "
+                f"{_not(cat, 'id', 'a whole number')}; give each category a whole-number id, e.g. 1"
             )
         if cid in cats:
-            raise _fix(
-                where,
-                f"category id {cid} is used twice ({_field(cats[cid], 'name')} and "
-                f"{_field(cat, 'name')})",
-                "give every category its own id",
+            raise CocoFormatError(
+                f"{where}: category id {cid} is used twice ({_field(cats[cid], 'name')} and "
+                f"{_field(cat, 'name')}); give every category its own id"
             )
         if type(name) is not str or not name:
-            raise _fix(
-                where,
-                f"category {cid}: {_not(cat, 'name', 'a non-empty string')}",
-                'write the label\'s name, e.g. "person"',
+            raise CocoFormatError(
+                f"{where}: category {cid}: {_not(cat, 'name', 'a non-empty string')}; write the "
+                'label\'s name, e.g. "person"'
             )
         if cat.get("keypoints") is not None and type(cat["keypoints"]) is not list:
-            raise _fix(
-                where,
-                f"category {cid} ({name!r}): keypoints {_show(cat['keypoints'])} is not a list",
-                'write the keypoint names as a list, e.g. ["nose", "left_eye"]',
+            raise CocoFormatError(
+                f"{where}: category {cid} ({name!r}): keypoints {_show(cat['keypoints'])} is not a "
+                'list; write the keypoint names as a list, e.g. ["nose", "left_eye"]'
             )
         cats[cid] = dict(cat, id=cid)
     return cats
@@ -219,34 +204,30 @@ class _CocoRows:
         for n, img in enumerate(entries):
             iid, name = _whole(img.get("id")), img.get("file_name")
             if iid is None:  # checked before the duplicate test: 1 and 1.5 are not one id
-                raise _fix(
-                    where,
-                    f"images[{n}] ({_field(img, 'file_name')}): "
-                    + _not(img, "id", "a whole number"),
-                    "give each image its own whole-number id, e.g. 1, 2, 3, and use it as "
-                    "the annotations' image_id",
+                raise CocoFormatError(
+                    f"{where}: images[{n}] ({_field(img, 'file_name')}): "
+                    f"{_not(img, 'id', 'a whole number')}; give each image its own whole-number "
+                    "id, e.g. 1, 2, 3, and use it as the annotations' image_id"
                 )
             if iid in image_of:
                 first = self.images[image_of[iid]][2]
-                raise _fix(
-                    where,
-                    f"image id {iid} is used twice ({first!r} and {_field(img, 'file_name')})",
-                    "give every image its own id; kpnb does not merge their annotations",
+                raise CocoFormatError(
+                    f"{where}: image id {iid} is used twice ({first!r} and "
+                    f"{_field(img, 'file_name')}); give every image its own id; kpnb does not "
+                    "merge their annotations"
                 )
             if type(name) is not str or not name:
-                raise _fix(
-                    where,
-                    f"image {iid}: {_not(img, 'file_name', 'a non-empty string')}",
-                    "write the image's file name (its path under the images folder)",
+                raise CocoFormatError(
+                    f"{where}: image {iid}: {_not(img, 'file_name', 'a non-empty string')}; write "
+                    "the image's file name (its path under the images folder)"
                 )
             size = [_whole(img.get(key), 0, _MAX_SIDE) for key in ("width", "height")]
             for key, side in zip(("width", "height"), size, strict=True):
                 if side is None and img.get(key) is not None:
-                    raise _fix(
-                        where,
-                        f"image {iid} ({name!r}): {key} {_show(img[key])} is not a whole "
-                        "number of pixels >= 1",
-                        f"write the image's real {key} in pixels, or 0 or nothing if unknown",
+                    raise CocoFormatError(
+                        f"{where}: image {iid} ({name!r}): {key} {_show(img[key])} is not a whole "
+                        f"number of pixels >= 1; write the image's real {key} in pixels, or 0 or "
+                        "nothing if unknown"
                     )
             image_of[iid] = len(self.images)
             # 0 is unknown: datumaro (CVAT) writes it
@@ -274,18 +255,16 @@ class _CocoRows:
         keypoints one instance; ids, ``bbox``, ``iscrowd`` and ``attributes`` checked."""
         _check_annotation(ann, index, where)
         aid = ann["id"]
-        if ann.get("image_id") not in image_of:
-            raise _fix(
-                where,
-                f"annotation {aid} refers to unknown image {ann.get('image_id')}",
-                "list that image in 'images'",
+        if ann["image_id"] not in image_of:
+            raise CocoFormatError(
+                f"{where}: annotation {aid} refers to unknown image {ann['image_id']}; list that "
+                "image in 'images'"
             )
-        cat = cats.get(ann.get("category_id"))
+        cat = cats.get(ann["category_id"])
         if cat is None:
-            raise _fix(
-                where,
-                f"annotation {aid} has unknown category {ann.get('category_id')}",
-                "list it in 'categories'",
+            raise CocoFormatError(
+                f"{where}: annotation {aid} has unknown category {ann['category_id']}; list it in "
+                "'categories'"
             )
         image, label = image_of[ann["image_id"]], cat["name"]
         box = ann.get("bbox")
@@ -306,20 +285,16 @@ class _CocoRows:
     def _add_box(self, ann: dict, image: int, label: str, where: str) -> int:
         """Append the ``[x, y, w, h]`` bbox (4 finite numbers, w, h >= 0) as xyxy; its group."""
         box = ann["bbox"]
-        fine = type(box) is list and len(box) == 4
-        fine = fine and all(type(v) in (int, float) for v in box)
-        if fine:
-            try:
-                x, y, w, h = (float(v) for v in box)
-            except OverflowError:  # an int with 400 digits
-                x = y = w = h = math.nan
-            fine = w >= 0 and h >= 0 and all(abs(v) <= _MAX_COORD for v in (x, y, x + w, y + h))
-        if not fine:
-            raise _fix(
-                where,
-                f"annotation {ann['id']}: bbox {_show(box)} is not [x, y, w, h]: 4 finite "
-                "numbers with w, h >= 0",
-                "write the box as [x, y, width, height] in pixels, or leave bbox out",
+        fine = type(box) is list and len(box) == 4 and all(type(v) in (int, float) for v in box)
+        try:
+            x, y, w, h = (float(v) for v in box) if fine else [math.nan] * 4
+        except OverflowError:  # an int with 400 digits
+            x = y = w = h = math.nan
+        if not (w >= 0 and h >= 0 and all(abs(v) <= _MAX_COORD for v in (x, y, x + w, y + h))):
+            raise CocoFormatError(
+                f"{where}: annotation {ann['id']}: bbox {_show(box)} is not [x, y, w, h]: 4 finite "
+                "numbers with w, h >= 0; write the box as [x, y, width, height] in pixels, or "
+                "leave bbox out"
             )
         group = len(self.boxes) + 1
         occluded = bool((ann.get("attributes") or {}).get("occluded"))
@@ -354,25 +329,22 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
         value = _whole(ann.get(key))
         if value is None:
             who = f"annotation {ann['id']}" if key != "id" else f"annotations[{index}]"
-            raise _fix(
-                where,
-                f"{who}: {_not(ann, key, 'a whole number')}",
-                f"write the {key} as a whole number, e.g. 1"
-                + (" (each annotation its own)" if key == "id" else ""),
+            own = " (each annotation its own)" if key == "id" else ""
+            raise CocoFormatError(
+                f"{where}: {who}: {_not(ann, key, 'a whole number')}; write the {key} as a whole "
+                f"number, e.g. 1{own}"
             )
         ann[key] = value
     crowd = ann.get("iscrowd")
     if crowd is not None and (type(crowd) not in (int, bool) or crowd not in (0, 1)):
-        raise _fix(
-            where,
-            f"annotation {ann['id']}: iscrowd {_show(crowd)} is not 0 or 1",
-            "write iscrowd 0 (one object) or 1 (a crowd)",
+        raise CocoFormatError(
+            f"{where}: annotation {ann['id']}: iscrowd {_show(crowd)} is not 0 or 1; write iscrowd "
+            "0 (one object) or 1 (a crowd)"
         )
     if ann.get("attributes") is not None and type(ann["attributes"]) is not dict:
-        raise _fix(
-            where,
-            f"annotation {ann['id']}: attributes {_show(ann['attributes'])} is not an object",
-            'write attributes as {"name": value, ...} or leave them out',
+        raise CocoFormatError(
+            f"{where}: annotation {ann['id']}: attributes {_show(ann['attributes'])} is not an "
+            'object; write attributes as {"name": value, ...} or leave them out'
         )
 
 
@@ -383,10 +355,9 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
     try:
         triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError, OverflowError):
-        raise _fix(
-            where,
-            f"annotation {aid}: keypoints {_show(kps)} are not [x, y, v] numbers",
-            "write 3 finite numbers per keypoint",
+        raise CocoFormatError(
+            f"{where}: annotation {aid}: keypoints {_show(kps)} are not [x, y, v] numbers; write 3 "
+            "finite numbers per keypoint"
         ) from None
     if len(triples) < k:  # fewer than others: the missing ones are absent
         triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
@@ -399,17 +370,14 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
     point = int(np.flatnonzero(~(placed & known))[0])
     x, y, v = triples[point]
     if not placed[point]:
-        raise _fix(
-            where,
-            f"annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={v:g}), "
-            "not a finite number (NaN, Infinity, or too large, such as 1e400)",
-            "write real pixel coordinates; an absent keypoint is written 0, 0, 0 in "
-            "COCO (refused whatever its v)",
+        raise CocoFormatError(
+            f"{where}: annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={v:g}), not a "
+            "finite number (NaN, Infinity, or too large, such as 1e400); write real pixel "
+            "coordinates; an absent keypoint is written 0, 0, 0 in COCO (refused whatever its v)"
         )
-    raise _fix(
-        where,
-        f"annotation {aid}: visibility {v:g} at keypoint {point}",
-        "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
+    raise CocoFormatError(
+        f"{where}: annotation {aid}: visibility {v:g} at keypoint {point}; COCO visibility is 0 "
+        "(absent), 1 (occluded) or 2 (visible)"
     )
 
 
@@ -451,18 +419,15 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
     for n, ann in enumerate(doc["annotations"]):
         cid, kps = _whole(ann.get("category_id")), ann.get("keypoints") or []
         if type(kps) is not list:
-            raise _fix(
-                where,
-                f"annotations[{n}] (id {_field(ann, 'id')}): keypoints {_show(kps)} is not a list",
-                "write the keypoints as [x1, y1, v1, x2, y2, v2, ...]",
+            raise CocoFormatError(
+                f"{where}: annotations[{n}] (id {_field(ann, 'id')}): keypoints {_show(kps)} is "
+                "not a list; write the keypoints as [x1, y1, v1, x2, y2, v2, ...]"
             )
         if cid in named and kps:  # a bad id: refused by add_annotation
             if len(kps) % 3:
-                raise _fix(
-                    where,
-                    f"annotation {ann.get('id')}: keypoints length {len(kps)} is "
-                    "not a multiple of 3",
-                    "write one [x, y, v] per keypoint",
+                raise CocoFormatError(
+                    f"{where}: annotation {ann.get('id')}: keypoints length {len(kps)} is not a "
+                    "multiple of 3; write one [x, y, v] per keypoint"
                 )
             seen[cid] = max(seen.get(cid, 0), len(kps) // 3)
     sizes = {}
@@ -472,11 +437,9 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
             msg = "%s: category %r names %d keypoints but its annotations hold %d triples"
             log.warning(msg + "; keeping the first %d names", where, cats[cid]["name"], n, k, k)
         elif n and k > n:
-            raise _fix(
-                where,
-                f"category {cats[cid]['name']!r} names {n} keypoints but an "
-                f"annotation holds {k} triples",
-                "list every keypoint's name",
+            raise CocoFormatError(
+                f"{where}: category {cats[cid]['name']!r} names {n} keypoints but an annotation "
+                f"holds {k} triples; list every keypoint's name"
             )
         sizes[cid] = k
     return sizes

@@ -469,8 +469,7 @@ class Reader:
             self.label = None
         elif tag == "task" and parent == "tasks" and self.task is not None:
             if self.task.get("id"):
-                key = self._int("id", self.task, "id", bounds=FRAMES)
-                self.tasks[key] = self.task
+                self.tasks[self._int("id", self.task, "id", bounds=FRAMES)] = self.task
             self.task = None
         if tag not in _META_TEXT:
             return
