@@ -93,9 +93,9 @@ class IoUCropIfBoxes(v2.Transform):
     to centre on, loops forever past about 6.7:1 (no aspect ratio fits, cjm 0.0.26) and
     divides by zero under 4 px high."""
 
-    def __init__(self, **kwargs):
+    def __init__(self):
         super().__init__()
-        self.crop = CustomRandomIoUCrop(**kwargs)
+        self.crop = CustomRandomIoUCrop()
 
     def croppable(self, height: int, width: int) -> bool:
         """Whether some crop of this image has an allowed aspect ratio (and a side >= 1)."""
@@ -119,12 +119,8 @@ class FinalizeKeypoints(v2.Transform):
     longer clamps keypoints; ``SanitizeBoundingBoxes`` knows no visibility): a point off the
     canvas ``[0, W] x [0, H]`` (edges in) gets visibility 0; each box grows to enclose its
     visible points (tightly: no margin again) and is clipped; an instance whose labelled
-    points all left, or whose box is under `min_size` px, is dropped (a box-only target
+    points all left, or whose box is under 1 px wide or high, is dropped (a box-only target
     stays while its box does)."""
-
-    def __init__(self, min_size: float = 1.0):
-        super().__init__()
-        self.min_size = min_size
 
     def forward(self, image, target):
         kps = target["keypoints"]
@@ -145,7 +141,7 @@ class FinalizeKeypoints(v2.Transform):
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         wide, tall = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = (has | box_only) & (wide >= self.min_size) & (tall >= self.min_size)
+        keep = (has | box_only) & (wide >= 1) & (tall >= 1)
         target = dict(target)
         target["boxes"] = tv_tensors.wrap(boxes[keep], like=target["boxes"])
         target["labels"] = target["labels"][keep]

@@ -221,23 +221,15 @@ def _shape_lines(
             out.append("    </points>")
         shapes.append((z, out))
     for b in boxes:
-        z = b.z_order
-        out = [
+        box = (
             f"    <box label={quoteattr(str(b.label))} source={quoteattr(_source(b.source))} "
             f'occluded="{int(bool(b.occluded))}" xtl="{_fmt(b.xtl)}" ytl="{_fmt(b.ytl)}" '
-            f'xbr="{_fmt(b.xbr)}" ybr="{_fmt(b.ybr)}" z_order="{z}"{_group_attr(b.group_id)}>',
-            "    </box>",
-        ]
-        shapes.append((z, out))
+            f'xbr="{_fmt(b.xbr)}" ybr="{_fmt(b.ybr)}" z_order="{b.z_order}"'
+            f"{_group_attr(b.group_id)}>"
+        )
+        shapes.append((b.z_order, [box, "    </box>"]))
     shapes.sort(key=lambda s: s[0])  # stable: equal z keeps table order
     return [line for _, lines in shapes for line in lines]
-
-
-def _attribute_index(ann: Annotations) -> dict:
-    index: dict = {}
-    for r in ann.attributes.itertuples(index=False):
-        index.setdefault((r.instance_id, int(r.point_index)), []).append((r.name, r.value))
-    return index
 
 
 def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
@@ -268,7 +260,9 @@ def iter_cvat_lines(
     box_by_image: dict[int, list] = {}
     for b in ann.boxes.itertuples(index=False):  # one pass: itertuples costs ~1 ms a call
         box_by_image.setdefault(b.image_index, []).append(b)
-    attrs = _attribute_index(ann)
+    attrs: dict = {}  # (instance, point index or -1) -> [(name, value)]
+    for r in ann.attributes.itertuples(index=False):
+        attrs.setdefault((r.instance_id, int(r.point_index)), []).append((r.name, r.value))
     project = ann.images["subset"].notna().any()
     for img in ann.images.itertuples(index=False):
         extra = ""
