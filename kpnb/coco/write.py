@@ -124,10 +124,8 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
         size["height"].to_numpy(np.float64, na_value=np.nan), starts=starts,
     )  # fmt: skip
     grouped = ann.grouped_boxes()
-    keys = zip(first["image_index"].tolist(), first["group_id"].tolist(), strict=True)
-    for n, key in enumerate(keys):
-        if key in grouped:
-            boxes[n] = grouped[key]
+    for n, key in enumerate(first[["image_index", "group_id"]].itertuples(index=False, name=None)):
+        boxes[n] = grouped.get(key, boxes[n])
     bbox = np.round(np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 2)
     area = np.round(bbox[:, 2] * bbox[:, 3], 4).tolist()
     x, y = np.round(np.nan_to_num(xy), 2).T.tolist()
@@ -163,8 +161,7 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
 
 def write_coco(ann: Annotations, path: str | os.PathLike, **kwargs) -> Path:
     """Write `to_coco(ann, **kwargs)` as JSON at `path`, atomically."""
-    path = Path(path)
-    doc = to_coco(ann, **kwargs)
+    path, doc = Path(path), to_coco(ann, **kwargs)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
     return path

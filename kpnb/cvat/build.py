@@ -271,11 +271,12 @@ def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source:
         )
         root = fromstring("<root/>")
     circles = [c for c in root.iter("circle") if c.get("data-label-name") is not None]
-    if not circles:
-        return _skeleton(name, sublabels, (), source) if sublabels else None
+    names = [c.get("data-label-name") for c in circles] or sublabels
+    if not names:
+        return None
     node_pos = {c.get("data-node-id"): i for i, c in enumerate(circles)}
     edges, dropped = [], []
-    for ln in root.iter("line"):
+    for ln in root.iter("line") if circles else ():
         a, b = ln.get("data-node-from"), ln.get("data-node-to")
         if a in node_pos and b in node_pos:
             edges.append((node_pos[a], node_pos[b]))
@@ -283,15 +284,10 @@ def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source:
             dropped.append((a, b))
     if dropped:
         log.warning("%s: skeleton %r: edges %s refer to no node; left out", source, name, dropped)
-    names = [c.get("data-label-name") for c in circles]
-    return _skeleton(name, names, tuple(dict.fromkeys(edges)), source)
-
-
-def _skeleton(label: str, keypoints: list[str], edges: tuple, source: str) -> Skeleton:
-    twice = sorted(k for k, n in Counter(keypoints).items() if n > 1)
+    twice = sorted(k for k, n in Counter(names).items() if n > 1)
     if twice:
         raise CvatFormatError(
-            f"{source}: skeleton label {label!r} names keypoints {twice} more than once; "
+            f"{source}: skeleton label {name!r} names keypoints {twice} more than once; "
             "rename them in CVAT's skeleton editor and export again"
         )
-    return Skeleton(tuple(keypoints), edges)
+    return Skeleton(tuple(names), tuple(dict.fromkeys(edges)))

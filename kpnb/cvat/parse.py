@@ -136,10 +136,6 @@ class Rows:
         return {k: np.concatenate([c.pop(k) for c in chunks]) for k in list(chunks[0])}
 
 
-class _Refused(Exception):
-    """A DOCTYPE with declarations: CVAT never writes one, a hostile file might."""
-
-
 class Reader:
     """Expat callbacks collecting a CVAT document as rows: ``images``, ``instances`` (plain
     ``<points>`` shapes with their points, and ``<skeleton>``s), ``elements`` (a skeleton's
@@ -182,8 +178,11 @@ class Reader:
         return at_line(self.name, self.p.CurrentLineNumber, msg)
 
     def _doctype(self, name, sysid, pubid, has_internal_subset) -> None:
-        if has_internal_subset or sysid or pubid:
-            raise _Refused("the XML has a DOCTYPE with declarations")
+        if has_internal_subset or sysid or pubid:  # CVAT never writes one, a hostile file might
+            raise self.error(
+                "refused: the XML has a DOCTYPE with declarations; CVAT never writes these, so "
+                "the file is not a CVAT export or has been tampered with"
+            )
 
     def _collect(self) -> None:
         self.text = []
@@ -498,11 +497,6 @@ class Reader:
             raise CvatFormatError(
                 f"{self.name}: line {exc.lineno}, column {exc.offset}: malformed XML "
                 f"({pyexpat.ErrorString(exc.code)}); the file may be truncated: export it again"
-            ) from None
-        except _Refused as exc:
-            raise self.error(
-                f"refused: {exc}; CVAT never writes these, so the file is not a CVAT export "
-                "or has been tampered with"
             ) from None
         except (LookupError, ValueError) as exc:  # expat asks Python's codecs for the encoding
             if isinstance(exc, KpnbError) or "encoding" not in str(exc):
