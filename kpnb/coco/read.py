@@ -185,6 +185,7 @@ _CVAT_FLAGS = frozenset(("occluded", "outside", "keyframe", "track_id", "rotatio
 
 _IMAGE_FIELDS = ["image_index", "image_id", "name", "width", "height", "subset"]
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
+_EXTRA_FIELDS = "instance_id id area iscrowd segmentation".split()  # meta["coco_annotations"]
 
 
 class _CocoRows:
@@ -303,9 +304,6 @@ class _CocoRows:
 
     def annotations(self, source: Path) -> Annotations:
         """The collected rows as tidy tables."""
-        coco_extra = pd.DataFrame(
-            self.extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
-        )
         return Annotations(
             tidy_images(pd.DataFrame(self.images, columns=_IMAGE_FIELDS)),
             tidy_keypoints(_keypoint_rows(self.chunks, self.skeletons)),
@@ -317,7 +315,7 @@ class _CocoRows:
                 "source": str(source),
                 "path": str(source),
                 "format": "coco",
-                "coco_annotations": coco_extra,
+                "coco_annotations": pd.DataFrame(self.extra, columns=_EXTRA_FIELDS),
                 "coco_categories": self.category_ids,
             },
         )

@@ -27,8 +27,7 @@ def category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
     own (``meta["coco_categories"]``), else CVAT's rule, 1 + the label's position in the full
     label list (sublabels too); a label with neither takes the next free id."""
     kept = ann.meta.get("coco_categories") or {}
-    listed = [str(n) for n in ann.labels["name"]]
-    ids = dict(kept) if kept else {n: i + 1 for i, n in enumerate(listed)}
+    ids = dict(kept) if kept else {str(n): i + 1 for i, n in enumerate(ann.labels["name"])}
     free = max(ids.values(), default=0) + 1
     for name in names:
         if name not in ids:
@@ -62,8 +61,7 @@ def to_coco(
     """
     if points_as_skeleton is not None:
         ann = points_to_skeleton(ann, points_as_skeleton)
-    kp = ann.keypoints
-    plain = ann.plain_labels()
+    kp, plain = ann.keypoints, ann.plain_labels()
     if skeletons_only and plain:
         dropped = kp["label"].astype(str).isin(plain)
         log.warning(

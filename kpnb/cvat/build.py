@@ -69,11 +69,10 @@ def _skeletons(r: Reader, inst: dict, elem: dict) -> dict[str, Skeleton]:
         if lab["parent"]:
             sublabels.setdefault(lab["parent"], []).append(lab["name"])
     skeletons: dict[str, Skeleton] = {}
-    for lab in r.labels:
-        if lab["type"] == "skeleton" or lab["svg"] or lab["name"] in sublabels:
-            sk = parse_skeleton_svg(lab["name"], lab["svg"], sublabels.get(lab["name"], []), r.name)
-            if sk is not None:
-                skeletons[lab["name"]] = sk
+    for lab in r.labels:  # None for a label with neither svg circles nor sublabels
+        sk = parse_skeleton_svg(lab["name"], lab["svg"], sublabels.get(lab["name"], []), r.name)
+        if sk is not None:
+            skeletons[lab["name"]] = sk
     found: dict[str, dict] = {}
     if set(inst["label"][inst["kind"] == SKELETON]) - skeletons.keys():
         labels = inst["label"][elem["instance"]]

@@ -404,11 +404,9 @@ class Reader:
         if parent == "track" and self.nested is not None:  # legacy: an element's track
             inst = self.legacy.get(attrs.get("frame"))
             if inst is None:
-                image = self._frame("points", attrs)
-                inst = self._instance(attrs, SKELETON, image, keyframe=False)
+                inst = self._instance(attrs, SKELETON, self._frame("points", attrs), keyframe=False)
                 self.legacy[attrs.get("frame")] = inst
-            line = self.p.CurrentLineNumber
-            self.elements.rows.append((inst, self.nested["label"], attrs, line))
+            self.elements.rows.append((inst, self.nested["label"], attrs, self.p.CurrentLineNumber))
         elif parent == "track":
             self._instance(attrs, POINTS, self._frame("points", attrs))
         else:

@@ -178,9 +178,8 @@ def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, 
     names = "label keypoint source x y occluded outside point_index z_order group_id instance_id"
     cols = {c: kp[c].to_numpy(dtype=object)[order].tolist() for c in names.split()}
     starts = np.flatnonzero(np.diff(group[order], prepend=-1)).tolist()
-    ends = [*starts[1:], n] if n else []
     blocks: dict[int, list[tuple[int, int]]] = {}
-    for s, e in zip(starts, ends, strict=True):
+    for s, e in zip(starts, [*starts[1:], n], strict=False):  # no rows: no blocks
         blocks.setdefault(int(image[order[s]]), []).append((s, e))
     return cols, blocks
 
