@@ -181,24 +181,21 @@ def train_transforms(
     flip_perm: Sequence[int] | None = None,
     *,
     policy: str = "iou_crop",
-    jitter: float = 0.25,
     flip: str = "swap",
 ) -> v2.Compose:
     """The training pipeline: IoU crop, `square` to `size` (randomly placed), colour
-    jitter, the flip (one of `FLIPS`), then `FinalizeKeypoints`. `policy` ``"flip_only"``
+    jitter (0.25), the flip (one of `FLIPS`), then `FinalizeKeypoints`. `policy` ``"flip_only"``
     has no crop nor jitter, ``"none"`` nothing random. `flip_perm` (`flip_indices`) ``None``
     disables the ``"swap"`` flip: a mirror without a swap would teach wrong labels."""
     if policy not in POLICIES:
         raise KpnbError(f"unknown augmentation policy {policy!r}; choose one of {POLICIES}")
     if flip not in FLIPS:
         raise KpnbError(f"unknown flip {flip!r}; choose one of {FLIPS}")
-    steps: list = []
-    if policy == "iou_crop":
-        steps.append(IoUCropIfBoxes())
+    steps: list = [IoUCropIfBoxes()] if policy == "iou_crop" else []
     steps += square(size, random_placement=policy != "none")
-    if policy == "iou_crop" and jitter:
+    if policy == "iou_crop":
         # No hue jitter: its RGB<->HSV round trip costs more than the rest of the pipeline.
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+        steps.append(v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25))
     if flip == "plain" and policy != "none":
         steps.append(v2.RandomHorizontalFlip())
     elif flip == "swap" and flip_perm is not None and policy != "none":

@@ -268,12 +268,10 @@ class _CocoRows:
                 "'categories'"
             )
         image, label = image_of[ann["image_id"]], cat["name"]
-        box = ann.get("bbox")
-        group = 0 if box is None or box == [] else self._add_box(ann, image, label, where)
-        kps = ann.get("keypoints") or []
-        if not kps:
+        group = 0 if ann.get("bbox") in (None, []) else self._add_box(ann, image, label, where)
+        if not ann.get("keypoints"):
             return
-        triples = _triples(kps, sizes[cat["id"]], aid, where)
+        triples = _triples(ann["keypoints"], sizes[cat["id"]], aid, where)
         instance = len(self.chunks)
         self.chunks.append((image, instance, label, group, triples))
         for key, value in (ann.get("attributes") or {}).items():

@@ -249,8 +249,6 @@ def _past_last_keyframe(inst: dict, keyframe: np.ndarray, images: pd.DataFrame) 
     """Per track, its shapes past its last keyframe: CVAT repeats the last pose of a track
     never closed to the end of the task."""
     tracked = inst["track_id"] >= 0
-    if not tracked.any():
-        return {}
     frame = images["image_id"].to_numpy()[inst["image_index"]]
     df = pd.DataFrame({"track": inst["track_id"], "frame": frame, "key": keyframe})[tracked]
     last = df[df["key"]].groupby("track")["frame"].max()

@@ -98,9 +98,7 @@ def coordinates(texts, lines, what: str, source: str, one_each: bool = False):
 
 _READ = 1 << 16  # bytes per expat feed
 POINTS, SKELETON = 0, 1  # instance kinds
-SHAPES = frozenset(
-    ("points", "box", "skeleton", "polygon", "polyline", "ellipse", "mask", "cuboid", "tag")
-)
+SHAPES = frozenset("points box skeleton polygon polyline ellipse mask cuboid tag".split())
 _META_TEXT = frozenset(
     "name type color parent svg width height id subset start_frame stop_frame frame_filter "
     "size mode version dumped subsets".split()
