@@ -1,10 +1,7 @@
-"""Keypoint-aware augmentation on torchvision transforms v2.
-
-A sample is ``(image, target)`` (see `make_sample`). v2's geometric transforms move boxes and
-points with the image; kpnb adds what v2 lacks: a flip that swaps left and right, and a last
-step that makes points which left the canvas absent. Not for KeyPoints:
-``cjm_torchvision_tfms.RandomPixelCopy`` (treats them as an image), the v1
-``CustomTrivialAugmentWide`` (takes no target) and the AutoAugment family (raises on them).
+"""Keypoint-aware augmentation on torchvision transforms v2, on ``(image, target)`` samples
+(`make_sample`). kpnb adds what v2 lacks: a flip that swaps left and right, and a last step
+making points that left the canvas absent. Not for KeyPoints: ``cjm_torchvision_tfms``'
+``RandomPixelCopy`` and ``CustomTrivialAugmentWide``, or v2's AutoAugment family.
 """
 
 from __future__ import annotations
@@ -14,9 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-# cjm_torchvision_tfms only for what torchvision v2 lacks: an IoU crop centred on a box
-# (v2.RandomIoUCrop samples crops anywhere in the image) and padding to a square (fill
-# colour, random placement). Resizing is torchvision's own.
+# cjm_torchvision_tfms for what v2 lacks: an IoU crop centred on a box (v2.RandomIoUCrop
+# crops anywhere) and padding to a square (fill colour, random placement).
 from cjm_torchvision_tfms.core import CustomRandomIoUCrop, PadSquare
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -93,16 +89,13 @@ class KeypointHorizontalFlip(v2.Transform):
 
 
 class IoUCropIfBoxes(v2.Transform):
-    """cjm's `CustomRandomIoUCrop` where it can run; other images pass unchanged.
+    """cjm's `CustomRandomIoUCrop` where it can run, else the image unchanged: it needs a box
+    to centre on, loops forever past about 6.7:1 (no aspect ratio fits, cjm 0.0.26) and
+    divides by zero under 4 px high."""
 
-    It samples its centre from the boxes (none on a negative image), loops forever on a
-    panorama past about 6.7:1 (no crop aspect ratio fits, cjm 0.0.26) and divides by zero
-    on an image under 4 px high.
-    """
-
-    def __init__(self, **kwargs):
+    def __init__(self):
         super().__init__()
-        self.crop = CustomRandomIoUCrop(**kwargs)
+        self.crop = CustomRandomIoUCrop()
 
     def croppable(self, height: int, width: int) -> bool:
         """Whether some crop of this image has an allowed aspect ratio (and a side >= 1)."""
@@ -122,23 +115,12 @@ class IoUCropIfBoxes(v2.Transform):
 
 
 class FinalizeKeypoints(v2.Transform):
-    """The last step of every pipeline: make the target valid for Keypoint R-CNN.
-
-    * a point that left the canvas ``[0, W] x [0, H]`` (edges included: ``x = 0`` survives
-      the flip to ``x = W``) gets visibility 0;
-    * each box grows to enclose its visible points (tightly: the margin was added once, on
-      the annotation, so augmentation never inflates a box) and is clipped to the canvas;
-    * instances whose labelled points all left the canvas, or with a box thinner than
-      `min_size` pixels, are dropped; a box-only target (COCO's ``num_keypoints: 0``)
-      stays while its box does.
-
-    torchvision >= 0.24 no longer clamps keypoints, and ``SanitizeBoundingBoxes`` knows
-    nothing of visibility, hence this step.
-    """
-
-    def __init__(self, min_size: float = 1.0):
-        super().__init__()
-        self.min_size = min_size
+    """The last step of every pipeline, making the target valid for Keypoint R-CNN (v2 no
+    longer clamps keypoints; ``SanitizeBoundingBoxes`` knows no visibility): a point off the
+    canvas ``[0, W] x [0, H]`` (edges in) gets visibility 0; each box grows to enclose its
+    visible points (tightly: no margin again) and is clipped; an instance whose labelled
+    points all left, or whose box is under 1 px wide or high, is dropped (a box-only target
+    stays while its box does)."""
 
     def forward(self, image, target):
         kps = target["keypoints"]
@@ -159,7 +141,7 @@ class FinalizeKeypoints(v2.Transform):
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         wide, tall = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = (has | box_only) & (wide >= self.min_size) & (tall >= self.min_size)
+        keep = (has | box_only) & (wide >= 1) & (tall >= 1)
         target = dict(target)
         target["boxes"] = tv_tensors.wrap(boxes[keep], like=target["boxes"])
         target["labels"] = target["labels"][keep]
@@ -169,11 +151,8 @@ class FinalizeKeypoints(v2.Transform):
 
 
 class CentredPadSquare(PadSquare):
-    """cjm's `PadSquare`, centred: half the padding on each side, the odd pixel last.
-
-    ``PadSquare(shift=False)`` is one pixel short of a square for an odd difference, so
-    this is ``shift=True`` with its random split (``pad_split``, cjm 0.0.26) fixed at 0.5.
-    """
+    """cjm's `PadSquare`, centred, the odd pixel last: ``shift=False`` is a pixel short for
+    an odd difference, so ``shift=True`` with its random ``pad_split`` fixed at 0.5."""
 
     def __init__(self):
         super().__init__(shift=True)
@@ -191,10 +170,9 @@ def square(size: int, *, random_placement: bool) -> list[v2.Transform]:
 
 
 POLICIES = ("iou_crop", "flip_only", "none")
-#: How the training flip treats left/right keypoints: ``"swap"`` mirrors and swaps the
-#: pairs (`KeypointHorizontalFlip`); ``"plain"`` is torchvision's own
-#: ``v2.RandomHorizontalFlip``, which mirrors and swaps nothing (notebook 04's exercise
-#: shows what that costs); ``"off"`` never flips.
+#: The training flip: ``"swap"`` mirrors and swaps left/right (`KeypointHorizontalFlip`);
+#: ``"plain"`` is v2's ``RandomHorizontalFlip``, which swaps nothing (notebook 04 shows
+#: what that costs); ``"off"`` never flips.
 FLIPS = ("swap", "plain", "off")
 
 
@@ -203,29 +181,21 @@ def train_transforms(
     flip_perm: Sequence[int] | None = None,
     *,
     policy: str = "iou_crop",
-    jitter: float = 0.25,
     flip: str = "swap",
 ) -> v2.Compose:
     """The training pipeline: IoU crop, `square` to `size` (randomly placed), colour
-    jitter, the keypoint-aware flip, then `FinalizeKeypoints`.
-
-    Args:
-        flip_perm: left/right permutation (`flip_indices` of the keypoint names);
-            ``None`` disables the flip (a mirror without a swap would teach wrong labels).
-        policy: ``"iou_crop"`` (default), ``"flip_only"`` (no crop, no jitter) or ``"none"``.
-        flip: one of `FLIPS`; ``"plain"`` mirrors without swapping, whatever `flip_perm`.
-    """
+    jitter (0.25), the flip (one of `FLIPS`), then `FinalizeKeypoints`. `policy` ``"flip_only"``
+    has no crop nor jitter, ``"none"`` nothing random. `flip_perm` (`flip_indices`) ``None``
+    disables the ``"swap"`` flip: a mirror without a swap would teach wrong labels."""
     if policy not in POLICIES:
         raise KpnbError(f"unknown augmentation policy {policy!r}; choose one of {POLICIES}")
     if flip not in FLIPS:
         raise KpnbError(f"unknown flip {flip!r}; choose one of {FLIPS}")
-    steps: list = []
-    if policy == "iou_crop":
-        steps.append(IoUCropIfBoxes())
+    steps: list = [IoUCropIfBoxes()] if policy == "iou_crop" else []
     steps += square(size, random_placement=policy != "none")
-    if policy == "iou_crop" and jitter:
+    if policy == "iou_crop":
         # No hue jitter: its RGB<->HSV round trip costs more than the rest of the pipeline.
-        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+        steps.append(v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25))
     if flip == "plain" and policy != "none":
         steps.append(v2.RandomHorizontalFlip())
     elif flip == "swap" and flip_perm is not None and policy != "none":

@@ -10,7 +10,6 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,11 @@ def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
     fine = type(edges) is list and all(type(e) is list and len(e) == 2 for e in edges)
     pairs = [(_whole(a), _whole(b)) for a, b in edges] if fine else [(None, None)]
     if any(None in pair for pair in pairs):
-        raise _fix(
-            where,
-            f"skeleton {_show(edges)} is not a list of [a, b] keypoint numbers",
-            "write the skeleton as pairs of keypoint numbers, e.g. [[1, 2], [2, 3]]",
+        raise CocoFormatError(
+            f"{where}: skeleton {_show(edges)} is not a list of [a, b] keypoint numbers; write the "
+            "skeleton as pairs of keypoint numbers, e.g. [[1, 2], [2, 3]]"
         )
-    if not pairs:
-        return ()
-    base = 0 if min(min(p) for p in pairs) == 0 else 1
+    base = 0 if min((min(p) for p in pairs), default=1) == 0 else 1
     if base == 0:
         log.info("%s: 0-based skeleton indices (as CVAT/datumaro write them)", where)
     shifted = [(a - base, b - base) for a, b in pairs]
@@ -54,21 +50,10 @@ def _skeleton_edges(edges, k: int, where: str) -> tuple[tuple[int, int], ...]:
     return good
 
 
-def _subset_of(path: Path) -> str | None:
+def _subset_of(name: str) -> str | None:
     """``train`` for ``person_keypoints_train.json`` (CVAT's and MS-COCO's names), else None."""
-    m = re.match(r"(?:person_keypoints|instances)_(.+)\.json$", path.name)
+    m = re.match(r"(?:person_keypoints|instances)_(.+)\.json$", Path(name).name)
     return m.group(1) if m else None
-
-
-def _coco_files(source: Path | Source) -> list[tuple[str, bytes, str | None]]:
-    """``(name for messages, bytes, subset)`` of each COCO file of the export."""
-    src = source if isinstance(source, Source) else Source(source, "coco", error=CocoFormatError)
-    src.error = CocoFormatError
-    return [(src.where(n), src.read_bytes(n), _subset_of(Path(n))) for n in src.files]
-
-
-def _fix(where: str, what: str, fix: str) -> CocoFormatError:
-    return CocoFormatError(f"{where}: {what}; {fix}")
 
 
 _INT64 = (-(2**63), 2**63 - 1)  # image and annotation ids are int64 columns
@@ -78,7 +63,7 @@ _MAX_COORD = float(np.finfo(np.float32).max)  # coordinates are float32 columns
 
 def _whole(value, lo: int = _INT64[0], hi: int = _INT64[1]) -> int | None:
     """A JSON value as an int if it is a whole number in ``[lo, hi]`` (``3`` or ``3.0``,
-    not ``true`` nor ``"3"``, as in `kpnb.cvat.values`), else None."""
+    not ``true`` nor ``"3"``, as in `kpnb.cvat.parse.whole`), else None."""
     if type(value) is float and value.is_integer():
         value = int(value)
     return value if type(value) is int and lo <= value <= hi else None
@@ -102,72 +87,65 @@ def _not(record: dict, key: str, wanted: str) -> str:
 def read_coco(source: str | os.PathLike | Source) -> Annotations:
     """Read COCO keypoints JSON (a file, an export folder or zip with several subsets).
 
-    Each file's subset comes from its name (``person_keypoints_<subset>.json``); image ids
-    are the file's own. Each annotation with keypoints becomes one skeleton instance of
-    its category (also with ``num_keypoints: 0``: a box-only object); its ``bbox`` becomes
-    a box grouped with it (``group_id``), as CVAT groups a box with a skeleton. The file's
-    annotation ``id``, ``area``, ``iscrowd`` and ``segmentation`` are kept in
-    ``meta["coco_annotations"]`` (by ``instance_id``), and each label's category id in
-    ``meta["coco_categories"]``, so `to_coco` and `kpnb predict` write them back. An
-    annotation's ``attributes`` become instance attributes, but for the shape flags CVAT
-    writes among them (``occluded``, ``keyframe``...).
-    Points with v=0 at exactly (0, 0) are absent: NaN, not a real position.
-
-    Public files bend the format; read with a logged warning: skeleton pairs past the
-    keypoint count are dropped, a 0-based skeleton is detected, and a category whose
-    annotations hold fewer triples than it names keypoints keeps the first names.
+    A file's subset comes from its name (``person_keypoints_<subset>.json``); image ids are
+    the file's own. Each annotation with keypoints is one skeleton instance of its category
+    (``num_keypoints: 0`` too: a box-only object), its ``bbox`` a box grouped with it. Its
+    ``id``, ``area``, ``iscrowd`` and ``segmentation`` are kept in ``meta["coco_annotations"]``
+    (by ``instance_id``) and category ids in ``meta["coco_categories"]``, for `to_coco` and
+    `kpnb predict`; ``attributes`` become instance attributes, but CVAT's shape flags
+    (``occluded``, ``keyframe``...). A v=0 point at exactly (0, 0) is absent (NaN).
+    Logged, not refused: skeleton pairs past the keypoint count (dropped), a 0-based
+    skeleton, a category naming more keypoints than its annotations hold (first names kept).
 
     Raises:
-        CocoFormatError: the file is not COCO keypoints JSON kpnb can trust (bad JSON, ids
-            that are not whole or repeat, an unknown image or category, a bad ``bbox``,
-            ``iscrowd``, visibility or coordinate; an image's width/height of 0 is
-            "unknown"): the message names the file, record, field and value, with the fix.
+        CocoFormatError: not COCO keypoints JSON kpnb can trust (bad JSON, ids not whole or
+            repeated, an unknown image or category, a bad ``bbox``, ``iscrowd``, visibility
+            or coordinate); the message names the file, record, field and value, with the
+            fix. A width/height of 0 is "unknown", not an error.
     """
-    files = _coco_files(source if isinstance(source, Source) else Path(source))
-    source = source.path if isinstance(source, Source) else Path(source)
+    src = source if isinstance(source, Source) else Source(source, "coco", error=CocoFormatError)
+    src.error = CocoFormatError
     rows = _CocoRows()
-    for where, raw, subset in files:
-        doc = _document(raw, where)
-        image_of = rows.add_images(doc["images"], subset, where)
+    for name in src.files:
+        where = src.where(name)
+        doc = _document(src.read_bytes(name), where)
+        image_of = rows.add_images(doc["images"], _subset_of(name), where)
         cats = _categories_by_id(doc.get("categories", []), where)
         sizes = _keypoint_counts(doc, cats, where)
         rows.add_categories(cats, sizes, where)
         for index, ann in enumerate(doc["annotations"]):
             rows.add_annotation(ann, index, image_of, cats, sizes, where)
-    return rows.annotations(source)
+    return rows.annotations(src.path)
 
 
 def _document(raw: bytes, where: str) -> dict:
     """The parsed COCO document, refusing bad JSON and files without images/annotations."""
+    what = None
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
         what = f"line {exc.lineno}: not valid JSON ({exc.msg})"
-        raise _fix(where, what, "export it again") from None
     except UnicodeDecodeError as exc:  # json takes UTF-8, -16 and -32
         what = f"byte {exc.start}: not UTF-8 text ({exc.reason})"
-        raise _fix(where, what, "export it again") from None
     except ValueError:  # an int past Python's cap on digits
         what = f"a number longer than {sys.get_int_max_str_digits()} digits"
-        raise _fix(where, what, "export it again") from None
     except RecursionError:
-        raise _fix(where, "JSON nested too deeply", "export it again") from None
+        what = "JSON nested too deeply"
+    if what:
+        raise CocoFormatError(f"{where}: {what}; export it again")
     if not isinstance(doc, dict) or "annotations" not in doc or "images" not in doc:
         raise CocoFormatError(f"{where}: no 'images'/'annotations': not a COCO file")
     for key in ("images", "annotations", "categories"):
         entries = doc.get(key, [])
         if type(entries) is not list:
-            raise _fix(
-                where,
-                f"'{key}' is {_show(entries)}, not a list",
-                f"write '{key}' as [{{...}}, ...]",
+            raise CocoFormatError(
+                f"{where}: '{key}' is {_show(entries)}, not a list; write '{key}' as [{{...}}, ...]"
             )
         bad = next((i for i, e in enumerate(entries) if type(e) is not dict), None)
         if bad is not None:
-            raise _fix(
-                where,
-                f"{key}[{bad}] is {_show(entries[bad])}, not an object",
-                "write each entry as {...} with its fields",
+            raise CocoFormatError(
+                f"{where}: {key}[{bad}] is {_show(entries[bad])}, not an object; write each entry "
+                "as {...} with its fields"
             )
     return doc
 
@@ -178,29 +156,24 @@ def _categories_by_id(entries: list, where: str) -> dict:
     for n, cat in enumerate(entries):
         cid, name = _whole(cat.get("id")), cat.get("name")
         if cid is None:
-            raise _fix(
-                where,
-                f"categories[{n}] ({_field(cat, 'name')}): {_not(cat, 'id', 'a whole number')}",
-                "give each category a whole-number id, e.g. 1",
+            raise CocoFormatError(
+                f"{where}: categories[{n}] ({_field(cat, 'name')}): "
+                f"{_not(cat, 'id', 'a whole number')}; give each category a whole-number id, e.g. 1"
             )
         if cid in cats:
-            raise _fix(
-                where,
-                f"category id {cid} is used twice ({_field(cats[cid], 'name')} and "
-                f"{_field(cat, 'name')})",
-                "give every category its own id",
+            raise CocoFormatError(
+                f"{where}: category id {cid} is used twice ({_field(cats[cid], 'name')} and "
+                f"{_field(cat, 'name')}); give every category its own id"
             )
         if type(name) is not str or not name:
-            raise _fix(
-                where,
-                f"category {cid}: {_not(cat, 'name', 'a non-empty string')}",
-                'write the label\'s name, e.g. "person"',
+            raise CocoFormatError(
+                f"{where}: category {cid}: {_not(cat, 'name', 'a non-empty string')}; write the "
+                'label\'s name, e.g. "person"'
             )
         if cat.get("keypoints") is not None and type(cat["keypoints"]) is not list:
-            raise _fix(
-                where,
-                f"category {cid} ({name!r}): keypoints {_show(cat['keypoints'])} is not a list",
-                'write the keypoint names as a list, e.g. ["nose", "left_eye"]',
+            raise CocoFormatError(
+                f"{where}: category {cid} ({name!r}): keypoints {_show(cat['keypoints'])} is not a "
+                'list; write the keypoint names as a list, e.g. ["nose", "left_eye"]'
             )
         cats[cid] = dict(cat, id=cid)
     return cats
@@ -212,22 +185,19 @@ _CVAT_FLAGS = frozenset(("occluded", "outside", "keyframe", "track_id", "rotatio
 
 _IMAGE_FIELDS = ["image_index", "image_id", "name", "width", "height", "subset"]
 _BOX_FIELDS = "image_index box_id label xtl ytl xbr ybr group_id occluded source".split()
+_EXTRA_FIELDS = "instance_id id area iscrowd segmentation".split()  # meta["coco_annotations"]
 
 
-@dataclass
 class _CocoRows:
-    """What `read_coco` collects over the files of one export, as plain rows: images
-    numbered across files, instances (annotations with keypoints) and boxes (``group_id``
-    1, 2...) in file order."""
+    """What `read_coco` collects over the files of one export, as plain rows in file order:
+    images (numbered across files), ``chunks`` (image, instance, label, group, ``[K, 3]``),
+    boxes (``group_id`` 1, 2...), attributes, and each instance's file id, area, iscrowd
+    and segmentation (``extra``); labels, skeletons and the file's category ids by label."""
 
-    images: list = field(default_factory=list)
-    chunks: list = field(default_factory=list)  # (image, instance, label, group, [K, 3])
-    boxes: list = field(default_factory=list)
-    attrs: list = field(default_factory=list)
-    skeletons: dict = field(default_factory=dict)
-    labels: list = field(default_factory=list)
-    category_ids: dict = field(default_factory=dict)  # label -> the file's category id
-    extra: list = field(default_factory=list)  # the file's id, area, iscrowd, segmentation
+    def __init__(self):
+        self.images, self.chunks, self.boxes, self.attrs = [], [], [], []
+        self.extra, self.labels = [], []
+        self.skeletons, self.category_ids = {}, {}
 
     def add_images(self, entries: list, subset: str | None, where: str) -> dict:
         """Append one file's images; returns its image id -> ``image_index``."""
@@ -235,39 +205,34 @@ class _CocoRows:
         for n, img in enumerate(entries):
             iid, name = _whole(img.get("id")), img.get("file_name")
             if iid is None:  # checked before the duplicate test: 1 and 1.5 are not one id
-                raise _fix(
-                    where,
-                    f"images[{n}] ({_field(img, 'file_name')}): "
-                    + _not(img, "id", "a whole number"),
-                    "give each image its own whole-number id, e.g. 1, 2, 3, and use it as "
-                    "the annotations' image_id",
+                raise CocoFormatError(
+                    f"{where}: images[{n}] ({_field(img, 'file_name')}): "
+                    f"{_not(img, 'id', 'a whole number')}; give each image its own whole-number "
+                    "id, e.g. 1, 2, 3, and use it as the annotations' image_id"
                 )
             if iid in image_of:
                 first = self.images[image_of[iid]][2]
-                raise _fix(
-                    where,
-                    f"image id {iid} is used twice ({first!r} and {_field(img, 'file_name')})",
-                    "give every image its own id; kpnb does not merge their annotations",
+                raise CocoFormatError(
+                    f"{where}: image id {iid} is used twice ({first!r} and "
+                    f"{_field(img, 'file_name')}); give every image its own id; kpnb does not "
+                    "merge their annotations"
                 )
             if type(name) is not str or not name:
-                raise _fix(
-                    where,
-                    f"image {iid}: {_not(img, 'file_name', 'a non-empty string')}",
-                    "write the image's file name (its path under the images folder)",
+                raise CocoFormatError(
+                    f"{where}: image {iid}: {_not(img, 'file_name', 'a non-empty string')}; write "
+                    "the image's file name (its path under the images folder)"
                 )
-            for key in ("width", "height"):
-                side = img.get(key)
-                if side is not None and _whole(side, 0, _MAX_SIDE) is None:
-                    raise _fix(
-                        where,
-                        f"image {iid} ({name!r}): {key} {_show(side)} is not a whole "
-                        "number of pixels >= 1",
-                        f"write the image's real {key} in pixels, or 0 or nothing if unknown",
+            size = [_whole(img.get(key), 0, _MAX_SIDE) for key in ("width", "height")]
+            for key, side in zip(("width", "height"), size, strict=True):
+                if side is None and img.get(key) is not None:
+                    raise CocoFormatError(
+                        f"{where}: image {iid} ({name!r}): {key} {_show(img[key])} is not a whole "
+                        f"number of pixels >= 1; write the image's real {key} in pixels, or 0 or "
+                        "nothing if unknown"
                     )
-            # 0 is unknown: datumaro (CVAT) writes it
-            size = [_whole(img.get(key), 0, _MAX_SIDE) or None for key in ("width", "height")]
             image_of[iid] = len(self.images)
-            self.images.append((len(self.images), iid, name, *size, subset))
+            # 0 is unknown: datumaro (CVAT) writes it
+            self.images.append((len(self.images), iid, name, *(s or None for s in size), subset))
         return image_of
 
     def add_categories(self, cats: dict, sizes: dict, where: str) -> None:
@@ -291,26 +256,22 @@ class _CocoRows:
         keypoints one instance; ids, ``bbox``, ``iscrowd`` and ``attributes`` checked."""
         _check_annotation(ann, index, where)
         aid = ann["id"]
-        if ann.get("image_id") not in image_of:
-            raise _fix(
-                where,
-                f"annotation {aid} refers to unknown image {ann.get('image_id')}",
-                "list that image in 'images'",
+        if ann["image_id"] not in image_of:
+            raise CocoFormatError(
+                f"{where}: annotation {aid} refers to unknown image {ann['image_id']}; list that "
+                "image in 'images'"
             )
-        cat = cats.get(ann.get("category_id"))
+        cat = cats.get(ann["category_id"])
         if cat is None:
-            raise _fix(
-                where,
-                f"annotation {aid} has unknown category {ann.get('category_id')}",
-                "list it in 'categories'",
+            raise CocoFormatError(
+                f"{where}: annotation {aid} has unknown category {ann['category_id']}; list it in "
+                "'categories'"
             )
         image, label = image_of[ann["image_id"]], cat["name"]
-        box = ann.get("bbox")
-        group = 0 if box is None or box == [] else self._add_box(ann, image, label, where)
-        kps = ann.get("keypoints") or []
-        if not kps:
+        group = 0 if ann.get("bbox") in (None, []) else self._add_box(ann, image, label, where)
+        if not ann.get("keypoints"):
             return
-        triples = _triples(kps, sizes[cat["id"]], aid, where)
+        triples = _triples(ann["keypoints"], sizes[cat["id"]], aid, where)
         instance = len(self.chunks)
         self.chunks.append((image, instance, label, group, triples))
         for key, value in (ann.get("attributes") or {}).items():
@@ -323,20 +284,16 @@ class _CocoRows:
     def _add_box(self, ann: dict, image: int, label: str, where: str) -> int:
         """Append the ``[x, y, w, h]`` bbox (4 finite numbers, w, h >= 0) as xyxy; its group."""
         box = ann["bbox"]
-        fine = type(box) is list and len(box) == 4
-        fine = fine and all(type(v) in (int, float) for v in box)
-        if fine:
-            try:
-                x, y, w, h = (float(v) for v in box)
-            except OverflowError:  # an int with 400 digits
-                x = y = w = h = math.nan
-            fine = w >= 0 and h >= 0 and all(abs(v) <= _MAX_COORD for v in (x, y, x + w, y + h))
-        if not fine:
-            raise _fix(
-                where,
-                f"annotation {ann['id']}: bbox {_show(box)} is not [x, y, w, h]: 4 finite "
-                "numbers with w, h >= 0",
-                "write the box as [x, y, width, height] in pixels, or leave bbox out",
+        fine = type(box) is list and len(box) == 4 and all(type(v) in (int, float) for v in box)
+        try:
+            x, y, w, h = (float(v) for v in box) if fine else [math.nan] * 4
+        except OverflowError:  # an int with 400 digits
+            x = y = w = h = math.nan
+        if not (w >= 0 and h >= 0 and all(abs(v) <= _MAX_COORD for v in (x, y, x + w, y + h))):
+            raise CocoFormatError(
+                f"{where}: annotation {ann['id']}: bbox {_show(box)} is not [x, y, w, h]: 4 finite "
+                "numbers with w, h >= 0; write the box as [x, y, width, height] in pixels, or "
+                "leave bbox out"
             )
         group = len(self.boxes) + 1
         occluded = bool((ann.get("attributes") or {}).get("occluded"))
@@ -345,9 +302,6 @@ class _CocoRows:
 
     def annotations(self, source: Path) -> Annotations:
         """The collected rows as tidy tables."""
-        coco_extra = pd.DataFrame(
-            self.extra, columns=["instance_id", "id", "area", "iscrowd", "segmentation"]
-        )
         return Annotations(
             tidy_images(pd.DataFrame(self.images, columns=_IMAGE_FIELDS)),
             tidy_keypoints(_keypoint_rows(self.chunks, self.skeletons)),
@@ -359,7 +313,7 @@ class _CocoRows:
                 "source": str(source),
                 "path": str(source),
                 "format": "coco",
-                "coco_annotations": coco_extra,
+                "coco_annotations": pd.DataFrame(self.extra, columns=_EXTRA_FIELDS),
                 "coco_categories": self.category_ids,
             },
         )
@@ -371,25 +325,22 @@ def _check_annotation(ann: dict, index: int, where: str) -> None:
         value = _whole(ann.get(key))
         if value is None:
             who = f"annotation {ann['id']}" if key != "id" else f"annotations[{index}]"
-            raise _fix(
-                where,
-                f"{who}: {_not(ann, key, 'a whole number')}",
-                f"write the {key} as a whole number, e.g. 1"
-                + (" (each annotation its own)" if key == "id" else ""),
+            own = " (each annotation its own)" if key == "id" else ""
+            raise CocoFormatError(
+                f"{where}: {who}: {_not(ann, key, 'a whole number')}; write the {key} as a whole "
+                f"number, e.g. 1{own}"
             )
         ann[key] = value
     crowd = ann.get("iscrowd")
     if crowd is not None and (type(crowd) not in (int, bool) or crowd not in (0, 1)):
-        raise _fix(
-            where,
-            f"annotation {ann['id']}: iscrowd {_show(crowd)} is not 0 or 1",
-            "write iscrowd 0 (one object) or 1 (a crowd)",
+        raise CocoFormatError(
+            f"{where}: annotation {ann['id']}: iscrowd {_show(crowd)} is not 0 or 1; write iscrowd "
+            "0 (one object) or 1 (a crowd)"
         )
     if ann.get("attributes") is not None and type(ann["attributes"]) is not dict:
-        raise _fix(
-            where,
-            f"annotation {ann['id']}: attributes {_show(ann['attributes'])} is not an object",
-            'write attributes as {"name": value, ...} or leave them out',
+        raise CocoFormatError(
+            f"{where}: annotation {ann['id']}: attributes {_show(ann['attributes'])} is not an "
+            'object; write attributes as {"name": value, ...} or leave them out'
         )
 
 
@@ -400,10 +351,9 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
     try:
         triples = np.asarray(kps, dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError, OverflowError):
-        raise _fix(
-            where,
-            f"annotation {aid}: keypoints {_show(kps)} are not [x, y, v] numbers",
-            "write 3 finite numbers per keypoint",
+        raise CocoFormatError(
+            f"{where}: annotation {aid}: keypoints {_show(kps)} are not [x, y, v] numbers; write 3 "
+            "finite numbers per keypoint"
         ) from None
     if len(triples) < k:  # fewer than others: the missing ones are absent
         triples = np.vstack([triples, np.zeros((k - len(triples), 3))])
@@ -416,17 +366,14 @@ def _triples(kps: list, k: int, aid, where: str) -> np.ndarray:
     point = int(np.flatnonzero(~(placed & known))[0])
     x, y, v = triples[point]
     if not placed[point]:
-        raise _fix(
-            where,
-            f"annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={v:g}), "
-            "not a finite number (NaN, Infinity, or too large, such as 1e400)",
-            "write real pixel coordinates; an absent keypoint is written 0, 0, 0 in "
-            "COCO (refused whatever its v)",
+        raise CocoFormatError(
+            f"{where}: annotation {aid}: keypoint {point} is at x={x:g}, y={y:g} (v={v:g}), not a "
+            "finite number (NaN, Infinity, or too large, such as 1e400); write real pixel "
+            "coordinates; an absent keypoint is written 0, 0, 0 in COCO (refused whatever its v)"
         )
-    raise _fix(
-        where,
-        f"annotation {aid}: visibility {v:g} at keypoint {point}",
-        "COCO visibility is 0 (absent), 1 (occluded) or 2 (visible)",
+    raise CocoFormatError(
+        f"{where}: annotation {aid}: visibility {v:g} at keypoint {point}; COCO visibility is 0 "
+        "(absent), 1 (occluded) or 2 (visible)"
     )
 
 
@@ -468,18 +415,15 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
     for n, ann in enumerate(doc["annotations"]):
         cid, kps = _whole(ann.get("category_id")), ann.get("keypoints") or []
         if type(kps) is not list:
-            raise _fix(
-                where,
-                f"annotations[{n}] (id {_field(ann, 'id')}): keypoints {_show(kps)} is not a list",
-                "write the keypoints as [x1, y1, v1, x2, y2, v2, ...]",
+            raise CocoFormatError(
+                f"{where}: annotations[{n}] (id {_field(ann, 'id')}): keypoints {_show(kps)} is "
+                "not a list; write the keypoints as [x1, y1, v1, x2, y2, v2, ...]"
             )
         if cid in named and kps:  # a bad id: refused by add_annotation
             if len(kps) % 3:
-                raise _fix(
-                    where,
-                    f"annotation {ann.get('id')}: keypoints length {len(kps)} is "
-                    "not a multiple of 3",
-                    "write one [x, y, v] per keypoint",
+                raise CocoFormatError(
+                    f"{where}: annotation {ann.get('id')}: keypoints length {len(kps)} is not a "
+                    "multiple of 3; write one [x, y, v] per keypoint"
                 )
             seen[cid] = max(seen.get(cid, 0), len(kps) // 3)
     sizes = {}
@@ -489,11 +433,9 @@ def _keypoint_counts(doc: dict, cats: dict, where: str) -> dict:
             msg = "%s: category %r names %d keypoints but its annotations hold %d triples"
             log.warning(msg + "; keeping the first %d names", where, cats[cid]["name"], n, k, k)
         elif n and k > n:
-            raise _fix(
-                where,
-                f"category {cats[cid]['name']!r} names {n} keypoints but an "
-                f"annotation holds {k} triples",
-                "list every keypoint's name",
+            raise CocoFormatError(
+                f"{where}: category {cats[cid]['name']!r} names {n} keypoints but an annotation "
+                f"holds {k} triples; list every keypoint's name"
             )
         sizes[cid] = k
     return sizes

@@ -19,18 +19,15 @@ from kpnb.tables import Annotations
 log = logging.getLogger(__name__)
 
 _INFO = dict(contributor="", date_created="", description="kpnb", url="", version="", year="")
+_IMAGE = dict(license=0, flickr_url="", coco_url="", date_captured=0)  # after id, size, name
 
 
 def category_ids(ann: Annotations, names: list[str]) -> dict[str, int]:
-    """The COCO category id of each label in `names`, as `to_coco` writes it.
-
-    A COCO file's own ids where `read_coco` kept them (``meta["coco_categories"]``); else
-    CVAT's rule: 1 + the label's position in the full label list (sublabels take ids too).
-    A label with neither (e.g. `points_to_skeleton`'s) takes the next free id.
-    """
+    """The COCO category id of each label in `names`, as `to_coco` writes it: a COCO file's
+    own (``meta["coco_categories"]``), else CVAT's rule, 1 + the label's position in the full
+    label list (sublabels too); a label with neither takes the next free id."""
     kept = ann.meta.get("coco_categories") or {}
-    listed = [str(n) for n in ann.labels["name"]]
-    ids = dict(kept) if kept else {n: i + 1 for i, n in enumerate(listed)}
+    ids = dict(kept) if kept else {str(n): i + 1 for i, n in enumerate(ann.labels["name"])}
     free = max(ids.values(), default=0) + 1
     for name in names:
         if name not in ids:
@@ -52,23 +49,19 @@ def to_coco(
 ) -> dict:
     """COCO keypoints as CVAT's "COCO Keypoints 1.0" export (datumaro) writes them.
 
-    One category per skeleton label (1-based ``skeleton``) and per plain ``<points>`` label
-    (empty ``keypoints``/``skeleton``); one annotation per instance or ``<points>`` shape:
-    ``[x, y, v]`` per point, ``num_keypoints`` (v > 0), ``area`` = w * h, ``iscrowd`` 0 and
-    the ``bbox`` of a grouped box, else the one kpnb trains with
-    (`kpnb.boxes.boxes_from_points`; CVAT writes the bare extent, 0 x 0 for one point).
-    What came from a COCO file keeps its ids, ``area``, ``iscrowd`` and ``segmentation``;
-    else images are numbered 1..N, categories by `category_ids`, video frames get ``.PNG``.
-
-    Args:
-        points_as_skeleton: first combine one-point ``<points>`` labels into instances of a
-            skeleton of that name (see `kpnb.grouping.points_to_skeleton`).
-        skeletons_only: leave plain ``<points>`` labels out (logged, with their counts).
+    A category per skeleton label (1-based ``skeleton``) and per plain ``<points>`` label
+    (empty lists); an annotation per instance or shape: ``[x, y, v]`` per point,
+    ``num_keypoints`` (v > 0), ``area`` = w * h, ``iscrowd`` 0, and the ``bbox`` of a grouped
+    box, else the one kpnb trains with (`kpnb.boxes.boxes_from_points`; CVAT writes the bare
+    extent). What came from a COCO file keeps its ids, ``area``, ``iscrowd`` and
+    ``segmentation``; else images are 1..N, categories by `category_ids`, video frames
+    ``.PNG``. `points_as_skeleton` first makes one-point labels instances of a skeleton of
+    that name (`kpnb.grouping.points_to_skeleton`); `skeletons_only` leaves plain labels out
+    (logged with their counts).
     """
     if points_as_skeleton is not None:
         ann = points_to_skeleton(ann, points_as_skeleton)
-    kp = ann.keypoints
-    plain = ann.plain_labels()
+    kp, plain = ann.keypoints, ann.plain_labels()
     if skeletons_only and plain:
         dropped = kp["label"].astype(str).isin(plain)
         log.warning(
@@ -90,41 +83,26 @@ def to_coco(
 
 def _categories(ann: Annotations, cat_ids: dict[str, int]) -> list[dict]:
     """One COCO category per label (keypoints and 1-based edges, empty for plain points)."""
-    empty = Skeleton(())
-    return [
-        {
-            "id": cid,
-            "name": name,
-            "supercategory": "",
-            "keypoints": list(ann.skeletons.get(name, empty).keypoints),
-            "skeleton": [[a + 1, b + 1] for a, b in ann.skeletons.get(name, empty).edges],
-        }
-        for name, cid in cat_ids.items()
-    ]
+    out = []
+    for name, cid in cat_ids.items():
+        sk = ann.skeletons.get(name, Skeleton(()))
+        edges = [[a + 1, b + 1] for a, b in sk.edges]
+        out.append(
+            dict(id=cid, name=name, supercategory="", keypoints=list(sk.keypoints), skeleton=edges)
+        )
+    return out
 
 
 def _images(ann: Annotations) -> tuple[list[dict], dict[int, int]]:
     """The COCO ``images`` (ids by `image_ids`) and ``image_index -> image id``."""
     imgs, ids = ann.images, image_ids(ann)
-    video = ann.meta.get("format") == "video"  # frame_000012 in XML is frame_000012.PNG
+    names = imgs["name"].astype(str).tolist()
+    if ann.meta.get("format") == "video":  # frame_000012 in XML is frame_000012.PNG
+        names = [n if Path(n).suffix else n + ".PNG" for n in names]
+    width, height = (imgs[k].fillna(0).astype(int).tolist() for k in ("width", "height"))
     images = [
-        {
-            "id": i,
-            "width": w,
-            "height": h,
-            "file_name": n + ".PNG" if video and not Path(n).suffix else n,
-            "license": 0,
-            "flickr_url": "",
-            "coco_url": "",
-            "date_captured": 0,
-        }
-        for i, w, h, n in zip(
-            ids,
-            imgs["width"].fillna(0).astype(int).tolist(),
-            imgs["height"].fillna(0).astype(int).tolist(),
-            imgs["name"].astype(str).tolist(),
-            strict=True,
-        )
+        {"id": i, "width": w, "height": h, "file_name": n, **_IMAGE}
+        for i, w, h, n in zip(ids, width, height, names, strict=True)
     ]
     return images, dict(zip(imgs["image_index"].tolist(), ids, strict=True))
 
@@ -144,10 +122,8 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
         size["height"].to_numpy(np.float64, na_value=np.nan), starts=starts,
     )  # fmt: skip
     grouped = ann.grouped_boxes()
-    keys = zip(first["image_index"].tolist(), first["group_id"].tolist(), strict=True)
-    for n, key in enumerate(keys):
-        if key in grouped:
-            boxes[n] = grouped[key]
+    for n, key in enumerate(first[["image_index", "group_id"]].itertuples(index=False, name=None)):
+        boxes[n] = grouped.get(key, boxes[n])
     bbox = np.round(np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 2)
     area = np.round(bbox[:, 2] * bbox[:, 3], 4).tolist()
     x, y = np.round(np.nan_to_num(xy), 2).T.tolist()
@@ -183,8 +159,7 @@ def _annotations(ann: Annotations, kp: pd.DataFrame, cat_ids: dict, image_ids: d
 
 def write_coco(ann: Annotations, path: str | os.PathLike, **kwargs) -> Path:
     """Write `to_coco(ann, **kwargs)` as JSON at `path`, atomically."""
-    path = Path(path)
-    doc = to_coco(ann, **kwargs)
+    path, doc = Path(path), to_coco(ann, **kwargs)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
     return path

@@ -1,8 +1,8 @@
 """CVAT for images / video 1.1 XML <-> the tidy `Annotations` tables.
 
 `read_cvat` reads an export (layouts with real examples: ``tests/data/conformance/README.md``):
-`kpnb.io.Source` finds the XML, `parse` collects its rows, `values` checks their values and
-`build` makes the tables. `write_cvat` (`write`, `svg`) writes XML that CVAT itself imports.
+`kpnb.io.Source` finds the XML, `parse` collects and checks its rows, `build` makes the
+tables. `write_cvat` (`write`) writes XML that CVAT itself imports.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ from __future__ import annotations
 import os
 
 from kpnb.cvat.build import build_tables
-from kpnb.cvat.parse import Reader
-from kpnb.cvat.svg import skeleton_svg
-from kpnb.cvat.values import CvatFormatError
-from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, write_cvat
+from kpnb.cvat.parse import CvatFormatError, Reader
+from kpnb.cvat.write import FIXED_DUMPED, iter_cvat_lines, skeleton_svg, write_cvat
 from kpnb.io import Source
 from kpnb.tables import Annotations
 
 __all__ = [
-    "CvatAnnotations",
     "CvatFormatError",
     "read_cvat",
     "write_cvat",
@@ -27,32 +24,21 @@ __all__ = [
     "FIXED_DUMPED",
 ]
 
-#: What `read_cvat` returns: the tidy tables shared by every kpnb stage.
-CvatAnnotations = Annotations
-
 
 def read_cvat(source: str | os.PathLike | Source, *, keyframes_only: bool = False) -> Annotations:
-    """Read a CVAT for images/video 1.1 export into tidy tables.
+    """Read a CVAT for images/video 1.1 export (an ``annotations.xml``, a folder holding
+    one, a CVAT export ``.zip``, or the `kpnb.io.Source` that found it) into `Annotations`.
 
-    Args:
-        source: an ``annotations.xml``, a folder holding one, or a CVAT export ``.zip``
-            (or the `kpnb.io.Source` that found it).
-        keyframes_only: for video tracks, keep only the shapes on keyframes, dropping
-            CVAT's interpolated frames and the frames a track repeats past its last
-            keyframe (``meta["past_last_keyframe"]`` counts those per track either way).
-
-    Returns:
-        `Annotations` (also available as ``CvatAnnotations``): ``images``, ``keypoints``
-        (one row per point; skeleton instances have one row per skeleton keypoint in
-        definition order, a missing element is ``(nan, nan)`` with visibility 0),
-        ``skeletons``, ``labels``, ``boxes``, ``attributes`` and ``meta``.
+    A skeleton instance has one keypoint row per skeleton keypoint, in definition order; a
+    missing element is ``(nan, nan)`` with visibility 0. `keyframes_only` keeps only a video
+    track's keyframes, dropping CVAT's interpolated frames and those a track repeats past its
+    last keyframe (``meta["past_last_keyframe"]`` counts them per track either way). The
+    file is streamed: memory grows with the tables, not the file.
 
     Raises:
-        CvatFormatError: malformed or non-CVAT XML, refused constructs (entities, a DTD),
-            or a bad value; the message names the file, line, element and attribute.
+        CvatFormatError: malformed or non-CVAT XML, a DTD with declarations, or a bad
+            value; the message names the file, line, element and attribute.
         FileNotFoundError: `source` does not exist or holds no annotations file.
-
-    The file is streamed, never held whole: memory grows with the tables, not the file.
     """
     src = source if isinstance(source, Source) else Source(source, "cvat", error=CvatFormatError)
     src.error = CvatFormatError

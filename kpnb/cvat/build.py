@@ -1,25 +1,28 @@
-"""The reader's rows -> the tidy `Annotations` tables (labels, skeletons, images, points)."""
+"""The reader's rows -> the tidy `Annotations` tables (labels, skeletons from their ``<svg>``,
+images, points)."""
 
 from __future__ import annotations
+
+import logging
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 
-from kpnb.cvat.parse import SKELETON, Reader
-from kpnb.cvat.svg import parse_skeleton_svg
-from kpnb.cvat.values import FRAMES, INT32, BadValue, CvatFormatError, at_line, whole
+from kpnb.cvat.parse import FRAMES, INT32, SKELETON, BadValue, CvatFormatError, Reader, whole
 from kpnb.tables import Annotations, Skeleton, tidy_boxes, tidy_images, tidy_keypoints
 
-# A video task's frames that kpnb lists, empty ones included (an hour at 60 fps is 216,000):
-# the cap is checked before any row is made, so a made-up stop_frame cannot take all memory.
+log = logging.getLogger(__name__)
+
+# A video's frames kpnb lists, empty ones too (an hour at 60 fps is 216,000), checked before
+# any row is made: a made-up stop_frame cannot take all memory.
 MAX_FRAMES = 2_000_000
 MAX_POINTS = 2**15 - 1  # point_index is int16
 _BOX = "image_index label xtl ytl xbr ybr occluded source group_id z_order track_id".split()
 
 
 def build_tables(r: Reader, keyframes_only: bool = False) -> Annotations:
-    """Every table of one parsed document; `keyframes_only` drops track shapes that are not
-    keyframes (CVAT's interpolated and propagated frames)."""
+    """Every table of one parsed document (`keyframes_only`: see `kpnb.cvat.read_cvat`)."""
     inst, elem = r.instances.columns(), r.elements.columns()
     skeletons = _skeletons(r, inst, elem)
     keypoints = _keypoints(r.name, inst, elem, skeletons)
@@ -66,11 +69,10 @@ def _skeletons(r: Reader, inst: dict, elem: dict) -> dict[str, Skeleton]:
         if lab["parent"]:
             sublabels.setdefault(lab["parent"], []).append(lab["name"])
     skeletons: dict[str, Skeleton] = {}
-    for lab in r.labels:
-        if lab["type"] == "skeleton" or lab["svg"] or lab["name"] in sublabels:
-            sk = parse_skeleton_svg(lab["name"], lab["svg"], sublabels.get(lab["name"], []), r.name)
-            if sk is not None:
-                skeletons[lab["name"]] = sk
+    for lab in r.labels:  # None for a label with neither svg circles nor sublabels
+        sk = parse_skeleton_svg(lab["name"], lab["svg"], sublabels.get(lab["name"], []), r.name)
+        if sk is not None:
+            skeletons[lab["name"]] = sk
     found: dict[str, dict] = {}
     if set(inst["label"][inst["kind"] == SKELETON]) - skeletons.keys():
         labels = inst["label"][elem["instance"]]
@@ -81,9 +83,8 @@ def _skeletons(r: Reader, inst: dict, elem: dict) -> dict[str, Skeleton]:
 
 
 def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataFrame:
-    """One row per point, ordered by (instance, point index): K rows for a skeleton instance
-    (definition order; a missing element stays NaN with visibility 0), one per coordinate
-    for a points shape. Each instance owns a block of rows; its points are put in place."""
+    """One row per point, by (instance, point index): K rows for a skeleton instance (a
+    missing element stays NaN, visibility 0), one per coordinate for a points shape."""
     label_code, labels = pd.factorize(inst["label"], sort=True)
     skel = inst["kind"] == SKELETON
     k_of_label = np.array(
@@ -93,23 +94,19 @@ def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataF
     count = np.where(skel, k_of_label[label_code], plain_count).astype(np.int64)
     if len(count) and count.max() > MAX_POINTS:
         i = int(count.argmax())
-        raise at_line(
-            source,
-            int(inst["line"][i]),
-            f"an instance with {count[i]:,} points; kpnb numbers an instance's points up to "
-            f"{MAX_POINTS:,}: split the shape",
+        raise CvatFormatError(
+            f"{source}: line {inst['line'][i]}: an instance with {count[i]:,} points; kpnb "
+            f"numbers an instance's points up to {MAX_POINTS:,}: split the shape"
         )
     start = np.cumsum(count) - count
     plain_rows = start[inst["pt_instance"]] + inst["pt_index"]
     elem_rows = start[elem["instance"]] + _element_positions(source, inst, elem, skeletons)
-    twice = np.flatnonzero(np.bincount(elem_rows, minlength=int(count.sum()))[elem_rows] > 1)
-    if len(twice):  # name the second of them
-        i = int(twice[np.flatnonzero(elem_rows[twice] == elem_rows[twice[0]])[1]])
-        raise at_line(
-            source,
-            int(elem["line"][i]),
-            f"skeleton element {elem['name'][i]!r} appears twice in one skeleton instance; "
-            "remove the duplicate in CVAT and export again",
+    twice = pd.Series(elem_rows).duplicated().to_numpy()
+    if twice.any():  # name the first repeat
+        i = int(twice.argmax())
+        raise CvatFormatError(
+            f"{source}: line {elem['line'][i]}: skeleton element {elem['name'][i]!r} appears "
+            "twice in one skeleton instance; remove the duplicate in CVAT and export again"
         )
     row_inst = np.repeat(np.arange(len(count)), count)
     point_index = np.arange(len(row_inst)) - start[row_inst]
@@ -154,8 +151,8 @@ def _keypoints(source: str, inst: dict, elem: dict, skeletons: dict) -> pd.DataF
 
 
 def _categorical(values: np.ndarray) -> pd.Categorical:
-    """Strings as a categorical of the sorted strings they use, made from codes: pandas would
-    first turn a million strings into arrow strings (0.4 s of `bench_parse.py`'s 1.7)."""
+    """Strings as a sorted categorical made from codes: pandas would first turn a million
+    strings into arrow strings (0.4 s of `bench_parse.py`'s 1.7)."""
     codes, uniques = pd.factorize(values, sort=True)
     return pd.Categorical.from_codes(codes, categories=pd.Index(uniques))
 
@@ -173,12 +170,10 @@ def _element_positions(source: str, inst: dict, elem: dict, skeletons) -> np.nda
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
         label, name = found["label"][i], found["name"][i]
-        raise at_line(
-            source,
-            int(elem["line"][i]),
-            f"skeleton {label!r} has no keypoint {name!r} (its <svg> defines "
-            f"{list(skeletons[label].keypoints)}); fix the label definition in CVAT and "
-            "export again",
+        raise CvatFormatError(
+            f"{source}: line {elem['line'][i]}: skeleton {label!r} has no keypoint {name!r} "
+            f"(its <svg> defines {list(skeletons[label].keypoints)}); fix the label definition "
+            "in CVAT and export again"
         )
     return found["pos"].to_numpy(np.int64)
 
@@ -199,41 +194,26 @@ def _images(r: Reader) -> pd.DataFrame:
     if r.frames:
         tasks = r.tasks if r.meta_kind == "project" and r.tasks else {None: r.top}
         frames = {task_id: _task_frames(t, r.name) for task_id, t in tasks.items()}
-        if sum(map(len, frames.values())) > MAX_FRAMES:
+        total = sum(map(len, frames.values()))
+        if total > MAX_FRAMES:
             raise CvatFormatError(
-                f"{r.name}: <meta> describes {sum(map(len, frames.values())):,} frames, more "
-                f"than kpnb lists ({MAX_FRAMES:,}); check start_frame, stop_frame and size"
+                f"{r.name}: <meta> describes {total:,} frames, more than kpnb lists "
+                f"({MAX_FRAMES:,}); check start_frame, stop_frame and size"
             )
-        for task_id, fs in frames.items():
-            t = tasks[task_id]
-            rows += [
-                (f, f"frame_{f:06d}", None, None, t.get("subset"), task_id)
-                for f in fs
-                if (task_id, f) not in r.frames
-            ]
-        sizes = {
-            task_id: [
+        sizes = {}
+        for task_id, t in tasks.items():
+            new = [f for f in frames[task_id] if (task_id, f) not in r.frames]
+            rows += [(f, f"frame_{f:06d}", None, None, t.get("subset"), task_id) for f in new]
+            sizes[task_id] = [
                 _meta_whole(t.get(k) or r.top.get(k), (1, INT32[1]), f"<original_size> {k}", r.name)
                 for k in ("width", "height")
             ]
-            for task_id, t in tasks.items()
-        }
         for i, (f, name, width, _, subset, task_id) in enumerate(rows):
             if width is None and task_id in sizes:
                 rows[i] = (f, name, *sizes[task_id], subset, task_id)
-    cols = list(zip(*rows, strict=True)) or [()] * 6
-    ids = [i if i is not None else n for n, i in enumerate(cols[0])]
-    df = pd.DataFrame(
-        {
-            "image_index": np.arange(len(rows)),
-            "image_id": np.array(ids, np.int64),
-            "name": np.array(cols[1], object),
-            "width": pd.array(cols[2], dtype="Int32"),
-            "height": pd.array(cols[3], dtype="Int32"),
-            "subset": np.array(cols[4], object),
-            "task_id": pd.array(cols[5], dtype="Int64"),
-        }
-    )
+    df = pd.DataFrame(rows, columns=["image_id", "name", "width", "height", "subset", "task_id"])
+    df.insert(0, "image_index", np.arange(len(df)))
+    df["image_id"] = df["image_id"].fillna(df["image_index"])  # an <image> without id
     return tidy_images(df)
 
 
@@ -248,7 +228,7 @@ def _meta_whole(text: str | None, bounds, what: str, source: str) -> int | None:
 
 
 def _task_frames(t: dict, source: str) -> range:
-    """The frame numbers a (video) task's meta describes: start..stop by the filter's step."""
+    """A video task's frame numbers: start..stop by the frame filter's step."""
     start, stop, size = (
         _meta_whole(t.get(k), FRAMES, f"<meta> {k}", source)
         for k in ("start_frame", "stop_frame", "size")
@@ -266,13 +246,45 @@ def _task_frames(t: dict, source: str) -> range:
 
 
 def _past_last_keyframe(inst: dict, keyframe: np.ndarray, images: pd.DataFrame) -> dict:
-    """Per track, how many of its shapes lie past its last keyframe: CVAT propagates a track
-    that was never closed to the end of the task, repeating its last pose."""
+    """Per track, its shapes past its last keyframe: CVAT repeats the last pose of a track
+    never closed to the end of the task."""
     tracked = inst["track_id"] >= 0
-    if not tracked.any():
-        return {}
     frame = images["image_id"].to_numpy()[inst["image_index"]]
     df = pd.DataFrame({"track": inst["track_id"], "frame": frame, "key": keyframe})[tracked]
     last = df[df["key"]].groupby("track")["frame"].max()
     past = df["frame"] > df["track"].map(last).fillna(-1).to_numpy()
     return {int(k): int(v) for k, v in df[past].groupby("track").size().items()}
+
+
+def parse_skeleton_svg(name: str, svg: str | None, sublabels: list[str], source: str):
+    """Keypoint order from the svg circles, edges from node ids; parent order as fallback."""
+    from defusedxml.ElementTree import fromstring
+
+    try:
+        root = fromstring("<root>" + (svg or "") + "</root>")
+    except Exception as exc:  # unescaped names in data-label-name make the svg unparsable
+        log.warning(
+            "%s: skeleton %r: unreadable <svg> (%s); using <parent> order", source, name, exc
+        )
+        root = fromstring("<root/>")
+    circles = [c for c in root.iter("circle") if c.get("data-label-name") is not None]
+    names = [c.get("data-label-name") for c in circles] or sublabels
+    if not names:
+        return None
+    node_pos = {c.get("data-node-id"): i for i, c in enumerate(circles)}
+    edges, dropped = [], []
+    for ln in root.iter("line") if circles else ():
+        a, b = ln.get("data-node-from"), ln.get("data-node-to")
+        if a in node_pos and b in node_pos:
+            edges.append((node_pos[a], node_pos[b]))
+        else:
+            dropped.append((a, b))
+    if dropped:
+        log.warning("%s: skeleton %r: edges %s refer to no node; left out", source, name, dropped)
+    twice = sorted(k for k, n in Counter(names).items() if n > 1)
+    if twice:
+        raise CvatFormatError(
+            f"{source}: skeleton label {name!r} names keypoints {twice} more than once; "
+            "rename them in CVAT's skeleton editor and export again"
+        )
+    return Skeleton(tuple(names), tuple(dict.fromkeys(edges)))

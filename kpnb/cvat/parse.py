@@ -1,36 +1,104 @@
 """The CVAT reader: one pass of expat callbacks collecting rows (`kpnb.cvat.build` makes the
 tables from them), fed 64 KB at a time, so memory grows with the columns, never the file.
-
-The guards are defusedxml's: no entity declarations (bombs), no external entities, and no
-DTD with declarations at all (its ATTLIST defaults would invent attributes).
+A DOCTYPE with declarations is refused: that alone shuts out entity bombs, external entities
+and ATTLIST defaults that would invent attributes. Attribute strings are read as CVAT's own
+importer reads them (Python's ``int``/``float``: "1_000" and " 5" are numbers).
 """
 
 from __future__ import annotations
 
+import math
 import pyexpat
 
 import numpy as np
 
-from kpnb.cvat.values import (
-    FRAMES,
-    INT32,
-    TRUE,
-    BadValue,
-    CvatFormatError,
-    at_line,
-    coordinates,
-    flags,
-    integers,
-    number,
-    whole,
-)
 from kpnb.errors import KpnbError
+
+INT32 = (-(2**31), 2**31 - 1)  # CVAT's database keeps ids, frames, z_order and group_id so
+FRAMES = (0, INT32[1])
+TRUE = frozenset(("1", "true", "True"))
+
+
+class CvatFormatError(KpnbError):
+    """A CVAT file is malformed or not CVAT: the message names the file, line and fix."""
+
+
+def at_line(source: str, line: int, message: str) -> CvatFormatError:
+    """A `CvatFormatError` for `message` at `line` of `source`."""
+    return CvatFormatError(f"{source}: line {line}: {message}")
+
+
+class BadValue(Exception):
+    """Why a value is refused; the reader re-raises it naming file, line and attribute."""
+
+
+def whole(text: str, bounds: tuple[int, int] = INT32) -> int:
+    """A whole number within `bounds` (``"3"``, ``"3.0"``), as CVAT's importer reads one."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            raise BadValue("is not a number") from None
+        if not math.isfinite(f) or not f.is_integer():
+            raise BadValue("is not a whole number") from None
+        value = int(f)
+    if not bounds[0] <= value <= bounds[1]:
+        raise BadValue(f"is outside {bounds[0]}..{bounds[1]}, the range CVAT stores")
+    return value
+
+
+def integers(texts, lines, what, source: str, default: int = 0) -> np.ndarray:
+    """Integer attribute strings (None or "" -> `default`) as int64 within CVAT's int32,
+    each distinct text converted once; `what(i)` names row i's element and attribute."""
+    conv = {None: default, "": default}
+    for text in set(texts) - conv.keys():
+        try:
+            conv[text] = whole(text)
+        except BadValue as exc:
+            i = texts.index(text)
+            raise at_line(source, lines[i], f"{what(i)}={text!r} {exc}") from None
+    return np.array([conv[t] for t in texts], np.int64)
+
+
+def flags(texts) -> np.ndarray:
+    """``"1"``/``"true"`` -> True, anything else (or missing) -> False, as CVAT reads flags."""
+    return np.array([t in TRUE for t in texts], bool)
+
+
+def _bulk(texts: list[str], one_each: bool):
+    """`coordinates`' numbers as ``[N, 2]`` and pairs per string, or None if one is bad."""
+    counts = np.array([t.count(";") + 1 if t else 0 for t in texts], np.int64)
+    joined = ";".join(filter(None, texts))
+    pieces = joined.split(";") if joined else []
+    if {p.count(",") for p in pieces} - {1} or (one_each and (counts != 1).any()):
+        return None, counts
+    try:  # Python's float reads each number, as CVAT's importer does ("1_000", " 5")
+        flat = np.array(joined.replace(";", ",").split(",") if joined else [], np.float64)
+    except ValueError:
+        return None, counts
+    return (flat.reshape(-1, 2) if np.isfinite(flat).all() else None), counts
+
+
+def coordinates(texts, lines, what: str, source: str, one_each: bool = False):
+    """``points`` strings -> ``([N, 2] float64, pairs per string)``, parsed in one numpy call
+    over the joined strings (a Python loop per number costs 1 s on a million points); only
+    when that fails are the strings read one by one, to name the first bad one's line."""
+    texts = [t or "" for t in texts]
+    xy, counts = _bulk(texts, one_each)
+    if xy is None:
+        bad = next(i for i, t in enumerate(texts) if _bulk([t], one_each)[0] is None)
+        why = "is not 'x,y' pairs of finite numbers"
+        if one_each and _bulk([texts[bad]], False)[0] is not None:
+            why = "must be one 'x,y' (a skeleton element is one point)"
+        raise at_line(source, lines[bad], f"{what} points={texts[bad]!r} {why}")
+    return xy, counts
+
 
 _READ = 1 << 16  # bytes per expat feed
 POINTS, SKELETON = 0, 1  # instance kinds
-SHAPES = frozenset(
-    ("points", "box", "skeleton", "polygon", "polyline", "ellipse", "mask", "cuboid", "tag")
-)
+SHAPES = frozenset("points box skeleton polygon polyline ellipse mask cuboid tag".split())
 _META_TEXT = frozenset(
     "name type color parent svg width height id subset start_frame stop_frame frame_filter "
     "size mode version dumped subsets".split()
@@ -43,8 +111,7 @@ _TAG = ("points", "skeleton")  # by kind
 
 class Rows:
     """Raw rows, one tuple per element (the cheapest thing a callback can do), turned into
-    checked numpy columns by `convert` about `_CHUNK` rows at a time (between images or
-    tracks): values are converted in bulk, and memory holds columns, not tuples."""
+    checked numpy columns by `convert` about `_CHUNK` rows at a time: memory holds columns."""
 
     def __init__(self, convert):
         self.convert = convert  # (rows, index of the first) -> dict of columns
@@ -63,36 +130,20 @@ class Rows:
 
     def columns(self) -> dict[str, np.ndarray]:
         self.flush()
-        if not self.chunks:
-            return self.convert([], 0)
-        chunks, self.chunks = self.chunks, []
+        chunks, self.chunks = self.chunks or [self.convert([], 0)], []
         return {k: np.concatenate([c.pop(k) for c in chunks]) for k in list(chunks[0])}
 
 
-class _Refused(Exception):
-    """A construct CVAT never writes and a hostile file might: entities, a DTD."""
-
-
-def _refuse_entities(*args) -> None:
-    raise _Refused("the XML declares entities")
-
-
-def _refuse_external(context, base, sysid, pubid) -> None:
-    raise _Refused(f"the XML references an external entity ({sysid})")
-
-
 class Reader:
-    """Expat callbacks that collect a CVAT document as rows (one pass, no tree): ``images``,
-    ``instances`` (a plain ``<points>`` shape or a ``<skeleton>``, with the plain shapes'
-    points), ``elements`` (a skeleton's points, placed by name), ``boxes``, ``attributes``."""
+    """Expat callbacks collecting a CVAT document as rows: ``images``, ``instances`` (plain
+    ``<points>`` shapes with their points, and ``<skeleton>``s), ``elements`` (a skeleton's
+    points), ``boxes``, ``attributes``."""
 
     def __init__(self, name: str):
         self.name = name
         p = self.p = pyexpat.ParserCreate()
         p.buffer_text = True
         p.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
-        p.EntityDeclHandler = p.UnparsedEntityDeclHandler = _refuse_entities
-        p.ExternalEntityRefHandler = _refuse_external
         p.StartDoctypeDeclHandler = self._doctype
         p.StartElementHandler, p.EndElementHandler = self.start, self.end
         self.stack: list = [None]  # the open elements, under a None for the root's parent
@@ -125,8 +176,11 @@ class Reader:
         return at_line(self.name, self.p.CurrentLineNumber, msg)
 
     def _doctype(self, name, sysid, pubid, has_internal_subset) -> None:
-        if has_internal_subset or sysid or pubid:
-            raise _Refused("the XML has a DOCTYPE with declarations")
+        if has_internal_subset or sysid or pubid:  # CVAT never writes one, a hostile file might
+            raise self.error(
+                "refused: the XML has a DOCTYPE with declarations; CVAT never writes these, so "
+                "the file is not a CVAT export or has been tampered with"
+            )
 
     def _collect(self) -> None:
         self.text = []
@@ -209,8 +263,8 @@ class Reader:
             self.version = self._collected().strip()
 
     def _owner(self, parent: str) -> tuple | None:
-        """(instance, element name or None) owning an <attribute> in `parent`, None for what
-        kpnb does not model; the open shape's row is the last (converted only between images)."""
+        """(instance, element name or None) owning an <attribute> in `parent` (None: kpnb
+        does not model it); the open shape's row is the last one."""
         if parent == "skeleton":
             return (self.skeleton, None)
         if parent != "points":
@@ -219,8 +273,7 @@ class Reader:
             return self.elements.rows[-1][:2]
         return (self.instances.next_index() - 1, None)
 
-    def _flush(self) -> None:
-        """Convert the rows so far once a chunk's worth has gathered (between shapes)."""
+    def _flush(self) -> None:  # between shapes
         self.instances.flush(at_least=_CHUNK)
         self.elements.flush(at_least=_CHUNK)
 
@@ -236,14 +289,9 @@ class Reader:
         if parent != "annotations":
             raise self.error(f"<image> inside <{parent}>: images sit in <annotations>; " + _DAMAGED)
         fix = "; CVAT writes the image's size in whole pixels: export the task again"
-        sides = []
-        for key in ("width", "height"):
-            side = self._int("image", attrs, key, None, (INT32[0], INT32[1]), fix)
-            if side is not None and side < 1:
-                raise self.error(
-                    f"<image> {key}={attrs[key]!r} is not a size of at least 1 pixel{fix}"
-                )
-            sides.append(side)
+        sides = [
+            self._int("image", attrs, k, None, (1, INT32[1]), fix) for k in ("width", "height")
+        ]
         image_id = self._int("image", attrs, "id", None, FRAMES)
         task_id = self._int("image", attrs, "task_id", None, FRAMES)
         name, subset = attrs.get("name") or "", attrs.get("subset") or None
@@ -274,24 +322,21 @@ class Reader:
         key = (self.track["task_id"], frame)
         if key not in self.frames:
             self.frames[key] = len(self.images)
-            name = f"frame_{frame:06d}"
-            self.images.append((frame, name, None, None, self.track["subset"], key[0]))
+            self.images.append(
+                (frame, f"frame_{frame:06d}", None, None, self.track["subset"], key[0])
+            )
         return self.frames[key]
 
     def _instance(self, attrs: dict, kind: int, image: int, keyframe=None) -> int:
         """Record a points shape or skeleton; a track lends its label, source and group."""
-        t = self.track
+        t, track = self.track, -1
         if t is not None:
-            attrs = {**attrs, "label": t["label"]}
-            attrs["source"] = attrs.get("source") or t["source"]
+            attrs = {**attrs, "label": t["label"], "source": attrs.get("source") or t["source"]}
             attrs["group_id"] = attrs.get("group_id") or t["group_id"]
-            if keyframe is None:
-                keyframe = attrs.get("keyframe") in TRUE
-        keyframe = bool(keyframe)
-        line = self.p.CurrentLineNumber
-        self.instances.rows.append(
-            (image, kind, attrs, -1 if t is None else t["id"], keyframe, line)
-        )
+            keyframe = attrs.get("keyframe") in TRUE if keyframe is None else keyframe
+            track = t["id"]
+        row = (image, kind, attrs, track, bool(keyframe), self.p.CurrentLineNumber)
+        self.instances.rows.append(row)
         return self.instances.next_index() - 1
 
     def _instance_columns(self, rows: list[tuple], first: int) -> dict[str, np.ndarray]:
@@ -357,11 +402,9 @@ class Reader:
         if parent == "track" and self.nested is not None:  # legacy: an element's track
             inst = self.legacy.get(attrs.get("frame"))
             if inst is None:
-                image = self._frame("points", attrs)
-                inst = self._instance(attrs, SKELETON, image, keyframe=False)
+                inst = self._instance(attrs, SKELETON, self._frame("points", attrs), keyframe=False)
                 self.legacy[attrs.get("frame")] = inst
-            line = self.p.CurrentLineNumber
-            self.elements.rows.append((inst, self.nested["label"], attrs, line))
+            self.elements.rows.append((inst, self.nested["label"], attrs, self.p.CurrentLineNumber))
         elif parent == "track":
             self._instance(attrs, POINTS, self._frame("points", attrs))
         else:
@@ -387,23 +430,18 @@ class Reader:
         t = self.track or {"id": -1, "label": attrs.get("label"), "source": None, "group_id": None}
         corners = []
         for key in ("xtl", "ytl", "xbr", "ybr"):
+            text = attrs.get(key)
             try:
-                corners.append(number(attrs.get(key)))
-            except BadValue as exc:
-                raise self.error(f"<box> {key}={attrs.get(key)!r} {exc}") from None
-        attrs = {**attrs, "group_id": attrs.get("group_id") or t["group_id"]}
-        self.boxes.append(
-            (
-                image,
-                t["label"] or "",
-                *corners,
-                attrs.get("occluded") in TRUE,
-                attrs.get("source") or t["source"] or "manual",
-                self._int("box", attrs, "group_id"),
-                self._int("box", attrs, "z_order"),
-                t["id"],
-            )
-        )
+                corners.append(float(text))
+            except (TypeError, ValueError):
+                corners.append(math.nan)
+            if not math.isfinite(corners[-1]):
+                why = "is missing" if text is None else "is not a finite number"
+                raise self.error(f"<box> {key}={text!r} {why}")
+        group = self._int("box", {"group_id": attrs.get("group_id") or t["group_id"]}, "group_id")
+        z, source = self._int("box", attrs, "z_order"), attrs.get("source") or t["source"]
+        row = (image, t["label"] or "", *corners, attrs.get("occluded") in TRUE, source or "manual")
+        self.boxes.append((*row, group, z, t["id"]))
 
     # -- <meta> ------------------------------------------------------------------------------
     def _meta_start(self, tag: str, parent: str) -> None:
@@ -426,8 +464,7 @@ class Reader:
             self.label = None
         elif tag == "task" and parent == "tasks" and self.task is not None:
             if self.task.get("id"):
-                key = self._int("id", self.task, "id", bounds=FRAMES)
-                self.tasks[key] = self.task
+                self.tasks[self._int("id", self.task, "id", bounds=FRAMES)] = self.task
             self.task = None
         if tag not in _META_TEXT:
             return
@@ -447,7 +484,7 @@ class Reader:
 
     # -- feeding -----------------------------------------------------------------------------
     def parse(self, stream) -> None:
-        """Feed `stream` (binary) to expat in 64 KB pieces; refuse what CVAT never writes."""
+        """Feed `stream` (binary) to expat in 64 KB pieces."""
         try:
             while data := stream.read(_READ):
                 self.p.Parse(data, False)
@@ -457,15 +494,8 @@ class Reader:
                 f"{self.name}: line {exc.lineno}, column {exc.offset}: malformed XML "
                 f"({pyexpat.ErrorString(exc.code)}); the file may be truncated: export it again"
             ) from None
-        except _Refused as exc:
-            raise self.error(
-                f"refused: {exc}; CVAT never writes these, so the file is not a CVAT export "
-                "or has been tampered with"
-            ) from None
-        except KpnbError:
-            raise
         except (LookupError, ValueError) as exc:  # expat asks Python's codecs for the encoding
-            if isinstance(exc, ValueError) and "encoding" not in str(exc):
+            if isinstance(exc, KpnbError) or "encoding" not in str(exc):
                 raise
             raise CvatFormatError(
                 f"{self.name}: the XML declares an encoding kpnb cannot read ({exc}); "

@@ -1,4 +1,4 @@
-"""`Annotations` -> CVAT for images 1.1 XML that CVAT itself imports."""
+"""`Annotations` -> CVAT for images 1.1 XML that CVAT itself imports, skeleton ``<svg>``s too."""
 
 from __future__ import annotations
 
@@ -13,18 +13,16 @@ from xml.sax.saxutils import quoteattr as _quoteattr
 import numpy as np
 import pandas as pd
 
-from kpnb.cvat.svg import skeleton_svg
 from kpnb.errors import KpnbError
 from kpnb.io import atomic_path
-from kpnb.tables import Annotations
+from kpnb.tables import Annotations, Skeleton
 
 # Written in <dumped> when the caller gives no time, so identical tables give identical bytes.
 FIXED_DUMPED = "2024-01-01 00:00:00.000000+00:00"
 
 
-# What XML 1.0 cannot hold at all, escaped or not: control characters but tab, newline and
-# carriage return, surrogates and U+FFFE/U+FFFF. A name holding one would make a file that
-# no XML reader, kpnb's and CVAT's included, can open.
+# What XML 1.0 cannot hold, escaped or not (control characters but tab, newline and
+# carriage return, surrogates, U+FFFE/U+FFFF): no XML reader, CVAT's included, would open it.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -54,31 +52,52 @@ def _text(tag: str, value, indent: str) -> str:
     return f"{indent}<{tag}>{escape(str(value))}</{tag}>"
 
 
+def skeleton_svg(skeleton: Skeleton, positions: np.ndarray | None = None) -> str:
+    """The ``<svg>`` text CVAT stores for a skeleton label (lines first, then circles).
+
+    Node ids are 1-based positions, so edges read back as the same 0-based pairs.
+    `positions` (``[K, 2]`` in a 0-100 box) places the circles; default is a ring.
+    """
+    k = skeleton.num_keypoints
+    if positions is None:
+        angles = np.linspace(-np.pi / 2, 1.5 * np.pi, k, endpoint=False)
+        positions = np.stack([50 + 35 * np.cos(angles), 50 + 35 * np.sin(angles)], axis=1)
+    parts = []
+    for a, b in skeleton.edges:
+        (x1, y1), (x2, y2) = positions[a], positions[b]
+        parts.append(
+            f'<line x1="{x1:.4f}" y1="{y1:.4f}" x2="{x2:.4f}" y2="{y2:.4f}" stroke="black" '
+            f'data-type="edge" data-node-from="{a + 1}" stroke-width="0.5" '
+            f'data-node-to="{b + 1}"></line>'
+        )
+    for i, name in enumerate(skeleton.keypoints):
+        x, y = positions[i]
+        parts.append(
+            f'<circle r="1.5" stroke="black" fill="#b3b3b3" cx="{x:.4f}" cy="{y:.4f}" '
+            f'stroke-width="0.1" data-type="element node" data-element-id="{i + 1}" '
+            f'data-node-id="{i + 1}" data-label-name={_quoteattr(name)}></circle>'
+        )
+    return "".join(parts)
+
+
 def _declared_labels(ann: Annotations) -> pd.DataFrame:
     """`ann.labels`, plus every label the tables use but do not declare (an export without
     ``<meta>``): skeletons with their keypoints as sublabels, points and boxes as such."""
-    labels = ann.labels
-    known = set(labels["name"].astype(str)) if len(labels) else set()
+    rows = ann.labels.to_dict("records")
+    known = {str(row["name"]) for row in rows}
     points = list(ann.keypoints["label"].astype(str).unique())
-    boxes = list(ann.boxes["label"].astype(str).unique()) if len(ann.boxes) else []
-    extra: list[dict] = []
+    boxes = list(ann.boxes["label"].astype(str).unique())
     for name in dict.fromkeys(points + list(ann.skeletons) + boxes):
         if name in known:
             continue
         if name in ann.skeletons:
-            extra.append({"name": name, "type": "skeleton"})
-            extra += [
+            rows.append({"name": name, "type": "skeleton"})
+            rows += [
                 {"name": k, "type": "points", "parent": name} for k in ann.skeletons[name].keypoints
             ]
         else:
-            extra.append({"name": name, "type": "points" if name in points else "rectangle"})
-    if extra:
-        labels = (
-            pd.concat([labels, pd.DataFrame(extra)], ignore_index=True)
-            if len(labels)
-            else pd.DataFrame(extra)
-        )
-    return labels.reindex(columns=["name", "type", "color", "parent", "svg"])
+            rows.append({"name": name, "type": "points" if name in points else "rectangle"})
+    return pd.DataFrame(rows, columns=["name", "type", "color", "parent", "svg"])
 
 
 def _given(value) -> str | None:
@@ -114,9 +133,7 @@ def _fields(indent: str, **fields) -> list[str]:
 def _meta_lines(ann: Annotations, dumped: str) -> list[str]:
     images = ann.images
     name = _given(ann.meta.get("name")) or "kpnb"  # never "None"
-    subsets = (
-        [s for s in pd.unique(images["subset"].dropna().astype(str)) if s] if len(images) else []
-    )
+    subsets = [s for s in pd.unique(images["subset"].dropna().astype(str)) if s]
     lines = ["  <meta>"]
     if subsets:
         lines += ["    <project>", *_fields("      ", id=1, name=name), "      <tasks>"]
@@ -144,15 +161,11 @@ def _attr_lines(attrs: dict, key, indent: str) -> list[str]:
 
 
 def _group_attr(g) -> str:
-    return f" group_id={quoteattr(str(int(g)))}" if pd.notna(g) and int(g) != 0 else ""
+    return f' group_id="{g}"' if g else ""
 
 
 def _source(v) -> str:
     return str(v) if isinstance(v, str) and v else "manual"
-
-
-def _z(v) -> int:
-    return int(v) if pd.notna(v) else 0
 
 
 def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, int]]]]:
@@ -162,15 +175,11 @@ def _keypoint_blocks(kp: pd.DataFrame) -> tuple[dict, dict[int, list[tuple[int, 
     image = kp["image_index"].to_numpy()
     group = kp.groupby([image, kp["instance_id"].to_numpy()], sort=False).ngroup().to_numpy()
     order = np.lexsort((np.arange(n), group, image))
-    cols = {
-        c: kp[c].to_numpy(dtype=object)[order].tolist() for c in ("label", "keypoint", "source")
-    }
-    for c in ("x", "y", "occluded", "outside", "point_index", "z_order", "group_id", "instance_id"):
-        cols[c] = kp[c].to_numpy()[order].tolist()
+    names = "label keypoint source x y occluded outside point_index z_order group_id instance_id"
+    cols = {c: kp[c].to_numpy(dtype=object)[order].tolist() for c in names.split()}
     starts = np.flatnonzero(np.diff(group[order], prepend=-1)).tolist()
-    ends = [*starts[1:], n] if n else []
     blocks: dict[int, list[tuple[int, int]]] = {}
-    for s, e in zip(starts, ends, strict=True):
+    for s, e in zip(starts, [*starts[1:], n], strict=False):  # no rows: no blocks
         blocks.setdefault(int(image[order[s]]), []).append((s, e))
     return cols, blocks
 
@@ -185,7 +194,7 @@ def _shape_lines(
         inst_id = cols["instance_id"][s]
         label = str(cols["label"][s])
         head = f"label={quoteattr(label)} source={quoteattr(_source(cols['source'][s]))}"
-        z = _z(cols["z_order"][s])
+        z = cols["z_order"][s]
         grp = _group_attr(cols["group_id"][s])
         if label in ann.skeletons:
             out = [f'    <skeleton {head} z_order="{z}"{grp}>']
@@ -211,41 +220,28 @@ def _shape_lines(
             out.append("    </points>")
         shapes.append((z, out))
     for b in boxes:
-        z = _z(b.z_order)
-        out = [
+        box = (
             f"    <box label={quoteattr(str(b.label))} source={quoteattr(_source(b.source))} "
             f'occluded="{int(bool(b.occluded))}" xtl="{_fmt(b.xtl)}" ytl="{_fmt(b.ytl)}" '
-            f'xbr="{_fmt(b.xbr)}" ybr="{_fmt(b.ybr)}" z_order="{z}"{_group_attr(b.group_id)}>',
-            "    </box>",
-        ]
-        shapes.append((z, out))
+            f'xbr="{_fmt(b.xbr)}" ybr="{_fmt(b.ybr)}" z_order="{b.z_order}"'
+            f"{_group_attr(b.group_id)}>"
+        )
+        shapes.append((b.z_order, [box, "    </box>"]))
     shapes.sort(key=lambda s: s[0])  # stable: equal z keeps table order
     return [line for _, lines in shapes for line in lines]
 
 
-def _attribute_index(ann: Annotations) -> dict:
-    index: dict = {}
-    for r in ann.attributes.itertuples(index=False):
-        index.setdefault((r.instance_id, int(r.point_index)), []).append((r.name, r.value))
-    return index
-
-
 def _size_from_file(name: str, images_root, subset) -> tuple[int, int]:
     """An image's size from its file, as CVAT XML needs it (a COCO file's width 0: unknown)."""
-    if images_root is None:
-        raise KpnbError(
-            f"image {name!r} has no width/height, which CVAT XML needs: give {{images_root}} "
-            "(the folder holding the images) so kpnb reads the sizes from the files, or "
-            "write the sizes into the source file",
-            param="images_root",
-        )
     from kpnb.images import find_image, image_size
 
-    path = find_image(images_root, name, subset)
+    path = None if images_root is None else find_image(images_root, name, subset)
     if path is None:
+        where = "" if images_root is None else f" and is not in {images_root}"
         raise KpnbError(
-            f"image {name!r} has no width/height and is not in {images_root}: CVAT XML needs "
-            "its size; give {images_root} as the folder holding the images",
+            f"image {name!r} has no width/height{where}, which CVAT XML needs: give "
+            "{images_root} (the folder holding the images) so kpnb reads the sizes from the "
+            "files, or write the sizes into the source file",
             param="images_root",
         )
     return image_size(path)
@@ -263,8 +259,10 @@ def iter_cvat_lines(
     box_by_image: dict[int, list] = {}
     for b in ann.boxes.itertuples(index=False):  # one pass: itertuples costs ~1 ms a call
         box_by_image.setdefault(b.image_index, []).append(b)
-    attrs = _attribute_index(ann)
-    project = ann.images["subset"].notna().any() if len(ann.images) else False
+    attrs: dict = {}  # (instance, point index or -1) -> [(name, value)]
+    for r in ann.attributes.itertuples(index=False):
+        attrs.setdefault((r.instance_id, int(r.point_index)), []).append((r.name, r.value))
+    project = ann.images["subset"].notna().any()
     for img in ann.images.itertuples(index=False):
         extra = ""
         if project and isinstance(img.subset, str):
@@ -290,21 +288,16 @@ def write_cvat(
     dumped: str = FIXED_DUMPED,
     images_root: str | os.PathLike | None = None,
 ) -> Path:
-    """Write `annotations` as CVAT for images 1.1 XML at `path`, atomically.
+    """Write `annotations` as CVAT for images 1.1 XML at `path`, atomically; returns `path`.
 
     Images with a ``subset`` make a project export, else a task export. Skeletons become
-    ``<skeleton>`` with a ``<points>`` per keypoint the file had; other labels ``<points>``
-    shapes; coordinates get two decimals, as in CVAT. An image without a size (a COCO
-    file's width 0) gets its file's size from `images_root`. Returns `path`.
-
-    Raises:
-        KpnbError: an image has no size and no `images_root` is given, or a name holds a
-            character XML cannot hold (a control character).
+    ``<skeleton>`` with a ``<points>`` per keypoint the file had, other labels ``<points>``
+    shapes, with two decimals as in CVAT. An image without a size (a COCO file's width 0)
+    takes its file's from `images_root`, else a `KpnbError`, as for a name holding a
+    character XML cannot hold (a control character).
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for line in iter_cvat_lines(annotations, dumped=dumped, images_root=images_root):
-                f.write(line)
-                f.write("\n")
+    lines = iter_cvat_lines(annotations, dumped=dumped, images_root=images_root)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(line + "\n" for line in lines)
     return path
