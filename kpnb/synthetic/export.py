@@ -6,23 +6,23 @@ with fixed zip timestamps, so the same seed gives the same bytes.
 
 from __future__ import annotations
 
+import io
 import os
 from itertools import chain
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kpnb.cvat import skeleton_svg
+from kpnb.cvat import iter_cvat_lines, skeleton_svg
 from kpnb.io import atomic_path, check_output, write_zip
 from kpnb.synthetic.cats import _KEYPOINTS_UV, FACE
-from kpnb.synthetic.scene import SyntheticScene, _check_layout, render_scene
+from kpnb.synthetic.scene import SyntheticScene, render_scene
 from kpnb.tables import Annotations, tidy_images, tidy_keypoints
 
 LABEL = "face"
 # Where the circles sit in the label's svg (CVAT's skeleton editor canvas is 0-100).
-_SVG_POSITIONS = 50 + 40 * _KEYPOINTS_UV * np.array([1.0, 1.0])
+_SVG_POSITIONS = 50 + 40 * _KEYPOINTS_UV
 SUBSETS = ("Train", "Validation")
 
 
@@ -73,7 +73,6 @@ def synthesize(n_images: int = 200, seed: int = 0, layout: str = "skeleton"):
 
     The tables hold the positions as written to the file (two decimals).
     """
-    _check_layout(layout)
     images, rows, pictures, next_id = [], [], [], 0
     for index in range(n_images):
         scene = render_scene(seed, index, layout)
@@ -140,7 +139,8 @@ def generate(
     ann, pictures = synthesize(n_images, seed, layout)
     images = zip(ann.images.itertuples(index=False), pictures, strict=True)
     jpegs = ((image_relpath(i.name, i.subset), _jpeg_bytes(p, quality)) for i, p in images)
-    files = chain([("annotations.xml", _xml_bytes(ann))], jpegs)  # one JPEG in memory at a time
+    xml = "".join(line + "\n" for line in iter_cvat_lines(ann)).encode("utf-8")
+    files = chain([("annotations.xml", xml)], jpegs)  # one JPEG in memory at a time
     if as_zip:
         return write_zip(out, files, overwrite=overwrite)
     with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
@@ -151,14 +151,6 @@ def generate(
 
 
 def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def _xml_bytes(ann: Annotations) -> bytes:
-    from kpnb.cvat import iter_cvat_lines
-
-    return "".join(line + "\n" for line in iter_cvat_lines(ann)).encode("utf-8")

@@ -55,7 +55,8 @@ class SyntheticScene:
 
 def render_scene(seed: int, index: int, layout: str = "skeleton") -> SyntheticScene:
     """Draw image `index` of the dataset with `seed`; independent of every other image."""
-    _check_layout(layout)
+    if layout not in ("skeleton", "points"):
+        raise KpnbError(f"unknown layout {layout!r}; choose 'skeleton' or 'points'")
     stream = [seed, index, 0 if layout == "skeleton" else 1]
     rng = np.random.default_rng(stream)  # geometry: sizes, how many faces, where
     looks = np.random.default_rng(stream + [1])  # appearance only: never moves a keypoint
@@ -94,8 +95,3 @@ def render_scene(seed: int, index: int, layout: str = "skeleton") -> SyntheticSc
     x, y = keypoints[..., 0], keypoints[..., 1]
     outside = (x < 0) | (x >= width) | (y < 0) | (y >= height)
     return SyntheticScene(img, keypoints, occluded & ~outside, outside)
-
-
-def _check_layout(layout: str) -> None:
-    if layout not in ("skeleton", "points"):
-        raise KpnbError(f"unknown layout {layout!r}; choose 'skeleton' or 'points'")
