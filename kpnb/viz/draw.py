@@ -79,12 +79,10 @@ def _as_pil(image) -> Image.Image:
 def _instances(keypoints, skeleton: Skeleton | None) -> tuple[np.ndarray, list[str]]:
     """``[N, K, 3]`` from an array or a slice of the keypoints table, plus keypoint names."""
     if isinstance(keypoints, pd.DataFrame):
-        rows = keypoints.sort_values(["instance_id", "point_index"])
-        k = skeleton.num_keypoints if skeleton else int(rows.groupby("instance_id").size().max())
-        n = rows["instance_id"].nunique()
-        arr = rows[["x", "y", "visibility"]].to_numpy(np.float32).reshape(n, k, 3)
-        names = list(skeleton.keypoints) if skeleton else list(rows["keypoint"].astype(str)[:k])
-        return arr, names
+        if skeleton:
+            return _table_points(keypoints, skeleton.num_keypoints), list(skeleton.keypoints)
+        names = keypoints.drop_duplicates("point_index").sort_values("point_index")["keypoint"]
+        return _table_points(keypoints, len(names)), list(names.astype(str))
     arr = np.asarray(keypoints, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
@@ -159,8 +157,8 @@ def draw_instances(
     r = radius or marker_radius(*out.size)
     colors = dict(colors or keypoint_colors(names))
     draw = ImageDraw.Draw(out)
-    if boxes is not None and len(boxes):
-        _draw_boxes(draw, boxes, width=max(1, r // 2))
+    for x0, y0, x1, y1 in np.asarray(() if boxes is None else boxes, float).reshape(-1, 4):
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=max(1, r // 2))
     if not len(arr):
         return out
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
@@ -170,12 +168,6 @@ def draw_instances(
     if show_names:
         out = _write_names(out, arr, names, colors, r, font_size)
     return out
-
-
-def _draw_boxes(draw: ImageDraw.ImageDraw, boxes, width: int) -> None:
-    """Yellow outlines of ``[N, 4]`` xyxy boxes."""
-    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4).tolist():
-        draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=width)
 
 
 def _draw_edges(
@@ -265,8 +257,8 @@ class _Boxes:
     """Boxes kept in grid cells of `cell` pixels: a new box is checked against the boxes in
     the cells it covers, so placing P names costs O(P), not O(P^2) (10k faces: 31 s before)."""
 
-    def __init__(self, cell: float):
-        self.cell, self.grid = max(1.0, float(cell)), {}
+    def __init__(self, cell: int):
+        self.cell, self.grid = cell, {}
 
     def _cells(self, box):
         c = self.cell
@@ -286,39 +278,31 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _export_root(ann: Annotations) -> Path:
-    """The folder of the export (``meta["path"]``, which `read_cvat`/`read_coco` record)."""
-    path = ann.meta.get("path")
-    if not path:
-        raise KpnbError(
-            "these annotations do not say where their export is; pass {image_root}",
-            param="image_root",
-        )
-    path = Path(str(path))
-    return path if path.is_dir() else path.parent
-
-
-def _label_arrays(ann: Annotations, rows: pd.DataFrame, k: int):
-    """``[N, k, 3]`` points (shorter shapes padded with absent points) and ``[N, 4]``
-    boxes (the grouped box, else the labelled points' extent) of one image's label."""
+def _table_points(rows: pd.DataFrame, k: int) -> np.ndarray:
+    """``[N, k, 3]`` points of table rows, one per instance; a shorter shape is padded
+    with absent points ``(nan, nan, 0)``."""
     rows = rows.sort_values(["instance_id", "point_index"])
-    inst = rows["instance_id"].to_numpy()
-    ids, slot = np.unique(inst, return_inverse=True)
+    ids, slot = np.unique(rows["instance_id"].to_numpy(), return_inverse=True)
     arr = np.zeros((len(ids), k, 3), np.float32)
     arr[..., :2] = np.nan
-    xyv = rows[["x", "y", "visibility"]].to_numpy(np.float32)
-    arr[slot, rows["point_index"].to_numpy(int)] = xyv
+    arr[slot, rows["point_index"].to_numpy(int)] = rows[["x", "y", "visibility"]].to_numpy(float)
+    return arr
+
+
+def _boxes(ann: Annotations, rows: pd.DataFrame, arr: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` box of each instance of `arr` (from `rows`): its grouped box, else the
+    extent of its labelled points."""
     grouped = ann.grouped_boxes()
-    first = rows.drop_duplicates("instance_id")
-    boxes = np.zeros((len(ids), 4), np.float32)
-    for i, r in enumerate(first.itertuples(index=False)):
-        box = grouped.get((int(r.image_index), int(r.group_id))) if r.group_id else None
+    boxes = np.zeros((len(arr), 4), np.float32)
+    firsts = rows.sort_values("instance_id").drop_duplicates("instance_id")
+    for i, r in enumerate(firsts.itertuples(index=False)):
+        box = grouped.get((int(r.image_index), int(r.group_id)))
         on = arr[i, :, 2] > 0
         if box is not None:
             boxes[i] = box
         elif on.any():
             boxes[i] = [*arr[i, on, :2].min(0), *arr[i, on, :2].max(0)]
-    return arr, boxes
+    return boxes
 
 
 def show_sample(
@@ -346,7 +330,16 @@ def show_sample(
     if row.empty:
         raise KpnbError(f"no image_index {image_index}; there are {len(ann.images)} images")
     row = row.iloc[0]
-    root = Path(image_root) if image_root is not None else _export_root(ann)
+    if image_root is not None:
+        root = Path(image_root)
+    elif ann.meta.get("path"):  # read_cvat/read_coco record where the export is
+        root = Path(str(ann.meta["path"]))
+        root = root if root.is_dir() else root.parent
+    else:
+        raise KpnbError(
+            "these annotations do not say where their export is; pass {image_root}",
+            param="image_root",
+        )
     path = find_image(root, str(row["name"]), row["subset"])
     if path is not None:
         size = (row["width"], row["height"])
@@ -365,8 +358,9 @@ def show_sample(
         rows = kp[kp["label"] == lab]
         if len(rows):
             skeleton = ann.skeleton_for(lab)
-            arr, box = _label_arrays(ann, rows, skeleton.num_keypoints)
-            img = draw_instances(img, arr, skeleton, boxes=box if boxes else None, **kwargs)
+            arr = _table_points(rows, skeleton.num_keypoints)
+            box = _boxes(ann, rows, arr) if boxes else None
+            img = draw_instances(img, arr, skeleton, boxes=box, **kwargs)
     return img
 
 

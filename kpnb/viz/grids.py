@@ -19,16 +19,11 @@ from kpnb.tables import Annotations
 from kpnb.viz.draw import OUTLINE, RGB, _as_pil, _palette, keypoint_colors, show_sample
 
 
-def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
-    """A pyplot-free figure with constrained layout: every `kpnb.viz` figure starts here."""
-    return Figure(figsize=(width, height), layout="constrained")
-
-
 def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figure:
     """A legend of `keypoint_colors(names)`: each name with its marker as `draw_instances`
     draws it, visible (a filled disc) and occluded (a hollow square)."""
     colours = keypoint_colors(names)
-    fig = _figure(4.8, 0.42 * len(colours) + 1.0)
+    fig = Figure(figsize=(4.8, 0.42 * len(colours) + 1.0), layout="constrained")
     ax = fig.add_subplot()
     for i, (name, rgb) in enumerate(colours.items()):
         c, dark = np.array(rgb) / 255, np.array(OUTLINE) / 255
@@ -109,7 +104,7 @@ def image_grid(
     `_PaletteCanvas`), so a grid of photographs stays small in a notebook."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    fig = _figure(cell * ncols, cell * nrows + (0.4 if title else 0))
+    fig = Figure(figsize=(cell * ncols, cell * nrows + (0.4 if title else 0)), layout="constrained")
     _PaletteCanvas(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     pictures = [_as_pil(img) for img in images]

@@ -16,15 +16,14 @@ from matplotlib.patches import Patch
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
 from kpnb.viz.draw import keypoint_colors
-from kpnb.viz.grids import _figure
 
 # -- distributions -------------------------------------------------------------------------
 #: Visibility kinds and their colours, in the order they stack.
 _VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
 
 
-def _bar_figure(title: str, xlabel: str, ylabel: str, width: float = 6.4):
-    fig = _figure(width, 4.0)
+def _bar_figure(title: str, xlabel: str, ylabel: str):
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return fig, ax
@@ -53,7 +52,7 @@ def plot_keypoint_visibility(ann: Annotations) -> Figure:
     ]
     total = table["total"].to_numpy(float).clip(min=1)
     shares = {c: 100 * table[c].to_numpy(float) / total for c in _VISIBILITY}
-    fig = _figure(max(9.0, 0.9 * len(labels) + 4), 4.2)
+    fig = Figure(figsize=(max(9.0, 0.9 * len(labels) + 4), 4.2), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1, 1])
     y = np.arange(len(labels))
     start = np.zeros(len(labels))
@@ -129,8 +128,7 @@ def plot_keypoint_heatmap(
             ((kp["x"] - cx) ** 2 + (kp["y"] - cy) ** 2).groupby(g.ngroup()).transform("mean")
         )
         spread = spread.where(lambda s: s > 0, 1)
-        u = (kp["x"] - cx) / spread
-        v = (kp["y"] - cy) / spread
+        u, v = ((kp["x"] - cx) / spread).to_numpy(), ((kp["y"] - cy) / spread).to_numpy()
         lim, xlabel, ylabel = (-1.8, 1.8), "(x - centre) / size", "(y - centre) / size"
     else:
         sizes = ann.images.set_index("image_index").loc[kp["image_index"]]
@@ -140,9 +138,8 @@ def plot_keypoint_heatmap(
     bins = bins or (24 if normalize == "box" else 10)
     ncols = min(5, len(names))
     nrows = -(-len(names) // ncols)
-    fig = _figure(2.6 * ncols, 2.6 * nrows + 0.5)
+    fig = Figure(figsize=(2.6 * ncols, 2.6 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    u, v = np.asarray(u, float), np.asarray(v, float)
     masks = [(kp["keypoint"] == name).to_numpy() for name in names]
     extent = [lim, lim]
     # one colour scale for every panel, so the shared colour bar reads on all of them
@@ -151,7 +148,6 @@ def plot_keypoint_heatmap(
         or [1.0]
     )
     norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
-    image = None
     for ax, name, m in zip(axes.flat, names, masks, strict=False):
         *_, image = ax.hist2d(u[m], v[m], bins=bins, range=extent, cmap="magma", norm=norm)
         ax.set_ylim(lim[1], lim[0])
@@ -161,8 +157,7 @@ def plot_keypoint_heatmap(
         ax.set_ylabel(ylabel, fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_axis_off()
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
+    fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
     how = "each object's centre and size" if normalize == "box" else "the image size"
     fig.suptitle(f"Where the keypoints of {label!r} fall (normalised by {how})")
     return fig
@@ -186,9 +181,9 @@ def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
     Missing values (None: nothing to measure) leave gaps. An epoch a time budget cut
     short (``complete`` False) is said so in the title.
     """
-    df = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
+    df = pd.DataFrame(history)
     epoch = pd.to_numeric(df["epoch"]) + 1
-    fig = _figure(11, 3.6)
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 3)
     pck = [c for c in df.columns if c.startswith("PCK@")]
     panels = [

@@ -116,21 +116,16 @@ def compare_predictions(
         draw_instances(image, pred, skeleton, show_names=False, colors=colors),
         draw_predictions(image, result, skeleton, iou_threshold=iou_threshold),
     ]
-    titles = _panel_titles(len(gt), int(found.sum()), unmatched)
-    fig = image_grid(pictures, titles, ncols=3, title=title)
-    keypoint_legend(fig, colors, ncols=4, extra=_error_styles())
-    return fig
-
-
-def _panel_titles(n_objects: int, n_found: int, unmatched: int) -> list[str]:
-    """The three panels' titles, counting what the pictures leave out."""
-    missed = n_objects - n_found
-    return [
-        f"ground truth: {_count(n_objects, 'object')}",
-        f"{_count(n_found, 'matched prediction')}"
+    n_found, missed = int(found.sum()), int((~found).sum())
+    titles = [
+        f"ground truth: {_count(len(gt), 'object')}",
+        _count(n_found, "matched prediction")
         + (f" ({unmatched} unmatched not shown)" if unmatched else ""),
         "errors" + (f" ({_count(missed, 'object')} not found)" if missed else ""),
     ]
+    fig = image_grid(pictures, titles, ncols=3, title=title)
+    keypoint_legend(fig, colors, ncols=4, extra=_error_styles())
+    return fig
 
 
 def _error_styles() -> list[Line2D]:
