@@ -19,7 +19,6 @@ __all__ = ["Skeleton", "flip_indices", "normalise_name", "resolve_pairs", "unpai
 
 # Name words are split on case-insensitive separators: "_", "-", ".", space.
 _SEPARATORS = re.compile(r"[\s_.\-]+")
-_SIDE_WORDS = {"left": "left", "right": "right", "l": "left", "r": "right"}
 
 
 def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
@@ -31,7 +30,7 @@ def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
         if w in ("left", "right") or (w in ("l", "r") and i in (0, len(words) - 1)):
             if len(words) == 1:
                 break  # a name that is only "left"/"l" has nothing to pair on
-            return _SIDE_WORDS[w], tuple(words[:i] + ["*"] + words[i + 1 :])
+            return ("left" if w[0] == "l" else "right"), tuple(words[:i] + ["*"] + words[i + 1 :])
     return None, tuple(words)
 
 

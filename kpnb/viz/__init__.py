@@ -21,7 +21,7 @@ from kpnb.viz.draw import (
     show_sample,
     showcase_image,
 )
-from kpnb.viz.grids import before_after, color_swatch, image_grid, keypoint_legend, sample_grid
+from kpnb.viz.grids import color_swatch, image_grid, keypoint_legend, sample_grid
 from kpnb.viz.plots import (
     plot_history,
     plot_image_sizes,
@@ -48,7 +48,6 @@ __all__ = [
     "showcase_image",
     "image_grid",
     "sample_grid",
-    "before_after",
     "plot_label_counts",
     "plot_keypoint_visibility",
     "plot_instances_per_image",

@@ -107,17 +107,17 @@ def _disc(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill) -> None
 
 
 def _occluded_marker(
-    draw: ImageDraw.ImageDraw, x: float, y: float, r: int, colour: RGB, outline: RGB, style: str
+    draw: ImageDraw.ImageDraw, x: float, y: float, r: int, colour: RGB, style: str
 ) -> None:
     """A hollow square (or an x) in the keypoint colour with a dark edge: an occluded point
     must not look like a filled disc, nor like a drawn eye."""
     t, o = max(2, round(r * 0.45)), _halo_width(r)
     if style == "square":
         s, e = r + o, r + 2 * o
-        draw.rectangle([x - e, y - e, x + e, y + e], outline=outline, width=t + 2 * o)
+        draw.rectangle([x - e, y - e, x + e, y + e], outline=OUTLINE, width=t + 2 * o)
         draw.rectangle([x - s, y - s, x + s, y + s], outline=colour, width=t)
         return
-    for fill, wd in ((outline, t + 2 * o), (colour, t)):
+    for fill, wd in ((OUTLINE, t + 2 * o), (colour, t)):
         for dx in (-r, r):
             draw.line([(x - dx, y - r), (x + dx, y + r)], fill=fill, width=wd)
 
@@ -132,7 +132,6 @@ def draw_instances(
     radius: int | None = None,
     edge_color: RGB = (255, 255, 255),
     colors: Mapping[str, RGB] | None = None,
-    outline_color: RGB = OUTLINE,
     occluded_marker: str = "square",
     font_size: int | None = None,
 ) -> Image.Image:
@@ -163,28 +162,24 @@ def draw_instances(
         return out
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
     edges = skeleton.edges if skeleton else ()
-    _draw_edges(draw, xy, vis, edges, r, edge_color, outline_color)
-    _draw_points(draw, xy, vis, names, colors, r, outline_color, occluded_marker)
+    _draw_edges(draw, xy, vis, edges, r, edge_color)
+    _draw_points(draw, xy, vis, names, colors, r, occluded_marker)
     if show_names:
         out = _write_names(out, arr, names, colors, r, font_size)
     return out
 
 
-def _draw_edges(
-    draw: ImageDraw.ImageDraw, xy, vis, edges, r: int, colour: RGB, outline: RGB
-) -> None:
+def _draw_edges(draw: ImageDraw.ImageDraw, xy, vis, edges, r: int, colour: RGB) -> None:
     """Each instance's skeleton edges between labelled points: a dark halo, then `colour`."""
     width, halo = max(2, round(r * 0.6)), _halo_width(r)
     for inst, v in zip(xy, vis, strict=True):
         shown = [e for e in edges if v[e[0]] > 0 and v[e[1]] > 0]
-        for fill, wd in ((outline, width + 2 * halo), (colour, width)):
+        for fill, wd in ((OUTLINE, width + 2 * halo), (colour, width)):
             for a, b in shown:
                 draw.line([tuple(inst[a]), tuple(inst[b])], fill=fill, width=wd)
 
 
-def _draw_points(
-    draw: ImageDraw.ImageDraw, xy, vis, names, colors, r: int, outline: RGB, occluded: str
-) -> None:
+def _draw_points(draw: ImageDraw.ImageDraw, xy, vis, names, colors, r: int, occluded: str) -> None:
     """Visible points as outlined discs, occluded ones as `_occluded_marker`, absent ones
     not at all."""
     halo = _halo_width(r)
@@ -192,10 +187,10 @@ def _draw_points(
         for (x, y), vj, name in zip(inst, v, names, strict=True):
             colour = colors.get(name, (255, 0, 0))
             if vj == 2:
-                _disc(draw, x, y, r + halo, outline)
+                _disc(draw, x, y, r + halo, OUTLINE)
                 _disc(draw, x, y, r, colour)
             elif vj == 1:
-                _occluded_marker(draw, x, y, r, colour, outline, occluded)
+                _occluded_marker(draw, x, y, r, colour, occluded)
 
 
 def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwargs) -> Image.Image:

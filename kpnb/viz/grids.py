@@ -190,12 +190,3 @@ def sample_grid(
     if colors:
         keypoint_legend(fig, colors)
     return fig
-
-
-def before_after(
-    pairs: Sequence[tuple], names: Sequence[str] = ("before", "after"), title: str | None = None
-) -> Figure:
-    """Rows of (before, after) pictures, e.g. a sample and its augmented version."""
-    images = [img for pair in pairs for img in pair]
-    titles = [names[i % 2] for i in range(len(images))]
-    return image_grid(images, titles, ncols=2, title=title)

@@ -102,9 +102,7 @@ def plot_image_sizes(ann: Annotations) -> Figure:
     return fig
 
 
-def plot_keypoint_heatmap(
-    ann: Annotations, label: str, normalize: str = "box", bins: int | None = None
-) -> Figure:
+def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box") -> Figure:
     """Where each labelled keypoint (v > 0) of `label` falls: one 2-D histogram per keypoint.
 
     `normalize` ``"box"``: each object in its own frame, origin at the mean of its points,
@@ -135,7 +133,7 @@ def plot_keypoint_heatmap(
         u = kp["x"].to_numpy() / sizes["width"].to_numpy(float)
         v = kp["y"].to_numpy() / sizes["height"].to_numpy(float)
         lim, xlabel, ylabel = (0.0, 1.0), "x / image width", "y / image height"
-    bins = bins or (24 if normalize == "box" else 10)
+    bins = 24 if normalize == "box" else 10
     ncols = min(5, len(names))
     nrows = -(-len(names) // ncols)
     fig = Figure(figsize=(2.6 * ncols, 2.6 * nrows + 0.5), layout="constrained")
