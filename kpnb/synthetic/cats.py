@@ -76,9 +76,8 @@ def _shadows(img: np.ndarray, faces, light: np.ndarray, scale: float = 1.0) -> n
 
 def _coat(rng: np.random.Generator) -> dict:
     """How one animal looks: fur, markings, eyes (appearance only, no geometry)."""
-    fur = _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.08)
     return {
-        "fur": fur,
+        "fur": _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.08),
         "iris": _jitter(rng, _IRISES[int(rng.integers(len(_IRISES)))], 0.08),
         "muzzle": float(rng.uniform(0.5, 0.85)),
         "tabby": bool(rng.random() < 0.35),

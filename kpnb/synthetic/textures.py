@@ -164,12 +164,8 @@ def _fabric(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     folds = _noise(rng, width, height, 1.5, 3, stretch=(0.6, 1.6))
     colour = _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.3) * 0.8 + 30
     img = colour * (0.85 + 0.3 * folds)[..., None]
-    weave = (
-        np.sin(np.arange(width, dtype=np.float32) * 2.1)[None, :]
-        * np.sin(np.arange(height, dtype=np.float32) * 2.1)[:, None]
-    )
-    img += (weave * 4)[..., None]
-    return img
+    rows, cols = (np.sin(np.arange(n, dtype=np.float32) * 2.1) for n in (height, width))
+    return img + (np.outer(rows, cols) * 4)[..., None]  # a fine weave
 
 
 _BACKDROPS = (_meadow, _foliage, _wood, _stone, _fabric)

@@ -1,10 +1,8 @@
-"""Keypoints, boxes and names drawn on one picture with PIL, and the colours they use.
+"""Keypoints, boxes and names drawn on one picture, and the colours they use.
 
-Boxes, points and edges are drawn with PIL (torchvision's ``draw_keypoints`` has no
-outlines and ignores the edge colour; PIL also keeps ``kpnb show`` free of torch), so every
-marker gets a dark outline and every edge a dark halo and they stand out on any picture.
-Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans (works offline).
-The other `kpnb.viz` modules build on this one.
+PIL rather than torchvision's ``draw_keypoints`` (no outlines, ignores the edge colour, needs
+torch): every marker gets a dark outline and every edge a dark halo, so they show on any
+picture. Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans.
 """
 
 from __future__ import annotations
@@ -44,10 +42,8 @@ def _palette() -> tuple[RGB, ...]:
 def keypoint_colors(names: Sequence[str]) -> dict[str, RGB]:
     """A distinct colour per name, stable across runs: the same name keeps its colour.
 
-    A name's colour is picked by a checksum of the name from a fixed distinctipy palette;
-    when that colour is taken by, or too close to (RGB distance < 100), an earlier name of
-    the same set, the name moves on to the next palette colour that is clear of them all.
-    """
+    A checksum of the name picks it from a fixed distinctipy palette; a colour taken by, or
+    closer than RGB distance 100 to, an earlier name's moves it on to the next clear one."""
     palette, taken, out = _palette(), [], {}
     for name in dict.fromkeys(str(n) for n in names):
         start = zlib.crc32(name.encode("utf-8")) % len(palette)
@@ -158,11 +154,8 @@ def draw_instances(
     draw = ImageDraw.Draw(out)
     for x0, y0, x1, y1 in np.asarray(() if boxes is None else boxes, float).reshape(-1, 4):
         draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=max(1, r // 2))
-    if not len(arr):
-        return out
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
-    edges = skeleton.edges if skeleton else ()
-    _draw_edges(draw, xy, vis, edges, r, edge_color)
+    _draw_edges(draw, xy, vis, skeleton.edges if skeleton else (), r, edge_color)
     _draw_points(draw, xy, vis, names, colors, r, occluded_marker)
     if show_names:
         out = _write_names(out, arr, names, colors, r, font_size)
@@ -217,10 +210,10 @@ def _write_names(
     font = ImageFont.truetype(str(FONT_PATH), size)
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
-    pts = [(x, y) for inst in arr for x, y, v in inst if v > 0]
     taken = _Boxes(cell=4 * size)  # a grid, so each name checks its neighbours, not all
-    for x, y in pts:
-        taken.add((x - r - 1, y - r - 1, x + r + 1, y + r + 1))
+    for x, y, v in arr.reshape(-1, 3):
+        if v > 0:
+            taken.add((x - r - 1, y - r - 1, x + r + 1, y + r + 1))
     pad, gap = max(1, size // 6), r + 2
     for inst in arr:
         for (x, y, v), name in zip(inst, names, strict=True):
