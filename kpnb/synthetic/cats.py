@@ -145,13 +145,8 @@ class _FaceFrame:
 
 
 def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -> None:
-    """Composite one animal face into `img` (``[H, W, 3]`` float32, in place).
-
-    Ears behind a Lambert-shaded head with fur streaks, a light muzzle, eyes (dark rim,
-    shaded iris, flat pupil, catchlight), a rounded nose, then mouth and whiskers. The
-    pupils, the nose and the inner ears are flat `FEATURE_COLOURS` at their keypoints.
-    Small features are computed only in a window around them, which keeps this fast.
-    """
+    """Composite one animal face into `img` (``[H, W, 3]`` float32, in place), back to front.
+    Small features are computed only in a window around them, which keeps this fast."""
     face = _FaceFrame(img.shape, centre, radius, rot, coat, light)
     x0, y0, x1, y1 = face.box
     out = img[y0:y1, x0:x1]

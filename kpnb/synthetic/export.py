@@ -74,11 +74,11 @@ def synthesize(n_images: int = 200, seed: int = 0, layout: str = "skeleton"):
     The tables hold the positions as written to the file (two decimals).
     """
     images, rows, pictures, next_id = [], [], [], 0
+    skel = layout == "skeleton"
     for index in range(n_images):
         scene = render_scene(seed, index, layout)
         pictures.append(scene.image)
         width, height = scene.image.size
-        skel = layout == "skeleton"
         images.append(
             {
                 "image_index": index,
@@ -92,11 +92,10 @@ def synthesize(n_images: int = 200, seed: int = 0, layout: str = "skeleton"):
         )
         rows += _scene_rows(scene, index, layout, next_id)
         next_id += len(scene.keypoints) if skel else FACE.num_keypoints
-    keypoints = tidy_keypoints(pd.DataFrame(rows, columns=list(rows[0]) if rows else None))
     ann = Annotations(
         images=tidy_images(pd.DataFrame(images)),
-        keypoints=keypoints,
-        skeletons={LABEL: FACE} if layout == "skeleton" else {},
+        keypoints=tidy_keypoints(pd.DataFrame(rows)),
+        skeletons={LABEL: FACE} if skel else {},
         labels=_labels(layout),
         meta={"name": f"kpnb-synthetic-{layout}", "source": "kpnb.synthetic", "seed": seed},
     )
@@ -120,14 +119,11 @@ def generate(
 ) -> Path:
     """Write a synthetic CVAT export: ``out/annotations.xml`` and ``out/images/...jpg``.
 
-    With `as_zip`, writes the same files into the zip `out` (``.zip`` added if missing),
-    laid out like CVAT's "export dataset with images". The output appears atomically:
-    an interrupted run leaves nothing behind. An existing zip or non-empty folder `out` is
-    refused unless `overwrite`; then only the files written here are replaced.
-
-    Raises:
-        kpnb.io.OutputExistsError: `out` exists (see `overwrite`) or is a file where a
-            folder is written.
+    With `as_zip`, the same files go into the zip `out` (``.zip`` added if missing), as
+    CVAT's "export dataset with images". Written atomically: an interrupted run leaves
+    nothing. An existing zip or non-empty folder `out` is refused
+    (`kpnb.io.OutputExistsError`) unless `overwrite`; then only the files written here are
+    replaced.
 
     Example:
         >>> root = generate("data/synthetic", n_images=20, seed=0)  # doctest: +SKIP

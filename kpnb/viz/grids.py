@@ -1,8 +1,7 @@
-"""Figures of pictures: grids of images and annotated samples, and keypoint colour legends.
+"""Grids of images and annotated samples, and keypoint colour legends.
 
-A grid is a matplotlib ``Figure`` built without pyplot (no ``plt.show()``, no figure
-manager), so notebooks display it and tests can check it. Grids save and display as
-256-colour palette PNGs (`_PaletteCanvas`), a fraction of the size of full-colour ones.
+Grids save and display as 256-colour palette PNGs (`_PaletteCanvas`), a fraction of the
+size of full-colour ones.
 """
 
 from __future__ import annotations
@@ -43,13 +42,9 @@ def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figur
 
 
 class _PaletteCanvas(FigureCanvasAgg):
-    """Agg canvas whose PNGs use a 256-colour palette.
-
-    A grid of photographs in full-colour PNG is over a megabyte in a notebook; the palette
-    version is a few times smaller and looks the same at notebook width. The palette keeps
-    every keypoint colour, the outline and white exactly (an adaptive palette alone would
-    merge two keypoint colours and the legend would lie); the rest adapts to the picture.
-    Other formats (``.jpg``, ``.pdf``) are written as usual.
+    """Agg canvas whose PNGs use a 256-colour palette: a few times smaller than full colour,
+    alike at notebook width. Every keypoint colour, the outline and white stay exact (an
+    adaptive palette alone would merge two, and the legend would lie). Other formats as usual.
     """
 
     def print_png(self, filename_or_obj, *, metadata=None, pil_kwargs=None, **_ignored):
@@ -99,9 +94,7 @@ def image_grid(
     """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles.
 
     Each image fills its cell, whatever its size; with `true_scale` every cell spans the
-    largest image's pixels instead, so a smaller image looks smaller (for a resize, whose
-    lesson is the size). The figure saves and displays as a palette PNG (see
-    `_PaletteCanvas`), so a grid of photographs stays small in a notebook."""
+    largest image's pixels instead, so a smaller image looks smaller (to show a resize)."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig = Figure(figsize=(cell * ncols, cell * nrows + (0.4 if title else 0)), layout="constrained")
@@ -175,9 +168,7 @@ def sample_grid(
         indices = ann.images["image_index"].tolist()[: ncols * 3]
     indices = [int(i) for i in indices]
     kp = ann.keypoints[ann.keypoints["image_index"].isin(indices)]
-    labels = (
-        [kwargs["label"]] if kwargs.get("label") else list(dict.fromkeys(kp["label"].astype(str)))
-    )
+    labels = [kwargs["label"]] if kwargs.get("label") else kp["label"].astype(str).unique()
     names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
     colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
     meta = ann.images.set_index("image_index").loc[indices]

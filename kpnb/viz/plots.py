@@ -46,10 +46,8 @@ def plot_keypoint_visibility(ann: Annotations) -> Figure:
     their own scale, so a 1 % sliver shows as clearly as a 30 % one. Each bar on the right
     carries its count."""
     table = ann.keypoint_counts()
-    labels = [
-        f"{lab}/{kp}" if table.index.get_level_values(0).nunique() > 1 else kp
-        for lab, kp in table.index
-    ]
+    several = table.index.get_level_values(0).nunique() > 1
+    labels = [f"{lab}/{kp}" if several else kp for lab, kp in table.index]
     total = table["total"].to_numpy(float).clip(min=1)
     shares = {c: 100 * table[c].to_numpy(float) / total for c in _VISIBILITY}
     fig = Figure(figsize=(max(9.0, 0.9 * len(labels) + 4), 4.2), layout="constrained")
@@ -105,11 +103,10 @@ def plot_image_sizes(ann: Annotations) -> Figure:
 def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box") -> Figure:
     """Where each labelled keypoint (v > 0) of `label` falls: one 2-D histogram per keypoint.
 
-    `normalize` ``"box"``: each object in its own frame, origin at the mean of its points,
-    unit their RMS distance from it (a min-max box would pin the extreme points to its
-    border); with more than two keypoints only fully labelled objects count (a partial
-    object's mean is not its centre). ``"image"``: x / width, y / height. `bins` per side:
-    24 for ``"box"`` (points cluster), 10 for ``"image"`` (they spread) unless given.
+    `normalize` ``"box"`` (24 bins a side): each object in its own frame, origin at the mean
+    of its points, unit their RMS distance from it (a min-max box would pin the extreme
+    points to its border); with more than two keypoints only fully labelled objects count
+    (a partial object's mean is not its centre). ``"image"`` (10 bins): x / width, y / height.
     """
     if normalize not in ("box", "image"):
         raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")

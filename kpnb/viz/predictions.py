@@ -1,8 +1,7 @@
 """Predictions against the ground truth: the errors picture and the side-by-side figure.
 
-Both draw each ground-truth instance with the prediction the metrics matched it to
+Both pair each ground-truth instance with the prediction the metrics matched it to
 (`kpnb.evaluate.match_instances`, by box IoU), so a figure shows the errors that were scored.
-`kpnb.evaluate` (and with it torch) is imported only when one of them is called.
 """
 
 from __future__ import annotations
@@ -55,21 +54,12 @@ def _matched(result: ImageResult, k: int, iou_threshold: float):
 def draw_predictions(
     image, result: ImageResult, skeleton: Skeleton, *, iou_threshold: float = 0.5
 ) -> Image.Image:
-    """The errors picture: each ground-truth instance next to the prediction the metrics
-    matched it with (`kpnb.evaluate.match_instances`, box IoU >= `iou_threshold`).
-
-    Labelled ground-truth points are discs (occluded ones hollow squares) and the matched
-    prediction's points crosses, both in the keypoint's colour; a white dashed line on a
-    dark halo joins each labelled point to its prediction. Predictions that match no
-    ground truth (duplicates, false detections) are not drawn, and no skeleton edges are,
-    so error lines cannot be mistaken for them.
-
-    Args:
-        image: PIL image or ``[3, H, W]`` tensor, in the frame of `result`.
-        result: one image's ground truth and predictions (`collect_predictions`).
+    """The errors picture on `image` (PIL or ``[3, H, W]``, in the frame of `result`): each
+    labelled ground-truth point (a disc, occluded a hollow square) joined by a white dashed
+    line to the point of the prediction matched with box IoU >= `iou_threshold` (a cross).
+    Unmatched predictions and skeleton edges are not drawn, so nothing looks like an error.
     """
-    k = skeleton.num_keypoints
-    gt, paired, _ = _matched(result, k, iou_threshold)
+    gt, paired, _ = _matched(result, skeleton.num_keypoints, iou_threshold)
     points = Skeleton(skeleton.keypoints)  # the names without edges
     canvas = _as_pil(image)
     r = max(2, round(0.7 * marker_radius(*canvas.size)))  # smaller: the lines must show
@@ -105,8 +95,7 @@ def compare_predictions(
     the markers stay small beside the objects at the grid's scale.
     """
     image, result = _enlarged(image, result)
-    k = skeleton.num_keypoints
-    gt, paired, unmatched = _matched(result, k, iou_threshold)
+    gt, paired, unmatched = _matched(result, skeleton.num_keypoints, iou_threshold)
     found = np.isfinite(paired[:, 0, 0])
     pred = paired[found].copy()
     pred[..., 2] = 2
