@@ -207,5 +207,4 @@ class Skeleton:
     @property
     def flip_pairs(self) -> list[tuple[int, int]]:
         """The (left, right) index pairs that swap on a horizontal flip."""
-        perm = self.flip_indices
-        return [(i, j) for i, j in enumerate(perm) if i < j]
+        return [(i, j) for i, j in enumerate(self.flip_indices) if i < j]

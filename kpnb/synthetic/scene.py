@@ -84,14 +84,12 @@ def render_scene(seed: int, index: int, layout: str = "skeleton") -> SyntheticSc
     for centre, radius, rot, coat in faces:
         _draw_face(canvas, centre, radius, rot, coat, light)
     img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
-    faces = [f[:3] for f in faces]
-    k = FACE.num_keypoints
-    keypoints = np.zeros((n, k, 2))
-    occluded = np.zeros((n, k), bool)
-    for i, (centre, radius, rot) in enumerate(faces):
+    keypoints = np.zeros((n, FACE.num_keypoints, 2))
+    occluded = np.zeros((n, FACE.num_keypoints), bool)
+    for i, (centre, radius, rot, _) in enumerate(faces):
         keypoints[i] = _to_image(_KEYPOINTS_UV, centre, radius, rot)
         for later in faces[i + 1 :]:
-            occluded[i] |= _in_silhouette(keypoints[i], *later)
+            occluded[i] |= _in_silhouette(keypoints[i], *later[:3])
     x, y = keypoints[..., 0], keypoints[..., 1]
     outside = (x < 0) | (x >= width) | (y < 0) | (y >= height)
     return SyntheticScene(img, keypoints, occluded & ~outside, outside)
