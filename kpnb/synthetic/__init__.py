@@ -18,15 +18,8 @@ Modules, each importing only from those above it: `textures` (backdrops, colour 
 """
 
 from kpnb.synthetic.cats import FACE, FEATURE_COLOURS, INNER_EAR, NOSE, PUPIL
-from kpnb.synthetic.export import (
-    LABEL,
-    SUBSETS,
-    generate,
-    image_name,
-    image_relpath,
-    synthesize,
-)
-from kpnb.synthetic.scene import IMAGE_SIZES, STYLE_VERSION, SyntheticScene, render_scene
+from kpnb.synthetic.export import generate, synthesize
+from kpnb.synthetic.scene import STYLE_VERSION, SyntheticScene, render_scene
 
 __all__ = [
     "FACE",
@@ -35,13 +28,8 @@ __all__ = [
     "render_scene",
     "synthesize",
     "generate",
-    "LABEL",
-    "SUBSETS",
-    "IMAGE_SIZES",
     "PUPIL",
     "NOSE",
     "INNER_EAR",
     "FEATURE_COLOURS",
-    "image_name",
-    "image_relpath",
 ]

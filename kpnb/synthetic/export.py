@@ -26,14 +26,6 @@ _SVG_POSITIONS = 50 + 40 * _KEYPOINTS_UV
 SUBSETS = ("Train", "Validation")
 
 
-def image_name(index: int) -> str:
-    return f"img_{index:05d}.jpg"
-
-
-def _subset(index: int) -> str:
-    return SUBSETS[1] if index % 5 == 4 else SUBSETS[0]
-
-
 def _labels(layout: str) -> pd.DataFrame:
     colours = ["#f0c419", "#e74c3c", "#3498db", "#2ecc71", "#9b59b6", "#e67e22"]
     parent = LABEL if layout == "skeleton" else None
@@ -79,15 +71,16 @@ def synthesize(n_images: int = 200, seed: int = 0, layout: str = "skeleton"):
         scene = render_scene(seed, index, layout)
         pictures.append(scene.image)
         width, height = scene.image.size
+        subset = SUBSETS[1 if index % 5 == 4 else 0]  # every fifth image validates
         images.append(
             {
                 "image_index": index,
                 "image_id": index,
-                "name": image_name(index),
+                "name": f"img_{index:05d}.jpg",
                 "width": width,
                 "height": height,
-                "subset": _subset(index) if skel else None,
-                "task_id": (SUBSETS.index(_subset(index)) + 1) if skel else None,
+                "subset": subset if skel else None,
+                "task_id": SUBSETS.index(subset) + 1 if skel else None,
             }
         )
         rows += _scene_rows(scene, index, layout, next_id)

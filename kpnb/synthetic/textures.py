@@ -38,16 +38,13 @@ def _noise(
     random grids, each octave twice as fine and half as strong. `cells` is the number of
     grid cells across the longer side at the coarsest octave; `stretch` scales x and y."""
     total = np.zeros((height, width), np.float32)
-    amp = norm = 1.0
     side = max(width, height)
     for o in range(octaves):
         gx = max(2, round(cells * 2**o * stretch[0] * width / side)) + 1
         gy = max(2, round(cells * 2**o * stretch[1] * height / side)) + 1
         grid = Image.fromarray(rng.random((gy, gx), dtype=np.float32), mode="F")
-        total += np.asarray(grid.resize((width, height), Image.BICUBIC)) * amp
-        amp *= 0.5
-        norm += amp
-    return (total / (norm - amp) - 0.5) * 2.0
+        total += np.asarray(grid.resize((width, height), Image.BICUBIC)) * 0.5**o
+    return (total / (2 - 0.5 ** (octaves - 1)) - 0.5) * 2.0  # the amplitudes sum to 1 first
 
 
 def _mix(c0, c1, t: np.ndarray) -> np.ndarray:
