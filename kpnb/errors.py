@@ -50,11 +50,9 @@ class KpnbError(ValueError):
     def render(self, spell: Callable[[str, object], str]) -> str:
         """The message with each ``{name}`` of `params` spelled by ``spell(name, value)``."""
 
-        def field(m: re.Match) -> str:
-            name = m.group(1)
-            return spell(name, self.params[name]) if name in self.params else m.group(0)
-
-        return _FIELD.sub(field, self.template) if self.params else self.template
+        return _FIELD.sub(
+            lambda m: spell(m[1], self.params[m[1]]) if m[1] in self.params else m[0], self.template
+        )
 
     def placed(self) -> set[str]:
         """The parameters the message places as ``{name}``."""

@@ -155,35 +155,23 @@ def draw_instances(
     for x0, y0, x1, y1 in np.asarray(() if boxes is None else boxes, float).reshape(-1, 4):
         draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=max(1, r // 2))
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
-    _draw_edges(draw, xy, vis, skeleton.edges if skeleton else (), r, edge_color)
-    _draw_points(draw, xy, vis, names, colors, r, occluded_marker)
-    if show_names:
-        out = _write_names(out, arr, names, colors, r, font_size)
-    return out
-
-
-def _draw_edges(draw: ImageDraw.ImageDraw, xy, vis, edges, r: int, colour: RGB) -> None:
-    """Each instance's skeleton edges between labelled points: a dark halo, then `colour`."""
     width, halo = max(2, round(r * 0.6)), _halo_width(r)
-    for inst, v in zip(xy, vis, strict=True):
-        shown = [e for e in edges if v[e[0]] > 0 and v[e[1]] > 0]
-        for fill, wd in ((OUTLINE, width + 2 * halo), (colour, width)):
+    for inst, v in zip(xy, vis, strict=True):  # edges between labelled points, on a halo
+        shown = [e for e in (skeleton.edges if skeleton else ()) if v[e[0]] > 0 and v[e[1]] > 0]
+        for fill, wd in ((OUTLINE, width + 2 * halo), (edge_color, width)):
             for a, b in shown:
                 draw.line([tuple(inst[a]), tuple(inst[b])], fill=fill, width=wd)
-
-
-def _draw_points(draw: ImageDraw.ImageDraw, xy, vis, names, colors, r: int, occluded: str) -> None:
-    """Visible points as outlined discs, occluded ones as `_occluded_marker`, absent ones
-    not at all."""
-    halo = _halo_width(r)
-    for inst, v in zip(xy, vis, strict=True):
+    for inst, v in zip(xy, vis, strict=True):  # then every point over every edge
         for (x, y), vj, name in zip(inst, v, names, strict=True):
             colour = colors.get(name, (255, 0, 0))
             if vj == 2:
                 _disc(draw, x, y, r + halo, OUTLINE)
                 _disc(draw, x, y, r, colour)
             elif vj == 1:
-                _occluded_marker(draw, x, y, r, colour, occluded)
+                _occluded_marker(draw, x, y, r, colour, occluded_marker)
+    if show_names:
+        out = _write_names(out, arr, names, colors, r, font_size)
+    return out
 
 
 def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwargs) -> Image.Image:
@@ -341,14 +329,12 @@ def show_sample(
             param="image_root",
         )
     kp = ann.keypoints[ann.keypoints["image_index"] == image_index]
-    labels = [label] if label else list(dict.fromkeys(kp["label"].astype(str)))
-    for lab in labels:
-        rows = kp[kp["label"] == lab]
-        if len(rows):
-            skeleton = ann.skeleton_for(lab)
-            arr = _table_points(rows, skeleton.num_keypoints)
-            box = _boxes(ann, rows, arr) if boxes else None
-            img = draw_instances(img, arr, skeleton, boxes=box, **kwargs)
+    kp = kp[kp["label"] == label] if label else kp
+    for lab, rows in kp.groupby(kp["label"].astype(str), sort=False):
+        skeleton = ann.skeleton_for(lab)
+        arr = _table_points(rows, skeleton.num_keypoints)
+        box = _boxes(ann, rows, arr) if boxes else None
+        img = draw_instances(img, arr, skeleton, boxes=box, **kwargs)
     return img
 
 
@@ -360,8 +346,7 @@ def showcase_image(ann: Annotations, label: str) -> int:
     (names and markers do not overlap); the largest extent; then file order. A `KpnbError`
     when `label` has no labelled point.
     """
-    kp = ann.keypoints[(ann.keypoints["label"] == label)]
-    kp = kp[kp["visibility"] > 0]
+    kp = ann.keypoints[(ann.keypoints["label"] == label) & (ann.keypoints["visibility"] > 0)]
     if kp.empty:
         raise KpnbError(f"no labelled point of {label!r}: nothing to show")
     objects = kp.groupby("image_index")["instance_id"].nunique()

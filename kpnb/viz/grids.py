@@ -34,10 +34,8 @@ def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figur
         ax.text(1.6, i, name, va="center", fontsize=11)
     for x, head in ((0, "visible"), (1, "occluded")):
         ax.text(x, -0.9, head, ha="center", va="bottom", fontsize=9, color="0.3")
-    ax.set_xlim(-0.6, 5.0)
-    ax.set_ylim(len(colours) - 0.5, -1.2)
+    ax.set(xlim=(-0.6, 5.0), ylim=(len(colours) - 0.5, -1.2), title=title)
     ax.set_axis_off()
-    ax.set_title(title)
     return fig
 
 
@@ -108,8 +106,7 @@ def image_grid(
         if i < n:
             ax.imshow(pictures[i])
             if true_scale:  # the top-left corner fixed, the same pixels per inch everywhere
-                ax.set_xlim(-0.5, width - 0.5)
-                ax.set_ylim(height - 0.5, -0.5)
+                ax.set(xlim=(-0.5, width - 0.5), ylim=(height - 0.5, -0.5))
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=10)
     if title:

@@ -65,10 +65,8 @@ def plot_keypoint_visibility(ann: Annotations) -> Figure:
         right.bar_label(bars, labels=[str(int(n)) for n in table[col]], padding=2, fontsize=8)
     right.set(xlim=(0, peak * 1.18), title="Not visible, enlarged (count at each bar)")
     for ax in (left, right):
-        ax.set_xlabel("% of points")
         ax.set_yticks(y, labels)
-        ax.set_ylim(len(labels) - 0.5, -0.5)
-        ax.set_ylabel("keypoint")
+        ax.set(xlabel="% of points", ylabel="keypoint", ylim=(len(labels) - 0.5, -0.5))
     fig.legend(
         handles=[Patch(color=c, label=n) for n, c in _VISIBILITY.items()],
         loc="outside lower center",
@@ -145,8 +143,7 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box") 
     norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
     for ax, name, m in zip(axes.flat, names, masks, strict=False):
         *_, image = ax.hist2d(u[m], v[m], bins=bins, range=extent, cmap="magma", norm=norm)
-        ax.set_ylim(lim[1], lim[0])
-        ax.set_aspect("equal")
+        ax.set(ylim=(lim[1], lim[0]), aspect="equal")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
@@ -180,11 +177,10 @@ def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
     epoch = pd.to_numeric(df["epoch"]) + 1
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 3)
-    pck = [c for c in df.columns if c.startswith("PCK@")]
     panels = [
         ("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
         ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
-        ("Validation PCK", "share of points (0-1)", pck),
+        ("Validation PCK", "share of points (0-1)", [c for c in df if c.startswith("PCK@")]),
     ]
     for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
         for c in cols:

@@ -6,6 +6,7 @@ Both pair each ground-truth instance with the prediction the metrics matched it 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -133,8 +134,6 @@ def _error_styles() -> list[Line2D]:
 def _enlarged(image, result: ImageResult, target: int = 320):
     """`image` and `result` scaled by the whole factor that brings the longer side near
     `target` px (unchanged when it is already that large)."""
-    from dataclasses import replace
-
     img = _as_pil(image)
     f = max(1, target // max(img.size))
     if f == 1:
