@@ -1,8 +1,7 @@
 """A keypoint layout (`Skeleton`) and the left/right partners a horizontal flip swaps.
 
-Names are compared after normalising case, separators and ``L_``/``R_`` prefixes, so
-``Left_Ear``/``RIGHT_EAR`` and ``L_Shoulder``/``R_Shoulder`` pair up; explicit pairs
-replace the derivation. Used by every stage that knows keypoints by name.
+Names pair up whatever their case, separators and ``L_``/``R_`` prefixes
+(``Left_Ear``/``RIGHT_EAR``, ``L_Shoulder``/``R_Shoulder``); explicit pairs replace that.
 """
 
 from __future__ import annotations
@@ -46,8 +45,7 @@ def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> 
 
     ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs` (names or 0-based
     indices), a name pairs with the one that differs only by its side word after
-    `normalise_name` (``Left_Ear``/``RIGHT_EAR``, ``L_Shoulder``/``R_Shoulder``). A name
-    without a partner maps to itself.
+    `normalise_name`; a name without a partner maps to itself.
 
     Example:
         >>> flip_indices(["nose", "left_eye", "right_eye"])

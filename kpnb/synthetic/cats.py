@@ -1,10 +1,9 @@
 """The synthetic animal face: its skeleton, where its keypoints sit, and how it is drawn.
 
-A face lives in face coordinates (units of the head radius, u right, v down, upright
-face) and is placed in an image by a centre, a radius and a rotation. It is drawn as
-ears behind a Lambert-shaded head with radial fur streaks, a light muzzle, eyes, a
-rounded nose, mouth and whiskers. Features centred on a keypoint (pupil, nose, inner
-ear) are flat `FEATURE_COLOURS`, so each point stays well defined.
+A face lives in face coordinates (units of the head radius, u right, v down, upright) and
+is placed by a centre, a radius and a rotation: ears behind a shaded furry head, muzzle,
+eyes, nose, mouth, whiskers. Pupils, nose and inner ears are flat `FEATURE_COLOURS` at
+their keypoints, so each point stays well defined.
 """
 
 from __future__ import annotations

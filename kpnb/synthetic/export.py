@@ -1,8 +1,5 @@
-"""The synthetic dataset as tables and as a CVAT export on disk (a folder or a zip).
-
-Written exactly as CVAT exports a project ("CVAT for images 1.1" + ``images/<subset>/``),
-with fixed zip timestamps, so the same seed gives the same bytes.
-"""
+"""The synthetic dataset as tables, and on disk (a folder or a zip) exactly as CVAT exports
+a project ("CVAT for images 1.1" + ``images/<subset>/``); fixed zip timestamps."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """One synthetic image and its exact truth: faces placed on a lit, shadowed backdrop.
 
-Each image is drawn from two random streams seeded by (seed, index, layout): one for the
-geometry (image size, how many faces, where, how large, how turned), one for appearance
-only (backdrop, light, coats, grain), so a change of drawing never moves a keypoint.
+Two random streams seeded by (seed, index, layout): one for the geometry (size, faces,
+where, how large, how turned), one for the looks only, so drawing never moves a keypoint.
 """
 
 from __future__ import annotations
@@ -34,14 +33,9 @@ IMAGE_SIZES = [(320, 240), (240, 320), (384, 288), (288, 384), (320, 320), (416,
 
 @dataclass
 class SyntheticScene:
-    """One drawn image and its exact truth.
-
-    Attributes:
-        image: the RGB picture (before JPEG compression).
-        keypoints: ``[N, K, 2]`` float64 exact positions (pixels, may lie off the canvas).
-        occluded: ``[N, K]`` bool, hidden by a face drawn later (on top).
-        outside: ``[N, K]`` bool, off the canvas.
-    """
+    """One drawn RGB image (before JPEG) and its truth: `keypoints` ``[N, K, 2]`` float64
+    exact pixels (may lie off the canvas), `occluded` ``[N, K]`` (under a face drawn later)
+    and `outside` ``[N, K]`` (off the canvas)."""
 
     image: Image.Image
     keypoints: np.ndarray

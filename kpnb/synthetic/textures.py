@@ -1,9 +1,7 @@
 """Procedural photographs: the backdrops behind the synthetic faces, and the colour tools.
 
-Everything is numpy + PIL, seeded, no files: value noise for textures, soft blobs (PIL
-blurs) for leaves, stones and clouds, colour blends. Each backdrop draws from the random
-stream it is given in a fixed order, so the same seed gives the same bytes; the faces
-(`kpnb.synthetic.cats`) use the same colour tools.
+Numpy + PIL, no files: value noise, soft blurred blobs (leaves, stones, clouds), colour
+blends. Each backdrop draws from its random stream in a fixed order: same seed, same bytes.
 """
 
 from __future__ import annotations

@@ -134,9 +134,8 @@ def draw_instances(
     """A copy of `image` (PIL, or a ``[3, H, W]`` tensor) with keypoint instances drawn on it.
 
     Visible points (v=2) are outlined discs in their keypoint colour (`colors`, default
-    `keypoint_colors`); occluded ones (v=1) hollow squares (`occluded_marker` ``"x"``:
-    crosses), so the picture under them shows; absent ones (v=0) and their edges are not
-    drawn. Sizes (`radius`, `font_size`) grow with the image unless given.
+    `keypoint_colors`), occluded ones (v=1) hollow squares (or ``"x"``: crosses), absent
+    ones (v=0) and their edges not drawn. `radius` and `font_size` grow with the image.
 
     Args:
         keypoints: ``[N, K, 3]`` (x, y, v) array, ``[N, K, 2]`` (all visible), or a slice

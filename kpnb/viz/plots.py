@@ -17,7 +17,6 @@ from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
 from kpnb.viz.draw import keypoint_colors
 
-# -- distributions -------------------------------------------------------------------------
 #: Visibility kinds and their colours, in the order they stack.
 _VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
 
@@ -41,10 +40,8 @@ def plot_label_counts(ann: Annotations) -> Figure:
 
 
 def plot_keypoint_visibility(ann: Annotations) -> Figure:
-    """Each keypoint name's points as shares by visibility, on two panels: left, visible,
-    occluded and absent stacked to 100 %; right, the occluded and absent shares alone on
-    their own scale, so a 1 % sliver shows as clearly as a 30 % one. Each bar on the right
-    carries its count."""
+    """Each keypoint's points by visibility: stacked to 100 % on the left; on the right the
+    occluded and absent shares alone, on their own scale and counted, so a 1 % sliver shows."""
     table = ann.keypoint_counts()
     several = table.index.get_level_values(0).nunique() > 1
     labels = [f"{lab}/{kp}" if several else kp for lab, kp in table.index]
@@ -155,7 +152,6 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box") 
     return fig
 
 
-# -- training ------------------------------------------------------------------------------
 _LOSS_PARTS = {
     "loss": "total",
     "loss_keypoint": "keypoint",
@@ -167,12 +163,9 @@ _LOSS_PARTS = {
 
 
 def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
-    """Training curves per epoch (1-based, integer ticks) on three panels: the training
-    losses (the total in bold), OKS AP (AP, AP50, AP75) and PCK (at 0.05, 0.1, 0.2).
-
-    Missing values (None: nothing to measure) leave gaps. An epoch a time budget cut
-    short (``complete`` False) is said so in the title.
-    """
+    """Training curves per epoch (1-based) on three panels: the losses (the total in bold),
+    OKS AP (AP, AP50, AP75) and PCK. A missing value (None) leaves a gap; an epoch the time
+    budget cut short (``complete`` False) is said so in the title."""
     df = pd.DataFrame(history)
     epoch = pd.to_numeric(df["epoch"]) + 1
     fig = Figure(figsize=(11, 3.6), layout="constrained")

@@ -89,11 +89,9 @@ def compare_predictions(
     """Ground truth, the matched predictions, and the errors (`draw_predictions`), side by
     side with a legend of keypoint colours and marker styles.
 
-    Only predictions the metrics matched to a ground-truth instance are drawn: the
-    top-scoring detections of a young model are often duplicates of one object. The
-    titles count what is left out (unmatched predictions, objects nothing matched). A
-    small image (the CPU schedule's 96-192 px) is enlarged by a whole factor first, so
-    the markers stay small beside the objects at the grid's scale.
+    Only matched predictions are drawn (a young model's top detections are often duplicates
+    of one object); the titles count what is left out. A small image (96-192 px) is first
+    enlarged by a whole factor, so the markers stay small at the grid's scale.
     """
     image, result = _enlarged(image, result)
     gt, paired, unmatched = _matched(result, skeleton.num_keypoints, iou_threshold)
