@@ -23,7 +23,6 @@ from kpnb.skeleton import Skeleton
 from kpnb.tables import Annotations
 
 RGB = tuple[int, int, int]
-_PALETTE_SIZE = 48
 OUTLINE: RGB = (16, 16, 16)  # the dark edge around markers, edges and labels
 OCCLUDED_MARKERS = ("square", "x")
 FONT_PATH = Path(__import__("matplotlib").get_data_path()) / "fonts/ttf/DejaVuSans.ttf"
@@ -33,9 +32,8 @@ FONT_PATH = Path(__import__("matplotlib").get_data_path()) / "fonts/ttf/DejaVuSa
 def _palette() -> tuple[RGB, ...]:
     import distinctipy
 
-    colours = distinctipy.get_colors(
-        _PALETTE_SIZE, exclude_colors=[(0, 0, 0), (1, 1, 1)], rng=0
-    )  # seeded: the same palette in every run and notebook
+    # 48 colours, seeded: the same palette in every run and notebook
+    colours = distinctipy.get_colors(48, exclude_colors=[(0, 0, 0), (1, 1, 1)], rng=0)
     return tuple(tuple(int(round(c * 255)) for c in rgb) for rgb in colours)
 
 
@@ -349,17 +347,15 @@ def showcase_image(ann: Annotations, label: str) -> int:
     if kp.empty:
         raise KpnbError(f"no labelled point of {label!r}: nothing to show")
     objects = kp.groupby("image_index")["instance_id"].nunique()
-    best, best_key = None, None
-    for (image, _), rows in kp.groupby(["image_index", "instance_id"], sort=True):
+    keys = {}
+    for (image, instance), rows in kp.groupby(["image_index", "instance_id"], sort=True):
         xy = rows[["x", "y"]].to_numpy(float)
         gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1)[np.triu_indices(len(xy), 1)]
-        key = (
+        keys[image, instance] = (
             objects[image] == 1,
             int((rows["visibility"] == 2).sum()),
             len(rows),
             float(gaps.min()) if len(gaps) else 0.0,
             float(np.ptp(xy, axis=0).max()),
         )
-        if best_key is None or key > best_key:
-            best, best_key = int(image), key
-    return best
+    return int(max(keys, key=keys.get)[0])  # the first of the best, in file order

@@ -131,15 +131,14 @@ def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box") 
     fig = Figure(figsize=(2.6 * ncols, 2.6 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     masks = [(kp["keypoint"] == name).to_numpy() for name in names]
-    extent = [lim, lim]
     # one colour scale for every panel, so the shared colour bar reads on all of them
     peak = max(
-        [np.histogram2d(u[m], v[m], bins=bins, range=extent)[0].max() for m in masks if m.any()]
+        [np.histogram2d(u[m], v[m], bins=bins, range=[lim, lim])[0].max() for m in masks if m.any()]
         or [1.0]
     )
     norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
     for ax, name, m in zip(axes.flat, names, masks, strict=False):
-        *_, image = ax.hist2d(u[m], v[m], bins=bins, range=extent, cmap="magma", norm=norm)
+        *_, image = ax.hist2d(u[m], v[m], bins=bins, range=[lim, lim], cmap="magma", norm=norm)
         ax.set(ylim=(lim[1], lim[0]), aspect="equal")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)

@@ -44,12 +44,10 @@ def _matched(result: ImageResult, k: int, iou_threshold: float):
 
     gt = np.asarray(result.gt_keypoints, np.float32).reshape(-1, k, 3)
     pred = np.asarray(result.keypoints, np.float32).reshape(-1, k, 3)
-    match = match_instances(result, iou_threshold)
+    match = np.asarray(match_instances(result, iou_threshold), int)
     paired = np.full_like(gt, np.nan)
-    for g, p in enumerate(match):
-        if p >= 0:
-            paired[g] = pred[p]
-    return gt, paired, len(pred) - sum(p >= 0 for p in match)
+    paired[match >= 0] = pred[match[match >= 0]]
+    return gt, paired, len(pred) - int((match >= 0).sum())
 
 
 def draw_predictions(
