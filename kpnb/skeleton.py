@@ -126,13 +126,9 @@ def _pair_list(value, what: str, *, names: bool) -> tuple[tuple, ...]:
 
 @dataclass(frozen=True)
 class Skeleton:
-    """A keypoint layout: names in definition order and 0-based edges between them.
-
-    Args:
-        keypoints: keypoint names; their order is the order of every ``[K]`` axis in kpnb.
-        edges: pairs of 0-based indices into ``keypoints``.
-        pairs: explicit left/right pairs (names or indices) for the flip; ``None`` derives
-            them from the names (see `flip_indices`).
+    """A keypoint layout: `keypoints` names, whose order is every ``[K]`` axis's in kpnb,
+    `edges` between 0-based indices into them, and explicit left/right `pairs` (names or
+    indices) for the flip; ``None`` derives them from the names (see `flip_indices`).
     """
 
     keypoints: tuple[str, ...]
@@ -170,11 +166,8 @@ class Skeleton:
         if not isinstance(data, dict):
             raise KpnbError(f"a skeleton is a dict of 'keypoints' and 'edges', not {_brief(data)}")
         names = data.get("keypoints")
-        if (
-            not isinstance(names, (list, tuple))
-            or not names
-            or not all(isinstance(n, str) for n in names)
-        ):
+        listed = isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+        if not (listed and names):
             raise KpnbError(f"skeleton 'keypoints' must be a list of names, not {_brief(names)}")
         edges = data.get("edges")
         edges = () if edges is None else _pair_list(edges, "edges", names=False)

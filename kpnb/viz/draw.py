@@ -292,10 +292,9 @@ def show_sample(
     """Draw one image of an export with its instances (every label by default).
 
     A multi-coordinate ``<points>`` shape is one instance (points ``1..n``). `boxes` draws
-    each instance's box (its grouped box, else its points' extent). With `skip_missing`
-    a missing file is drawn as a grey canvas of the size the annotations declare. An image
-    of another size than declared is refused, or resized to it with `rescale_images`.
-    A `KpnbError` when there is no such image or its file is missing (naming both).
+    each instance's grouped box, else its points' extent. A missing file is a `KpnbError`,
+    or with `skip_missing` a grey canvas of the declared size; an image of another size
+    than declared is refused, or resized to it with `rescale_images`.
     """
     from kpnb.images import find_image, load_image
 
@@ -338,10 +337,9 @@ def show_sample(
 def showcase_image(ann: Annotations, label: str) -> int:
     """The `image_index` every notebook shows first: its object of `label` is the clearest.
 
-    Ranked, in order: one object of `label` in the image; the most visible points (nothing
-    cut or hidden); the most labelled points; the widest gap between its two closest points
-    (names and markers do not overlap); the largest extent; then file order. A `KpnbError`
-    when `label` has no labelled point.
+    Ranked, in order: alone in its image; the most visible, then labelled, points; the
+    widest gap between its two closest points (names and markers apart); the largest
+    extent; file order. A `KpnbError` when `label` has no labelled point.
     """
     kp = ann.keypoints[(ann.keypoints["label"] == label) & (ann.keypoints["visibility"] > 0)]
     if kp.empty:

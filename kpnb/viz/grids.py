@@ -156,11 +156,8 @@ def sample_grid(
     ncols: int = 3,
     **kwargs,
 ) -> Figure:
-    """A grid (default 3x3, the first nine images) of `show_sample` pictures, with a
-    colour legend; names are sized to stay readable at the grid's scale.
-
-    `kwargs` go to `show_sample` / `draw_instances` (e.g. ``show_names=False``).
-    """
+    """A grid (default the first nine images, 3x3) of `show_sample` pictures (`kwargs` go
+    to it, e.g. ``show_names=False``) with a colour legend, names readable at its scale."""
     if indices is None:
         indices = ann.images["image_index"].tolist()[: ncols * 3]
     indices = [int(i) for i in indices]
