@@ -6,6 +6,8 @@ Stages, each its own module, data flowing one way:
 drawing tables and tensors and ``cli`` calling them all.
 """
 
+import importlib.util
+
 from kpnb.config import SMOKE, environment_report, pick, setup_notebook, version
 from kpnb.skeleton import Skeleton, flip_indices
 from kpnb.tables import Annotations
@@ -23,16 +25,8 @@ __all__ = [
 ]
 
 
-_SUBMODULES = set(
-    "cvat coco synthetic data tables grouping skeleton images errors transforms dataset viz "
-    "model train evaluate config cli".split()
-)
-
-
 def __getattr__(name: str):
     """``kpnb.viz`` and friends without importing torch-heavy modules at ``import kpnb``."""
-    if name in _SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f"kpnb.{name}")
-    raise AttributeError(f"module 'kpnb' has no attribute {name!r}")
+    if importlib.util.find_spec(f"kpnb.{name}") is None:
+        raise AttributeError(f"module 'kpnb' has no attribute {name!r}")
+    return importlib.import_module(f"kpnb.{name}")

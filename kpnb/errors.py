@@ -1,9 +1,8 @@
 """kpnb's own family of errors: input problems a user can fix.
 
-Every error kpnb raises about its input (a file, a value, a flag) is a `KpnbError`, and its
-message says what is wrong, where (file, line, id) and what to do. The command line prints
-these as one line; anything else (a bug, CUDA running out of memory) keeps its traceback.
-`KpnbError` is a ``ValueError``, so code that caught ``ValueError`` before still does.
+Every error kpnb raises about its input (a file, a value, a flag) is a `KpnbError` whose
+message says what is wrong, where (file, line, id) and what to do; the command line prints
+it as one line, anything else keeps its traceback. It is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -14,11 +13,6 @@ from collections.abc import Callable
 __all__ = ["KpnbError"]
 
 _FIELD = re.compile(r"\{(\w+)\}")
-
-
-def python_spelling(name: str, value: object) -> str:
-    """How Python code sets a parameter: ``name=value``, or ``name`` for no value."""
-    return name if value is None else f"{name}={value}"
 
 
 class KpnbError(ValueError):
@@ -37,21 +31,16 @@ class KpnbError(ValueError):
         param: str | tuple[str, ...] | None = None,
         params: dict[str, object] | None = None,
     ):
-        message = self._from_worker(message)
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            # raised in a DataLoader worker, rebuilt here as 26 lines: keep its own message
+            mark = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+            message = message.rpartition(mark)[2].rstrip("\n")
         names = (param,) if isinstance(param, str) else tuple(param or ())
         self.params: dict[str, object] = {**dict.fromkeys(names), **(params or {})}
         self.template = message
-        super().__init__(self.render(python_spelling))
-
-    @classmethod
-    def _from_worker(cls, message: str) -> str:
-        """The error's own message when a DataLoader worker raised it: torch rebuilds it in
-        the main process as ``cls("Caught ... Original Traceback ...")``, 26 lines for one."""
-        if not message.startswith("Caught ") or "\nOriginal Traceback" not in message:
-            return message
-        mark = f"\n{cls.__module__}.{cls.__qualname__}: "
-        at = message.rfind(mark)
-        return message[at + len(mark) :].rstrip("\n") if at >= 0 else message
+        super().__init__(
+            self.render(lambda name, value: name if value is None else f"{name}={value}")
+        )
 
     @property
     def param(self) -> str | None:
@@ -61,11 +50,9 @@ class KpnbError(ValueError):
     def render(self, spell: Callable[[str, object], str]) -> str:
         """The message with each ``{name}`` of `params` spelled by ``spell(name, value)``."""
 
-        def field(m: re.Match) -> str:
-            name = m.group(1)
-            return spell(name, self.params[name]) if name in self.params else m.group(0)
-
-        return _FIELD.sub(field, self.template) if self.params else self.template
+        return _FIELD.sub(
+            lambda m: spell(m[1], self.params[m[1]]) if m[1] in self.params else m[0], self.template
+        )
 
     def placed(self) -> set[str]:
         """The parameters the message places as ``{name}``."""

@@ -1,8 +1,7 @@
 """A keypoint layout (`Skeleton`) and the left/right partners a horizontal flip swaps.
 
-Names are compared after normalising case, separators and ``L_``/``R_`` prefixes, so
-``Left_Ear``/``RIGHT_EAR`` and ``L_Shoulder``/``R_Shoulder`` pair up; explicit pairs
-replace the derivation. Used by every stage that knows keypoints by name.
+Names pair up whatever their case, separators and ``L_``/``R_`` prefixes
+(``Left_Ear``/``RIGHT_EAR``, ``L_Shoulder``/``R_Shoulder``); explicit pairs replace that.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ __all__ = ["Skeleton", "flip_indices", "normalise_name", "resolve_pairs", "unpai
 
 # Name words are split on case-insensitive separators: "_", "-", ".", space.
 _SEPARATORS = re.compile(r"[\s_.\-]+")
-_SIDE_WORDS = {"left": "left", "right": "right", "l": "left", "r": "right"}
 
 
 def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
@@ -31,7 +29,7 @@ def _side_key(name: str) -> tuple[str | None, tuple[str, ...]]:
         if w in ("left", "right") or (w in ("l", "r") and i in (0, len(words) - 1)):
             if len(words) == 1:
                 break  # a name that is only "left"/"l" has nothing to pair on
-            return _SIDE_WORDS[w], tuple(words[:i] + ["*"] + words[i + 1 :])
+            return ("left" if w[0] == "l" else "right"), tuple(words[:i] + ["*"] + words[i + 1 :])
     return None, tuple(words)
 
 
@@ -47,8 +45,7 @@ def flip_indices(names: Sequence[str], pairs: Sequence[tuple] | None = None) -> 
 
     ``flipped[..., i, :] = original[..., perm[i], :]``. Without `pairs` (names or 0-based
     indices), a name pairs with the one that differs only by its side word after
-    `normalise_name` (``Left_Ear``/``RIGHT_EAR``, ``L_Shoulder``/``R_Shoulder``). A name
-    without a partner maps to itself.
+    `normalise_name`; a name without a partner maps to itself.
 
     Example:
         >>> flip_indices(["nose", "left_eye", "right_eye"])
@@ -129,13 +126,9 @@ def _pair_list(value, what: str, *, names: bool) -> tuple[tuple, ...]:
 
 @dataclass(frozen=True)
 class Skeleton:
-    """A keypoint layout: names in definition order and 0-based edges between them.
-
-    Args:
-        keypoints: keypoint names; their order is the order of every ``[K]`` axis in kpnb.
-        edges: pairs of 0-based indices into ``keypoints``.
-        pairs: explicit left/right pairs (names or indices) for the flip; ``None`` derives
-            them from the names (see `flip_indices`).
+    """A keypoint layout: `keypoints` names, whose order is every ``[K]`` axis's in kpnb,
+    `edges` between 0-based indices into them, and explicit left/right `pairs` (names or
+    indices) for the flip; ``None`` derives them from the names (see `flip_indices`).
     """
 
     keypoints: tuple[str, ...]
@@ -173,11 +166,8 @@ class Skeleton:
         if not isinstance(data, dict):
             raise KpnbError(f"a skeleton is a dict of 'keypoints' and 'edges', not {_brief(data)}")
         names = data.get("keypoints")
-        if (
-            not isinstance(names, (list, tuple))
-            or not names
-            or not all(isinstance(n, str) for n in names)
-        ):
+        listed = isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+        if not (listed and names):
             raise KpnbError(f"skeleton 'keypoints' must be a list of names, not {_brief(names)}")
         edges = data.get("edges")
         edges = () if edges is None else _pair_list(edges, "edges", names=False)
@@ -208,5 +198,4 @@ class Skeleton:
     @property
     def flip_pairs(self) -> list[tuple[int, int]]:
         """The (left, right) index pairs that swap on a horizontal flip."""
-        perm = self.flip_indices
-        return [(i, j) for i, j in enumerate(perm) if i < j]
+        return [(i, j) for i, j in enumerate(self.flip_indices) if i < j]

@@ -1,9 +1,8 @@
 """A synthetic CVAT keypoint export drawn from a seed: the dataset the tutorials and tests use.
 
-Shaded cat faces on photograph-like backdrops (grass and sky, leaves, wood, stone, cloth),
-drawn with numpy and PIL and written as CVAT exports a project ("CVAT for images 1.1" +
-``images/<subset>/``), so later stages run the same code on it as on a real export.
-Nothing is downloaded; the same seed gives the same bytes. Two layouts:
+Shaded cat faces on photograph-like backdrops, drawn with numpy and PIL and written as CVAT
+exports a project, so later stages run the same code on it as on a real export. Nothing is
+downloaded; the same seed gives the same bytes. Two layouts:
 
 * ``"skeleton"`` (default): subsets ``Train`` and ``Validation`` (every fifth image), one
   skeleton label ``face`` (nose, left/right eye, left/right ear; 5 edges), 0-3 faces per
@@ -13,20 +12,12 @@ Nothing is downloaded; the same seed gives the same bytes. Two layouts:
   per keypoint label, no skeleton; a point off the frame is not annotated.
 
 "Left" is the animal's left: ``left_eye`` is on the image's right when the face is upright.
-Modules, each importing only from those above it: `textures` (backdrops, colour tools),
-`cats` (the face), `scene` (one image and its truth), `export` (tables and the export).
+Modules, each importing only from those before it: `textures`, `cats`, `scene`, `export`.
 """
 
 from kpnb.synthetic.cats import FACE, FEATURE_COLOURS, INNER_EAR, NOSE, PUPIL
-from kpnb.synthetic.export import (
-    LABEL,
-    SUBSETS,
-    generate,
-    image_name,
-    image_relpath,
-    synthesize,
-)
-from kpnb.synthetic.scene import IMAGE_SIZES, STYLE_VERSION, SyntheticScene, render_scene
+from kpnb.synthetic.export import generate, synthesize
+from kpnb.synthetic.scene import STYLE_VERSION, SyntheticScene, render_scene
 
 __all__ = [
     "FACE",
@@ -35,13 +26,8 @@ __all__ = [
     "render_scene",
     "synthesize",
     "generate",
-    "LABEL",
-    "SUBSETS",
-    "IMAGE_SIZES",
     "PUPIL",
     "NOSE",
     "INNER_EAR",
     "FEATURE_COLOURS",
-    "image_name",
-    "image_relpath",
 ]

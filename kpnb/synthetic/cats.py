@@ -1,15 +1,12 @@
 """The synthetic animal face: its skeleton, where its keypoints sit, and how it is drawn.
 
-A face lives in face coordinates (units of the head radius, u right, v down, upright
-face) and is placed in an image by a centre, a radius and a rotation. It is drawn as
-ears behind a Lambert-shaded head with radial fur streaks, a light muzzle, eyes, a
-rounded nose, mouth and whiskers. Features centred on a keypoint (pupil, nose, inner
-ear) are flat `FEATURE_COLOURS`, so each point stays well defined.
+A face lives in face coordinates (units of the head radius, u right, v down, upright) and
+is placed by a centre, a radius and a rotation: ears behind a shaded furry head, muzzle,
+eyes, nose, mouth, whiskers. Pupils, nose and inner ears are flat `FEATURE_COLOURS` at
+their keypoints, so each point stays well defined.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -51,26 +48,8 @@ def _in_silhouette(points: np.ndarray, centre, radius, rot) -> np.ndarray:
     uv = ((points - np.asarray(centre)) @ rot) / radius  # inverse of _to_image
     inside = (uv[:, 0] / _HEAD_RX) ** 2 + (uv[:, 1] / _HEAD_RY) ** 2 <= 1.0
     for ear in _EARS:
-        inside |= _in_triangle(uv, ear)
+        inside |= _triangle_sd(uv[:, 0], uv[:, 1], ear) >= 0
     return inside
-
-
-def _in_triangle(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    a, b, c = tri
-
-    def cross(o, q, r):
-        return (q[0] - o[0]) * (r[:, 1] - o[1]) - (q[1] - o[1]) * (r[:, 0] - o[0])
-
-    d1, d2, d3 = cross(a, b, p), cross(b, c, p), cross(c, a, p)
-    neg = (d1 < 0) | (d2 < 0) | (d3 < 0)
-    pos = (d1 > 0) | (d2 > 0) | (d3 > 0)
-    return ~(neg & pos)
-
-
-def _silhouette_uv(n: int = 40) -> list[np.ndarray]:
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    head = np.stack([_HEAD_RX * np.cos(t), _HEAD_RY * np.sin(t)], axis=1)
-    return [head, *_EARS]
 
 
 def _shadows(img: np.ndarray, faces, light: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -82,9 +61,11 @@ def _shadows(img: np.ndarray, faces, light: np.ndarray, scale: float = 1.0) -> n
     h, w = img.shape[:2]
     mask = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(mask)
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    head = np.stack([_HEAD_RX * np.cos(t), _HEAD_RY * np.sin(t)], axis=1)
     for centre, radius, rot, _ in faces:
         offset = -light[:2] * radius * 0.16 + np.array([0.0, radius * 0.06])
-        for poly in _silhouette_uv(24):
+        for poly in (head, *_EARS):
             pts = (_to_image(poly * 1.04, centre, radius, rot) + offset) * scale
             draw.polygon([tuple(p) for p in pts], fill=255)
     blur = 0.14 * scale * float(np.mean([f[1] for f in faces]))
@@ -94,9 +75,8 @@ def _shadows(img: np.ndarray, faces, light: np.ndarray, scale: float = 1.0) -> n
 
 def _coat(rng: np.random.Generator) -> dict:
     """How one animal looks: fur, markings, eyes (appearance only, no geometry)."""
-    fur = _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.08)
     return {
-        "fur": fur,
+        "fur": _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.08),
         "iris": _jitter(rng, _IRISES[int(rng.integers(len(_IRISES)))], 0.08),
         "muzzle": float(rng.uniform(0.5, 0.85)),
         "tabby": bool(rng.random() < 0.35),
@@ -134,22 +114,25 @@ def _fur_streaks(u: np.ndarray, v: np.ndarray, phase: np.ndarray) -> np.ndarray:
     return out / 3.0
 
 
-@dataclass
 class _FaceFrame:
     """Where one face is drawn: the crop of the image it can touch (`box`, x0 y0 x1 y1)
     and, for each pixel of the crop, its face coordinates `u`, `v`, how far out it lies on
-    the head ellipse `q` (1 at the edge) and the fur streaks there."""
+    the head ellipse `q` (1 at the edge) and the fur streaks there; `keypoints` ``[K, 2]``
+    in image pixels, `light` in face coordinates. The face's centre is on the image."""
 
-    centre: tuple[float, float]
-    radius: float
-    rot: np.ndarray
-    box: tuple[int, int, int, int]
-    u: np.ndarray
-    v: np.ndarray
-    q: np.ndarray
-    streaks: np.ndarray
-    keypoints: np.ndarray  # [K, 2] the keypoints' image pixels
-    light: tuple[float, float, float]  # the light in face coordinates
+    def __init__(self, shape, centre, radius: float, rot, coat: dict, light):
+        h, w = shape[:2]
+        reach = 1.6 * radius
+        x0, x1 = max(0, int(centre[0] - reach)), min(w, int(centre[0] + reach) + 1)
+        y0, y1 = max(0, int(centre[1] - reach)), min(h, int(centre[1] + reach) + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        pix = np.stack([xx + 0.5 - centre[0], yy + 0.5 - centre[1]], -1) @ rot.astype(np.float32)
+        u, v = pix[..., 0] / np.float32(radius), pix[..., 1] / np.float32(radius)
+        self.centre, self.radius, self.rot, self.box = centre, radius, rot, (x0, y0, x1, y1)
+        self.u, self.v, self.q = u, v, np.sqrt((u / _HEAD_RX) ** 2 + (v / _HEAD_RY) ** 2)
+        self.streaks = _fur_streaks(u, v, coat["streaks"])
+        self.keypoints = _to_image(_KEYPOINTS_UV, centre, radius, rot)
+        self.light = (*(rot.T @ light[:2]).tolist(), float(light[2]))
 
     def window(self, centre, half: float) -> tuple[slice, slice]:
         """Rows and columns of the crop within `half` px of the image point `centre`."""
@@ -160,39 +143,10 @@ class _FaceFrame:
         )
 
 
-def _face_frame(shape, centre, radius: float, rot, coat: dict, light) -> _FaceFrame:
-    """The frame of a face on an image of `shape` (its centre is always on the image)."""
-    h, w = shape[:2]
-    reach = 1.6 * radius
-    x0, x1 = max(0, int(centre[0] - reach)), min(w, int(centre[0] + reach) + 1)
-    y0, y1 = max(0, int(centre[1] - reach)), min(h, int(centre[1] + reach) + 1)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    pix = np.stack([xx + 0.5 - centre[0], yy + 0.5 - centre[1]], axis=-1) @ rot.astype(np.float32)
-    u, v = pix[..., 0] / np.float32(radius), pix[..., 1] / np.float32(radius)
-    lx, ly = (rot.T @ light[:2]).tolist()
-    return _FaceFrame(
-        centre=centre,
-        radius=radius,
-        rot=rot,
-        box=(x0, y0, x1, y1),
-        u=u,
-        v=v,
-        q=np.sqrt((u / _HEAD_RX) ** 2 + (v / _HEAD_RY) ** 2),
-        streaks=_fur_streaks(u, v, coat["streaks"]),
-        keypoints=_to_image(_KEYPOINTS_UV, centre, radius, rot),
-        light=(lx, ly, float(light[2])),
-    )
-
-
 def _draw_face(img: np.ndarray, centre, radius: float, rot, coat: dict, light) -> None:
-    """Composite one animal face into `img` (``[H, W, 3]`` float32, in place).
-
-    Ears behind a Lambert-shaded head with fur streaks, a light muzzle, eyes (dark rim,
-    shaded iris, flat pupil, catchlight), a rounded nose, then mouth and whiskers. The
-    pupils, the nose and the inner ears are flat `FEATURE_COLOURS` at their keypoints.
-    Small features are computed only in a window around them, which keeps this fast.
-    """
-    face = _face_frame(img.shape, centre, radius, rot, coat, light)
+    """Composite one animal face into `img` (``[H, W, 3]`` float32, in place), back to front.
+    Small features are computed only in a window around them, which keeps this fast."""
+    face = _FaceFrame(img.shape, centre, radius, rot, coat, light)
     x0, y0, x1, y1 = face.box
     out = img[y0:y1, x0:x1]
     _draw_ears(out, face, coat["fur"])
@@ -209,8 +163,7 @@ def _draw_ears(out: np.ndarray, face: _FaceFrame, fur) -> None:
     """Both ears into the crop `out` (in place), behind the head: fur darkening towards the
     tip, and a pink inside, flat at its keypoint, darkening at its rim."""
     u, v, radius = face.u, face.v, face.radius
-    for sign in (1.0, -1.0):
-        ear = _EAR_UV * np.array([sign, 1.0])
+    for sign, ear in zip((1.0, -1.0), _EARS, strict=True):
         corners = _to_image(ear, face.centre, radius, face.rot)
         mid = (corners.min(0) + corners.max(0)) / 2
         span = float((corners.max(0) - corners.min(0)).max())

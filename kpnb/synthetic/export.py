@@ -1,37 +1,26 @@
-"""The synthetic dataset as tables and as a CVAT export on disk (a folder or a zip).
-
-Written exactly as CVAT exports a project ("CVAT for images 1.1" + ``images/<subset>/``),
-with fixed zip timestamps, so the same seed gives the same bytes.
-"""
+"""The synthetic dataset as tables, and on disk (a folder or a zip) exactly as CVAT exports
+a project ("CVAT for images 1.1" + ``images/<subset>/``); fixed zip timestamps."""
 
 from __future__ import annotations
 
+import io
 import os
 from itertools import chain
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kpnb.cvat import skeleton_svg
+from kpnb.cvat import iter_cvat_lines, skeleton_svg
 from kpnb.io import atomic_path, check_output, write_zip
 from kpnb.synthetic.cats import _KEYPOINTS_UV, FACE
-from kpnb.synthetic.scene import SyntheticScene, _check_layout, render_scene
+from kpnb.synthetic.scene import SyntheticScene, render_scene
 from kpnb.tables import Annotations, tidy_images, tidy_keypoints
 
 LABEL = "face"
 # Where the circles sit in the label's svg (CVAT's skeleton editor canvas is 0-100).
-_SVG_POSITIONS = 50 + 40 * _KEYPOINTS_UV * np.array([1.0, 1.0])
+_SVG_POSITIONS = 50 + 40 * _KEYPOINTS_UV
 SUBSETS = ("Train", "Validation")
-
-
-def image_name(index: int) -> str:
-    return f"img_{index:05d}.jpg"
-
-
-def _subset(index: int) -> str:
-    return SUBSETS[1] if index % 5 == 4 else SUBSETS[0]
 
 
 def _labels(layout: str) -> pd.DataFrame:
@@ -73,31 +62,30 @@ def synthesize(n_images: int = 200, seed: int = 0, layout: str = "skeleton"):
 
     The tables hold the positions as written to the file (two decimals).
     """
-    _check_layout(layout)
     images, rows, pictures, next_id = [], [], [], 0
+    skel = layout == "skeleton"
     for index in range(n_images):
         scene = render_scene(seed, index, layout)
         pictures.append(scene.image)
         width, height = scene.image.size
-        skel = layout == "skeleton"
+        subset = SUBSETS[1 if index % 5 == 4 else 0]  # every fifth image validates
         images.append(
             {
                 "image_index": index,
                 "image_id": index,
-                "name": image_name(index),
+                "name": f"img_{index:05d}.jpg",
                 "width": width,
                 "height": height,
-                "subset": _subset(index) if skel else None,
-                "task_id": (SUBSETS.index(_subset(index)) + 1) if skel else None,
+                "subset": subset if skel else None,
+                "task_id": SUBSETS.index(subset) + 1 if skel else None,
             }
         )
         rows += _scene_rows(scene, index, layout, next_id)
         next_id += len(scene.keypoints) if skel else FACE.num_keypoints
-    keypoints = tidy_keypoints(pd.DataFrame(rows, columns=list(rows[0]) if rows else None))
     ann = Annotations(
         images=tidy_images(pd.DataFrame(images)),
-        keypoints=keypoints,
-        skeletons={LABEL: FACE} if layout == "skeleton" else {},
+        keypoints=tidy_keypoints(pd.DataFrame(rows)),
+        skeletons={LABEL: FACE} if skel else {},
         labels=_labels(layout),
         meta={"name": f"kpnb-synthetic-{layout}", "source": "kpnb.synthetic", "seed": seed},
     )
@@ -121,14 +109,11 @@ def generate(
 ) -> Path:
     """Write a synthetic CVAT export: ``out/annotations.xml`` and ``out/images/...jpg``.
 
-    With `as_zip`, writes the same files into the zip `out` (``.zip`` added if missing),
-    laid out like CVAT's "export dataset with images". The output appears atomically:
-    an interrupted run leaves nothing behind. An existing zip or non-empty folder `out` is
-    refused unless `overwrite`; then only the files written here are replaced.
-
-    Raises:
-        kpnb.io.OutputExistsError: `out` exists (see `overwrite`) or is a file where a
-            folder is written.
+    With `as_zip`, the same files go into the zip `out` (``.zip`` added if missing), as
+    CVAT's "export dataset with images". Written atomically: an interrupted run leaves
+    nothing. An existing zip or non-empty folder `out` is refused
+    (`kpnb.io.OutputExistsError`) unless `overwrite`; then only the files written here are
+    replaced.
 
     Example:
         >>> root = generate("data/synthetic", n_images=20, seed=0)  # doctest: +SKIP
@@ -140,7 +125,8 @@ def generate(
     ann, pictures = synthesize(n_images, seed, layout)
     images = zip(ann.images.itertuples(index=False), pictures, strict=True)
     jpegs = ((image_relpath(i.name, i.subset), _jpeg_bytes(p, quality)) for i, p in images)
-    files = chain([("annotations.xml", _xml_bytes(ann))], jpegs)  # one JPEG in memory at a time
+    xml = "".join(line + "\n" for line in iter_cvat_lines(ann)).encode("utf-8")
+    files = chain([("annotations.xml", xml)], jpegs)  # one JPEG in memory at a time
     if as_zip:
         return write_zip(out, files, overwrite=overwrite)
     with atomic_path(out, directory=True, overwrite=overwrite) as tmp:
@@ -151,14 +137,6 @@ def generate(
 
 
 def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def _xml_bytes(ann: Annotations) -> bytes:
-    from kpnb.cvat import iter_cvat_lines
-
-    return "".join(line + "\n" for line in iter_cvat_lines(ann)).encode("utf-8")

@@ -1,8 +1,7 @@
 """One synthetic image and its exact truth: faces placed on a lit, shadowed backdrop.
 
-Each image is drawn from two random streams seeded by (seed, index, layout): one for the
-geometry (image size, how many faces, where, how large, how turned), one for appearance
-only (backdrop, light, coats, grain), so a change of drawing never moves a keypoint.
+Two random streams seeded by (seed, index, layout): one for the geometry (size, faces,
+where, how large, how turned), one for the looks only, so drawing never moves a keypoint.
 """
 
 from __future__ import annotations
@@ -34,14 +33,9 @@ IMAGE_SIZES = [(320, 240), (240, 320), (384, 288), (288, 384), (320, 320), (416,
 
 @dataclass
 class SyntheticScene:
-    """One drawn image and its exact truth.
-
-    Attributes:
-        image: the RGB picture (before JPEG compression).
-        keypoints: ``[N, K, 2]`` float64 exact positions (pixels, may lie off the canvas).
-        occluded: ``[N, K]`` bool, hidden by a face drawn later (on top).
-        outside: ``[N, K]`` bool, off the canvas.
-    """
+    """One drawn RGB image (before JPEG) and its truth: `keypoints` ``[N, K, 2]`` float64
+    exact pixels (may lie off the canvas), `occluded` ``[N, K]`` (under a face drawn later)
+    and `outside` ``[N, K]`` (off the canvas)."""
 
     image: Image.Image
     keypoints: np.ndarray
@@ -55,7 +49,8 @@ class SyntheticScene:
 
 def render_scene(seed: int, index: int, layout: str = "skeleton") -> SyntheticScene:
     """Draw image `index` of the dataset with `seed`; independent of every other image."""
-    _check_layout(layout)
+    if layout not in ("skeleton", "points"):
+        raise KpnbError(f"unknown layout {layout!r}; choose 'skeleton' or 'points'")
     stream = [seed, index, 0 if layout == "skeleton" else 1]
     rng = np.random.default_rng(stream)  # geometry: sizes, how many faces, where
     looks = np.random.default_rng(stream + [1])  # appearance only: never moves a keypoint
@@ -83,19 +78,12 @@ def render_scene(seed: int, index: int, layout: str = "skeleton") -> SyntheticSc
     for centre, radius, rot, coat in faces:
         _draw_face(canvas, centre, radius, rot, coat, light)
     img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
-    faces = [f[:3] for f in faces]
-    k = FACE.num_keypoints
-    keypoints = np.zeros((n, k, 2))
-    occluded = np.zeros((n, k), bool)
-    for i, (centre, radius, rot) in enumerate(faces):
+    keypoints = np.zeros((n, FACE.num_keypoints, 2))
+    occluded = np.zeros((n, FACE.num_keypoints), bool)
+    for i, (centre, radius, rot, _) in enumerate(faces):
         keypoints[i] = _to_image(_KEYPOINTS_UV, centre, radius, rot)
         for later in faces[i + 1 :]:
-            occluded[i] |= _in_silhouette(keypoints[i], *later)
+            occluded[i] |= _in_silhouette(keypoints[i], *later[:3])
     x, y = keypoints[..., 0], keypoints[..., 1]
     outside = (x < 0) | (x >= width) | (y < 0) | (y >= height)
     return SyntheticScene(img, keypoints, occluded & ~outside, outside)
-
-
-def _check_layout(layout: str) -> None:
-    if layout not in ("skeleton", "points"):
-        raise KpnbError(f"unknown layout {layout!r}; choose 'skeleton' or 'points'")

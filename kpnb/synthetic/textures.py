@@ -1,9 +1,7 @@
 """Procedural photographs: the backdrops behind the synthetic faces, and the colour tools.
 
-Everything is numpy + PIL, seeded, no files: value noise for textures, soft blobs (PIL
-blurs) for leaves, stones and clouds, colour blends. Each backdrop draws from the random
-stream it is given in a fixed order, so the same seed gives the same bytes; the faces
-(`kpnb.synthetic.cats`) use the same colour tools.
+Numpy + PIL, no files: value noise, soft blurred blobs (leaves, stones, clouds), colour
+blends. Each backdrop draws from its random stream in a fixed order: same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -38,16 +36,13 @@ def _noise(
     random grids, each octave twice as fine and half as strong. `cells` is the number of
     grid cells across the longer side at the coarsest octave; `stretch` scales x and y."""
     total = np.zeros((height, width), np.float32)
-    amp = norm = 1.0
     side = max(width, height)
     for o in range(octaves):
         gx = max(2, round(cells * 2**o * stretch[0] * width / side)) + 1
         gy = max(2, round(cells * 2**o * stretch[1] * height / side)) + 1
         grid = Image.fromarray(rng.random((gy, gx), dtype=np.float32), mode="F")
-        total += np.asarray(grid.resize((width, height), Image.BICUBIC)) * amp
-        amp *= 0.5
-        norm += amp
-    return (total / (norm - amp) - 0.5) * 2.0
+        total += np.asarray(grid.resize((width, height), Image.BICUBIC)) * 0.5**o
+    return (total / (2 - 0.5 ** (octaves - 1)) - 0.5) * 2.0  # the amplitudes sum to 1 first
 
 
 def _mix(c0, c1, t: np.ndarray) -> np.ndarray:
@@ -164,12 +159,8 @@ def _fabric(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     folds = _noise(rng, width, height, 1.5, 3, stretch=(0.6, 1.6))
     colour = _jitter(rng, _COATS[int(rng.integers(len(_COATS)))], 0.3) * 0.8 + 30
     img = colour * (0.85 + 0.3 * folds)[..., None]
-    weave = (
-        np.sin(np.arange(width, dtype=np.float32) * 2.1)[None, :]
-        * np.sin(np.arange(height, dtype=np.float32) * 2.1)[:, None]
-    )
-    img += (weave * 4)[..., None]
-    return img
+    rows, cols = (np.sin(np.arange(n, dtype=np.float32) * 2.1) for n in (height, width))
+    return img + (np.outer(rows, cols) * 4)[..., None]  # a fine weave
 
 
 _BACKDROPS = (_meadow, _foliage, _wood, _stone, _fabric)

@@ -1,13 +1,8 @@
 """Pictures of annotations, augmentations, distributions, predictions and training.
 
-Every function returns a PIL image or a matplotlib ``Figure`` and keeps no global state
-(no ``plt.show()``, no pyplot figure manager), so notebooks display the result and tests
-can check it. Importing it does not import torch (``kpnb show`` starts fast); a tensor
-passed in, or a prediction figure, brings torch in when it is used.
-
-Modules, each importing only from those above it: `draw` (colours, markers, one annotated
-picture), `grids` (grids as palette PNGs, colour legends), `plots` (dataset statistics,
-heat maps, training curves) and `predictions` (predictions against the ground truth).
+Every function returns a PIL image or a pyplot-free matplotlib ``Figure`` (no global state).
+Importing it does not import torch; a tensor or a prediction figure brings it in. Modules:
+`draw` (one picture), `grids` (grids, legends), `plots` (charts), `predictions`.
 """
 
 from kpnb.viz.draw import (
@@ -21,7 +16,7 @@ from kpnb.viz.draw import (
     show_sample,
     showcase_image,
 )
-from kpnb.viz.grids import before_after, color_swatch, image_grid, keypoint_legend, sample_grid
+from kpnb.viz.grids import color_swatch, image_grid, keypoint_legend, sample_grid
 from kpnb.viz.plots import (
     plot_history,
     plot_image_sizes,
@@ -48,7 +43,6 @@ __all__ = [
     "showcase_image",
     "image_grid",
     "sample_grid",
-    "before_after",
     "plot_label_counts",
     "plot_keypoint_visibility",
     "plot_instances_per_image",

@@ -1,10 +1,8 @@
-"""Keypoints, boxes and names drawn on one picture with PIL, and the colours they use.
+"""Keypoints, boxes and names drawn on one picture, and the colours they use.
 
-Boxes, points and edges are drawn with PIL (torchvision's ``draw_keypoints`` has no
-outlines and ignores the edge colour; PIL also keeps ``kpnb show`` free of torch), so every
-marker gets a dark outline and every edge a dark halo and they stand out on any picture.
-Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans (works offline).
-The other `kpnb.viz` modules build on this one.
+PIL rather than torchvision's ``draw_keypoints`` (no outlines, ignores the edge colour, needs
+torch): every marker gets a dark outline and every edge a dark halo, so they show on any
+picture. Colours come from distinctipy; text uses matplotlib's bundled DejaVu Sans.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from kpnb.skeleton import Skeleton
 from kpnb.tables import Annotations
 
 RGB = tuple[int, int, int]
-_PALETTE_SIZE = 48
 OUTLINE: RGB = (16, 16, 16)  # the dark edge around markers, edges and labels
 OCCLUDED_MARKERS = ("square", "x")
 FONT_PATH = Path(__import__("matplotlib").get_data_path()) / "fonts/ttf/DejaVuSans.ttf"
@@ -35,19 +32,16 @@ FONT_PATH = Path(__import__("matplotlib").get_data_path()) / "fonts/ttf/DejaVuSa
 def _palette() -> tuple[RGB, ...]:
     import distinctipy
 
-    colours = distinctipy.get_colors(
-        _PALETTE_SIZE, exclude_colors=[(0, 0, 0), (1, 1, 1)], rng=0
-    )  # seeded: the same palette in every run and notebook
+    # 48 colours, seeded: the same palette in every run and notebook
+    colours = distinctipy.get_colors(48, exclude_colors=[(0, 0, 0), (1, 1, 1)], rng=0)
     return tuple(tuple(int(round(c * 255)) for c in rgb) for rgb in colours)
 
 
 def keypoint_colors(names: Sequence[str]) -> dict[str, RGB]:
     """A distinct colour per name, stable across runs: the same name keeps its colour.
 
-    A name's colour is picked by a checksum of the name from a fixed distinctipy palette;
-    when that colour is taken by, or too close to (RGB distance < 100), an earlier name of
-    the same set, the name moves on to the next palette colour that is clear of them all.
-    """
+    A checksum of the name picks it from a fixed distinctipy palette; a colour taken by, or
+    closer than RGB distance 100 to, an earlier name's moves it on to the next clear one."""
     palette, taken, out = _palette(), [], {}
     for name in dict.fromkeys(str(n) for n in names):
         start = zlib.crc32(name.encode("utf-8")) % len(palette)
@@ -79,12 +73,10 @@ def _as_pil(image) -> Image.Image:
 def _instances(keypoints, skeleton: Skeleton | None) -> tuple[np.ndarray, list[str]]:
     """``[N, K, 3]`` from an array or a slice of the keypoints table, plus keypoint names."""
     if isinstance(keypoints, pd.DataFrame):
-        rows = keypoints.sort_values(["instance_id", "point_index"])
-        k = skeleton.num_keypoints if skeleton else int(rows.groupby("instance_id").size().max())
-        n = rows["instance_id"].nunique()
-        arr = rows[["x", "y", "visibility"]].to_numpy(np.float32).reshape(n, k, 3)
-        names = list(skeleton.keypoints) if skeleton else list(rows["keypoint"].astype(str)[:k])
-        return arr, names
+        if skeleton:
+            return _table_points(keypoints, skeleton.num_keypoints), list(skeleton.keypoints)
+        names = keypoints.drop_duplicates("point_index").sort_values("point_index")["keypoint"]
+        return _table_points(keypoints, len(names)), list(names.astype(str))
     arr = np.asarray(keypoints, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
@@ -109,17 +101,17 @@ def _disc(draw: ImageDraw.ImageDraw, x: float, y: float, r: float, fill) -> None
 
 
 def _occluded_marker(
-    draw: ImageDraw.ImageDraw, x: float, y: float, r: int, colour: RGB, outline: RGB, style: str
+    draw: ImageDraw.ImageDraw, x: float, y: float, r: int, colour: RGB, style: str
 ) -> None:
     """A hollow square (or an x) in the keypoint colour with a dark edge: an occluded point
     must not look like a filled disc, nor like a drawn eye."""
     t, o = max(2, round(r * 0.45)), _halo_width(r)
     if style == "square":
         s, e = r + o, r + 2 * o
-        draw.rectangle([x - e, y - e, x + e, y + e], outline=outline, width=t + 2 * o)
+        draw.rectangle([x - e, y - e, x + e, y + e], outline=OUTLINE, width=t + 2 * o)
         draw.rectangle([x - s, y - s, x + s, y + s], outline=colour, width=t)
         return
-    for fill, wd in ((outline, t + 2 * o), (colour, t)):
+    for fill, wd in ((OUTLINE, t + 2 * o), (colour, t)):
         for dx in (-r, r):
             draw.line([(x - dx, y - r), (x + dx, y + r)], fill=fill, width=wd)
 
@@ -134,16 +126,14 @@ def draw_instances(
     radius: int | None = None,
     edge_color: RGB = (255, 255, 255),
     colors: Mapping[str, RGB] | None = None,
-    outline_color: RGB = OUTLINE,
     occluded_marker: str = "square",
     font_size: int | None = None,
 ) -> Image.Image:
     """A copy of `image` (PIL, or a ``[3, H, W]`` tensor) with keypoint instances drawn on it.
 
     Visible points (v=2) are outlined discs in their keypoint colour (`colors`, default
-    `keypoint_colors`); occluded ones (v=1) hollow squares (`occluded_marker` ``"x"``:
-    crosses), so the picture under them shows; absent ones (v=0) and their edges are not
-    drawn. Sizes (`radius`, `font_size`) grow with the image unless given.
+    `keypoint_colors`), occluded ones (v=1) hollow squares (or ``"x"``: crosses), absent
+    ones (v=0) and their edges not drawn. `radius` and `font_size` grow with the image.
 
     Args:
         keypoints: ``[N, K, 3]`` (x, y, v) array, ``[N, K, 2]`` (all visible), or a slice
@@ -159,51 +149,26 @@ def draw_instances(
     r = radius or marker_radius(*out.size)
     colors = dict(colors or keypoint_colors(names))
     draw = ImageDraw.Draw(out)
-    if boxes is not None and len(boxes):
-        _draw_boxes(draw, boxes, width=max(1, r // 2))
-    if not len(arr):
-        return out
+    for x0, y0, x1, y1 in np.asarray(() if boxes is None else boxes, float).reshape(-1, 4):
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=max(1, r // 2))
     xy, vis = np.nan_to_num(arr[..., :2]), arr[..., 2]
-    edges = skeleton.edges if skeleton else ()
-    _draw_edges(draw, xy, vis, edges, r, edge_color, outline_color)
-    _draw_points(draw, xy, vis, names, colors, r, outline_color, occluded_marker)
-    if show_names:
-        out = _write_names(out, arr, names, colors, r, font_size)
-    return out
-
-
-def _draw_boxes(draw: ImageDraw.ImageDraw, boxes, width: int) -> None:
-    """Yellow outlines of ``[N, 4]`` xyxy boxes."""
-    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4).tolist():
-        draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 0), width=width)
-
-
-def _draw_edges(
-    draw: ImageDraw.ImageDraw, xy, vis, edges, r: int, colour: RGB, outline: RGB
-) -> None:
-    """Each instance's skeleton edges between labelled points: a dark halo, then `colour`."""
     width, halo = max(2, round(r * 0.6)), _halo_width(r)
-    for inst, v in zip(xy, vis, strict=True):
-        shown = [e for e in edges if v[e[0]] > 0 and v[e[1]] > 0]
-        for fill, wd in ((outline, width + 2 * halo), (colour, width)):
+    for inst, v in zip(xy, vis, strict=True):  # edges between labelled points, on a halo
+        shown = [e for e in (skeleton.edges if skeleton else ()) if v[e[0]] > 0 and v[e[1]] > 0]
+        for fill, wd in ((OUTLINE, width + 2 * halo), (edge_color, width)):
             for a, b in shown:
                 draw.line([tuple(inst[a]), tuple(inst[b])], fill=fill, width=wd)
-
-
-def _draw_points(
-    draw: ImageDraw.ImageDraw, xy, vis, names, colors, r: int, outline: RGB, occluded: str
-) -> None:
-    """Visible points as outlined discs, occluded ones as `_occluded_marker`, absent ones
-    not at all."""
-    halo = _halo_width(r)
-    for inst, v in zip(xy, vis, strict=True):
+    for inst, v in zip(xy, vis, strict=True):  # then every point over every edge
         for (x, y), vj, name in zip(inst, v, names, strict=True):
             colour = colors.get(name, (255, 0, 0))
             if vj == 2:
-                _disc(draw, x, y, r + halo, outline)
+                _disc(draw, x, y, r + halo, OUTLINE)
                 _disc(draw, x, y, r, colour)
             elif vj == 1:
-                _occluded_marker(draw, x, y, r, colour, outline, occluded)
+                _occluded_marker(draw, x, y, r, colour, occluded_marker)
+    if show_names:
+        out = _write_names(out, arr, names, colors, r, font_size)
+    return out
 
 
 def draw_target(image, target: Mapping, skeleton: Skeleton | None = None, **kwargs) -> Image.Image:
@@ -230,10 +195,10 @@ def _write_names(
     font = ImageFont.truetype(str(FONT_PATH), size)
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
-    pts = [(x, y) for inst in arr for x, y, v in inst if v > 0]
     taken = _Boxes(cell=4 * size)  # a grid, so each name checks its neighbours, not all
-    for x, y in pts:
-        taken.add((x - r - 1, y - r - 1, x + r + 1, y + r + 1))
+    for x, y, v in arr.reshape(-1, 3):
+        if v > 0:
+            taken.add((x - r - 1, y - r - 1, x + r + 1, y + r + 1))
     pad, gap = max(1, size // 6), r + 2
     for inst in arr:
         for (x, y, v), name in zip(inst, names, strict=True):
@@ -265,8 +230,8 @@ class _Boxes:
     """Boxes kept in grid cells of `cell` pixels: a new box is checked against the boxes in
     the cells it covers, so placing P names costs O(P), not O(P^2) (10k faces: 31 s before)."""
 
-    def __init__(self, cell: float):
-        self.cell, self.grid = max(1.0, float(cell)), {}
+    def __init__(self, cell: int):
+        self.cell, self.grid = cell, {}
 
     def _cells(self, box):
         c = self.cell
@@ -286,39 +251,31 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _export_root(ann: Annotations) -> Path:
-    """The folder of the export (``meta["path"]``, which `read_cvat`/`read_coco` record)."""
-    path = ann.meta.get("path")
-    if not path:
-        raise KpnbError(
-            "these annotations do not say where their export is; pass {image_root}",
-            param="image_root",
-        )
-    path = Path(str(path))
-    return path if path.is_dir() else path.parent
-
-
-def _label_arrays(ann: Annotations, rows: pd.DataFrame, k: int):
-    """``[N, k, 3]`` points (shorter shapes padded with absent points) and ``[N, 4]``
-    boxes (the grouped box, else the labelled points' extent) of one image's label."""
+def _table_points(rows: pd.DataFrame, k: int) -> np.ndarray:
+    """``[N, k, 3]`` points of table rows, one per instance; a shorter shape is padded
+    with absent points ``(nan, nan, 0)``."""
     rows = rows.sort_values(["instance_id", "point_index"])
-    inst = rows["instance_id"].to_numpy()
-    ids, slot = np.unique(inst, return_inverse=True)
+    ids, slot = np.unique(rows["instance_id"].to_numpy(), return_inverse=True)
     arr = np.zeros((len(ids), k, 3), np.float32)
     arr[..., :2] = np.nan
-    xyv = rows[["x", "y", "visibility"]].to_numpy(np.float32)
-    arr[slot, rows["point_index"].to_numpy(int)] = xyv
+    arr[slot, rows["point_index"].to_numpy(int)] = rows[["x", "y", "visibility"]].to_numpy(float)
+    return arr
+
+
+def _boxes(ann: Annotations, rows: pd.DataFrame, arr: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` box of each instance of `arr` (from `rows`): its grouped box, else the
+    extent of its labelled points."""
     grouped = ann.grouped_boxes()
-    first = rows.drop_duplicates("instance_id")
-    boxes = np.zeros((len(ids), 4), np.float32)
-    for i, r in enumerate(first.itertuples(index=False)):
-        box = grouped.get((int(r.image_index), int(r.group_id))) if r.group_id else None
+    boxes = np.zeros((len(arr), 4), np.float32)
+    firsts = rows.sort_values("instance_id").drop_duplicates("instance_id")
+    for i, r in enumerate(firsts.itertuples(index=False)):
+        box = grouped.get((int(r.image_index), int(r.group_id)))
         on = arr[i, :, 2] > 0
         if box is not None:
             boxes[i] = box
         elif on.any():
             boxes[i] = [*arr[i, on, :2].min(0), *arr[i, on, :2].max(0)]
-    return arr, boxes
+    return boxes
 
 
 def show_sample(
@@ -335,10 +292,9 @@ def show_sample(
     """Draw one image of an export with its instances (every label by default).
 
     A multi-coordinate ``<points>`` shape is one instance (points ``1..n``). `boxes` draws
-    each instance's box (its grouped box, else its points' extent). With `skip_missing`
-    a missing file is drawn as a grey canvas of the size the annotations declare. An image
-    of another size than declared is refused, or resized to it with `rescale_images`.
-    A `KpnbError` when there is no such image or its file is missing (naming both).
+    each instance's grouped box, else its points' extent. A missing file is a `KpnbError`,
+    or with `skip_missing` a grey canvas of the declared size; an image of another size
+    than declared is refused, or resized to it with `rescale_images`.
     """
     from kpnb.images import find_image, load_image
 
@@ -346,7 +302,16 @@ def show_sample(
     if row.empty:
         raise KpnbError(f"no image_index {image_index}; there are {len(ann.images)} images")
     row = row.iloc[0]
-    root = Path(image_root) if image_root is not None else _export_root(ann)
+    if image_root is not None:
+        root = Path(image_root)
+    elif ann.meta.get("path"):  # read_cvat/read_coco record where the export is
+        root = Path(str(ann.meta["path"]))
+        root = root if root.is_dir() else root.parent
+    else:
+        raise KpnbError(
+            "these annotations do not say where their export is; pass {image_root}",
+            param="image_root",
+        )
     path = find_image(root, str(row["name"]), row["subset"])
     if path is not None:
         size = (row["width"], row["height"])
@@ -360,40 +325,35 @@ def show_sample(
             param="image_root",
         )
     kp = ann.keypoints[ann.keypoints["image_index"] == image_index]
-    labels = [label] if label else list(dict.fromkeys(kp["label"].astype(str)))
-    for lab in labels:
-        rows = kp[kp["label"] == lab]
-        if len(rows):
-            skeleton = ann.skeleton_for(lab)
-            arr, box = _label_arrays(ann, rows, skeleton.num_keypoints)
-            img = draw_instances(img, arr, skeleton, boxes=box if boxes else None, **kwargs)
+    kp = kp[kp["label"] == label] if label else kp
+    for lab, rows in kp.groupby(kp["label"].astype(str), sort=False):
+        skeleton = ann.skeleton_for(lab)
+        arr = _table_points(rows, skeleton.num_keypoints)
+        box = _boxes(ann, rows, arr) if boxes else None
+        img = draw_instances(img, arr, skeleton, boxes=box, **kwargs)
     return img
 
 
 def showcase_image(ann: Annotations, label: str) -> int:
     """The `image_index` every notebook shows first: its object of `label` is the clearest.
 
-    Ranked, in order: one object of `label` in the image; the most visible points (nothing
-    cut or hidden); the most labelled points; the widest gap between its two closest points
-    (names and markers do not overlap); the largest extent; then file order. A `KpnbError`
-    when `label` has no labelled point.
+    Ranked, in order: alone in its image; the most visible, then labelled, points; the
+    widest gap between its two closest points (names and markers apart); the largest
+    extent; file order. A `KpnbError` when `label` has no labelled point.
     """
-    kp = ann.keypoints[(ann.keypoints["label"] == label)]
-    kp = kp[kp["visibility"] > 0]
+    kp = ann.keypoints[(ann.keypoints["label"] == label) & (ann.keypoints["visibility"] > 0)]
     if kp.empty:
         raise KpnbError(f"no labelled point of {label!r}: nothing to show")
     objects = kp.groupby("image_index")["instance_id"].nunique()
-    best, best_key = None, None
-    for (image, _), rows in kp.groupby(["image_index", "instance_id"], sort=True):
+    keys = {}
+    for (image, instance), rows in kp.groupby(["image_index", "instance_id"], sort=True):
         xy = rows[["x", "y"]].to_numpy(float)
         gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1)[np.triu_indices(len(xy), 1)]
-        key = (
+        keys[image, instance] = (
             objects[image] == 1,
             int((rows["visibility"] == 2).sum()),
             len(rows),
             float(gaps.min()) if len(gaps) else 0.0,
             float(np.ptp(xy, axis=0).max()),
         )
-        if best_key is None or key > best_key:
-            best, best_key = int(image), key
-    return best
+    return int(max(keys, key=keys.get)[0])  # the first of the best, in file order

@@ -1,8 +1,7 @@
-"""Figures of pictures: grids of images and annotated samples, and keypoint colour legends.
+"""Grids of images and annotated samples, and keypoint colour legends.
 
-A grid is a matplotlib ``Figure`` built without pyplot (no ``plt.show()``, no figure
-manager), so notebooks display it and tests can check it. Grids save and display as
-256-colour palette PNGs (`_PaletteCanvas`), a fraction of the size of full-colour ones.
+Grids save and display as 256-colour palette PNGs (`_PaletteCanvas`), a fraction of the
+size of full-colour ones.
 """
 
 from __future__ import annotations
@@ -19,16 +18,11 @@ from kpnb.tables import Annotations
 from kpnb.viz.draw import OUTLINE, RGB, _as_pil, _palette, keypoint_colors, show_sample
 
 
-def _figure(width: float = 6.4, height: float = 4.8) -> Figure:
-    """A pyplot-free figure with constrained layout: every `kpnb.viz` figure starts here."""
-    return Figure(figsize=(width, height), layout="constrained")
-
-
 def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figure:
     """A legend of `keypoint_colors(names)`: each name with its marker as `draw_instances`
     draws it, visible (a filled disc) and occluded (a hollow square)."""
     colours = keypoint_colors(names)
-    fig = _figure(4.8, 0.42 * len(colours) + 1.0)
+    fig = Figure(figsize=(4.8, 0.42 * len(colours) + 1.0), layout="constrained")
     ax = fig.add_subplot()
     for i, (name, rgb) in enumerate(colours.items()):
         c, dark = np.array(rgb) / 255, np.array(OUTLINE) / 255
@@ -40,21 +34,15 @@ def color_swatch(names: Sequence[str], title: str = "Keypoint colours") -> Figur
         ax.text(1.6, i, name, va="center", fontsize=11)
     for x, head in ((0, "visible"), (1, "occluded")):
         ax.text(x, -0.9, head, ha="center", va="bottom", fontsize=9, color="0.3")
-    ax.set_xlim(-0.6, 5.0)
-    ax.set_ylim(len(colours) - 0.5, -1.2)
+    ax.set(xlim=(-0.6, 5.0), ylim=(len(colours) - 0.5, -1.2), title=title)
     ax.set_axis_off()
-    ax.set_title(title)
     return fig
 
 
 class _PaletteCanvas(FigureCanvasAgg):
-    """Agg canvas whose PNGs use a 256-colour palette.
-
-    A grid of photographs in full-colour PNG is over a megabyte in a notebook; the palette
-    version is a few times smaller and looks the same at notebook width. The palette keeps
-    every keypoint colour, the outline and white exactly (an adaptive palette alone would
-    merge two keypoint colours and the legend would lie); the rest adapts to the picture.
-    Other formats (``.jpg``, ``.pdf``) are written as usual.
+    """Agg canvas whose PNGs use a 256-colour palette: a few times smaller than full colour,
+    alike at notebook width. Every keypoint colour, the outline and white stay exact (an
+    adaptive palette alone would merge two, and the legend would lie). Other formats as usual.
     """
 
     def print_png(self, filename_or_obj, *, metadata=None, pil_kwargs=None, **_ignored):
@@ -104,12 +92,10 @@ def image_grid(
     """Images (PIL or tensors) in a grid of `ncols` columns, with optional titles.
 
     Each image fills its cell, whatever its size; with `true_scale` every cell spans the
-    largest image's pixels instead, so a smaller image looks smaller (for a resize, whose
-    lesson is the size). The figure saves and displays as a palette PNG (see
-    `_PaletteCanvas`), so a grid of photographs stays small in a notebook."""
+    largest image's pixels instead, so a smaller image looks smaller (to show a resize)."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    fig = _figure(cell * ncols, cell * nrows + (0.4 if title else 0))
+    fig = Figure(figsize=(cell * ncols, cell * nrows + (0.4 if title else 0)), layout="constrained")
     _PaletteCanvas(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     pictures = [_as_pil(img) for img in images]
@@ -120,8 +106,7 @@ def image_grid(
         if i < n:
             ax.imshow(pictures[i])
             if true_scale:  # the top-left corner fixed, the same pixels per inch everywhere
-                ax.set_xlim(-0.5, width - 0.5)
-                ax.set_ylim(height - 0.5, -0.5)
+                ax.set(xlim=(-0.5, width - 0.5), ylim=(height - 0.5, -0.5))
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=10)
     if title:
@@ -171,18 +156,13 @@ def sample_grid(
     ncols: int = 3,
     **kwargs,
 ) -> Figure:
-    """A grid (default 3x3, the first nine images) of `show_sample` pictures, with a
-    colour legend; names are sized to stay readable at the grid's scale.
-
-    `kwargs` go to `show_sample` / `draw_instances` (e.g. ``show_names=False``).
-    """
+    """A grid (default the first nine images, 3x3) of `show_sample` pictures (`kwargs` go
+    to it, e.g. ``show_names=False``) with a colour legend, names readable at its scale."""
     if indices is None:
         indices = ann.images["image_index"].tolist()[: ncols * 3]
     indices = [int(i) for i in indices]
     kp = ann.keypoints[ann.keypoints["image_index"].isin(indices)]
-    labels = (
-        [kwargs["label"]] if kwargs.get("label") else list(dict.fromkeys(kp["label"].astype(str)))
-    )
+    labels = [kwargs["label"]] if kwargs.get("label") else kp["label"].astype(str).unique()
     names = [n for lab in labels for n in ann.skeleton_for(lab).keypoints]
     colors = dict(kwargs.pop("colors", None) or keypoint_colors(names))
     meta = ann.images.set_index("image_index").loc[indices]
@@ -195,12 +175,3 @@ def sample_grid(
     if colors:
         keypoint_legend(fig, colors)
     return fig
-
-
-def before_after(
-    pairs: Sequence[tuple], names: Sequence[str] = ("before", "after"), title: str | None = None
-) -> Figure:
-    """Rows of (before, after) pictures, e.g. a sample and its augmented version."""
-    images = [img for pair in pairs for img in pair]
-    titles = [names[i % 2] for i in range(len(images))]
-    return image_grid(images, titles, ncols=2, title=title)

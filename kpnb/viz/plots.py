@@ -16,15 +16,13 @@ from matplotlib.patches import Patch
 from kpnb.errors import KpnbError
 from kpnb.tables import Annotations
 from kpnb.viz.draw import keypoint_colors
-from kpnb.viz.grids import _figure
 
-# -- distributions -------------------------------------------------------------------------
 #: Visibility kinds and their colours, in the order they stack.
 _VISIBILITY = {"visible": "#2e7d32", "occluded": "#f9a825", "absent": "#757575"}
 
 
-def _bar_figure(title: str, xlabel: str, ylabel: str, width: float = 6.4):
-    fig = _figure(width, 4.0)
+def _bar_figure(title: str, xlabel: str, ylabel: str):
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return fig, ax
@@ -42,18 +40,14 @@ def plot_label_counts(ann: Annotations) -> Figure:
 
 
 def plot_keypoint_visibility(ann: Annotations) -> Figure:
-    """Each keypoint name's points as shares by visibility, on two panels: left, visible,
-    occluded and absent stacked to 100 %; right, the occluded and absent shares alone on
-    their own scale, so a 1 % sliver shows as clearly as a 30 % one. Each bar on the right
-    carries its count."""
+    """Each keypoint's points by visibility: stacked to 100 % on the left; on the right the
+    occluded and absent shares alone, on their own scale and counted, so a 1 % sliver shows."""
     table = ann.keypoint_counts()
-    labels = [
-        f"{lab}/{kp}" if table.index.get_level_values(0).nunique() > 1 else kp
-        for lab, kp in table.index
-    ]
+    several = table.index.get_level_values(0).nunique() > 1
+    labels = [f"{lab}/{kp}" if several else kp for lab, kp in table.index]
     total = table["total"].to_numpy(float).clip(min=1)
     shares = {c: 100 * table[c].to_numpy(float) / total for c in _VISIBILITY}
-    fig = _figure(max(9.0, 0.9 * len(labels) + 4), 4.2)
+    fig = Figure(figsize=(max(9.0, 0.9 * len(labels) + 4), 4.2), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1, 1])
     y = np.arange(len(labels))
     start = np.zeros(len(labels))
@@ -68,10 +62,8 @@ def plot_keypoint_visibility(ann: Annotations) -> Figure:
         right.bar_label(bars, labels=[str(int(n)) for n in table[col]], padding=2, fontsize=8)
     right.set(xlim=(0, peak * 1.18), title="Not visible, enlarged (count at each bar)")
     for ax in (left, right):
-        ax.set_xlabel("% of points")
         ax.set_yticks(y, labels)
-        ax.set_ylim(len(labels) - 0.5, -0.5)
-        ax.set_ylabel("keypoint")
+        ax.set(xlabel="% of points", ylabel="keypoint", ylim=(len(labels) - 0.5, -0.5))
     fig.legend(
         handles=[Patch(color=c, label=n) for n, c in _VISIBILITY.items()],
         loc="outside lower center",
@@ -103,16 +95,13 @@ def plot_image_sizes(ann: Annotations) -> Figure:
     return fig
 
 
-def plot_keypoint_heatmap(
-    ann: Annotations, label: str, normalize: str = "box", bins: int | None = None
-) -> Figure:
+def plot_keypoint_heatmap(ann: Annotations, label: str, normalize: str = "box") -> Figure:
     """Where each labelled keypoint (v > 0) of `label` falls: one 2-D histogram per keypoint.
 
-    `normalize` ``"box"``: each object in its own frame, origin at the mean of its points,
-    unit their RMS distance from it (a min-max box would pin the extreme points to its
-    border); with more than two keypoints only fully labelled objects count (a partial
-    object's mean is not its centre). ``"image"``: x / width, y / height. `bins` per side:
-    24 for ``"box"`` (points cluster), 10 for ``"image"`` (they spread) unless given.
+    `normalize` ``"box"`` (24 bins a side): each object in its own frame, origin at the mean
+    of its points, unit their RMS distance from it (a min-max box would pin the extreme
+    points to its border); with more than two keypoints only fully labelled objects count
+    (a partial object's mean is not its centre). ``"image"`` (10 bins): x / width, y / height.
     """
     if normalize not in ("box", "image"):
         raise KpnbError(f"normalize must be 'box' or 'image', got {normalize!r}")
@@ -129,46 +118,39 @@ def plot_keypoint_heatmap(
             ((kp["x"] - cx) ** 2 + (kp["y"] - cy) ** 2).groupby(g.ngroup()).transform("mean")
         )
         spread = spread.where(lambda s: s > 0, 1)
-        u = (kp["x"] - cx) / spread
-        v = (kp["y"] - cy) / spread
+        u, v = ((kp["x"] - cx) / spread).to_numpy(), ((kp["y"] - cy) / spread).to_numpy()
         lim, xlabel, ylabel = (-1.8, 1.8), "(x - centre) / size", "(y - centre) / size"
     else:
         sizes = ann.images.set_index("image_index").loc[kp["image_index"]]
         u = kp["x"].to_numpy() / sizes["width"].to_numpy(float)
         v = kp["y"].to_numpy() / sizes["height"].to_numpy(float)
         lim, xlabel, ylabel = (0.0, 1.0), "x / image width", "y / image height"
-    bins = bins or (24 if normalize == "box" else 10)
+    bins = 24 if normalize == "box" else 10
     ncols = min(5, len(names))
     nrows = -(-len(names) // ncols)
-    fig = _figure(2.6 * ncols, 2.6 * nrows + 0.5)
+    fig = Figure(figsize=(2.6 * ncols, 2.6 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    u, v = np.asarray(u, float), np.asarray(v, float)
     masks = [(kp["keypoint"] == name).to_numpy() for name in names]
-    extent = [lim, lim]
     # one colour scale for every panel, so the shared colour bar reads on all of them
     peak = max(
-        [np.histogram2d(u[m], v[m], bins=bins, range=extent)[0].max() for m in masks if m.any()]
+        [np.histogram2d(u[m], v[m], bins=bins, range=[lim, lim])[0].max() for m in masks if m.any()]
         or [1.0]
     )
     norm = PowerNorm(0.5, vmin=0, vmax=max(peak, 1.0))
-    image = None
     for ax, name, m in zip(axes.flat, names, masks, strict=False):
-        *_, image = ax.hist2d(u[m], v[m], bins=bins, range=extent, cmap="magma", norm=norm)
-        ax.set_ylim(lim[1], lim[0])
-        ax.set_aspect("equal")
+        *_, image = ax.hist2d(u[m], v[m], bins=bins, range=[lim, lim], cmap="magma", norm=norm)
+        ax.set(ylim=(lim[1], lim[0]), aspect="equal")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_axis_off()
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
+    fig.colorbar(image, ax=axes, shrink=0.85, label="points per bin")
     how = "each object's centre and size" if normalize == "box" else "the image size"
     fig.suptitle(f"Where the keypoints of {label!r} fall (normalised by {how})")
     return fig
 
 
-# -- training ------------------------------------------------------------------------------
 _LOSS_PARTS = {
     "loss": "total",
     "loss_keypoint": "keypoint",
@@ -180,21 +162,17 @@ _LOSS_PARTS = {
 
 
 def plot_history(history: Sequence[Mapping] | pd.DataFrame) -> Figure:
-    """Training curves per epoch (1-based, integer ticks) on three panels: the training
-    losses (the total in bold), OKS AP (AP, AP50, AP75) and PCK (at 0.05, 0.1, 0.2).
-
-    Missing values (None: nothing to measure) leave gaps. An epoch a time budget cut
-    short (``complete`` False) is said so in the title.
-    """
-    df = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
+    """Training curves per epoch (1-based) on three panels: the losses (the total in bold),
+    OKS AP (AP, AP50, AP75) and PCK. A missing value (None) leaves a gap; an epoch the time
+    budget cut short (``complete`` False) is said so in the title."""
+    df = pd.DataFrame(history)
     epoch = pd.to_numeric(df["epoch"]) + 1
-    fig = _figure(11, 3.6)
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 3)
-    pck = [c for c in df.columns if c.startswith("PCK@")]
     panels = [
         ("Training loss", "loss", [c for c in df.columns if c.startswith("loss")]),
         ("Validation OKS AP", "AP (0-1)", [c for c in ("AP", "AP50", "AP75") if c in df]),
-        ("Validation PCK", "share of points (0-1)", pck),
+        ("Validation PCK", "share of points (0-1)", [c for c in df if c.startswith("PCK@")]),
     ]
     for ax, (name, ylabel, cols) in zip(axes, panels, strict=True):
         for c in cols:

@@ -1,12 +1,12 @@
 """Predictions against the ground truth: the errors picture and the side-by-side figure.
 
-Both draw each ground-truth instance with the prediction the metrics matched it to
+Both pair each ground-truth instance with the prediction the metrics matched it to
 (`kpnb.evaluate.match_instances`, by box IoU), so a figure shows the errors that were scored.
-`kpnb.evaluate` (and with it torch) is imported only when one of them is called.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,32 +44,21 @@ def _matched(result: ImageResult, k: int, iou_threshold: float):
 
     gt = np.asarray(result.gt_keypoints, np.float32).reshape(-1, k, 3)
     pred = np.asarray(result.keypoints, np.float32).reshape(-1, k, 3)
-    match = match_instances(result, iou_threshold)
+    match = np.asarray(match_instances(result, iou_threshold), int)
     paired = np.full_like(gt, np.nan)
-    for g, p in enumerate(match):
-        if p >= 0:
-            paired[g] = pred[p]
-    return gt, paired, len(pred) - sum(p >= 0 for p in match)
+    paired[match >= 0] = pred[match[match >= 0]]
+    return gt, paired, len(pred) - int((match >= 0).sum())
 
 
 def draw_predictions(
     image, result: ImageResult, skeleton: Skeleton, *, iou_threshold: float = 0.5
 ) -> Image.Image:
-    """The errors picture: each ground-truth instance next to the prediction the metrics
-    matched it with (`kpnb.evaluate.match_instances`, box IoU >= `iou_threshold`).
-
-    Labelled ground-truth points are discs (occluded ones hollow squares) and the matched
-    prediction's points crosses, both in the keypoint's colour; a white dashed line on a
-    dark halo joins each labelled point to its prediction. Predictions that match no
-    ground truth (duplicates, false detections) are not drawn, and no skeleton edges are,
-    so error lines cannot be mistaken for them.
-
-    Args:
-        image: PIL image or ``[3, H, W]`` tensor, in the frame of `result`.
-        result: one image's ground truth and predictions (`collect_predictions`).
+    """The errors picture on `image` (PIL or ``[3, H, W]``, in the frame of `result`): each
+    labelled ground-truth point (a disc, occluded a hollow square) joined by a white dashed
+    line to the point of the prediction matched with box IoU >= `iou_threshold` (a cross).
+    Unmatched predictions and skeleton edges are not drawn, so nothing looks like an error.
     """
-    k = skeleton.num_keypoints
-    gt, paired, _ = _matched(result, k, iou_threshold)
+    gt, paired, _ = _matched(result, skeleton.num_keypoints, iou_threshold)
     points = Skeleton(skeleton.keypoints)  # the names without edges
     canvas = _as_pil(image)
     r = max(2, round(0.7 * marker_radius(*canvas.size)))  # smaller: the lines must show
@@ -98,15 +87,12 @@ def compare_predictions(
     """Ground truth, the matched predictions, and the errors (`draw_predictions`), side by
     side with a legend of keypoint colours and marker styles.
 
-    Only predictions the metrics matched to a ground-truth instance are drawn: the
-    top-scoring detections of a young model are often duplicates of one object. The
-    titles count what is left out (unmatched predictions, objects nothing matched). A
-    small image (the CPU schedule's 96-192 px) is enlarged by a whole factor first, so
-    the markers stay small beside the objects at the grid's scale.
+    Only matched predictions are drawn (a young model's top detections are often duplicates
+    of one object); the titles count what is left out. A small image (96-192 px) is first
+    enlarged by a whole factor, so the markers stay small at the grid's scale.
     """
     image, result = _enlarged(image, result)
-    k = skeleton.num_keypoints
-    gt, paired, unmatched = _matched(result, k, iou_threshold)
+    gt, paired, unmatched = _matched(result, skeleton.num_keypoints, iou_threshold)
     found = np.isfinite(paired[:, 0, 0])
     pred = paired[found].copy()
     pred[..., 2] = 2
@@ -116,21 +102,16 @@ def compare_predictions(
         draw_instances(image, pred, skeleton, show_names=False, colors=colors),
         draw_predictions(image, result, skeleton, iou_threshold=iou_threshold),
     ]
-    titles = _panel_titles(len(gt), int(found.sum()), unmatched)
-    fig = image_grid(pictures, titles, ncols=3, title=title)
-    keypoint_legend(fig, colors, ncols=4, extra=_error_styles())
-    return fig
-
-
-def _panel_titles(n_objects: int, n_found: int, unmatched: int) -> list[str]:
-    """The three panels' titles, counting what the pictures leave out."""
-    missed = n_objects - n_found
-    return [
-        f"ground truth: {_count(n_objects, 'object')}",
-        f"{_count(n_found, 'matched prediction')}"
+    n_found, missed = int(found.sum()), int((~found).sum())
+    titles = [
+        f"ground truth: {_count(len(gt), 'object')}",
+        _count(n_found, "matched prediction")
         + (f" ({unmatched} unmatched not shown)" if unmatched else ""),
         "errors" + (f" ({_count(missed, 'object')} not found)" if missed else ""),
     ]
+    fig = image_grid(pictures, titles, ncols=3, title=title)
+    keypoint_legend(fig, colors, ncols=4, extra=_error_styles())
+    return fig
 
 
 def _error_styles() -> list[Line2D]:
@@ -149,8 +130,6 @@ def _error_styles() -> list[Line2D]:
 def _enlarged(image, result: ImageResult, target: int = 320):
     """`image` and `result` scaled by the whole factor that brings the longer side near
     `target` px (unchanged when it is already that large)."""
-    from dataclasses import replace
-
     img = _as_pil(image)
     f = max(1, target // max(img.size))
     if f == 1:
