@@ -191,7 +191,7 @@ def train_one_epoch(
             loss = sum(losses.values())
         value = loss.item()  # the one host sync of a step: a non-finite loss must stop here
         if not math.isfinite(value):
-            detail = {k: round(float(v), 4) for k, v in losses.items()}
+            detail = {k: round(v.item(), 4) for k, v in losses.items()}
             raise FloatingPointError(
                 f"non-finite loss {value} at epoch {epoch}, step {n}: {detail}; lower the "
                 "learning rate, or check for degenerate boxes in the data"
