@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from kpnb.config import PRESET_NAMES, version
-from kpnb.errors import KpnbError
+from kpnb.errors import KpnbError, brief
 from kpnb.io import atomic_path
-from kpnb.skeleton import Skeleton, _brief
+from kpnb.skeleton import Skeleton
 
 __all__ = [
     "Checkpoint",
@@ -133,7 +133,7 @@ class Checkpoint:
         blob = read_pth(path)
         check = _Checker(path)
         if blob.get("format") != FORMAT:
-            raise check.fail(f"no format {FORMAT!r} (found {_brief(blob.get('format'))})")
+            raise check.fail(f"no format {FORMAT!r} (found {brief(blob.get('format'))})")
         unknown = sorted(map(str, set(blob) - {f.name for f in fields(cls)} - {"format"}))
         if unknown:
             raise check.fail(f"unknown entries {unknown}")
@@ -263,10 +263,10 @@ class _Checker:
         """`value`, of one of `types` and, a number, finite and in ``[lo, hi]``."""
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             allowed = " or ".join("None" if t is _NONE else t.__name__ for t in types)
-            raise self.fail(f"{name} must be {allowed}, not {_brief(value)}")
+            raise self.fail(f"{name} must be {allowed}, not {brief(value)}")
         # NaN fails every comparison
         if isinstance(value, (int, float)) and (not lo <= value <= hi or abs(value) == math.inf):
-            raise self.fail(f"{name} = {_brief(value)} is outside {lo}..{hi}")
+            raise self.fail(f"{name} = {brief(value)} is outside {lo}..{hi}")
         return value
 
     def record(self, name: str, record, rules: dict[str, tuple]) -> dict:
@@ -291,7 +291,7 @@ class _Checker:
         if key in ("fixed_size", "bbox_reg_weights") and value is None:
             return None
         if not isinstance(value, (list, tuple)) or len(value) != rule[1]:
-            raise self.fail(f"{name} must be a list of {rule[1]} numbers, not {_brief(value)}")
+            raise self.fail(f"{name} must be a list of {rule[1]} numbers, not {brief(value)}")
         return [self.check(f"{name}[{i}]", v, *rule[2]) for i, v in enumerate(value)]
 
     def row(self, name: str, row) -> dict:
@@ -299,7 +299,7 @@ class _Checker:
         self.check(name, row, (dict,))
         for key, value in row.items():
             if not isinstance(key, str) or not isinstance(value, (int, float, str, _NONE)):
-                raise self.fail(f"{name} holds {_brief(key)}: {_brief(value)}, not a number")
+                raise self.fail(f"{name} holds {brief(key)}: {brief(value)}, not a number")
         return row
 
     def skeleton(self, data) -> Skeleton:
@@ -312,7 +312,7 @@ class _Checker:
         self.check("model", state, (dict,))
         for key, value in state.items():
             if not isinstance(key, str) or not torch.is_tensor(value):
-                raise self.fail(f"its weights ('model') hold {_brief(key)}, not a named tensor")
+                raise self.fail(f"its weights ('model') hold {brief(key)}, not a named tensor")
         return state
 
     def build(self, build, skeleton: Skeleton) -> dict:
@@ -325,12 +325,12 @@ class _Checker:
             )
         for name, allowed in (("preset", PRESET_NAMES), ("norm", ("frozen", "batch"))):
             if build[name] not in allowed:
-                raise self.fail(f"build[{name!r}] = {_brief(build[name])} is not one of {allowed}")
+                raise self.fail(f"build[{name!r}] = {brief(build[name])} is not one of {allowed}")
         kwargs = build["kwargs"]
         for name, value in kwargs.items():
             if name not in _OPTIONS:
                 raise self.fail(
-                    f"build['kwargs'] holds {_brief(name)}, not an option a checkpoint keeps "
+                    f"build['kwargs'] holds {brief(name)}, not an option a checkpoint keeps "
                     f"(those are {sorted(_OPTIONS)})"
                 )
             kwargs[name] = self.option(name, value)
@@ -368,7 +368,7 @@ class _Checker:
             and isinstance(best[1], (int, float))
             and not math.isnan(best[1])
         ):
-            raise self.fail(f"best must be [0 or 1, a number], not {_brief(best)}")
+            raise self.fail(f"best must be [0 or 1, a number], not {brief(best)}")
         return int(best[0]), float(best[1])
 
     def resume(self, resume, *, required: bool) -> dict | None:

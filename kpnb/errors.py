@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-__all__ = ["KpnbError"]
+__all__ = ["KpnbError", "brief"]
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -57,3 +57,9 @@ class KpnbError(ValueError):
     def placed(self) -> set[str]:
         """The parameters the message places as ``{name}``."""
         return {n for n in _FIELD.findall(self.template) if n in self.params}
+
+
+def brief(value) -> str:
+    """`value`'s repr cut to 60 characters, for a message about a bad value."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

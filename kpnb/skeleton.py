@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kpnb.errors import KpnbError
+from kpnb.errors import KpnbError, brief
 
 __all__ = ["Skeleton", "flip_indices", "normalise_name", "resolve_pairs", "unpaired_sides"]
 
@@ -103,11 +103,6 @@ def unpaired_sides(names: Sequence[str], pairs: Sequence[tuple] | None = None) -
     return [str(n) for i, n in enumerate(names) if _side_key(n)[0] and i not in paired]
 
 
-def _brief(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _pair_list(value, what: str, *, names: bool) -> tuple[tuple, ...]:
     """`value` as a tuple of 2-tuples of ints (or, with `names`, of names); a `KpnbError`
     naming `what` otherwise. Ranges are checked by `Skeleton` itself."""
@@ -120,7 +115,7 @@ def _pair_list(value, what: str, *, names: bool) -> tuple[tuple, ...]:
     )
     if not ok:
         of = "indices or names" if names else "keypoint indices"
-        raise KpnbError(f"skeleton {what!r} must be a list of pairs of {of}, not {_brief(value)}")
+        raise KpnbError(f"skeleton {what!r} must be a list of pairs of {of}, not {brief(value)}")
     return tuple(tuple(pair) for pair in value)
 
 
@@ -164,11 +159,11 @@ class Skeleton:
         """The inverse of `to_dict`, checking every part (a checkpoint's file may have been
         edited): a `KpnbError` saying what is wrong on anything else."""
         if not isinstance(data, dict):
-            raise KpnbError(f"a skeleton is a dict of 'keypoints' and 'edges', not {_brief(data)}")
+            raise KpnbError(f"a skeleton is a dict of 'keypoints' and 'edges', not {brief(data)}")
         names = data.get("keypoints")
         listed = isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
         if not (listed and names):
-            raise KpnbError(f"skeleton 'keypoints' must be a list of names, not {_brief(names)}")
+            raise KpnbError(f"skeleton 'keypoints' must be a list of names, not {brief(names)}")
         edges = data.get("edges")
         edges = () if edges is None else _pair_list(edges, "edges", names=False)
         pairs = data.get("pairs")
