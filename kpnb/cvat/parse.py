@@ -14,7 +14,7 @@ import numpy as np
 
 from kpnb.errors import KpnbError
 
-INT32 = (-(2**31), 2**31 - 1)  # CVAT's database keeps ids, frames, z_order and group_id so
+INT32 = (-(2**31), 2**31 - 1)  # CVAT's database keeps ids, frames, z_order, group_id as int32
 FRAMES = (0, INT32[1])
 TRUE = frozenset(("1", "true", "True"))
 
