@@ -46,6 +46,7 @@ __all__ = [
     "predict",
     "collect_predictions",
     "predictions_to_annotations",
+    "predictions_to_coco",
     "json_safe",
     "write_predictions",
 ]
@@ -427,6 +428,27 @@ def predictions_to_annotations(
     return Annotations(tidy_images(images), tidy_keypoints(kp), {label: skeleton}, labels)
 
 
+def predictions_to_coco(
+    preds: pd.DataFrame, image_ids: Sequence[int] | None = None, category_id: int = 1
+) -> list[dict]:
+    """`predict`'s table as a COCO results list (what `COCO.loadRes` takes): `image_ids` are
+    the annotation file's id of each image, in `predict`'s order (default 1..N), and
+    `category_id` the predicted label's (`kpnb.coco.category_ids`)."""
+    results = []
+    for _, rows in preds.groupby("instance_id", sort=False):
+        index = int(rows["image_index"].iloc[0])
+        flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3)
+        results.append(
+            {
+                "image_id": int(image_ids[index]) if image_ids is not None else index + 1,
+                "category_id": category_id,
+                "keypoints": flat.tolist(),
+                "score": float(rows["score"].iloc[0]),
+            }
+        )
+    return results
+
+
 def write_predictions(
     preds: pd.DataFrame,
     paths: Sequence,
@@ -447,18 +469,7 @@ def write_predictions(
 
     out = Path(out)
     if out.suffix.lower() == ".json":
-        results = []
-        for _, rows in preds.groupby("instance_id", sort=False):
-            index = int(rows["image_index"].iloc[0])
-            flat = rows[["x", "y", "keypoint_score"]].to_numpy().reshape(-1).round(3)
-            results.append(
-                {
-                    "image_id": int(image_ids[index]) if image_ids is not None else index + 1,
-                    "category_id": category_id,
-                    "keypoints": flat.tolist(),
-                    "score": float(rows["score"].iloc[0]),
-                }
-            )
+        results = predictions_to_coco(preds, image_ids, category_id)
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(results))
         return out

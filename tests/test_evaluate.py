@@ -348,7 +348,7 @@ def test_predictions_keep_the_exports_image_and_category_ids(tmp_path):
     order than the file's, score AP 1.0 in pycocotools against the file itself."""
     from kpnb.cli.predict_command import _export_ids
     from kpnb.coco import read_coco
-    from kpnb.evaluate import write_predictions
+    from kpnb.evaluate import predictions_to_coco, write_predictions
 
     path = _animals_export(tmp_path / "person_keypoints_val.json")
     images = [tmp_path / "images" / name for name in ("r.jpg", "q.jpg", "p.jpg")]
@@ -362,6 +362,8 @@ def test_predictions_keep_the_exports_image_and_category_ids(tmp_path):
     out = tmp_path / "preds.json"
     write_predictions(preds, images, sizes, SK, "dog", out, image_ids, category_id=category_id)
     assert {r["category_id"] for r in json.loads(out.read_text())} == {9}
+    # the same results in memory, for a COCO.loadRes of your own
+    assert predictions_to_coco(preds, image_ids, category_id) == json.loads(out.read_text())
     gt = COCO(str(path))
     ev = COCOeval(gt, gt.loadRes(str(out)), iouType="keypoints")
     ev.params.kpt_oks_sigmas = np.full(3, 0.05)
